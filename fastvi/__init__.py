@@ -1,0 +1,27 @@
+"""fastvi: fast variational inference on the CPU.
+
+Estimators are imported lazily so that ``import fastvi`` stays cheap: it loads neither
+numba nor scikit-learn and compiles nothing.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["BayesianGaussianMixture", "__version__"]
+
+_LAZY = {
+    "BayesianGaussianMixture": "fastvi.mixture",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastvi' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,149 @@
+"""The coordinate-ascent (CAVI) driver every conjugate model in fastvi uses.
+
+A model supplies its coordinate updates and its bound through four hooks; the driver owns
+the loop: restarts (``n_init``), ``warm_start``, the stopping rule, verbose output, the
+bound history, ``ConvergenceWarning`` and the choice of the best restart. Its behaviour
+follows scikit-learn's ``BaseMixture.fit_predict`` so drop-in estimators stop at exactly
+the same iteration.
+
+Hooks a model implements
+------------------------
+``_cavi_initialize(data, random_state)``
+    Set every global factor to its initial value (consumes ``random_state``).
+``_cavi_step(data) -> float``
+    One round: update every factor once (local factors first, then global ones) and
+    return the bound after the round. Each update maximizes the bound in its
+    coordinate, so the returned value never falls (PRML eq. 10.9); a fall is a bug.
+``_cavi_get_state() -> tuple`` / ``_cavi_set_state(state)``
+    Snapshot and restore the global factors (fresh arrays: steps never mutate a
+    snapshot in place).
+
+Parameters read from the estimator: ``n_init``, ``max_iter``, ``tol`` (absolute change of
+the bound), ``warm_start``, ``verbose``, ``verbose_interval``.
+
+Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``.
+"""
+
+import warnings
+from contextlib import contextmanager
+from time import perf_counter
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+__all__ = ["CAVIMixin", "all_or_nothing"]
+
+
+@contextmanager
+def all_or_nothing(estimator):
+    """Restore ``estimator.__dict__`` if the body raises: never leave a half-fitted model.
+
+    Fitting code only rebinds attributes (it never mutates fitted arrays in place), so a
+    shallow copy of the instance dictionary is a complete snapshot.
+    """
+    saved = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(saved)
+        raise
+
+
+class CAVIMixin:
+    """Template fit loop for coordinate-ascent variational inference (see module doc)."""
+
+    _convergence_message = (
+        "Best performing initialization did not converge. "
+        "Try different init parameters, or increase max_iter, "
+        "tol, or check for degenerate data."
+    )
+
+    def _cavi_fit(self, data, random_state):
+        """Run the restarts and keep the best; returns nothing, sets fitted state."""
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        n_init = self.n_init if do_init else 1
+
+        best_bound = -np.inf
+        best_state = None
+        best_history = []
+        best_n_iter = 0
+        best_converged = False
+
+        for init in range(n_init):
+            self._cavi_verbose_init_begin(init)
+            if do_init:
+                self._cavi_initialize(data, random_state)
+            bound = -np.inf if do_init else self.lower_bound_
+            history = []
+
+            if self.max_iter == 0:
+                # 0 iterations means "just initialize"; the last restart's start is kept
+                best_state = self._cavi_get_state()
+                best_n_iter = 0
+                continue
+
+            converged = False
+            for n_iter in range(1, self.max_iter + 1):
+                previous = bound
+                bound = float(self._cavi_step(data))
+                history.append(bound)
+                change = bound - previous
+                self._cavi_verbose_iter_end(n_iter, change)
+                if not np.isfinite(bound):
+                    raise ValueError(
+                        f"The variational bound became {bound} at iteration {n_iter}; "
+                        "check the input scale or increase reg_covar."
+                    )
+                if abs(change) < self.tol:
+                    converged = True
+                    break
+            self._cavi_verbose_init_end(bound, converged)
+
+            if bound > best_bound or best_bound == -np.inf:
+                best_bound = bound
+                best_state = self._cavi_get_state()
+                best_n_iter = n_iter
+                best_history = history
+                best_converged = converged
+
+        if not best_converged and self.max_iter > 0:
+            warnings.warn(self._convergence_message, ConvergenceWarning, stacklevel=3)
+
+        self._cavi_set_state(best_state)
+        self.converged_ = best_converged
+        self.n_iter_ = best_n_iter
+        self.lower_bound_ = best_bound
+        self.lower_bounds_ = best_history
+
+    # verbose output, in scikit-learn's format
+    def _cavi_verbose_init_begin(self, init):
+        if self.verbose >= 1:
+            print("Initialization %d" % init)
+        if self.verbose >= 2:
+            self._init_prev_time = perf_counter()
+            self._iter_prev_time = self._init_prev_time
+
+    def _cavi_verbose_iter_end(self, n_iter, change):
+        if n_iter % self.verbose_interval != 0:
+            return
+        if self.verbose == 1:
+            print("  Iteration %d" % n_iter)
+        elif self.verbose >= 2:
+            now = perf_counter()
+            print(
+                "  Iteration %d\t time lapse %.5fs\t ll change %.5f"
+                % (n_iter, now - self._iter_prev_time, change)
+            )
+            self._iter_prev_time = now
+
+    def _cavi_verbose_init_end(self, bound, converged):
+        message = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {message}.")
+        elif self.verbose >= 2:
+            elapsed = perf_counter() - self._init_prev_time
+            print(
+                f"Initialization {message}. time lapse {elapsed:.5f}s\t lower bound"
+                f" {bound:.5f}."
+            )

@@ -1,0 +1,375 @@
+"""One fused pass over the data for Gaussian mixtures (the local CAVI step).
+
+For each point the pass computes the expected log-density under every component,
+log-sum-exp over components, the responsibilities, and accumulates the per-component
+sufficient statistics — all without an N x K array unless the caller asks for one.
+
+Layout and determinism
+----------------------
+Rows are split into chunks of ``chunk`` rows (a caller constant that does not depend on
+the thread count); ``prange`` runs over chunks and each chunk writes only its own slice
+of the partial-statistics arrays. The caller sums the partials in chunk order, so the
+result is bitwise identical for any number of threads. Inside a chunk, rows go in tiles
+of ``tile`` points transposed to (D, T) so the innermost loop runs over points, which
+are contiguous: that is what lets LLVM vectorize the triangular products.
+
+Kinds (``kind``)
+----------------
+``KIND_FULL``  per-component upper-triangular precision Cholesky ``prec[k]`` (D, D);
+               statistics: N_k, sum r (x - s_k), sum r (x - s_k)(x - s_k)^T (upper part).
+``KIND_TIED``  one shared factor ``prec[0]`` (D, D) and ``proj[k] = means[k] @ prec[0]``;
+               statistics: N_k, sum r (x - s_k).
+``KIND_DIAG``  per-feature precisions ``prec[k, 0, :]`` (spherical passes them repeated);
+               statistics: N_k, sum r (x - s_k), sum r (x - s_k)**2.
+
+``s_k`` is the shift ``shift[k]`` (the caller passes the current component means), which
+keeps the second moments well conditioned when the data sit far from the origin.
+
+The expected log-density of x under component k is ``const[k] - 0.5 * maha_k(x)`` with
+``maha_k(x) = || (x - m_k) @ prec[k] ||**2``; ``const`` carries everything that does not
+depend on x (E[log pi_k], log-determinants, digamma terms) and is computed by the caller.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._config import jit, pjit
+from ._math import exp_nonpos
+
+KIND_FULL = 0
+KIND_TIED = 1
+KIND_DIAG = 2
+
+
+@jit
+def _load_tile(X, t0, T, Xt):
+    """Xt[d, t] = X[t0 + t, d]: the tile transposed so points are contiguous."""
+    D = X.shape[1]
+    for t in range(T):
+        for d in range(D):
+            Xt[d, t] = X[t0 + t, d]
+
+
+@jit
+def _tri_column(U, j, Y, T, acc):
+    """acc[t] <- sum_{i <= j} U[i, j] * Y[i, t]  (column j of (Y^T U)^T, U upper).
+
+    Four rows per sweep so each load/store of ``acc`` feeds four FMAs: the sweep is
+    bound by stores otherwise.
+    """
+    for t in range(T):
+        acc[t] = 0.0
+    n = j + 1
+    i = 0
+    while i + 4 <= n:
+        u0 = U[i, j]
+        u1 = U[i + 1, j]
+        u2 = U[i + 2, j]
+        u3 = U[i + 3, j]
+        for t in range(T):
+            acc[t] += (
+                u0 * Y[i, t] + u1 * Y[i + 1, t] + u2 * Y[i + 2, t] + u3 * Y[i + 3, t]
+            )
+        i += 4
+    while i < n:
+        u0 = U[i, j]
+        for t in range(T):
+            acc[t] += u0 * Y[i, t]
+        i += 1
+
+
+@jit
+def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, maha):
+    K, D = means.shape
+    for k in range(K):
+        for d in range(D):
+            m = means[k, d]
+            for t in range(T):
+                Y[d, t] = Xt[d, t] - m
+        for t in range(T):
+            maha[t] = 0.0
+        # maha = || (x - m_k) @ U_k ||^2, one column of the product at a time
+        Uk = prec[k]
+        for j in range(D):
+            _tri_column(Uk, j, Y, T, acc)
+            for t in range(T):
+                maha[t] += acc[t] * acc[t]
+        c = const[k]
+        for t in range(T):
+            LP[k, t] = c - 0.5 * maha[t]
+
+
+@jit
+def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
+    K, D = proj.shape
+    # Y <- (x @ U)^T for the tile, shared by all components
+    U = prec[0]
+    for j in range(D):
+        _tri_column(U, j, Xt, T, acc)
+        for t in range(T):
+            Y[j, t] = acc[t]
+    for k in range(K):
+        for t in range(T):
+            acc[t] = 0.0
+        for j in range(D):
+            w = proj[k, j]
+            for t in range(T):
+                diff = Y[j, t] - w
+                acc[t] += diff * diff
+        c = const[k]
+        for t in range(T):
+            LP[k, t] = c - 0.5 * acc[t]
+
+
+@jit
+def _logprob_diag(Xt, T, means, prec, const, LP, acc):
+    K, D = means.shape
+    for k in range(K):
+        for t in range(T):
+            acc[t] = 0.0
+        for d in range(D):
+            m = means[k, d]
+            p = prec[k, 0, d]
+            for t in range(T):
+                diff = Xt[d, t] - m
+                acc[t] += p * diff * diff
+        c = const[k]
+        for t in range(T):
+            LP[k, t] = c - 0.5 * acc[t]
+
+
+@jit
+def _normalize(T, K, LP, R, mx, s):
+    """R <- softmax over k of LP; returns sum_t lse_t and the entropy -sum r log r.
+
+    On return ``mx[t]`` holds log-sum-exp of column t.
+    """
+    for t in range(T):
+        mx[t] = LP[0, t]
+    for k in range(1, K):
+        for t in range(T):
+            mx[t] = max(mx[t], LP[k, t])
+    for t in range(T):
+        s[t] = 0.0
+    for k in range(K):
+        for t in range(T):
+            e = exp_nonpos(LP[k, t] - mx[t])
+            R[k, t] = e
+            s[t] += e
+    for t in range(T):
+        s[t] = 1.0 / s[t]
+        mx[t] = mx[t] - np.log(s[t])  # mx <- lse = max + log(sum)
+    norm = 0.0
+    ent = 0.0
+    for k in range(K):
+        for t in range(T):
+            r = R[k, t] * s[t]
+            R[k, t] = r
+            ent -= r * (LP[k, t] - mx[t])
+    for t in range(T):
+        norm += mx[t]
+    return norm, ent
+
+
+@jit
+def _accumulate(Xt, T, shift, R, kind, Y, w, nk, sx, sq):
+    """Add this tile's sufficient statistics into one chunk's partials (nk, sx, sq)."""
+    K, D = shift.shape
+    for k in range(K):
+        tot = 0.0
+        for t in range(T):
+            tot += R[k, t]
+        nk[k] += tot
+        for d in range(D):
+            m = shift[k, d]
+            for t in range(T):
+                Y[d, t] = Xt[d, t] - m
+        for i in range(D):
+            a = 0.0
+            for t in range(T):
+                w[t] = R[k, t] * Y[i, t]
+                a += w[t]
+            sx[k, i] += a
+            if kind == KIND_FULL:
+                # upper triangle of sum_t w_t y_t^T, four columns per sweep over t
+                j = i
+                while j + 4 <= D:
+                    b0 = 0.0
+                    b1 = 0.0
+                    b2 = 0.0
+                    b3 = 0.0
+                    for t in range(T):
+                        wt = w[t]
+                        b0 += wt * Y[j, t]
+                        b1 += wt * Y[j + 1, t]
+                        b2 += wt * Y[j + 2, t]
+                        b3 += wt * Y[j + 3, t]
+                    sq[k, i, j] += b0
+                    sq[k, i, j + 1] += b1
+                    sq[k, i, j + 2] += b2
+                    sq[k, i, j + 3] += b3
+                    j += 4
+                while j < D:
+                    b = 0.0
+                    for t in range(T):
+                        b += w[t] * Y[j, t]
+                    sq[k, i, j] += b
+                    j += 1
+            elif kind == KIND_DIAG:
+                b = 0.0
+                for t in range(T):
+                    b += w[t] * Y[i, t]
+                sq[k, 0, i] += b
+
+
+@jit
+def _chunk_pass(
+    X,
+    start,
+    stop,
+    kind,
+    means,
+    prec,
+    const,
+    shift,
+    resp_in,
+    tile,
+    out_lr,
+    out_norm,
+    nk,
+    sx,
+    sq,
+):
+    """Rows [start, stop) of ``mixture_pass``: adds into this chunk's nk, sx, sq.
+
+    Kept out of the ``prange`` body so that numba's parallel compilation handles only
+    a small loop (that keeps the cold compile short).
+    Returns (sum of log-sum-exp, entropy) over the rows.
+    """
+    D = X.shape[1]
+    K = const.shape[0]
+    given = resp_in.shape[0] == X.shape[0]
+    want_stats = shift.shape[0] == K
+    want_lr = out_lr.shape[0] == X.shape[0]
+    want_norm = out_norm.shape[0] == X.shape[0]
+    Xt = np.empty((D, tile))
+    Y = np.empty((D, tile))
+    LP = np.empty((K, tile))
+    R = np.empty((K, tile))
+    acc = np.empty(tile)
+    maha = np.empty(tile)
+    mx = np.empty(tile)
+    s = np.empty(tile)
+    c_norm = 0.0
+    c_ent = 0.0
+    for t0 in range(start, stop, tile):
+        T = min(tile, stop - t0)
+        _load_tile(X, t0, T, Xt)
+        if given:
+            for k in range(K):
+                for t in range(T):
+                    R[k, t] = resp_in[t0 + t, k]
+        else:
+            if kind == KIND_FULL:
+                _logprob_full(Xt, T, means, prec, const, LP, Y, acc, maha)
+            elif kind == KIND_TIED:
+                _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
+            else:
+                _logprob_diag(Xt, T, means, prec, const, LP, acc)
+            tn, te = _normalize(T, K, LP, R, mx, s)
+            c_norm += tn
+            c_ent += te
+            if want_lr:
+                for t in range(T):
+                    for k in range(K):
+                        out_lr[t0 + t, k] = LP[k, t] - mx[t]
+            if want_norm:
+                for t in range(T):
+                    out_norm[t0 + t] = mx[t]
+        if want_stats:
+            _accumulate(Xt, T, shift, R, kind, Y, acc, nk, sx, sq)
+    return c_norm, c_ent
+
+
+@pjit
+def mixture_pass(
+    X, kind, means, prec, const, shift, resp_in, chunk, tile, out_log_resp, out_norm
+):
+    """One pass over X: responsibilities and their sufficient statistics.
+
+    Parameters
+    ----------
+    X : (N, D) float64, C-contiguous
+    kind : int, one of KIND_FULL, KIND_TIED, KIND_DIAG
+    means : (K, D) component means (for KIND_TIED: ``means @ prec[0]``)
+    prec : (K, D, D) for full, (1, D, D) for tied, (K, 1, D) for diag
+    const : (K,) the x-independent part of each expected log-density
+    shift : (K, D) per-component shift of the accumulated moments, or (0, D) to skip
+        the statistics (scoring only)
+    resp_in : (N, K) responsibilities to use instead of computing them, or (0, K)
+    chunk, tile : rows per parallel work item / per transposed tile
+    out_log_resp : (N, K) to receive log-responsibilities, or (0, K) for none
+    out_norm : (N,) to receive log-sum-exp per row, or (0,) for none
+
+    Returns
+    -------
+    nk : (C, K), sx : (C, K, D), sq : (C, K, Dq, D), norm : (C,), ent : (C,)
+        Per-chunk partial sums, C = ceil(N / chunk). ``sq`` has Dq = D (full,
+        upper triangle filled), 1 (diag) or 0 (tied). ``norm`` is the sum of
+        log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when resp_in
+        is given).
+    """
+    N, D = X.shape
+    K = const.shape[0]
+    n_chunks = (N + chunk - 1) // chunk
+    Dq = D if kind == KIND_FULL else (1 if kind == KIND_DIAG else 0)
+    nk = np.zeros((n_chunks, K))
+    sx = np.zeros((n_chunks, K, D))
+    sq = np.zeros((n_chunks, K, Dq, D))
+    norm = np.zeros(n_chunks)
+    ent = np.zeros(n_chunks)
+    for c in prange(n_chunks):
+        start = c * chunk
+        stop = min(N, start + chunk)
+        norm[c], ent[c] = _chunk_pass(
+            X,
+            start,
+            stop,
+            kind,
+            means,
+            prec,
+            const,
+            shift,
+            resp_in,
+            tile,
+            out_log_resp,
+            out_norm,
+            nk[c],
+            sx[c],
+            sq[c],
+        )
+    return nk, sx, sq, norm, ent
+
+
+@jit
+def _gram_rows(X, start, stop, center, out):
+    D = X.shape[1]
+    y = np.empty(D)
+    for n in range(start, stop):
+        for d in range(D):
+            y[d] = X[n, d] - center[d]
+        for i in range(D):
+            yi = y[i]
+            for j in range(i, D):
+                out[i, j] += yi * y[j]
+
+
+@pjit
+def centered_gram(X, center, chunk):
+    """Per-chunk partials of sum_n (x_n - center)(x_n - center)^T, upper triangle."""
+    N, D = X.shape
+    n_chunks = (N + chunk - 1) // chunk
+    out = np.zeros((n_chunks, D, D))
+    for c in prange(n_chunks):
+        _gram_rows(X, c * chunk, min(N, (c + 1) * chunk), center, out[c])
+    return out

@@ -1,0 +1,828 @@
+"""Variational Bayesian Gaussian mixture: a drop-in for scikit-learn's estimator.
+
+The model, priors, bound and update order are scikit-learn's (Bishop, PRML §10.2, with
+scikit-learn's normalized Wishart parameterization and its constant-free bound), so a
+fit gives the same numbers; the work over the data is one fused parallel pass per
+iteration (``fastvi.kernels.gmm.mixture_pass``) instead of a Python loop over components.
+"""
+
+import math
+from numbers import Integral, Real
+from typing import NamedTuple
+
+import numpy as np
+from scipy import linalg
+from scipy.special import betaln, digamma, gammaln
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_array, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._cavi import CAVIMixin, all_or_nothing
+from ._threads import thread_limits
+
+__all__ = ["BayesianGaussianMixture"]
+
+# Rows per parallel work item. Fixed, so the reduction order (and therefore every bit of
+# the result) does not depend on the number of threads.
+CHUNK_ROWS = 4096
+TILE_ROWS = 256
+
+_KIND = {"full": 0, "tied": 1, "diag": 2, "spherical": 2}
+
+_ILL_DEFINED = (
+    "Fitting the mixture model failed because some components have "
+    "ill-defined empirical covariance (for instance caused by singleton "
+    "or collapsed samples). Try to decrease the number of components, "
+    "increase reg_covar, or scale the input data."
+)
+
+_EMPTY2 = np.empty((0, 0))
+_EMPTY1 = np.empty(0)
+
+
+def _gmm_kernels():
+    # imported lazily: ``import fastvi`` must not pull in (or compile) kernels
+    from .kernels import gmm
+
+    return gmm
+
+
+class _Stats:
+    """Sufficient statistics of one pass, summed over chunks in chunk order.
+
+    ``nk`` are the raw responsibility sums, ``sx``/``sq`` the first and second moments
+    about ``shift`` (see ``fastvi.kernels.gmm``), ``entropy`` is -sum r log r and
+    ``norm`` the sum over rows of log-sum-exp.
+    """
+
+    __slots__ = ("nk", "sx", "sq", "shift", "entropy", "norm")
+
+    def __init__(self, parts, shift):
+        nk, sx, sq, norm, ent = parts
+        self.nk = nk.sum(axis=0)
+        self.sx = sx.sum(axis=0)
+        self.sq = sq.sum(axis=0)
+        self.norm = float(norm.sum())
+        self.entropy = float(ent.sum())
+        self.shift = shift
+
+
+class _CenteredGram(NamedTuple):
+    """sum_n (x_n - c)(x_n - c)^T and sum_n (x_n - c) about the data mean c."""
+
+    matrix: np.ndarray
+    dev_sum: np.ndarray
+
+
+class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
+    """Variational Bayesian estimation of a Gaussian mixture (fast drop-in).
+
+    Same parameters, defaults, fitted attributes and numbers as
+    :class:`sklearn.mixture.BayesianGaussianMixture`; the iterations run in fused,
+    parallel Numba kernels. See scikit-learn's documentation for the model.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Upper bound on the number of mixture components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+        Covariance parameterization of the components.
+    tol : float, default=1e-3
+        Stop when the absolute change of the lower bound is below ``tol``.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance estimate.
+    max_iter : int, default=100
+        Maximum number of CAVI iterations per initialization.
+    n_init : int, default=1
+        Number of initializations; the one with the highest bound is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        How the initial responsibilities are chosen (as in scikit-learn).
+    weight_concentration_prior_type : {'dirichlet_process', 'dirichlet_distribution'}
+        Prior on the weights (stick-breaking or finite Dirichlet).
+    weight_concentration_prior : float, default=None
+        Dirichlet concentration (gamma_0); ``1 / n_components`` when None.
+    mean_precision_prior : float, default=None
+        Precision prior on the means (beta_0); 1 when None.
+    mean_prior : array-like of shape (n_features,), default=None
+        Prior mean (m_0); the data mean when None.
+    degrees_of_freedom_prior : float, default=None
+        Wishart degrees of freedom (nu_0); ``n_features`` when None. Must exceed
+        ``n_features - 1``.
+    covariance_prior : float or array-like, default=None
+        Wishart covariance prior (W_0^{-1}); the empirical covariance when None.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialization exactly as scikit-learn does.
+    warm_start : bool, default=False
+        Continue from the previous fit.
+    verbose : int, default=0
+    verbose_interval : int, default=10
+    n_jobs : int, default=None
+        Threads used by the kernels (None: all; negative: all but ``-n_jobs - 1``).
+        Results are bitwise identical for every value.
+
+    Attributes
+    ----------
+    weights_, means_, covariances_, precisions_, precisions_cholesky_,
+    weight_concentration_prior_, weight_concentration_, mean_precision_prior_,
+    mean_precision_, mean_prior_, degrees_of_freedom_prior_, degrees_of_freedom_,
+    covariance_prior_, converged_, n_iter_, lower_bound_, lower_bounds_,
+    n_features_in_, feature_names_in_
+        As in scikit-learn.
+
+    Notes
+    -----
+    Updates follow PRML eqs. 10.46-10.67 with the degrees-of-freedom typo of eq. 10.63
+    fixed (nu_k = nu_0 + N_k) and covariances normalized by nu_k, as scikit-learn does.
+    The second moments are accumulated about the current component means (one pass),
+    not about the new means (scikit-learn's second pass); the two agree to rounding.
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [
+            StrOptions({"kmeans", "random", "random_from_data", "k-means++"})
+        ],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions({"spherical", "tied", "diag", "full"})],
+        "weight_concentration_prior_type": [
+            StrOptions({"dirichlet_process", "dirichlet_distribution"})
+        ],
+        "weight_concentration_prior": [
+            None,
+            Interval(Real, 0.0, None, closed="neither"),
+        ],
+        "mean_precision_prior": [None, Interval(Real, 0.0, None, closed="neither")],
+        "mean_prior": [None, "array-like"],
+        "degrees_of_freedom_prior": [None, Interval(Real, 0.0, None, closed="neither")],
+        "covariance_prior": [
+            None,
+            "array-like",
+            Interval(Real, 0.0, None, closed="neither"),
+        ],
+        "n_jobs": [None, Integral],
+    }
+
+    def __init__(
+        self,
+        *,
+        n_components=1,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=None,
+        mean_precision_prior=None,
+        mean_prior=None,
+        degrees_of_freedom_prior=None,
+        covariance_prior=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+        n_jobs=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weight_concentration_prior_type = weight_concentration_prior_type
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.n_jobs = n_jobs
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, X, y=None):
+        """Fit the mixture by CAVI (``n_init`` restarts, best bound kept).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        self : BayesianGaussianMixture
+        """
+        self.fit_predict(X, y)
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit the mixture and return the most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        self._validate_params()
+        with all_or_nothing(self):
+            X = validate_data(
+                self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
+            )
+            if X.shape[0] < self.n_components:
+                raise ValueError(
+                    "Expected n_samples >= n_components "
+                    f"but got n_components = {self.n_components}, "
+                    f"n_samples = {X.shape[0]}"
+                )
+            self._check_parameters(X)
+            random_state = check_random_state(self.random_state)
+            with thread_limits(self.n_jobs):
+                data = self._prepare(X)
+                self._cavi_fit(data, random_state)
+                self._set_derived()
+                # labels from a final local step, so fit_predict(X) == fit(X).predict(X)
+                log_resp, _ = self._log_resp_norm(data[0])
+        return log_resp.argmax(axis=1)
+
+    def predict(self, X):
+        """Most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        log_resp, _ = self._score_arrays(X, want_resp=True)
+        return log_resp.argmax(axis=1)
+
+    def predict_proba(self, X):
+        """Posterior probability of each component for each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        resp : ndarray of shape (n_samples, n_components)
+        """
+        log_resp, _ = self._score_arrays(X, want_resp=True)
+        return np.exp(log_resp)
+
+    def score_samples(self, X):
+        """Log of the (variational) mixture density of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_prob : ndarray of shape (n_samples,)
+        """
+        _, norm = self._score_arrays(X, want_resp=False)
+        return norm
+
+    def score(self, X, y=None):
+        """Mean of :meth:`score_samples` over ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+
+        Returns
+        -------
+        log_likelihood : float
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples=1):
+        """Draw samples from the fitted mixture (same draws as scikit-learn's).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            Component of each sample.
+        """
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(
+                "Invalid value for 'n_samples': %d . The sampling requires at "
+                "least one sample." % n_samples
+            )
+        n_features = self.means_.shape[1]
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, self.weights_)
+        if self.covariance_type == "full":
+            draws = [
+                rng.multivariate_normal(mean, cov, int(n))
+                for mean, cov, n in zip(self.means_, self.covariances_, counts)
+            ]
+        elif self.covariance_type == "tied":
+            draws = [
+                rng.multivariate_normal(mean, self.covariances_, int(n))
+                for mean, n in zip(self.means_, counts)
+            ]
+        else:
+            draws = [
+                mean + rng.standard_normal(size=(n, n_features)) * np.sqrt(cov)
+                for mean, cov, n in zip(self.means_, self.covariances_, counts)
+            ]
+        labels = np.concatenate(
+            [np.full(int(n), k, dtype=np.int64) for k, n in enumerate(counts)]
+        )
+        return np.vstack(draws), labels
+
+    # ------------------------------------------------------------ parameter checks
+    def _check_parameters(self, X):
+        """Resolve the priors (trailing-underscore attributes), scikit-learn's rules."""
+        n_features = X.shape[1]
+        self.weight_concentration_prior_ = (
+            1.0 / self.n_components
+            if self.weight_concentration_prior is None
+            else self.weight_concentration_prior
+        )
+        self.mean_precision_prior_ = (
+            1.0 if self.mean_precision_prior is None else self.mean_precision_prior
+        )
+        if self.mean_prior is None:
+            self.mean_prior_ = X.mean(axis=0)
+        else:
+            self.mean_prior_ = check_array(
+                self.mean_prior, dtype=[np.float64, np.float32], ensure_2d=False
+            )
+            _check_shape(self.mean_prior_, (n_features,), "means")
+
+        if self.degrees_of_freedom_prior is None:
+            self.degrees_of_freedom_prior_ = n_features
+        elif self.degrees_of_freedom_prior > n_features - 1.0:
+            self.degrees_of_freedom_prior_ = self.degrees_of_freedom_prior
+        else:
+            raise ValueError(
+                "The parameter 'degrees_of_freedom_prior' "
+                "should be greater than %d, but got %.3f."
+                % (n_features - 1, self.degrees_of_freedom_prior)
+            )
+
+        cov_type = self.covariance_type
+        if self.covariance_prior is None:
+            if cov_type in ("full", "tied"):
+                self.covariance_prior_ = np.atleast_2d(np.cov(X.T))
+            elif cov_type == "diag":
+                self.covariance_prior_ = np.var(X, axis=0, ddof=1)
+            else:
+                self.covariance_prior_ = np.var(X, axis=0, ddof=1).mean()
+        elif cov_type in ("full", "tied"):
+            prior = check_array(
+                self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
+            )
+            _check_shape(
+                prior, (n_features, n_features), f"{cov_type} covariance_prior"
+            )
+            if not (
+                np.allclose(prior, prior.T) and np.all(np.linalg.eigvalsh(prior) > 0.0)
+            ):
+                raise ValueError(
+                    f"'{cov_type} precision' should be symmetric, positive-definite"
+                )
+            self.covariance_prior_ = prior
+        elif cov_type == "diag":
+            prior = check_array(
+                self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
+            )
+            _check_shape(prior, (n_features,), f"{cov_type} covariance_prior")
+            if np.any(prior <= 0.0):
+                raise ValueError(f"'{cov_type} precision' should be positive")
+            self.covariance_prior_ = prior
+        else:
+            self.covariance_prior_ = self.covariance_prior
+
+    # --------------------------------------------------------------- CAVI hooks
+    def _prepare(self, X):
+        """Per-fit constants: float64 data, the data mean, the centered Gram (tied)."""
+        X64 = np.ascontiguousarray(X, dtype=np.float64)
+        center = X64.mean(axis=0)
+        gram = None
+        if self.covariance_type == "tied":
+            parts = _gmm_kernels().centered_gram(X64, center, CHUNK_ROWS)
+            gram = _CenteredGram(
+                matrix=_symmetrize_upper(parts.sum(axis=0)),
+                dev_sum=X64.sum(axis=0) - X64.shape[0] * center,
+            )
+        return X64, X, center, gram
+
+    def _cavi_initialize(self, data, random_state):
+        X64, X_orig, center, _ = data
+        resp = self._initial_resp(X_orig, random_state)
+        shift = np.broadcast_to(center, (self.n_components, center.size)).copy()
+        stats = self._pass(X64, shift, resp_in=resp)
+        self._update_globals(stats, data)
+
+    def _cavi_step(self, data):
+        # local step: responsibilities and their statistics in one pass; then global
+        stats = self._pass(data[0], self.means_)
+        self._update_globals(stats, data)
+        return self._bound(stats.entropy)
+
+    def _cavi_get_state(self):
+        return (
+            self.weight_concentration_,
+            self.mean_precision_,
+            self.means_,
+            self.degrees_of_freedom_,
+            self.covariances_,
+            self.precisions_cholesky_,
+        )
+
+    def _cavi_set_state(self, state):
+        (
+            self.weight_concentration_,
+            self.mean_precision_,
+            self.means_,
+            self.degrees_of_freedom_,
+            self.covariances_,
+            self.precisions_cholesky_,
+        ) = state
+
+    # ---------------------------------------------------------- initialization
+    def _initial_resp(self, X, random_state):
+        """Initial responsibilities, drawing from ``random_state`` as scikit-learn."""
+        n_samples, K = X.shape[0], self.n_components
+        if self.init_params == "kmeans":
+            from sklearn.cluster import KMeans
+
+            labels = (
+                KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(X).labels_
+            )
+            resp = np.zeros((n_samples, K))
+            resp[np.arange(n_samples), labels] = 1.0
+        elif self.init_params == "random":
+            resp = random_state.uniform(size=(n_samples, K)).astype(X.dtype)
+            resp /= resp.sum(axis=1)[:, np.newaxis]
+        elif self.init_params == "random_from_data":
+            indices = random_state.choice(n_samples, size=K, replace=False)
+            resp = np.zeros((n_samples, K))
+            resp[indices, np.arange(K)] = 1.0
+        else:  # "k-means++"
+            from sklearn.cluster import kmeans_plusplus
+
+            _, indices = kmeans_plusplus(X, K, random_state=random_state)
+            resp = np.zeros((n_samples, K))
+            resp[indices, np.arange(K)] = 1.0
+        return np.ascontiguousarray(resp, dtype=np.float64)
+
+    # ---------------------------------------------------------------- the pass
+    def _kernel_params(self):
+        """Arguments of the fused kernel for the current global factors."""
+        D = self.means_.shape[1]
+        K = self.n_components
+        cov_type = self.covariance_type
+        pc = self.precisions_cholesky_
+        if cov_type == "full":
+            means, prec = self.means_, pc
+        elif cov_type == "tied":
+            means, prec = self.means_ @ pc, pc[np.newaxis]
+        elif cov_type == "diag":
+            means, prec = self.means_, (pc**2)[:, np.newaxis, :]
+        else:
+            prec = np.repeat((pc**2)[:, np.newaxis], D, axis=1)[:, np.newaxis, :]
+            means = self.means_
+        const = (
+            self._estimate_log_weights()
+            + self._log_det_cholesky()
+            - 0.5 * D * math.log(2.0 * math.pi)
+            - 0.5 * D * np.log(self.degrees_of_freedom_)
+            + 0.5 * (self._expected_log_det_lambda() - D / self.mean_precision_)
+        )
+        const = np.broadcast_to(const, (K,))
+        return _kernel_array(means), _kernel_array(prec), _kernel_array(const)
+
+    def _pass(self, X64, shift, resp_in=None):
+        """One fused pass: statistics of the responsibilities (computed or given)."""
+        gmm = _gmm_kernels()
+        K, D = self.n_components, X64.shape[1]
+        if resp_in is None:
+            means, prec, const = self._kernel_params()
+            resp_in = np.empty((0, K))
+        else:  # only the statistics are computed; the parameters are unused
+            means, prec, const = np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)
+        shift = _kernel_array(shift)
+        parts = gmm.mixture_pass(
+            X64,
+            _KIND[self.covariance_type],
+            means,
+            prec,
+            const,
+            shift,
+            resp_in,
+            CHUNK_ROWS,
+            TILE_ROWS,
+            np.empty((0, K)),
+            _EMPTY1,
+        )
+        return _Stats(parts, shift)
+
+    def _log_resp_norm(self, X64, want_resp=True):
+        """Log-responsibilities (N, K) and per-row log-sum-exp (N,), no statistics."""
+        gmm = _gmm_kernels()
+        N, K = X64.shape[0], self.n_components
+        means, prec, const = self._kernel_params()
+        log_resp = np.empty((N, K)) if want_resp else np.empty((0, K))
+        norm = np.empty(N)
+        gmm.mixture_pass(
+            X64,
+            _KIND[self.covariance_type],
+            means,
+            prec,
+            const,
+            np.empty((0, X64.shape[1])),
+            np.empty((0, K)),
+            CHUNK_ROWS,
+            TILE_ROWS,
+            log_resp,
+            norm,
+        )
+        return log_resp, norm
+
+    def _score_arrays(self, X, want_resp):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        X64 = np.ascontiguousarray(X, dtype=np.float64)
+        with thread_limits(self.n_jobs):
+            return self._log_resp_norm(X64, want_resp)
+
+    # ------------------------------------------------------------- global step
+    def _update_globals(self, stats, data):
+        """Closed-form updates of q(pi), q(mu, Lambda) from the statistics (M-step)."""
+        nk, xk, sk = self._gaussian_statistics(stats, data)
+        self._update_weights(nk)
+        self.mean_precision_ = self.mean_precision_prior_ + nk
+        self.means_ = (
+            self.mean_precision_prior_ * self.mean_prior_ + nk[:, np.newaxis] * xk
+        ) / self.mean_precision_[:, np.newaxis]
+        self._update_wishart(nk, xk, sk)
+        self.precisions_cholesky_ = _precision_cholesky(
+            self.covariances_, self.covariance_type, self.means_
+        )
+
+    def _gaussian_statistics(self, stats, data):
+        """N_k, weighted means and (regularized) covariances from shifted moments."""
+        reg = self.reg_covar
+        raw = stats.nk
+        nk = raw + 10 * np.finfo(np.float64).eps
+        shift = stats.shift
+        xk = (stats.sx + raw[:, np.newaxis] * shift) / nk[:, np.newaxis]
+        d = xk - shift  # new mean about the shift
+        a = stats.sx
+        cov_type = self.covariance_type
+        if cov_type == "full":
+            second = _symmetrize_upper(stats.sq)
+            # sum r (x - xk)(x - xk)^T = B - a d^T - d a^T + N d d^T
+            ad = a[:, :, np.newaxis] * d[:, np.newaxis, :]
+            sk = (
+                second
+                - ad
+                - ad.transpose(0, 2, 1)
+                + raw[:, np.newaxis, np.newaxis]
+                * d[:, :, np.newaxis]
+                * d[:, np.newaxis]
+            ) / nk[:, np.newaxis, np.newaxis]
+            idx = np.arange(sk.shape[1])
+            sk[:, idx, idx] += reg
+        elif cov_type == "tied":
+            # scikit-learn's (X^T X - sum_k N_k x_k x_k^T) / sum_k N_k, written about
+            # the data mean c so that it does not cancel catastrophically. X^T X runs
+            # over all rows even when the responsibilities of some rows are all zero
+            # (hard initializations); the c-terms below keep that exactly.
+            _, _, center, gram = data
+            n_rows = data[0].shape[0]
+            dc = xk - center
+            excess = gram.dev_sum - (nk[:, np.newaxis] * dc).sum(axis=0)
+            cc = np.outer(center, center)
+            sk = (
+                gram.matrix
+                - (nk[:, np.newaxis] * dc).T @ dc
+                + np.outer(excess, center)
+                + np.outer(center, excess)
+                + (n_rows - nk.sum()) * cc
+            ) / nk.sum()
+            sk.flat[:: sk.shape[0] + 1] += reg
+        else:
+            second = stats.sq[:, 0, :]
+            sk = (second - 2.0 * a * d + raw[:, np.newaxis] * d * d) / nk[:, np.newaxis]
+            sk = sk + reg
+            if cov_type == "spherical":
+                sk = sk.mean(axis=1)
+        return nk, xk, sk
+
+    def _update_weights(self, nk):
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            # stick-breaking Beta(1 + N_k, gamma_0 + sum_{j > k} N_j)
+            tail = np.hstack((np.cumsum(nk[::-1])[-2::-1], 0))
+            self.weight_concentration_ = (
+                1.0 + nk,
+                self.weight_concentration_prior_ + tail,
+            )
+        else:
+            self.weight_concentration_ = self.weight_concentration_prior_ + nk
+
+    def _update_wishart(self, nk, xk, sk):
+        """Normalized Wishart parameters: covariances_ = W_k^{-1} / nu_k."""
+        K = self.n_components
+        beta0 = self.mean_precision_prior_
+        diff = xk - self.mean_prior_
+        cov_type = self.covariance_type
+        if cov_type == "full":
+            self.degrees_of_freedom_ = self.degrees_of_freedom_prior_ + nk
+            scale = nk * beta0 / self.mean_precision_
+            cov = (
+                self.covariance_prior_
+                + nk[:, np.newaxis, np.newaxis] * sk
+                + scale[:, np.newaxis, np.newaxis]
+                * diff[:, :, np.newaxis]
+                * diff[:, np.newaxis, :]
+            )
+            self.covariances_ = (
+                cov / self.degrees_of_freedom_[:, np.newaxis, np.newaxis]
+            )
+        elif cov_type == "tied":
+            self.degrees_of_freedom_ = self.degrees_of_freedom_prior_ + nk.sum() / K
+            cov = (
+                self.covariance_prior_
+                + sk * nk.sum() / K
+                + beta0 / K * ((nk / self.mean_precision_) * diff.T) @ diff
+            )
+            self.covariances_ = cov / self.degrees_of_freedom_
+        elif cov_type == "diag":
+            self.degrees_of_freedom_ = self.degrees_of_freedom_prior_ + nk
+            cov = self.covariance_prior_ + nk[:, np.newaxis] * (
+                sk + (beta0 / self.mean_precision_)[:, np.newaxis] * diff**2
+            )
+            self.covariances_ = cov / self.degrees_of_freedom_[:, np.newaxis]
+        else:
+            self.degrees_of_freedom_ = self.degrees_of_freedom_prior_ + nk
+            cov = self.covariance_prior_ + nk * (
+                sk + beta0 / self.mean_precision_ * np.mean(diff**2, axis=1)
+            )
+            self.covariances_ = cov / self.degrees_of_freedom_
+
+    # ---------------------------------------------------------- expectations
+    def _estimate_log_weights(self):
+        """E[log pi_k] under q(pi) (stick-breaking or Dirichlet)."""
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            a, b = self.weight_concentration_
+            dg_sum = digamma(a + b)
+            return (
+                digamma(a)
+                - dg_sum
+                + np.hstack((0, np.cumsum(digamma(b) - dg_sum)[:-1]))
+            )
+        wc = self.weight_concentration_
+        return digamma(wc) - digamma(np.sum(wc))
+
+    def _log_det_cholesky(self):
+        """log det of the precision Cholesky factor, per component (PRML 10.65 part)."""
+        pc = self.precisions_cholesky_
+        D = self.means_.shape[1]
+        cov_type = self.covariance_type
+        if cov_type == "full":
+            return np.log(np.diagonal(pc, axis1=1, axis2=2)).sum(axis=1)
+        if cov_type == "tied":
+            return np.log(np.diag(pc)).sum()
+        if cov_type == "diag":
+            return np.log(pc).sum(axis=1)
+        return D * np.log(pc)
+
+    def _expected_log_det_lambda(self):
+        """E[log det Lambda_k] without the log det W term (PRML eq. 10.65)."""
+        D = self.means_.shape[1]
+        nu = np.atleast_1d(self.degrees_of_freedom_)
+        dg = digamma(0.5 * (nu - np.arange(D)[:, np.newaxis])).sum(axis=0)
+        out = D * math.log(2.0) + dg
+        return out if np.ndim(self.degrees_of_freedom_) else out[0]
+
+    def _bound(self, entropy):
+        """scikit-learn's lower bound (constants dropped) after a CAVI round."""
+        D = self.means_.shape[1]
+        nu = self.degrees_of_freedom_
+        log_det_chol = self._log_det_cholesky() - 0.5 * D * np.log(nu)
+        log_wishart_norm = -(
+            nu * log_det_chol
+            + nu * D * 0.5 * math.log(2.0)
+            + gammaln(0.5 * (np.atleast_1d(nu) - np.arange(D)[:, np.newaxis])).sum(
+                axis=0
+            )
+        )
+        if self.covariance_type == "tied":
+            log_wishart = self.n_components * float(log_wishart_norm[0])
+        else:
+            log_wishart = float(np.sum(log_wishart_norm))
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            a, b = self.weight_concentration_
+            log_norm_weight = -np.sum(betaln(a, b))
+        else:
+            wc = self.weight_concentration_
+            log_norm_weight = gammaln(np.sum(wc)) - np.sum(gammaln(wc))
+        return (
+            entropy
+            - log_wishart
+            - log_norm_weight
+            - 0.5 * D * np.sum(np.log(self.mean_precision_))
+        )
+
+    def _set_derived(self):
+        """weights_ and precisions_ from the fitted variational parameters."""
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            a, b = self.weight_concentration_
+            total = a + b
+            weights = a / total * np.hstack((1, np.cumprod(b[:-1] / total[:-1])))
+            self.weights_ = weights / weights.sum()
+        else:
+            self.weights_ = self.weight_concentration_ / np.sum(
+                self.weight_concentration_
+            )
+        pc = self.precisions_cholesky_
+        if self.covariance_type == "full":
+            self.precisions_ = np.matmul(pc, pc.transpose(0, 2, 1))
+        elif self.covariance_type == "tied":
+            self.precisions_ = pc @ pc.T
+        else:
+            self.precisions_ = pc**2
+
+
+def _kernel_array(a):
+    """float64, C-contiguous and writable: one kernel signature, one compile.
+
+    (numba types read-only arrays separately, so a read-only view such as a
+    ``np.broadcast_to`` result would compile the kernel a second time.)
+    """
+    return np.require(a, dtype=np.float64, requirements=["C", "W"])
+
+
+def _check_shape(param, shape, name):
+    if param.shape != shape:
+        raise ValueError(
+            "The parameter '%s' should have the shape of %s, but got %s"
+            % (name, shape, param.shape)
+        )
+
+
+def _symmetrize_upper(a):
+    """Fill the lower triangle of (..., D, D) arrays from their upper triangle."""
+    upper = np.triu(a)
+    return upper + np.swapaxes(np.triu(a, 1), -1, -2)
+
+
+def _precision_cholesky(covariances, cov_type, means):
+    """Upper-triangular U with U U^T = covariance^{-1}, or scikit-learn's error.
+
+    A variance at or below the rounding level of the component mean, (8 ulp of
+    |mean|)^2, is a zero variance that rounding made positive (a constant feature with
+    reg_covar=0): it is ill-defined, as an exact zero is.
+    """
+    floor = (8.0 * np.finfo(np.float64).eps * np.abs(means)) ** 2
+    if cov_type in ("full", "tied"):
+        covs = covariances if cov_type == "full" else covariances[np.newaxis]
+        floor = floor if cov_type == "full" else floor.max(axis=0, keepdims=True)
+        D = covs.shape[-1]
+        eye = np.eye(D)
+        out = np.empty_like(covs)
+        for k, cov in enumerate(covs):
+            try:
+                chol = linalg.cholesky(cov, lower=True)
+            except linalg.LinAlgError:
+                raise ValueError(_ILL_DEFINED) from None
+            if np.any(np.diag(chol) ** 2 <= floor[k]):
+                raise ValueError(_ILL_DEFINED)
+            out[k] = linalg.solve_triangular(chol, eye, lower=True).T
+        return out if cov_type == "full" else out[0]
+    if cov_type == "spherical":
+        floor = floor.max(axis=1)
+    if np.any(covariances <= floor) or not np.all(np.isfinite(covariances)):
+        raise ValueError(_ILL_DEFINED)
+    return 1.0 / np.sqrt(covariances)

@@ -1,0 +1,198 @@
+"""Every kernel against its NumPy reference (tests/reference.py), small and edge inputs."""
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from fastvi.kernels import gmm
+from fastvi.kernels._config import jit
+from fastvi.kernels._math import exp_nonpos
+
+from . import reference as ref
+
+
+@jit
+def _exp_array(a):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = exp_nonpos(a[i])
+    return out
+
+
+def test_exp_nonpos_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            -rng.exponential(30.0, 20000),
+            -rng.uniform(0, 1e-3, 1000),
+            [0.0, -0.0, -1e-300, 1e-15, -707.9, -708.0 + 1e-9],
+        ]
+    )
+    got = _exp_array(x)
+    want = np.exp(x)
+    keep = x > -708.0
+    assert_allclose(got[keep], want[keep], rtol=5e-14, atol=0)
+    assert np.all(got[~keep] == 0.0)
+
+
+def test_exp_nonpos_edges():
+    x = np.array([-708.5, -745.2, -1e6, -np.inf, np.nan])
+    got = _exp_array(x)
+    assert_array_equal(got[:4], 0.0)
+    assert np.isnan(got[4])
+
+
+def _random_params(rng, kind, K, D, scale=1.0):
+    means = rng.normal(0.0, 2.0 * scale, size=(K, D))
+    const = rng.normal(size=K)
+    if kind == 0:
+        prec = np.triu(rng.normal(size=(K, D, D))) / scale
+        idx = np.arange(D)
+        prec[:, idx, idx] = np.abs(prec[:, idx, idx]) + 0.5 / scale
+    elif kind == 1:
+        U = np.triu(rng.normal(size=(D, D))) / scale
+        U[np.arange(D), np.arange(D)] = np.abs(np.diag(U)) + 0.5 / scale
+        prec = U[np.newaxis]
+        means = means @ U  # the kernel takes projected means for 'tied'
+    else:
+        prec = rng.uniform(0.2, 2.0, size=(K, 1, D)) / scale**2
+    return means, prec, const
+
+
+def _run(X, kind, means, prec, const, shift, resp_in=None, chunk=64, tile=16):
+    N = X.shape[0]
+    K = const.shape[0]
+    lr = np.full((N, K), np.nan)
+    lse = np.full(N, np.nan)
+    given = np.empty((0, K)) if resp_in is None else resp_in
+    parts = gmm.mixture_pass(
+        X, kind, means, prec, const, shift, given, chunk, tile, lr, lse
+    )
+    return parts, lr, lse
+
+
+CASES = [
+    # (N, K, D, chunk, tile): single row, single component, partial tiles and chunks
+    (1, 1, 1, 64, 16),
+    (1, 3, 2, 64, 16),
+    (7, 1, 3, 64, 16),
+    (100, 3, 4, 64, 16),
+    (257, 4, 5, 64, 16),
+    (300, 2, 1, 4096, 256),
+    (130, 5, 6, 32, 8),
+]
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["full", "tied", "diag"])
+@pytest.mark.parametrize("N,K,D,chunk,tile", CASES)
+def test_mixture_pass_matches_reference(kind, N, K, D, chunk, tile):
+    rng = np.random.default_rng(N * 100 + K * 10 + D)
+    X = rng.normal(size=(N, D)) * 3.0
+    means, prec, const = _random_params(rng, kind, K, D)
+    shift = rng.normal(size=(K, D))
+    (nk, sx, sq, norm, ent), lr, lse = _run(
+        X, kind, means, prec, const, shift, None, chunk, tile
+    )
+    r_nk, r_sx, r_sq, r_norm, r_ent, r_lr, r_lse = ref.mixture_pass(
+        X, kind, means, prec, const, shift
+    )
+    n_chunks = -(-N // chunk)
+    assert nk.shape == (n_chunks, K)
+    assert_allclose(nk.sum(0), r_nk, rtol=1e-12, atol=1e-12)
+    assert_allclose(sx.sum(0), r_sx, rtol=1e-11, atol=1e-10)
+    assert_allclose(sq.sum(0), r_sq, rtol=1e-11, atol=1e-10)
+    assert_allclose(norm.sum(), r_norm, rtol=1e-12)
+    assert_allclose(ent.sum(), r_ent, rtol=1e-10, atol=1e-10)
+    assert_allclose(lr, r_lr, rtol=1e-12, atol=1e-11)
+    assert_allclose(lse, r_lse, rtol=1e-13)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["full", "tied", "diag"])
+def test_mixture_pass_given_responsibilities(kind):
+    rng = np.random.default_rng(1)
+    N, K, D = 150, 3, 4
+    X = rng.normal(size=(N, D)) + 50.0  # far from the origin: the shift matters
+    resp = rng.dirichlet(np.ones(K), size=N)
+    shift = np.tile(X.mean(0), (K, 1))
+    zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
+    (nk, sx, sq, norm, ent), lr, lse = _run(X, kind, *zeros, shift, resp_in=resp)
+    r_nk, r_sx, r_sq, *_ = ref.mixture_pass(X, kind, *zeros, shift, resp_in=resp)
+    assert_allclose(nk.sum(0), r_nk, rtol=1e-12)
+    assert_allclose(sx.sum(0), r_sx, rtol=1e-10, atol=1e-10)
+    assert_allclose(sq.sum(0), r_sq, rtol=1e-10, atol=1e-10)
+    assert norm.sum() == 0.0 and ent.sum() == 0.0
+    assert np.isnan(lr).all() and np.isnan(lse).all()  # outputs untouched
+
+
+def test_mixture_pass_scoring_only_skips_statistics():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(90, 3))
+    means, prec, const = _random_params(rng, 0, 4, 3)
+    (nk, sx, sq, norm, ent), lr, lse = _run(X, 0, means, prec, const, np.empty((0, 3)))
+    assert not nk.any() and not sx.any() and not sq.any()
+    _, _, _, _, _, r_lr, r_lse = ref.mixture_pass(X, 0, means, prec, const, means)
+    assert_allclose(lr, r_lr, rtol=1e-12, atol=1e-11)
+    assert_allclose(lse, r_lse, rtol=1e-13)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_mixture_pass_extreme_magnitudes(scale):
+    rng = np.random.default_rng(3)
+    N, K, D = 200, 3, 3
+    X = rng.normal(size=(N, D)) * scale
+    means, prec, const = _random_params(rng, 0, K, D, scale=scale)
+    shift = means.copy()
+    (nk, sx, sq, norm, ent), lr, lse = _run(X, 0, means, prec, const, shift)
+    r = ref.mixture_pass(X, 0, means, prec, const, shift)
+    assert np.all(np.isfinite(lr))
+    assert_allclose(nk.sum(0), r[0], rtol=1e-11, atol=1e-12)
+    assert_allclose(sq.sum(0), r[2], rtol=1e-9, atol=1e-12 * scale**2)
+    assert_allclose(lr, r[5], rtol=1e-10, atol=1e-10)
+
+
+def test_mixture_pass_far_apart_components_underflow_cleanly():
+    # responsibilities of exactly 0 and 1: no NaN from 0 * log 0
+    X = np.array([[0.0], [1000.0]])
+    means = np.array([[0.0], [1000.0]])
+    prec = np.ones((2, 1, 1))
+    const = np.zeros(2)
+    (nk, _, _, _, ent), lr, _ = _run(X, 0, means, prec, const, means)
+    assert_array_equal(nk.sum(0), [1.0, 1.0])
+    assert ent.sum() == 0.0
+    assert np.all(np.isfinite(lr[[0, 1], [0, 1]]))
+
+
+def test_mixture_pass_propagates_nan():
+    X = np.array([[0.0, np.nan], [1.0, 2.0]])
+    means, prec, const = _random_params(np.random.default_rng(4), 0, 2, 2)
+    (nk, *_), lr, lse = _run(X, 0, means, prec, const, means)
+    assert np.isnan(lse[0]) and np.isfinite(lse[1])
+
+
+def test_mixture_pass_bitwise_identical_across_thread_counts():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1000, 4))
+    means, prec, const = _random_params(rng, 0, 3, 4)
+    results = []
+    previous = numba.get_num_threads()
+    try:
+        for n in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(n)
+            results.append(_run(X, 0, means, prec, const, means, chunk=64, tile=16))
+    finally:
+        numba.set_num_threads(previous)
+    (a, lr_a, lse_a), (b, lr_b, lse_b) = results
+    for x, y in zip(a, b):
+        assert_array_equal(x, y)
+    assert_array_equal(lr_a, lr_b)
+
+
+@pytest.mark.parametrize("N,chunk", [(1, 4), (10, 4), (33, 8)])
+def test_centered_gram_matches_reference(N, chunk):
+    rng = np.random.default_rng(N)
+    X = rng.normal(size=(N, 3)) + 7.0
+    c = X.mean(0)
+    parts = gmm.centered_gram(X, c, chunk)
+    assert parts.shape == (-(-N // chunk), 3, 3)
+    assert_allclose(parts.sum(0), ref.centered_gram(X, c), rtol=1e-12, atol=1e-12)
