@@ -28,3 +28,5 @@ ruff format --check .
 echo "== tests"
 python -m pytest
 
+echo "== benchmark smoke profile (runs each benchmark once, no timing assertions)"
+FASTVI_BENCH_PROFILE=smoke python -m pytest bench/ -q --benchmark-disable -p no:cacheprovider

@@ -6,11 +6,11 @@ numba nor scikit-learn and compiles nothing.
 
 __version__ = "0.1.0"
 
-__all__ = ["BayesianGaussianMixture", "__version__"]
-
 _LAZY = {
     "BayesianGaussianMixture": "fastvi.mixture",
 }
+
+__all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name):

@@ -37,8 +37,7 @@ _ILL_DEFINED = (
     "increase reg_covar, or scale the input data."
 )
 
-_EMPTY2 = np.empty((0, 0))
-_EMPTY1 = np.empty(0)
+_NO_LABELS = np.empty(0, dtype=np.int64)
 
 
 def _gmm_kernels():
@@ -257,8 +256,8 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
                 self._cavi_fit(data, random_state)
                 self._set_derived()
                 # labels from a final local step, so fit_predict(X) == fit(X).predict(X)
-                log_resp, _ = self._log_resp_norm(data[0])
-        return log_resp.argmax(axis=1)
+                labels = self._score_pass(data[0], want="labels")
+        return labels
 
     def predict(self, X):
         """Most probable component of each sample.
@@ -271,8 +270,7 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
         -------
         labels : ndarray of shape (n_samples,)
         """
-        log_resp, _ = self._score_arrays(X, want_resp=True)
-        return log_resp.argmax(axis=1)
+        return self._score_arrays(X, want="labels")
 
     def predict_proba(self, X):
         """Posterior probability of each component for each sample.
@@ -285,8 +283,7 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
         -------
         resp : ndarray of shape (n_samples, n_components)
         """
-        log_resp, _ = self._score_arrays(X, want_resp=True)
-        return np.exp(log_resp)
+        return np.exp(self._score_arrays(X, want="log_resp"))
 
     def score_samples(self, X):
         """Log of the (variational) mixture density of each sample.
@@ -299,8 +296,7 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
         -------
         log_prob : ndarray of shape (n_samples,)
         """
-        _, norm = self._score_arrays(X, want_resp=False)
-        return norm
+        return self._score_arrays(X, want="norm")
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples` over ``X``.
@@ -438,9 +434,9 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
 
     def _cavi_initialize(self, data, random_state):
         X64, X_orig, center, _ = data
-        resp = self._initial_resp(X_orig, random_state)
+        resp, labels = self._initial_resp(X_orig, random_state)
         shift = np.broadcast_to(center, (self.n_components, center.size)).copy()
-        stats = self._pass(X64, shift, resp_in=resp)
+        stats = self._pass(X64, shift, resp_in=resp, labels_in=labels)
         self._update_globals(stats, data)
 
     def _cavi_step(self, data):
@@ -471,30 +467,31 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
 
     # ---------------------------------------------------------- initialization
     def _initial_resp(self, X, random_state):
-        """Initial responsibilities, drawing from ``random_state`` as scikit-learn."""
+        """Initial responsibilities, drawing from ``random_state`` as scikit-learn.
+
+        Returns ``(resp, None)`` for soft ('random') and ``(None, labels)`` for hard
+        initializations: one-hot responsibilities travel as labels (-1: no component),
+        so no N x K array is built for them.
+        """
         n_samples, K = X.shape[0], self.n_components
+        if self.init_params == "random":
+            resp = random_state.uniform(size=(n_samples, K)).astype(X.dtype)
+            resp /= resp.sum(axis=1)[:, np.newaxis]
+            return _kernel_array(resp), None
         if self.init_params == "kmeans":
             from sklearn.cluster import KMeans
 
-            labels = (
-                KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(X).labels_
-            )
-            resp = np.zeros((n_samples, K))
-            resp[np.arange(n_samples), labels] = 1.0
-        elif self.init_params == "random":
-            resp = random_state.uniform(size=(n_samples, K)).astype(X.dtype)
-            resp /= resp.sum(axis=1)[:, np.newaxis]
-        elif self.init_params == "random_from_data":
+            km = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(X)
+            return None, km.labels_.astype(np.int64)
+        if self.init_params == "random_from_data":
             indices = random_state.choice(n_samples, size=K, replace=False)
-            resp = np.zeros((n_samples, K))
-            resp[indices, np.arange(K)] = 1.0
         else:  # "k-means++"
             from sklearn.cluster import kmeans_plusplus
 
             _, indices = kmeans_plusplus(X, K, random_state=random_state)
-            resp = np.zeros((n_samples, K))
-            resp[indices, np.arange(K)] = 1.0
-        return np.ascontiguousarray(resp, dtype=np.float64)
+        labels = np.full(n_samples, -1, dtype=np.int64)
+        labels[indices] = np.arange(K)
+        return None, labels
 
     # ---------------------------------------------------------------- the pass
     def _kernel_params(self):
@@ -522,59 +519,62 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
         const = np.broadcast_to(const, (K,))
         return _kernel_array(means), _kernel_array(prec), _kernel_array(const)
 
-    def _pass(self, X64, shift, resp_in=None):
+    def _pass(self, X64, shift, resp_in=None, labels_in=None):
         """One fused pass: statistics of the responsibilities (computed or given)."""
-        gmm = _gmm_kernels()
         K, D = self.n_components, X64.shape[1]
-        if resp_in is None:
+        if resp_in is None and labels_in is None:
             means, prec, const = self._kernel_params()
-            resp_in = np.empty((0, K))
         else:  # only the statistics are computed; the parameters are unused
             means, prec, const = np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)
         shift = _kernel_array(shift)
-        parts = gmm.mixture_pass(
+        parts = _gmm_kernels().mixture_pass(
             X64,
             _KIND[self.covariance_type],
             means,
             prec,
             const,
             shift,
-            resp_in,
+            np.empty((0, K)) if resp_in is None else resp_in,
+            _NO_LABELS if labels_in is None else labels_in,
             CHUNK_ROWS,
             TILE_ROWS,
             np.empty((0, K)),
-            _EMPTY1,
+            np.empty(0),
+            _NO_LABELS,
         )
         return _Stats(parts, shift)
 
-    def _log_resp_norm(self, X64, want_resp=True):
-        """Log-responsibilities (N, K) and per-row log-sum-exp (N,), no statistics."""
-        gmm = _gmm_kernels()
-        N, K = X64.shape[0], self.n_components
+    def _score_pass(self, X64, want):
+        """One pass without statistics; ``want``: 'labels', 'log_resp' or 'norm'."""
+        N, D = X64.shape
+        K = self.n_components
         means, prec, const = self._kernel_params()
-        log_resp = np.empty((N, K)) if want_resp else np.empty((0, K))
-        norm = np.empty(N)
-        gmm.mixture_pass(
+        log_resp = np.empty((N, K) if want == "log_resp" else (0, K))
+        norm = np.empty(N if want == "norm" else 0)
+        labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
+        _gmm_kernels().mixture_pass(
             X64,
             _KIND[self.covariance_type],
             means,
             prec,
             const,
-            np.empty((0, X64.shape[1])),
+            np.empty((0, D)),
             np.empty((0, K)),
+            _NO_LABELS,
             CHUNK_ROWS,
             TILE_ROWS,
             log_resp,
             norm,
+            labels,
         )
-        return log_resp, norm
+        return {"labels": labels, "log_resp": log_resp, "norm": norm}[want]
 
-    def _score_arrays(self, X, want_resp):
+    def _score_arrays(self, X, want):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False)
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         with thread_limits(self.n_jobs):
-            return self._log_resp_norm(X64, want_resp)
+            return self._score_pass(X64, want)
 
     # ------------------------------------------------------------- global step
     def _update_globals(self, stats, data):

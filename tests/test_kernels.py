@@ -65,10 +65,15 @@ def _run(X, kind, means, prec, const, shift, resp_in=None, chunk=64, tile=16):
     K = const.shape[0]
     lr = np.full((N, K), np.nan)
     lse = np.full(N, np.nan)
+    lab = np.full(N, -7, dtype=np.int64)
     given = np.empty((0, K)) if resp_in is None else resp_in
+    no_labels = np.empty(0, dtype=np.int64)
     parts = gmm.mixture_pass(
-        X, kind, means, prec, const, shift, given, chunk, tile, lr, lse
+        X, kind, means, prec, const, shift, given, no_labels, chunk, tile, lr, lse, lab
     )
+    if resp_in is None:
+        # the labels output is the first maximum of the log-responsibilities
+        assert_array_equal(lab, np.argmax(lr, axis=1))
     return parts, lr, lse
 
 
@@ -123,6 +128,26 @@ def test_mixture_pass_given_responsibilities(kind):
     assert_allclose(sq.sum(0), r_sq, rtol=1e-10, atol=1e-10)
     assert norm.sum() == 0.0 and ent.sum() == 0.0
     assert np.isnan(lr).all() and np.isnan(lse).all()  # outputs untouched
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["full", "tied", "diag"])
+def test_mixture_pass_given_labels_equals_one_hot_responsibilities(kind):
+    rng = np.random.default_rng(6)
+    N, K, D = 140, 4, 3
+    X = rng.normal(size=(N, D)) - 30.0
+    labels = rng.integers(-1, K, size=N)  # -1: the row belongs to no component
+    resp = np.zeros((N, K))
+    resp[labels >= 0, labels[labels >= 0]] = 1.0
+    shift = rng.normal(size=(K, D))
+    zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
+    empty_out = (np.empty((0, K)), np.empty(0), np.empty(0, dtype=np.int64))
+    by_labels = gmm.mixture_pass(
+        X, kind, *zeros, shift, np.empty((0, K)), labels, 32, 8, *empty_out
+    )
+    r_nk, r_sx, r_sq, *_ = ref.mixture_pass(X, kind, *zeros, shift, resp_in=resp)
+    assert_allclose(by_labels[0].sum(0), r_nk, rtol=1e-12)
+    assert_allclose(by_labels[1].sum(0), r_sx, rtol=1e-11, atol=1e-10)
+    assert_allclose(by_labels[2].sum(0), r_sq, rtol=1e-11, atol=1e-10)
 
 
 def test_mixture_pass_scoring_only_skips_statistics():

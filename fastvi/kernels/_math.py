@@ -1,9 +1,12 @@
-"""Elementary functions that LLVM can vectorize.
+"""Elementary functions for the hot loops.
 
-numba from PyPI has no SVML, so ``math.exp`` inside a loop is a scalar libm call that
-stops the loop from vectorizing. ``exp_nonpos`` is a branch-free polynomial exp for the
-arguments the mixture kernels need (log-responsibilities, always <= 0 up to rounding),
-accurate to a few ulp.
+numba from PyPI has no SVML, so ``math.exp`` inside a loop is a scalar libm call.
+``exp_nonpos`` is a branch-free polynomial exp for the arguments the mixture kernels
+need (log-responsibilities, always <= 0 up to rounding), within 3e-14 of ``np.exp`` and
+about 3x cheaper than the libm call in our loops (measured: 2.2 vs 6.0 ns per value on
+the 2-core development machine). LLVM does not vectorize it yet (``np.floor`` lowers to
+a call it will not widen); that is the next thing to try when the exp shows up in
+profiles.
 """
 
 import llvmlite.ir as llvm_ir
@@ -38,7 +41,7 @@ def _bits_as_float64(typingctx, bits):
 
 @jit
 def exp_nonpos(x):
-    """exp(x) for x <= ~0, as 0 below -708; a few ulp from ``np.exp``; vectorizable.
+    """exp(x) for x <= ~0, as 0 below -708; within 3e-14 of ``np.exp``.
 
     Slightly positive x (rounding noise) is fine; NaN gives NaN.
     """

@@ -172,7 +172,7 @@ def _normalize(T, K, LP, R, mx, s):
 
 
 @jit
-def _accumulate(Xt, T, shift, R, kind, Y, w, nk, sx, sq):
+def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
     """Add this tile's sufficient statistics into one chunk's partials (nk, sx, sq)."""
     K, D = shift.shape
     for k in range(K):
@@ -180,46 +180,83 @@ def _accumulate(Xt, T, shift, R, kind, Y, w, nk, sx, sq):
         for t in range(T):
             tot += R[k, t]
         nk[k] += tot
-        for d in range(D):
-            m = shift[k, d]
-            for t in range(T):
-                Y[d, t] = Xt[d, t] - m
-        for i in range(D):
-            a = 0.0
-            for t in range(T):
-                w[t] = R[k, t] * Y[i, t]
-                a += w[t]
-            sx[k, i] += a
-            if kind == KIND_FULL:
-                # upper triangle of sum_t w_t y_t^T, four columns per sweep over t
-                j = i
-                while j + 4 <= D:
-                    b0 = 0.0
-                    b1 = 0.0
-                    b2 = 0.0
-                    b3 = 0.0
-                    for t in range(T):
-                        wt = w[t]
-                        b0 += wt * Y[j, t]
-                        b1 += wt * Y[j + 1, t]
-                        b2 += wt * Y[j + 2, t]
-                        b3 += wt * Y[j + 3, t]
-                    sq[k, i, j] += b0
-                    sq[k, i, j + 1] += b1
-                    sq[k, i, j + 2] += b2
-                    sq[k, i, j + 3] += b3
-                    j += 4
-                while j < D:
-                    b = 0.0
-                    for t in range(T):
-                        b += w[t] * Y[j, t]
-                    sq[k, i, j] += b
-                    j += 1
-            elif kind == KIND_DIAG:
+        if kind != KIND_FULL:
+            # fused, store-free: sum r y and (diag) sum r y^2 with y = x - shift
+            for d in range(D):
+                m = shift[k, d]
+                a = 0.0
                 b = 0.0
                 for t in range(T):
-                    b += w[t] * Y[i, t]
-                sq[k, 0, i] += b
+                    y = Xt[d, t] - m
+                    ry = R[k, t] * y
+                    a += ry
+                    b += ry * y
+                sx[k, d] += a
+                if kind == KIND_DIAG:
+                    sq[k, 0, d] += b
+            continue
+        # full: Y = x - shift and W = r * Y for the tile, then the upper triangle of
+        # W Y^T in 2 x 4 blocks so that each load feeds two FMAs
+        for d in range(D):
+            m = shift[k, d]
+            a = 0.0
+            for t in range(T):
+                y = Xt[d, t] - m
+                Y[d, t] = y
+                ry = R[k, t] * y
+                W[d, t] = ry
+                a += ry
+            sx[k, d] += a
+        i = 0
+        while i < D:
+            i1 = i + 1 if i + 1 < D else i  # last odd row: computed twice, kept once
+            j = i
+            while j < D:
+                j1 = min(j + 1, D - 1)
+                j2 = min(j + 2, D - 1)
+                j3 = min(j + 3, D - 1)
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                a3 = 0.0
+                b0 = 0.0
+                b1 = 0.0
+                b2 = 0.0
+                b3 = 0.0
+                for t in range(T):
+                    w0 = W[i, t]
+                    w1 = W[i1, t]
+                    y0 = Y[j, t]
+                    y1 = Y[j1, t]
+                    y2 = Y[j2, t]
+                    y3 = Y[j3, t]
+                    a0 += w0 * y0
+                    a1 += w0 * y1
+                    a2 += w0 * y2
+                    a3 += w0 * y3
+                    b0 += w1 * y0
+                    b1 += w1 * y1
+                    b2 += w1 * y2
+                    b3 += w1 * y3
+                # write back only real entries of the upper triangle
+                sq[k, i, j] += a0
+                if j + 1 < D:
+                    sq[k, i, j + 1] += a1
+                if j + 2 < D:
+                    sq[k, i, j + 2] += a2
+                if j + 3 < D:
+                    sq[k, i, j + 3] += a3
+                if i + 1 < D:
+                    if j >= i + 1:
+                        sq[k, i + 1, j] += b0
+                    if j + 1 < D and j + 1 >= i + 1:
+                        sq[k, i + 1, j + 1] += b1
+                    if j + 2 < D:
+                        sq[k, i + 1, j + 2] += b2
+                    if j + 3 < D:
+                        sq[k, i + 1, j + 3] += b3
+                j += 4
+            i += 2
 
 
 @jit
@@ -233,9 +270,11 @@ def _chunk_pass(
     const,
     shift,
     resp_in,
+    labels_in,
     tile,
     out_lr,
     out_norm,
+    out_labels,
     nk,
     sx,
     sq,
@@ -248,12 +287,16 @@ def _chunk_pass(
     """
     D = X.shape[1]
     K = const.shape[0]
-    given = resp_in.shape[0] == X.shape[0]
+    N = X.shape[0]
+    given = resp_in.shape[0] == N
+    hard = labels_in.shape[0] == N
     want_stats = shift.shape[0] == K
-    want_lr = out_lr.shape[0] == X.shape[0]
-    want_norm = out_norm.shape[0] == X.shape[0]
+    want_lr = out_lr.shape[0] == N
+    want_norm = out_norm.shape[0] == N
+    want_labels = out_labels.shape[0] == N
     Xt = np.empty((D, tile))
     Y = np.empty((D, tile))
+    W = np.empty((D, tile))
     LP = np.empty((K, tile))
     R = np.empty((K, tile))
     acc = np.empty(tile)
@@ -269,6 +312,12 @@ def _chunk_pass(
             for k in range(K):
                 for t in range(T):
                     R[k, t] = resp_in[t0 + t, k]
+        elif hard:
+            # one-hot responsibilities from labels; a label outside [0, K) is a row
+            # that belongs to no component (k-means++ initializations mark K rows)
+            for k in range(K):
+                for t in range(T):
+                    R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
         else:
             if kind == KIND_FULL:
                 _logprob_full(Xt, T, means, prec, const, LP, Y, acc, maha)
@@ -286,14 +335,34 @@ def _chunk_pass(
             if want_norm:
                 for t in range(T):
                     out_norm[t0 + t] = mx[t]
+            if want_labels:
+                # first maximum over components, as np.argmax of the log-responsibilities
+                for t in range(T):
+                    best = 0
+                    for k in range(1, K):
+                        if LP[k, t] > LP[best, t]:
+                            best = k
+                    out_labels[t0 + t] = best
         if want_stats:
-            _accumulate(Xt, T, shift, R, kind, Y, acc, nk, sx, sq)
+            _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq)
     return c_norm, c_ent
 
 
 @pjit
 def mixture_pass(
-    X, kind, means, prec, const, shift, resp_in, chunk, tile, out_log_resp, out_norm
+    X,
+    kind,
+    means,
+    prec,
+    const,
+    shift,
+    resp_in,
+    labels_in,
+    chunk,
+    tile,
+    out_log_resp,
+    out_norm,
+    out_labels,
 ):
     """One pass over X: responsibilities and their sufficient statistics.
 
@@ -307,9 +376,12 @@ def mixture_pass(
     shift : (K, D) per-component shift of the accumulated moments, or (0, D) to skip
         the statistics (scoring only)
     resp_in : (N, K) responsibilities to use instead of computing them, or (0, K)
+    labels_in : (N,) int64 hard assignments to use instead (a label outside [0, K)
+        means the row belongs to no component), or (0,)
     chunk, tile : rows per parallel work item / per transposed tile
     out_log_resp : (N, K) to receive log-responsibilities, or (0, K) for none
     out_norm : (N,) to receive log-sum-exp per row, or (0,) for none
+    out_labels : (N,) int64 to receive the most probable component, or (0,)
 
     Returns
     -------
@@ -317,7 +389,7 @@ def mixture_pass(
         Per-chunk partial sums, C = ceil(N / chunk). ``sq`` has Dq = D (full,
         upper triangle filled), 1 (diag) or 0 (tied). ``norm`` is the sum of
         log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when resp_in
-        is given).
+        or labels_in is given).
     """
     N, D = X.shape
     K = const.shape[0]
@@ -341,9 +413,11 @@ def mixture_pass(
             const,
             shift,
             resp_in,
+            labels_in,
             tile,
             out_log_resp,
             out_norm,
+            out_labels,
             nk[c],
             sx[c],
             sq[c],
