@@ -8,6 +8,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BayesianGaussianMixture": "fastvi.mixture",
+    "UnivariateGaussian": "fastvi.conjugate",
+    "VBLinearRegression": "fastvi.conjugate",
+    "VBLogisticRegression": "fastvi.conjugate",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,554 @@
+"""UnivariateGaussian, VBLinearRegression, VBLogisticRegression and their kernel.
+
+Oracles: the exact Normal–Gamma posterior; the exact linear-regression evidence by
+quadrature; a Laplace + importance-sampling posterior for logistic regression;
+scikit-learn's BayesianRidge, ARDRegression and LogisticRegression; the NumPy
+reference of the Jaakkola–Jordan kernel (tests/reference_conjugate.py).
+"""
+
+import math
+import pickle
+import warnings
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.linear_model import ARDRegression, BayesianRidge, LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fastvi import UnivariateGaussian, VBLinearRegression, VBLogisticRegression
+from fastvi.conjugate import CHUNK_ROWS, TILE_ROWS, _chol_inverse
+from fastvi.kernels import conjugate as kc
+
+from . import reference_conjugate as ref
+
+quiet = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def step_bounds(est, X, y=None, n_steps=30):
+    """Bounds after each single CAVI round, stepping with warm_start=True, max_iter=1."""
+    est.set_params(warm_start=True, max_iter=1, tol=0.0)
+    bounds = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(n_steps):
+            est.fit(X) if y is None else est.fit(X, y)
+            bounds.append(est.lower_bound_)
+    return np.asarray(bounds)
+
+
+def assert_non_decreasing(bounds, rtol=1e-10):
+    steps = np.diff(bounds)
+    assert np.all(np.isfinite(bounds))
+    assert np.all(steps >= -rtol * np.abs(bounds[1:]) - 1e-9), steps.min()
+
+
+# ====================================================== UnivariateGaussian
+def gaussian_data(n=25, seed=0, loc=3.0, scale=2.0):
+    return np.random.default_rng(seed).normal(loc, scale, size=n)
+
+
+def test_gaussian_matches_exact_posterior_where_it_should():
+    x = gaussian_data()
+    est = UnivariateGaussian(mu0=1.0, lambda0=0.5, a0=2.0, b0=3.0, tol=1e-12).fit(x)
+    exact = est.exact_posterior_
+    assert est.converged_
+    # E[μ]: the same closed form in both
+    assert_allclose(est.mu_mean_, exact.mean_mu, rtol=1e-14)
+    # E[τ]: the mean-field fixed point equals the exact posterior mean of τ
+    assert_allclose(est.tau_mean_, exact.mean_tau, rtol=1e-9)
+    # var(μ): the factorized q is too narrow, by the factor (a − 1) / a
+    assert est.mu_var_ < exact.var_mu
+    assert_allclose(est.mu_var_ / exact.var_mu, (exact.a - 1) / exact.a, rtol=1e-6)
+    # the bound is a lower bound on the exact log evidence, and a tight one here
+    assert est.lower_bound_ <= exact.log_evidence
+    assert exact.log_evidence - est.lower_bound_ < 0.5
+
+
+def test_gaussian_exact_posterior_against_brute_force_grid():
+    x = gaussian_data(n=8, seed=3)
+    est = UnivariateGaussian(mu0=0.5, lambda0=2.0, a0=1.5, b0=2.0).fit(x)
+    post = est.exact_posterior_
+    mu = np.linspace(-5, 10, 801)
+    tau = np.linspace(1e-4, 3.0, 1200)
+    M, T = np.meshgrid(mu, tau, indexing="ij")
+    from scipy.stats import gamma, norm
+
+    log_joint = (
+        norm.logpdf(x[:, None, None], M, 1 / np.sqrt(T)).sum(axis=0)
+        + norm.logpdf(M, 0.5, 1 / np.sqrt(2.0 * T))
+        + gamma.logpdf(T, 1.5, scale=1 / 2.0)
+    )
+    dm, dt = mu[1] - mu[0], tau[1] - tau[0]
+    evidence = np.log(np.sum(np.exp(log_joint)) * dm * dt)
+    assert_allclose(post.log_evidence, evidence, atol=1e-3)
+    w = np.exp(log_joint - log_joint.max())
+    w /= w.sum()
+    assert_allclose(post.mean_mu, np.sum(w * M), rtol=1e-3)
+    assert_allclose(post.mean_tau, np.sum(w * T), rtol=1e-3)
+    assert_allclose(post.var_mu, np.sum(w * (M - post.mean_mu) ** 2), rtol=1e-2)
+
+
+def test_gaussian_bound_never_falls_stepping_with_warm_start():
+    x = gaussian_data(n=40, seed=1, loc=-50.0, scale=0.1)  # far from the prior
+    bounds = step_bounds(UnivariateGaussian(), x, n_steps=8)
+    assert_non_decreasing(bounds)
+    assert bounds[-1] > bounds[0]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 60),
+    loc=st.floats(-100, 100),
+    log_scale=st.floats(-3, 3),
+    lambda0=st.floats(1e-4, 10),
+    a0=st.floats(1e-3, 10),
+    b0=st.floats(1e-3, 10),
+)
+def test_gaussian_bound_never_falls_on_random_problems(
+    seed, n, loc, log_scale, lambda0, a0, b0
+):
+    x = gaussian_data(n, seed, loc, math.exp(log_scale))
+    est = UnivariateGaussian(lambda0=lambda0, a0=a0, b0=b0, tol=1e-10).fit(x)
+    assert_non_decreasing(est.lower_bounds_)
+    assert est.lower_bound_ <= est.exact_posterior_.log_evidence + 1e-8 * abs(
+        est.lower_bound_
+    )
+    assert_allclose(est.mu_mean_, est.exact_posterior_.mean_mu, rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_predictive_density():
+    x = gaussian_data(n=6, seed=2)
+    est = UnivariateGaussian().fit(x)
+    grid = np.linspace(-60, 70, 40001)
+    dens = np.exp(est.score_samples(grid))
+    assert_allclose(np.trapezoid(dens, grid), 1.0, atol=1e-6)
+    # Monte Carlo over q(μ) q(τ)
+    rng = np.random.default_rng(0)
+    mu = rng.normal(est.mu_mean_, math.sqrt(est.mu_var_), 200_000)
+    tau = rng.gamma(est.tau_shape_, 1 / est.tau_rate_, 200_000)
+    pts = np.array([-2.0, 1.0, 3.0, 6.0])
+    mc = np.mean(
+        np.sqrt(tau / (2 * np.pi)) * np.exp(-0.5 * tau * (pts[:, None] - mu) ** 2),
+        axis=1,
+    )
+    assert_allclose(np.exp(est.score_samples(pts)), mc, rtol=2e-2)
+    # with many points q's predictive approaches the exact Student-t
+    big = UnivariateGaussian().fit(gaussian_data(n=5000, seed=4))
+    assert_allclose(
+        big.score_samples(pts), big.exact_posterior_.predictive_logpdf(pts), atol=1e-3
+    )
+    assert est.score(x) == pytest.approx(np.mean(est.score_samples(x)))
+
+
+def test_gaussian_accepts_column_and_rejects_bad_input():
+    x = gaussian_data()
+    a = UnivariateGaussian().fit(x)
+    b = UnivariateGaussian().fit(x[:, None])
+    assert a.mu_mean_ == b.mu_mean_
+    assert pickle.loads(pickle.dumps(a)).tau_rate_ == a.tau_rate_
+    for bad, message in [
+        (np.array([1.0, np.nan]), "NaN"),
+        (np.array([1.0, np.inf]), "infinity"),
+        (np.zeros((5, 2)), "shape \\(n_samples,\\) or \\(n_samples, 1\\)"),
+        (np.zeros((2, 2, 2)), "dim 3"),
+        (np.zeros(0), "0 sample"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            UnivariateGaussian().fit(bad)
+    with pytest.raises(ValueError, match="'lambda0' parameter"):
+        UnivariateGaussian(lambda0=0.0).fit(x)
+    with pytest.raises(NotFittedError):
+        UnivariateGaussian().score_samples(x)
+
+
+# ====================================================== VBLinearRegression
+@pytest.fixture(scope="module")
+def diabetes():
+    return load_diabetes(return_X_y=True)
+
+
+def test_linear_matches_bayesian_ridge_on_diabetes(diabetes):
+    X, y = diabetes
+    ours = VBLinearRegression().fit(X, y)
+    theirs = BayesianRidge().fit(X, y)
+    assert ours.converged_
+    # With Gamma(1e-6, 1e-6) hyperpriors the VB fixed point of E[α], E[λ] is the
+    # evidence maximum up to O(1/N, 1/D) shifts of the Gamma shapes, so predictions
+    # agree to a small fraction of the target's spread.
+    mean_o, std_o = ours.predict(X, return_std=True)
+    mean_t, std_t = theirs.predict(X, return_std=True)
+    assert np.max(np.abs(mean_o - mean_t)) < 1e-3 * np.std(y)
+    assert_allclose(std_o, std_t, rtol=1e-2)
+    assert_allclose(ours.alpha_, theirs.alpha_, rtol=1e-3)
+    assert_allclose(ours.lambda_, theirs.lambda_, rtol=1e-3)
+    assert_allclose(ours.coef_, theirs.coef_, rtol=1e-3, atol=1e-3 * np.std(y))
+    assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-4)
+    assert_allclose(
+        ours.sigma_, theirs.sigma_, rtol=1e-2, atol=1e-2 * theirs.sigma_.max()
+    )
+    assert ours.score(X, y) == pytest.approx(theirs.score(X, y), rel=1e-4)
+
+
+def test_linear_ard_close_to_ard_regression_on_diabetes(diabetes):
+    X, y = diabetes
+    ours = VBLinearRegression(ard=True).fit(X, y)
+    theirs = ARDRegression().fit(X, y)
+    assert ours.converged_
+    assert ours.lambda_.shape == (X.shape[1],)
+    # ARDRegression prunes weights whose precision passes 1e4 and stops on a coef
+    # change of 1e-3; VB keeps shrinking them smoothly. Both end close, but not
+    # equal: predictions within 5% of the target's spread, std within 2%.
+    mean_o, std_o = ours.predict(X, return_std=True)
+    mean_t, std_t = theirs.predict(X, return_std=True)
+    assert np.max(np.abs(mean_o - mean_t)) < 0.05 * np.std(y)
+    assert_allclose(std_o, std_t, rtol=2e-2)
+    # the same weights switched off
+    off = np.abs(theirs.coef_) < 1e-6
+    assert np.all(np.abs(ours.coef_[off]) < 1e-3 * np.abs(ours.coef_).max())
+
+
+def test_linear_bound_below_exact_evidence(diabetes):
+    X, y = diabetes
+    X, y = X[:150, :5], y[:150]
+    # proper, moderately informative hyperpriors (E[α] ≈ 1/var(y), E[λ] = 1e-5)
+    est = VBLinearRegression(alpha_1=2.0, alpha_2=1e4, lambda_1=2.0, lambda_2=2e5)
+    est.set_params(tol=1e-10).fit(X, y)
+    Xc, yc = X - X.mean(axis=0), y - y.mean()
+    log_evidence = ref.linear_log_evidence(Xc, yc, (2.0, 1e4), (2.0, 2e5), n_grid=81)
+    assert est.lower_bound_ <= log_evidence
+    # mean-field gap: small for a well-determined problem (checked: about 0.1 nats)
+    assert log_evidence - est.lower_bound_ < 1.0
+
+
+@pytest.mark.parametrize("ard", [False, True])
+def test_linear_bound_never_falls_stepping_with_warm_start(ard):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(60, 6)) * rng.uniform(0.1, 10, 6)
+    y = X[:, :3] @ np.array([1.0, -2.0, 0.5]) + rng.normal(0, 0.3, 60) + 7.0
+    bounds = step_bounds(VBLinearRegression(ard=ard), X, y, n_steps=40)
+    assert_non_decreasing(bounds)
+    assert bounds[-1] > bounds[0]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(3, 60),
+    d=st.integers(1, 8),
+    ard=st.booleans(),
+    fit_intercept=st.booleans(),
+    log_noise=st.floats(-4, 2),
+)
+def test_linear_bound_never_falls_on_random_problems(
+    seed, n, d, ard, fit_intercept, log_noise
+):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.1, 10, d) + rng.normal(0, 5, d)
+    y = X @ rng.normal(size=d) + rng.normal(0, math.exp(log_noise), n)
+    est = VBLinearRegression(ard=ard, fit_intercept=fit_intercept, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert_non_decreasing(est.lower_bounds_)
+    assert np.all(np.isfinite(est.predict(X, return_std=True)))
+
+
+def test_linear_without_intercept_and_warm_start(diabetes):
+    X, y = diabetes
+    est = VBLinearRegression(fit_intercept=False).fit(X, y - y.mean())
+    assert est.intercept_ == 0.0
+    assert_array_equal(est.X_offset_, np.zeros(X.shape[1]))
+    params = dict(tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = VBLinearRegression(max_iter=6, **params).fit(X, y)
+        warm = VBLinearRegression(max_iter=3, warm_start=True, **params).fit(X, y)
+        warm.fit(X, y)
+    assert_allclose(warm.coef_, full.coef_, rtol=1e-12)
+    assert_allclose(warm.lower_bound_, full.lower_bound_, rtol=1e-12)
+
+
+def test_linear_bad_input(diabetes):
+    X, y = diabetes
+    for Xb, yb, message in [
+        (np.where(X == X[0, 0], np.nan, X), y, "Input X contains NaN"),
+        (X, np.where(y == y[0], np.inf, y), "Input y contains infinity"),
+        (X[:, 0], y, "Expected 2D array"),
+        (X, y[:-1], "inconsistent numbers of samples"),
+        (X, np.full(y.shape, 3.0), "target y is constant"),
+        (X[:1], y[:1], "minimum of 2 is required"),
+    ]:
+        est = VBLinearRegression()
+        with pytest.raises(ValueError, match=message):
+            est.fit(Xb, yb)
+        assert not hasattr(est, "coef_")
+    with pytest.raises(ValueError, match="all zero"):
+        VBLinearRegression(fit_intercept=False).fit(X, np.zeros(y.shape))
+    est = VBLinearRegression().fit(X, y)
+    with pytest.raises(ValueError, match="X has 3 features"):
+        est.predict(X[:, :3])
+
+
+# ==================================================== the Jaakkola–Jordan kernel
+def kernel_inputs(n, d, intercept, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * scale
+    s = rng.integers(0, 2, n) - 0.5
+    dt = d + int(intercept)
+    A = rng.normal(size=(dt, dt)) / dt
+    cov = A @ A.T + 0.1 * np.eye(dt)
+    mean = rng.normal(size=dt) * 0.3
+    return X, s, mean, cov
+
+
+def run_kernel(X, s, mean, cov, intercept, chunk=CHUNK_ROWS, tile=TILE_ROWS):
+    _, factor, _ = _chol_inverse(np.linalg.inv(cov))
+    F = np.ascontiguousarray(np.column_stack([factor, mean]))
+    xi = np.empty(X.shape[0])
+    G, h, c = kc.jj_pass(X, np.ascontiguousarray(s), F, intercept, chunk, tile, xi)
+    return xi, G.sum(axis=0), h.sum(axis=0), c.sum(), G.shape[0]
+
+
+@pytest.mark.parametrize(
+    "n, d, intercept, chunk, tile",
+    [
+        (1, 1, True, 64, 16),
+        (1, 3, False, 64, 16),
+        (17, 2, True, 64, 16),  # one short tile
+        (200, 5, True, 64, 16),  # several chunks, last one short
+        (200, 5, False, 50, 25),  # exact multiples
+        (1000, 12, True, CHUNK_ROWS, TILE_ROWS),
+    ],
+)
+def test_kernel_matches_reference(n, d, intercept, chunk, tile):
+    X, s, mean, cov = kernel_inputs(n, d, intercept, seed=n + d)
+    xi, G, h, c, n_chunks = run_kernel(X, s, mean, cov, intercept, chunk, tile)
+    xi_r, G_r, h_r, c_r = ref.jj_pass(X, s, mean, cov, intercept)
+    assert n_chunks == -(-n // chunk)
+    assert_allclose(xi, xi_r, rtol=1e-12)
+    assert_allclose(G, G_r, rtol=1e-12, atol=1e-14 * np.abs(G_r).max())
+    assert_allclose(h, h_r, rtol=1e-12, atol=1e-12)
+    assert_allclose(c, c_r, rtol=1e-12)
+
+
+def test_kernel_edges_small_and_large_xi():
+    # ξ = 0 exactly (zero rows, no intercept, zero mean) and ξ in the hundreds
+    X = np.vstack([np.zeros((3, 2)), np.full((3, 2), 300.0)])
+    s = np.array([0.5, -0.5, 0.5, 0.5, -0.5, 0.5])
+    mean, cov = np.array([1.0, -0.5]), np.eye(2) * 0.01
+    xi, G, h, c, _ = run_kernel(X, s, mean, cov, False)
+    xi_r, G_r, h_r, c_r = ref.jj_pass(X, s, mean, cov, False)
+    assert_array_equal(xi[:3], 0.0)
+    assert_allclose(xi, xi_r, rtol=1e-12)
+    assert_allclose(G, G_r, rtol=1e-12)
+    assert_allclose(c, c_r, rtol=1e-12)
+    assert np.all(np.isfinite([c, *G.ravel()]))
+    # λ(ξ) and log σ near 0, from both sides of the series switch
+    for x in (0.0, 1e-8, 9.9e-5, 1.01e-4, 0.3, 40.0, 800.0):
+        want = 0.125 if x == 0 else math.tanh(x / 2) / (4 * x)
+        assert kc.jj_lambda(x) == pytest.approx(want, rel=1e-12)
+        assert kc.log_sigmoid_nonneg(x) == pytest.approx(
+            -math.log1p(math.exp(-x)), rel=1e-14, abs=1e-300
+        )
+
+
+# ==================================================== VBLogisticRegression
+@pytest.fixture(scope="module")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def test_logistic_bound_never_falls_stepping_with_warm_start(cancer):
+    X, y = cancer
+    bounds = step_bounds(VBLogisticRegression(), X, y, n_steps=25)
+    assert_non_decreasing(bounds)
+    assert bounds[-1] > bounds[0]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(2, 120),
+    d=st.integers(1, 6),
+    fit_intercept=st.booleans(),
+    log_scale=st.floats(-2, 2),
+)
+def test_logistic_bound_never_falls_on_random_problems(
+    seed, n, d, fit_intercept, log_scale
+):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * math.exp(log_scale)
+    y = (X @ rng.normal(size=d) + rng.normal(size=n) > 0).astype(int)
+    y[:2] = [0, 1]
+    est = VBLogisticRegression(fit_intercept=fit_intercept, max_iter=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert_non_decreasing(est.lower_bounds_)
+    proba = est.predict_proba(X)
+    assert np.all((proba >= 0) & (proba <= 1))
+
+
+def test_logistic_bitwise_identical_for_any_thread_count():
+    # several row chunks so the parallel reduction really is split
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3 * CHUNK_ROWS + 123, 7))
+    y = (X @ rng.normal(size=7) + rng.logistic(size=X.shape[0]) > 0).astype(int)
+    fits = []
+    for n_jobs in (1, 2, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est = VBLogisticRegression(max_iter=6, tol=0.0, n_jobs=n_jobs).fit(X, y)
+        fits.append(est)
+    for other in fits[1:]:
+        assert_array_equal(fits[0].lower_bounds_, other.lower_bounds_)
+        assert_array_equal(fits[0].coef_, other.coef_)
+        assert_array_equal(fits[0].sigma_, other.sigma_)
+        assert_array_equal(fits[0].predict_proba(X), other.predict_proba(X))
+
+
+def test_thread_setting_restored():
+    before = numba.get_num_threads()
+    X, y = load_iris(return_X_y=True)
+    VBLogisticRegression(n_jobs=1, max_iter=3).set_params(tol=1e9).fit(X, y == 1)
+    assert numba.get_num_threads() == before
+
+
+def test_logistic_close_to_scikit_learn_point_estimate(cancer):
+    X, y = cancer
+    ours = VBLogisticRegression().fit(X, y)
+    # the MAP with the prior precision VB settled on (C = 1 / E[λ])
+    theirs = LogisticRegression(C=1.0 / ours.lambda_, max_iter=10_000).fit(X, y)
+    assert ours.converged_
+    acc_o, acc_t = ours.score(X, y), theirs.score(X, y)
+    assert abs(acc_o - acc_t) <= 0.01
+    # the VB mean is not the MAP (JJ's Gaussian is centred differently), but the two
+    # are close on this well-determined problem: correlation and a relative distance
+    rel = np.linalg.norm(ours.coef_ - theirs.coef_) / np.linalg.norm(theirs.coef_)
+    assert rel < 0.15
+    assert np.corrcoef(ours.coef_[0], theirs.coef_[0])[0, 1] > 0.99
+
+
+def test_logistic_posterior_against_importance_sampling_reference(cancer):
+    X, y = cancer
+    X = X[:, :10]  # fewer dimensions: importance sampling stays reliable
+    lam = 1.0
+    # a hyperprior so concentrated that q(λ) stays at λ = 1: the fixed-λ model
+    est = VBLogisticRegression(
+        lambda_1=1e8 * lam, lambda_2=1e8, tol=1e-6, max_iter=2000
+    )
+    est.fit(X, y)
+    assert est.lambda_ == pytest.approx(lam, rel=1e-6)
+    mean, cov, draws, weights, ess, log_z = ref.logistic_reference_posterior(
+        X, y.astype(float), lam, est.intercept_precision, n_draws=20_000, seed=0
+    )
+    assert ess > 2000
+    vb_mean = np.r_[est.coef_[0], est.intercept_]
+    sd = np.sqrt(np.diag(cov))
+    # JJ's q(w) is a good approximation of the mean: within 0.3 posterior sd
+    assert np.max(np.abs(vb_mean - mean) / sd) < 0.3
+    # and too narrow, the known JJ/mean-field behaviour; not absurdly so
+    ratio = np.sqrt(np.diag(est.sigma_)) / sd
+    assert np.all(ratio < 1.1) and np.all(ratio > 0.3) and np.median(ratio) < 1.0
+    # the predictive (probit approximation) against the reference predictive
+    Xt = np.column_stack([X, np.ones(X.shape[0])])
+    p_ref = weights @ (1 / (1 + np.exp(-draws @ Xt.T)))
+    p_vb = est.predict_proba(X)[:, 1]
+    assert np.max(np.abs(p_vb - p_ref)) < 0.06
+    assert np.mean(np.abs(p_vb - p_ref)) < 0.01
+    # the bound is below the log evidence (JJ's bound is loose by ~10 nats here)
+    assert est.lower_bound_ < log_z < est.lower_bound_ + 30.0
+
+
+def test_logistic_labels_of_any_two_values(cancer):
+    X, y = cancer
+    a = VBLogisticRegression().fit(X, y)
+    labels = np.array(["malignant", "zbenign"])
+    b = VBLogisticRegression().fit(X, labels[y])
+    c = VBLogisticRegression().fit(X, np.where(y == 1, 7, -3))
+    assert_array_equal(b.classes_, labels)
+    assert_array_equal(c.classes_, [-3, 7])
+    assert_array_equal(a.coef_, b.coef_)
+    assert_array_equal(a.coef_, c.coef_)
+    assert_array_equal(b.predict(X), labels[a.predict(X)])
+    assert a.coef_.shape == (1, X.shape[1]) and a.intercept_.shape == (1,)
+    assert a.sigma_.shape == (X.shape[1] + 1,) * 2
+    # decision_function: log-odds of predict_proba; its sign gives predict
+    dec = a.decision_function(X)
+    assert_allclose(1 / (1 + np.exp(-dec)), a.predict_proba(X)[:, 1], rtol=1e-12)
+    assert_array_equal(a.predict(X), a.classes_[(dec > 0).astype(int)])
+
+
+@quiet
+def test_logistic_one_vs_rest_on_iris():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    est = VBLogisticRegression(max_iter=100).fit(X, names[y])
+    assert_array_equal(est.classes_, names)
+    proba = est.predict_proba(X)
+    assert proba.shape == (150, 3)
+    assert_allclose(proba.sum(axis=1), 1.0)
+    assert_array_equal(est.predict(X), names[np.argmax(proba, axis=1)])
+    assert est.score(X, names[y]) > 0.9
+    assert est.coef_.shape == (3, 4) and est.sigma_.shape == (3, 5, 5)
+    assert len(est.estimators_) == 3 and est.n_iter_.shape == (3,)
+    for k, sub in enumerate(est.estimators_):
+        assert_non_decreasing(sub.lower_bounds_)
+        single = VBLogisticRegression(max_iter=100).fit(X, y == k)
+        assert_allclose(est.coef_[k], single.coef_[0], rtol=1e-12)
+
+
+def test_logistic_no_intercept_and_warm_start(cancer):
+    X, y = cancer
+    est = VBLogisticRegression(fit_intercept=False).fit(X, y)
+    assert_array_equal(est.intercept_, [0.0])
+    assert est.sigma_.shape == (X.shape[1],) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = VBLogisticRegression(max_iter=6, tol=0.0).fit(X, y)
+        warm = VBLogisticRegression(max_iter=3, tol=0.0, warm_start=True).fit(X, y)
+        warm.fit(X, y)
+    assert_allclose(warm.coef_, full.coef_, rtol=1e-12)
+    assert_allclose(warm.lower_bound_, full.lower_bound_, rtol=1e-12)
+
+
+def test_logistic_bad_input(cancer):
+    X, y = cancer
+    for Xb, yb, message in [
+        (np.where(X == X[0, 0], np.nan, X), y, "Input X contains NaN"),
+        (np.where(X == X[0, 0], -np.inf, X), y, "Input X contains infinity"),
+        (X, np.zeros(y.shape), "only one class"),
+        (X, y + 0.5, "Unknown label type"),
+        (X[:, 0], y, "Expected 2D array"),
+        (X, y[:-1], "inconsistent numbers of samples"),
+    ]:
+        est = VBLogisticRegression()
+        with pytest.raises(ValueError, match=message):
+            est.fit(Xb, yb)
+        assert not hasattr(est, "coef_")
+    with pytest.raises(NotFittedError):
+        VBLogisticRegression().predict(X)
+    est = VBLogisticRegression(max_iter=5).set_params(tol=1e9).fit(X, y)
+    with pytest.raises(ValueError, match="X has 2 features"):
+        est.predict_proba(X[:, :2])
+
+
+# ====================================================== scikit-learn's checks
+@parametrize_with_checks(
+    [VBLinearRegression(max_iter=50), VBLogisticRegression(max_iter=50)],
+    expected_failed_checks=lambda est: {},
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
