@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BayesianGaussianMixture": "fastvi.mixture",
+    "LatentDirichletAllocation": "fastvi.lda",
     "UnivariateGaussian": "fastvi.conjugate",
     "VBLinearRegression": "fastvi.conjugate",
     "VBLogisticRegression": "fastvi.conjugate",

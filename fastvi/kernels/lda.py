@@ -1,0 +1,617 @@
+"""Kernels of latent Dirichlet allocation (batch and online variational Bayes).
+
+Notation (Hoffman, Blei & Bach 2010; Blei, Ng & Jordan 2003): ``gamma`` (N, K) are the
+documents' variational Dirichlet parameters, ``lam`` the topics' ones. Topic-side arrays
+are stored transposed, **(V, K)** (``lam_t``, ``exp_beta_t`` = exp E[log beta]^T), so the
+K values a word needs are contiguous.
+
+One EM round is three kernels:
+
+``e_step``
+    Per document, the fixed-point iteration of Hoffman et al. (2010), Algorithm 2
+    (gamma_dk = alpha + exp E[log theta_dk] sum_w n_dw exp E[log beta_kw] / phinorm_dw)
+    until the mean absolute change of gamma_d is below ``tol``, directly on the CSR
+    arrays. Documents are independent; ``prange`` runs over blocks of ``block``
+    documents. Besides gamma it writes exp E[log theta] (N, K), the per-entry ratio
+    n_dw / phinorm_dw (one value per stored entry) and, per block, the likelihood part
+    of the bound, sum_w n_dw log phinorm_dw. Topics whose update provably rounds to
+    gamma_dk = alpha are left out of the O(n_d K) sweeps (see ``_HALF_ULP``): late
+    iterations of a document touch only its few live topics.
+``csc_order``
+    The stored entries grouped by word (a counting sort; documents ascending inside a
+    word), computed once per corpus or minibatch.
+``topic_word_update``
+    The sufficient statistic sstats_wk = exp E[log beta_kw] sum_d ratio_dw exp E[log
+    theta_dk] computed *word by word* from the grouped entries, fused with the M-step
+    lam <- decay * lam + weight * (eta + scale * sstats) (batch: decay=0, weight=1,
+    scale=1; online: Hoffman et al. 2010 eq. 6-7, decay = 1 - rho).
+
+Determinism and memory
+----------------------
+Because the statistic is assembled per word (each word's documents in a fixed order)
+rather than per document, no (n_blocks, V, K) partials exist and nothing is reduced
+across threads: the extra memory is one float per stored entry plus the (N, K)
+exp E[log theta]. The only cross-block reductions (the likelihood term and the topic
+sums of lam) are per-block partials that the caller adds in block order. So every bit
+of the result is the same for any thread count.
+
+Digamma
+-------
+``digamma`` is psi(x) = psi(x + 8) - sum_{i<8} 1/(x + i) (DLMF 5.5.2) for x < 8 with the
+eight reciprocals summed as one fraction, then the asymptotic series of DLMF 5.11.2 to
+x^-14 and a polynomial log, so loops over topics vectorize (numba has no SVML). Near
+the positive root x0 = 1.4616..., where the recurrence cancels, the array routine
+replaces the value with scipy's compiled ``psi`` (``scipy_psi``, bound once at import:
+the only non-numba dependency of the kernels). ``tests/test_lda.py`` checks it within
+1e-12 relative of ``scipy.special.digamma``.
+"""
+
+import math
+
+import llvmlite.binding as llvm_binding
+import llvmlite.ir as llvm_ir
+import numpy as np
+from numba import prange, types
+from numba.extending import get_cython_function_address, intrinsic
+
+from ._config import jit, pjit
+from ._math import exp_nonpos
+
+# scipy's compiled digamma (double version), called by symbol name so that kernels
+# calling it can be cached: the symbol is registered again at every import.
+_PSI_SYMBOL = "fastvi_scipy_special_psi"
+llvm_binding.add_symbol(
+    _PSI_SYMBOL,
+    get_cython_function_address("scipy.special.cython_special", "__pyx_fuse_1psi"),
+)
+scipy_psi = types.ExternalFunction(_PSI_SYMBOL, types.float64(types.float64))
+
+# positive root of psi and the half-width of the window where scipy's psi is used
+PSI_ROOT = 1.4616321449683622
+PSI_ROOT_WINDOW = 0.05
+
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.42860682030941723212e-6
+_SQRT2 = 1.4142135623730951
+_MANTISSA = np.int64((1 << 52) - 1)
+_EXP_ONE = np.int64(1023 << 52)
+
+
+@intrinsic
+def _float64_bits(typingctx, x):
+    """The bits of a float64 as an int64 (a no-op for the CPU)."""
+    if not isinstance(x, types.Float):
+        return None
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_float64(typingctx, bits):
+    """Reinterpret the bits of an int64 as a float64."""
+    if not isinstance(bits, types.Integer):
+        return None
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return sig, codegen
+
+
+@jit
+def _log_ge1(y):
+    """log(y) for finite y >= 1 (a few ulp); branch-free so loops vectorize."""
+    bits = _float64_bits(y)
+    e = (bits >> 52) - 1023
+    m = _bits_float64((bits & _MANTISSA) | _EXP_ONE)  # y = m 2^e, m in [1, 2)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1 if big else e
+    f = m - 1.0
+    s = f / (2.0 + f)  # log(m) = 2 atanh(s), |s| <= 0.1716
+    s2 = s * s
+    p = 1.0 / 19.0
+    p = p * s2 + 1.0 / 17.0
+    p = p * s2 + 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    log_m = 2.0 * s + 2.0 * s * s2 * p
+    fe = float(e)
+    return fe * _LN2_HI + (fe * _LN2_LO + log_m)
+
+
+@jit
+def _psi_shift(x):
+    """sum_{i<8} 1/(x + i) for x < 8, else 0 (DLMF 5.5.2 recurrence term).
+
+    The eight reciprocals are summed as one fraction num/den, accumulated left to right
+    (all terms positive, so no cancellation): one division instead of eight.
+    """
+    num = 0.0
+    den = 1.0
+    for i in range(8):
+        xi = x + i
+        num = num * xi + den
+        den = den * xi
+    return num / den if x < 8.0 else 0.0
+
+
+@jit
+def _psi_asymptotic(x):
+    """psi(y) at y = x + 8 (x < 8) or y = x, by DLMF 5.11.2 to the y^-14 term.
+
+    log y - 1/(2y) - sum_{k=1..7} B_2k / (2k y^2k); at y >= 8 the next term is below
+    2e-15. NaN and inf are mapped to a finite y here and fixed by the caller.
+    """
+    y = x + 8.0 if x < 8.0 else x
+    y = 8.0 if y != y or y == math.inf else y
+    r = 1.0 / y
+    r2 = r * r
+    t = -1.0 / 12.0
+    t = t * r2 + 691.0 / 32760.0
+    t = t * r2 - 1.0 / 132.0
+    t = t * r2 + 1.0 / 240.0
+    t = t * r2 - 1.0 / 252.0
+    t = t * r2 + 1.0 / 120.0
+    t = t * r2 - 1.0 / 12.0
+    return _log_ge1(y) - 0.5 * r + r2 * t
+
+
+@jit
+def digamma_fast(x):
+    """psi(x) for x > 0 (see the module doc); inaccurate only near ``PSI_ROOT``.
+
+    0 gives -inf, inf gives inf, NaN gives NaN.
+    """
+    if x != x or x == math.inf:
+        return x
+    if x == 0.0:
+        return -math.inf
+    return _psi_asymptotic(x) - _psi_shift(x)
+
+
+@jit
+def digamma(x):
+    """psi(x) for x >= 0, within 1e-12 relative of scipy's everywhere (scalar)."""
+    if abs(x - PSI_ROOT) < PSI_ROOT_WINDOW:
+        return scipy_psi(x)
+    return digamma_fast(x)
+
+
+@jit
+def digamma_array(src, dst, n):
+    """dst[:n] = psi(src[:n]): a vectorized pass, then scipy's psi near the root."""
+    # two simple loops: LLVM vectorizes each, but not the two fused into one
+    for i in range(n):
+        dst[i] = _psi_asymptotic(src[i])
+    for i in range(n):
+        dst[i] -= _psi_shift(src[i])
+    for i in range(n):
+        x = src[i]
+        if abs(x - PSI_ROOT) < PSI_ROOT_WINDOW or not (0.0 < x < math.inf):
+            dst[i] = digamma(x)
+
+
+@jit
+def _exp_dirichlet(g, ps, out):
+    """out = exp(E[log theta]) = exp(psi(g_k) - psi(sum g)) for theta ~ Dir(g)."""
+    K = g.shape[0]
+    total = 0.0
+    for k in range(K):
+        total += g[k]
+    psi_total = digamma(total)
+    digamma_array(g, ps, K)
+    for k in range(K):
+        # psi is increasing and g_k <= total, so the argument is <= 0
+        out[k] = exp_nonpos(ps[k] - psi_total)
+
+
+@jit
+def _exp_dirichlet_sparse(g, alpha, psi_alpha, buf, idx, ps, out):
+    """``_exp_dirichlet`` computing psi only where g[k] != alpha (psi(alpha) given)."""
+    K = g.shape[0]
+    total = 0.0
+    m = 0
+    for k in range(K):
+        total += g[k]
+        if g[k] == alpha:
+            ps[k] = psi_alpha
+        else:
+            buf[m] = g[k]
+            idx[m] = k
+            m += 1
+    psi_total = digamma(total)
+    digamma_array(buf, out, m)
+    for i in range(m):
+        ps[idx[i]] = out[i]
+    for k in range(K):
+        out[k] = exp_nonpos(ps[k] - psi_total)
+
+
+@jit
+def _word_pass(Wc, n, na, etc, cnt, eps, acc):
+    """acc[a] = sum_j r_j Wc[j, a], r_j = cnt_j / (sum_a etc[a] Wc[j, a] + eps).
+
+    Four words per sweep so each load of etc / acc feeds four FMAs. Returns sum_j r_j.
+    """
+    for a in range(na):
+        acc[a] = 0.0
+    total_r = 0.0
+    j = 0
+    while j + 4 <= n:
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for a in range(na):
+            e = etc[a]
+            s0 += e * Wc[j, a]
+            s1 += e * Wc[j + 1, a]
+            s2 += e * Wc[j + 2, a]
+            s3 += e * Wc[j + 3, a]
+        r0 = cnt[j] / (s0 + eps)
+        r1 = cnt[j + 1] / (s1 + eps)
+        r2 = cnt[j + 2] / (s2 + eps)
+        r3 = cnt[j + 3] / (s3 + eps)
+        for a in range(na):
+            acc[a] += (
+                r0 * Wc[j, a]
+                + r1 * Wc[j + 1, a]
+                + r2 * Wc[j + 2, a]
+                + r3 * Wc[j + 3, a]
+            )
+        total_r += (r0 + r1) + (r2 + r3)
+        j += 4
+    while j < n:
+        s0 = 0.0
+        for a in range(na):
+            s0 += etc[a] * Wc[j, a]
+        r0 = cnt[j] / (s0 + eps)
+        for a in range(na):
+            acc[a] += r0 * Wc[j, a]
+        total_r += r0
+        j += 1
+    return total_r
+
+
+# A topic whose exp E[log theta_k] times sum_j r_j is below alpha * 2^-54 (half an ulp
+# of alpha) gets gamma_k = alpha exactly in the full update, because
+# sum_j r_j exp E[log beta_kw] <= sum_j r_j (exp E[log beta] <= 1); such topics are
+# left out of the O(n_d K) sweeps. The choice uses the previous sweep's sum_j r_j with
+# a safety factor and is verified against the current one (else the sweep is redone
+# with every topic), so skipping never changes gamma; it changes phinorm only by terms
+# below 2^-54 of it, i.e. at the rounding level.
+_HALF_ULP = 2.0**-54
+_SAFETY = 1.0 / 16.0
+
+
+@jit
+def _e_step_block(
+    indptr,
+    indices,
+    data,
+    exp_beta_t,
+    gamma,
+    exp_theta,
+    alpha,
+    max_iter,
+    tol,
+    eps,
+    d0,
+    d1,
+    ratio,
+    want_ll,
+):
+    """Documents [d0, d1) of ``e_step``; returns their sum_w n_dw log phinorm_dw."""
+    K = gamma.shape[1]
+    longest = 1
+    for d in range(d0, d1):
+        longest = max(longest, indptr[d + 1] - indptr[d])
+    W = np.empty((longest, K))
+    Wc = np.empty((longest, K))
+    cnt = np.empty(longest)
+    g = np.empty(K)
+    et = np.empty(K)
+    etc = np.empty(K)
+    acc = np.empty(K)
+    ps = np.empty(K)
+    ga = np.empty(K)
+    active = np.empty(K, dtype=np.int64)
+    prev = np.empty(K, dtype=np.int64)
+    idx = np.empty(K, dtype=np.int64)
+    ll = 0.0
+    limit = alpha * _HALF_ULP
+    ga[0] = alpha
+    digamma_array(ga, ps, 1)
+    psi_alpha = ps[0]
+    for d in range(d0, d1):
+        p0 = indptr[d]
+        n = indptr[d + 1] - p0
+        # the document's columns of exp E[log beta], gathered contiguously
+        for j in range(n):
+            w = indices[p0 + j]
+            cnt[j] = data[p0 + j]
+            for k in range(K):
+                W[j, k] = exp_beta_t[w, k]
+        for k in range(K):
+            g[k] = gamma[d, k]
+        _exp_dirichlet(g, ps, et)
+        total_r = np.inf  # unknown before the first sweep: every topic is active
+        na = -1
+        for _ in range(max_iter):
+            for k in range(K):
+                prev[k] = active[k]
+            prev_na = na
+            na = _compact_ids(et, K, _SAFETY * limit / total_r, active)
+            if na != prev_na or not _same_ids(active, prev, na):
+                _gather(W, n, active, na, Wc)
+            for a in range(na):
+                etc[a] = et[active[a]]
+            total_r = _word_pass(Wc, n, na, etc, cnt, eps, acc)
+            if na < K and not _skipped_ok(et, active, na, K, total_r, limit):
+                # an inactive topic would not round to alpha: redo with all topics
+                na = _compact_ids(et, K, -1.0, active)
+                _gather(W, n, active, na, Wc)
+                for a in range(na):
+                    etc[a] = et[active[a]]
+                total_r = _word_pass(Wc, n, na, etc, cnt, eps, acc)
+            change = 0.0
+            for k in range(K):
+                ga[k] = alpha
+            for a in range(na):
+                k = active[a]
+                ga[k] = et[k] * acc[a] + alpha
+            for k in range(K):
+                change += abs(ga[k] - g[k])
+                g[k] = ga[k]
+            _exp_dirichlet_sparse(g, alpha, psi_alpha, etc, idx, ps, et)
+            if change / K < tol:
+                break
+        # phinorm with the final exp E[log theta] and every topic: the statistic's
+        # ratio and the bound
+        for j in range(n):
+            s = 0.0
+            for k in range(K):
+                s += et[k] * W[j, k]
+            ratio[p0 + j] = cnt[j] / (s + eps)
+            if want_ll and cnt[j] != 0.0:
+                ll += cnt[j] * math.log(s)
+        for k in range(K):
+            gamma[d, k] = g[k]
+            exp_theta[d, k] = et[k]
+    return ll
+
+
+@jit
+def _compact_ids(et, K, skip_below, active):
+    """Indices of the topics with et[k] > skip_below, ascending; returns their count."""
+    na = 0
+    for k in range(K):
+        if et[k] > skip_below:
+            active[na] = k
+            na += 1
+    return na
+
+
+@jit
+def _same_ids(a, b, n):
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@jit
+def _gather(W, n, active, na, Wc):
+    for j in range(n):
+        for a in range(na):
+            Wc[j, a] = W[j, active[a]]
+
+
+@jit
+def _skipped_ok(et, active, na, K, total_r, limit):
+    """Every topic left out has et[k] * total_r < limit (see _HALF_ULP)."""
+    a = 0
+    for k in range(K):
+        if a < na and active[a] == k:
+            a += 1
+        elif et[k] * total_r >= limit:
+            return False
+    return True
+
+
+@pjit
+def e_step(
+    indptr,
+    indices,
+    data,
+    exp_beta_t,
+    gamma,
+    exp_theta,
+    alpha,
+    max_iter,
+    tol,
+    eps,
+    block,
+    ratio,
+    want_ll,
+):
+    """The per-document variational E-step over a CSR corpus.
+
+    Parameters
+    ----------
+    indptr : (N + 1,) int64, starting at 0
+    indices, data : (nnz,) int64 word ids and float64 counts
+    exp_beta_t : (V, K) exp E[log beta], transposed
+    gamma : (N, K) float64, in: the initial values, out: the fitted ones
+    exp_theta : (N, K) float64, out: exp E[log theta] of the fitted gamma
+    alpha : doc-topic prior; max_iter, tol : iteration limit and mean-change tolerance
+    eps : added to every phinorm (scikit-learn adds the input dtype's machine epsilon)
+    block : documents per parallel work item (a constant, not the thread count)
+    ratio : (nnz,) float64, out: n_dw / (phinorm_dw + eps) per stored entry
+    want_ll : bool, compute the likelihood term of the bound
+
+    Returns
+    -------
+    ll : (n_blocks,) per-block sums of n_dw log phinorm_dw (zeros unless want_ll).
+    """
+    N = gamma.shape[0]
+    n_blocks = (N + block - 1) // block
+    ll = np.zeros(n_blocks)
+    for b in prange(n_blocks):
+        ll[b] = _e_step_block(
+            indptr,
+            indices,
+            data,
+            exp_beta_t,
+            gamma,
+            exp_theta,
+            alpha,
+            max_iter,
+            tol,
+            eps,
+            b * block,
+            min(N, (b + 1) * block),
+            ratio,
+            want_ll,
+        )
+    return ll
+
+
+@jit
+def csc_order(indptr, indices, n_words):
+    """Stored entries grouped by word: (col_ptr, entry, doc).
+
+    Word w's entries are ``entry[col_ptr[w]:col_ptr[w + 1]]`` (positions in the CSR
+    arrays) of documents ``doc[...]``, documents ascending.
+    """
+    N = indptr.shape[0] - 1
+    nnz = indptr[N] - indptr[0]
+    col_ptr = np.zeros(n_words + 1, dtype=np.int64)
+    for p in range(indptr[0], indptr[N]):
+        col_ptr[indices[p] + 1] += 1
+    for w in range(n_words):
+        col_ptr[w + 1] += col_ptr[w]
+    fill = col_ptr[:n_words].copy()
+    entry = np.empty(nnz, dtype=np.int64)
+    doc = np.empty(nnz, dtype=np.int64)
+    for d in range(N):
+        for p in range(indptr[d], indptr[d + 1]):
+            w = indices[p]
+            q = fill[w]
+            entry[q] = p
+            doc[q] = d
+            fill[w] = q + 1
+    return col_ptr, entry, doc
+
+
+@jit
+def _update_block(
+    col_ptr,
+    entry,
+    doc,
+    ratio,
+    exp_theta,
+    exp_beta_t,
+    lam_t,
+    decay,
+    weight,
+    eta,
+    scale,
+    w0,
+    w1,
+    sums,
+):
+    K = lam_t.shape[1]
+    acc = np.empty(K)
+    for k in range(K):
+        sums[k] = 0.0
+    for w in range(w0, w1):
+        for k in range(K):
+            acc[k] = 0.0
+        for p in range(col_ptr[w], col_ptr[w + 1]):
+            r = ratio[entry[p]]
+            d = doc[p]
+            for k in range(K):
+                acc[k] += r * exp_theta[d, k]
+        for k in range(K):
+            v = decay * lam_t[w, k] + weight * (
+                eta + scale * (acc[k] * exp_beta_t[w, k])
+            )
+            lam_t[w, k] = v
+            sums[k] += v
+
+
+@pjit
+def topic_word_update(
+    col_ptr,
+    entry,
+    doc,
+    ratio,
+    exp_theta,
+    exp_beta_t,
+    lam_t,
+    decay,
+    weight,
+    eta,
+    scale,
+    block,
+):
+    """Topic-word statistic and M-step, in place on ``lam_t`` (see the module doc).
+
+    lam_t[w] <- decay * lam_t[w] + weight * (eta + scale * sstats[w]) with
+    sstats[w, k] = exp_beta_t[w, k] * sum over w's entries of ratio * exp_theta[doc, k].
+
+    Returns
+    -------
+    sums : (n_blocks, K) per-block partial sums over words of the new lam_t.
+    """
+    V, K = lam_t.shape
+    n_blocks = (V + block - 1) // block
+    sums = np.zeros((n_blocks, K))
+    for b in prange(n_blocks):
+        _update_block(
+            col_ptr,
+            entry,
+            doc,
+            ratio,
+            exp_theta,
+            exp_beta_t,
+            lam_t,
+            decay,
+            weight,
+            eta,
+            scale,
+            b * block,
+            min(V, (b + 1) * block),
+            sums[b],
+        )
+    return sums
+
+
+@jit
+def _expectation_block(lam_t, psi_sums, w0, w1, out):
+    K = lam_t.shape[1]
+    ps = np.empty(K)
+    for w in range(w0, w1):
+        digamma_array(lam_t[w], ps, K)
+        for k in range(K):
+            out[w, k] = exp_nonpos(ps[k] - psi_sums[k])
+
+
+@pjit
+def dirichlet_expectation_t(lam_t, psi_sums, block, out):
+    """out[w, k] = exp(psi(lam_t[w, k]) - psi_sums[k]), psi_sums[k] = psi(sum_w lam)."""
+    V = lam_t.shape[0]
+    n_blocks = (V + block - 1) // block
+    for b in prange(n_blocks):
+        _expectation_block(lam_t, psi_sums, b * block, min(V, (b + 1) * block), out)

@@ -1,0 +1,80 @@
+"""Slow, obviously correct NumPy references for ``fastvi.kernels.lda``.
+
+Each function computes what the kernel of the same name computes, one document or one
+formula at a time, with no blocks, gathers or fused loops.
+"""
+
+import numpy as np
+from scipy.special import digamma
+
+
+def exp_dirichlet(g):
+    """exp(E[log theta]) for theta ~ Dir(g), one row or many."""
+    g = np.asarray(g, dtype=np.float64)
+    return np.exp(digamma(g) - digamma(g.sum(axis=-1, keepdims=True)))
+
+
+def e_step(indptr, indices, data, exp_beta_t, gamma0, alpha, max_iter, tol, eps):
+    """Per-document fixed point (Hoffman et al. 2010, Algorithm 2).
+
+    Returns gamma, exp_theta, ratio (per stored entry) and the per-document likelihood
+    terms sum_w n_dw log phinorm_dw.
+    """
+    N, K = gamma0.shape
+    gamma = gamma0.astype(np.float64).copy()
+    exp_theta = np.empty_like(gamma)
+    ratio = np.empty(len(data))
+    ll = np.zeros(N)
+    for d in range(N):
+        lo, hi = indptr[d], indptr[d + 1]
+        ids, cnts = indices[lo:hi], data[lo:hi]
+        beta_d = exp_beta_t[ids].T  # (K, n_d)
+        g = gamma[d].copy()
+        et = exp_dirichlet(g)
+        for _ in range(max_iter):
+            phinorm = et @ beta_d + eps
+            new = et * (beta_d @ (cnts / phinorm)) + alpha
+            change = np.mean(np.abs(new - g))
+            g = new
+            et = exp_dirichlet(g)
+            if change < tol:
+                break
+        phinorm = et @ beta_d
+        ratio[lo:hi] = cnts / (phinorm + eps)
+        nz = cnts != 0
+        ll[d] = np.sum(cnts[nz] * np.log(phinorm[nz]))
+        gamma[d] = g
+        exp_theta[d] = et
+    return gamma, exp_theta, ratio, ll
+
+
+def csc_order(indptr, indices, n_words):
+    """(col_ptr, entry, doc): stored entries grouped by word, documents ascending."""
+    doc_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    entry = np.argsort(indices, kind="stable")
+    col_ptr = np.concatenate([[0], np.cumsum(np.bincount(indices, minlength=n_words))])
+    return col_ptr, entry, doc_of[entry]
+
+
+def topic_word_stats(indptr, indices, ratio, exp_theta, exp_beta_t):
+    """(V, K) sstats[w, k] = exp_beta[k, w] * sum_d ratio_dw exp_theta[d, k]."""
+    N = len(indptr) - 1
+    V = exp_beta_t.shape[0]
+    R = np.zeros((N, V))
+    for d in range(N):
+        lo, hi = indptr[d], indptr[d + 1]
+        np.add.at(R[d], indices[lo:hi], ratio[lo:hi])
+    return (R.T @ exp_theta) * exp_beta_t
+
+
+def topic_word_update(
+    indptr, indices, ratio, exp_theta, exp_beta_t, lam_t, decay, weight, eta, scale
+):
+    """New lam_t = decay * lam_t + weight * (eta + scale * sstats)."""
+    sstats = topic_word_stats(indptr, indices, ratio, exp_theta, exp_beta_t)
+    return decay * lam_t + weight * (eta + scale * sstats)
+
+
+def dirichlet_expectation_t(lam_t):
+    """exp(E[log beta])^T from lambda^T (V, K): columns are the topics."""
+    return np.exp(digamma(lam_t) - digamma(lam_t.sum(axis=0)))
