@@ -8,10 +8,10 @@ run on the same corpus:
   ``"anchor_2"``; joblib processes, whose documents all start from copies of one
   random state, so its perplexity differs slightly from ``n_jobs=1``).
 
-``bench/report.py`` reads the ``"fastvi"`` and ``"anchor"`` roles of a group; the
-other two entries are in the JSON beside them. Every entry's ``extra_info`` holds the
-training perplexity (``bound_``) after the fit, ``n_iter``, ``n_batch_iter`` and the
-corpus size.
+``bench/report.py`` compares the fastest ``"fastvi*"`` and the fastest ``"anchor*"``
+entry of a group (scikit-learn's best setting); all four are in the JSON. Every
+entry's ``extra_info`` holds the training perplexity (``bound_``) after the fit,
+``n_iter``, ``n_batch_iter`` and the corpus size.
 
 The corpus is drawn from the LDA generative process with a fixed seed (not
 downloaded): topics ~ Dirichlet(0.05) over the vocabulary, document proportions ~
