@@ -55,7 +55,7 @@ def _tri_column(U, j, Y, T, acc):
     """acc[t] <- sum_{i <= j} U[i, j] * Y[i, t]  (column j of (Y^T U)^T, U upper).
 
     Four rows per sweep so each load/store of ``acc`` feeds four FMAs: the sweep is
-    bound by stores otherwise.
+    bound by memory operations otherwise.
     """
     for t in range(T):
         acc[t] = 0.0
@@ -79,21 +79,68 @@ def _tri_column(U, j, Y, T, acc):
 
 
 @jit
-def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, maha):
+def _maha_upper(U, Y, T, acc, acc2, maha):
+    """maha[t] <- || Y[:, t]^T U ||^2 for upper-triangular U.
+
+    Columns go in pairs (j, j + 1) that share the loads of rows 0..j, and rows in
+    blocks of four, so every load or store feeds more than one FMA.
+    """
+    D = Y.shape[0]
+    for t in range(T):
+        maha[t] = 0.0
+    j = 0
+    while j + 1 < D:
+        for t in range(T):
+            acc[t] = 0.0
+            acc2[t] = 0.0
+        n = j + 1
+        i = 0
+        while i + 4 <= n:
+            a0 = U[i, j]
+            a1 = U[i + 1, j]
+            a2 = U[i + 2, j]
+            a3 = U[i + 3, j]
+            b0 = U[i, j + 1]
+            b1 = U[i + 1, j + 1]
+            b2 = U[i + 2, j + 1]
+            b3 = U[i + 3, j + 1]
+            for t in range(T):
+                y0 = Y[i, t]
+                y1 = Y[i + 1, t]
+                y2 = Y[i + 2, t]
+                y3 = Y[i + 3, t]
+                acc[t] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3
+                acc2[t] += b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3
+            i += 4
+        while i < n:
+            a0 = U[i, j]
+            b0 = U[i, j + 1]
+            for t in range(T):
+                y0 = Y[i, t]
+                acc[t] += a0 * y0
+                acc2[t] += b0 * y0
+            i += 1
+        last = U[j + 1, j + 1]  # row j + 1 only reaches column j + 1
+        for t in range(T):
+            z = acc2[t] + last * Y[j + 1, t]
+            maha[t] += acc[t] * acc[t] + z * z
+        j += 2
+    if j < D:  # odd D: the last column alone
+        _tri_column(U, j, Y, T, acc)
+        for t in range(T):
+            maha[t] += acc[t] * acc[t]
+
+
+@jit
+def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
     K, D = means.shape
     for k in range(K):
         for d in range(D):
             m = means[k, d]
             for t in range(T):
                 Y[d, t] = Xt[d, t] - m
-        for t in range(T):
-            maha[t] = 0.0
-        # maha = || (x - m_k) @ U_k ||^2, one column of the product at a time
-        Uk = prec[k]
-        for j in range(D):
-            _tri_column(Uk, j, Y, T, acc)
-            for t in range(T):
-                maha[t] += acc[t] * acc[t]
+        # maha = || (x - m_k) @ U_k ||^2
+        _maha_upper(prec[k], Y, T, acc, acc2, maha)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * maha[t]
@@ -303,6 +350,7 @@ def _chunk_pass(
     maha = np.empty(tile)
     mx = np.empty(tile)
     s = np.empty(tile)
+    acc2 = np.empty(tile)
     c_norm = 0.0
     c_ent = 0.0
     for t0 in range(start, stop, tile):
@@ -320,7 +368,7 @@ def _chunk_pass(
                     R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
         else:
             if kind == KIND_FULL:
-                _logprob_full(Xt, T, means, prec, const, LP, Y, acc, maha)
+                _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha)
             elif kind == KIND_TIED:
                 _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
             else:
