@@ -147,6 +147,38 @@ def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
 
 
 @jit
+def _weighted_sq_dist(A, T, centre, weight, acc):
+    """acc[t] <- sum_d weight[d] * (A[d, t] - centre[d])^2, four features a sweep."""
+    D = A.shape[0]
+    for t in range(T):
+        acc[t] = 0.0
+    d = 0
+    while d + 4 <= D:
+        m0 = centre[d]
+        m1 = centre[d + 1]
+        m2 = centre[d + 2]
+        m3 = centre[d + 3]
+        p0 = weight[d]
+        p1 = weight[d + 1]
+        p2 = weight[d + 2]
+        p3 = weight[d + 3]
+        for t in range(T):
+            e0 = A[d, t] - m0
+            e1 = A[d + 1, t] - m1
+            e2 = A[d + 2, t] - m2
+            e3 = A[d + 3, t] - m3
+            acc[t] += p0 * e0 * e0 + p1 * e1 * e1 + p2 * e2 * e2 + p3 * e3 * e3
+        d += 4
+    while d < D:
+        m0 = centre[d]
+        p0 = weight[d]
+        for t in range(T):
+            e0 = A[d, t] - m0
+            acc[t] += p0 * e0 * e0
+        d += 1
+
+
+@jit
 def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
     K, D = proj.shape
     # Y <- (x @ U)^T for the tile, shared by all components
@@ -155,14 +187,9 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
         _tri_column(U, j, Xt, T, acc)
         for t in range(T):
             Y[j, t] = acc[t]
+    ones = np.ones(D)
     for k in range(K):
-        for t in range(T):
-            acc[t] = 0.0
-        for j in range(D):
-            w = proj[k, j]
-            for t in range(T):
-                diff = Y[j, t] - w
-                acc[t] += diff * diff
+        _weighted_sq_dist(Y, T, proj[k], ones, acc)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * acc[t]
@@ -170,16 +197,9 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
 
 @jit
 def _logprob_diag(Xt, T, means, prec, const, LP, acc):
-    K, D = means.shape
+    K = means.shape[0]
     for k in range(K):
-        for t in range(T):
-            acc[t] = 0.0
-        for d in range(D):
-            m = means[k, d]
-            p = prec[k, 0, d]
-            for t in range(T):
-                diff = Xt[d, t] - m
-                acc[t] += p * diff * diff
+        _weighted_sq_dist(Xt, T, means[k], prec[k, 0], acc)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * acc[t]
