@@ -27,7 +27,7 @@ _C = tuple(1.0 / float(np.prod(np.arange(1, n + 1))) for n in range(14))
 
 
 @intrinsic
-def _bits_as_float64(typingctx, bits):
+def bits_as_float64(typingctx, bits):
     """Reinterpret the bits of an int64 as a float64 (a no-op for the CPU)."""
     if not isinstance(bits, types.Integer):
         return None
@@ -35,6 +35,19 @@ def _bits_as_float64(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def float64_bits(typingctx, x):
+    """Reinterpret the bits of a float64 as an int64 (a no-op for the CPU)."""
+    if not isinstance(x, types.Float):
+        return None
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
 
     return sig, codegen
 
@@ -63,6 +76,6 @@ def exp_nonpos(x):
     p = p * r + _C[1]
     p = p * r + _C[0]
     # 2**k from its exponent bits; k in [-1022, 1] here
-    scale = _bits_as_float64((np.int64(k) + 1023) << 52) if x == x else 1.0
+    scale = bits_as_float64((np.int64(k) + 1023) << 52) if x == x else 1.0
     res = p * scale
     return 0.0 if x <= _EXP_MIN else res

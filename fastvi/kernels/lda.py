@@ -49,13 +49,12 @@ the only non-numba dependency of the kernels). ``tests/test_lda.py`` checks it w
 import math
 
 import llvmlite.binding as llvm_binding
-import llvmlite.ir as llvm_ir
 import numpy as np
 from numba import prange, types
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import get_cython_function_address
 
 from ._config import jit, pjit
-from ._math import exp_nonpos
+from ._math import bits_as_float64, exp_nonpos, float64_bits
 
 # scipy's compiled digamma (double version), called by symbol name so that kernels
 # calling it can be cached: the symbol is registered again at every import.
@@ -77,38 +76,12 @@ _MANTISSA = np.int64((1 << 52) - 1)
 _EXP_ONE = np.int64(1023 << 52)
 
 
-@intrinsic
-def _float64_bits(typingctx, x):
-    """The bits of a float64 as an int64 (a no-op for the CPU)."""
-    if not isinstance(x, types.Float):
-        return None
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.IntType(64))
-
-    return sig, codegen
-
-
-@intrinsic
-def _bits_float64(typingctx, bits):
-    """Reinterpret the bits of an int64 as a float64."""
-    if not isinstance(bits, types.Integer):
-        return None
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.DoubleType())
-
-    return sig, codegen
-
-
 @jit
 def _log_ge1(y):
     """log(y) for finite y >= 1 (a few ulp); branch-free so loops vectorize."""
-    bits = _float64_bits(y)
+    bits = float64_bits(y)
     e = (bits >> 52) - 1023
-    m = _bits_float64((bits & _MANTISSA) | _EXP_ONE)  # y = m 2^e, m in [1, 2)
+    m = bits_as_float64((bits & _MANTISSA) | _EXP_ONE)  # y = m 2^e, m in [1, 2)
     big = m > _SQRT2
     m = m * 0.5 if big else m
     e = e + 1 if big else e
