@@ -12,6 +12,8 @@ _LAZY = {
     "UnivariateGaussian": "fastvi.conjugate",
     "VBLinearRegression": "fastvi.conjugate",
     "VBLogisticRegression": "fastvi.conjugate",
+    "BayesianLogisticRegression": "fastvi.sgvi.estimators",
+    "BayesianPoissonRegression": "fastvi.sgvi.estimators",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,467 @@
+"""Monte Carlo log-likelihood and gradient of generalized linear models (SGVI hot loop).
+
+One pass over the rows of ``X`` (all of them, or the minibatch ``rows``) evaluates,
+for each of the ``S`` parameter draws ``(W[s], b[s])`` at once,
+
+    eta[n, s] = x_n . W[s] + b[s]
+    ll[s]    = sum_n  f(y_n, eta[n, s])
+    gw[s, :] = sum_n  f'(y_n, eta[n, s]) x_n
+    gb[s]    = sum_n  f'(y_n, eta[n, s])
+
+with ``f`` the per-row log-likelihood of the family (``f'`` its derivative in ``eta``):
+
+``FAMILY_LOGISTIC``  f = y eta - log(1 + exp(eta)),      f' = y - sigmoid(eta)
+``FAMILY_POISSON``   f = y eta - exp(eta),               f' = y - exp(eta)
+                     (the constant -log y! is added by the caller)
+``FAMILY_GAUSSIAN``  f = -tau[s] (y - eta)**2 / 2,       f' = tau[s] (y - eta)
+                     (``ss[s]`` also receives sum_n (y - eta)**2, for a noise scale)
+
+Layout and determinism
+----------------------
+Rows go in chunks of ``chunk`` (a caller constant independent of the thread count);
+``prange`` runs over chunks and every chunk writes only its own row of the partial-sum
+arrays, which the caller adds in chunk order: results are bitwise identical for any
+number of threads. Inside a chunk, ``tile`` rows are copied transposed to (D, T), so
+that both products — eta (S x T) = W (S x D) . Xt (D x T) and g (S x D) = R (S x T) .
+Xt^T — run with the rows as the contiguous, vectorized inner loop while the tile sits in
+the L1 cache: X is read from memory once per step for all S draws.
+
+The products run in the dtype of ``X`` (float32 input gives the float32 speed); the
+per-element likelihood terms are computed in float64 with branch-free polynomial
+``exp``/``log1p`` (numba from PyPI has no vector libm), and every sum leaving a tile is
+float64.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._config import jit, pjit
+from ._math import bits_as_float64
+
+FAMILY_LOGISTIC = 0
+FAMILY_POISSON = 1
+FAMILY_GAUSSIAN = 2
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_LN2_HI = 0.693145751953125
+_LN2_LO = 1.42860682030941723212e-6
+_EXP_LO = -708.0
+_EXP_HI = 709.0
+# 1/n! for n = 0..12: |r| <= ln(2)/2 leaves a truncation error below 2e-16
+_C = tuple(1.0 / float(np.prod(np.arange(1, n + 1))) for n in range(13))
+# 1 / (2k + 1) for the atanh series of log; |s| <= 0.172 leaves an error below 1e-15
+_A = tuple(1.0 / (2 * k + 1) for k in range(9))
+_SQRT2M1 = 0.41421356237309503
+
+
+@jit
+def exp_clamped(x):
+    """exp(x) to a few ulp, branch-free and vectorizable.
+
+    Returns 0 below -708, +inf above 709 (exp(709) ~ 8e307) and NaN for NaN.
+    """
+    xc = min(max(x, _EXP_LO), _EXP_HI)
+    k = np.floor(xc * _LOG2E + 0.5)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    # Estrin's scheme: a shallow dependency tree instead of a 12-deep Horner chain,
+    # so the vectorized loop is not bound by multiply-add latency
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    q0 = (_C[0] + _C[1] * r) + (_C[2] + _C[3] * r) * r2
+    q1 = (_C[4] + _C[5] * r) + (_C[6] + _C[7] * r) * r2
+    q2 = (_C[8] + _C[9] * r) + (_C[10] + _C[11] * r) * r2
+    p = (q0 + q1 * r4) + (q2 + _C[12] * r4) * r8
+    res = p * bits_as_float64((np.int64(k) + 1023) << 52)
+    res = 0.0 if x < _EXP_LO else res
+    res = np.inf if x > _EXP_HI else res
+    return res if x == x else x
+
+
+@jit
+def log1p_split(e):
+    """(num, den) with log(1 + e) = 2 atanh(num / den) + [e > sqrt(2) - 1] ln 2.
+
+    u = 1 + e is halved when above sqrt(2); s = (u - 1) / (u + 1) is written in terms
+    of e, so small e loses nothing: e / (e + 2), or (e - 1) / (e + 3) after halving.
+    """
+    big = 1.0 if e > _SQRT2M1 else 0.0
+    return e - big, e + 2.0 + big
+
+
+@jit
+def _log1p_series(s):
+    """2 atanh(s) = 2 (s + s**3 / 3 + s**5 / 5 + ...) for |s| <= 0.172."""
+    s2 = s * s
+    s4 = s2 * s2
+    s8 = s4 * s4
+    q0 = (_A[0] + _A[1] * s2) + (_A[2] + _A[3] * s2) * s4
+    q1 = (_A[4] + _A[5] * s2) + (_A[6] + _A[7] * s2) * s4
+    p = (q0 + q1 * s8) + _A[8] * (s8 * s8)
+    return 2.0 * s * p
+
+
+@jit
+def log1p_unit(e):
+    """log(1 + e) for e in [0, 1], to a few ulp, branch-free and vectorizable."""
+    num, den = log1p_split(e)
+    return _log1p_series(num / den) + (_LN2 if e > _SQRT2M1 else 0.0)
+
+
+@jit
+def _linear_predictor(Xt, T, W, b, E):
+    """E[s, t] = b[s] + sum_d W[s, d] Xt[d, t].
+
+    Register-blocked 4 draws x 4 features: each sweep over the tile's rows loads four
+    feature rows and four accumulator rows for sixteen multiply-adds.
+    """
+    S, D = W.shape
+    for s in range(S):
+        bs = b[s]
+        for t in range(T):
+            E[s, t] = bs
+    s = 0
+    while s + 4 <= S:
+        d = 0
+        while d + 4 <= D:
+            w00 = W[s, d]
+            w01 = W[s, d + 1]
+            w02 = W[s, d + 2]
+            w03 = W[s, d + 3]
+            w10 = W[s + 1, d]
+            w11 = W[s + 1, d + 1]
+            w12 = W[s + 1, d + 2]
+            w13 = W[s + 1, d + 3]
+            w20 = W[s + 2, d]
+            w21 = W[s + 2, d + 1]
+            w22 = W[s + 2, d + 2]
+            w23 = W[s + 2, d + 3]
+            w30 = W[s + 3, d]
+            w31 = W[s + 3, d + 1]
+            w32 = W[s + 3, d + 2]
+            w33 = W[s + 3, d + 3]
+            for t in range(T):
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                x2 = Xt[d + 2, t]
+                x3 = Xt[d + 3, t]
+                E[s, t] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                E[s + 1, t] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                E[s + 2, t] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                E[s + 3, t] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+            d += 4
+        while d < D:
+            w0 = W[s, d]
+            w1 = W[s + 1, d]
+            w2 = W[s + 2, d]
+            w3 = W[s + 3, d]
+            for t in range(T):
+                x0 = Xt[d, t]
+                E[s, t] += w0 * x0
+                E[s + 1, t] += w1 * x0
+                E[s + 2, t] += w2 * x0
+                E[s + 3, t] += w3 * x0
+            d += 1
+        s += 4
+    while s < S:
+        d = 0
+        while d + 4 <= D:
+            w0 = W[s, d]
+            w1 = W[s, d + 1]
+            w2 = W[s, d + 2]
+            w3 = W[s, d + 3]
+            for t in range(T):
+                E[s, t] += (
+                    w0 * Xt[d, t]
+                    + w1 * Xt[d + 1, t]
+                    + w2 * Xt[d + 2, t]
+                    + w3 * Xt[d + 3, t]
+                )
+            d += 4
+        while d < D:
+            w0 = W[s, d]
+            for t in range(T):
+                E[s, t] += w0 * Xt[d, t]
+            d += 1
+        s += 1
+
+
+@jit
+def _pointwise(E, yt, T, family, tau, ll, ss):
+    """E[s, t] <- f'(y_t, eta) in place; adds sum_t f into ll[s] (and residuals**2)."""
+    S = E.shape[0]
+    for s in range(S):
+        acc = 0.0
+        acc2 = 0.0
+        if family == FAMILY_LOGISTIC:
+            for t in range(T):
+                eta = np.float64(E[s, t])
+                yv = yt[t]
+                e = exp_clamped(-abs(eta))
+                # one division serves both 1 / (1 + e) and log1p's ratio num / den
+                num, den = log1p_split(e)
+                q = 1.0 / ((1.0 + e) * den)
+                lg = _log1p_series(num * (1.0 + e) * q)
+                lg += _LN2 if e > _SQRT2M1 else 0.0
+                # sigmoid(eta) = 1 / (1 + e) for eta >= 0, e / (1 + e) otherwise
+                sig = (1.0 if eta >= 0.0 else e) * den * q
+                # y eta - softplus(eta), softplus(eta) = max(eta, 0) + log1p(exp(-|eta|))
+                acc += yv * eta - (max(eta, 0.0) + lg)
+                E[s, t] = yv - sig
+        elif family == FAMILY_POISSON:
+            for t in range(T):
+                eta = np.float64(E[s, t])
+                yv = yt[t]
+                mu = exp_clamped(eta)
+                acc += yv * eta - mu
+                E[s, t] = yv - mu
+        else:
+            ts = tau[s]
+            for t in range(T):
+                r = yt[t] - np.float64(E[s, t])
+                acc2 += r * r
+                E[s, t] = ts * r
+            acc = -0.5 * ts * acc2
+        ll[s] += acc
+        ss[s] += acc2
+
+
+@jit
+def _gradient(Xt, T, R, gw, gb, zero):
+    """gw[s, d] += sum_t R[s, t] Xt[d, t] and gb[s] += sum_t R[s, t].
+
+    Blocked 2 draws x 4 features: eight independent dot products per sweep.
+    """
+    S, D = gw.shape
+    for s in range(S):
+        a = zero
+        for t in range(T):
+            a += R[s, t]
+        gb[s] += a
+    s = 0
+    while s + 2 <= S:
+        d = 0
+        while d + 4 <= D:
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            c0 = zero
+            c1 = zero
+            c2 = zero
+            c3 = zero
+            for t in range(T):
+                r = R[s, t]
+                q = R[s + 1, t]
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                x2 = Xt[d + 2, t]
+                x3 = Xt[d + 3, t]
+                a0 += r * x0
+                a1 += r * x1
+                a2 += r * x2
+                a3 += r * x3
+                c0 += q * x0
+                c1 += q * x1
+                c2 += q * x2
+                c3 += q * x3
+            gw[s, d] += a0
+            gw[s, d + 1] += a1
+            gw[s, d + 2] += a2
+            gw[s, d + 3] += a3
+            gw[s + 1, d] += c0
+            gw[s + 1, d + 1] += c1
+            gw[s + 1, d + 2] += c2
+            gw[s + 1, d + 3] += c3
+            d += 4
+        while d < D:
+            a0 = zero
+            c0 = zero
+            for t in range(T):
+                x0 = Xt[d, t]
+                a0 += R[s, t] * x0
+                c0 += R[s + 1, t] * x0
+            gw[s, d] += a0
+            gw[s + 1, d] += c0
+            d += 1
+        s += 2
+    while s < S:
+        d = 0
+        while d + 4 <= D:
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            for t in range(T):
+                r = R[s, t]
+                a0 += r * Xt[d, t]
+                a1 += r * Xt[d + 1, t]
+                a2 += r * Xt[d + 2, t]
+                a3 += r * Xt[d + 3, t]
+            gw[s, d] += a0
+            gw[s, d + 1] += a1
+            gw[s, d + 2] += a2
+            gw[s, d + 3] += a3
+            d += 4
+        while d < D:
+            a0 = zero
+            for t in range(T):
+                a0 += R[s, t] * Xt[d, t]
+            gw[s, d] += a0
+            d += 1
+        s += 1
+
+
+@jit
+def _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss):
+    _linear_predictor(Xt, T, W, b, E)
+    _pointwise(E, yt, T, family, tau, ll, ss)
+    _gradient(Xt, T, E, gw, gb, zero)
+
+
+@jit
+def _tiled_chunk(Xtiles, y, N, c0, c1, W, b, tau, family, ll, gw, gb, ss):
+    """Tiles [c0, c1) of the pre-transposed data; adds into this chunk's partials."""
+    tile = Xtiles.shape[2]
+    S = W.shape[0]
+    E = np.empty((S, tile), dtype=Xtiles.dtype)
+    zero = np.zeros(1, dtype=Xtiles.dtype)[0]
+    for i in range(c0, c1):
+        t0 = i * tile
+        T = min(tile, N - t0)
+        _tile_pass(
+            Xtiles[i], y[t0 : t0 + T], T, W, b, tau, family, E, zero, ll, gw, gb, ss
+        )
+
+
+@jit
+def _rows_chunk(X, y, rows, start, stop, tile, W, b, tau, family, ll, gw, gb, ss):
+    """Rows rows[start:stop] of X, gathered and transposed a tile at a time."""
+    D = X.shape[1]
+    S = W.shape[0]
+    Xt = np.empty((D, tile), dtype=X.dtype)
+    yt = np.empty(tile)
+    E = np.empty((S, tile), dtype=X.dtype)
+    zero = np.zeros(1, dtype=X.dtype)[0]
+    for t0 in range(start, stop, tile):
+        T = min(tile, stop - t0)
+        for t in range(T):
+            n = rows[t0 + t]
+            for d in range(D):
+                Xt[d, t] = X[n, d]
+            yt[t] = y[n]
+        _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss)
+
+
+@pjit
+def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles):
+    """Per-chunk partial sums of the GLM log-likelihood and its gradient over all rows.
+
+    Parameters
+    ----------
+    Xtiles : (n_tiles, D, tile) float64 or float32, C-contiguous
+        The data transposed a tile at a time: ``Xtiles[i, d, t] = X[i * tile + t, d]``
+        (the last tile zero-padded), made once per fit by the caller.
+    y : (N,) float64 responses
+    N : number of rows
+    W : (S, D) coefficient draws, dtype of ``Xtiles``
+    b : (S,) intercept draws, dtype of ``Xtiles``
+    tau : (S,) float64 noise precisions (``FAMILY_GAUSSIAN`` only; ignored otherwise)
+    family : int, one of FAMILY_LOGISTIC, FAMILY_POISSON, FAMILY_GAUSSIAN
+    chunk_tiles : tiles per parallel work item (fixed by the caller, never by threads)
+
+    Returns
+    -------
+    ll : (C, S), gw : (C, S, D), gb : (C, S), ss : (C, S) float64
+        Per-chunk sums (C = ceil(n_tiles / chunk_tiles)) over the chunk's rows of f,
+        f' x, f' and (Gaussian) the squared residual; the caller adds them in order.
+    """
+    n_tiles, D, _ = Xtiles.shape
+    S = W.shape[0]
+    n_chunks = (n_tiles + chunk_tiles - 1) // chunk_tiles
+    ll = np.zeros((n_chunks, S))
+    gw = np.zeros((n_chunks, S, D))
+    gb = np.zeros((n_chunks, S))
+    ss = np.zeros((n_chunks, S))
+    for c in prange(n_chunks):
+        c0 = c * chunk_tiles
+        c1 = min(n_tiles, c0 + chunk_tiles)
+        _tiled_chunk(
+            Xtiles, y, N, c0, c1, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
+        )
+    return ll, gw, gb, ss
+
+
+@pjit
+def glm_pass_rows(X, y, rows, W, b, tau, family, chunk, tile):
+    """:func:`glm_pass_tiled` over the minibatch ``rows`` (int64, (M,)) of a row-major
+    ``X`` (N, D): per-chunk partials, C = ceil(M / chunk)."""
+    D = X.shape[1]
+    S = W.shape[0]
+    M = rows.shape[0]
+    n_chunks = (M + chunk - 1) // chunk
+    ll = np.zeros((n_chunks, S))
+    gw = np.zeros((n_chunks, S, D))
+    gb = np.zeros((n_chunks, S))
+    ss = np.zeros((n_chunks, S))
+    for c in prange(n_chunks):
+        start = c * chunk
+        stop = min(M, start + chunk)
+        _rows_chunk(
+            X, y, rows, start, stop, tile, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
+        )
+    return ll, gw, gb, ss
+
+
+@jit
+def glm_pass_rows_serial(X, y, rows, W, b, tau, family, chunk, tile):
+    """:func:`glm_pass_rows` on the calling thread (same chunks, same bits), for a
+    minibatch too small to be worth waking the thread pool."""
+    D = X.shape[1]
+    S = W.shape[0]
+    M = rows.shape[0]
+    n_chunks = (M + chunk - 1) // chunk
+    ll = np.zeros((n_chunks, S))
+    gw = np.zeros((n_chunks, S, D))
+    gb = np.zeros((n_chunks, S))
+    ss = np.zeros((n_chunks, S))
+    for c in range(n_chunks):
+        start = c * chunk
+        stop = min(M, start + chunk)
+        _rows_chunk(
+            X, y, rows, start, stop, tile, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
+        )
+    return ll, gw, gb, ss
+
+
+@jit
+def tile_rows(X, tile, out):
+    """out[i, d, t] = X[i * tile + t, d]; the padding of the last tile is zeroed."""
+    N, D = X.shape
+    n_tiles = out.shape[0]
+    for i in range(n_tiles):
+        for d in range(D):
+            for t in range(tile):
+                n = i * tile + t
+                out[i, d, t] = X[n, d] if n < N else 0.0
+
+
+@jit
+def glm_pass_tiled_serial(Xtiles, y, N, W, b, tau, family, chunk_tiles):
+    """:func:`glm_pass_tiled` on the calling thread (same chunks, same bits), for data
+    too small to be worth waking the thread pool."""
+    n_tiles, D, _ = Xtiles.shape
+    S = W.shape[0]
+    n_chunks = (n_tiles + chunk_tiles - 1) // chunk_tiles
+    ll = np.zeros((n_chunks, S))
+    gw = np.zeros((n_chunks, S, D))
+    gb = np.zeros((n_chunks, S))
+    ss = np.zeros((n_chunks, S))
+    for c in range(n_chunks):
+        c0 = c * chunk_tiles
+        c1 = min(n_tiles, c0 + chunk_tiles)
+        _tiled_chunk(
+            Xtiles, y, N, c0, c1, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
+        )
+    return ll, gw, gb, ss

@@ -1,0 +1,145 @@
+"""The SGVI kernels against their NumPy references (tests/reference_sgvi.py)."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from fastvi.kernels import sgvi as k
+from fastvi.kernels._config import jit
+
+from . import reference_sgvi as ref
+
+
+@jit
+def _apply_exp(a):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = k.exp_clamped(a[i])
+    return out
+
+
+@jit
+def _apply_log1p(a):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = k.log1p_unit(a[i])
+    return out
+
+
+def test_exp_clamped_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.uniform(-708, 709, 20000), rng.uniform(-1, 1, 2000), [0.0, -0.0, 1e-300]]
+    )
+    assert_allclose(_apply_exp(x), np.exp(x), rtol=5e-14, atol=0)
+    edges = _apply_exp(np.array([-708.5, -1e6, -np.inf, 709.5, np.inf, np.nan]))
+    assert_array_equal(edges[:3], 0.0)
+    assert np.isposinf(edges[3]) and np.isposinf(edges[4]) and np.isnan(edges[5])
+
+
+def test_log1p_unit_matches_numpy():
+    e = np.concatenate(
+        [np.linspace(0.0, 1.0, 5001), [1e-300, 1e-17, 1e-9, np.sqrt(2) - 1, 0.41421356]]
+    )
+    assert_allclose(_apply_log1p(e), np.log1p(e), rtol=2e-15, atol=0)
+
+
+def _problem(N, D, S, family, dtype, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, D)).astype(dtype)
+    W = (scale * rng.standard_normal((S, D)) / np.sqrt(D)).astype(dtype)
+    b = rng.standard_normal(S).astype(dtype)
+    if family == 0:
+        y = (rng.random(N) < 0.5).astype(np.float64)
+    elif family == 1:
+        y = rng.poisson(2.0, N).astype(np.float64)
+    else:
+        y = rng.standard_normal(N) * 2.0
+    tau = rng.uniform(0.5, 2.0, S)
+    return X, y, W, b, tau
+
+
+def _tiled(X, tile):
+    n_tiles = (X.shape[0] + tile - 1) // tile
+    out = np.empty((n_tiles, X.shape[1], tile), dtype=X.dtype)
+    k.tile_rows(X, tile, out)
+    return out
+
+
+@pytest.mark.parametrize("family", [0, 1, 2])
+@pytest.mark.parametrize(
+    "N, D, S", [(1, 1, 1), (37, 5, 3), (300, 7, 8), (1000, 50, 5), (129, 4, 4)]
+)
+def test_glm_pass_tiled_matches_reference(family, N, D, S):
+    X, y, W, b, tau = _problem(N, D, S, family, np.float64)
+    tile, chunk_tiles = 32, 3
+    parts = k.glm_pass_tiled(_tiled(X, tile), y, N, W, b, tau, family, chunk_tiles)
+    n_tiles = (N + tile - 1) // tile
+    assert parts[0].shape[0] == (n_tiles + chunk_tiles - 1) // chunk_tiles
+    got = [p.sum(axis=0) for p in parts]
+    want = ref.glm_pass(X, y, W, b, tau, family)
+    for g, w in zip(got, want):
+        assert_allclose(g, w, rtol=1e-11, atol=1e-9 * max(1.0, np.abs(w).max()))
+
+
+@pytest.mark.parametrize("serial", [False, True])
+@pytest.mark.parametrize("family", [0, 1, 2])
+def test_glm_pass_rows_matches_reference(family, serial):
+    X, y, W, b, tau = _problem(500, 6, 3, family, np.float64, seed=1)
+    rows = np.random.default_rng(2).choice(500, 77, replace=False)
+    kernel = k.glm_pass_rows_serial if serial else k.glm_pass_rows
+    parts = kernel(X, y, rows, W, b, tau, family, 32, 16)
+    got = [p.sum(axis=0) for p in parts]
+    want = ref.glm_pass(X, y, W, b, tau, family, rows=rows)
+    for g, w in zip(got, want):
+        assert_allclose(g, w, rtol=1e-11, atol=1e-9 * max(1.0, np.abs(w).max()))
+
+
+def test_serial_and_parallel_rows_agree_bitwise():
+    X, y, W, b, tau = _problem(3000, 9, 5, 0, np.float64, seed=3)
+    rows = np.random.default_rng(4).choice(3000, 2000, replace=False)
+    a = k.glm_pass_rows(X, y, rows, W, b, tau, 0, 256, 64)
+    s = k.glm_pass_rows_serial(X, y, rows, W, b, tau, 0, 256, 64)
+    for p, q in zip(a, s):
+        assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("family", [0, 1, 2])
+def test_glm_pass_float32_close_to_float64(family):
+    X, y, W, b, tau = _problem(700, 13, 4, family, np.float32, seed=5)
+    parts = k.glm_pass_tiled(_tiled(X, 64), y, 700, W, b, tau, family, 2)
+    got = [p.sum(axis=0) for p in parts]
+    want = ref.glm_pass(X, y, W, b, tau, family)
+    for g, w in zip(got, want):
+        assert_allclose(g, w, rtol=2e-5, atol=2e-5 * np.abs(w).max())
+
+
+def test_logistic_extreme_linear_predictors():
+    # |eta| up to 800: log-likelihood and gradient stay finite and exact
+    X = np.array([[1.0], [1.0], [1.0], [1.0]])
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    W = np.array([[800.0], [-800.0], [30.0], [1e-12]])
+    b = np.zeros(4)
+    parts = k.glm_pass_tiled(_tiled(X, 16), y, 4, W, b, np.ones(4), 0, 1)
+    ll, gw, gb, _ = (p.sum(axis=0) for p in parts)
+    want = ref.glm_pass(X, y, W, b, np.ones(4), 0)
+    assert np.all(np.isfinite(ll)) and np.all(np.isfinite(gw))
+    assert_allclose(ll, want[0], rtol=1e-13)
+    assert_allclose(gw, want[1], rtol=1e-13, atol=1e-300)
+
+
+def test_nan_in_draws_propagates():
+    X, y, W, b, tau = _problem(40, 3, 2, 0, np.float64)
+    W[1, 0] = np.nan
+    parts = k.glm_pass_tiled(_tiled(X, 16), y, 40, W, b, tau, 0, 1)
+    ll = parts[0].sum(axis=0)
+    assert np.isfinite(ll[0]) and np.isnan(ll[1])
+
+
+def test_tile_rows_pads_with_zeros():
+    X = np.arange(10.0).reshape(5, 2)
+    out = _tiled(X, 4)
+    assert out.shape == (2, 2, 4)
+    assert_array_equal(out[0], X[:4].T)
+    assert_array_equal(out[1][:, 0], X[4])
+    assert_array_equal(out[1][:, 1:], 0.0)
