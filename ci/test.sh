@@ -22,8 +22,8 @@ python -m threadpoolctl -i numpy
 python -m numba -s | grep -E 'CPU Name|CPU Features|Threading layer|SVML State|Numba Version|llvmlite' || true
 
 echo "== lint"
-ruff check .
-ruff format --check .
+ruff check fastvi tests bench
+ruff format --check fastvi tests bench
 
 echo "== tests"
 python -m pytest
