@@ -14,6 +14,7 @@ _LAZY = {
     "VBLogisticRegression": "fastvi.conjugate",
     "BayesianLogisticRegression": "fastvi.sgvi.estimators",
     "BayesianPoissonRegression": "fastvi.sgvi.estimators",
+    "load": "fastvi.persist",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -3,12 +3,32 @@
 ``fastvi demo`` fits BayesianGaussianMixture on generated data with fastvi and with
 scikit-learn (same data, parameters and seed) and prints what each found and how long
 it took.
+
+Batch jobs::
+
+    fastvi fit gmm|lda INPUT --output MODEL.npz [model options]
+        [--checkpoint FILE --checkpoint-every N --resume] [--quiet] [--json]
+    fastvi predict MODEL INPUT --output OUT.npy [--proba]
+    fastvi score MODEL INPUT [--json]
+    fastvi info FILE [--json]
+
+Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
+the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
+(``--header`` to skip a header line), .parquet (with pyarrow), docword.*.txt (LDA).
+Errors print one line on stderr and exit with status 2; nothing is written to the
+output path. Ctrl-C during a checkpointed fit stops after the current iteration,
+writes the checkpoint and exits with status 130.
 """
 
 import argparse
+import json
+import os
+import signal
 import sys
 import time
 import warnings
+
+import numpy as np
 
 __all__ = ["main"]
 
@@ -113,6 +133,7 @@ def _build_parser():
         "--no-compare", action="store_true", help="skip the scikit-learn fit"
     )
     demo.set_defaults(func=_demo)
+    _add_batch_commands(sub)
     return parser
 
 
@@ -122,9 +143,423 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
-        print(f"fastvi: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, TypeError) as exc:
+        message = " ".join(str(exc).split())  # one line
+        print(f"fastvi: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fastvi: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------- batch jobs
+_GMM_OPTIONS = {
+    "n_components": int,
+    "covariance_type": str,
+    "max_iter": int,
+    "tol": float,
+    "reg_covar": float,
+    "n_init": int,
+    "init_params": str,
+    "weight_concentration_prior_type": str,
+    "weight_concentration_prior": float,
+    "random_state": int,
+    "n_jobs": int,
+}
+_LDA_OPTIONS = {
+    "n_components": int,
+    "max_iter": int,
+    "learning_method": str,
+    "learning_decay": float,
+    "learning_offset": float,
+    "batch_size": int,
+    "evaluate_every": int,
+    "perp_tol": float,
+    "doc_topic_prior": float,
+    "topic_word_prior": float,
+    "random_state": int,
+    "n_jobs": int,
+}
+_CLASSES = {"gmm": "BayesianGaussianMixture", "lda": "LatentDirichletAllocation"}
+
+
+def _add_batch_commands(sub):
+    fit = sub.add_parser("fit", help="fit a model to a data file and save it")
+    fit.add_argument("model", choices=sorted(_CLASSES))
+    fit.add_argument("input")
+    fit.add_argument("--output", "-o", required=True, help="model file (.npz)")
+    for name, kind in {**_GMM_OPTIONS, **_LDA_OPTIONS}.items():
+        fit.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=argparse.SUPPRESS
+        )
+    fit.add_argument("--block-rows", type=int, default=None)
+    fit.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load a .npy file whole instead of streaming it block by block",
+    )
+    fit.add_argument("--checkpoint", default=None)
+    fit.add_argument("--checkpoint-every", type=int, default=1)
+    fit.add_argument("--resume", action="store_true")
+    _add_common(fit)
+    fit.set_defaults(func=_fit)
+
+    predict = sub.add_parser("predict", help="labels (gmm) or topic mixes (lda)")
+    predict.add_argument("model_file")
+    predict.add_argument("input")
+    predict.add_argument("--output", "-o", required=True, help="result (.npy)")
+    predict.add_argument(
+        "--proba", action="store_true", help="gmm: component probabilities"
+    )
+    _add_common(predict)
+    predict.set_defaults(func=_predict)
+
+    score = sub.add_parser("score", help="mean log-likelihood (gmm) or bound (lda)")
+    score.add_argument("model_file")
+    score.add_argument("input")
+    _add_common(score)
+    score.set_defaults(func=_score)
+
+    info = sub.add_parser("info", help="describe a model, checkpoint or data file")
+    info.add_argument("file")
+    info.add_argument("--format", dest="fmt", default="auto")
+    info.add_argument("--header", action="store_true")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_info)
+
+
+def _add_common(parser):
+    parser.add_argument(
+        "--format",
+        dest="fmt",
+        default="auto",
+        choices=["auto", "npy", "npz", "csv", "tsv", "parquet", "docword"],
+        help="input format (default: from the file name)",
+    )
+    parser.add_argument("--header", action="store_true", help="CSV has a header line")
+    parser.add_argument("--quiet", "-q", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _check_output(path, *inputs):
+    """Fail before any work when the output cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: the output path is a directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{path}: the output directory does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{path}: the output directory is not writable")
+    for other in inputs:
+        if (
+            other
+            and os.path.exists(path)
+            and os.path.exists(other)
+            and os.path.samefile(path, other)
+        ):
+            raise ValueError(f"{path}: the output would overwrite an input")
+
+
+def _open_data(args, model, allow_stream):
+    """The input as an array, a CSR matrix, or an out-of-core row source."""
+    from .batch.io import DataError, NpyRows, data_format, read_data
+
+    fmt = data_format(args.input, args.fmt)
+    if model == "gmm" and fmt == "npy" and allow_stream:
+        try:
+            return NpyRows(args.input, **_block_rows(args))
+        except DataError as exc:
+            if "float64 C-order" not in str(exc):
+                raise
+    X = read_data(args.input, fmt=fmt, header=args.header)
+    import scipy.sparse as sp
+
+    if model == "gmm" and sp.issparse(X):
+        raise DataError(f"{args.input}: gmm needs dense data, got a sparse matrix")
+    if model == "lda":
+        if sp.issparse(X):
+            bad = X.data < 0
+        else:
+            bad = np.asarray(X) < 0
+        if bad.any():
+            raise DataError(f"{args.input}: lda needs non-negative counts")
+    return X
+
+
+def _block_rows(args):
+    rows = getattr(args, "block_rows", None)
+    return {} if rows is None else {"block_rows": rows}
+
+
+def _estimator(args):
+    options = _GMM_OPTIONS if args.model == "gmm" else _LDA_OPTIONS
+    given = {
+        k: getattr(args, k)
+        for k in {**_GMM_OPTIONS, **_LDA_OPTIONS}
+        if hasattr(args, k)
+    }
+    wrong = sorted(k for k in given if k not in options)
+    if wrong:
+        names = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise ValueError(f"{names}: not an option of '{args.model}'")
+    if args.model == "gmm":
+        from .mixture import BayesianGaussianMixture
+
+        return BayesianGaussianMixture(**given)
+    from .lda import LatentDirichletAllocation
+
+    return LatentDirichletAllocation(**given)
+
+
+class _StopFlag:
+    """First Ctrl-C: stop after the current iteration; a second one: stop now."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self):
+        return self.requested
+
+    def handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nfastvi: stopping after this iteration (Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+
+def _fit(args):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from .batch.io import NpyRows
+    from .batch.jobs import Interrupted, Progress, fit_mixture
+    from .persist import save
+
+    _check_output(args.output, args.input)
+    if args.model != "gmm" and (args.checkpoint or args.resume):
+        raise ValueError("--checkpoint/--resume are supported for 'gmm' only")
+    if args.checkpoint:
+        _check_output(args.checkpoint, args.input, args.output)
+    est = _estimator(args)
+    streams = (
+        args.model == "gmm"
+        and not args.in_memory
+        and est.init_params in ("random", "random_from_data")
+    )
+    X = _open_data(args, args.model, allow_stream=streams)
+    out_of_core = isinstance(X, NpyRows)
+    n_rows = X.shape[0]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if args.model == "gmm":
+            progress = Progress(est.max_iter, n_rows, quiet=args.quiet or args.json)
+            stop = _StopFlag()
+            previous = None
+            if args.checkpoint:
+                previous = signal.signal(signal.SIGINT, stop.handler)
+            try:
+                fit_mixture(
+                    est,
+                    X,
+                    progress=progress,
+                    checkpoint=args.checkpoint,
+                    checkpoint_every=args.checkpoint_every,
+                    resume=args.resume,
+                    should_stop=stop,
+                )
+            except Interrupted as exc:
+                progress.close()
+                print(
+                    f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr
+                )
+                return 130
+            finally:
+                progress.close()
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+        else:
+            est.fit(X)
+    seconds = time.perf_counter() - t0
+    save(est, args.output)
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        os.unlink(args.checkpoint)  # the job is done: the model file replaces it
+    summary = {
+        "command": "fit",
+        "model": args.model,
+        "class": type(est).__name__,
+        "input": args.input,
+        "output": args.output,
+        "n_samples": int(n_rows),
+        "n_features": int(X.shape[1]),
+        "out_of_core": out_of_core,
+        "seconds": round(seconds, 6),
+        "n_iter": int(est.n_iter_),
+    }
+    if args.model == "gmm":
+        summary.update(
+            converged=bool(est.converged_), lower_bound=float(est.lower_bound_)
+        )
+    else:
+        summary.update(perplexity=float(est.bound_))
+    not_converged = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    _report(args, summary, not_converged)
+    return 0
+
+
+def _report(args, summary, not_converged=False):
+    if args.json:
+        print(json.dumps(summary))
+        return
+    if args.quiet:
+        return
+    text = ", ".join(f"{k}={v}" for k, v in summary.items() if k != "command")
+    print(f"fastvi {summary['command']}: {text}")
+    if not_converged:
+        print(
+            "fastvi: warning: the fit did not converge (increase --max-iter or --tol)",
+            file=sys.stderr,
+        )
+
+
+def _load_model(path):
+    from .persist import load
+
+    est, extra = load(path, return_extra=True)
+    kinds = {v: k for k, v in _CLASSES.items()}
+    name = type(est).__name__
+    if name not in kinds:
+        raise ValueError(f"{path}: holds a {name}; predict/score support gmm and lda")
+    if not hasattr(est, "n_features_in_"):
+        raise ValueError(f"{path}: the model is not fitted")
+    return est, kinds[name]
+
+
+def _check_features(est, X, path):
+    if X.shape[1] != est.n_features_in_:
+        raise ValueError(
+            f"{path}: has {X.shape[1]} columns, the model expects {est.n_features_in_}"
+        )
+
+
+def _rows_of(X, model):
+    """(start, stop, rows) blocks of a row source, or the whole array once."""
+    from .batch.io import NpyRows
+
+    if isinstance(X, NpyRows):
+        for start, stop, view in X.iter_blocks():
+            yield start, stop, view[1:]
+    else:
+        yield 0, X.shape[0], X
+
+
+def _predict(args):
+    from .persist import atomic_write
+
+    _check_output(args.output, args.input, args.model_file)
+    est, model = _load_model(args.model_file)
+    if args.proba and model != "gmm":
+        raise ValueError("--proba applies to gmm models")
+    X = _open_data(args, model, allow_stream=True)
+    _check_features(est, X, args.input)
+    n = X.shape[0]
+    if model == "lda":
+        width, dtype = est.n_components, est.components_.dtype
+    elif args.proba:
+        width, dtype = est.n_components, np.dtype(np.float64)
+    else:
+        width, dtype = None, np.dtype(np.int64)
+    shape = (n,) if width is None else (n, width)
+    header = {"descr": dtype.str, "fortran_order": False, "shape": shape}
+    with atomic_write(args.output) as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+        for _, _, rows in _rows_of(X, model):
+            if model == "lda":
+                out = est.transform(rows)
+            elif args.proba:
+                out = est.predict_proba(rows)
+            else:
+                out = est.predict(rows)
+            fh.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
+    _report(
+        args,
+        {
+            "command": "predict",
+            "model": model,
+            "input": args.input,
+            "output": args.output,
+            "shape": list(shape),
+        },
+    )
+    return 0
+
+
+def _score(args):
+    est, model = _load_model(args.model_file)
+    X = _open_data(args, model, allow_stream=True)
+    _check_features(est, X, args.input)
+    summary = {"command": "score", "model": model, "input": args.input}
+    if model == "gmm":
+        total = 0.0
+        for _, _, rows in _rows_of(X, model):
+            total += float(np.sum(est.score_samples(rows)))
+        summary["mean_log_likelihood"] = total / X.shape[0]
+    else:
+        summary["log_likelihood_bound"] = float(est.score(X))
+        summary["perplexity"] = float(est.perplexity(X))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        key = "mean_log_likelihood" if model == "gmm" else "log_likelihood_bound"
+        print(f"{summary[key]:.10g}")
+    return 0
+
+
+def _info(args):
+    from .batch.io import data_format, read_data
+    from .persist import is_model_file, read_metadata
+
+    path = args.file
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file")
+    if is_model_file(path):
+        meta = read_metadata(path)
+        summary = {
+            "file": path,
+            "kind": meta.get("kind"),
+            "class": meta.get("class"),
+            "format_version": meta.get("format_version"),
+            "fastvi_version": meta.get("fastvi_version"),
+            "params": meta.get("params"),
+            "arrays": meta.get("arrays"),
+        }
+        extra = meta.get("extra") or {}
+        if "iteration" in extra:
+            summary["iteration"] = extra["iteration"]
+            summary["converged"] = extra.get("converged")
+    else:
+        X = read_data(path, fmt=args.fmt, header=args.header, check=False)
+        summary = {
+            "file": path,
+            "kind": "data",
+            "format": data_format(path, args.fmt),
+            "shape": [int(v) for v in X.shape],
+            "dtype": str(X.dtype),
+        }
+        if hasattr(X, "nnz"):
+            summary["nnz"] = int(X.nnz)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            if key == "arrays":
+                value = ", ".join(
+                    f"{k} {v['dtype']} {tuple(v['shape'])}" for k, v in value.items()
+                )
+            print(f"{key}: {value}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVIMixin, all_or_nothing
 from ._threads import resolve_n_jobs, thread_limits
+from .persist import SaveMixin
 
 __all__ = ["UnivariateGaussian", "VBLinearRegression", "VBLogisticRegression"]
 
@@ -156,7 +157,7 @@ class NormalGammaPosterior(NamedTuple):
         )
 
 
-class UnivariateGaussian(CAVIMixin, DensityMixin, BaseEstimator):
+class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     """Mean-field VI for a Gaussian with unknown mean and precision (PRML §10.1.3).
 
     Model: x_n ~ N(μ, τ⁻¹) i.i.d., μ | τ ~ N(mu0, (lambda0 τ)⁻¹), τ ~ Gamma(a0, b0)
@@ -410,7 +411,7 @@ class UnivariateGaussian(CAVIMixin, DensityMixin, BaseEstimator):
 
 
 # ============================================================ VBLinearRegression
-class VBLinearRegression(CAVIMixin, RegressorMixin, BaseEstimator):
+class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     """Variational Bayesian linear regression, shared or ARD weight precisions.
 
     Model (scikit-learn's names: ``alpha`` is the *noise* precision, ``lambda`` the
@@ -753,7 +754,7 @@ def _jj_kernels():
     return conjugate
 
 
-class VBLogisticRegression(CAVIMixin, ClassifierMixin, BaseEstimator):
+class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator):
     """Variational Bayesian logistic regression with the Jaakkola–Jordan bound.
 
     Model: p(t_n = 1 | w) = σ(wᵀ x_n + b), w ~ N(0, λ⁻¹ I), λ ~ Gamma(lambda_1,

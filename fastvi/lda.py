@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted, check_non_negative, valida
 
 from ._cavi import all_or_nothing
 from ._threads import thread_limits
+from .persist import SaveMixin
 
 __all__ = ["LatentDirichletAllocation"]
 
@@ -129,7 +130,7 @@ class _Topics:
 
 
 class LatentDirichletAllocation(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+    SaveMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
     """Latent Dirichlet allocation with batch or online variational Bayes (fast).
 

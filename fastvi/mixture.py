@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVIMixin, all_or_nothing
 from ._threads import thread_limits
+from .persist import SaveMixin
 
 __all__ = ["BayesianGaussianMixture"]
 
@@ -57,14 +58,135 @@ class _Stats:
 
     __slots__ = ("nk", "sx", "sq", "shift", "entropy", "norm")
 
-    def __init__(self, parts, shift):
+    def __init__(self, parts, shift, summed=False):
         nk, sx, sq, norm, ent = parts
-        self.nk = nk.sum(axis=0)
-        self.sx = sx.sum(axis=0)
-        self.sq = sq.sum(axis=0)
-        self.norm = float(norm.sum())
-        self.entropy = float(ent.sum())
+        if summed:  # already reduced over chunks (streamed passes)
+            self.nk, self.sx, self.sq = nk, sx, sq
+            self.norm, self.entropy = float(norm), float(ent)
+        else:
+            self.nk = nk.sum(axis=0)
+            self.sx = sx.sum(axis=0)
+            self.sq = sq.sum(axis=0)
+            self.norm = float(norm.sum())
+            self.entropy = float(ent.sum())
         self.shift = shift
+
+
+class _OrderedSum:
+    """``np.concatenate(parts).sum(axis=0)`` for parts fed in order, bitwise.
+
+    NumPy reduces over axis 0 sequentially (row after row) when the trailing size is
+    above one, so a running sum that restarts each part from the previous total
+    reproduces it while holding one row; 1-D parts and parts whose rows hold one
+    value (NumPy sums those pairwise) are kept and summed at the end (they are
+    small: one value per chunk).
+    """
+
+    __slots__ = ("_acc", "_parts")
+
+    def __init__(self):
+        self._acc = None
+        self._parts = []
+
+    def add(self, part):
+        if part.shape[0] == 0:
+            return
+        if part.ndim == 1 or math.prod(part.shape[1:]) <= 1:
+            self._parts.append(np.array(part))
+        elif self._acc is None:
+            self._acc = part.sum(axis=0)
+        else:
+            self._acc = np.concatenate((self._acc[np.newaxis], part)).sum(axis=0)
+
+    def total(self):
+        if self._acc is not None:
+            return self._acc
+        return np.concatenate(self._parts).sum(axis=0)
+
+
+def _is_source(X):
+    return hasattr(X, "iter_blocks") and hasattr(X, "block_rows")
+
+
+class _Streamed:
+    """A row-block source plus the data moments a fit needs, each streamed once.
+
+    ``blocks()`` yields ``(start, stop, rows)`` with ``rows`` a float64 C-contiguous
+    view into the source's reused buffer. The column sums follow NumPy's order for
+    ``X.sum(axis=0)`` (sequential over rows): each block's sum restarts from the
+    running total, which the source's spare leading buffer row holds.
+    """
+
+    def __init__(self, source, tied):
+        self.source = source
+        self.shape = tuple(source.shape)
+        self._tied = tied
+        self._cache = {}
+
+    def blocks(self):
+        for start, stop, view in self.source.iter_blocks():
+            yield start, stop, view[1:]
+
+    def _column_sum(self, center=None):
+        """sum_n x_n (or sum_n (x_n - center)**2), in NumPy's axis-0 order."""
+        if self.shape[1] == 1:  # NumPy sums a single column pairwise: gather it
+            column = np.concatenate([rows[:, 0] for _, _, rows in self._copies()])
+            column = column[:, np.newaxis]
+            if center is not None:
+                column = column - center
+                column = column * column
+            return column.sum(axis=0)
+        total = None
+        for _, _, view in self.source.iter_blocks():
+            rows = view[1:]
+            if center is not None:  # the buffer is refilled on the next read
+                np.subtract(rows, center, out=rows)
+                np.multiply(rows, rows, out=rows)
+            if total is None:
+                total = rows.sum(axis=0)
+            else:
+                view[0] = total
+                total = view.sum(axis=0)
+        return total
+
+    def _copies(self):
+        for start, stop, rows in self.blocks():
+            yield start, stop, rows.copy()
+
+    def mean_(self):
+        """The data mean, bitwise ``X.mean(axis=0)``."""
+        if "mean" not in self._cache:
+            self._cache["sum"] = self._column_sum()
+            self._cache["mean"] = self._cache["sum"] / self.shape[0]
+        return self._cache["mean"]
+
+    def gram(self):
+        """``_CenteredGram`` about the mean (tied covariances), else None."""
+        if not self._tied:
+            return None
+        center = self.mean_()
+        return _CenteredGram(
+            matrix=self._gram_matrix(),
+            dev_sum=self._cache["sum"] - self.shape[0] * center,
+        )
+
+    def _gram_matrix(self):
+        """sum_n (x_n - c)(x_n - c)^T about the mean c, as ``_prepare`` computes it."""
+        if "gram" not in self._cache:
+            center = _kernel_array(self.mean_())
+            acc = _OrderedSum()
+            for _, _, rows in self.blocks():
+                acc.add(_gmm_kernels().centered_gram(rows, center, CHUNK_ROWS))
+            self._cache["gram"] = _symmetrize_upper(acc.total())
+        return self._cache["gram"]
+
+    def covariance_prior(self, cov_type):
+        """Default covariance prior: np.var exactly; np.cov to rounding (see fit)."""
+        n = self.shape[0]
+        if cov_type in ("full", "tied"):
+            return np.atleast_2d(self._gram_matrix() / (n - 1))
+        var = self._column_sum(center=self.mean_()) / max(n - 1, 0)
+        return var if cov_type == "diag" else var.mean()
 
 
 class _CenteredGram(NamedTuple):
@@ -74,7 +196,7 @@ class _CenteredGram(NamedTuple):
     dev_sum: np.ndarray
 
 
-class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
+class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     """Variational Bayesian estimation of a Gaussian mixture (fast drop-in).
 
     Same parameters, defaults, fitted attributes and numbers as
@@ -216,14 +338,73 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
+            A source (such as :class:`fastvi.batch.io.NpyRows`, a float64 ``.npy``
+            file read in fixed row blocks) fits out of core: memory does not grow
+            with the number of rows and the model is bitwise the in-memory one (see
+            :meth:`_fit_source`).
         y : Ignored
 
         Returns
         -------
         self : BayesianGaussianMixture
         """
+        if _is_source(X):
+            return self._fit_source(X)
         self.fit_predict(X, y)
+        return self
+
+    def _fit_source(self, source):
+        """Fit from fixed row blocks of a source that is read again every iteration.
+
+        Every pass runs the same kernel on each block and combines the per-chunk
+        partials in chunk order exactly as the in-memory pass does (blocks are a
+        multiple of ``CHUNK_ROWS`` rows, so the chunk boundaries are the same), so
+        the model is bitwise the in-memory model. The data mean and variance priors
+        are streamed in the same summation order as NumPy's ``mean``/``var`` over
+        axis 0. Exceptions: the default covariance prior of 'full' and 'tied' (NumPy
+        computes ``np.cov`` with BLAS, whose summation order cannot be streamed) is
+        the streamed centered Gram matrix over ``n - 1``, equal to ``np.cov`` to
+        rounding; pass ``covariance_prior`` for a bitwise match. Initializations:
+        'random' and 'random_from_data' stream (same draws as in memory); 'kmeans'
+        and 'k-means++' need all the data at once and are refused.
+        """
+        self._validate_params()
+        n_samples, n_features = source.shape
+        if source.block_rows % CHUNK_ROWS:
+            raise ValueError(
+                f"block_rows={source.block_rows} must be a multiple of {CHUNK_ROWS}"
+            )
+        if self.init_params not in ("random", "random_from_data") and not (
+            self.warm_start and hasattr(self, "converged_")
+        ):
+            raise ValueError(
+                f"init_params={self.init_params!r} needs all the data in memory; "
+                "out-of-core fits support 'random' and 'random_from_data'"
+            )
+        if n_samples < max(2, self.n_components):
+            raise ValueError(
+                "Expected n_samples >= max(2, n_components) "
+                f"but got n_components = {self.n_components}, "
+                f"n_samples = {n_samples}"
+            )
+        with all_or_nothing(self):
+            if self.warm_start and hasattr(self, "n_features_in_"):
+                if n_features != self.n_features_in_:
+                    raise ValueError(
+                        f"X has {n_features} features, but BayesianGaussianMixture "
+                        f"is expecting {self.n_features_in_} features as input."
+                    )
+            self.n_features_in_ = n_features
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            with thread_limits(self.n_jobs):
+                data = _Streamed(source, self.covariance_type == "tied")
+                self._check_parameters(data)
+                random_state = check_random_state(self.random_state)
+                data = self._prepare(data)
+                self._cavi_fit(data, random_state)
+                self._set_derived()
         return self
 
     def fit_predict(self, X, y=None):
@@ -367,7 +548,7 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
             1.0 if self.mean_precision_prior is None else self.mean_precision_prior
         )
         if self.mean_prior is None:
-            self.mean_prior_ = X.mean(axis=0)
+            self.mean_prior_ = X.mean_() if isinstance(X, _Streamed) else X.mean(axis=0)
         else:
             self.mean_prior_ = check_array(
                 self.mean_prior, dtype=[np.float64, np.float32], ensure_2d=False
@@ -386,7 +567,9 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
             )
 
         cov_type = self.covariance_type
-        if self.covariance_prior is None:
+        if self.covariance_prior is None and isinstance(X, _Streamed):
+            self.covariance_prior_ = X.covariance_prior(cov_type)
+        elif self.covariance_prior is None:
             if cov_type in ("full", "tied"):
                 self.covariance_prior_ = np.atleast_2d(np.cov(X.T))
             elif cov_type == "diag":
@@ -421,6 +604,8 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
     # --------------------------------------------------------------- CAVI hooks
     def _prepare(self, X):
         """Per-fit constants: float64 data, the data mean, the centered Gram (tied)."""
+        if isinstance(X, _Streamed):
+            return X, X, X.mean_(), X.gram()
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         center = X64.mean(axis=0)
         gram = None
@@ -434,8 +619,12 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
 
     def _cavi_initialize(self, data, random_state):
         X64, X_orig, center, _ = data
-        resp, labels = self._initial_resp(X_orig, random_state)
         shift = np.broadcast_to(center, (self.n_components, center.size)).copy()
+        if isinstance(X64, _Streamed):
+            stats = self._stream_pass(X64, shift, init=(self.init_params, random_state))
+            self._update_globals(stats, data)
+            return
+        resp, labels = self._initial_resp(X_orig, random_state)
         stats = self._pass(X64, shift, resp_in=resp, labels_in=labels)
         self._update_globals(stats, data)
 
@@ -443,7 +632,18 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
         # local step: responsibilities and their statistics in one pass; then global
         stats = self._pass(data[0], self.means_)
         self._update_globals(stats, data)
-        return self._bound(stats.entropy)
+        bound = self._bound(stats.entropy)
+        if getattr(self, "_iteration_callback", None) is not None:
+            self._cavi_last_bound = float(bound)
+        return bound
+
+    def _cavi_verbose_iter_end(self, n_iter, change):
+        super()._cavi_verbose_iter_end(n_iter, change)
+        # fastvi.batch sets a per-iteration callback (progress, checkpoints) for the
+        # duration of one fit; it sees the fitted state after iteration ``n_iter``
+        callback = getattr(self, "_iteration_callback", None)
+        if callback is not None:
+            callback(self, n_iter, self._cavi_last_bound, change)
 
     def _cavi_get_state(self):
         return (
@@ -521,6 +721,8 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
 
     def _pass(self, X64, shift, resp_in=None, labels_in=None):
         """One fused pass: statistics of the responsibilities (computed or given)."""
+        if isinstance(X64, _Streamed):
+            return self._stream_pass(X64, shift)
         K, D = self.n_components, X64.shape[1]
         if resp_in is None and labels_in is None:
             means, prec, const = self._kernel_params()
@@ -543,6 +745,49 @@ class BayesianGaussianMixture(CAVIMixin, DensityMixin, BaseEstimator):
             _NO_LABELS,
         )
         return _Stats(parts, shift)
+
+    def _stream_pass(self, data, shift, init=None):
+        """``_pass`` over the blocks of a source, partials combined in chunk order.
+
+        ``init=(init_params, random_state)`` draws the initial responsibilities
+        block by block, consuming the random stream exactly as the in-memory
+        initialization does.
+        """
+        N = data.shape[0]
+        K = self.n_components
+        D = data.shape[1]
+        zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
+        params = self._kernel_params() if init is None else zeros
+        shift = _kernel_array(shift)
+        marks = None
+        if init is not None and init[0] == "random_from_data":
+            marks = init[1].choice(N, size=K, replace=False)
+        sums = [_OrderedSum() for _ in range(5)]
+        for start, stop, rows in data.blocks():
+            resp_in, labels_in = np.empty((0, K)), _NO_LABELS
+            if init is not None and init[0] == "random":
+                resp_in = init[1].uniform(size=(stop - start, K))
+                resp_in /= resp_in.sum(axis=1)[:, np.newaxis]
+            elif marks is not None:
+                labels_in = np.full(stop - start, -1, dtype=np.int64)
+                inside = (marks >= start) & (marks < stop)
+                labels_in[marks[inside] - start] = np.flatnonzero(inside)
+            parts = _gmm_kernels().mixture_pass(
+                rows,
+                _KIND[self.covariance_type],
+                *params,
+                shift,
+                resp_in,
+                labels_in,
+                CHUNK_ROWS,
+                TILE_ROWS,
+                np.empty((0, K)),
+                np.empty(0),
+                _NO_LABELS,
+            )
+            for acc, part in zip(sums, parts):
+                acc.add(part)
+        return _Stats([acc.total() for acc in sums], shift, summed=True)
 
     def _score_pass(self, X64, want):
         """One pass without statistics; ``want``: 'labels', 'log_resp' or 'norm'."""

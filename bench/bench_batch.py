@@ -1,0 +1,134 @@
+"""Out-of-core vs in-memory ``BayesianGaussianMixture`` fits: time and peak memory.
+
+Group ``"out-of-core diag N=<N>"`` holds the in-memory fit of a float64 ``.npy`` file
+(``np.load`` then ``fit``; role ``"anchor"``) and the out-of-core fit of the same file
+(``fit(NpyRows(path))``; role ``"fastvi"``); both give the same model (bitwise; the
+final bounds are recorded in ``extra_info`` to show it). Each fit is 'diag',
+``n_components=16``, 16 features, ``init_params='random_from_data'``, ``tol=0`` and a
+fixed ``max_iter``. The peak resident memory of each way is measured once, untimed,
+in a fresh subprocess (``VmHWM`` of ``/proc/self/status``; Linux), recorded as
+``peak_rss_mb``.
+
+Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (default; N = 1e6 and 1e7, the 1e7
+case marked ``large``; 1.28 GB file) or ``smoke`` (N = 1e5, 2 iterations).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+PROFILES = {
+    "full": {"sizes": (1_000_000, 10_000_000), "max_iter": 5},
+    "smoke": {"sizes": (100_000,), "max_iter": 2},
+}
+PROFILE_NAME = os.environ.get("FASTVI_BENCH_PROFILE", "full")
+if PROFILE_NAME not in PROFILES:
+    raise ValueError(
+        f"FASTVI_BENCH_PROFILE={PROFILE_NAME!r}; expected one of {sorted(PROFILES)}"
+    )
+PROFILE = PROFILES[PROFILE_NAME]
+LARGE = 5_000_000
+N_FEATURES = 16
+N_COMPONENTS = 16
+
+
+def _params():
+    return dict(
+        n_components=N_COMPONENTS,
+        covariance_type="diag",
+        init_params="random_from_data",
+        random_state=0,
+        tol=0.0,
+        max_iter=PROFILE["max_iter"],
+    )
+
+
+def _write_file(path, n):
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float64, shape=(n, N_FEATURES)
+    )
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0.0, 6.0, (32, N_FEATURES))
+    step = 500_000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        out[start : start + m] = centers[rng.integers(0, 32, m)] + rng.standard_normal(
+            (m, N_FEATURES)
+        )
+    out.flush()
+    del out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batch")
+    made = {}
+    for n in PROFILE["sizes"]:
+        made[n] = folder / f"x{n}.npy"
+        _write_file(made[n], n)
+    return made
+
+
+def _fit(path, how):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastvi.batch.io import NpyRows
+    from fastvi.mixture import BayesianGaussianMixture
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = BayesianGaussianMixture(**_params())
+        return est.fit(NpyRows(path) if how == "out-of-core" else np.load(path))
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent
+_PEAK = """
+import json, sys
+sys.path.insert(0, {here!r})
+import bench_batch
+bench_batch._fit({path!r}, {how!r})
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps(int(peak[0].split()[1]) / 1024))
+"""
+
+
+def measure_peak_rss_mb(path, how):
+    """Peak RSS (MB) of a fresh process that fits ``path`` one way."""
+    code = _PEAK.format(here=os.path.dirname(__file__), path=str(path), how=how)
+    env = dict(os.environ, FASTVI_BENCH_PROFILE=PROFILE_NAME)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=3600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cases():
+    for n in PROFILE["sizes"]:
+        marks = [pytest.mark.large] if n >= LARGE else []
+        for how in ("in-memory", "out-of-core"):
+            yield pytest.param(n, how, id=f"{how}-N{n}", marks=marks)
+
+
+@pytest.mark.parametrize(("n", "how"), list(_cases()))
+def test_out_of_core_vs_in_memory(benchmark, files, n, how):
+    path = files[n]
+    _fit(path, how)  # warm-up: compile or load the kernels, fill the page cache
+    benchmark.group = f"out-of-core diag N={n}"
+    est = benchmark.pedantic(_fit, args=(path, how), rounds=1, iterations=1)
+    benchmark.extra_info.update(
+        role="fastvi" if how == "out-of-core" else "anchor",
+        lower_bound=float(est.lower_bound_),
+        n_iter=int(est.n_iter_),
+        file_mb=os.path.getsize(path) / 2**20,
+        peak_rss_mb=measure_peak_rss_mb(path, how),
+    )

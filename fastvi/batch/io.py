@@ -1,0 +1,429 @@
+"""Reading data files for batch jobs: one clear error per problem, naming the file.
+
+Formats (chosen by the file name, or explicitly with ``fmt``):
+
+``.npy``
+    A 2-D numeric array. A float64, C-order file can be read in fixed row blocks
+    (:class:`NpyRows`) for out-of-core fits; otherwise it is memory-mapped.
+``.npz``
+    A NumPy archive holding one 2-D array (or one named ``X``), or a SciPy sparse
+    matrix saved by ``scipy.sparse.save_npz`` (document-word counts for LDA). Opened
+    with ``allow_pickle=False``.
+``.csv`` / ``.tsv``
+    Numbers separated by commas (tabs), no header unless ``header=True``.
+``.parquet``
+    Every column numeric; needs pyarrow (not a fastvi dependency).
+``docword`` (``docword.*.txt``, optionally ``.gz``)
+    The UCI bag-of-words format: three lines D, W, NNZ, then NNZ lines
+    ``docID wordID count`` (1-based ids). Read as a D x W CSR count matrix.
+
+Rows holding NaN or infinity are refused with the file, row and column (0-based).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_BLOCK_ROWS",
+    "DataError",
+    "NpyRows",
+    "check_finite",
+    "data_format",
+    "fingerprint",
+    "read_data",
+]
+
+# 16 chunks of 4096 rows: a multiple of the mixture kernel's chunk, so a block pass
+# has the in-memory chunk boundaries. 8 MiB per block at 16 float64 features.
+DEFAULT_BLOCK_ROWS = 16 * 4096
+
+_SPARSE_KEYS = {"format", "shape", "indptr", "indices", "data"}
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file and the problem."""
+
+
+def data_format(path, fmt="auto"):
+    """The format name of ``path`` ('npy', 'npz', 'csv', 'tsv', 'parquet', 'docword')."""
+    if fmt != "auto":
+        return fmt
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.startswith("docword.") or name.endswith((".docword", ".docword.gz")):
+        return "docword"
+    for suffix in ("npy", "npz", "csv", "tsv", "parquet"):
+        if name.endswith("." + suffix):
+            return suffix
+    raise DataError(
+        f"{path}: unknown data format (expected .npy, .npz, .csv, .tsv, .parquet or "
+        "a docword.*.txt file; or pass --format)"
+    )
+
+
+def _first_bad(values):
+    """Index tuple of the first non-finite entry of ``values``, or None."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    return np.unravel_index(int(np.argmax(bad.ravel())), values.shape)
+
+
+def check_finite(X, path, row_offset=0):
+    """Raise DataError naming the first NaN/infinite entry of X (dense or CSR)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        X = X.tocsr()
+        where = _first_bad(X.data)
+        if where is not None:
+            entry = where[0]
+            row = int(np.searchsorted(X.indptr, entry, side="right") - 1)
+            column = int(X.indices[entry])
+            value = X.data[entry]
+            raise DataError(
+                f"{path}: row {row + row_offset}, column {column}: value {value} is "
+                "not finite"
+            )
+        return
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected numbers, got an array of dtype {X.dtype}")
+    if X.dtype.kind != "f":
+        return
+    step = 1 << 16  # look at a memory-mapped file a slice at a time
+    for start in range(0, X.shape[0], step):
+        block = np.asarray(X[start : start + step])
+        where = _first_bad(block)
+        if where is not None:
+            row, column = int(where[0]) + start, int(where[1]) if block.ndim > 1 else 0
+            value = block[where]
+            raise DataError(
+                f"{path}: row {row + row_offset}, column {column}: value {value} is "
+                "not finite"
+            )
+
+
+def _check_2d(X, path):
+    if X.ndim != 2:
+        raise DataError(
+            f"{path}: expected a 2-D array (rows x columns), got shape {X.shape}"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{path}: the array is empty (shape {X.shape})")
+
+
+def _refuse_model_file(path):
+    from ..persist import is_model_file
+
+    if is_model_file(path):
+        raise DataError(f"{path}: is a fastvi model file, not data")
+
+
+def _read_npy(path):
+    try:
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read as .npy ({exc})") from None
+    _check_2d(X, path)
+    return X
+
+
+def _read_npz(path):
+    import scipy.sparse as sp
+
+    _refuse_model_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+            if _SPARSE_KEYS <= names:
+                fmt = archive["format"].item()
+                fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+                if fmt not in ("csr", "csc", "coo"):
+                    raise DataError(f"{path}: unsupported sparse format {fmt!r}")
+                shape = tuple(int(v) for v in archive["shape"])
+                if fmt == "coo":
+                    X = sp.coo_matrix(
+                        (archive["data"], (archive["row"], archive["col"])), shape
+                    )
+                else:
+                    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                    X = cls(
+                        (archive["data"], archive["indices"], archive["indptr"]), shape
+                    )
+                return X.tocsr()
+            if len(names) == 1:
+                (name,) = names
+            elif "X" in names:
+                name = "X"
+            else:
+                raise DataError(
+                    f"{path}: holds arrays {sorted(names)}; expected one array or one "
+                    "named 'X'"
+                )
+            X = archive[name]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError) as exc:
+        text = str(exc)
+        if "allow_pickle" in text or "Object arrays" in text:
+            text = "holds a pickled (object) array, which is refused"
+        raise DataError(f"{path}: cannot read as .npz ({text})") from None
+    _check_2d(X, path)
+    return X
+
+
+def _read_text(path, delimiter, header):
+    try:
+        X = np.loadtxt(
+            path,
+            delimiter=delimiter,
+            skiprows=1 if header else 0,
+            ndmin=2,
+            dtype=np.float64,
+        )
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read as numbers ({exc})") from None
+    _check_2d(X, path)
+    return X
+
+
+def _read_parquet(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: reading Parquet needs pyarrow, which is not installed "
+            "(pip install pyarrow)"
+        ) from None
+    try:
+        table = pq.read_table(path)
+        X = np.column_stack(
+            [np.asarray(col.to_numpy(), dtype=np.float64) for col in table.columns]
+        )
+    except Exception as exc:  # pyarrow raises its own error types
+        raise DataError(f"{path}: cannot read as Parquet ({exc})") from None
+    _check_2d(X, path)
+    return X
+
+
+def _read_docword(path):
+    import scipy.sparse as sp
+
+    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt") as fh:
+            head = [fh.readline() for _ in range(3)]
+            try:
+                n_docs, n_words, nnz = (int(line) for line in head)
+            except ValueError:
+                raise DataError(
+                    f"{path}: not a docword file (the first three lines must be the "
+                    "numbers of documents, words and entries)"
+                ) from None
+            try:
+                entries = np.loadtxt(fh, dtype=np.int64, ndmin=2)
+            except ValueError as exc:
+                raise DataError(f"{path}: bad docword entry ({exc})") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if entries.size == 0:
+        entries = entries.reshape(0, 3)
+    if entries.shape[1] != 3:
+        raise DataError(f"{path}: docword entries must be 'docID wordID count'")
+    if entries.shape[0] != nnz:
+        raise DataError(
+            f"{path}: the header says {nnz} entries, the file holds {entries.shape[0]}"
+        )
+    docs, words, counts = entries.T
+    for name, ids, top in (("docID", docs, n_docs), ("wordID", words, n_words)):
+        bad = np.flatnonzero((ids < 1) | (ids > top))
+        if bad.size:
+            raise DataError(
+                f"{path}: line {int(bad[0]) + 4}: {name} {int(ids[bad[0]])} is outside "
+                f"1..{top}"
+            )
+    bad = np.flatnonzero(counts < 0)
+    if bad.size:
+        raise DataError(f"{path}: line {int(bad[0]) + 4}: negative count")
+    return sp.csr_matrix(
+        (counts.astype(np.float64), (docs - 1, words - 1)), shape=(n_docs, n_words)
+    )
+
+
+def read_data(path, fmt="auto", header=False, check=True):
+    """Read a data file as a 2-D array (maybe memory-mapped) or a CSR matrix.
+
+    Parameters
+    ----------
+    path : str or path-like
+    fmt : str, default='auto'
+        'auto' (from the name), 'npy', 'npz', 'csv', 'tsv', 'parquet' or 'docword'.
+    header : bool, default=False
+        Skip the first line of a CSV/TSV file.
+    check : bool, default=True
+        Refuse NaN and infinite values (naming the file, row and column).
+
+    Returns
+    -------
+    X : ndarray or scipy.sparse.csr_matrix
+
+    Raises
+    ------
+    DataError
+    """
+    path = os.fspath(path)
+    fmt = data_format(path, fmt)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied)")
+    readers = {
+        "npy": _read_npy,
+        "npz": _read_npz,
+        "csv": lambda p: _read_text(p, ",", header),
+        "tsv": lambda p: _read_text(p, "\t", header),
+        "parquet": _read_parquet,
+        "docword": _read_docword,
+    }
+    if fmt not in readers:
+        raise DataError(f"{path}: unknown format {fmt!r}")
+    try:
+        X = readers[fmt](path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if check:
+        check_finite(X, path)
+    return X
+
+
+class NpyRows:
+    """Fixed row blocks of a float64 C-order ``.npy`` file, read into one buffer.
+
+    An out-of-core data source for ``BayesianGaussianMixture.fit``: each pass reads
+    the file block by block with ``readinto`` into a buffer that is allocated once,
+    so the memory used does not depend on the number of rows (the operating system's
+    page cache may keep the file, but that is not the process's memory). The first
+    pass checks every value for NaN/infinity.
+
+    Parameters
+    ----------
+    path : str or path-like
+    block_rows : int, default=65536
+        Rows per block; a multiple of 4096 keeps the mixture fit bitwise equal to the
+        in-memory fit.
+
+    Notes
+    -----
+    ``iter_blocks()`` yields ``(start, stop, view)`` where ``view`` has shape
+    ``(1 + stop - start, n_features)``: rows ``start:stop`` are ``view[1:]`` and
+    ``view[0]`` is a spare row the consumer may use (the mixture keeps its running
+    column sums there). The view is overwritten by the next block.
+    """
+
+    def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
+        self.path = os.fspath(path)
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.block_rows = int(block_rows)
+        try:
+            with open(self.path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(fh)
+                self._offset = fh.tell()
+                size = os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.path}: not a .npy file ({exc})") from None
+        if dtype != np.dtype("<f8") or fortran:
+            raise DataError(
+                f"{self.path}: out-of-core reading needs a float64 C-order array, "
+                f"got dtype {dtype}{' (Fortran order)' if fortran else ''}"
+            )
+        if len(shape) != 2 or 0 in shape:
+            raise DataError(
+                f"{self.path}: expected a 2-D array (rows x columns), got shape {shape}"
+            )
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(np.float64)
+        self._row_bytes = self.shape[1] * 8
+        expected = self._offset + self.shape[0] * self._row_bytes
+        if size < expected:
+            raise DataError(
+                f"{self.path}: truncated ({size} bytes, the header promises {expected})"
+            )
+        self._buffer = None
+        self._checked = 0  # rows [0, _checked) have been checked for NaN/inf
+
+    def __repr__(self):
+        return (
+            f"NpyRows({self.path!r}, shape={self.shape}, block_rows={self.block_rows})"
+        )
+
+    def read_rows(self, start, stop, out=None):
+        """Rows ``start:stop`` (a copy, or into ``out``)."""
+        n = stop - start
+        if out is None:
+            out = np.empty((n, self.shape[1]))
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset + start * self._row_bytes)
+            got = fh.readinto(memoryview(out).cast("B"))
+        if got != n * self._row_bytes:
+            raise DataError(f"{self.path}: truncated while reading rows {start}:{stop}")
+        return out
+
+    def iter_blocks(self):
+        N, D = self.shape
+        if self._buffer is None:
+            self._buffer = np.empty((min(self.block_rows, N) + 1, D))
+        buf = self._buffer
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self._offset)
+            for start in range(0, N, self.block_rows):
+                stop = min(N, start + self.block_rows)
+                view = buf[: stop - start + 1]
+                want = (stop - start) * self._row_bytes
+                got = fh.readinto(memoryview(view[1:]).cast("B"))
+                while got < want:  # readinto may return less than asked
+                    more = fh.readinto(memoryview(view[1:]).cast("B")[got:])
+                    if not more:
+                        raise DataError(
+                            f"{self.path}: truncated while reading rows {start}:{stop}"
+                        )
+                    got += more
+                if stop > self._checked:
+                    check_finite(view[1:], self.path, row_offset=start)
+                    self._checked = stop
+                yield start, stop, view
+
+
+def fingerprint(X):
+    """Shape and a CRC of the first and last rows: ties a checkpoint to its data."""
+    import scipy.sparse as sp
+
+    if isinstance(X, NpyRows):
+        N = X.shape[0]
+        m = min(N, 256)
+        head, tail = X.read_rows(0, m), X.read_rows(N - m, N)
+    elif sp.issparse(X):
+        X = X.tocsr()
+        head = np.concatenate([X.indptr[:257], X.indices[:256]]).astype(np.float64)
+        tail = X.data[-256:].astype(np.float64)
+    else:
+        m = min(X.shape[0], 256)
+        head = np.ascontiguousarray(X[:m], dtype=np.float64)
+        tail = np.ascontiguousarray(X[X.shape[0] - m :], dtype=np.float64)
+    crc = zlib.crc32(head.tobytes())
+    crc = zlib.crc32(tail.tobytes(), crc)
+    return {"shape": [int(v) for v in X.shape], "crc32": int(crc)}

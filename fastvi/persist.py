@@ -1,0 +1,510 @@
+"""Saved models: ``save(estimator, path)`` and ``load(path)``, never pickle.
+
+File format (``format_version`` 1)
+----------------------------------
+A model file is one uncompressed NumPy ``.npz`` archive (a zip file, every member
+CRC-checked on read) holding
+
+* ``__fastvi__``: a ``uint8`` array with the UTF-8 bytes of a JSON document::
+
+      {"format": "fastvi-model", "format_version": 1, "fastvi_version": "0.1.0",
+       "class": "BayesianGaussianMixture", "kind": "model",
+       "params": {...}, "attributes": {...},
+       "arrays": {"attr.means_": {"dtype": "<f8", "shape": [3, 2]}, ...},
+       "extra": {...}}
+
+  ``params`` are the constructor parameters (``get_params(deep=False)``) and
+  ``attributes`` every fitted attribute of the estimator, both encoded as below;
+  ``arrays`` lists the name, dtype and shape of every other member of the archive;
+  ``extra`` is free-form JSON (checkpoints keep their fit position there).
+* one member per array value, named by its place (``attr.means_``,
+  ``attr.weight_concentration_.0``, ``param.mean_prior``), with a numeric, boolean or
+  fixed-width string dtype. Object arrays are never written, and :func:`load` opens
+  the archive with ``allow_pickle=False``, so a file cannot run code when loaded.
+
+Encoding of a value: JSON ``null``, booleans, integers, strings and finite floats stand
+for themselves (Python's float repr round-trips exactly); anything else is an object
+with a ``"type"`` tag: ``"float"`` (non-finite), ``"array"`` (``{"array": name}``),
+``"scalar"`` (a NumPy scalar, stored as a 0-d array), ``"list"``, ``"tuple"``,
+``"dict"`` (string keys), ``"str_array"`` (an object array of strings, such as
+``feature_names_in_``), ``"random_state"`` (a ``numpy.random.RandomState``: its
+Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple) and
+``"estimator"`` (a nested fastvi estimator, for example the per-class models of
+``VBLogisticRegression``). Only the fastvi classes listed in ``_CLASSES`` can be
+loaded: the class name selects one of them, it is never imported from the file.
+
+Writes are atomic: the archive goes to a temporary file in the target's directory,
+is flushed and ``fsync``-ed, and replaces the target with ``os.replace`` (then the
+directory is synced), so a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from numbers import Integral, Real
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "SaveMixin",
+    "atomic_write",
+    "is_model_file",
+    "load",
+    "read_metadata",
+    "save",
+]
+
+FORMAT_VERSION = 1
+_META_KEY = "__fastvi__"
+_FORMAT_NAME = "fastvi-model"
+
+# The classes a file may name, and where they live. Nothing else can be loaded.
+_CLASSES = {
+    "BayesianGaussianMixture": "fastvi.mixture",
+    "LatentDirichletAllocation": "fastvi.lda",
+    "UnivariateGaussian": "fastvi.conjugate",
+    "VBLinearRegression": "fastvi.conjugate",
+    "VBLogisticRegression": "fastvi.conjugate",
+}
+_TUPLES = {"NormalGammaPosterior": "fastvi.conjugate"}
+
+# Per-fit bookkeeping that is not part of a fitted model.
+_TRANSIENT = frozenset(
+    {"_init_prev_time", "_iter_prev_time", "_iteration_callback", "_cavi_last_bound"}
+)
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: the message names the file and the problem."""
+
+
+def _fastvi_version():
+    import fastvi
+
+    return fastvi.__version__
+
+
+def _class_of(name, registry):
+    return getattr(importlib.import_module(registry[name]), name)
+
+
+# ----------------------------------------------------------------------- encoding
+class _Encoder:
+    def __init__(self):
+        self.arrays = {}
+
+    def _array(self, name, value):
+        if value.dtype.hasobject:
+            raise TypeError(f"{name}: object arrays cannot be saved")
+        if value.dtype.kind not in "biufcSU":
+            raise TypeError(f"{name}: arrays of dtype {value.dtype} cannot be saved")
+        self.arrays[name] = value
+        return {"type": "array", "array": name}
+
+    def encode(self, value, name):
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                if all(isinstance(v, str) for v in value.ravel()):
+                    self._array(name, value.astype(str))
+                    return {"type": "str_array", "array": name}
+                raise TypeError(f"{name}: object arrays cannot be saved")
+            return self._array(name, np.asarray(value))
+        if isinstance(value, np.generic):
+            self._array(name, np.asarray(value))
+            return {"type": "scalar", "array": name}
+        if isinstance(value, Integral):
+            return int(value)
+        if isinstance(value, Real):
+            value = float(value)
+            return (
+                value
+                if math.isfinite(value)
+                else {"type": "float", "repr": repr(value)}
+            )
+        if isinstance(value, np.random.RandomState):
+            kind, keys, pos, has_gauss, cached = value.get_state(legacy=True)
+            return {
+                "type": "random_state",
+                "bit_generator": kind,
+                "keys": self._array(name + ".keys", keys)["array"],
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
+        cls_name = type(value).__name__
+        if isinstance(value, tuple) and cls_name in _TUPLES:
+            if type(value) is not _class_of(cls_name, _TUPLES):
+                raise TypeError(f"{name}: unsupported named tuple {type(value)!r}")
+            return {
+                "type": "posterior",
+                "class": cls_name,
+                "fields": {
+                    f: self.encode(getattr(value, f), f"{name}.{f}")
+                    for f in value._fields
+                },
+            }
+        if isinstance(value, (list, tuple)):
+            return {
+                "type": "list" if isinstance(value, list) else "tuple",
+                "items": [self.encode(v, f"{name}.{i}") for i, v in enumerate(value)],
+            }
+        if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                raise TypeError(f"{name}: only dicts with string keys can be saved")
+            return {
+                "type": "dict",
+                "items": {k: self.encode(v, f"{name}.{k}") for k, v in value.items()},
+            }
+        if cls_name in _CLASSES and type(value) is _class_of(cls_name, _CLASSES):
+            return {"type": "estimator", **self.estimator(value, name)}
+        raise TypeError(
+            f"{name}: values of type {type(value).__name__} cannot be saved"
+        )
+
+    def estimator(self, est, prefix):
+        params = {
+            k: self.encode(v, f"{prefix}param.{k}")
+            for k, v in est.get_params(deep=False).items()
+        }
+        attrs = {
+            k: self.encode(v, f"{prefix}attr.{k}")
+            for k, v in vars(est).items()
+            if k not in _TRANSIENT and k not in params
+        }
+        return {"class": type(est).__name__, "params": params, "attributes": attrs}
+
+
+class _Decoder:
+    def __init__(self, arrays, where):
+        self.arrays = arrays
+        self.where = where
+        self.used = set()
+
+    def fail(self, problem):
+        raise ModelFileError(f"{self.where}: {problem}")
+
+    def array(self, name):
+        if not isinstance(name, str) or name not in self.arrays:
+            self.fail(f"the metadata refers to a missing array {name!r}")
+        self.used.add(name)
+        return self.arrays[name]
+
+    def decode(self, spec):
+        if spec is None or isinstance(spec, (bool, str, int, float)):
+            return spec
+        if isinstance(spec, list) or not isinstance(spec, dict):
+            self.fail("malformed metadata (unexpected JSON value)")
+        kind = spec.get("type")
+        if kind == "array":
+            return self.array(spec.get("array"))
+        if kind == "scalar":
+            value = self.array(spec.get("array"))
+            if value.ndim != 0:
+                self.fail("a scalar is stored as a non-scalar array")
+            return value[()]
+        if kind == "str_array":
+            value = self.array(spec.get("array"))
+            if value.dtype.kind != "U":
+                self.fail("a string array is stored with a non-string dtype")
+            return value.astype(object)
+        if kind == "float":
+            text = spec.get("repr")
+            if text not in ("nan", "inf", "-inf"):
+                self.fail(f"bad float {text!r}")
+            return float(text)
+        if kind in ("list", "tuple"):
+            items = spec.get("items")
+            if not isinstance(items, list):
+                self.fail("malformed metadata (list without items)")
+            values = [self.decode(v) for v in items]
+            return values if kind == "list" else tuple(values)
+        if kind == "dict":
+            items = spec.get("items")
+            if not isinstance(items, dict):
+                self.fail("malformed metadata (dict without items)")
+            return {k: self.decode(v) for k, v in items.items()}
+        if kind == "random_state":
+            keys = self.array(spec.get("keys"))
+            state = np.random.RandomState()
+            try:
+                state.set_state(
+                    (
+                        str(spec["bit_generator"]),
+                        keys,
+                        int(spec["pos"]),
+                        int(spec["has_gauss"]),
+                        float(spec["cached_gaussian"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                self.fail(f"bad random state ({exc})")
+            return state
+        if kind == "posterior":
+            name = spec.get("class")
+            if name not in _TUPLES:
+                self.fail(f"unknown named tuple {name!r}")
+            fields = spec.get("fields")
+            if not isinstance(fields, dict):
+                self.fail("malformed metadata (named tuple without fields)")
+            cls = _class_of(name, _TUPLES)
+            try:
+                return cls(**{k: self.decode(v) for k, v in fields.items()})
+            except TypeError as exc:
+                self.fail(f"bad {name} ({exc})")
+        if kind == "estimator":
+            return self.estimator(spec)
+        self.fail(f"unknown value type {kind!r} in the metadata")
+
+    def estimator(self, spec, expected=None):
+        name = spec.get("class")
+        if name not in _CLASSES:
+            self.fail(f"unknown or unsupported class {name!r}")
+        if expected is not None and name != expected:
+            self.fail(f"holds a {name}, not a {expected}")
+        cls = _class_of(name, _CLASSES)
+        params, attrs = spec.get("params"), spec.get("attributes")
+        if not isinstance(params, dict) or not isinstance(attrs, dict):
+            self.fail("malformed metadata (no params/attributes)")
+        params = {k: self.decode(v) for k, v in params.items()}
+        valid = cls().get_params(deep=False)
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            self.fail(f"parameters {unknown} are not parameters of {name}")
+        est = cls(**params)
+        for key, value in attrs.items():
+            if not isinstance(key, str) or key in _TRANSIENT or key in valid:
+                self.fail(f"bad attribute name {key!r}")
+            setattr(est, key, self.decode(value))
+        return est
+
+
+# ------------------------------------------------------------------ atomic write
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file beside ``path``; on success it replaces ``path``.
+
+    The file is flushed and fsync-ed before ``os.replace``; on any error (or
+    ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# ----------------------------------------------------------------------- public
+def save(estimator, path, *, extra=None, kind="model"):
+    """Write a fitted (or unfitted) fastvi estimator to ``path`` atomically.
+
+    Parameters
+    ----------
+    estimator : estimator
+        One of ``BayesianGaussianMixture``, ``LatentDirichletAllocation``,
+        ``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression``.
+    path : str or path-like
+        Written exactly as given (no suffix is added); ``.npz`` is conventional.
+    extra : dict, optional
+        JSON-serializable metadata stored beside the model (e.g. a checkpoint's
+        position in the fit).
+    kind : str, default='model'
+        Recorded in the metadata ('model' or 'checkpoint').
+
+    Notes
+    -----
+    The format is described in the module documentation of :mod:`fastvi.persist`.
+    """
+    name = type(estimator).__name__
+    if name not in _CLASSES or type(estimator) is not _class_of(name, _CLASSES):
+        raise TypeError(f"cannot save a {type(estimator).__name__}: not a fastvi model")
+    encoder = _Encoder()
+    spec = encoder.estimator(estimator, "")
+    meta = {
+        "format": _FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "fastvi_version": _fastvi_version(),
+        "kind": kind,
+        **spec,
+        "arrays": {
+            k: {"dtype": v.dtype.str, "shape": list(v.shape)}
+            for k, v in encoder.arrays.items()
+        },
+        "extra": extra or {},
+    }
+    blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    members = {_META_KEY: blob, **encoder.arrays}
+    with atomic_write(path) as fh:
+        np.savez(fh, **members)
+
+
+def _open(path):
+    """The archive's arrays and metadata, with one clear error per problem."""
+    where = os.fspath(path)
+    if not os.path.exists(where):
+        raise ModelFileError(f"{where}: no such file")
+    if os.path.isdir(where):
+        raise ModelFileError(f"{where}: is a directory, not a model file")
+    if not zipfile.is_zipfile(where):
+        raise ModelFileError(
+            f"{where}: not a fastvi model file (not an .npz archive, or truncated)"
+        )
+    try:
+        with np.load(where, allow_pickle=False) as archive:
+            if _META_KEY not in archive.files:
+                raise ModelFileError(
+                    f"{where}: not a fastvi model file (no '{_META_KEY}' entry)"
+                )
+            arrays = {k: archive[k] for k in archive.files}
+    except ModelFileError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise ModelFileError(
+                f"{where}: refused: it holds a pickled (object) array, which could "
+                "run code when loaded"
+            ) from None
+        raise ModelFileError(f"{where}: corrupted ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ModelFileError(f"{where}: corrupted or truncated ({exc})") from None
+    try:
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{where}: corrupted metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
+        raise ModelFileError(f"{where}: not a fastvi model file (bad metadata)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{where}: format version {version!r} is not supported by fastvi "
+            f"{_fastvi_version()} (which reads version {FORMAT_VERSION}); "
+            f"the file was written by fastvi {meta.get('fastvi_version')!r}"
+        )
+    listed = meta.get("arrays")
+    if not isinstance(listed, dict) or set(listed) != set(arrays):
+        raise ModelFileError(
+            f"{where}: corrupted (the arrays do not match the metadata's list)"
+        )
+    for key, info in listed.items():
+        value = arrays[key]
+        if (
+            not isinstance(info, dict)
+            or info.get("dtype") != value.dtype.str
+            or info.get("shape") != list(value.shape)
+        ):
+            raise ModelFileError(
+                f"{where}: corrupted (array {key!r} has dtype {value.dtype.str} and "
+                f"shape {list(value.shape)}, the metadata says {info!r})"
+            )
+    return meta, arrays
+
+
+def read_metadata(path):
+    """The JSON metadata of a model file (validated as :func:`load` does).
+
+    Returns
+    -------
+    meta : dict
+    """
+    meta, _ = _open(path)
+    return meta
+
+
+def is_model_file(path):
+    """True when ``path`` is an ``.npz`` archive with fastvi model metadata."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return _META_KEY + ".npy" in zf.namelist()
+    except OSError:
+        return False
+
+
+def load(path, *, expected_class=None, return_extra=False):
+    """Load a model saved by :func:`save` (or ``est.save``); never unpickles.
+
+    Parameters
+    ----------
+    path : str or path-like
+    expected_class : str, optional
+        Refuse a file that holds another class (e.g. ``"BayesianGaussianMixture"``).
+    return_extra : bool, default=False
+        Also return the file's ``extra`` metadata.
+
+    Returns
+    -------
+    estimator : estimator
+        A new instance of the saved class with the saved parameters and fitted
+        attributes; its predictions are bitwise those of the saved estimator.
+    extra : dict
+        Only when ``return_extra`` is True.
+
+    Raises
+    ------
+    ModelFileError
+        (a ``ValueError``) for a missing, truncated, corrupted, wrong-class or
+        incompatible-version file, naming the file and the problem.
+    """
+    where = os.fspath(path)
+    meta, arrays = _open(where)
+    decoder = _Decoder(arrays, where)
+    try:
+        est = decoder.estimator(meta, expected=expected_class)
+    except ModelFileError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{where}: cannot rebuild the model ({exc})") from None
+    unused = sorted(set(arrays) - decoder.used)
+    if unused:
+        raise ModelFileError(f"{where}: corrupted (unreferenced arrays {unused})")
+    if return_extra:
+        extra = meta.get("extra", {})
+        return est, extra if isinstance(extra, dict) else {}
+    return est
+
+
+class SaveMixin:
+    """Adds :meth:`save` to an estimator (see :mod:`fastvi.persist`)."""
+
+    def save(self, path):
+        """Save the estimator to ``path`` (an ``.npz`` archive, written atomically).
+
+        Load it back with ``fastvi.persist.load(path)``. No pickle is involved, so
+        loading a file from anywhere cannot execute code.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        self
+        """
+        save(self, path)
+        return self

@@ -1,0 +1,592 @@
+"""Batch jobs: out-of-core fits, data files, the command line, checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+
+from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
+from fastvi.batch.jobs import Interrupted, fit_mixture
+from fastvi.mixture import CHUNK_ROWS, BayesianGaussianMixture
+from fastvi.persist import load
+
+FITTED = (
+    "weight_concentration_",
+    "mean_precision_",
+    "means_",
+    "degrees_of_freedom_",
+    "covariances_",
+    "precisions_cholesky_",
+    "weights_",
+    "precisions_",
+    "mean_prior_",
+    "covariance_prior_",
+    "lower_bound_",
+    "lower_bounds_",
+    "n_iter_",
+    "converged_",
+)
+
+
+def assert_same_model(a, b):
+    for name in FITTED:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, tuple):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v, err_msg=name)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def blobs(n, d, k=4, seed=0, offset=50.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 5.0, (k, d))
+    return centers[rng.integers(0, k, n)] + rng.standard_normal((n, d)) + offset
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def npy_file(tmp_path_factory):
+    # 2.5 blocks of 2 chunks: several blocks and a last partial block and chunk
+    X = blobs(5 * CHUNK_ROWS + 123, 3)
+    path = tmp_path_factory.mktemp("data") / "x.npy"
+    np.save(path, X)
+    return path, X
+
+
+# ------------------------------------------------------------------ out of core
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("init_params", ["random", "random_from_data"])
+def test_out_of_core_fit_is_bitwise_the_in_memory_fit(
+    npy_file, covariance_type, init_params
+):
+    path, X = npy_file
+    params = dict(
+        n_components=3,
+        covariance_type=covariance_type,
+        init_params=init_params,
+        random_state=2,
+        max_iter=8,
+        tol=0.0,
+    )
+    if covariance_type in ("full", "tied"):
+        # np.cov's BLAS sum cannot be streamed in order: give the prior (see fit)
+        params["covariance_prior"] = np.diag([2.0, 3.0, 4.0])
+    in_memory = quiet(BayesianGaussianMixture(**params).fit, X)
+    source = NpyRows(path, block_rows=2 * CHUNK_ROWS)
+    streamed = quiet(BayesianGaussianMixture(**params).fit, source)
+    assert_same_model(in_memory, streamed)
+    assert streamed.n_features_in_ == 3
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_out_of_core_default_covariance_prior_agrees_to_rounding(
+    npy_file, covariance_type
+):
+    path, X = npy_file
+    params = dict(
+        n_components=3,
+        covariance_type=covariance_type,
+        init_params="random",
+        random_state=0,
+        max_iter=5,
+        tol=0.0,
+    )
+    a = quiet(BayesianGaussianMixture(**params).fit, X)
+    b = quiet(BayesianGaussianMixture(**params).fit, NpyRows(path))
+    np.testing.assert_allclose(b.covariance_prior_, a.covariance_prior_, rtol=1e-13)
+    np.testing.assert_allclose(b.lower_bound_, a.lower_bound_, rtol=1e-12)
+    np.testing.assert_array_equal(b.mean_prior_, a.mean_prior_)
+
+
+def test_out_of_core_single_feature_is_bitwise(tmp_path):
+    X = blobs(3 * CHUNK_ROWS + 7, 1, seed=4)
+    np.save(tmp_path / "x.npy", X)
+    params = dict(
+        n_components=2,
+        covariance_type="diag",
+        init_params="random",
+        random_state=0,
+        max_iter=4,
+        tol=0.0,
+    )
+    a = quiet(BayesianGaussianMixture(**params).fit, X)
+    b = quiet(
+        BayesianGaussianMixture(**params).fit,
+        NpyRows(tmp_path / "x.npy", block_rows=CHUNK_ROWS),
+    )
+    assert_same_model(a, b)
+
+
+def test_out_of_core_refusals(npy_file, tmp_path):
+    path, _ = npy_file
+    with pytest.raises(ValueError, match="needs all the data"):
+        BayesianGaussianMixture(init_params="kmeans").fit(NpyRows(path))
+    with pytest.raises(ValueError, match="multiple of 4096"):
+        BayesianGaussianMixture(init_params="random").fit(
+            NpyRows(path, block_rows=1000)
+        )
+    np.save(tmp_path / "f32.npy", np.zeros((10, 2), np.float32))
+    with pytest.raises(DataError, match="float64 C-order"):
+        NpyRows(tmp_path / "f32.npy")
+    np.save(tmp_path / "one.npy", np.zeros(10))
+    with pytest.raises(DataError, match="2-D"):
+        NpyRows(tmp_path / "one.npy")
+    data = path.read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated"):
+        NpyRows(tmp_path / "cut.npy")
+
+
+def test_out_of_core_nan_names_file_row_and_column(tmp_path):
+    X = blobs(3 * CHUNK_ROWS, 3)
+    X[2 * CHUNK_ROWS + 5, 2] = np.nan
+    np.save(tmp_path / "bad.npy", X)
+    est = BayesianGaussianMixture(n_components=2, init_params="random")
+    with pytest.raises(
+        DataError, match=rf"bad.npy: row {2 * CHUNK_ROWS + 5}, column 2"
+    ):
+        est.fit(NpyRows(tmp_path / "bad.npy", block_rows=CHUNK_ROWS))
+    assert not hasattr(est, "means_")  # nothing half-fitted left behind
+
+
+_RSS_PROBE = r"""
+import json, sys, warnings
+import numpy as np
+from fastvi.batch.io import NpyRows
+from fastvi.mixture import BayesianGaussianMixture
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+warnings.simplefilter("ignore")
+path, small, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+params = dict(n_components=2, covariance_type="diag", init_params="random_from_data",
+              random_state=0, max_iter=2, tol=0.0)
+BayesianGaussianMixture(**params).fit(NpyRows(small))  # compile / load kernels
+BayesianGaussianMixture(**params).fit(np.load(small))
+base = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) here
+if mode == "stream":
+    BayesianGaussianMixture(**params).fit(NpyRows(path))
+else:
+    BayesianGaussianMixture(**params).fit(np.load(path))
+print(json.dumps({"growth": status("VmHWM") - base}))
+"""
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc"
+)
+def test_out_of_core_memory_does_not_grow_with_the_file(tmp_path):
+    # 2.5e6 x 8 float64 = 160 MB; the allowance is a quarter of that. The in-memory
+    # fit of the same file is the control that shows the measurement can fail.
+    n, d = 2_500_000, 8
+    path = tmp_path / "big.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, d))
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 500_000):
+        out[start : start + 500_000] = rng.standard_normal((500_000, d))
+    out.flush()
+    del out
+    np.save(tmp_path / "small.npy", rng.standard_normal((5000, d)))
+    size = n * d * 8
+
+    def growth(mode):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _RSS_PROBE,
+                str(path),
+                str(tmp_path / "small.npy"),
+                mode,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return json.loads(run.stdout)["growth"]
+
+    assert growth("stream") < 0.25 * size
+    assert growth("memory") > 0.9 * size
+
+
+# ----------------------------------------------------------------- data files
+def test_read_formats(tmp_path):
+    X = np.arange(12, dtype=np.float64).reshape(4, 3)
+    np.save(tmp_path / "a.npy", X)
+    np.savez(tmp_path / "b.npz", X=X, other=np.zeros(2))
+    np.savetxt(tmp_path / "c.csv", X, delimiter=",", header="x,y,z", comments="")
+    counts = sp.random(5, 7, density=0.4, random_state=0, format="csr") * 10
+    counts.data = np.ceil(counts.data)
+    sp.save_npz(tmp_path / "s.npz", counts)
+    coo = counts.tocoo()
+    lines = [str(counts.shape[0]), str(counts.shape[1]), str(counts.nnz)]
+    lines += [
+        f"{r + 1} {c + 1} {int(v)}" for r, c, v in zip(coo.row, coo.col, coo.data)
+    ]
+    (tmp_path / "docword.test.txt").write_text("\n".join(lines) + "\n")
+
+    np.testing.assert_array_equal(read_data(tmp_path / "a.npy"), X)
+    np.testing.assert_array_equal(read_data(tmp_path / "b.npz"), X)
+    np.testing.assert_array_equal(read_data(tmp_path / "c.csv", header=True), X)
+    sparse = read_data(tmp_path / "s.npz")
+    assert sp.issparse(sparse) and (sparse != counts).nnz == 0
+    docword = read_data(tmp_path / "docword.test.txt")
+    assert (docword != counts).nnz == 0
+
+
+def test_read_errors_name_the_file_and_the_place(tmp_path):
+    with pytest.raises(DataError, match="missing.npy: no such file"):
+        read_data(tmp_path / "missing.npy")
+    (tmp_path / "x.xyz").write_text("1")
+    with pytest.raises(DataError, match="x.xyz: unknown data format"):
+        read_data(tmp_path / "x.xyz")
+    (tmp_path / "nan.csv").write_text("1,2,3\n4,5,6\n7,nan,9\n")
+    with pytest.raises(DataError, match="nan.csv: row 2, column 1"):
+        read_data(tmp_path / "nan.csv")
+    (tmp_path / "inf.csv").write_text("1,2\ninf,3\n")
+    with pytest.raises(DataError, match="inf.csv: row 1, column 0"):
+        read_data(tmp_path / "inf.csv")
+    (tmp_path / "words.csv").write_text("1,2\na,b\n")
+    with pytest.raises(DataError, match="words.csv: cannot read as numbers"):
+        read_data(tmp_path / "words.csv")
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match="t.parquet: reading Parquet needs pyarrow"):
+            read_data(tmp_path / "t.parquet")
+    np.save(tmp_path / "obj.npy", np.array([{}, None], dtype=object))
+    with pytest.raises(DataError, match="obj.npy"):
+        read_data(tmp_path / "obj.npy")
+    (tmp_path / "docword.bad.txt").write_text("2\n3\n1\n3 1 1\n")
+    with pytest.raises(DataError, match="line 4: docID 3 is outside 1..2"):
+        read_data(tmp_path / "docword.bad.txt")
+
+
+def test_fingerprint_tells_data_apart(npy_file):
+    path, X = npy_file
+    assert fingerprint(NpyRows(path)) == fingerprint(X)
+    Y = X.copy()
+    Y[-1, 0] += 1.0
+    assert fingerprint(Y) != fingerprint(X)
+
+
+# --------------------------------------------------------------- checkpoints
+def test_stop_and_resume_in_process_gives_the_uninterrupted_model(tmp_path, npy_file):
+    _, X = npy_file
+    params = dict(n_components=3, init_params="random", random_state=1, max_iter=25)
+    reference = quiet(BayesianGaussianMixture(**params).fit, X)
+    checkpoint = str(tmp_path / "ck.npz")
+    for stop_at in (1, 7, 13):
+        est = BayesianGaussianMixture(**params)
+        calls = iter(range(1, 100))
+        with pytest.raises(Interrupted) as info:
+            quiet(
+                fit_mixture,
+                est,
+                X,
+                checkpoint=checkpoint,
+                checkpoint_every=5,
+                resume=True,
+                should_stop=lambda c=calls, s=stop_at: next(c) >= s,
+            )
+        saved = load(checkpoint, return_extra=True)[1]
+        assert saved["iteration"] == info.value.iteration
+    resumed = quiet(
+        fit_mixture,
+        BayesianGaussianMixture(**params),
+        X,
+        checkpoint=checkpoint,
+        resume=True,
+    )
+    assert_same_model(reference, resumed)
+    assert resumed.get_params() == BayesianGaussianMixture(**params).get_params()
+
+
+def test_resume_refuses_other_data_or_parameters(tmp_path, npy_file):
+    _, X = npy_file
+    checkpoint = str(tmp_path / "ck.npz")
+    params = dict(n_components=2, init_params="random", random_state=0, max_iter=3)
+    quiet(fit_mixture, BayesianGaussianMixture(**params), X, checkpoint=checkpoint)
+    with pytest.raises(DataError, match="other data"):
+        fit_mixture(
+            BayesianGaussianMixture(**params),
+            X[:-1],
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="other model parameters"):
+        fit_mixture(
+            BayesianGaussianMixture(**dict(params, n_components=3)),
+            X,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+
+
+# -------------------------------------------------------------- command line
+def cli(*args, check=True):
+    run = subprocess.run(
+        [sys.executable, "-m", "fastvi", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and run.returncode != 0:
+        raise AssertionError(run.stderr)
+    return run
+
+
+def test_cli_fit_predict_score_info(tmp_path, npy_file):
+    path, X = npy_file
+    model = tmp_path / "m.npz"
+    run = cli(
+        "fit",
+        "gmm",
+        path,
+        "-o",
+        model,
+        "--n-components",
+        3,
+        "--init-params",
+        "random",
+        "--random-state",
+        0,
+        "--max-iter",
+        20,
+        "--covariance-type",
+        "diag",
+        "--json",
+    )
+    summary = json.loads(run.stdout)
+    assert summary["out_of_core"] is True and summary["n_samples"] == X.shape[0]
+    est = load(model)
+    reference = quiet(
+        BayesianGaussianMixture(
+            n_components=3,
+            init_params="random",
+            random_state=0,
+            max_iter=20,
+            covariance_type="diag",
+        ).fit,
+        X,
+    )
+    assert_same_model(reference, est)
+
+    cli("predict", model, path, "-o", tmp_path / "labels.npy", "--quiet")
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), est.predict(X))
+    cli("predict", model, path, "-o", tmp_path / "p.npy", "--proba", "--quiet")
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), est.predict_proba(X))
+    score = json.loads(cli("score", model, path, "--json").stdout)
+    np.testing.assert_allclose(score["mean_log_likelihood"], est.score(X), rtol=1e-12)
+    info = json.loads(cli("info", model, "--json").stdout)
+    assert info["class"] == "BayesianGaussianMixture" and info["kind"] == "model"
+    info = json.loads(cli("info", path, "--json").stdout)
+    assert info["shape"] == list(X.shape)
+
+
+def test_cli_lda_from_docword_and_sparse_npz(tmp_path):
+    counts = sp.random(40, 30, density=0.3, random_state=1, format="csr") * 5
+    counts.data = np.ceil(counts.data)
+    coo = counts.tocoo()
+    lines = ["40", "30", str(counts.nnz)]
+    lines += [
+        f"{r + 1} {c + 1} {int(v)}" for r, c, v in zip(coo.row, coo.col, coo.data)
+    ]
+    (tmp_path / "docword.t.txt").write_text("\n".join(lines) + "\n")
+    sp.save_npz(tmp_path / "c.npz", counts)
+    for source in ("docword.t.txt", "c.npz"):
+        run = cli(
+            "fit",
+            "lda",
+            tmp_path / source,
+            "-o",
+            tmp_path / "lda.npz",
+            "--n-components",
+            3,
+            "--random-state",
+            0,
+            "--max-iter",
+            3,
+            "--json",
+        )
+        assert json.loads(run.stdout)["model"] == "lda"
+    cli(
+        "predict",
+        tmp_path / "lda.npz",
+        tmp_path / "c.npz",
+        "-o",
+        tmp_path / "t.npy",
+        "--quiet",
+    )
+    est = load(tmp_path / "lda.npz")
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), est.transform(counts))
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
+    path, _ = npy_file
+    out = tmp_path / "out.npz"
+    np.save(tmp_path / "one.npy", np.zeros(5))
+    (tmp_path / "nan.csv").write_text("1,2\n3,nan\n")
+    (tmp_path / "two.csv").write_text("1,2\n3,4\n")
+    cli(
+        "fit",
+        "gmm",
+        path,
+        "-o",
+        tmp_path / "m.npz",
+        "--max-iter",
+        1,
+        "--quiet",
+        "--init-params",
+        "random",
+    )
+    cases = [
+        (("fit", "gmm", tmp_path / "missing.npy", "-o", out), "no such file"),
+        (("fit", "gmm", tmp_path / "one.npy", "-o", out), "2-D"),
+        (("fit", "gmm", tmp_path / "nan.csv", "-o", out), "row 1, column 1"),
+        (("fit", "gmm", tmp_path / "m.npz", "-o", out), "is a fastvi model file"),
+        (("fit", "gmm", path, "-o", out, "--batch-size", 5), "not an option of 'gmm'"),
+        (("fit", "gmm", path, "-o", tmp_path / "no" / "m.npz"), "does not exist"),
+        (("predict", tmp_path / "m.npz", tmp_path / "one.npy", "-o", out), "2-D"),
+        (("predict", path, path, "-o", out), "not a fastvi model file"),
+        (("score", tmp_path / "m.npz", tmp_path / "two.csv"), "has 2 columns"),
+    ]
+    for args, message in cases:
+        run = cli(*args, check=False)
+        assert run.returncode == 2, (args, run.stderr)
+        assert run.stderr.startswith("fastvi: error:"), run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert message in run.stderr, (message, run.stderr)
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+_KILL_PARAMS = (
+    "--n-components",
+    6,
+    "--init-params",
+    "random",
+    "--random-state",
+    3,
+    "--max-iter",
+    80,
+    "--tol",
+    0,
+    "--covariance-type",
+    "full",
+)
+
+
+@pytest.fixture(scope="module")
+def kill_data(tmp_path_factory):
+    """A data file and the model of an uninterrupted run (with its wall time)."""
+    folder = tmp_path_factory.mktemp("kill")
+    path = folder / "x.npy"
+    np.save(path, blobs(150_000, 6, k=5, seed=9))
+    t0 = time.monotonic()
+    cli("fit", "gmm", path, "-o", folder / "ref.npz", "--quiet", *_KILL_PARAMS)
+    return path, load(folder / "ref.npz"), time.monotonic() - t0
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_model(
+    tmp_path, kill_data
+):
+    kill_data, reference, duration = kill_data  # duration: start-up and the fit
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    args = [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        "gmm",
+        str(kill_data),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "--quiet",
+        *map(str, _KILL_PARAMS),
+    ]
+    rng = np.random.default_rng(0)
+    kills, finished = 0, False
+    for _ in range(5):
+        proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(float(rng.uniform(0.3, 0.95)) * duration)
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL, at whatever the job was doing
+            kills += 1
+        finished = proc.wait(timeout=60) == 0
+        if finished:
+            break
+    if not finished:
+        run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    assert kills >= 1
+    assert_same_model(reference, load(out))
+    assert not ck.exists()  # removed once the model is written
+
+
+def test_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path, kill_data):
+    kill_data, reference, _ = kill_data
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    args = [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        "gmm",
+        str(kill_data),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "--quiet",
+        *map(str, _KILL_PARAMS),
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ck.exists():  # the first checkpoint: the fit loop is running
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the fit finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "rerun with --resume" in err
+    assert not out.exists()
+    est, extra = load(ck, return_extra=True)
+    assert 1 <= extra["iteration"] < 80
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert_same_model(reference, load(out))
