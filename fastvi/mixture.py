@@ -127,24 +127,16 @@ class _Streamed:
         for start, stop, view in self.source.iter_blocks():
             yield start, stop, view[1:]
 
-    def _column_sum(self, center=None):
-        """sum_n x_n (or sum_n (x_n - center)**2), in NumPy's axis-0 order."""
+    def _column_sum(self):
+        """sum_n x_n in NumPy's axis-0 order (so the mean is bitwise X.mean(axis=0))."""
         if self.shape[1] == 1:  # NumPy sums a single column pairwise: gather it
             column = np.concatenate([rows[:, 0] for _, _, rows in self._copies()])
-            column = column[:, np.newaxis]
-            if center is not None:
-                column = column - center
-                column = column * column
-            return column.sum(axis=0)
+            return column[:, np.newaxis].sum(axis=0)
         total = None
         for _, _, view in self.source.iter_blocks():
-            rows = view[1:]
-            if center is not None:  # the buffer is refilled on the next read
-                np.subtract(rows, center, out=rows)
-                np.multiply(rows, rows, out=rows)
             if total is None:
-                total = rows.sum(axis=0)
-            else:
+                total = view[1:].sum(axis=0)
+            else:  # the spare leading row carries the running total
                 view[0] = total
                 total = view.sum(axis=0)
         return total
@@ -181,12 +173,8 @@ class _Streamed:
         return self._cache["gram"]
 
     def covariance_prior(self, cov_type):
-        """Default covariance prior: np.var exactly; np.cov to rounding (see fit)."""
-        n = self.shape[0]
-        if cov_type in ("full", "tied"):
-            return np.atleast_2d(self._gram_matrix() / (n - 1))
-        var = self._column_sum(center=self.mean_()) / max(n - 1, 0)
-        return var if cov_type == "diag" else var.mean()
+        """Default covariance prior, the same expression as for in-memory data."""
+        return _default_covariance_prior(self._gram_matrix(), self.shape[0], cov_type)
 
 
 class _CenteredGram(NamedTuple):
@@ -360,12 +348,10 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         Every pass runs the same kernel on each block and combines the per-chunk
         partials in chunk order exactly as the in-memory pass does (blocks are a
         multiple of ``CHUNK_ROWS`` rows, so the chunk boundaries are the same), so
-        the model is bitwise the in-memory model. The data mean and variance priors
-        are streamed in the same summation order as NumPy's ``mean``/``var`` over
-        axis 0. Exceptions: the default covariance prior of 'full' and 'tied' (NumPy
-        computes ``np.cov`` with BLAS, whose summation order cannot be streamed) is
-        the streamed centered Gram matrix over ``n - 1``, equal to ``np.cov`` to
-        rounding; pass ``covariance_prior`` for a bitwise match. Initializations:
+        the model is bitwise the in-memory model. The data mean is streamed in NumPy's
+        summation order for ``mean`` over axis 0, and the default covariance prior
+        comes from the centered Gram matrix, chunk by chunk, as in memory.
+        Initializations:
         'random' and 'random_from_data' stream (same draws as in memory); 'kmeans'
         and 'k-means++' need all the data at once and are refused.
         """
@@ -570,12 +556,13 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         if self.covariance_prior is None and isinstance(X, _Streamed):
             self.covariance_prior_ = X.covariance_prior(cov_type)
         elif self.covariance_prior is None:
-            if cov_type in ("full", "tied"):
-                self.covariance_prior_ = np.atleast_2d(np.cov(X.T))
-            elif cov_type == "diag":
-                self.covariance_prior_ = np.var(X, axis=0, ddof=1)
-            else:
-                self.covariance_prior_ = np.var(X, axis=0, ddof=1).mean()
+            # scikit-learn's np.cov / np.var, from the centered Gram matrix: one pass
+            # and no N x D temporary (equal to rounding; bitwise the streamed value)
+            X64 = np.ascontiguousarray(X, dtype=np.float64)
+            gram = _centered_gram_matrix(X64, X64.mean(axis=0))
+            self.covariance_prior_ = _default_covariance_prior(
+                gram, X64.shape[0], cov_type
+            )
         elif cov_type in ("full", "tied"):
             prior = check_array(
                 self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
@@ -610,9 +597,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         center = X64.mean(axis=0)
         gram = None
         if self.covariance_type == "tied":
-            parts = _gmm_kernels().centered_gram(X64, center, CHUNK_ROWS)
             gram = _CenteredGram(
-                matrix=_symmetrize_upper(parts.sum(axis=0)),
+                matrix=_centered_gram_matrix(X64, center),
                 dev_sum=X64.sum(axis=0) - X64.shape[0] * center,
             )
         return X64, X, center, gram
@@ -1035,6 +1021,21 @@ def _check_shape(param, shape, name):
             "The parameter '%s' should have the shape of %s, but got %s"
             % (name, shape, param.shape)
         )
+
+
+def _centered_gram_matrix(X64, center):
+    """sum_n (x_n - c)(x_n - c)^T, per-chunk partials summed in chunk order."""
+    parts = _gmm_kernels().centered_gram(X64, _kernel_array(center), CHUNK_ROWS)
+    return _symmetrize_upper(parts.sum(axis=0))
+
+
+def _default_covariance_prior(gram, n_samples, cov_type):
+    """scikit-learn's default covariance prior (np.cov / np.var, ddof=1) from the Gram."""
+    cov = gram / (n_samples - 1)
+    if cov_type in ("full", "tied"):
+        return np.atleast_2d(cov)
+    var = np.diagonal(cov).copy()
+    return var if cov_type == "diag" else var.mean()
 
 
 def _symmetrize_upper(a):
