@@ -588,8 +588,7 @@ def test_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path, kill
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the fit finished before the signal arrived")
+    # the signal is sent after the first of 80 iterations: the job cannot be done yet
     assert proc.returncode == 130, err
     assert "rerun with --resume" in err
     assert not out.exists()
