@@ -21,6 +21,10 @@ Hooks a model implements
 Parameters read from the estimator: ``n_init``, ``max_iter``, ``tol`` (absolute change of
 the bound), ``warm_start``, ``verbose``, ``verbose_interval``.
 
+An optional private attribute ``_iteration_callback(estimator, n_iter, bound, change)``
+is called after every round with the fitted state of that round (``fastvi.batch`` sets it
+for progress bars and checkpoints for the duration of one fit).
+
 Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``.
 """
 
@@ -90,6 +94,9 @@ class CAVIMixin:
                 history.append(bound)
                 change = bound - previous
                 self._cavi_verbose_iter_end(n_iter, change)
+                callback = getattr(self, "_iteration_callback", None)
+                if callback is not None:
+                    callback(self, n_iter, bound, change)
                 if not np.isfinite(bound):
                     raise ValueError(
                         f"The variational bound became {bound} at iteration {n_iter}; "

@@ -618,18 +618,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         # local step: responsibilities and their statistics in one pass; then global
         stats = self._pass(data[0], self.means_)
         self._update_globals(stats, data)
-        bound = self._bound(stats.entropy)
-        if getattr(self, "_iteration_callback", None) is not None:
-            self._cavi_last_bound = float(bound)
-        return bound
-
-    def _cavi_verbose_iter_end(self, n_iter, change):
-        super()._cavi_verbose_iter_end(n_iter, change)
-        # fastvi.batch sets a per-iteration callback (progress, checkpoints) for the
-        # duration of one fit; it sees the fitted state after iteration ``n_iter``
-        callback = getattr(self, "_iteration_callback", None)
-        if callback is not None:
-            callback(self, n_iter, self._cavi_last_bound, change)
+        return self._bound(stats.entropy)
 
     def _cavi_get_state(self):
         return (

@@ -253,7 +253,6 @@ def fit_mixture(
         est.fit(X)
     finally:
         est.__dict__.pop("_iteration_callback", None)
-        est.__dict__.pop("_cavi_last_bound", None)
         est.set_params(max_iter=max_iter, warm_start=warm_start)
     if done:
         est.n_iter_ = done + est.n_iter_
