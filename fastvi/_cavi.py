@@ -30,12 +30,24 @@ Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``
 
 import warnings
 from contextlib import contextmanager
+from numbers import Integral, Real
 from time import perf_counter
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval
 
-__all__ = ["CAVIMixin", "all_or_nothing"]
+__all__ = ["CAVI_PARAMETER_CONSTRAINTS", "CAVIMixin", "all_or_nothing"]
+
+# scikit-learn constraints of the loop parameters the driver reads (``n_init`` is left
+# to each model: some have only one sensible start)
+CAVI_PARAMETER_CONSTRAINTS = {
+    "tol": [Interval(Real, 0.0, None, closed="left")],
+    "max_iter": [Interval(Integral, 0, None, closed="left")],
+    "warm_start": ["boolean"],
+    "verbose": ["verbose"],
+    "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+}
 
 
 @contextmanager

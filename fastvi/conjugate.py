@@ -38,7 +38,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cavi import CAVIMixin, all_or_nothing
+from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._threads import resolve_n_jobs, thread_limits
 from .persist import SaveMixin
 
@@ -225,11 +225,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         "lambda0": [Interval(Real, 0.0, None, closed="neither")],
         "a0": [Interval(Real, 0.0, None, closed="neither")],
         "b0": [Interval(Real, 0.0, None, closed="neither")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        **CAVI_PARAMETER_CONSTRAINTS,
     }
 
     def __init__(
@@ -507,11 +503,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         "alpha_2": [Interval(Real, 0.0, None, closed="neither")],
         "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
         "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        **CAVI_PARAMETER_CONSTRAINTS,
         "n_jobs": [None, Integral],
     }
 
@@ -840,11 +832,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
         "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
         "intercept_precision": [Interval(Real, 0.0, None, closed="neither")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        **CAVI_PARAMETER_CONSTRAINTS,
         "n_jobs": [None, Integral],
     }
 

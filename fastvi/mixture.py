@@ -18,7 +18,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._cavi import CAVIMixin, all_or_nothing
+from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._threads import thread_limits
 from .persist import SaveMixin
 
@@ -248,18 +248,14 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     """
 
     _parameter_constraints: dict = {
+        **CAVI_PARAMETER_CONSTRAINTS,
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
         "init_params": [
             StrOptions({"kmeans", "random", "random_from_data", "k-means++"})
         ],
         "random_state": ["random_state"],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [StrOptions({"spherical", "tied", "diag", "full"})],
         "weight_concentration_prior_type": [
             StrOptions({"dirichlet_process", "dirichlet_distribution"})
