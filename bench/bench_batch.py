@@ -9,8 +9,9 @@ fixed ``max_iter``. The peak resident memory of each way is measured once, untim
 in a fresh subprocess (``VmHWM`` of ``/proc/self/status``; Linux), recorded as
 ``peak_rss_mb``.
 
-Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (default; N = 1e6 and 1e7, the 1e7
-case marked ``large``; 1.28 GB file) or ``smoke`` (N = 1e5, 2 iterations).
+Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (default; N = 1e6, 1e7 and 2e7,
+the last two marked ``large``; files of 128 MB, 1.28 GB and 2.56 GB) or ``smoke``
+(N = 1e5, 2 iterations).
 """
 
 import json
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 PROFILES = {
-    "full": {"sizes": (1_000_000, 10_000_000), "max_iter": 5},
+    "full": {"sizes": (1_000_000, 10_000_000, 20_000_000), "max_iter": 5},
     "smoke": {"sizes": (100_000,), "max_iter": 2},
 }
 PROFILE_NAME = os.environ.get("FASTVI_BENCH_PROFILE", "full")
