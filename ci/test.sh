@@ -15,7 +15,7 @@ python -m pip install --quiet --upgrade pip
 
 echo "== install and test (the README's test command)"
 # keep in sync with README.md, "Run the tests"
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet -e ".[test,dask]"
 
 python -m pip list 2>/dev/null | grep -iE '^(numpy|scipy|numba|llvmlite|scikit-learn|pytest|hypothesis|threadpoolctl) '
 python -m threadpoolctl -i numpy

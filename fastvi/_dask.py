@@ -1,0 +1,192 @@
+"""Fitting on Dask arrays: the kernels run on the workers, only statistics travel.
+
+A CAVI round over data held in a ``dask.array.Array`` is a map and a reduce: every row
+chunk goes through the same numba kernel as in-memory data, on the worker that holds
+it, and returns its partial sufficient statistics (a few K x D x D numbers, never
+rows); the partials are summed in a fixed binary tree over the chunk index, and the
+client updates the global factors from the total. The data never moves to the client.
+
+The tree's shape depends only on the number of chunks, never on which worker finished
+first, so a fit is deterministic for a given chunking; it equals the in-memory fit to
+rounding (the in-memory pass sums the same per-row terms in another order).
+
+``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
+local threaded scheduler otherwise. Numba's parallel regions are not meant to be
+launched from several threads of one process at once, so a process-wide lock makes the
+kernel calls of one worker process take turns; each call uses the worker's threads
+(a distributed worker's ``nthreads``, or the estimator's ``n_jobs`` on the local
+scheduler) inside the kernel instead.
+
+dask is an optional dependency (``pip install "fastvi[dask]"``); nothing here imports
+it before a dask collection is seen.
+"""
+
+import sys
+import threading
+
+import numpy as np
+
+__all__ = ["DaskRows", "is_dask_collection"]
+
+_INSTALL = (
+    'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
+    '(or pip install "dask[array]" distributed)'
+)
+
+# one kernel call per process at a time (see the module documentation)
+_KERNEL_LOCK = threading.Lock()
+
+
+def is_dask_collection(X):
+    """True for a dask array or DataFrame, without importing dask."""
+    if not hasattr(X, "__dask_graph__"):
+        return False
+    return type(X).__module__.split(".")[0] in ("dask", "dask_expr")
+
+
+def _import_dask():
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(_INSTALL) from exc
+    return dask, da
+
+
+def _worker_threads(default):
+    """The thread count a task may use: the distributed worker's, else ``default``."""
+    if "distributed" not in sys.modules:
+        return default
+    from distributed import get_worker
+
+    try:
+        return get_worker().state.nthreads
+    except ValueError:  # not inside a distributed worker
+        return default
+
+
+def _run_block(fn, block, start, shared, local, n_jobs):
+    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock."""
+    from ._threads import thread_limits
+
+    with _KERNEL_LOCK, thread_limits(_worker_threads(n_jobs)):
+        return fn(block, start, *shared, *local)
+
+
+def _add(a, b):
+    """Sum two partial results: tuples of arrays/floats, element by element."""
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def _tree_sum(parts, delayed):
+    """Sum ``parts`` pairwise in a binary tree fixed by their order."""
+    while len(parts) > 1:
+        paired = [
+            delayed(_add, pure=True)(a, b) for a, b in zip(parts[::2], parts[1::2])
+        ]
+        if len(parts) % 2:
+            paired.append(parts[-1])
+        parts = paired
+    return parts[0]
+
+
+class DaskRows:
+    """Rows of a 2-D dask collection (and optional aligned targets), chunked by row.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features), or dask DataFrame
+        Columns are gathered into one chunk (a row chunk is a kernel's unit of
+        work); unknown chunk sizes (from a DataFrame) are computed once.
+    y : dask or NumPy array of shape (n_samples,), optional
+        Rechunked to the rows of ``X``; each task receives ``(rows, targets)``.
+    dtype : NumPy dtype, default float64
+        The dtype the blocks are cast to on the workers.
+    """
+
+    def __init__(self, X, y=None, dtype=np.float64):
+        dask, da = _import_dask()
+        if hasattr(X, "to_dask_array"):  # a dask DataFrame
+            X = X.to_dask_array(lengths=True)
+        if not isinstance(X, da.Array):
+            raise TypeError(
+                f"expected a dask array or DataFrame, got {type(X).__name__}"
+            )
+        if X.ndim != 2:
+            raise ValueError(
+                f"Expected 2D array, got {X.ndim}D dask array instead. Reshape your "
+                "data either using array.reshape(-1, 1) if your data has a single "
+                "feature or array.reshape(1, -1) if it contains a single sample."
+            )
+        if any(np.isnan(c) for c in X.chunks[0]):
+            X = X.compute_chunk_sizes()
+        if X.dtype.kind not in "biuf":
+            raise ValueError(
+                f"dask array of dtype {X.dtype} given; fastvi needs numeric data"
+            )
+        if X.numblocks[1] != 1:
+            X = X.rechunk({1: -1})
+        X = X.astype(dtype)
+        self.array = X
+        self.shape = tuple(int(s) for s in X.shape)
+        self.dtype = np.dtype(dtype)
+        sizes = np.asarray(X.chunks[0], dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        self.sizes = sizes
+        blocks = list(X.to_delayed().ravel())
+        if y is not None:
+            y = da.asarray(y)
+            if y.ndim != 1 or int(y.shape[0]) != self.shape[0]:
+                raise ValueError(
+                    f"y has shape {tuple(y.shape)}; expected ({self.shape[0]},) "
+                    "to match X"
+                )
+            y = y.rechunk((X.chunks[0],))
+            blocks = [
+                dask.delayed(tuple, pure=True)([b, t])
+                for b, t in zip(blocks, y.to_delayed().ravel())
+            ]
+        self._blocks = blocks
+        self._dask = dask
+
+    @property
+    def n_chunks(self):
+        return len(self._blocks)
+
+    def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
+        """Run ``fn`` on every chunk, sum its results in a fixed tree, compute.
+
+        ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
+        floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
+        to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
+        scheduler (distributed workers use their own thread count).
+        """
+        delayed = self._dask.delayed
+        shared_key = delayed(tuple(shared), pure=True)
+        tasks = []
+        for i, block in enumerate(self._blocks):
+            mine = () if local is None else tuple(local[i])
+            tasks.append(
+                delayed(_run_block, pure=True)(
+                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
+                )
+            )
+        (total,) = self._dask.compute(_tree_sum(tasks, delayed))
+        return total
+
+    def check_finite(self, n_jobs=None):
+        """Raise scikit-learn's message if any value is NaN or infinite."""
+        n_nan, n_inf = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
+        if n_nan:
+            raise ValueError("Input X contains NaN.")
+        if n_inf:
+            raise ValueError(
+                f"Input X contains infinity or a value too large for {self.dtype!r}."
+            )
+
+
+def _count_nonfinite(block, start):
+    rows = block[0] if isinstance(block, tuple) else block
+    rows = np.asarray(rows)
+    n_nan = int(np.isnan(rows).sum())
+    return n_nan, int((~np.isfinite(rows)).sum()) - n_nan
