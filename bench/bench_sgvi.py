@@ -12,11 +12,26 @@ Groups ``"sgvi N=<N> S=<S> <full|mb1024>"`` hold, timed in the same run:
 Each timed round runs ``STEPS`` steps after a warm-up (compilation) of the same
 length; ``extra_info`` records ``ms_per_step``, the mean ELBO of the last steps
 (``final_elbo``; NumPyro's is minus its loss) and the role in the group.
+
+Groups ``"sgvi-to-elbo N=<N> S=<S> <full|mb>"`` time the run to a fixed ELBO, the same
+for both libraries: ``target = ref - 0.01 (ref - init)`` (99 % of the way), where
+``ref`` is the ELBO of the mean-field Laplace approximation (the posterior mode by
+Newton's method, sds 1 / sqrt(diag H), the mean-field optimum of a Gaussian posterior)
+and ``init`` that of the common start (mean 0, sd 0.1). Every ELBO here is computed by
+one NumPy evaluator from q's means and sds on all rows, float64, with 16 fixed draws
+(common random numbers), so the libraries' own noisy estimates play no part. An
+untimed probe run evaluates it every ``CHECK`` steps and finds the first check at
+which the target is met; the timed run then repeats exactly that many steps from the
+same seed (both libraries are deterministic given it), so the time excludes the
+evaluations and the compilation. ``extra_info``: ``steps_to_target``, the ELBO
+reached, the target; a case that does not reach it within ``max_steps`` is skipped.
+
 The data: D = 50 standard-normal features, coefficients N(0, 0.3^2), Bernoulli labels.
 
 Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (N = 1e5 and 1e6, S = 1 and 8, full
-batch and 1024-row minibatches, 50 steps, 3 rounds) or ``smoke`` (N = 2e4, S = 8,
-10 steps, 1 round).
+batch and 1024-row minibatches, 50 steps, 3 rounds; to-ELBO runs of up to 4000 steps,
+one timed round)
+or ``smoke`` (N = 2e4, S = 8, 10 steps, 1 round; to-ELBO with a 90 % target).
 """
 
 import os
@@ -30,8 +45,17 @@ PROFILES = {
         "samples": (1, 8),
         "steps": 50,
         "rounds": 3,
+        "max_steps": 4000,
+        "fraction": 0.99,
     },
-    "smoke": {"sizes": (20_000,), "samples": (8,), "steps": 10, "rounds": 1},
+    "smoke": {
+        "sizes": (20_000,),
+        "samples": (8,),
+        "steps": 10,
+        "rounds": 1,
+        "max_steps": 300,
+        "fraction": 0.9,
+    },
 }
 PROFILE_NAME = os.environ.get("FASTVI_BENCH_PROFILE", "full")
 if PROFILE_NAME not in PROFILES:
@@ -43,6 +67,8 @@ D = 50
 BATCH = 1024
 LR = 0.01
 LARGE = 1_000_000
+CHECK = 25  # steps between ELBO evaluations of the probe run
+INIT_SCALE = 0.1  # NumPyro's AutoNormal default, used by both
 
 
 def short(n):
@@ -68,8 +94,11 @@ def fastvi_runner(X, y, S, batch, dtype):
     from fastvi.sgvi import GLM, SGVI, Adam, WindowConvergence
 
     model = GLM(X.astype(dtype), y, minibatch=batch is not None)
-    engine = SGVI(model, n_samples=S, batch_size=batch, optimizer=Adam(LR))
-    state = {"s": engine.init(0)}
+    engine = SGVI(
+        model, n_samples=S, batch_size=batch, optimizer=Adam(LR), init_scale=INIT_SCALE
+    )
+    start = engine.init(0)
+    state = {"s": start}
 
     def run(steps):
         res = engine.run(
@@ -78,6 +107,15 @@ def fastvi_runner(X, y, S, batch, dtype):
         state["s"] = res.state
         return res.elbo
 
+    def params():
+        phi = state["s"].params
+        return engine.family.mean(phi).copy(), engine.family.std(phi).copy()
+
+    def reset():
+        state["s"] = start
+
+    run.params = params
+    run.reset = reset
     return run
 
 
@@ -100,14 +138,15 @@ def numpyro_runner(X, y, S, batch):
 
     svi = SVI(
         model,
-        AutoNormal(model),
+        AutoNormal(model, init_scale=INIT_SCALE),
         Adam(LR),
         Trace_ELBO(num_particles=S, vectorize_particles=True),
     )
     Xj = jnp.asarray(X, dtype=jnp.float32)
     yj = jnp.asarray(y, dtype=jnp.float32)
     update = jax.jit(svi.update)
-    state = {"s": svi.init(jax.random.PRNGKey(0), Xj, yj)}
+    start = svi.init(jax.random.PRNGKey(0), Xj, yj)
+    state = {"s": start}
 
     def run(steps):
         losses = []
@@ -119,6 +158,17 @@ def numpyro_runner(X, y, S, batch):
         state["s"] = s
         return -np.asarray(losses, dtype=np.float64)
 
+    def params():
+        p = svi.get_params(state["s"])
+        mean = np.append(np.asarray(p["w_auto_loc"]), float(p["b_auto_loc"]))
+        sd = np.append(np.asarray(p["w_auto_scale"]), float(p["b_auto_scale"]))
+        return mean.astype(np.float64), sd.astype(np.float64)
+
+    def reset():
+        state["s"] = start
+
+    run.params = params
+    run.reset = reset
     return run
 
 
@@ -162,3 +212,113 @@ def test_sgvi_step(benchmark, library, n, S, batch):
     )
     if benchmark.stats is not None:  # None under --benchmark-disable (CI smoke)
         benchmark.extra_info["ms_per_step"] = 1e3 * benchmark.stats.stats.median / steps
+
+
+# ------------------------------------------------------------------ time to an ELBO
+_REFERENCE = {}
+EVAL_DRAWS = 16
+
+
+def elbo_of(X, y, mean, sd):
+    """ELBO of the mean-field q (mean, sd over [w, b]) on all rows: 16 fixed draws."""
+    from scipy.special import log_expit
+
+    P = D + 1
+    prec = np.r_[np.ones(D), 0.01]  # priors N(0, 1) on w, N(0, 10^2) on b
+    eps = np.random.default_rng(123).standard_normal((EVAL_DRAWS, P))
+    Z = mean + sd * eps
+    total = np.zeros(EVAL_DRAWS)
+    for i in range(0, X.shape[0], 100_000):  # blocks: no N x 16 temporaries
+        eta = X[i : i + 100_000] @ Z[:, :D].T + Z[:, D]
+        yb = y[i : i + 100_000, None]
+        total += (yb * log_expit(eta) + (1.0 - yb) * log_expit(-eta)).sum(axis=0)
+    log_prior = -0.5 * np.sum(Z * Z * prec, axis=1) - 0.5 * np.sum(
+        np.log(2 * np.pi / prec)
+    )
+    entropy = np.sum(np.log(sd)) + 0.5 * P * np.log(2 * np.pi * np.e)
+    return float(np.mean(total + log_prior) + entropy)
+
+
+def elbo_target(n):
+    """(target, ref, init) ELBOs of the data of size n (see the module docs)."""
+    if n not in _REFERENCE:
+        X, y = logistic_data(n)
+        prec = np.r_[np.ones(D), 0.01]
+        w = np.zeros(D + 1)
+        for _ in range(8):  # Newton's method for the posterior mode
+            eta = X @ w[:D] + w[D]
+            p = 1.0 / (1.0 + np.exp(-eta))
+            r = p * (1.0 - p)
+            H = np.empty((D + 1, D + 1))
+            H[:D, :D] = (X * r[:, None]).T @ X
+            H[:D, D] = H[D, :D] = X.T @ r
+            H[D, D] = r.sum()
+            H += np.diag(prec)
+            g = np.append(X.T @ (y - p), np.sum(y - p)) - prec * w
+            w = w + np.linalg.solve(H, g)
+        ref = elbo_of(X, y, w, 1.0 / np.sqrt(np.diag(H)))
+        init = elbo_of(X, y, np.zeros(D + 1), np.full(D + 1, INIT_SCALE))
+        target = ref - (1.0 - PROFILE["fraction"]) * (ref - init)
+        _REFERENCE.clear()
+        _REFERENCE[n] = (target, ref, init)
+    return _REFERENCE[n]
+
+
+def make_runner(library, X, y, S, batch):
+    if library == "numpyro":
+        return numpyro_runner(X, y, S, batch)
+    dtype = np.float32 if library.endswith("32") else np.float64
+    return fastvi_runner(X, y, S, batch, dtype)
+
+
+@pytest.mark.parametrize("library", ["fastvi-float32", "fastvi-float64", "numpyro"])
+@pytest.mark.parametrize(
+    "n, S, batch",
+    [
+        pytest.param(*c, marks=[pytest.mark.large] if c[0] >= LARGE else [])
+        for c in CASES
+    ],
+    ids=[
+        f"N={short(n)}-S={S}-{'full' if b is None else f'mb{b}'}" for n, S, b in CASES
+    ],
+)
+def test_sgvi_time_to_elbo(benchmark, library, n, S, batch):
+    X, y = logistic_data(n)
+    target, ref, init = elbo_target(n)
+    # untimed probe: the first check at which the common ELBO reaches the target
+    probe = make_runner(library, X, y, S, batch)
+    steps = 0
+    reached = None
+    while steps < PROFILE["max_steps"]:
+        probe(CHECK)
+        steps += CHECK
+        value = elbo_of(X, y, *probe.params())
+        if value >= target:
+            reached = value
+            break
+    if reached is None:
+        pytest.skip(
+            f"{library} did not reach the ELBO target in {PROFILE['max_steps']} steps"
+        )
+    benchmark.group = (
+        f"sgvi-to-elbo N={short(n)} S={S} {'full' if batch is None else 'mb'}"
+    )
+
+    def setup():  # back to the start: the same seed, already compiled by the probe
+        probe.reset()
+        return (steps,), {}
+
+    # one round: a run of hundreds of steps is its own average, and at N = 1e6 a
+    # NumPyro run to the target takes about a minute
+    benchmark.pedantic(probe, setup=setup, rounds=1, iterations=1)
+    check = elbo_of(X, y, *probe.params())
+    assert check >= target, (check, target)  # the timed run did reach it
+    benchmark.extra_info.update(
+        role="anchor" if library == "numpyro" else "fastvi",
+        library=library,
+        steps_to_target=steps,
+        elbo_reached=reached,
+        elbo_target=target,
+        elbo_reference=ref,
+        elbo_init=init,
+    )

@@ -66,4 +66,22 @@ def eight_schools_log_joint(y, sigma, theta):
     return np.array(out)
 
 
-__all__ = ["eight_schools_log_joint", "glm_log_joint", "glm_pass"]
+def robust_regression_log_joint(X, y, theta, nu, scale=1.0):
+    """log p of the Student-t regression user model of tests/test_sgvi_user.py at
+    one constrained draw ``theta = [coef..., intercept, sigma]``: ``scale`` times the
+    t log-likelihood, plus N(0, 1) coef, N(0, 10^2) intercept and half-normal(1)
+    sigma priors without their normalizing constants."""
+    from scipy import stats
+
+    D = X.shape[1]
+    w, b, sigma = theta[:D], theta[D], theta[D + 1]
+    ll = stats.t.logpdf(y, nu, X @ w + b, sigma).sum()
+    return scale * ll - 0.5 * (w @ w) - 0.5 * b * b / 100.0 - 0.5 * sigma**2
+
+
+__all__ = [
+    "eight_schools_log_joint",
+    "glm_log_joint",
+    "glm_pass",
+    "robust_regression_log_joint",
+]

@@ -1,23 +1,29 @@
 """SGVI: stochastic-gradient variational inference with the reparameterization trick.
 
 See :mod:`fastvi.sgvi.engine` for the engine, :mod:`fastvi.sgvi.models` for models,
-:mod:`fastvi.sgvi.estimators` for the scikit-learn-style estimators. (The PSIS k-hat
-diagnostic, user-written numba models and the score-function estimator are not built
-yet: see issue 4.)
+:mod:`fastvi.sgvi.estimators` for the scikit-learn-style estimators,
+:mod:`fastvi.sgvi.user` for models from user-written numba functions
+(:class:`NumbaModel`) and :mod:`fastvi.sgvi.diagnostics` for the PSIS k-hat
+diagnostic.
 """
 
+from .diagnostics import PSISDiagnostic, PSISWarning, gpd_fit, psis_khat
 from .engine import (
     SGVI,
     Adam,
     FullRank,
     MeanField,
+    Posterior,
     RobbinsMonro,
     SGVIResult,
     SGVIState,
+    StanAdaptive,
     StanConvergence,
     WindowConvergence,
+    select_eta,
 )
 from .models import GLM, EightSchools, Interval, Model, Param
+from .user import NumbaModel
 
 __all__ = [
     "Adam",
@@ -27,11 +33,19 @@ __all__ = [
     "Interval",
     "MeanField",
     "Model",
+    "NumbaModel",
     "Param",
+    "Posterior",
+    "PSISDiagnostic",
+    "PSISWarning",
     "RobbinsMonro",
     "SGVI",
     "SGVIResult",
     "SGVIState",
+    "StanAdaptive",
     "StanConvergence",
     "WindowConvergence",
+    "gpd_fit",
+    "psis_khat",
+    "select_eta",
 ]

@@ -21,8 +21,21 @@ and the gradient of the ELBO in (mu, L) is estimated by
 * ``"reparam"`` (Stan's ADVI): grad_mu = mean g_s, grad_L = tril(mean g_s eps_s^T)
   + diag(1 / L_ii) (the entropy's gradient in closed form).
 
+* ``"score"`` (Ranganath, Gerrish & Blei 2014, "black box VI", §2 and §3.2):
+  needs only log p, no gradient. With h_s = grad_lambda log q(z_s) and f_s = h_s
+  (log p(z_s) - log q(z_s)), each component i of the gradient is
+  mean_s (f_si - a_i h_si), with the control-variate scale a_i = Cov(f_i, h_i) /
+  Var(h_i) estimated from the same S >= 2 draws (their control variate, one
+  scale per component).
+
 The diagonal of L is parameterized by its log (mean-field: omega = log sigma), so the
 chain rule multiplies the diagonal gradients by L_ii.
+
+With ``qmc=True`` the eps of step ``t`` are the points [t S, (t + 1) S) of one
+scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, seeded from the run's key)
+mapped through the normal quantile function; retries after a non-finite step use
+pseudo-random draws. Blocks of S = 2^m consecutive points are balanced nets, so S
+should be a power of 2 (with S = 1 QMC changes nothing useful).
 
 Randomness: every draw of step ``t`` (and of its ``r``-th retry after a non-finite
 step) comes from ``numpy.random.default_rng([key, t, r])``: a seed reproduces a fit
@@ -37,6 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg import solve_triangular
+from scipy.special import ndtri
 
 from .._threads import thread_limits
 
@@ -44,16 +58,43 @@ __all__ = [
     "Adam",
     "FullRank",
     "MeanField",
+    "Posterior",
     "RobbinsMonro",
     "SGVI",
     "SGVIResult",
     "SGVIState",
+    "StanAdaptive",
     "StanConvergence",
     "WindowConvergence",
+    "select_eta",
 ]
 
-_LOG_2PI_E = math.log(2.0 * math.pi) + 1.0
-ESTIMATORS = ("stl", "reparam")
+_LOG_2PI = math.log(2.0 * math.pi)
+_LOG_2PI_E = _LOG_2PI + 1.0
+ESTIMATORS = ("stl", "reparam", "score")
+# Draws per call of the model when many are evaluated at once (ELBO estimates, PSIS):
+# bounds the per-chunk partial sums of the GLM kernels at (chunks, 64, D) doubles.
+_DRAW_BATCH = 64
+# SeedSequence words that keep the draws of the eta search, of posterior draws and of
+# the QMC scrambling apart from those of the steps ([key, step, retry]).
+_TAG_ADAPT = 2**62 + 1
+_TAG_QMC = 2**62 + 2
+_TAG_ELBO = 2**62 + 3
+
+
+def _score_combine(h, w, control_variate):
+    """mean_s (h_s w_s - a h_s) with a = Cov(f, h) / Var(h) per component.
+
+    Ranganath et al. (2014), §3.2, with f = h w; ``h`` (S, K), ``w`` (S,)."""
+    f = h * w[:, None]
+    if not control_variate:
+        return f.mean(axis=0)
+    hc = h - h.mean(axis=0)
+    fc = f - f.mean(axis=0)
+    var = np.sum(hc * hc, axis=0)
+    cov = np.sum(fc * hc, axis=0)
+    a = np.divide(cov, var, out=np.zeros_like(cov), where=var > 0)
+    return (f - a * h).mean(axis=0)
 
 
 # ------------------------------------------------------------------ families
@@ -106,6 +147,19 @@ class MeanField:
             out[: self.dim] = gz.mean(axis=0)
             out[self.dim :] = (gz * eps).mean(axis=0) * sigma + 1.0
         return out
+
+    def log_q_eps(self, phi, eps):
+        """log q(mu + sigma eps) for draws eps of shape (S, P)."""
+        return (
+            -0.5 * np.sum(eps * eps, axis=-1)
+            - np.sum(phi[self.dim :])
+            - 0.5 * self.dim * _LOG_2PI
+        )
+
+    def score(self, phi, eps):
+        """grad_phi log q(z_s) at z_s = mu + sigma eps_s: (S, 2P) of
+        [eps / sigma, eps^2 - 1] (the second in log sigma)."""
+        return np.concatenate([eps / np.exp(phi[self.dim :]), eps * eps - 1.0], axis=1)
 
     def coordinate_names(self, names):
         return [f"mean of {n}" for n in names] + [f"log-scale of {n}" for n in names]
@@ -164,6 +218,26 @@ class FullRank:
             - logdet
             - 0.5 * self.dim * math.log(2.0 * math.pi)
         )
+
+    def log_q_eps(self, phi, eps):
+        """log q(mu + L eps) for draws eps of shape (S, P)."""
+        return (
+            -0.5 * np.sum(eps * eps, axis=-1)
+            - np.sum(phi[self.dim :][self.diag_pos])
+            - 0.5 * self.dim * _LOG_2PI
+        )
+
+    def score(self, phi, eps):
+        """grad_phi log q(z_s) at z_s = mu + L eps_s: (S, size).
+
+        In mu: v = L^{-T} eps; in L: tril(v eps^T) - diag(1 / L_ii), the diagonal
+        then multiplied by L_ii for the log parameterization."""
+        L = self.chol(phi)
+        v = solve_triangular(L, eps.T, lower=True, trans="T").T
+        tri = v[:, self.rows] * eps[:, self.cols]
+        d = self.diag_pos
+        tri[:, d] = tri[:, d] * np.diag(L) - 1.0
+        return np.concatenate([v, tri], axis=1)
 
     def grad(self, phi, eps, gz, estimator):
         L = self.chol(phi)
@@ -237,6 +311,99 @@ class RobbinsMonro:
         (t,) = state
         rho = self.learning_rate * (t + 1 + self.tau) ** (-self.kappa)
         return phi + rho * g, (t + 1,)
+
+
+class StanAdaptive:
+    """Stan ADVI's adaptive step-size sequence (Kucukelbir et al. 2017, §3.3).
+
+    ``s_k = alpha g_k^2 + (1 - alpha) s_{k-1}`` (``s_1 = g_1^2``) and
+    ``rho_k = eta k^(-1/2 + 1e-16) / (tau + sqrt(s_k))``, per coordinate, with
+    ``alpha = 0.1`` and ``tau = 1``.
+
+    Parameters
+    ----------
+    eta : float or None, default None
+        The step-size scale. None: chosen by Stan's search when the engine makes
+        a fresh state (:meth:`SGVI.init`): from the same start, ``adapt_iter``
+        steps with each eta of ``sequence`` in turn, the ELBO estimated after each
+        run from ``elbo_samples`` draws; the search stops at the first eta whose
+        ELBO is below the previous one's (when that one beat the initial ELBO) and
+        keeps the previous one; the last eta is kept if it beats the initial ELBO;
+        if none does, :class:`FloatingPointError` is raised (Stan's
+        ``advi::adapt_eta``). The chosen eta is the last entry of the
+        optimizer state, ``state.opt_state[2]``.
+    alpha, tau : float
+    adapt_iter : int, default 50
+    elbo_samples : int, default 100
+    sequence : tuple of float, default (100, 10, 1, 0.1, 0.01)
+    """
+
+    def __init__(
+        self,
+        eta=None,
+        alpha=0.1,
+        tau=1.0,
+        adapt_iter=50,
+        elbo_samples=100,
+        sequence=(100.0, 10.0, 1.0, 0.1, 0.01),
+    ):
+        if eta is not None and not (isinstance(eta, Real) and eta > 0):
+            raise ValueError(f"eta must be None or positive, got {eta!r}.")
+        if not (isinstance(adapt_iter, Integral) and adapt_iter >= 1):
+            raise ValueError(f"adapt_iter must be a positive int, got {adapt_iter!r}.")
+        if not (isinstance(elbo_samples, Integral) and elbo_samples >= 1):
+            raise ValueError(
+                f"elbo_samples must be a positive int, got {elbo_samples!r}."
+            )
+        self.eta = None if eta is None else float(eta)
+        self.alpha, self.tau = float(alpha), float(tau)
+        self.adapt_iter = int(adapt_iter)
+        self.elbo_samples = int(elbo_samples)
+        self.sequence = tuple(float(e) for e in sequence)
+
+    def init(self, phi, eta=None):
+        eta = self.eta if eta is None else float(eta)
+        return (np.zeros_like(phi), 0, eta)
+
+    def update(self, g, state, phi):
+        s, k, eta = state
+        if eta is None:
+            raise ValueError(
+                "StanAdaptive(eta=None) needs the state from SGVI.init, which runs "
+                "the eta search."
+            )
+        k += 1
+        g2 = g * g
+        s = g2 if k == 1 else self.alpha * g2 + (1.0 - self.alpha) * s
+        rho = eta * k ** (-0.5 + 1e-16) / (self.tau + np.sqrt(s))
+        return phi + rho * g, (s, k, eta)
+
+
+def select_eta(evaluate, elbo_init, sequence):
+    """Stan's eta search (``advi::adapt_eta``) given ``evaluate(eta) -> ELBO``.
+
+    Returns ``(eta, elbos)``, ``elbos`` the ELBO of each eta tried, in order.
+    """
+    elbos = []
+    best_elbo = -np.inf
+    best_eta = None
+    last = len(sequence) - 1
+    for i, eta in enumerate(sequence):
+        elbo = evaluate(eta)
+        elbo = elbo if np.isfinite(elbo) else -np.inf
+        elbos.append(elbo)
+        if elbo < best_elbo and best_elbo > elbo_init:
+            return best_eta, elbos  # worse than the previous eta: keep that one
+        if i < last:
+            best_elbo, best_eta = elbo, eta
+        elif elbo > elbo_init:
+            return eta, elbos
+    raise FloatingPointError(
+        "All proposed step sizes eta in "
+        f"{tuple(sequence)} failed to improve the initial ELBO ({elbo_init:.6g}; "
+        f"after adaptation: {', '.join(f'{e:.6g}' for e in elbos)}). The model may "
+        "be ill-conditioned or misspecified, or the initial point poor."
+    )
 
 
 # ------------------------------------------------------------------ stopping rules
@@ -315,12 +482,41 @@ class SGVIState(NamedTuple):
 
 
 class SGVIResult(NamedTuple):
-    """What :meth:`SGVI.run` returns."""
+    """What :meth:`SGVI.run` returns.
+
+    ``psis_khat`` is the PSIS k-hat of the final q (:meth:`SGVI.diagnose`) when
+    ``run`` was asked for it (``psis_draws > 0``), else None."""
 
     state: SGVIState
     elbo: np.ndarray
     converged: bool
     n_iter: int
+    psis_khat: float | None = None
+
+
+class Posterior(NamedTuple):
+    """Draws of q mapped to the constrained space, with their means and sds.
+
+    ``draws``, ``mean`` and ``sd`` are dicts keyed by parameter name; ``draws[name]``
+    has shape ``(n_draws, *param.shape)``. ``elbo`` is the ELBO trace when known.
+    """
+
+    draws: dict
+    mean: dict
+    sd: dict
+    elbo: np.ndarray | None = None
+
+    def to_arviz(self):
+        """The draws as ArviZ data (one chain), when ``arviz`` is installed.
+
+        ArviZ >= 1.0 returns an ``xarray.DataTree``, older versions an
+        ``InferenceData``; either way with a ``posterior`` group and, when the
+        ELBO trace is known, a ``sample_stats`` group holding it as ``elbo``
+        (dimension ``sgvi_step``, kept apart from the draws).
+        """
+        from .output import to_arviz
+
+        return to_arviz(self)
 
 
 class SGVI:
@@ -330,9 +526,10 @@ class SGVI:
     ----------
     model : Model
     family : {'meanfield', 'fullrank'}
-    estimator : {'stl', 'reparam'}
-        Gradient estimator (see the module documentation).
-    optimizer : Adam or RobbinsMonro, default Adam(0.05)
+    estimator : {'stl', 'reparam', 'score'}
+        Gradient estimator (see the module documentation). ``'score'`` needs only
+        the log density (models with ``has_gradient = False``) and n_samples >= 2.
+    optimizer : Adam, StanAdaptive or RobbinsMonro, default Adam(0.05)
     n_samples : int
         Draws of eps per step (S).
     batch_size : int or None
@@ -340,6 +537,8 @@ class SGVI:
         scaled by N / batch_size. None: all rows.
     init_scale : float
         Initial sd of every coordinate of q (NumPyro's AutoNormal uses 0.1).
+    qmc : bool, default False
+        Scrambled Sobol' eps instead of pseudo-random ones (module documentation).
     n_jobs : int or None
         Threads for the data pass of :meth:`run` (None: all). Results are bitwise
         identical for every value.
@@ -360,6 +559,7 @@ class SGVI:
         init_scale=0.1,
         max_retries=10,
         n_jobs=None,
+        qmc=False,
     ):
         if family not in FAMILIES:
             raise ValueError(
@@ -371,6 +571,17 @@ class SGVI:
             )
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
+        if estimator == "score" and n_samples < 2:
+            raise ValueError(
+                "estimator='score' needs n_samples >= 2: its control variate is "
+                f"estimated from the draws of each step; got n_samples={n_samples}."
+            )
+        if estimator != "score" and not getattr(model, "has_gradient", True):
+            raise ValueError(
+                f"estimator={estimator!r} needs the gradient of the log density, "
+                f"which this {type(model).__name__} does not provide; use "
+                "estimator='score'."
+            )
         if batch_size is not None:
             if not isinstance(batch_size, Integral) or batch_size < 1:
                 raise ValueError(
@@ -393,11 +604,16 @@ class SGVI:
         self.init_scale = float(init_scale)
         self.max_retries = int(max_retries)
         self.n_jobs = n_jobs
+        self.qmc = bool(qmc)
+        self._sobol = {}
 
     # ------------------------------------------------------------ state
     def init(self, seed=None, init_params=None):
         """A fresh state. ``init_params``: unconstrained mean of q (default: the
-        model's initial point). The log density must be finite there."""
+        model's initial point). The log density must be finite there.
+
+        With ``StanAdaptive(eta=None)`` this runs Stan's eta search (its steps are
+        not counted in ``state.step``)."""
         key = int(
             np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> 1
         )
@@ -410,15 +626,25 @@ class SGVI:
             raise ValueError(
                 f"init_params must have shape ({self.model.size},), got {mean.shape}."
             )
-        lp, g = self.model.log_density(mean[None, :], None)
+        names = self.model.coordinate_names()
+        if self.estimator == "score":
+            lp = self.model.log_density(mean[None, :], None, grad=False)
+            g = np.zeros((1, self.model.size))
+        else:
+            lp, g = self.model.log_density(mean[None, :], None)
         if not np.isfinite(lp[0]) or not np.all(np.isfinite(g)):
             raise ValueError(
                 "The log density is not finite at the initial point "
                 f"(log density {lp[0]!r}; non-finite gradient for "
-                f"{self._bad_names(g[0], self.model.coordinate_names())})."
+                f"{self._bad_names(g[0], names)})."
             )
         phi = self.family.init(mean, self.init_scale)
-        return SGVIState(phi, self.optimizer.init(phi), key, 0)
+        opt = self.optimizer
+        if isinstance(opt, StanAdaptive) and opt.eta is None:
+            with thread_limits(self.n_jobs):
+                eta, _ = self.adapt_eta(phi, key)
+            return SGVIState(phi, opt.init(phi, eta), key, 0)
+        return SGVIState(phi, opt.init(phi), key, 0)
 
     @staticmethod
     def _bad_names(values, names):
@@ -427,16 +653,54 @@ class SGVI:
             return "none"
         return ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
 
+    def _eps(self, rng, key, step, retry):
+        S, P = self.n_samples, self.model.size
+        if not self.qmc or retry:
+            return rng.standard_normal((S, P))
+        from scipy.stats import qmc
+
+        sobol = self._sobol.get(key)
+        if sobol is None:
+            if len(self._sobol) > 8:
+                self._sobol.clear()
+            seed = np.random.default_rng([key, _TAG_QMC])
+            sobol = self._sobol[key] = qmc.Sobol(P, scramble=True, seed=seed)
+        start = step * S
+        if sobol.num_generated != start:
+            sobol.reset()
+            if start:
+                sobol.fast_forward(start)
+        u = sobol.random(S)
+        # keep the normal quantiles finite: u in [2^-53, 1 - 2^-53]
+        return ndtri(np.clip(u, 2.0**-53, 1.0 - 2.0**-53))
+
     def draws(self, state, retry=0):
         """The eps (S, P) and minibatch rows (or None) of the state's next step."""
         rng = np.random.default_rng([state.key, state.step, retry])
-        eps = rng.standard_normal((self.n_samples, self.model.size))
+        eps = self._eps(rng, state.key, state.step, retry)
         rows = None
         if self.batch_size is not None:
             rows = rng.choice(self.model.n_rows, self.batch_size, replace=False)
         return eps, rows
 
     # ------------------------------------------------------------ one step
+    def gradient(self, phi, eps, rows=None):
+        """``(grad, lp)``: the ELBO gradient estimate in q's packed parameters and the
+        log densities of the draws, or ``(None, culprit)`` when something is not
+        finite (``culprit``: indices of the bad coordinates of z, possibly empty)."""
+        fam = self.family
+        z = fam.sample(phi, eps)
+        if self.estimator == "score":
+            lp = self.model.log_density(z, rows, grad=False)
+            if not np.all(np.isfinite(lp)):
+                return None, np.empty(0, np.int64)
+            w = lp - fam.log_q_eps(phi, eps)
+            return _score_combine(fam.score(phi, eps), w, True), lp
+        lp, gz = self.model.log_density(z, rows)
+        if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(gz))):
+            return None, np.flatnonzero(~np.all(np.isfinite(gz), axis=0))
+        return fam.grad(phi, eps, gz, self.estimator), lp
+
     def step(self, state):
         """One optimization step: returns ``(new_state, elbo_estimate)``.
 
@@ -449,17 +713,14 @@ class SGVI:
         last = None
         for retry in range(self.max_retries + 1):
             eps, rows = self.draws(state, retry)
-            z = fam.sample(phi, eps)
-            lp, gz = self.model.log_density(z, rows)
-            if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(gz))):
-                bad = np.flatnonzero(~np.all(np.isfinite(gz), axis=0))
+            g, lp = self.gradient(phi, eps, rows)
+            if g is None:
                 last = (
                     "gradient of the log density",
-                    bad,
+                    lp,
                     self.model.coordinate_names(),
                 )
                 continue
-            g = fam.grad(phi, eps, gz, self.estimator)
             new_phi, opt_state = self.optimizer.update(g, state.opt_state, phi)
             if not np.all(np.isfinite(new_phi)):
                 bad = np.flatnonzero(~np.isfinite(new_phi))
@@ -478,6 +739,62 @@ class SGVI:
             "learning rate, a smaller init_scale or rescaling the data."
         )
 
+    # ------------------------------------------------------------ Stan's eta search
+    def elbo(self, phi, n_draws=100, seed=None):
+        """ELBO of q(phi) on all the data: mean log p over ``n_draws`` fresh draws plus
+        q's entropy (Stan's ``calc_ELBO``); -inf when a draw is not finite."""
+        rng = np.random.default_rng(seed)
+        eps = rng.standard_normal((int(n_draws), self.model.size))
+        lp = self._log_density_values(self.family.sample(phi, eps))
+        if not np.all(np.isfinite(lp)):
+            return -np.inf
+        return float(lp.mean()) + self.family.entropy(phi)
+
+    def _log_density_values(self, z):
+        out = np.empty(z.shape[0])
+        for i in range(0, z.shape[0], _DRAW_BATCH):
+            out[i : i + _DRAW_BATCH] = self.model.log_density(
+                z[i : i + _DRAW_BATCH], None, grad=False
+            )
+        return out
+
+    def adapt_eta(self, phi, key):
+        """Stan's search for :class:`StanAdaptive`'s eta from q(phi); see there.
+
+        Returns ``(eta, elbos)``."""
+        opt = self.optimizer
+        n = opt.elbo_samples
+        with np.errstate(all="ignore"):
+            elbo_init = self.elbo(phi, n, [key, _TAG_ADAPT, 0])
+        if not np.isfinite(elbo_init):
+            raise FloatingPointError(
+                "Cannot compute the ELBO of the initial q: the log density is not "
+                "finite at some of its draws."
+            )
+
+        def evaluate(eta):
+            i = opt.sequence.index(eta) + 1
+            p = phi
+            state = opt.init(p, eta)
+            with np.errstate(all="ignore"):
+                for t in range(opt.adapt_iter):
+                    rng = np.random.default_rng([key, _TAG_ADAPT, i, t])
+                    eps = rng.standard_normal((self.n_samples, self.model.size))
+                    rows = None
+                    if self.batch_size is not None:
+                        rows = rng.choice(
+                            self.model.n_rows, self.batch_size, replace=False
+                        )
+                    g, _ = self.gradient(p, eps, rows)
+                    if g is None:  # Stan: a failed gradient counts as zero
+                        g = np.zeros_like(p)
+                    p, state = opt.update(g, state, p)
+                    if not np.all(np.isfinite(p)):
+                        return -np.inf
+                return self.elbo(p, n, [key, _TAG_ADAPT, i, opt.adapt_iter])
+
+        return select_eta(evaluate, elbo_init, opt.sequence)
+
     # ------------------------------------------------------------ the loop
     def run(
         self,
@@ -487,18 +804,25 @@ class SGVI:
         init_state=None,
         progress_bar=False,
         init_params=None,
+        psis_draws=0,
     ):
         """Run up to ``max_iter`` steps from ``init_state`` (or a fresh state).
 
         ``convergence`` is a callable ``(elbo_array, n_steps) -> bool`` such as
         :class:`WindowConvergence` (default) or :class:`StanConvergence`; ``None``
-        uses ``WindowConvergence()``. Returns :class:`SGVIResult` (the ELBO of the
-        steps of this run only).
+        uses ``WindowConvergence()``. ``psis_draws > 0`` also computes the PSIS
+        k-hat of the final q from that many draws (:meth:`diagnose`, which warns
+        above 0.7). Returns :class:`SGVIResult` (the ELBO of the steps of this run
+        only).
         """
         with thread_limits(self.n_jobs):
-            return self._run(
+            result = self._run(
                 seed, max_iter, convergence, init_state, progress_bar, init_params
             )
+            if psis_draws:
+                khat = self.diagnose(result.state, psis_draws, stacklevel=3).khat
+                result = result._replace(psis_khat=khat)
+        return result
 
     def _run(self, seed, max_iter, convergence, init_state, progress_bar, init_params):
         state = self.init(seed, init_params) if init_state is None else init_state
@@ -523,6 +847,37 @@ class SGVI:
             if bar is not None:
                 bar.close()
         return SGVIResult(state, elbo[:n].copy(), converged, n)
+
+    # ------------------------------------------------------------ output
+    def sample(self, state, n_draws, seed=None):
+        """``n_draws`` draws of q in the unconstrained space, shape (n_draws, P)."""
+        if not isinstance(n_draws, Integral) or n_draws < 1:
+            raise ValueError(f"n_draws must be a positive int, got {n_draws!r}.")
+        rng = np.random.default_rng(seed)
+        eps = rng.standard_normal((int(n_draws), self.model.size))
+        return self.family.sample(state.params, eps)
+
+    def posterior(self, state, n_draws=1000, seed=None, elbo=None):
+        """Draws of q in the constrained space, per parameter, with means and sds
+        (a :class:`Posterior`; ``elbo``: a trace to keep with them)."""
+        theta = self.model.constrain(self.sample(state, n_draws, seed))
+        draws, mean, sd = {}, {}, {}
+        for p in self.model.params:
+            d = theta[:, self.model.slices[p.name]].reshape((-1, *p.shape))
+            draws[p.name] = d
+            mean[p.name] = d.mean(axis=0)
+            sd[p.name] = d.std(axis=0, ddof=1) if d.shape[0] > 1 else np.zeros(p.shape)
+        return Posterior(draws, mean, sd, None if elbo is None else np.asarray(elbo))
+
+    def diagnose(self, state, n_draws=1000, seed=None, warn=True, stacklevel=2):
+        """PSIS k-hat of q (Yao, Vehtari, Simpson & Gelman 2018): see
+        :func:`fastvi.sgvi.diagnostics.psis_khat`. Returns
+        :class:`~fastvi.sgvi.diagnostics.PSISDiagnostic`; with ``warn`` a
+        :class:`~fastvi.sgvi.diagnostics.PSISWarning` is issued above 0.7."""
+        from .diagnostics import diagnose_q
+
+        with thread_limits(self.n_jobs):
+            return diagnose_q(self, state, n_draws, seed, warn, stacklevel + 1)
 
 
 def _progress(total):

@@ -11,7 +11,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._cavi import all_or_nothing
-from .engine import SGVI, Adam, RobbinsMonro, StanConvergence, WindowConvergence
+from .engine import (
+    SGVI,
+    Adam,
+    RobbinsMonro,
+    StanAdaptive,
+    StanConvergence,
+    WindowConvergence,
+)
 from .models import GLM
 
 __all__ = ["BayesianLogisticRegression", "BayesianPoissonRegression"]
@@ -28,8 +35,8 @@ class _SGVIRegressionBase(BaseEstimator):
         "intercept_prior_scale": [Interval(Real, 0.0, None, closed="neither")],
         "fit_intercept": ["boolean"],
         "family": [StrOptions({"meanfield", "fullrank"})],
-        "estimator": [StrOptions({"stl", "reparam"})],
-        "optimizer": [StrOptions({"adam", "robbins-monro"})],
+        "estimator": [StrOptions({"stl", "reparam", "score"})],
+        "optimizer": [StrOptions({"adam", "robbins-monro", "stan"})],
         "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -40,6 +47,7 @@ class _SGVIRegressionBase(BaseEstimator):
         "tol_rel_obj": [Interval(Real, 0.0, None, closed="left")],
         "eval_elbo": [Interval(Integral, 1, None, closed="left")],
         "init_scale": [Interval(Real, 0.0, None, closed="neither")],
+        "qmc": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
         "n_jobs": [None, Integral],
@@ -64,6 +72,7 @@ class _SGVIRegressionBase(BaseEstimator):
         tol_rel_obj=0.01,
         eval_elbo=100,
         init_scale=0.1,
+        qmc=False,
         warm_start=False,
         random_state=None,
         n_jobs=None,
@@ -84,6 +93,7 @@ class _SGVIRegressionBase(BaseEstimator):
         self.tol_rel_obj = tol_rel_obj
         self.eval_elbo = eval_elbo
         self.init_scale = init_scale
+        self.qmc = qmc
         self.warm_start = warm_start
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -121,18 +131,25 @@ class _SGVIRegressionBase(BaseEstimator):
             self._fit(X, y)
         return self
 
-    def _fit(self, X, y):
-        model = GLM(
+    def _make_model(self, X, y, minibatch):
+        return GLM(
             X,
             y,
             self._family,
             prior_scale=self.prior_scale,
             intercept_prior_scale=self.intercept_prior_scale,
             fit_intercept=self.fit_intercept,
-            minibatch=self.batch_size is not None and self.batch_size < X.shape[0],
+            minibatch=minibatch,
+        )
+
+    def _fit(self, X, y):
+        model = self._make_model(
+            X, y, self.batch_size is not None and self.batch_size < X.shape[0]
         )
         if self.optimizer == "adam":
             opt = Adam(self.learning_rate)
+        elif self.optimizer == "stan":
+            opt = StanAdaptive()
         else:
             opt = RobbinsMonro(self.learning_rate)
         engine = SGVI(
@@ -144,6 +161,7 @@ class _SGVIRegressionBase(BaseEstimator):
             batch_size=self.batch_size,
             init_scale=self.init_scale,
             n_jobs=self.n_jobs,
+            qmc=self.qmc,
         )
         if self.convergence == "window":
             rule = WindowConvergence(self.tol, self.window)
@@ -205,7 +223,7 @@ class _SGVIRegressionBase(BaseEstimator):
             )
 
     def _engine_signature(self, model):
-        return (self.family, model.size)
+        return (self.family, self.optimizer, model.size)
 
     def _draws(self, n_draws, rng):
         eps = rng.standard_normal((n_draws, self.posterior_mean_.shape[0]))
@@ -231,6 +249,48 @@ class _SGVIRegressionBase(BaseEstimator):
             random_state = random_state.randint(np.iinfo(np.int32).max)
         rng = np.random.default_rng(random_state)
         return self._draws(int(n_draws), rng)
+
+    def diagnose(self, X, y, n_draws=1000, random_state=None):
+        """PSIS k-hat of the fitted q on the data ``X, y`` it was fitted to.
+
+        Yao, Vehtari, Simpson & Gelman (2018): importance ratios log p - log q of
+        ``n_draws`` draws from q, a generalized Pareto fit to the largest
+        (:mod:`fastvi.sgvi.diagnostics`). Below 0.5 q is close to the posterior;
+        above 0.7 a :class:`~fastvi.sgvi.PSISWarning` is issued and q's means and
+        sds should not be trusted. Sets ``psis_khat_`` and returns it. The data
+        are needed because the fit does not keep them.
+        """
+        check_is_fitted(self)
+        if not isinstance(n_draws, Integral) or n_draws < 20:
+            raise ValueError(f"n_draws must be an int >= 20, got {n_draws!r}.")
+        X, y = validate_data(
+            self, X, y, reset=False, dtype=[np.float64, np.float32], order="C"
+        )
+        y = self._encode_target(y, reset=False)
+        model = self._make_model(X, y, minibatch=False)
+        engine = SGVI(model, family=self.family, n_jobs=self.n_jobs)
+        if self.state_.params.shape != (engine.family.size,):
+            raise ValueError("X does not match the fitted model.")
+        result = engine.diagnose(
+            self.state_, int(n_draws), _seed_from(random_state), stacklevel=2
+        )
+        self.psis_khat_ = result.khat
+        return result.khat
+
+    def to_arviz(self, n_draws=1000, random_state=None):
+        """Draws of q as ArviZ data (``posterior`` group: ``coef`` of shape
+        (1, n_draws, n_features) and ``intercept``; ``sample_stats.elbo``: the ELBO
+        trace). Needs the optional dependency ``arviz``."""
+        from .engine import Posterior
+
+        draws = self.sample_posterior(n_draws, random_state)
+        D = self.coef_.shape[0]
+        post = {"coef": draws[:, :D]}
+        if self.fit_intercept:
+            post["intercept"] = draws[:, D]
+        mean = {k: v.mean(axis=0) for k, v in post.items()}
+        sd = {k: v.std(axis=0, ddof=1) for k, v in post.items()}
+        return Posterior(post, mean, sd, self.elbo_history_).to_arviz()
 
     def _linear_draws(self, X):
         """X @ coef_s + intercept_s for the stored predictive draws: (n, draws)."""
@@ -270,10 +330,15 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     fit_intercept : bool, default=True
     family : {'meanfield', 'fullrank'}, default='meanfield'
         Gaussian family of q.
-    estimator : {'stl', 'reparam'}, default='stl'
-        Gradient estimator: "sticking the landing" (Roeder et al. 2017) or the
-        reparameterization gradient with closed-form entropy (Stan's ADVI).
-    optimizer : {'adam', 'robbins-monro'}, default='adam'
+    estimator : {'stl', 'reparam', 'score'}, default='stl'
+        Gradient estimator: "sticking the landing" (Roeder et al. 2017), the
+        reparameterization gradient with closed-form entropy (Stan's ADVI), or the
+        score-function gradient with a control variate (Ranganath et al. 2014;
+        needs ``n_samples >= 2``, far noisier: for comparison).
+    optimizer : {'adam', 'robbins-monro', 'stan'}, default='adam'
+        ``'stan'``: Stan ADVI's adaptive step-size sequence with its search for
+        eta over {100, 10, 1, 0.1, 0.01} (50 steps each; ``learning_rate`` is
+        not used).
     learning_rate : float, default=0.05
         Adam's step size, or the Robbins-Monro scale (rho_t = lr (t + 2)^-0.7).
     n_samples : int, default=1
@@ -295,6 +360,9 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     eval_elbo : int, default=100
     init_scale : float, default=0.1
         Initial sd of q in every coordinate (q's mean starts at 0).
+    qmc : bool, default=False
+        Draw eps from a scrambled Sobol' sequence (randomized quasi-Monte Carlo;
+        lower-variance gradients when ``n_samples`` is a power of 2 above 1).
     warm_start : bool, default=False
         Continue from the previous fit's state (same data shape and family).
     random_state : int, RandomState, Generator or None, default=None
@@ -321,6 +389,9 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     state_ : SGVIState
         The engine's state (resume with ``warm_start=True`` or
         ``fastvi.sgvi.SGVI.run(init_state=...)``).
+    psis_khat_ : float
+        Set by :meth:`diagnose`: the PSIS k-hat of q (Yao et al. 2018); above 0.7
+        q is unreliable.
 
     Notes
     -----
@@ -335,8 +406,16 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         tags.classifier_tags.multi_class = False  # binary only, by design
         return tags
 
-    def _encode_target(self, y):
+    def _encode_target(self, y, reset=True):
         check_classification_targets(y)
+        if not reset:
+            y = np.asarray(y)
+            known = np.isin(y, self.classes_)
+            if not np.all(known):
+                raise ValueError(
+                    f"y has labels not seen in fit: {np.unique(y[~known])[:5]!r}."
+                )
+            return (y == self.classes_[1]).astype(np.float64)
         classes, y_enc = np.unique(y, return_inverse=True)
         if classes.shape[0] != 2:
             raise ValueError(
@@ -383,7 +462,7 @@ class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):
 
     _family = "poisson"
 
-    def _encode_target(self, y):
+    def _encode_target(self, y, reset=True):
         y = np.asarray(y, dtype=np.float64)
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D, got shape {y.shape}.")

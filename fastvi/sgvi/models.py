@@ -85,10 +85,15 @@ class Model:
     Subclasses set ``params`` (a sequence of :class:`Param`) before calling
     ``super().__init__()``, set ``n_rows`` (the number of data rows a minibatch is
     drawn from; 0 when the model does not support minibatches) and implement
-    ``log_joint(theta, rows, scale)``.
+    ``log_joint(theta, rows, scale)`` returning ``(lp, grad)`` in the constrained
+    space. A model without a gradient sets ``has_gradient = False`` and implements
+    ``log_joint_value(theta, rows, scale)`` instead (only ``estimator='score'``
+    can fit it). :class:`fastvi.sgvi.NumbaModel` builds a model from numba-jitted
+    per-row functions.
     """
 
     n_rows = 0
+    has_gradient = True
 
     def __init__(self):
         params = []
@@ -155,33 +160,58 @@ class Model:
             z[..., self._itv] = np.log(u) - np.log1p(-u)
         return z
 
-    def log_density(self, z, rows=None):
+    def log_density(self, z, rows=None, grad=True):
         """log p(x, T(z)) + log|J_T(z)| and its gradient in z, for z of shape (S, P).
 
         ``rows`` (int64 indices) restricts the likelihood to a minibatch, scaled by
-        ``n_rows / len(rows)``. Returns ``(lp, grad)`` of shapes (S,) and (S, P).
+        ``n_rows / len(rows)``. Returns ``(lp, grad)`` of shapes (S,) and (S, P);
+        with ``grad=False`` (what the score-function estimator needs) only ``lp``,
+        from :meth:`log_joint_value`.
         """
         scale = 1.0 if rows is None else self.n_rows / rows.shape[0]
+        if not grad:
+            theta = z if self.identity else self.constrain(z)
+            lp = np.asarray(self.log_joint_value(theta, rows, scale), dtype=np.float64)
+            return lp + self._log_jacobian(z)
+        if not self.has_gradient:
+            raise ValueError(
+                f"{type(self).__name__} has no gradient; use estimator='score'."
+            )
         if self.identity:
             return self.log_joint(z, rows, scale)
         theta = self.constrain(z)
         lp, g = self.log_joint(theta, rows, scale)
         g = np.array(g, dtype=np.float64, copy=True)
+        lp = lp + self._log_jacobian(z)
         if self._pos.size:
-            u = z[:, self._pos]
-            lp = lp + u.sum(axis=1)
             # d theta / dz = theta; d log J / dz = 1
             g[:, self._pos] = g[:, self._pos] * theta[:, self._pos] + 1.0
         if self._itv.size:
             u = z[:, self._itv]
             width = self._hi - self._lo
-            lp = lp + (np.log(width) + log_expit(u) + log_expit(-u)).sum(axis=1)
             sig = expit(u)
             # d theta / dz = width s (1 - s); d log J / dz = 1 - 2 s
             g[:, self._itv] = g[:, self._itv] * width * sig * (1.0 - sig) + (
                 1.0 - 2.0 * sig
             )
         return lp, g
+
+    def _log_jacobian(self, z):
+        """log |det J_T(z)| per draw, shape (S,)."""
+        out = np.zeros(z.shape[0])
+        if self._pos.size:
+            out += z[:, self._pos].sum(axis=1)
+        if self._itv.size:
+            u = z[:, self._itv]
+            width = self._hi - self._lo
+            out += (np.log(width) + log_expit(u) + log_expit(-u)).sum(axis=1)
+        return out
+
+    def log_joint_value(self, theta, rows, scale):
+        """log p(x, theta) only (default: the first output of :meth:`log_joint`).
+
+        Models without gradients (``has_gradient = False``) implement this one."""
+        return self.log_joint(theta, rows, scale)[0]
 
     def log_joint(self, theta, rows, scale):  # pragma: no cover - abstract
         raise NotImplementedError
