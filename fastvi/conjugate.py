@@ -9,7 +9,13 @@
 * :class:`VBLogisticRegression` — logistic regression with the Jaakkola–Jordan bound,
   per-datapoint ξ_n and a Gamma hyperprior on the weight precision (PRML §10.6,
   Bishop & Svensén 2003, Drugowitsch 2013); the ξ updates and the statistics they feed
-  run in one parallel kernel (``fastvi.kernels.conjugate.jj_pass``).
+  run in one parallel kernel (``fastvi.kernels.conjugate.jj_pass``), and safeguarded
+  Newton proposals cut the rounds from ~30 to 4–7.
+
+The data passes are pure functions of a block of rows and the current global
+parameters, whose results add up over blocks (for callers holding the rows in pieces,
+such as chunks of a Dask array): :func:`linear_block_stats` and
+:func:`logistic_block_stats` (with :func:`logistic_target_stats`, computed once).
 
 All three run on the CAVI engine (:mod:`fastvi._cavi`) and report the *full* evidence
 lower bound, every constant included, so ``lower_bound_`` can be compared with a log
@@ -42,16 +48,41 @@ from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._threads import resolve_n_jobs, thread_limits
 from .persist import SaveMixin
 
-__all__ = ["UnivariateGaussian", "VBLinearRegression", "VBLogisticRegression"]
+__all__ = [
+    "LinearBlockStats",
+    "LogisticBlockStats",
+    "UnivariateGaussian",
+    "VBLinearRegression",
+    "VBLogisticRegression",
+    "linear_block_stats",
+    "logistic_block_stats",
+    "logistic_target_stats",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-# Rows per parallel work item of the logistic kernel and per BLAS tile inside it. Fixed,
-# so the reduction order (and every bit of the result) does not depend on n_jobs.
+# Rows per parallel work item of the logistic kernel and per transposed tile inside it.
+# Fixed, so the reduction order (and every bit of the result) does not depend on n_jobs.
 CHUNK_ROWS = 4096
-TILE_ROWS = 256
+TILE_ROWS = 64
 # Rows per block of the one-off statistics pass of the linear regression.
 STATS_ROWS = 16384
+# VBLogisticRegression's start on every k-th row, k = N // (WARM_TARGET_PER_COEF D̃)
+# clipped to [WARM_STRIDE, WARM_MAX_STRIDE] (when there are at least WARM_MIN_ROWS rows
+# and WARM_ROWS_PER_COEF subsample rows per coefficient): rounds on the subsample
+# until the bound, in full-data nats, gains less than WARM_TOL_PER_ROW per row of the
+# data (at most WARM_MAX_ROUNDS rounds). Measured at N = 1e6, D = 50: k = 32 took 12%
+# less time than k = 16 (the same 4 full-data passes); k = 64 no less than 32.
+WARM_STRIDE = 16
+WARM_MAX_STRIDE = 64
+WARM_TARGET_PER_COEF = 640
+WARM_MIN_ROWS = 32 * 1024
+WARM_ROWS_PER_COEF = 40
+WARM_TOL_PER_ROW = 1e-4
+WARM_MAX_ROUNDS = 30
+# the initial q(w) = N(0, INIT_VARIANCE I): ξ starts at ~0, where the first round is
+# the first Newton (IRLS) step of the logistic MAP from w = 0
+INIT_VARIANCE = 1e-10
 
 
 # ---------------------------------------------------------------- Gamma helpers
@@ -91,6 +122,186 @@ def _chol_inverse(precision):
     factor = np.ascontiguousarray(c_inv.T)
     cov = factor @ factor.T
     return cov, factor, -2.0 * float(np.sum(np.log(np.diag(chol))))
+
+
+# ------------------------------------------------------- per-block statistics
+# The data passes of the regressions, as pure functions of one block of rows and the
+# current global parameters. A caller holding the rows in pieces (chunks of a Dask
+# array, files read one at a time) maps them over the pieces and adds the results
+# field by field; the estimators call them on the whole array.
+class LinearBlockStats(NamedTuple):
+    """Sufficient statistics of :class:`VBLinearRegression` over a block of rows.
+
+    Every field is a sum over rows, so the statistics of several blocks add field
+    by field (see :func:`linear_block_stats`).
+    """
+
+    n_samples: int
+    #: Σ (x − x_offset)(x − x_offset)ᵀ, shape (D, D)
+    gram: np.ndarray
+    #: Σ (x − x_offset)(y − y_offset), shape (D,)
+    xty: np.ndarray
+    #: Σ (y − y_offset)²
+    yty: float
+
+    def __add__(self, other):
+        return LinearBlockStats(
+            self.n_samples + other.n_samples,
+            self.gram + other.gram,
+            self.xty + other.xty,
+            self.yty + other.yty,
+        )
+
+
+def linear_block_stats(X, y, x_offset, y_offset):
+    """The statistics VBLinearRegression reads, for one block of rows.
+
+    Pure: no estimator state; rows are centred by the given offsets (the column and
+    target means of the whole data set for a model with an intercept, zeros
+    without), which a distributed caller computes first in a separate reduction.
+    Works on sub-blocks of ``STATS_ROWS`` rows with BLAS (its thread count is the
+    caller's business).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), float64
+    y : ndarray of shape (n_rows,), float64
+    x_offset : ndarray of shape (n_features,)
+    y_offset : float
+
+    Returns
+    -------
+    stats : LinearBlockStats
+        Add the results of several blocks with ``+`` (or ``sum``-like reductions).
+    """
+    n, d = X.shape
+    gram = np.zeros((d, d))
+    xty = np.zeros(d)
+    yty = 0.0
+    for start in range(0, n, STATS_ROWS):
+        xb = X[start : start + STATS_ROWS] - x_offset
+        yb = y[start : start + STATS_ROWS] - y_offset
+        gram += xb.T @ xb
+        xty += xb.T @ yb
+        yty += float(yb @ yb)
+    return LinearBlockStats(int(n), gram, xty, yty)
+
+
+class LogisticBlockStats(NamedTuple):
+    """What one Jaakkola–Jordan pass over a block of rows returns.
+
+    Every field is a sum over rows, so the statistics of several blocks add field
+    by field (see :func:`logistic_block_stats`).
+    """
+
+    n_samples: int
+    #: G = Σ 2 λ(ξ_n) x̃_n x̃_nᵀ, shape (D̃, D̃), symmetric; None when not asked for
+    gram: np.ndarray | None
+    #: H = Σ [2 λ(ξ_n)(1 − r_n) + σ'(ξ_n) r_n] x̃_n x̃_nᵀ, or None when not asked for
+    hessian: np.ndarray | None
+    #: Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²]
+    xi_terms: float
+    #: Σ [log σ(ξ_n) − ξ_n/2] = −Σ log(2 cosh(ξ_n/2))
+    collapsed_terms: float
+
+    def __add__(self, other):
+        def add(a, b):
+            return None if a is None else a + b
+
+        return LogisticBlockStats(
+            self.n_samples + other.n_samples,
+            add(self.gram, other.gram),
+            add(self.hessian, other.hessian),
+            self.xi_terms + other.xi_terms,
+            self.collapsed_terms + other.collapsed_terms,
+        )
+
+
+def _symmetric_from_upper(parts):
+    """Sum per-chunk upper triangles in chunk order and mirror the result."""
+    upper = parts.sum(axis=0)
+    lower = np.tril(upper.T, -1)
+    return upper + lower
+
+
+def logistic_block_stats(X, mean, factor, *, fit_intercept, grams=True, hessian=False):
+    """One Jaakkola–Jordan local step over a block of rows (PRML §10.6).
+
+    Pure: it reads only the rows and q(w) = N(mean, factor factorᵀ), computes the
+    optimal ξ_n of every row (PRML eq. 10.163) and returns the statistics the global
+    step needs. The parallel kernel splits the block into fixed ``CHUNK_ROWS``-row
+    chunks and the chunk partials are added here in chunk order, so the result does
+    not depend on the number of numba threads (set by the caller, e.g. with
+    ``fastvi._threads.thread_limits``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), float64, C-contiguous, writable
+    mean : ndarray of shape (D̃,)
+        Mean of q over (w, b), the intercept last; D̃ = n_features + fit_intercept.
+    factor : ndarray of shape (D̃, D̃)
+        Upper-triangular U with U Uᵀ = S, the covariance of q.
+    fit_intercept : bool
+        Whether every row gets a trailing 1.
+    grams : bool, default=True
+        Accumulate G (and H). Without, only the two sums over ξ come back, for half
+        the work: enough for the bound at q with optimal ξ.
+    hessian : bool, default=False
+        Also accumulate H, the curvature that the Newton proposal uses.
+
+    Returns
+    -------
+    stats : LogisticBlockStats
+        Add the results of several blocks with ``+``. The targets do not enter: their
+        statistic X̃ᵀ(t − 1/2) is fixed (:func:`logistic_target_stats`).
+    """
+    kernels = _jj_kernels()
+    G, H, c = kernels.jj_pass(
+        X,
+        np.ascontiguousarray(factor, dtype=np.float64),
+        np.ascontiguousarray(mean, dtype=np.float64),
+        bool(fit_intercept),
+        bool(grams),
+        bool(hessian),
+        CHUNK_ROWS,
+        TILE_ROWS,
+        np.empty(0),
+    )
+    sums = c.sum(axis=0)
+    return LogisticBlockStats(
+        int(X.shape[0]),
+        _symmetric_from_upper(G) if grams else None,
+        _symmetric_from_upper(H) if grams and hessian else None,
+        float(sums[0]),
+        float(sums[1]),
+    )
+
+
+def logistic_target_stats(X, s, *, fit_intercept):
+    """h = X̃ᵀ s for one block of rows, with s = t − 1/2 (PRML eq. 10.157).
+
+    Fixed during a fit (ξ does not enter), so it is computed once. Add the results
+    of several blocks.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+    s : ndarray of shape (n_rows,)
+    fit_intercept : bool
+
+    Returns
+    -------
+    h : ndarray of shape (D̃,)
+    """
+    h = X.T @ s
+    return np.append(h, s.sum()) if fit_intercept else h
+
+
+def _jj_kernels():
+    # imported lazily: ``import fastvi`` must not pull in (or compile) kernels
+    from .kernels import conjugate
+
+    return conjugate
 
 
 # ============================================================ UnivariateGaussian
@@ -568,33 +779,25 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         return self
 
     def _statistics(self, X, y):
-        """Centred XᵀX, Xᵀy, yᵀy in row blocks (BLAS) and the offsets."""
+        """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets."""
         n, d = X.shape
         if self.fit_intercept:
             x_off, y_off = X.mean(axis=0), float(y.mean())
         else:
             x_off, y_off = np.zeros(d), 0.0
-        gram = np.zeros((d, d))
-        xty = np.zeros(d)
-        yty = 0.0
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=resolve_n_jobs(self.n_jobs), user_api="blas"):
-            for start in range(0, n, STATS_ROWS):
-                xb = X[start : start + STATS_ROWS] - x_off
-                yb = y[start : start + STATS_ROWS] - y_off
-                gram += xb.T @ xb
-                xty += xb.T @ yb
-                yty += float(yb @ yb)
-        if yty == 0.0 or (self.fit_intercept and np.ptp(y) == 0.0):
+            stats = linear_block_stats(X, y, x_off, y_off)
+        if stats.yty == 0.0 or (self.fit_intercept and np.ptp(y) == 0.0):
             raise ValueError(
                 "The target y is constant"
                 + (" (all zero)" if not self.fit_intercept else "")
                 + "; VBLinearRegression needs a target that varies."
             )
         self.X_offset_, self.y_offset_ = x_off, y_off
-        gram = 0.5 * (gram + gram.T)
-        return n, gram, xty, yty, float(np.var(y))
+        gram = 0.5 * (stats.gram + stats.gram.T)
+        return n, gram, stats.xty, stats.yty, float(np.var(y))
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -739,13 +942,6 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
 
 # ========================================================== VBLogisticRegression
-def _jj_kernels():
-    # imported lazily: ``import fastvi`` must not pull in (or compile) kernels
-    from .kernels import conjugate
-
-    return conjugate
-
-
 class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator):
     """Variational Bayesian logistic regression with the Jaakkola–Jordan bound.
 
@@ -766,10 +962,15 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         Prior precision of the intercept (prior standard deviation 100).
     tol : float, default=1e-3
         Stop when the absolute change of the lower bound (in nats, summed over the
-        data set) is below ``tol``. Each round is a pass over the data, so the default
-        is looser than the linear model's; predictions stop moving well before.
+        data set) is below ``tol``. An absolute change in nats measures the distance
+        to the optimum in posterior standard deviations whatever N is (near the
+        optimum the bound falls by about half the squared distance in that unit), so
+        the same ``tol`` means the same accuracy at N = 1e3 and 1e7; a relative
+        tolerance would loosen the fit as N grows. Rounds converge quadratically, so
+        a tighter ``tol`` costs about one more round.
     max_iter : int, default=200
-        Maximum number of CAVI rounds (passes over the data).
+        Maximum number of CAVI rounds (passes over the data; a rejected proposal
+        costs one more pass in its round).
     warm_start : bool, default=False
         Continue from the previous fit's factors (the same classes are required).
     verbose : int, default=0
@@ -806,14 +1007,44 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     Notes
     -----
-    One round (PRML §10.6): the local step sets ξ_n² = x̃_nᵀ (S + m mᵀ) x̃_n (eq.
-    10.163) and accumulates G = Σ 2 λ(ξ_n) x̃_n x̃_nᵀ, h = Σ (t_n − 1/2) x̃_n and
-    Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²] in one parallel pass; then the global step
-    sets S⁻¹ = diag(E[λ], …, E[λ], intercept_precision) + G, m = S h (eqs. 10.157,
-    10.158) and q(λ) = Gamma(λ1 + D/2, λ2 + E[wᵀw]/2) (Bishop & Svensén 2003;
-    Drugowitsch 2013 eqs. 20–22). The bound after the round uses the pass's ξ with
-    the new q: Σ[log σ(ξ) − ξ/2 + λ(ξ)ξ²] + mᵀh − tr((S + m mᵀ) G)/2 + prior terms +
-    entropies (PRML eq. 10.164 in full), so every round costs one pass.
+    The bound (PRML eq. 10.164 in full, plus q(λ)'s terms) depends on the local
+    parameters ξ_n and on q. For fixed q the optimal ξ_n² = x̃_nᵀ (S + m mᵀ) x̃_n
+    (eq. 10.163); for fixed ξ the optimal q(w) has S⁻¹ = diag(E[λ], …, E[λ],
+    intercept_precision) + G with G = Σ 2 λ(ξ_n) x̃_n x̃_nᵀ and m = S h,
+    h = Σ (t_n − 1/2) x̃_n (eqs. 10.157, 10.158), and q(λ) = Gamma(λ1 + D/2,
+    λ2 + E[wᵀw]/2) (Bishop & Svensén 2003; Drugowitsch 2013 eqs. 20–22). Plain
+    coordinate ascent alternates the two and converges linearly and slowly (the bound
+    curvature 2 λ(ξ) is up to twice the logistic one: ~30 rounds on the benchmark
+    problem). Each round here is instead:
+
+    1. One parallel pass over the rows (:func:`logistic_block_stats`) at the
+       *proposal* q' of the previous round: ξ at q', G, H and the ξ terms, which give
+       the bound at q' with its optimal ξ, L*(q'). If L*(q') is at least the last
+       reported bound, q' is accepted; otherwise the pass is repeated at the last
+       coordinate-ascent factors (a rejected proposal costs a pass, never the bound).
+    2. The coordinate-ascent update above from the accepted point's ξ; its bound is
+       what the round reports, so the bound never falls.
+    3. A new proposal: a Newton step in m of the bound with ξ optimized out,
+       L*(m) = Σ −log(2 cosh(ξ_n/2)) + mᵀh − mᵀ P m / 2 + …, whose gradient is
+       h − (G + P) m and whose curvature is H + P with H = Σ [2 λ(ξ_n)(1 − r_n) +
+       σ'(ξ_n) r_n] x̃_n x̃_nᵀ, r_n = (mᵀx̃_n)² / ξ_n² (P the prior precision); the
+       covariance is the new S. Near the optimum this converges quadratically: 4–7
+       passes in place of ~30.
+
+    When the Newton decrement gᵀ(H + P)⁻¹g/2 of the pending proposal is below ``tol``
+    the round first evaluates L*(q') alone — it needs ξ only, not G, because with
+    optimal ξ the terms λ(ξ_n) ξ_n² cancel, leaving Σ [log σ(ξ_n) − ξ_n/2] — in a
+    half-price pass; if q' gains less than ``tol`` it becomes the fitted q with that
+    exact bound and the fit ends, otherwise the round goes on as above.
+
+    The first round starts from ξ ≈ 0, where it is the first IRLS step of the MAP
+    from w = 0. With at least ``WARM_MIN_ROWS`` rows (and 40 per coefficient) the
+    rounds first run on every k-th row (k = 16 to 64, about 640 rows per coefficient)
+    with the likelihood scaled to N rows, and the full data start from that fit,
+    about sqrt(k) posterior standard deviations from their optimum; the full-data fit
+    then takes 3 passes and a half-price check. All of
+    this happens before the first reported round, and the fit reaches the same
+    fixed point (to ``tol``) with or without it.
 
     ``predict_proba`` uses the probit approximation of the predictive,
     σ(κ(s²) μ) with μ = E[wᵀx̃], s² = x̃ᵀ S x̃ and κ(s²) = (1 + π s²/8)^(−1/2)
@@ -821,8 +1052,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
     probability, κ(s²) μ, so that it ranks samples as ``predict_proba`` does; it is
     therefore not exactly ``X @ coef_.T + intercept_``. For one-vs-rest the class
     probabilities are normalized to sum to 1.
-    ``n_init`` is fixed to 1: the initialization (m = 0, S = I, E[λ] = 1) is
-    deterministic.
+    ``n_init`` is fixed to 1: the initialization (m = 0, S = 1e-10 I, E[λ] = 1,
+    then the subsample rounds) is deterministic.
     """
 
     n_init = 1
@@ -1012,79 +1243,206 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _fit_binary(self, X, t):
         """CAVI on one binary problem; ``t`` holds 0/1 targets as float64."""
-        data = (X, np.ascontiguousarray(t - 0.5))
-        self._cavi_fit(data, None)
+        s = np.ascontiguousarray(t - 0.5)
+        h = logistic_target_stats(X, s, fit_intercept=self.fit_intercept)
+        self._cavi_fit((X, s, h), None)
 
-    def _pass(self, X, s, out_xi=None):
-        """The kernel's totals: G, h and Σ[log σ(ξ) − ξ/2 + λ(ξ) ξ²]."""
-        factor = np.ascontiguousarray(
-            np.column_stack([self._factor, self._mean]), dtype=np.float64
+    # q(w, b) q(λ) travels as one tuple: (mean, cov, upper factor of cov, log det cov,
+    # shape, rate)
+    def _factors(self):
+        return (
+            self._mean,
+            self._cov,
+            self._factor,
+            self._log_det,
+            self.lambda_shape_,
+            self.lambda_rate_,
         )
-        parts = _jj_kernels().jj_pass(
-            X,
-            s,
-            factor,
-            bool(self.fit_intercept),
-            CHUNK_ROWS,
-            TILE_ROWS,
-            np.empty(0) if out_xi is None else out_xi,
+
+    def _set_factors(self, q):
+        (
+            self._mean,
+            self._cov,
+            self._factor,
+            self._log_det,
+            self.lambda_shape_,
+            self.lambda_rate_,
+        ) = q
+
+    def _local(self, X, q, scale, grams=True):
+        """The pass at the factors ``q``; statistics multiplied by ``scale``."""
+        stats = logistic_block_stats(
+            X, q[0], q[2], fit_intercept=self.fit_intercept, grams=grams, hessian=grams
         )
-        gram, h, c = parts
-        gram = gram.sum(axis=0)
-        return 0.5 * (gram + gram.T), h.sum(axis=0), float(c.sum())
+        if scale != 1.0:
+            stats = LogisticBlockStats(
+                stats.n_samples,
+                None if stats.gram is None else scale * stats.gram,
+                None if stats.hessian is None else scale * stats.hessian,
+                scale * stats.xi_terms,
+                scale * stats.collapsed_terms,
+            )
+        return stats
 
-    # CAVI hooks
-    def _cavi_initialize(self, data, random_state):
-        X = data[0]
-        d_tilde = X.shape[1] + int(self.fit_intercept)
-        self._mean = np.zeros(d_tilde)
-        self._factor = np.eye(d_tilde)
-        self._cov = np.eye(d_tilde)
-        self._log_det = 0.0
-        self.lambda_shape_ = self.lambda_1 + 0.5 * X.shape[1]
-        self.lambda_rate_ = self.lambda_shape_
-        self._publish()
+    def _round(self, X, h, scale=1.0):
+        """One safeguarded round (see Notes); returns the bound at the new factors."""
+        current = self._factors()
+        proposal = self._proposal
+        stats = None
+        if proposal is not None and self._predicted_gain < self.tol:
+            # Probably the last round: check the proposal at half price first (no G)
+            check = self._local(X, proposal, scale, grams=False)
+            gain = self._collapsed_bound(check, h, proposal) - self._bound
+            if 0.0 <= gain < self.tol:
+                # converged: the proposal, with its exact bound, ends the fit
+                self._set_factors(proposal)
+                self._proposal = None
+                self._predicted_gain = np.inf
+                self._bound += gain
+                return self._bound
+            if gain < 0.0:
+                proposal = None
+        if proposal is not None:
+            stats = self._local(X, proposal, scale)
+            if self._bound_at(stats, h, proposal) >= self._bound:
+                current = proposal  # accepted: it beats the last bound
+            else:
+                stats = None
+        if stats is None:
+            stats = self._local(X, current, scale)
+        new = self._update(stats, h, current)
+        bound = self._bound_at(stats, h, new)
+        self._proposal, self._predicted_gain = self._newton_proposal(
+            stats, h, current, new
+        )
+        self._set_factors(new)
+        self._bound = bound
+        return bound
 
-    def _cavi_step(self, data):
-        X, s = data
-        # local step: ξ from the current q(w), and the statistics it feeds
-        stats = self._pass(X, s)
-        # global step: q(w), then q(λ), with ξ fixed
-        return self._global_update(stats)
-
-    def _global_update(self, stats):
-        """q(w) then q(λ) for fixed ξ; returns the bound at the new factors."""
-        gram, h, xi_terms = stats
-        d = gram.shape[0] - int(self.fit_intercept)
-        d_tilde = gram.shape[0]
-        # q(w): S⁻¹ = prior precision + G, m = S h (PRML eqs. 10.157, 10.158)
-        e_lambda = self.lambda_shape_ / self.lambda_rate_
-        precision = gram.copy()
-        idx = np.arange(d)
-        precision[idx, idx] += e_lambda
+    def _prior_diagonal(self, q):
+        """diag of the prior precision of (w, b) under q(λ): E[λ], …, E[λ], p0."""
+        d_tilde = q[0].shape[0]
+        prior = np.full(d_tilde, q[4] / q[5])
         if self.fit_intercept:
-            precision[d, d] += self.intercept_precision
+            prior[-1] = self.intercept_precision
+        return prior
+
+    def _update(self, stats, h, q):
+        """CAVI for fixed ξ: q(w) then q(λ) (PRML eqs. 10.157, 10.158; Drugowitsch
+        2013 eq. 22), from the ξ of the pass at ``q``."""
+        d = q[0].shape[0] - int(self.fit_intercept)
+        precision = stats.gram.copy()
+        precision[np.diag_indices_from(precision)] += self._prior_diagonal(q)
         cov, factor, log_det = _chol_inverse(precision)
         mean = cov @ h
-        # q(λ) (Drugowitsch 2013 eq. 22)
         e_ww = float(mean[:d] @ mean[:d] + np.trace(cov[:d, :d]))
         a = self.lambda_1 + 0.5 * d
         b = self.lambda_2 + 0.5 * e_ww
-        self._mean, self._cov, self._factor, self._log_det = mean, cov, factor, log_det
-        self.lambda_shape_, self.lambda_rate_ = a, b
-        self._publish()
-        # the full bound at (ξ of the pass, new q(w), new q(λ))
+        return mean, cov, factor, log_det, a, b
+
+    def _newton_proposal(self, stats, h, q, new):
+        """A Newton step in the mean of the bound with ξ optimized out (see Notes).
+
+        The proposal keeps the new covariance and q(λ)'s shape; its rate follows
+        from the proposed mean. Returns it (None if the curvature is not positive
+        definite) and the gain it predicts.
+        """
+        d = q[0].shape[0] - int(self.fit_intercept)
+        prior = self._prior_diagonal(q)
+        grad = h - stats.gram @ q[0] - prior * q[0]
+        curvature = stats.hessian.copy()
+        curvature[np.diag_indices_from(curvature)] += prior
+        try:
+            step = linalg.cho_solve(linalg.cho_factor(curvature), grad)
+        except linalg.LinAlgError:
+            return None, np.inf
+        mean = q[0] + step
+        if not np.all(np.isfinite(mean)):
+            return None, np.inf
+        cov = new[1]
+        e_ww = float(mean[:d] @ mean[:d] + np.trace(cov[:d, :d]))
+        proposal = (mean, cov, new[2], new[3], new[4], self.lambda_2 + 0.5 * e_ww)
+        # the Newton decrement gᵀ H⁻¹ g / 2: the gain the step predicts
+        return proposal, 0.5 * float(step @ grad)
+
+    def _bound_at(self, stats, h, q):
+        """The full bound at (ξ of the pass, q): PRML eq. 10.164 plus q(λ)'s terms."""
+        mean, cov = q[0], q[1]
         second = cov + np.outer(mean, mean)
-        loglik = xi_terms + float(mean @ h) - 0.5 * float(np.sum(second * gram))
+        loglik = (
+            stats.xi_terms + float(mean @ h) - 0.5 * float(np.sum(second * stats.gram))
+        )
+        return float(loglik + self._prior_and_entropy(q))
+
+    def _collapsed_bound(self, stats, h, q):
+        """The bound at q with ξ optimal for q, which needs no G.
+
+        With ξ_n² = x̃_nᵀ (S + m mᵀ) x̃_n the row terms λ(ξ_n) ξ_n² and
+        −tr((S + m mᵀ) 2 λ(ξ_n) x̃_n x̃_nᵀ)/2 cancel, leaving Σ [log σ(ξ_n) − ξ_n/2].
+        """
+        loglik = stats.collapsed_terms + float(q[0] @ h)
+        return float(loglik + self._prior_and_entropy(q))
+
+    def _prior_and_entropy(self, q):
+        """E[log p(w, b | λ)] + E[log p(λ)] + H[q(w, b)] + H[q(λ)]."""
+        mean, cov, _, log_det, a, b = q
+        d_tilde = mean.shape[0]
+        d = d_tilde - int(self.fit_intercept)
+        e_ww = float(mean[:d] @ mean[:d] + np.trace(cov[:d, :d]))
         e_lam, e_log_lam = _gamma_moments(a, b)
         log_prior_w = 0.5 * (d * (e_log_lam - _LOG_2PI) - e_lam * e_ww)
         if self.fit_intercept:
             p0 = self.intercept_precision
-            log_prior_w += 0.5 * (math.log(p0) - _LOG_2PI - p0 * second[d, d])
+            second_b = cov[d, d] + mean[d] ** 2
+            log_prior_w += 0.5 * (math.log(p0) - _LOG_2PI - p0 * second_b)
         log_prior_lam = _gamma_log_prior(self.lambda_1, self.lambda_2, e_lam, e_log_lam)
         entropy_w = 0.5 * (d_tilde * (1.0 + _LOG_2PI) + log_det)
         entropy_lam = _gamma_entropy(a, b)
-        return float(loglik + log_prior_w + log_prior_lam + entropy_w + entropy_lam)
+        return log_prior_w + log_prior_lam + entropy_w + entropy_lam
+
+    def _subsample_start(self, X, s):
+        """Rounds on every k-th row (k of 16 to 64), likelihood scaled to N rows."""
+        d_tilde = X.shape[1] + int(self.fit_intercept)
+        stride = X.shape[0] // (WARM_TARGET_PER_COEF * d_tilde)
+        stride = min(max(stride, WARM_STRIDE), WARM_MAX_STRIDE)
+        Xs = np.ascontiguousarray(X[::stride])
+        ss = s[::stride]
+        scale = X.shape[0] / Xs.shape[0]
+        hs = scale * logistic_target_stats(Xs, ss, fit_intercept=self.fit_intercept)
+        previous = -np.inf
+        for _ in range(WARM_MAX_ROUNDS):
+            bound = self._round(Xs, hs, scale)
+            if bound - previous < WARM_TOL_PER_ROW * X.shape[0]:
+                break
+            previous = bound
+        # the full data start afresh from the subsample's factors
+        self._proposal = None
+        self._predicted_gain = np.inf
+        self._bound = -np.inf
+
+    # CAVI hooks
+    def _cavi_initialize(self, data, random_state):
+        X, s, _ = data
+        d_tilde = X.shape[1] + int(self.fit_intercept)
+        self._mean = np.zeros(d_tilde)
+        self._cov = np.eye(d_tilde) * INIT_VARIANCE
+        self._factor = np.eye(d_tilde) * math.sqrt(INIT_VARIANCE)
+        self._log_det = d_tilde * math.log(INIT_VARIANCE)
+        self.lambda_shape_ = self.lambda_1 + 0.5 * X.shape[1]
+        self.lambda_rate_ = self.lambda_shape_  # E[λ] = 1
+        self._proposal = None
+        self._predicted_gain = np.inf
+        self._bound = -np.inf
+        rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
+        if X.shape[0] >= rows_needed:
+            self._subsample_start(X, s)
+        self._publish()
+
+    def _cavi_step(self, data):
+        X, _, h = data
+        bound = self._round(X, h)
+        self._publish()
+        return bound
 
     def _publish(self):
         """Public attributes from the variational parameters."""
@@ -1095,22 +1453,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.lambda_ = float(self.lambda_shape_ / self.lambda_rate_)
 
     def _cavi_get_state(self):
-        return (
-            self._mean,
-            self._cov,
-            self._factor,
-            self._log_det,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        )
+        return (self._factors(), self._bound, self._proposal, self._predicted_gain)
 
     def _cavi_set_state(self, state):
-        (
-            self._mean,
-            self._cov,
-            self._factor,
-            self._log_det,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        ) = state
+        q, self._bound, self._proposal, self._predicted_gain = state
+        self._set_factors(q)
         self._publish()

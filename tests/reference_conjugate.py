@@ -18,7 +18,12 @@ def with_intercept(X, intercept):
 
 
 def jj_pass(X, s, mean, cov, intercept):
-    """ξ_n, Σ 2 λ(ξ_n) x xᵀ, Σ s_n x and Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] (PRML §10.6)."""
+    """ξ_n, Σ 2 λ(ξ_n) x xᵀ, Σ s_n x, Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and H (PRML §10.6).
+
+    H = Σ w_n x xᵀ with w_n = 2 λ(ξ_n)(1 − r_n) + σ(ξ_n)(1 − σ(ξ_n)) r_n and
+    r_n = (mᵀx_n)² / ξ_n² (1 where ξ_n = 0): the second derivative in m of
+    −Σ log(2 cosh(ξ_n / 2)), written out by hand.
+    """
     Xt = with_intercept(X, intercept)
     second = cov + np.outer(mean, mean)
     xi = np.sqrt(np.einsum("ni,ij,nj->n", Xt, second, Xt))
@@ -26,7 +31,21 @@ def jj_pass(X, s, mean, cov, intercept):
     gram = (Xt * (2 * lam)[:, None]).T @ Xt
     h = Xt.T @ s
     terms = np.sum(log_expit(xi) - xi / 2 + lam * xi**2)
-    return xi, gram, h, terms
+    a = Xt @ mean
+    r = np.where(xi > 0, a**2 / np.where(xi > 0, xi, 1.0) ** 2, 1.0)
+    sig = expit(xi)
+    w = 2 * lam * (1 - r) + sig * (1 - sig) * r
+    hess = (Xt * w[:, None]).T @ Xt
+    return xi, gram, h, terms, hess
+
+
+def collapsed_bound_terms(X, mean, cov, intercept):
+    """−Σ log(2 cosh(ξ_n / 2)) with ξ_n² = x̃ᵀ(S + m mᵀ)x̃: the ξ-dependent part of
+    the Jaakkola–Jordan bound once ξ is optimal (its m-derivatives are the gradient
+    and H of the Newton proposal)."""
+    Xt = with_intercept(X, intercept)
+    xi = np.sqrt(np.einsum("ni,ij,nj->n", Xt, cov + np.outer(mean, mean), Xt))
+    return -np.sum(xi / 2 + np.log1p(np.exp(-xi)))
 
 
 def _log_gamma_density_of_log(u, shape, rate):

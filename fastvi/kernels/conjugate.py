@@ -6,22 +6,28 @@ when ``intercept`` is true),
 
 * the optimal local variational parameter ξ_n = sqrt(x_nᵀ (S + m mᵀ) x_n)
   (PRML eq. 10.163),
-* the statistics the next global update needs: Σ_n 2 λ(ξ_n) x_n x_nᵀ (PRML eq. 10.158
-  without the prior) and Σ_n (t_n − 1/2) x_n (eq. 10.157),
+* the statistic the next global update needs, G = Σ_n 2 λ(ξ_n) x_n x_nᵀ (PRML eq.
+  10.158 without the prior),
+* optionally H = Σ_n [2 λ(ξ_n) (1 − r_n) + σ'(ξ_n) r_n] x_n x_nᵀ with r_n = a_n² / ξ_n²
+  and a_n = mᵀ x_n: the curvature in m of the bound with ξ optimized out (see
+  ``fastvi.conjugate`` for the Newton step it feeds),
 * the part of the bound that depends on ξ only: Σ_n [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²]
-  (from PRML eq. 10.151 and 10.164),
+  (from PRML eqs. 10.151 and 10.164), and Σ_n [log σ(ξ_n) − ξ_n/2], what remains of
+  the likelihood terms once ξ is optimal (the "collapsed" bound needs no G),
 
-with λ(ξ) = tanh(ξ/2) / (4ξ) = (σ(ξ) − 1/2) / (2ξ) (PRML eq. 10.150).
+with λ(ξ) = tanh(ξ/2) / (4ξ) (PRML eq. 10.150) and σ'(ξ) = σ(ξ)(1 − σ(ξ)). The targets
+do not enter the pass: Σ_n (t_n − 1/2) x_n is fixed and computed once by the caller.
 
 Layout and determinism
 ----------------------
-The caller passes ``F = [L, m]`` (D̃ x (D̃ + 1)) with L Lᵀ = S, so ξ_n² = ||x_n F||² is
-one small matrix product per tile of rows. Rows are split into chunks of ``chunk`` rows
-(a caller constant, independent of the thread count); ``prange`` runs over chunks and
-each chunk writes only its own slice of the partial sums; the caller adds the partials
-in chunk order. The products inside a tile are BLAS calls (``np.dot``) on fixed-size
-buffers, so the result is bitwise identical for any number of numba threads as long as
-BLAS runs on one thread (``fastvi._threads.thread_limits`` sees to that).
+Rows are split into chunks of ``chunk`` rows (a caller constant, independent of the
+thread count); ``prange`` runs over chunks and each chunk writes only its own slice of
+the partial sums; the caller adds the partials in chunk order, so the result is bitwise
+identical for any number of threads. Inside a chunk rows go in tiles of ``tile`` points
+transposed to (D̃, T) so that the innermost loops run over points: x_nᵀ S x_n is
+||x_nᵀ U||² with U the upper-triangular factor of S (U Uᵀ = S), computed by the mixture
+kernel's triangular routine, and the Gram matrices are accumulated in their upper
+triangle only, in 2 x 4 register blocks (the lower triangle is left at zero).
 """
 
 import math
@@ -30,103 +36,216 @@ import numpy as np
 from numba import prange
 
 from ._config import jit, pjit
+from ._math import exp_nonpos
+from .gmm import _maha_upper
+
+# below this ξ, λ(ξ) comes from its series (1 − e^(−ξ) would lose digits)
+_SERIES_XI = 1e-2
+
+
+@jit
+def jj_local(q, a2):
+    """Per-row quantities from q = ξ² and a2 = (mᵀx)² (0 <= a2 <= q).
+
+    Returns ``(xi, 2 λ(ξ), log σ(ξ) − ξ/2 + λ(ξ) ξ², hessian weight)`` where the
+    Hessian weight is 2 λ(ξ)(1 − r) + σ'(ξ) r with r = a2 / q (r = 1 when q = 0, where
+    both weights equal 1/4). One exponential serves every term: with e = exp(−ξ),
+    tanh(ξ/2) = (1 − e) / (1 + e), log σ(ξ) = −log1p(e), σ'(ξ) = e / (1 + e)².
+    """
+    xi = math.sqrt(q)
+    e = exp_nonpos(-xi)
+    if xi < _SERIES_XI:
+        # tanh(ξ/2) / (4ξ) = 1/8 − ξ²/96 + ξ⁴/960 − 17 ξ⁶/161280 + …
+        lam = 0.125 - q / 96.0 + q * q / 960.0
+    else:
+        lam = (1.0 - e) / ((1.0 + e) * 4.0 * xi)
+    term = -math.log1p(e) - 0.5 * xi + lam * q
+    r = a2 / q if q > 0.0 else 1.0
+    hw = 2.0 * lam * (1.0 - r) + e / ((1.0 + e) * (1.0 + e)) * r
+    return xi, 2.0 * lam, term, hw
 
 
 @jit
 def jj_lambda(xi):
-    """λ(ξ) = tanh(ξ/2) / (4ξ) for ξ >= 0; its series 1/8 − ξ²/96 near 0."""
-    if xi < 1e-4:
-        return 0.125 - xi * xi / 96.0
-    return math.tanh(0.5 * xi) / (4.0 * xi)
+    """λ(ξ) = tanh(ξ/2) / (4ξ) for ξ >= 0, as the pass computes it."""
+    return 0.5 * jj_local(xi * xi, 0.0)[1]
 
 
 @jit
 def log_sigmoid_nonneg(x):
-    """log σ(x) = −log(1 + exp(−x)) for x >= 0."""
-    return -math.log1p(math.exp(-x))
+    """log σ(x) = −log(1 + exp(−x)) for x >= 0, as the pass computes it."""
+    return -math.log1p(exp_nonpos(-x))
 
 
 @jit
-def _jj_chunk(X, s, F, intercept, start, stop, tile, out_xi, G, h):
-    """Rows [start, stop): adds into this chunk's G (D̃, D̃) and h (D̃,).
-
-    Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²].
-    """
+def _load_tile(X, t0, T, intercept, Xt):
+    """Xt[d, t] = x̃_{t0 + t, d}: the tile transposed, a row of ones for the intercept."""
     D = X.shape[1]
-    Dt = F.shape[0]
+    for t in range(T):
+        for d in range(D):
+            Xt[d, t] = X[t0 + t, d]
+    if intercept:
+        for t in range(T):
+            Xt[D, t] = 1.0
+
+
+@jit
+def _gram_upper(W, Y, T, out):
+    """out[i, j] += Σ_t W[i, t] Y[j, t] for j >= i, in 2 x 4 register blocks.
+
+    Each load of a W or Y element feeds two or four FMAs; entries below the diagonal
+    are never written.
+    """
+    D = Y.shape[0]
+    i = 0
+    while i < D:
+        i1 = i + 1 if i + 1 < D else i  # last odd row: computed twice, kept once
+        j = i
+        while j < D:
+            j1 = min(j + 1, D - 1)
+            j2 = min(j + 2, D - 1)
+            j3 = min(j + 3, D - 1)
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            b0 = 0.0
+            b1 = 0.0
+            b2 = 0.0
+            b3 = 0.0
+            for t in range(T):
+                w0 = W[i, t]
+                w1 = W[i1, t]
+                y0 = Y[j, t]
+                y1 = Y[j1, t]
+                y2 = Y[j2, t]
+                y3 = Y[j3, t]
+                a0 += w0 * y0
+                a1 += w0 * y1
+                a2 += w0 * y2
+                a3 += w0 * y3
+                b0 += w1 * y0
+                b1 += w1 * y1
+                b2 += w1 * y2
+                b3 += w1 * y3
+            out[i, j] += a0
+            if j + 1 < D:
+                out[i, j + 1] += a1
+            if j + 2 < D:
+                out[i, j + 2] += a2
+            if j + 3 < D:
+                out[i, j + 3] += a3
+            if i + 1 < D:
+                if j >= i + 1:
+                    out[i + 1, j] += b0
+                if j + 1 < D and j + 1 >= i + 1:
+                    out[i + 1, j + 1] += b1
+                if j + 2 < D:
+                    out[i + 1, j + 2] += b2
+                if j + 3 < D:
+                    out[i + 1, j + 3] += b3
+            j += 4
+        i += 2
+
+
+@jit
+def _jj_chunk(X, U, mean, intercept, start, stop, tile, grams, hessian, out_xi, G, H):
+    """Rows [start, stop): adds into this chunk's G (and H) when ``grams``.
+
+    Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and Σ [log σ(ξ) − ξ/2].
+    """
+    Dt = U.shape[0]
     want_xi = out_xi.shape[0] == X.shape[0]
-    Xb = np.empty((tile, Dt))
-    Wb = np.empty((tile, Dt))
-    Z = np.empty((tile, Dt + 1))
-    part = np.empty((Dt, Dt))
-    xi = np.empty(tile)
+    Xt = np.empty((Dt, tile))
+    W = np.empty((Dt, tile))
+    acc = np.empty(tile)
+    acc2 = np.empty(tile)
+    maha = np.empty(tile)
+    a = np.empty(tile)
+    w1 = np.empty(tile)
+    w2 = np.empty(tile)
     total = 0.0
+    collapsed = 0.0
     for t0 in range(start, stop, tile):
         T = min(tile, stop - t0)
-        if T < tile:  # the last, short tile of the data: zero rows add nothing
-            Xb[:] = 0.0
+        _load_tile(X, t0, T, intercept, Xt)
+        # x̃ᵀ S x̃ = ||x̃ᵀ U||² and a = mᵀ x̃
+        _maha_upper(U, Xt, T, acc, acc2, maha)
         for t in range(T):
-            for d in range(D):
-                Xb[t, d] = X[t0 + t, d]
-            if intercept:
-                Xb[t, D] = 1.0
-        # Z = Xb [L, m]: xi^2 = ||x L||^2 + (x . m)^2
-        np.dot(Xb, F, Z)
-        for t in range(T):
-            q = 0.0
-            for j in range(Dt + 1):
-                q += Z[t, j] * Z[t, j]
-            x = math.sqrt(q)
-            xi[t] = x
-            lam = jj_lambda(x)
-            total += log_sigmoid_nonneg(x) - 0.5 * x + lam * q
-            w = 2.0 * lam
-            st = s[t0 + t]
-            for j in range(Dt):
-                v = Xb[t, j]
-                Wb[t, j] = w * v
-                h[j] += st * v
-        for t in range(T, tile):
-            for j in range(Dt):
-                Wb[t, j] = 0.0
-        # G += Wbᵀ Xb = Σ_t 2 λ(ξ_t) x_t x_tᵀ
-        np.dot(Wb.T, Xb, part)
-        for i in range(Dt):
-            for j in range(Dt):
-                G[i, j] += part[i, j]
-        if want_xi:
+            a[t] = 0.0
+        for d in range(Dt):
+            md = mean[d]
             for t in range(T):
-                out_xi[t0 + t] = xi[t]
-    return total
+                a[t] += md * Xt[d, t]
+        for t in range(T):
+            a2 = a[t] * a[t]
+            q = maha[t] + a2
+            xi, w, term, hw = jj_local(q, a2)
+            total += term
+            collapsed += term - 0.5 * w * q
+            w1[t] = w
+            w2[t] = hw
+            if want_xi:
+                out_xi[t0 + t] = xi
+        if not grams:
+            continue
+        for d in range(Dt):
+            for t in range(T):
+                W[d, t] = w1[t] * Xt[d, t]
+        _gram_upper(W, Xt, T, G)
+        if hessian:
+            for d in range(Dt):
+                for t in range(T):
+                    W[d, t] = w2[t] * Xt[d, t]
+            _gram_upper(W, Xt, T, H)
+    return total, collapsed
 
 
 @pjit
-def jj_pass(X, s, F, intercept, chunk, tile, out_xi):
+def jj_pass(X, U, mean, intercept, grams, hessian, chunk, tile, out_xi):
     """One pass of the Jaakkola–Jordan local step (see the module docstring).
 
     Parameters
     ----------
     X : (N, D) float64, C-contiguous
-    s : (N,) float64, the targets minus 1/2 (t_n − 1/2 with t_n in {0, 1})
-    F : (D̃, D̃ + 1) float64, ``[L, m]`` with L Lᵀ = S; D̃ = D + 1 with an intercept
+    U : (D̃, D̃) float64, upper triangular with U Uᵀ = S; D̃ = D + 1 with an intercept
+    mean : (D̃,) float64, m
     intercept : bool, whether x_n gets a trailing 1
-    chunk, tile : rows per parallel work item / per BLAS tile
+    grams : bool, whether to accumulate G (False: the ξ sums only, half the work)
+    hessian : bool, whether to accumulate H as well (only with ``grams``)
+    chunk, tile : rows per parallel work item / per transposed tile
     out_xi : (N,) to receive ξ_n, or (0,) for none
 
     Returns
     -------
-    G : (C, D̃, D̃), h : (C, D̃), c : (C,)
-        Per-chunk partial sums (C = ceil(N / chunk)) of Σ 2 λ(ξ_n) x_n x_nᵀ,
-        Σ s_n x_n and Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²].
+    G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2)
+        Per-chunk partial sums (C = ceil(N / chunk)), upper triangles only, of
+        Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ; ``c[:, 0]``
+        holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²], ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2].
     """
     N = X.shape[0]
-    Dt = F.shape[0]
+    Dt = U.shape[0]
     n_chunks = (N + chunk - 1) // chunk
-    G = np.zeros((n_chunks, Dt, Dt))
-    h = np.zeros((n_chunks, Dt))
-    c = np.zeros(n_chunks)
+    Dg = Dt if grams else 0
+    Dh = Dt if grams and hessian else 0
+    G = np.zeros((n_chunks, Dg, Dg))
+    H = np.zeros((n_chunks, Dh, Dh))
+    c = np.zeros((n_chunks, 2))
     for k in prange(n_chunks):
         start = k * chunk
         stop = min(N, start + chunk)
-        c[k] = _jj_chunk(X, s, F, intercept, start, stop, tile, out_xi, G[k], h[k])
-    return G, h, c
+        c[k, 0], c[k, 1] = _jj_chunk(
+            X,
+            U,
+            mean,
+            intercept,
+            start,
+            stop,
+            tile,
+            grams,
+            grams and hessian,
+            out_xi,
+            G[k],
+            H[k],
+        )
+    return G, H, c
