@@ -4,9 +4,14 @@ The model, priors, bound and update order are scikit-learn's (Bishop, PRML §10.
 scikit-learn's normalized Wishart parameterization and its constant-free bound), so a
 fit gives the same numbers; the work over the data is one fused parallel pass per
 iteration (``fastvi.kernels.gmm.mixture_pass``) instead of a Python loop over components.
+
+Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013) runs on the same
+pass: ``partial_fit`` and ``learning_method='online'`` take natural-gradient steps of the
+global factors from the statistics of one minibatch (see :func:`_natural_parameters`).
 """
 
 import math
+from contextlib import nullcontext
 from numbers import Integral, Real
 from typing import NamedTuple
 
@@ -19,6 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
+from ._dask import is_dask_collection
 from ._threads import thread_limits
 from .persist import SaveMixin
 
@@ -177,6 +183,113 @@ class _Streamed:
         return _default_covariance_prior(self._gram_matrix(), self.shape[0], cov_type)
 
 
+class _Distributed(_Streamed):
+    """Rows of a dask array: every pass runs on the workers, partials tree-summed.
+
+    Same interface as :class:`_Streamed` (the data moments, the covariance prior and
+    the per-iteration statistics) but nothing is read on the client: each row chunk
+    goes through the fused kernel where it lives and returns its summed partials
+    (see :mod:`fastvi._dask`). The first pass also checks that every value is
+    finite.
+    """
+
+    def __init__(self, rows, tied, n_jobs):
+        super().__init__(rows, tied)
+        self.rows = rows
+        self.n_jobs = n_jobs
+
+    def blocks(self):  # pragma: no cover - rows never come to the client
+        raise AssertionError("a Dask fit must not read rows on the client")
+
+    def _column_sum(self):
+        total, n_nan, n_inf = self.rows.map_reduce(_dask_column_sum, n_jobs=self.n_jobs)
+        if n_nan:
+            raise ValueError("Input X contains NaN.")
+        if n_inf:
+            raise ValueError(
+                "Input X contains infinity or a value too large for dtype('float64')."
+            )
+        return total
+
+    def _gram_matrix(self):
+        if "gram" not in self._cache:
+            total = self.rows.map_reduce(
+                _dask_centered_gram,
+                shared=(_kernel_array(self.mean_()),),
+                n_jobs=self.n_jobs,
+            )[0]
+            self._cache["gram"] = _symmetrize_upper(total)
+        return self._cache["gram"]
+
+    def statistics(self, kind, params, shift, init=None):
+        """``_Stats`` of one pass; ``init=(init_params, random_state)`` as streamed."""
+        K = params[2].shape[0]
+        init_kind, marks, local = "", np.empty(0, dtype=np.int64), None
+        if init is not None and init[0] == "random":
+            init_kind, local = "random", []
+            for size in self.rows.sizes:  # the in-memory draws, chunk by chunk
+                resp = init[1].uniform(size=(int(size), K))
+                local.append((resp / resp.sum(axis=1)[:, np.newaxis],))
+        elif init is not None:  # 'random_from_data'
+            init_kind = "labels"
+            marks = init[1].choice(self.shape[0], size=K, replace=False)
+        parts = self.rows.map_reduce(
+            _dask_mixture_pass,
+            shared=(kind, *params, shift, init_kind, marks),
+            local=local,
+            n_jobs=self.n_jobs,
+        )
+        return _Stats(parts, shift, summed=True)
+
+
+def _dask_column_sum(block, start):
+    """Task: column sums of one chunk and its NaN / infinity counts."""
+    rows = np.asarray(block, dtype=np.float64)
+    n_nan = int(np.isnan(rows).sum())
+    n_inf = int(np.isinf(rows).sum())
+    return rows.sum(axis=0), n_nan, n_inf
+
+
+def _dask_centered_gram(block, start, center):
+    """Task: the chunk's centered Gram matrix (upper triangle)."""
+    rows = _kernel_array(block)
+    return (_gmm_kernels().centered_gram(rows, center, CHUNK_ROWS).sum(axis=0),)
+
+
+def _dask_score_block(rows, estimator, want):
+    """Task: labels, log-responsibilities or log-densities of one chunk."""
+    return estimator._score_pass(rows, want)
+
+
+def _dask_mixture_pass(
+    block, start, kind, means, prec, const, shift, init_kind, marks, resp=None
+):
+    """Task: one chunk through ``mixture_pass``; its partial statistics, summed."""
+    rows = _kernel_array(block)
+    K = const.shape[0]
+    labels = _NO_LABELS
+    if init_kind == "labels":
+        labels = np.full(rows.shape[0], -1, dtype=np.int64)
+        inside = (marks >= start) & (marks < start + rows.shape[0])
+        labels[marks[inside] - start] = np.flatnonzero(inside)
+    parts = _gmm_kernels().mixture_pass(
+        rows,
+        kind,
+        means,
+        prec,
+        const,
+        shift,
+        np.empty((0, K)) if resp is None else _kernel_array(resp),
+        labels,
+        CHUNK_ROWS,
+        TILE_ROWS,
+        np.empty((0, K)),
+        np.empty(0),
+        _NO_LABELS,
+    )
+    return tuple(part.sum(axis=0) for part in parts)
+
+
 class _CenteredGram(NamedTuple):
     """sum_n (x_n - c)(x_n - c)^T and sum_n (x_n - c) about the data mean c."""
 
@@ -229,6 +342,29 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     n_jobs : int, default=None
         Threads used by the kernels (None: all; negative: all but ``-n_jobs - 1``).
         Results are bitwise identical for every value.
+    learning_method : {'batch', 'online'}, default='batch'
+        'batch': CAVI over all the data in every iteration (scikit-learn's fit).
+        'online': stochastic variational inference; :meth:`fit` makes ``max_iter``
+        epochs over the data in shuffled minibatches of ``batch_size`` rows, one
+        natural-gradient step of the global factors per minibatch, and evaluates the
+        bound on all the data after every epoch (see Notes).
+    batch_size : int, default=4096
+        Rows per minibatch of an online :meth:`fit` (the last minibatches of an epoch
+        are made equal in size, each at most ``batch_size``). The kernel splits rows
+        into work items of 4096, so minibatches of several times that use several
+        threads (smaller ones run on one). Not used by :meth:`partial_fit`, whose
+        ``X`` is one minibatch.
+    learning_offset : float, default=10.0
+        tau_0 >= 0 of the step size ``rho_t = (learning_offset + t) ** -learning_decay``
+        of step ``t = 1, 2, ...`` (``n_batch_iter_``); larger values damp the early
+        steps.
+    learning_decay : float, default=0.7
+        kappa in (0.5, 1] of the step size: the Robbins-Monro conditions that make
+        the stochastic steps converge (Hoffman et al. 2013, sec. 2.3).
+    total_samples : float, default=1e6
+        Number of rows N in the whole data set a :meth:`partial_fit` minibatch of B
+        rows stands for: its statistics are scaled by N / B. An online :meth:`fit`
+        uses the number of rows of its ``X`` instead.
 
     Attributes
     ----------
@@ -237,7 +373,12 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     mean_precision_, mean_prior_, degrees_of_freedom_prior_, degrees_of_freedom_,
     covariance_prior_, converged_, n_iter_, lower_bound_, lower_bounds_,
     n_features_in_, feature_names_in_
-        As in scikit-learn.
+        As in scikit-learn. With ``learning_method='online'``, ``n_iter_`` counts
+        epochs and ``lower_bounds_`` holds the bound after each epoch.
+    n_batch_iter_ : int
+        Stochastic steps taken so far plus one (the ``t`` of the next step, as in
+        :class:`fastvi.LatentDirichletAllocation`); set by online fits and
+        :meth:`partial_fit` only.
 
     Notes
     -----
@@ -245,6 +386,28 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     fixed (nu_k = nu_0 + N_k) and covariances normalized by nu_k, as scikit-learn does.
     The second moments are accumulated about the current component means (one pass),
     not about the new means (scikit-learn's second pass); the two agree to rounding.
+
+    Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013, JMLR 14,
+    Algorithm 1 and eqs. 24-26): each step computes the responsibilities of a
+    minibatch of B rows under the current global factors (the local step, the same
+    fused pass as a CAVI iteration), forms the intermediate global parameters
+    lambda_hat = prior + (N / B) * (minibatch statistics) (the CAVI M-step with the
+    statistics scaled), and moves the natural parameters of every global factor,
+    lambda <- (1 - rho_t) lambda + rho_t lambda_hat. The natural parameters are the
+    Dirichlet's alpha - 1, the stick-breaking Betas' (a - 1, b - 1) and, for each
+    Normal-Wishart factor, (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2,
+    (nu - D) / 2) (see :func:`_natural_parameters`); rho_t = 1 is exactly the CAVI
+    M-step. With ``learning_method='online'`` the bound after an epoch is the
+    evidence lower bound at the current global factors with the optimal
+    responsibilities (one extra pass over the data), in scikit-learn's convention
+    (the same constants dropped), so it can be compared with a batch fit's
+    ``lower_bound_``; unlike a CAVI bound it can fall between epochs. ``tol`` is the
+    same absolute change of the bound as in batch fits: the noise of the stochastic
+    steps grows with N, so set it in proportion to the number of rows (for instance
+    ``1e-5 * n_samples``) or expect a ``ConvergenceWarning`` after ``max_iter``
+    epochs. The epoch permutations come from a seed drawn from ``random_state`` at
+    initialization and the epoch number, so a ``warm_start`` continuation draws the
+    same minibatches as an uninterrupted fit.
     """
 
     _parameter_constraints: dict = {
@@ -273,6 +436,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             Interval(Real, 0.0, None, closed="neither"),
         ],
         "n_jobs": [None, Integral],
+        "learning_method": [StrOptions({"batch", "online"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_offset": [Interval(Real, 0.0, None, closed="left")],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
+        "total_samples": [Interval(Real, 0.0, None, closed="neither")],
     }
 
     def __init__(
@@ -296,6 +464,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         verbose=0,
         verbose_interval=10,
         n_jobs=None,
+        learning_method="batch",
+        batch_size=4096,
+        learning_offset=10.0,
+        learning_decay=0.7,
+        total_samples=1e6,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -315,10 +488,20 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.n_jobs = n_jobs
+        self.learning_method = learning_method
+        self.batch_size = batch_size
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
+        self.total_samples = total_samples
 
     # ------------------------------------------------------------------ public API
     def fit(self, X, y=None):
         """Fit the mixture by CAVI (``n_init`` restarts, best bound kept).
+
+        With ``learning_method='online'`` each iteration is instead an epoch of
+        stochastic natural-gradient steps over shuffled minibatches (see Notes and
+        :meth:`partial_fit`), followed by one pass that evaluates the bound; the
+        data must be in memory.
 
         Parameters
         ----------
@@ -335,6 +518,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         """
         if _is_source(X):
             return self._fit_source(X)
+        if is_dask_collection(X):
+            return self._fit_dask(X)
         self.fit_predict(X, y)
         return self
 
@@ -352,17 +537,50 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         and 'k-means++' need all the data at once and are refused.
         """
         self._validate_params()
-        n_samples, n_features = source.shape
         if source.block_rows % CHUNK_ROWS:
             raise ValueError(
                 f"block_rows={source.block_rows} must be a multiple of {CHUNK_ROWS}"
+            )
+        tied = self.covariance_type == "tied"
+        return self._fit_outside(
+            source.shape, lambda: _Streamed(source, tied), "out-of-core fits"
+        )
+
+    def _fit_dask(self, X):
+        """Fit on a dask array or DataFrame: the passes run where the chunks live.
+
+        Each iteration maps the fused kernel over the row chunks on the workers (or
+        dask's local scheduler) and sums the per-chunk statistics in a fixed tree
+        (:mod:`fastvi._dask`); only K x D x D numbers per chunk reach the client.
+        The model equals the in-memory fit to rounding, with the same iterations.
+        Initializations as for out-of-core fits: 'random' (the draws travel to the
+        workers once: N x K numbers) and 'random_from_data' (K row indices).
+        """
+        from ._dask import DaskRows
+
+        self._validate_params()
+        rows = DaskRows(X)
+        tied = self.covariance_type == "tied"
+        return self._fit_outside(
+            rows.shape,
+            lambda: _Distributed(rows, tied, self.n_jobs),
+            "fits on Dask arrays",
+        )
+
+    def _fit_outside(self, shape, make_data, what):
+        """The fit of data that is not in memory (``make_data()``: a ``_Streamed``)."""
+        n_samples, n_features = shape
+        if self.learning_method == "online":
+            raise ValueError(
+                "learning_method='online' draws minibatches in random order and "
+                f"needs the data in memory; {what} are batch fits"
             )
         if self.init_params not in ("random", "random_from_data") and not (
             self.warm_start and hasattr(self, "converged_")
         ):
             raise ValueError(
                 f"init_params={self.init_params!r} needs all the data in memory; "
-                "out-of-core fits support 'random' and 'random_from_data'"
+                f"{what} support 'random' and 'random_from_data'"
             )
         if n_samples < max(2, self.n_components):
             raise ValueError(
@@ -381,11 +599,72 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             with thread_limits(self.n_jobs):
-                data = _Streamed(source, self.covariance_type == "tied")
+                data = make_data()
                 self._check_parameters(data)
                 random_state = check_random_state(self.random_state)
                 data = self._prepare(data)
                 self._cavi_fit(data, random_state)
+                self._set_derived()
+        return self
+
+    def partial_fit(self, X, y=None):
+        """One stochastic natural-gradient step of the global factors from a minibatch.
+
+        The rows of ``X`` are one minibatch of a data set of ``total_samples`` rows:
+        their responsibilities under the current global factors give the
+        intermediate parameters (prior + ``total_samples / len(X)`` times their
+        statistics), and every global factor moves to the convex combination
+        ``(1 - rho) * current + rho * intermediate`` of its natural parameters, with
+        ``rho = (learning_offset + n_batch_iter_) ** -learning_decay`` (Hoffman et al.
+        2013, Algorithm 1). The first call on an unfitted estimator initializes the
+        factors from ``X`` as :meth:`fit` does (``init_params``, ``random_state``, the
+        default priors from ``X``, statistics scaled to ``total_samples`` rows) and
+        then takes its step; later calls continue from the current factors (also
+        those of an earlier :meth:`fit`). ``learning_method`` and ``batch_size`` are
+        not used. If the call raises, the estimator is left as it was.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One minibatch. The first call needs ``n_samples >= max(2,
+            n_components)``.
+        y : Ignored
+
+        Returns
+        -------
+        self : BayesianGaussianMixture
+        """
+        self._validate_params()
+        first = not hasattr(self, "precisions_cholesky_")
+        with all_or_nothing(self):
+            X = validate_data(
+                self,
+                X,
+                dtype=[np.float64, np.float32],
+                reset=first,
+                ensure_min_samples=2 if first else 1,
+            )
+            if first and X.shape[0] < self.n_components:
+                raise ValueError(
+                    "The first partial_fit call initializes from its minibatch: "
+                    "expected n_samples >= n_components but got n_components = "
+                    f"{self.n_components}, n_samples = {X.shape[0]}"
+                )
+            # one kernel work item runs on one thread (see _svi_epoch_step)
+            n_jobs = 1 if X.shape[0] <= CHUNK_ROWS else self.n_jobs
+            with thread_limits(n_jobs):
+                if first:
+                    self._check_parameters(X)
+                    data = self._prepare(X)
+                    random_state = check_random_state(self.random_state)
+                    self._initialize_from(
+                        data, random_state, self.total_samples / X.shape[0]
+                    )
+                    self.n_batch_iter_ = 1
+                elif not hasattr(self, "n_batch_iter_"):  # after a batch fit
+                    self.n_batch_iter_ = 1
+                X64 = np.ascontiguousarray(X, dtype=np.float64)
+                self._svi_update(X64, self.total_samples / X64.shape[0])
                 self._set_derived()
         return self
 
@@ -600,6 +879,16 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         return X64, X, center, gram
 
     def _cavi_initialize(self, data, random_state):
+        self._initialize_from(data, random_state)
+        if self.learning_method == "online":
+            self.n_batch_iter_ = 1
+            self._svi_epoch = 0
+            # epoch e shuffles with default_rng((seed, e)): a warm-started (or
+            # resumed) fit draws the minibatches an uninterrupted fit draws
+            self._svi_seed = int(random_state.randint(np.iinfo(np.int32).max))
+
+    def _initialize_from(self, data, random_state, scale=1.0):
+        """Global factors from the initial responsibilities (statistics scaled)."""
         X64, X_orig, center, _ = data
         shift = np.broadcast_to(center, (self.n_components, center.size)).copy()
         if isinstance(X64, _Streamed):
@@ -608,16 +897,140 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             return
         resp, labels = self._initial_resp(X_orig, random_state)
         stats = self._pass(X64, shift, resp_in=resp, labels_in=labels)
-        self._update_globals(stats, data)
+        self._update_globals(stats, data, scale=scale)
 
     def _cavi_step(self, data):
+        if self.learning_method == "online":
+            return self._svi_epoch_step(data)
         # local step: responsibilities and their statistics in one pass; then global
         stats = self._pass(data[0], self.means_)
         self._update_globals(stats, data)
         return self._bound(stats.entropy)
 
+    # ------------------------------------------------------ stochastic steps
+    def _svi_epoch_step(self, data):
+        """One epoch of stochastic steps over shuffled minibatches, then the bound."""
+        X64 = data[0]
+        n_samples = X64.shape[0]
+        if not hasattr(self, "_svi_seed"):  # warm start from a batch or partial fit
+            seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+            self._svi_seed, self._svi_epoch = int(seed), 0
+            self.n_batch_iter_ = getattr(self, "n_batch_iter_", 1)
+        rng = np.random.default_rng((self._svi_seed, self._svi_epoch))
+        order = rng.permutation(n_samples)
+        n_batches = -(-n_samples // min(self.batch_size, n_samples))
+        # a minibatch of one kernel work item runs on one thread anyway; waking the
+        # others for every step costs more than the step on a busy machine
+        one_chunk = -(-n_samples // n_batches) <= CHUNK_ROWS
+        with thread_limits(1) if one_chunk else nullcontext():
+            for rows in np.array_split(order, n_batches):
+                # sorted: the gather reads X forward (the order of the rows within
+                # a minibatch changes the step only by rounding)
+                batch = X64[np.sort(rows)]
+                self._svi_update(batch, n_samples / batch.shape[0])
+        self._svi_epoch += 1
+        return self._svi_bound(data)
+
+    def _svi_update(self, batch, scale):
+        """One natural-gradient step from the float64 C-contiguous minibatch."""
+        rho = (self.learning_offset + self.n_batch_iter_) ** -self.learning_decay
+        stats = self._pass(batch, self.means_)
+        # the tied update needs the minibatch's centered Gram matrix
+        batch_data = self._prepare(batch)
+        self._update_globals(stats, batch_data, scale=scale, rho=rho)
+        self.n_batch_iter_ += 1
+
+    def _svi_bound(self, data):
+        """Evidence lower bound at the current global factors, over all the data.
+
+        With the optimal responsibilities (PRML eqs. 10.46-10.49) the data terms of
+        the bound, sum_nk r_nk (log rho_nk - log r_nk), sum to sum_n logsumexp_k
+        log rho_nk, which the pass returns; the global factors add
+        E_q[log p(theta) - log q(theta)] (:meth:`_global_bound`). scikit-learn's
+        constants are dropped, so after a converged CAVI fit this is its
+        ``lower_bound_`` up to the last iteration's change.
+        """
+        X64 = data[0]
+        n_samples, n_features = X64.shape
+        stats = self._pass(X64, self.means_)
+        # the kernel's log rho_nk holds -D/2 log(2 pi), which scikit-learn drops
+        data_term = stats.norm + 0.5 * n_samples * n_features * math.log(2.0 * math.pi)
+        return data_term + self._global_bound()
+
+    def _global_bound(self):
+        """E_q[log p(theta) - log q(theta)] of q(pi) and q(mu, Lambda), less constants.
+
+        PRML eqs. 10.73-10.74 and 10.76-10.77 (and their Beta analogues for the
+        stick-breaking prior) for any variational parameters, not only those of a
+        CAVI update. Terms of the priors alone (K D/2 log beta_0, the prior's Wishart
+        and Dirichlet/Beta normalizers, log pi^{D(D-1)/4} per component) are dropped,
+        as scikit-learn's bound drops them.
+        """
+        D = self.means_.shape[1]
+        K = self.n_components
+        cov_type = self.covariance_type
+        beta0, beta = self.mean_precision_prior_, self.mean_precision_
+        nu0, nu = self.degrees_of_freedom_prior_, self.degrees_of_freedom_
+        pc = self.precisions_cholesky_
+        w0_inv = self.covariance_prior_
+        diff = self.means_ - self.mean_prior_
+        # quad_k = nu_k (m_k - m_0)^T W_k (m_k - m_0) and trace_k = nu_k Tr(W_0^-1 W_k)
+        # with the precisions nu_k W_k = U_k U_k^T
+        if cov_type == "full":
+            quad = (np.einsum("kji,kj->ki", pc, diff) ** 2).sum(axis=1)
+            trace = np.einsum("ij,kij->k", w0_inv, pc @ pc.transpose(0, 2, 1))
+        elif cov_type == "tied":
+            quad = ((diff @ pc) ** 2).sum(axis=1)
+            trace = np.sum(w0_inv * (pc @ pc.T))
+        elif cov_type == "diag":
+            quad = (pc**2 * diff**2).sum(axis=1)
+            trace = (w0_inv * pc**2).sum(axis=1)
+        else:
+            quad = pc**2 * (diff**2).sum(axis=1)
+            trace = w0_inv * D * pc**2
+        log_det_chol = self._log_det_cholesky()
+        # E[log det Lambda_k] (PRML eq. 10.65), log det W_k = 2 log det U_k - D log nu
+        e_log_det = (
+            self._expected_log_det_lambda() + 2.0 * log_det_chol - D * np.log(nu)
+        )
+        log_wishart_norm = -(
+            nu * (log_det_chol - 0.5 * D * np.log(nu))
+            + nu * D * 0.5 * math.log(2.0)
+            + gammaln(0.5 * (np.atleast_1d(nu) - np.arange(D)[:, np.newaxis])).sum(
+                axis=0
+            )
+        )
+        gauss = (
+            -0.5 * D * np.log(beta)
+            + 0.5 * D * (1.0 - beta0 / beta)
+            - 0.5 * beta0 * quad
+        )
+        wishart = (
+            -0.5 * (trace - nu * D) - log_wishart_norm + 0.5 * (nu0 - nu) * e_log_det
+        )
+        # tied: K copies of the shared Wishart, as in scikit-learn's bound
+        wishart = K * wishart[0] if cov_type == "tied" else np.sum(wishart)
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            a, b = self.weight_concentration_
+            gamma0 = self.weight_concentration_prior_
+            dg = digamma(a + b)
+            weights = np.sum(
+                betaln(a, b)
+                + (1.0 - a) * (digamma(a) - dg)
+                + (gamma0 - b) * (digamma(b) - dg)
+            )
+        else:
+            alpha = self.weight_concentration_
+            e_log_pi = digamma(alpha) - digamma(np.sum(alpha))
+            weights = (
+                np.sum(gammaln(alpha))
+                - gammaln(np.sum(alpha))
+                + np.sum((self.weight_concentration_prior_ - alpha) * e_log_pi)
+            )
+        return float(np.sum(gauss) + wishart + weights)
+
     def _cavi_get_state(self):
-        return (
+        state = (
             self.weight_concentration_,
             self.mean_precision_,
             self.means_,
@@ -625,6 +1038,9 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             self.covariances_,
             self.precisions_cholesky_,
         )
+        if self.learning_method == "online":
+            state += (self.n_batch_iter_, self._svi_epoch, self._svi_seed)
+        return state
 
     def _cavi_set_state(self, state):
         (
@@ -634,7 +1050,9 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             self.degrees_of_freedom_,
             self.covariances_,
             self.precisions_cholesky_,
-        ) = state
+        ) = state[:6]
+        if len(state) > 6:
+            self.n_batch_iter_, self._svi_epoch, self._svi_seed = state[6:]
 
     # ---------------------------------------------------------- initialization
     def _initial_resp(self, X, random_state):
@@ -730,6 +1148,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
         params = self._kernel_params() if init is None else zeros
         shift = _kernel_array(shift)
+        if isinstance(data, _Distributed):
+            return data.statistics(_KIND[self.covariance_type], params, shift, init)
         marks = None
         if init is not None and init[0] == "random_from_data":
             marks = init[1].choice(N, size=K, replace=False)
@@ -787,23 +1207,74 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
     def _score_arrays(self, X, want):
         check_is_fitted(self)
+        if is_dask_collection(X):
+            return self._score_dask(X, want)
         X = validate_data(self, X, reset=False)
         X64 = np.ascontiguousarray(X, dtype=np.float64)
         with thread_limits(self.n_jobs):
             return self._score_pass(X64, want)
 
+    def _score_dask(self, X, want):
+        """``_score_arrays`` of a dask collection: a lazy dask array, chunk by chunk."""
+        from ._dask import DaskRows
+
+        rows = DaskRows(X)
+        if rows.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {rows.shape[1]} features, but BayesianGaussianMixture "
+                f"is expecting {self.n_features_in_} features as input."
+            )
+        return rows.map_rows(
+            _dask_score_block,
+            (self, want),
+            n_columns=self.n_components if want == "log_resp" else None,
+            dtype=np.int64 if want == "labels" else np.float64,
+            n_jobs=self.n_jobs,
+        )
+
     # ------------------------------------------------------------- global step
-    def _update_globals(self, stats, data):
-        """Closed-form updates of q(pi), q(mu, Lambda) from the statistics (M-step)."""
+    def _update_globals(self, stats, data, scale=1.0, rho=None):
+        """Closed-form updates of q(pi), q(mu, Lambda) from the statistics (M-step).
+
+        ``scale`` multiplies the statistics (N / B for a minibatch of B of N rows).
+        With ``rho`` the update gives the intermediate parameters lambda_hat, and the
+        factors then move to (1 - rho) lambda + rho lambda_hat in natural parameters
+        (Hoffman et al. 2013, eq. 26; :func:`_natural_blend`).
+        """
+        if rho is not None:
+            current = self._variational_parameters()
         nk, xk, sk = self._gaussian_statistics(stats, data)
+        if scale != 1.0:
+            # xk and sk are averages and do not scale; the counts do
+            nk = scale * stats.nk + 10 * np.finfo(np.float64).eps
         self._update_weights(nk)
         self.mean_precision_ = self.mean_precision_prior_ + nk
         self.means_ = (
             self.mean_precision_prior_ * self.mean_prior_ + nk[:, np.newaxis] * xk
         ) / self.mean_precision_[:, np.newaxis]
         self._update_wishart(nk, xk, sk)
+        if rho is not None:
+            (
+                self.weight_concentration_,
+                self.mean_precision_,
+                self.means_,
+                self.degrees_of_freedom_,
+                self.covariances_,
+            ) = _natural_blend(
+                current, self._variational_parameters(), rho, self.covariance_type
+            )
         self.precisions_cholesky_ = _precision_cholesky(
             self.covariances_, self.covariance_type, self.means_
+        )
+
+    def _variational_parameters(self):
+        """(weight concentration, beta_k, m_k, nu_k, covariances) of the factors."""
+        return (
+            self.weight_concentration_,
+            self.mean_precision_,
+            self.means_,
+            self.degrees_of_freedom_,
+            self.covariances_,
         )
 
     def _gaussian_statistics(self, stats, data):
@@ -989,6 +1460,111 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             self.precisions_ = pc @ pc.T
         else:
             self.precisions_ = pc**2
+
+
+def _wishart_shape(nu, cov_type):
+    """nu broadcast against the covariances of ``cov_type``."""
+    if cov_type == "full":
+        return nu[:, np.newaxis, np.newaxis]
+    if cov_type == "diag":
+        return nu[:, np.newaxis]
+    return nu
+
+
+def _mean_outer(weight, means, cov_type):
+    """sum of weight_k m_k m_k^T in the shape of ``cov_type``'s W^{-1}."""
+    if cov_type == "full":
+        return (
+            weight[:, np.newaxis, np.newaxis]
+            * means[:, :, np.newaxis]
+            * means[:, np.newaxis]
+        )
+    if cov_type == "tied":  # the shared factor averages the K components
+        return (weight * means.T) @ means / means.shape[0]
+    if cov_type == "diag":
+        return weight[:, np.newaxis] * means**2
+    return weight * np.mean(means**2, axis=1)
+
+
+def _natural_parameters(params, cov_type):
+    """Natural parameters of the global variational factors.
+
+    ``params`` is ``(weight_concentration, beta, m, nu, covariances)`` with
+    scikit-learn's normalized covariances W^{-1} / nu. Writing each Normal-Wishart
+    factor as exp(<eta, T(mu, Lambda)>) over the sufficient statistics
+    T = (mu^T Lambda mu, Lambda mu, Lambda, log det Lambda) gives
+    eta = (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2, (nu - D) / 2)
+    (PRML eqs. 10.59-10.63 are eta_0 plus the expected statistics of the data). The
+    Dirichlet's natural parameter is alpha - 1 and the stick-breaking Betas' are
+    (a - 1, b - 1). 'tied' shares one Wishart whose W^{-1} + beta m m^T term and nu
+    are the means over the components, as in scikit-learn's tied update; 'diag' and
+    'spherical' keep the diagonal of W^{-1} + beta m m^T and its mean over features.
+
+    Returns
+    -------
+    (weights, eta1, eta2, eta3, eta4) : tuple of arrays
+    """
+    weights, beta, means, nu, covariances = params
+    D = means.shape[1]
+    if isinstance(weights, tuple):
+        eta_weights = (weights[0] - 1.0, weights[1] - 1.0)
+    else:
+        eta_weights = weights - 1.0
+    w_inv = covariances * _wishart_shape(nu, cov_type)
+    return (
+        eta_weights,
+        -0.5 * beta,
+        beta[:, np.newaxis] * means,
+        -0.5 * (w_inv + _mean_outer(beta, means, cov_type)),
+        0.5 * (nu - D),
+    )
+
+
+def _from_natural(natural, cov_type):
+    """Inverse of :func:`_natural_parameters`."""
+    eta_weights, eta1, eta2, eta3, eta4 = natural
+    D = eta2.shape[1]
+    if isinstance(eta_weights, tuple):
+        weights = (eta_weights[0] + 1.0, eta_weights[1] + 1.0)
+    else:
+        weights = eta_weights + 1.0
+    beta = -2.0 * eta1
+    means = eta2 / beta[:, np.newaxis]
+    nu = 2.0 * eta4 + D
+    w_inv = -2.0 * eta3 - _mean_outer(beta, means, cov_type)
+    return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
+
+
+def _natural_blend(current, target, rho, cov_type):
+    """``_from_natural((1 - rho) * eta(current) + rho * eta(target))``, stably.
+
+    The Dirichlet/Beta parameters, beta, beta m and nu are affine in the natural
+    parameters and are combined directly. W^{-1} + beta m m^T is combined about the
+    new mean m (sum_i w_i m_i m_i^T - beta m m^T = sum_i w_i (m_i - m)(m_i - m)^T
+    for weights w_i summing to beta), which avoids the cancellation of forming and
+    subtracting beta m m^T when the means are far from the origin. rho = 1 gives
+    ``target`` (to rounding of the means).
+    """
+    keep = 1.0 - rho
+    w_cur, b_cur, m_cur, nu_cur, c_cur = current
+    w_new, b_new, m_new, nu_new, c_new = target
+    if isinstance(w_cur, tuple):
+        weights = tuple(keep * a + rho * b for a, b in zip(w_cur, w_new))
+    else:
+        weights = keep * w_cur + rho * w_new
+    a_cur, a_new = keep * b_cur, rho * b_new
+    beta = a_cur + a_new
+    means = (a_cur[:, np.newaxis] * m_cur + a_new[:, np.newaxis] * m_new) / beta[
+        :, np.newaxis
+    ]
+    nu = keep * nu_cur + rho * nu_new
+    w_inv = (
+        keep * (c_cur * _wishart_shape(nu_cur, cov_type))
+        + rho * (c_new * _wishart_shape(nu_new, cov_type))
+        + _mean_outer(a_cur, m_cur - means, cov_type)
+        + _mean_outer(a_new, m_new - means, cov_type)
+    )
+    return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
 
 
 def _kernel_array(a):
