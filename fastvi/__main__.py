@@ -198,6 +198,13 @@ def _add_batch_commands(sub):
         action="store_true",
         help="load a .npy file whole instead of streaming it block by block",
     )
+    fit.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="gmm, .npy input: fit on this Dask cluster (tcp://host:8786); the "
+        "workers read the file at the same path",
+    )
     fit.add_argument("--checkpoint", default=None)
     fit.add_argument("--checkpoint-every", type=int, default=1)
     fit.add_argument("--resume", action="store_true")
@@ -286,6 +293,30 @@ def _open_data(args, model, allow_stream):
     return X
 
 
+def _open_on_cluster(args):
+    """``(dask array, Client)`` for ``--scheduler``: the workers read the file."""
+    from .batch.io import DataError, dask_rows, data_format
+
+    if args.model != "gmm":
+        raise ValueError("--scheduler is supported for 'gmm' only")
+    if data_format(args.input, args.fmt) != "npy":
+        raise DataError(f"{args.input}: --scheduler needs a float64 .npy file")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError(
+            '--scheduler needs dask.distributed: pip install "fastvi[dask]"'
+        ) from None
+    X = dask_rows(args.input, **_block_rows(args))
+    try:
+        client = Client(args.scheduler, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(
+            f"--scheduler {args.scheduler}: cannot connect ({exc})"
+        ) from None
+    return X, client
+
+
 def _block_rows(args):
     rows = getattr(args, "block_rows", None)
     return {} if rows is None else {"block_rows": rows}
@@ -331,11 +362,7 @@ class _StopFlag:
 
 
 def _fit(args):
-    from sklearn.exceptions import ConvergenceWarning
-
     from .batch.io import NpyRows
-    from .batch.jobs import Interrupted, Progress, fit_mixture
-    from .persist import save
 
     _check_output(args.output, args.input)
     if args.model != "gmm" and (args.checkpoint or args.resume):
@@ -343,13 +370,28 @@ def _fit(args):
     if args.checkpoint:
         _check_output(args.checkpoint, args.input, args.output)
     est = _estimator(args)
-    streams = (
-        args.model == "gmm"
-        and not args.in_memory
-        and est.init_params in ("random", "random_from_data")
-    )
-    X = _open_data(args, args.model, allow_stream=streams)
-    out_of_core = isinstance(X, NpyRows)
+    if not args.scheduler:
+        streams = (
+            args.model == "gmm"
+            and not args.in_memory
+            and est.init_params in ("random", "random_from_data")
+        )
+        X = _open_data(args, args.model, allow_stream=streams)
+        return _run_fit(args, est, X, out_of_core=isinstance(X, NpyRows))
+    X, client = _open_on_cluster(args)
+    try:
+        return _run_fit(args, est, X, out_of_core=True)
+    finally:
+        client.close()
+
+
+def _run_fit(args, est, X, out_of_core):
+    """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from .batch.jobs import Interrupted, Progress, fit_mixture
+    from .persist import save
+
     n_rows = X.shape[0]
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

@@ -73,9 +73,23 @@ def _run_block(fn, block, start, shared, local, n_jobs):
         return fn(block, start, *shared, *local)
 
 
+def _run_rows(block, fn, args, n_jobs):
+    """Task body of :meth:`DaskRows.map_rows` under the kernel lock."""
+    from ._threads import thread_limits
+
+    with _KERNEL_LOCK, thread_limits(_worker_threads(n_jobs)):
+        return fn(np.ascontiguousarray(block, dtype=np.float64), *args)
+
+
 def _add(a, b):
-    """Sum two partial results: tuples of arrays/floats, element by element."""
-    return tuple(x + y for x, y in zip(a, b))
+    """Sum two partial results: plain tuples element by element, else ``a + b``.
+
+    (Statistics classes such as ``fastvi.conjugate.LogisticBlockStats`` define
+    their own ``+``.)
+    """
+    if type(a) is tuple:
+        return tuple(x + y for x, y in zip(a, b))
+    return a + b
 
 
 def _tree_sum(parts, delayed):
@@ -134,6 +148,7 @@ class DaskRows:
         self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         self.sizes = sizes
         blocks = list(X.to_delayed().ravel())
+        self.y = None
         if y is not None:
             y = da.asarray(y)
             if y.ndim != 1 or int(y.shape[0]) != self.shape[0]:
@@ -142,6 +157,7 @@ class DaskRows:
                     "to match X"
                 )
             y = y.rechunk((X.chunks[0],))
+            self.y = y
             blocks = [
                 dask.delayed(tuple, pure=True)([b, t])
                 for b, t in zip(blocks, y.to_delayed().ravel())
@@ -174,19 +190,64 @@ class DaskRows:
         (total,) = self._dask.compute(_tree_sum(tasks, delayed))
         return total
 
+    def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
+        """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array.
+
+        The result has the row chunks of ``X`` and ``n_columns`` columns (one
+        dimension when None); nothing is computed until the caller asks.
+        """
+        ndim = 1 if n_columns is None else 2
+        layout = (
+            {"drop_axis": 1}
+            if n_columns is None
+            else {"chunks": (self.array.chunks[0], (n_columns,))}
+        )
+        return self.array.map_blocks(
+            _run_rows,
+            fn,
+            args,
+            n_jobs,
+            dtype=dtype,
+            meta=np.empty((0,) * ndim, dtype=dtype),
+            **layout,
+        )
+
+    def map_method(self, estimator, method, n_columns=None, dtype=np.float64):
+        """Lazy ``getattr(estimator, method)(rows)`` of every chunk (predictions)."""
+        return self.map_rows(
+            _call_method,
+            (estimator, method),
+            n_columns=n_columns,
+            dtype=dtype,
+            n_jobs=getattr(estimator, "n_jobs", None),
+        )
+
     def check_finite(self, n_jobs=None):
-        """Raise scikit-learn's message if any value is NaN or infinite."""
-        n_nan, n_inf = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
-        if n_nan:
-            raise ValueError("Input X contains NaN.")
-        if n_inf:
-            raise ValueError(
-                f"Input X contains infinity or a value too large for {self.dtype!r}."
-            )
+        """Raise scikit-learn's message if any value (of X, then y) is NaN or inf."""
+        counts = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
+        for name, n_nan, n_inf in (("X", *counts[:2]), ("y", *counts[2:])):
+            if n_nan:
+                raise ValueError(f"Input {name} contains NaN.")
+            if n_inf:
+                raise ValueError(
+                    f"Input {name} contains infinity or a value too large for "
+                    f"{self.dtype!r}."
+                )
+
+
+def _call_method(rows, estimator, method):
+    return getattr(estimator, method)(rows)
 
 
 def _count_nonfinite(block, start):
-    rows = block[0] if isinstance(block, tuple) else block
-    rows = np.asarray(rows)
-    n_nan = int(np.isnan(rows).sum())
-    return n_nan, int((~np.isfinite(rows)).sum()) - n_nan
+    """Task: NaN and infinity counts of the rows (and of the targets, if any)."""
+    parts = block if isinstance(block, tuple) else (block, np.zeros(0))
+    counts = []
+    for values in parts:
+        values = np.asarray(values)
+        if values.dtype.kind not in "fc":  # integers, labels: always finite
+            counts += [0, 0]
+            continue
+        n_nan = int(np.isnan(values).sum())
+        counts += [n_nan, int((~np.isfinite(values)).sum()) - n_nan]
+    return tuple(counts)

@@ -45,6 +45,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
+from ._dask import is_dask_collection
 from ._threads import resolve_n_jobs, thread_limits
 from .persist import SaveMixin
 
@@ -476,11 +477,14 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         """
         self._validate_params()
         with all_or_nothing(self):
-            x = self._check_x(X)
+            if is_dask_collection(X):  # two reductions on the workers
+                n, xbar, spread = _dask_moments(X)
+            else:
+                x = self._check_x(X)
+                n = x.shape[0]
+                xbar = float(np.mean(x))
+                spread = float(np.sum((x - xbar) ** 2))
             self.n_features_in_ = 1
-            n = x.shape[0]
-            xbar = float(np.mean(x))
-            spread = float(np.sum((x - xbar) ** 2))
             data = (n, xbar, spread)
             self._cavi_fit(data, None)
             self.exact_posterior_ = self._exact(n, xbar, spread)
@@ -761,15 +765,23 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         """
         self._validate_params()
         with all_or_nothing(self):
-            X, y = validate_data(
-                self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2
-            )
-            X = np.ascontiguousarray(X, dtype=np.float64)
-            y = np.ascontiguousarray(y, dtype=np.float64)
+            if is_dask_collection(X):
+                rows = _dask_rows(self, X, y)
+                d = rows.shape[1]
+            else:
+                X, y = validate_data(
+                    self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2
+                )
+                X = np.ascontiguousarray(X, dtype=np.float64)
+                y = np.ascontiguousarray(y, dtype=np.float64)
+                d = X.shape[1]
             if self.warm_start and hasattr(self, "converged_"):
-                if self.coef_.shape[0] != X.shape[1]:
+                if self.coef_.shape[0] != d:
                     del self.converged_  # a new problem: start afresh
-            data = self._statistics(X, y)
+            if is_dask_collection(X):
+                data = self._dask_statistics(rows)
+            else:
+                data = self._statistics(X, y)
             self._cavi_fit(data, None)
             self.intercept_ = (
                 float(self.y_offset_ - self.X_offset_ @ self.coef_)
@@ -777,6 +789,22 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
                 else 0.0
             )
         return self
+
+    def _dask_statistics(self, rows):
+        """``_statistics`` of a dask array: two reductions on the workers."""
+        n, d = rows.shape
+        x_sum, y_sum, yy_sum, y_min, y_max = rows.map_reduce(
+            _dask_linear_moments, n_jobs=self.n_jobs
+        )
+        y_min, y_max = y_min.value, y_max.value
+        if self.fit_intercept:
+            x_off, y_off = x_sum / n, float(y_sum / n)
+        else:
+            x_off, y_off = np.zeros(d), 0.0
+        stats = rows.map_reduce(
+            _dask_linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
+        )
+        return self._finish_statistics(n, stats, x_off, y_off, y_max - y_min, y_sum)
 
     def _statistics(self, X, y):
         """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets."""
@@ -789,7 +817,10 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
         with threadpool_limits(limits=resolve_n_jobs(self.n_jobs), user_api="blas"):
             stats = linear_block_stats(X, y, x_off, y_off)
-        if stats.yty == 0.0 or (self.fit_intercept and np.ptp(y) == 0.0):
+        return self._finish_statistics(n, stats, x_off, y_off, np.ptp(y), y.sum())
+
+    def _finish_statistics(self, n, stats, x_off, y_off, y_range, y_sum):
+        if stats.yty == 0.0 or (self.fit_intercept and y_range == 0.0):
             raise ValueError(
                 "The target y is constant"
                 + (" (all zero)" if not self.fit_intercept else "")
@@ -797,7 +828,10 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             )
         self.X_offset_, self.y_offset_ = x_off, y_off
         gram = 0.5 * (stats.gram + stats.gram.T)
-        return n, gram, stats.xty, stats.yty, float(np.var(y))
+        # var(y): the centred sum of squares, or from the raw moments without centring
+        mean = y_sum / n
+        var_y = stats.yty / n if self.fit_intercept else stats.yty / n - mean * mean
+        return n, gram, stats.xty, stats.yty, float(max(var_y, 0.0))
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -930,12 +964,19 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             Only with ``return_std=True``.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        lazy = is_dask_collection(X)  # dask in, lazy dask arrays out
+        if lazy:
+            X = _dask_rows(self, X, None, reset=False).array
+        else:
+            X = validate_data(self, X, reset=False, dtype=np.float64)
         y_mean = X @ self.coef_ + self.intercept_
         if not return_std:
             return y_mean
         Xc = X - self.X_offset_
-        var_w = np.einsum("ij,jk,ik->i", Xc, self.sigma_, Xc, optimize=True)
+        if lazy:
+            var_w = ((Xc @ self.sigma_) * Xc).sum(axis=1)
+        else:
+            var_w = np.einsum("ij,jk,ik->i", Xc, self.sigma_, Xc, optimize=True)
         # E[1/α] = rate / (shape - 1) under q(α) (shape > 1 since N >= 2)
         noise = self.alpha_rate_ / (self.alpha_shape_ - 1.0)
         return y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)
@@ -1107,6 +1148,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self : VBLogisticRegression
         """
         self._validate_params()
+        if is_dask_collection(X):
+            return self._fit_dask(X, y)
         with all_or_nothing(self):
             X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
             check_classification_targets(y)
@@ -1125,16 +1168,48 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             # float64, C-contiguous and writable: one kernel signature, one compile
             # (numba types read-only arrays separately)
             X = np.require(X, dtype=np.float64, requirements=["C", "W"])
-            with thread_limits(self.n_jobs):
-                if classes.shape[0] == 2:
-                    if not warm and hasattr(self, "converged_"):
-                        del self.converged_
-                    self.__dict__.pop("estimators_", None)
-                    self._fit_binary(X, (y_idx == 1).astype(np.float64))
-                else:
-                    self._fit_ovr(X, y_idx, classes.shape[0], warm)
-            self.classes_ = classes
+            problems = [
+                (X, (y_idx == k).astype(np.float64)) for k in range(len(classes))
+            ]
+            self._fit_problems(problems, classes, warm)
         return self
+
+    def _fit_dask(self, X, y):
+        """``fit`` on a dask array: every pass maps the kernel over the chunks.
+
+        The labels stay on the workers too (the classes come from ``da.unique``); a
+        large data set's subsample start brings only its subsample to the client.
+        """
+        with all_or_nothing(self):
+            rows = _dask_rows(self, X, y)
+            classes = np.unique(rows.y.map_blocks(np.unique).compute())
+            check_classification_targets(classes)
+            if classes.shape[0] < 2:
+                raise ValueError(
+                    "VBLogisticRegression needs samples of at least 2 classes in the "
+                    f"data, but the data contains only one class: {classes[0]!r}."
+                )
+            warm = (
+                self.warm_start
+                and hasattr(self, "classes_")
+                and np.array_equal(self.classes_, classes)
+                and self.coef_.shape[1] == rows.shape[1]
+            )
+            problems = [(_DaskBinary(rows, c, self.n_jobs), None) for c in classes]
+            self._fit_problems(problems, classes, warm)
+        return self
+
+    def _fit_problems(self, problems, classes, warm):
+        """One binary fit, or one-vs-rest; ``problems[k]``: (data, 0/1 targets)."""
+        with thread_limits(self.n_jobs):
+            if classes.shape[0] == 2:
+                if not warm and hasattr(self, "converged_"):
+                    del self.converged_
+                self.__dict__.pop("estimators_", None)
+                self._fit_binary(*problems[1])
+            else:
+                self._fit_ovr(problems, warm)
+        self.classes_ = classes
 
     def decision_function(self, X):
         """Log-odds of :meth:`predict_proba`: κ(s²) μ per sample (see Notes).
@@ -1148,6 +1223,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            n_problems = self.coef_.shape[0]
+            return self._dask_predict(X, "decision_function", n_problems, float)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         scores = self._moderated_logits(X)
         return scores[:, 0] if scores.shape[1] == 1 else scores
@@ -1164,6 +1242,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
+        if is_dask_collection(X):
+            return self._dask_predict(X, "predict_proba", len(self.classes_), float)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         p = expit(self._moderated_logits(X))
         if p.shape[1] == 1:
@@ -1194,12 +1274,22 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         -------
         labels : ndarray of shape (n_samples,)
         """
+        if is_dask_collection(X):
+            check_is_fitted(self)
+            return self._dask_predict(X, "predict", 1, self.classes_.dtype)
         scores = self.decision_function(X)
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(np.intp)]
         return self.classes_[np.argmax(scores, axis=1)]
 
     # -------------------------------------------------------------- internals
+    def _dask_predict(self, X, method, n_columns, dtype):
+        """Lazy ``method`` of every chunk; one column comes back 1-D."""
+        rows = _dask_rows(self, X, None, reset=False)
+        return rows.map_method(
+            self, method, n_columns=None if n_columns == 1 else n_columns, dtype=dtype
+        )
+
     def _moderated_logits(self, X):
         """κ(s²) μ for every (sample, binary problem): (n_samples, n_problems)."""
         n_problems = self.coef_.shape[0]
@@ -1216,19 +1306,17 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             out[:, k] = kappa * mu
         return out
 
-    def _fit_ovr(self, X, y_idx, n_classes, warm):
+    def _fit_ovr(self, problems, warm):
         if warm and hasattr(self, "estimators_"):
             estimators = self.estimators_
             for est in estimators:
                 est.set_params(**self.get_params())
         else:
-            estimators = [
-                VBLogisticRegression(**self.get_params()) for _ in range(n_classes)
-            ]
-        for k, est in enumerate(estimators):
+            estimators = [VBLogisticRegression(**self.get_params()) for _ in problems]
+        for est, problem in zip(estimators, problems):
             est.n_features_in_ = self.n_features_in_
             est.classes_ = np.array([0, 1])
-            est._fit_binary(X, (y_idx == k).astype(np.float64))
+            est._fit_binary(*problem)
         self.estimators_ = estimators
         self.coef_ = np.vstack([est.coef_ for est in estimators])
         self.intercept_ = np.concatenate([est.intercept_ for est in estimators])
@@ -1242,9 +1330,16 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.converged_ = all(est.converged_ for est in estimators)
 
     def _fit_binary(self, X, t):
-        """CAVI on one binary problem; ``t`` holds 0/1 targets as float64."""
-        s = np.ascontiguousarray(t - 0.5)
-        h = logistic_target_stats(X, s, fit_intercept=self.fit_intercept)
+        """CAVI on one binary problem; ``t`` holds 0/1 targets as float64.
+
+        ``X`` may be a :class:`_DaskBinary` (``t`` None: its labels are on the
+        workers).
+        """
+        if isinstance(X, _DaskBinary):
+            s, h = None, X.target_stats(self.fit_intercept)
+        else:
+            s = np.ascontiguousarray(t - 0.5)
+            h = logistic_target_stats(X, s, fit_intercept=self.fit_intercept)
         self._cavi_fit((X, s, h), None)
 
     # q(w, b) q(λ) travels as one tuple: (mean, cov, upper factor of cov, log det cov,
@@ -1271,9 +1366,17 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _local(self, X, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""
-        stats = logistic_block_stats(
-            X, q[0], q[2], fit_intercept=self.fit_intercept, grams=grams, hessian=grams
-        )
+        if isinstance(X, _DaskBinary):
+            stats = X.block_stats(q[0], q[2], self.fit_intercept, grams)
+        else:
+            stats = logistic_block_stats(
+                X,
+                q[0],
+                q[2],
+                fit_intercept=self.fit_intercept,
+                grams=grams,
+                hessian=grams,
+            )
         if scale != 1.0:
             stats = LogisticBlockStats(
                 stats.n_samples,
@@ -1405,8 +1508,11 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         d_tilde = X.shape[1] + int(self.fit_intercept)
         stride = X.shape[0] // (WARM_TARGET_PER_COEF * d_tilde)
         stride = min(max(stride, WARM_STRIDE), WARM_MAX_STRIDE)
-        Xs = np.ascontiguousarray(X[::stride])
-        ss = s[::stride]
+        if isinstance(X, _DaskBinary):
+            Xs, ss = X.subsample(stride)
+        else:
+            Xs = np.ascontiguousarray(X[::stride])
+            ss = s[::stride]
         scale = X.shape[0] / Xs.shape[0]
         hs = scale * logistic_target_stats(Xs, ss, fit_intercept=self.fit_intercept)
         previous = -np.inf
@@ -1459,3 +1565,144 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         q, self._bound, self._proposal, self._predicted_gain = state
         self._set_factors(q)
         self._publish()
+
+
+# ===================================================================== Dask
+# A fit given a dask array maps the block functions above over its row chunks on the
+# workers and sums their statistics in a fixed tree (``fastvi._dask``).
+def _dask_rows(estimator, X, y, reset=True):
+    """``DaskRows`` of X (and y) with scikit-learn's checks and messages."""
+    from ._dask import DaskRows
+
+    rows = DaskRows(X, y=y)
+    n, d = rows.shape
+    if reset:
+        if n < 2:
+            raise ValueError(
+                f"Found array with {n} sample(s) (shape={rows.shape}) while a "
+                f"minimum of 2 is required by {type(estimator).__name__}."
+            )
+        rows.check_finite(getattr(estimator, "n_jobs", None))
+        estimator.n_features_in_ = d
+        estimator.__dict__.pop("feature_names_in_", None)
+    elif d != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {d} features, but {type(estimator).__name__} is expecting "
+            f"{estimator.n_features_in_} features as input."
+        )
+    return rows
+
+
+def _dask_moments(X):
+    """``(n, mean, Σ (x − mean)²)`` of a dask vector or one-column array."""
+    from ._dask import DaskRows
+
+    if getattr(X, "ndim", 2) == 1:
+        X = X[:, None]
+    rows = DaskRows(X)
+    if rows.shape[1] != 1:
+        raise ValueError(
+            "UnivariateGaussian needs X of shape (n_samples,) or "
+            f"(n_samples, 1); got shape {rows.shape}."
+        )
+    if rows.shape[0] < 1:
+        raise ValueError("Found array with 0 sample(s); a minimum of 1 is required.")
+    rows.check_finite()
+    n = rows.shape[0]
+    mean = float(rows.map_reduce(_dask_column_sums)[0][0] / n)
+    spread = float(rows.map_reduce(_dask_spread, shared=(mean,))[0])
+    return n, mean, spread
+
+
+def _dask_column_sums(block, start):
+    return (np.asarray(block, dtype=np.float64).sum(axis=0),)
+
+
+def _dask_spread(block, start, mean):
+    return (float(np.sum((np.asarray(block, dtype=np.float64) - mean) ** 2)),)
+
+
+def _dask_linear_moments(block, start):
+    """Task: column sums, target sum and sum of squares, target min and max."""
+    rows, targets = block
+    rows = np.asarray(rows, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    return (
+        rows.sum(axis=0),
+        float(targets.sum()),
+        float(targets @ targets),
+        _Extreme(targets.min(), min),
+        _Extreme(targets.max(), max),
+    )
+
+
+class _Extreme:
+    """A value whose ``+`` keeps the smaller (or larger) one: min/max in a sum tree."""
+
+    __slots__ = ("value", "pick")
+
+    def __init__(self, value, pick):
+        self.value, self.pick = float(value), pick
+
+    def __add__(self, other):
+        return _Extreme(self.pick(self.value, other.value), self.pick)
+
+
+def _dask_linear_stats(block, start, x_offset, y_offset):
+    rows, targets = block
+    return linear_block_stats(
+        np.ascontiguousarray(rows, dtype=np.float64),
+        np.ascontiguousarray(targets, dtype=np.float64),
+        x_offset,
+        y_offset,
+    )
+
+
+def _dask_target_stats(block, start, positive, fit_intercept):
+    rows, labels = block
+    s = (np.asarray(labels) == positive).astype(np.float64) - 0.5
+    return logistic_target_stats(
+        np.ascontiguousarray(rows, dtype=np.float64), s, fit_intercept=fit_intercept
+    )
+
+
+def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams):
+    rows, _ = block
+    return logistic_block_stats(
+        np.require(rows, dtype=np.float64, requirements=["C", "W"]),
+        mean,
+        factor,
+        fit_intercept=fit_intercept,
+        grams=grams,
+        hessian=grams,
+    )
+
+
+class _DaskBinary:
+    """One binary problem on a dask array: class ``positive`` against the rest."""
+
+    def __init__(self, rows, positive, n_jobs):
+        self.rows, self.positive, self.n_jobs = rows, positive, n_jobs
+        self.shape = rows.shape
+
+    def target_stats(self, fit_intercept):
+        return self.rows.map_reduce(
+            _dask_target_stats,
+            shared=(self.positive, fit_intercept),
+            n_jobs=self.n_jobs,
+        )
+
+    def block_stats(self, mean, factor, fit_intercept, grams):
+        return self.rows.map_reduce(
+            _dask_logistic_stats,
+            shared=(mean, factor, fit_intercept, grams),
+            n_jobs=self.n_jobs,
+        )
+
+    def subsample(self, stride):
+        """Every ``stride``-th row and its ``t − 1/2``, brought to the client."""
+        import dask
+
+        Xs, labels = dask.compute(self.rows.array[::stride], self.rows.y[::stride])
+        s = (np.asarray(labels) == self.positive).astype(np.float64) - 0.5
+        return np.require(Xs, dtype=np.float64, requirements=["C", "W"]), s

@@ -123,3 +123,237 @@ def test_missing_dask_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask", None)
     with pytest.raises(ImportError, match=r"pip install \"fastvi\[dask\]\""):
         _dask.DaskRows(X)
+
+
+# ---------------------------------------------------------- BayesianGaussianMixture
+def _blobs(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = np.array([[-4.0, 0.0, 1.0], [0.0, 3.0, -1.0], [4.0, -2.0, 0.0]])
+    X = centers[rng.integers(0, 3, n)] + rng.normal(size=(n, 3))
+    return X
+
+
+def _gmm(**kw):
+    from fastvi import BayesianGaussianMixture
+
+    params = dict(n_components=4, init_params="random_from_data", random_state=3)
+    params.update(kw)
+    params.setdefault("max_iter", 30)
+    return BayesianGaussianMixture(**params)
+
+
+def _fit(est, X, y=None):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X) if y is None else est.fit(X, y)
+
+
+def _assert_same_model(a, b, rtol=1e-10):
+    assert a.n_iter_ == b.n_iter_
+    assert a.converged_ == b.converged_
+    np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=rtol)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(
+            getattr(b, name), getattr(a, name), rtol=rtol, atol=1e-12, err_msg=name
+        )
+
+
+@pytest.mark.parametrize(
+    ("cov", "init"),
+    [
+        ("full", "random_from_data"),
+        ("tied", "random_from_data"),
+        ("diag", "random"),
+        ("spherical", "random_from_data"),
+    ],
+)
+def test_mixture_on_uneven_chunks_equals_in_memory(cov, init):
+    X = _blobs(2000)
+    chunks = ((700, 1, 299, 1000), (2, 1))  # uneven rows, split columns
+    kw = dict(covariance_type=cov, init_params=init, tol=1e-6, max_iter=15)
+    a = _fit(_gmm(**kw), X)
+    b = _fit(_gmm(**kw), da.from_array(X, chunks=chunks))
+    _assert_same_model(a, b)
+
+
+def test_mixture_on_a_local_cluster_equals_in_memory(client):
+    X = _blobs(5000, seed=1)
+    a = _fit(_gmm(covariance_type="full", tol=1e-8), X)
+    Xd = client.persist(da.from_array(X, chunks=(900, 3)))
+    b = _fit(_gmm(covariance_type="full", tol=1e-8), Xd)
+    _assert_same_model(a, b)
+    # scoring stays lazy and on the workers
+    labels = b.predict(Xd)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), a.predict(X))
+    np.testing.assert_allclose(
+        b.predict_proba(Xd).compute(), a.predict_proba(X), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(b.score(Xd), a.score(X), rtol=1e-12)
+
+
+def test_mixture_survives_a_killed_worker(client):
+    import os
+    import signal
+
+    X = _blobs(5000, seed=2)
+    a = _fit(_gmm(covariance_type="diag", tol=0.0, max_iter=12), X)
+    Xd = client.persist(da.from_array(X, chunks=(500, 3)))
+    client.wait_for_workers(2)
+    killed = []
+
+    def kill_one(estimator, n_iter, bound, change):
+        if n_iter == 3:  # the kill lands between rounds; its chunks are lost
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
+
+    b = _gmm(covariance_type="diag", tol=0.0, max_iter=12)
+    b._iteration_callback = kill_one
+    _fit(b, Xd)
+    assert killed
+    _assert_same_model(a, b)
+
+
+def test_mixture_dask_bad_input_leaves_the_estimator_untouched():
+    X = _blobs(400)
+    est = _gmm(max_iter=3)
+    X[123, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        est.fit(da.from_array(X, chunks=100))
+    assert not hasattr(est, "means_")
+    with pytest.raises(ValueError, match="init_params='kmeans' needs all the data"):
+        _gmm(init_params="kmeans").fit(da.from_array(_blobs(400), chunks=100))
+    fitted = _fit(_gmm(max_iter=3), _blobs(400))
+    with pytest.raises(ValueError, match="X has 2 features"):
+        fitted.predict(da.ones((10, 2), chunks=5))
+
+
+def test_cli_fit_on_a_scheduler(client, tmp_path, capsys):
+    import json
+
+    from fastvi import load
+    from fastvi.__main__ import main
+
+    X = _blobs(3000, seed=4)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    out = tmp_path / "model.npz"
+    argv = ["fit", "gmm", str(path), "--output", str(out), "--json"]
+    argv += ["--n-components", "4", "--init-params", "random_from_data"]
+    argv += ["--random-state", "3", "--max-iter", "30", "--block-rows", "700"]
+    assert main([*argv, "--scheduler", client.scheduler.address]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["out_of_core"] and summary["n_samples"] == 3000
+    on_cluster = load(out)
+    in_memory = _fit(_gmm(max_iter=30), X)
+    _assert_same_model(in_memory, on_cluster)
+    # a format the workers do not read: one clear line, nothing written
+    out.unlink()
+    np.savetxt(tmp_path / "x.csv", X[:10], delimiter=",")
+    csv = [*argv[:2], str(tmp_path / "x.csv"), *argv[3:]]
+    assert main([*csv, "--scheduler", client.scheduler.address]) != 0
+    assert "--scheduler needs a float64 .npy file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# -------------------------------------------------------------- conjugate models
+def _regression(n=1500, d=5, seed=5):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) + 1.0
+    w = rng.normal(size=d)
+    return X, X @ w + 0.5 + rng.normal(scale=0.7, size=n), w
+
+
+@pytest.mark.parametrize("ard", [False, True])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_linear_regression_on_dask_equals_in_memory(ard, fit_intercept):
+    from fastvi import VBLinearRegression
+
+    X, y, _ = _regression()
+    kw = dict(ard=ard, fit_intercept=fit_intercept)
+    a = _fit(VBLinearRegression(**kw), X, y)
+    Xd, yd = (
+        da.from_array(X, chunks=((600, 1, 899), (5,))),
+        da.from_array(y, chunks=700),
+    )
+    b = _fit(VBLinearRegression(**kw), Xd, yd)
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-10)
+    for name in ("coef_", "sigma_", "alpha_", "lambda_"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-10)
+    assert b.intercept_ == pytest.approx(a.intercept_, rel=1e-10, abs=1e-12)
+    mean, std = b.predict(Xd, return_std=True)
+    assert isinstance(mean, da.Array) and isinstance(std, da.Array)
+    mean0, std0 = a.predict(X, return_std=True)
+    np.testing.assert_allclose(mean.compute(), mean0, rtol=1e-10)
+    np.testing.assert_allclose(std.compute(), std0, rtol=1e-10)
+
+
+def _classification(n, d=4, seed=6, n_classes=2):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    W = rng.normal(size=(d, n_classes))
+    logits = X @ W + rng.gumbel(size=(n, n_classes))
+    return X, np.array(["ant", "bee", "cat"])[:n_classes][np.argmax(logits, axis=1)]
+
+
+@pytest.mark.parametrize(("n", "n_classes"), [(2000, 2), (40_000, 2), (900, 3)])
+def test_logistic_regression_on_dask_equals_in_memory(client, n, n_classes):
+    # 40,000 rows take the subsample start (its rows come to the client); three
+    # classes fit one-vs-rest; string labels stay on the workers
+    from fastvi import VBLogisticRegression
+
+    X, y = _classification(n, n_classes=n_classes)
+    a = _fit(VBLogisticRegression(), X, y)
+    chunk = max(n // 3 + 7, 1)
+    Xd, yd = da.from_array(X, chunks=chunk), da.from_array(y, chunks=chunk)
+    b = _fit(VBLogisticRegression(), client.persist(Xd), client.persist(yd))
+    np.testing.assert_array_equal(b.classes_, a.classes_)
+    np.testing.assert_array_equal(b.n_iter_, a.n_iter_)
+    np.testing.assert_allclose(b.lower_bound_, a.lower_bound_, rtol=1e-10)
+    np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b.intercept_, a.intercept_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(b.predict(Xd).compute(), a.predict(X))
+    np.testing.assert_allclose(
+        b.predict_proba(Xd).compute(), a.predict_proba(X), rtol=1e-8
+    )
+
+
+def test_univariate_gaussian_on_dask_equals_in_memory():
+    from fastvi import UnivariateGaussian
+
+    x = np.random.default_rng(7).normal(3.0, 2.0, size=1001)
+    a = _fit(UnivariateGaussian(), x)
+    b = _fit(UnivariateGaussian(), da.from_array(x, chunks=300))
+    assert a.n_iter_ == b.n_iter_
+    for name in ("mu_mean_", "mu_precision_", "tau_shape_", "tau_rate_"):
+        assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-12)
+    with pytest.raises(ValueError, match="shape \\(n_samples,\\) or"):
+        UnivariateGaussian().fit(da.ones((10, 2), chunks=5))
+
+
+def test_conjugate_dask_bad_input():
+    from fastvi import VBLinearRegression, VBLogisticRegression
+
+    X, y, _ = _regression(50)
+    X[3, 1] = np.inf
+    est = VBLinearRegression()
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        est.fit(da.from_array(X, chunks=20), da.from_array(y, chunks=20))
+    assert not hasattr(est, "coef_")
+    X[3, 1] = 0.0
+    y[7] = np.nan
+    with pytest.raises(ValueError, match="Input y contains NaN"):
+        est.fit(da.from_array(X, chunks=20), da.from_array(y, chunks=20))
+    with pytest.raises(ValueError, match="target y is constant"):
+        est.fit(da.from_array(X, chunks=20), da.ones(50, chunks=20))
+    with pytest.raises(ValueError, match="only one class"):
+        VBLogisticRegression().fit(da.from_array(X, chunks=20), da.ones(50, chunks=20))
+    with pytest.raises(ValueError, match="y has shape"):
+        est.fit(da.from_array(X, chunks=20), da.ones(49, chunks=20))

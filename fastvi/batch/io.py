@@ -33,6 +33,7 @@ __all__ = [
     "DataError",
     "NpyRows",
     "check_finite",
+    "dask_rows",
     "data_format",
     "fingerprint",
     "read_data",
@@ -406,6 +407,38 @@ class NpyRows:
                     check_finite(view[1:], self.path, row_offset=start)
                     self._checked = stop
                 yield start, stop, view
+
+
+def dask_rows(path, block_rows=DEFAULT_BLOCK_ROWS):
+    """A dask array of a float64 ``.npy`` file whose chunks are read on the workers.
+
+    Each chunk is a task that reads rows ``start:stop`` of ``path`` itself (checking
+    them for NaN/infinity, the error naming the file and row), so the file must be
+    visible at the same path on every worker (a shared file system); only the header
+    is read here. Used by ``fastvi fit --scheduler``.
+    """
+    import dask
+    import dask.array as da
+
+    rows = NpyRows(path, block_rows=block_rows)  # validates the header here
+    N, D = rows.shape
+    read = dask.delayed(_read_checked_rows, pure=True)
+    chunks = [
+        da.from_delayed(
+            read(rows.path, start, min(N, start + rows.block_rows)),
+            shape=(min(N, start + rows.block_rows) - start, D),
+            dtype=np.float64,
+        )
+        for start in range(0, N, rows.block_rows)
+    ]
+    return da.concatenate(chunks, axis=0)
+
+
+def _read_checked_rows(path, start, stop):
+    """Task of :func:`dask_rows`: rows ``start:stop`` of a ``.npy`` file, checked."""
+    block = NpyRows(path).read_rows(start, stop)
+    check_finite(block, path, row_offset=start)
+    return block
 
 
 def fingerprint(X):
