@@ -8,17 +8,40 @@ over documents.
 
 Why this estimator has its own epoch loop instead of ``fastvi._cavi.CAVIMixin``
 ------------------------------------------------------------------------------------
-The engine stops on the change of a bound that every round returns, warns
-``ConvergenceWarning`` when it did not stop, and owns ``n_init``/``warm_start``/``tol``.
-scikit-learn's LDA, which this class must reproduce, evaluates its criterion
-(perplexity from a separate, non-random E-step) only every ``evaluate_every`` epochs and
-by default never; it never warns; an "epoch" is one batch round or a pass of online
-minibatch rounds; and ``n_iter_`` does not count the epoch whose check stopped the fit.
-What the engine would contribute (the stop test ``abs(change) < tol``) is one line here;
-the kernels, not the loop, are shared.
+Batch LDA is a CAVI model, and its kernels are shared; the engine's *loop* is not,
+because reproducing scikit-learn's fit through it would change observable results:
+
+* Stopping. The engine stops when ``abs(bound - previous) < tol`` for the bound
+  that every round returns. scikit-learn evaluates its criterion, the training
+  perplexity from a *separate* E-step started from ones (not the round's own bound),
+  only every ``evaluate_every`` epochs and by default (-1) never; the test is
+  ``last_perplexity and abs(last - new) < perp_tol``. A round returning a bound
+  every epoch would cost an extra E-step per epoch (measured: about 80% of the
+  epoch's own E-step) or change the stopping epoch.
+* ``n_iter_``. The engine counts the round whose check stopped the fit;
+  scikit-learn's ``n_iter_`` does not (it breaks before incrementing).
+* Warnings and parameters. The engine warns ``ConvergenceWarning`` when it did not
+  stop and reads ``tol``, ``n_init``, ``warm_start`` and ``verbose_interval``;
+  scikit-learn's LDA has none of these parameters (the constructor must match) and
+  never warns; its verbose lines have another format.
+* Online mode (the same loop in scikit-learn) is stochastic: its bound does not
+  rise monotonically, which the engine's contract (and its "a fall is a bug"
+  premise) assumes.
+
+What the engine would contribute, the stop test, is one line here. The bound
+history the engine keeps is kept here too: ``perplexity_history_`` holds every
+perplexity the loop evaluated.
+
+The pure block E-step
+---------------------
+:func:`e_step_stats` runs the E-step of one block of documents against given topics
+and returns its partial statistics, fitted gamma and bound terms, reading no
+estimator state, so it can be mapped over the row chunks of a large matrix (Dask)
+and reduced by summing.
 """
 
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,13 +53,18 @@ from sklearn.base import (
 )
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
+from sklearn.utils.validation import (
+    check_array,
+    check_is_fitted,
+    check_non_negative,
+    validate_data,
+)
 
 from ._cavi import all_or_nothing
 from ._threads import thread_limits
 from .persist import SaveMixin
 
-__all__ = ["LatentDirichletAllocation"]
+__all__ = ["BlockStats", "LatentDirichletAllocation", "e_step_stats"]
 
 # Documents per parallel E-step work item and words per parallel M-step work item.
 # Fixed, so no result depends on the number of threads (see fastvi.kernels.lda).
@@ -56,7 +84,8 @@ def _lda_kernels():
 
 
 class _Corpus:
-    """A document-word count matrix as the kernels want it (CSR, int64/float64).
+    """A document-word count matrix as the kernels want it (CSR: int64 indptr, int32
+    word ids, float64 counts).
 
     ``entries()`` groups the stored entries by word (computed on first use).
     """
@@ -79,9 +108,14 @@ class _Corpus:
         elif not X.has_canonical_format:
             X = X.copy()
             X.sum_duplicates()
+        if max(X.shape) >= 2**31:
+            raise ValueError(
+                f"X has shape {X.shape}; at most 2**31 - 1 documents and words."
+            )
+        # word ids as int32 (scipy's usual index type: no copy); positions int64
         return cls(
             np.ascontiguousarray(X.indptr, dtype=np.int64),
-            np.ascontiguousarray(X.indices, dtype=np.int64),
+            np.ascontiguousarray(X.indices, dtype=np.int32),
             np.ascontiguousarray(X.data, dtype=np.float64),
             X.shape[1],
         )
@@ -103,6 +137,15 @@ class _Corpus:
             )
         return self._csc
 
+    def drop_entries(self):
+        """Free the grouping computed by :meth:`entries`."""
+        self._csc = None
+
+    def words(self):
+        """The word ids that occur in these documents (int64, ascending)."""
+        col_ptr = self.entries()[0]
+        return np.flatnonzero(col_ptr[1:] != col_ptr[:-1]).astype(np.int64)
+
     def word_count(self):
         return float(self.data.sum())
 
@@ -112,21 +155,184 @@ class _Topics:
 
     ``lam_t`` is lambda^T and ``exp_beta_t`` exp(E[log beta])^T; both are private
     arrays updated in place during a call, written back to the estimator (as fresh
-    (K, V) arrays) only at its end.
+    (K, V) arrays) only at its end. After an M-step (:meth:`set_sums`) ``exp_beta_t``
+    is stale; :meth:`refresh` recomputes it, for every word or, in online rounds, only
+    for the rows of the words the next minibatch contains (the E-step and the
+    statistic of a minibatch read no other rows).
     """
 
-    __slots__ = ("lam_t", "exp_beta_t")
+    __slots__ = ("lam_t", "exp_beta_t", "psi_sums", "stale")
 
     def __init__(self, components):
         self.lam_t = np.array(components.T, dtype=np.float64, order="C")
         self.exp_beta_t = np.empty_like(self.lam_t)
-        self.refresh(self.lam_t.sum(axis=0))
+        self.set_sums(self.lam_t.sum(axis=0))
+        self.refresh()
 
-    def refresh(self, sums):
-        """exp_beta_t from lam_t, given the topic totals sum_w lam_t[w, k]."""
-        _lda_kernels().dirichlet_expectation_t(
-            self.lam_t, digamma(sums), WORD_BLOCK, self.exp_beta_t
+    def set_sums(self, sums):
+        """lam_t changed; ``sums`` are its new topic totals sum_w lam_t[w, k]."""
+        self.psi_sums = digamma(sums)
+        self.stale = True
+
+    def refresh(self, words=None):
+        """Bring exp_beta_t up to date: every row, or only the rows ``words``."""
+        if not self.stale:
+            return
+        kernels = _lda_kernels()
+        if words is None:
+            kernels.dirichlet_expectation_t(
+                self.lam_t, self.psi_sums, WORD_BLOCK, self.exp_beta_t
+            )
+            self.stale = False
+        else:
+            kernels.dirichlet_expectation_rows(
+                self.lam_t, self.psi_sums, words, WORD_BLOCK, self.exp_beta_t
+            )
+
+
+def _doc_bound(gamma, ll, alpha):
+    """The documents' part of the bound: ``ll`` plus their Dirichlet terms.
+
+    ``ll`` = sum_dw n_dw log phinorm_dw; the Dirichlet terms are E[log p(theta_d |
+    alpha)] - E[log q(theta_d | gamma_d)] summed over the rows of ``gamma``, computed
+    in parallel blocks added in block order.
+    """
+    terms = _lda_kernels().doc_dirichlet_terms(gamma, alpha, DOC_BLOCK)
+    return float(ll) + float(terms.sum())
+
+
+def _topic_bound(lam_t, eta):
+    """The topics' Dirichlet terms of the bound from lambda^T (V, K)."""
+    lam_t = np.ascontiguousarray(lam_t, dtype=np.float64)
+    V = lam_t.shape[0]
+    sums = lam_t.sum(axis=0)
+    terms = _lda_kernels().topic_dirichlet_terms(lam_t, eta, digamma(sums), WORD_BLOCK)
+    per_topic = np.sum(gammaln(eta * V) - gammaln(sums))
+    return float(terms.sum()) + float(per_topic)
+
+
+class BlockStats(NamedTuple):
+    """What :func:`e_step_stats` returns for one block of documents."""
+
+    sstats: np.ndarray
+    """(K, V) float64: sum over the block's documents of n_dw phi_dwk."""
+    gamma: np.ndarray
+    """(n_docs, K) float64: the documents' fitted variational parameters."""
+    doc_bound: float
+    """The block's part of the bound (NaN unless ``compute_bound``)."""
+    n_tokens: float
+    """Sum of the block's counts (the perplexity's denominator)."""
+
+
+def e_step_stats(
+    X,
+    exp_topic_word,
+    doc_topic_prior,
+    *,
+    gamma_init=None,
+    max_doc_update_iter=100,
+    mean_change_tol=1e-3,
+    eps=None,
+    compute_bound=False,
+    n_jobs=1,
+):
+    """E-step of one block of documents: its partial sufficient statistics (pure).
+
+    No estimator state is read or written: everything the E-step needs is an
+    argument, so the function can be mapped over the row chunks of a large (e.g.
+    Dask) matrix and the results combined by summing.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix} of shape (n_docs, V)
+        Non-negative counts of this block's documents (any row range of the corpus).
+    exp_topic_word : ndarray of shape (K, V)
+        exp(E[log beta]) of the current topics (an estimator's
+        ``exp_dirichlet_component_``).
+    doc_topic_prior : float
+        alpha.
+    gamma_init : ndarray of shape (n_docs, K), default=None
+        Initial document parameters; None: all ones (scikit-learn's start when it
+        transforms or evaluates). A fit starts from Gamma(100, 0.01) draws.
+    max_doc_update_iter, mean_change_tol : int, float
+        The per-document fixed-point iteration's limit and tolerance.
+    eps : float, default=None
+        Added to every phinorm; None: the machine epsilon of X's dtype (as
+        scikit-learn).
+    compute_bound : bool, default=False
+        Also compute ``doc_bound``.
+    n_jobs : int, default=1
+        Numba threads for this call (1 suits a task inside a parallel scheduler).
+
+    Returns
+    -------
+    stats : BlockStats
+        ``sstats`` (K, V) with sum over blocks giving the batch M-step lambda =
+        eta + sum(sstats); ``gamma``; ``doc_bound`` = sum_dw n_dw log phinorm_dw + the
+        documents' Dirichlet terms (the full bound adds the topics' terms once);
+        ``n_tokens``.
+
+    Notes
+    -----
+    Hoffman, Blei & Bach (2010), Algorithm 2 (the E-step) and eq. 5 (the bound).
+    Each document's result does not depend on the block it is in, so ``gamma`` is
+    bitwise the same for any blocking; ``sstats`` of the blocks sum to the whole
+    corpus's up to rounding (the estimator's own batch round accumulates the
+    statistic word by word over the whole corpus instead).
+    """
+    X = check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32])
+    check_non_negative(X, "e_step_stats")
+    exp_beta_t = np.ascontiguousarray(np.asarray(exp_topic_word).T, dtype=np.float64)
+    K, V = exp_beta_t.shape[1], exp_beta_t.shape[0]
+    if X.shape[1] != V:
+        raise ValueError(
+            f"X has {X.shape[1]} features but exp_topic_word has {V} columns."
         )
+    if eps is None:
+        eps = float(np.finfo(X.dtype).eps)
+    corpus = _Corpus.from_matrix(X)
+    if gamma_init is None:
+        gamma = np.ones((corpus.n_docs, K))
+    else:
+        gamma = np.array(gamma_init, dtype=np.float64, order="C")
+        if gamma.shape != (corpus.n_docs, K):
+            raise ValueError(
+                f"gamma_init has shape {gamma.shape}; expected {(corpus.n_docs, K)}."
+            )
+    kernels = _lda_kernels()
+    exp_theta = np.empty_like(gamma)
+    ratio = np.empty_like(corpus.data)
+    sstats_t = np.zeros((V, K))
+    with thread_limits(n_jobs):
+        ll = kernels.e_step(
+            corpus.indptr,
+            corpus.indices,
+            corpus.data,
+            exp_beta_t,
+            gamma,
+            exp_theta,
+            float(doc_topic_prior),
+            int(max_doc_update_iter),
+            float(mean_change_tol),
+            float(eps),
+            DOC_BLOCK,
+            ratio,
+            bool(compute_bound),
+        )
+        col_ptr, entry, doc = corpus.entries()
+        # lam <- 0 * lam + 1 * (0 + 1 * sstats): the statistic itself
+        kernels.topic_word_update(
+            col_ptr, entry, doc, ratio, exp_theta, exp_beta_t, sstats_t,
+            0.0, 1.0, 0.0, 1.0, WORD_BLOCK,
+        )  # fmt: skip
+        doc_bound = (
+            _doc_bound(gamma, ll.sum(), float(doc_topic_prior))
+            if compute_bound
+            else float("nan")
+        )
+    return BlockStats(
+        np.ascontiguousarray(sstats_t.T), gamma, doc_bound, corpus.word_count()
+    )
 
 
 class LatentDirichletAllocation(
@@ -193,6 +399,10 @@ class LatentDirichletAllocation(
         Number of passes over the data.
     bound_ : float
         Final perplexity on the training set.
+    perplexity_history_ : list of float
+        The training perplexities evaluated during :meth:`fit` (every
+        ``evaluate_every`` epochs, the last one included when it stopped the fit;
+        empty when ``evaluate_every <= 0``).
     doc_topic_prior_, topic_word_prior_ : float
         The priors used.
     random_state_ : RandomState
@@ -307,12 +517,16 @@ class LatentDirichletAllocation(
         with all_or_nothing(self):
             X = self._check_non_neg_array(X, True, "LatentDirichletAllocation.fit")
             corpus = _Corpus.from_matrix(X)
-            self._init_latent_vars(corpus.n_words, X.dtype)
             with thread_limits(self.n_jobs):
-                topics = _Topics(self.components_)
+                # the topics live in ``topics`` during the fit and become
+                # ``components_`` at its end (no second copy meanwhile)
+                topics = self._init_latent_vars(corpus.n_words, X.dtype, store=False)
                 self._fit_epochs(corpus, topics, X.dtype)
+                corpus.drop_entries()  # the final E-step needs no statistic
                 self._store_topics(topics, X.dtype)
-                gamma, ll = self._e_step(corpus, topics.exp_beta_t, random_init=False)
+                gamma, ll = self._e_step(
+                    corpus, topics.exp_beta_t, random_init=False, dtype=X.dtype
+                )
                 self.bound_ = self._perplexity_from(
                     corpus, gamma, ll, topics.lam_t, sub_sampling=False
                 )
@@ -410,9 +624,10 @@ class LatentDirichletAllocation(
         check_is_fitted(self)
         X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.score")
         corpus = _Corpus.from_matrix(X)
-        gamma, ll = self._transform_corpus(corpus)
-        lam_t = np.asarray(self.components_.T, dtype=np.float64)
-        return self._bound(corpus, gamma, ll, lam_t, sub_sampling=False)
+        lam_t = np.ascontiguousarray(self.components_.T, dtype=np.float64)
+        with thread_limits(self.n_jobs):
+            gamma, ll = self._transform_corpus(corpus)
+            return self._bound(corpus, gamma, ll, lam_t, sub_sampling=False)
 
     def perplexity(self, X, sub_sampling=False):
         """Approximate perplexity of X: exp(-bound / number of words).
@@ -430,9 +645,10 @@ class LatentDirichletAllocation(
         check_is_fitted(self)
         X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.perplexity")
         corpus = _Corpus.from_matrix(X)
-        gamma, ll = self._transform_corpus(corpus)
-        lam_t = np.asarray(self.components_.T, dtype=np.float64)
-        return self._perplexity_from(corpus, gamma, ll, lam_t, sub_sampling)
+        lam_t = np.ascontiguousarray(self.components_.T, dtype=np.float64)
+        with thread_limits(self.n_jobs):
+            gamma, ll = self._transform_corpus(corpus)
+            return self._perplexity_from(corpus, gamma, ll, lam_t, sub_sampling)
 
     # ------------------------------------------------------------------ internals
     def _check_non_neg_array(self, X, reset, whom):
@@ -441,11 +657,16 @@ class LatentDirichletAllocation(
         check_non_negative(X, whom)
         return X
 
-    def _init_latent_vars(self, n_features, dtype):
-        """Priors and the random initial topics, drawn as scikit-learn draws them."""
+    def _init_latent_vars(self, n_features, dtype, store=True):
+        """Priors and the random initial topics, drawn as scikit-learn draws them.
+
+        Returns them as a ``_Topics``; also stores them as ``components_`` and
+        ``exp_dirichlet_component_`` when ``store``.
+        """
         self.random_state_ = check_random_state(self.random_state)
         self.n_batch_iter_ = 1
         self.n_iter_ = 0
+        self.perplexity_history_ = []
         K = self.n_components
         self.doc_topic_prior_ = (
             1.0 / K if self.doc_topic_prior is None else self.doc_topic_prior
@@ -457,9 +678,13 @@ class LatentDirichletAllocation(
             _INIT_SHAPE, _INIT_SCALE, (K, n_features)
         ).astype(dtype, copy=False)
         with thread_limits(self.n_jobs):
-            self._store_topics(_Topics(components), dtype)
+            topics = _Topics(components)
+            if store:
+                self._store_topics(topics, dtype)
+        return topics
 
     def _store_topics(self, topics, dtype):
+        topics.refresh()
         self.components_ = np.ascontiguousarray(topics.lam_t.T).astype(
             dtype, copy=False
         )
@@ -488,10 +713,14 @@ class LatentDirichletAllocation(
                     total_samples=corpus.n_docs if online else None,
                 )
             if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
-                gamma, ll = self._e_step(corpus, topics.exp_beta_t, random_init=False)
+                topics.refresh()
+                gamma, ll = self._e_step(
+                    corpus, topics.exp_beta_t, random_init=False, dtype=dtype
+                )
                 bound = self._perplexity_from(
                     corpus, gamma, ll, topics.lam_t, sub_sampling=False
                 )
+                self.perplexity_history_.append(bound)
                 if self.verbose:
                     print(
                         "iteration: %d of max_iter: %d, perplexity: %.4f"
@@ -507,10 +736,13 @@ class LatentDirichletAllocation(
     def _em_round(self, corpus, topics, dtype, total_samples=None):
         """One E-step and M-step; batch when ``total_samples`` is None, else online."""
         kernels = _lda_kernels()
+        topics.refresh(None if total_samples is None else corpus.words())
         gamma = self._initial_gamma(corpus.n_docs, dtype, random_init=True)
         exp_theta = np.empty_like(gamma)
         ratio = np.empty_like(corpus.data)
-        self._run_e_step(corpus, topics.exp_beta_t, gamma, exp_theta, ratio, False)
+        self._run_e_step(
+            corpus, topics.exp_beta_t, gamma, exp_theta, ratio, False, dtype
+        )
         if total_samples is None:
             decay, weight, scale = 0.0, 1.0, 1.0
         else:
@@ -541,7 +773,7 @@ class LatentDirichletAllocation(
             sums = topics.lam_t.sum(axis=0)
         else:
             sums = sums.sum(axis=0)
-        topics.refresh(sums)
+        topics.set_sums(sums)
         self.n_batch_iter_ += 1
 
     def _initial_gamma(self, n_docs, dtype, random_init):
@@ -551,8 +783,9 @@ class LatentDirichletAllocation(
         draws = self.random_state_.gamma(_INIT_SHAPE, _INIT_SCALE, shape)
         return draws.astype(dtype, copy=False).astype(np.float64, copy=False)
 
-    def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll):
-        eps = float(np.finfo(self._dtype()).eps)
+    def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll, dtype):
+        # scikit-learn adds the machine epsilon of the input's dtype to phinorm
+        eps = float(np.finfo(dtype).eps)
         ll = _lda_kernels().e_step(
             corpus.indptr,
             corpus.indices,
@@ -573,12 +806,13 @@ class LatentDirichletAllocation(
     def _dtype(self):
         return self.components_.dtype if hasattr(self, "components_") else np.float64
 
-    def _e_step(self, corpus, exp_beta_t, random_init):
+    def _e_step(self, corpus, exp_beta_t, random_init, dtype=None):
         """gamma and the likelihood term of the bound (non-random start by default)."""
-        gamma = self._initial_gamma(corpus.n_docs, self._dtype(), random_init)
+        dtype = self._dtype() if dtype is None else dtype
+        gamma = self._initial_gamma(corpus.n_docs, dtype, random_init)
         exp_theta = np.empty_like(gamma)
         ratio = np.empty_like(corpus.data)
-        ll = self._run_e_step(corpus, exp_beta_t, gamma, exp_theta, ratio, True)
+        ll = self._run_e_step(corpus, exp_beta_t, gamma, exp_theta, ratio, True, dtype)
         return gamma, ll
 
     def _transform_corpus(self, corpus):
@@ -592,24 +826,10 @@ class LatentDirichletAllocation(
 
     def _bound(self, corpus, gamma, ll, lam_t, sub_sampling):
         """scikit-learn's ``_approx_bound``; ``ll`` = sum n_dw log phinorm_dw."""
-        alpha = self.doc_topic_prior_
-        eta = self.topic_word_prior_
-        K = self.n_components
-        n_features = lam_t.shape[0]
-
-        def dirichlet_terms(prior, distr, size):
-            # E[log p(x | prior)] - E[log q(x | distr)] summed over rows of distr
-            totals = distr.sum(axis=1)
-            e_log = digamma(distr) - digamma(totals)[:, np.newaxis]
-            score = np.sum((prior - distr) * e_log)
-            score += np.sum(gammaln(distr) - gammaln(prior))
-            score += np.sum(gammaln(prior * size) - gammaln(totals))
-            return score
-
-        score = ll + dirichlet_terms(alpha, gamma, K)
+        score = _doc_bound(gamma, ll, float(self.doc_topic_prior_))
         if sub_sampling:
             score *= float(self.total_samples) / corpus.n_docs
-        score += dirichlet_terms(eta, np.asarray(lam_t.T), n_features)
+        score += _topic_bound(lam_t, float(self.topic_word_prior_))
         return float(score)
 
     def _perplexity_from(self, corpus, gamma, ll, lam_t, sub_sampling):

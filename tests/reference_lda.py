@@ -5,7 +5,7 @@ formula at a time, with no blocks, gathers or fused loops.
 """
 
 import numpy as np
-from scipy.special import digamma
+from scipy.special import digamma, gammaln
 
 
 def exp_dirichlet(g):
@@ -78,3 +78,16 @@ def topic_word_update(
 def dirichlet_expectation_t(lam_t):
     """exp(E[log beta])^T from lambda^T (V, K): columns are the topics."""
     return np.exp(digamma(lam_t) - digamma(lam_t.sum(axis=0)))
+
+
+def dirichlet_terms(prior, distr):
+    """sum over rows of E[log p(x | prior)] - E[log q(x | distr)], x ~ Dir(row)."""
+    distr = np.asarray(distr, dtype=np.float64)
+    size = distr.shape[1]
+    totals = distr.sum(axis=1)
+    e_log = digamma(distr) - digamma(totals)[:, np.newaxis]
+    return (
+        np.sum((prior - distr) * e_log)
+        + np.sum(gammaln(distr) - gammaln(prior))
+        + np.sum(gammaln(prior * size) - gammaln(totals))
+    )

@@ -20,6 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from fastvi import LatentDirichletAllocation
 from fastvi.kernels import lda as kernels
 from fastvi.kernels._config import jit
+from fastvi.lda import _topic_bound, e_step_stats
 
 from . import reference_lda as ref
 
@@ -104,15 +105,26 @@ def test_digamma_edges():
 def test_kernels_load_from_cache_in_a_fresh_process():
     # numba must be able to cache functions that call scipy's psi by symbol name
     X = corpus()
-    LatentDirichletAllocation(n_components=3, max_iter=1, random_state=0).fit(X)
+    for method in ("batch", "online"):
+        LatentDirichletAllocation(
+            n_components=3,
+            max_iter=1,
+            learning_method=method,
+            batch_size=8,
+            random_state=0,
+        ).fit(X)
     code = (
         "import numpy as np, scipy.sparse as sp, warnings\n"
         "warnings.simplefilter('error')\n"
         "from fastvi import LatentDirichletAllocation as L\n"
         "from fastvi.kernels import lda as k\n"
         "X = sp.random(20, 30, density=0.3, random_state=0, format='csr') * 5\n"
-        "L(n_components=3, max_iter=1, random_state=0).fit(X)\n"
-        "for f in (k.e_step, k.topic_word_update, k.dirichlet_expectation_t):\n"
+        "for m in ('batch', 'online'):\n"
+        "    L(n_components=3, max_iter=1, learning_method=m, batch_size=8,\n"
+        "      random_state=0).fit(X)\n"
+        "for f in (k.e_step, k.topic_word_update, k.dirichlet_expectation_t,\n"
+        "          k.dirichlet_expectation_rows, k.doc_dirichlet_terms,\n"
+        "          k.topic_dirichlet_terms):\n"
         "    assert f.stats.cache_hits and not f.stats.cache_misses, f.stats\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -129,7 +141,7 @@ def _random_problem(rng, N, V, K, density=0.3, empty_docs=()):
     X = X.tocsr()
     X.eliminate_zeros()
     indptr = X.indptr.astype(np.int64)
-    indices = X.indices.astype(np.int64)
+    indices = X.indices.astype(np.int32)
     data = X.data.astype(np.float64)
     lam_t = rng.gamma(2.0, 1.0, (V, K)) + 0.05
     exp_beta_t = ref.dirichlet_expectation_t(lam_t)
@@ -249,6 +261,46 @@ def test_dirichlet_expectation_matches_reference(V, K, block):
     assert_allclose(out, ref.dirichlet_expectation_t(lam_t), rtol=1e-12)
 
 
+@pytest.mark.parametrize("V, K, block", [(1, 1, 4), (9, 3, 4), (300, 10, 256)])
+def test_dirichlet_expectation_rows_touch_only_those_rows(V, K, block):
+    rng = np.random.default_rng(V + 1)
+    lam_t = np.exp(rng.uniform(-5, 8, (V, K)))
+    words = np.flatnonzero(rng.random(V) < 0.5).astype(np.int64)
+    out = np.full_like(lam_t, np.nan)
+    psi_sums = scipy_digamma(lam_t.sum(axis=0))
+    kernels.dirichlet_expectation_rows(lam_t, psi_sums, words, block, out)
+    assert_allclose(out[words], ref.dirichlet_expectation_t(lam_t)[words], rtol=1e-12)
+    others = np.setdiff1d(np.arange(V), words)
+    assert np.isnan(out[others]).all()
+
+
+@pytest.mark.parametrize("N, K, block", [(1, 1, 16), (5, 3, 2), (37, 7, 16)])
+def test_doc_dirichlet_terms_match_reference(N, K, block):
+    rng = np.random.default_rng(N)
+    gamma = rng.gamma(0.5, 2.0, (N, K)) + 0.01
+    gamma[0, 0] = 0.1  # a topic at the prior
+    got = kernels.doc_dirichlet_terms(gamma, 0.1, block)
+    assert got.shape == (-(-N // block),)
+    want = [ref.dirichlet_terms(0.1, gamma[b : b + block]) for b in range(0, N, block)]
+    assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("V, K, block", [(1, 1, 4), (9, 3, 4), (300, 10, 256)])
+def test_topic_dirichlet_terms_match_reference(V, K, block):
+    from scipy.special import gammaln
+
+    rng = np.random.default_rng(V)
+    lam_t = np.exp(rng.uniform(-5, 8, (V, K)))
+    sums = lam_t.sum(axis=0)
+    got = kernels.topic_dirichlet_terms(lam_t, 0.05, scipy_digamma(sums), block)
+    assert got.shape == (-(-V // block),)
+    per_topic = np.sum(gammaln(0.05 * V) - gammaln(sums))
+    # single terms reach ~1e4 and cancel: compare on the scale of the terms
+    scale = np.abs(gammaln(lam_t)).sum()
+    want = ref.dirichlet_terms(0.05, lam_t.T)
+    assert_allclose(got.sum() + per_topic, want, rtol=0, atol=1e-13 * scale)
+
+
 # ------------------------------------------------------- parity with scikit-learn
 @pytest.mark.parametrize("learning_method", ["batch", "online"])
 @pytest.mark.parametrize("evaluate_every", [-1, 2])
@@ -334,6 +386,74 @@ def test_max_iter_zero_only_initializes():
         ours.exp_dirichlet_component_, theirs.exp_dirichlet_component_, rtol=1e-8
     )
     assert_same_fit(ours, theirs, X)
+
+
+def test_perplexity_history_is_what_scikit_learn_prints():
+    X = corpus(seed=3)
+    params = dict(n_components=4, max_iter=6, evaluate_every=2, random_state=0)
+    ours = LatentDirichletAllocation(**params).fit(X)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        sk_decomposition.LatentDirichletAllocation(verbose=1, **params).fit(X)
+    printed = [
+        float(line.split("perplexity: ")[1])
+        for line in out.getvalue().splitlines()
+        if "perplexity" in line
+    ]
+    assert len(printed) == len(ours.perplexity_history_) == 3
+    assert_allclose(ours.perplexity_history_, printed, rtol=0, atol=1e-4)
+    no_eval = LatentDirichletAllocation(n_components=4, max_iter=2).fit(X)
+    assert no_eval.perplexity_history_ == []
+
+
+# ------------------------------------------------------ the pure block E-step
+def test_e_step_stats_of_blocks_sum_to_the_whole():
+    X = sp.csr_matrix(corpus(n_docs=90, seed=6))
+    est = LatentDirichletAllocation(n_components=5, max_iter=3, random_state=0).fit(X)
+    args = (est.exp_dirichlet_component_, est.doc_topic_prior_)
+    whole = e_step_stats(X, *args, compute_bound=True)
+    parts = [e_step_stats(X[a:b], *args, compute_bound=True) for a, b in
+             [(0, 17), (17, 60), (60, 90)]]  # fmt: skip
+    assert_allclose(sum(p.sstats for p in parts), whole.sstats, rtol=1e-12, atol=1e-300)
+    # each document's result does not depend on its block
+    assert_array_equal(np.vstack([p.gamma for p in parts]), whole.gamma)
+    assert_allclose(sum(p.doc_bound for p in parts), whole.doc_bound, rtol=1e-12)
+    assert sum(p.n_tokens for p in parts) == whole.n_tokens == X.sum()
+    # the documents' part plus the topics' part is the estimator's score
+    lam_t = np.ascontiguousarray(est.components_.T)
+    topic_part = _topic_bound(lam_t, est.topic_word_prior_)
+    assert_allclose(whole.doc_bound + topic_part, est.score(X), rtol=1e-12)
+    # and the statistic is phi weighted by the counts: its total is the word count
+    assert_allclose(whole.sstats.sum(), X.sum(), rtol=1e-12)
+    assert np.isnan(e_step_stats(X, *args).doc_bound)
+
+
+def test_e_step_stats_give_the_batch_round():
+    # one batch round of fit = eta + the statistic from the initial topics, with the
+    # initial document values drawn from the same stream as scikit-learn draws them
+    X = corpus(seed=7)
+    K, V = 4, X.shape[1]
+    start = LatentDirichletAllocation(n_components=K, max_iter=0, random_state=2).fit(X)
+    one = LatentDirichletAllocation(n_components=K, max_iter=1, random_state=2).fit(X)
+    rs = np.random.RandomState(2)
+    rs.gamma(100.0, 0.01, (K, V))  # the initial topics
+    gamma_init = rs.gamma(100.0, 0.01, (X.shape[0], K))
+    stats = e_step_stats(
+        X, start.exp_dirichlet_component_, start.doc_topic_prior_,
+        gamma_init=gamma_init,
+    )  # fmt: skip
+    assert_allclose(one.components_, start.topic_word_prior_ + stats.sstats, rtol=1e-12)
+
+
+def test_e_step_stats_bad_input():
+    est = LatentDirichletAllocation(n_components=3, max_iter=1).fit(corpus())
+    args = (est.exp_dirichlet_component_, 0.1)
+    with pytest.raises(ValueError, match="Negative values"):
+        e_step_stats(-corpus(), *args)
+    with pytest.raises(ValueError, match="has 30 features"):
+        e_step_stats(corpus(n_words=30), *args)
+    with pytest.raises(ValueError, match="gamma_init has shape"):
+        e_step_stats(corpus(), *args, gamma_init=np.ones((2, 3)))
 
 
 # ----------------------------------------------------------------- invariants

@@ -12,11 +12,16 @@ One EM round is three kernels:
     (gamma_dk = alpha + exp E[log theta_dk] sum_w n_dw exp E[log beta_kw] / phinorm_dw)
     until the mean absolute change of gamma_d is below ``tol``, directly on the CSR
     arrays. Documents are independent; ``prange`` runs over blocks of ``block``
-    documents. Besides gamma it writes exp E[log theta] (N, K), the per-entry ratio
-    n_dw / phinorm_dw (one value per stored entry) and, per block, the likelihood part
-    of the bound, sum_w n_dw log phinorm_dw. Topics whose update provably rounds to
-    gamma_dk = alpha are left out of the O(n_d K) sweeps (see ``_HALF_ULP``): late
-    iterations of a document touch only its few live topics.
+    documents. Each document's columns of exp E[log beta] are gathered once into a
+    (K, n_d) array, one contiguous row per topic, so the two sweeps of an iteration
+    (phinorm over the topics, then one dot product per topic) run along the words
+    and vectorize, four topics per pass. Besides gamma it writes exp E[log theta]
+    (N, K), the per-entry ratio n_dw / phinorm_dw (one value per stored entry) and,
+    per block, the likelihood part of the bound, sum_w n_dw log phinorm_dw. Topics
+    whose update provably rounds to gamma_dk = alpha are left out of the sweeps (see
+    ``_HALF_ULP``), and psi and exp are evaluated only for topics with gamma_dk !=
+    alpha (those at alpha share one value): late iterations of a document touch only
+    its few live topics.
 ``csc_order``
     The stored entries grouped by word (a counting sort; documents ascending inside a
     word), computed once per corpus or minibatch.
@@ -25,6 +30,11 @@ One EM round is three kernels:
     theta_dk] computed *word by word* from the grouped entries, fused with the M-step
     lam <- decay * lam + weight * (eta + scale * sstats) (batch: decay=0, weight=1,
     scale=1; online: Hoffman et al. 2010 eq. 6-7, decay = 1 - rho).
+
+Then exp E[log beta] is refreshed: ``dirichlet_expectation_t`` for every word (batch)
+or ``dirichlet_expectation_rows`` for the words of the next minibatch only (online).
+``doc_dirichlet_terms`` and ``topic_dirichlet_terms`` are the Dirichlet parts of the
+bound (per-block partials), so evaluating it needs no (N, K) temporaries.
 
 Determinism and memory
 ----------------------
@@ -140,6 +150,58 @@ def _psi_asymptotic(x):
 
 
 @jit
+def _psi_minus_log_y(x):
+    """psi(x) - log(y) with y = x + 8 if x < 8 else x: T(y) - S(x) (DLMF 5.11.2 to the
+    y^-14 term, 5.5.2), no log. exp(psi(x) - c) is then y exp(T(y) - S(x) - c): its
+    relative error is the absolute error of the exponent, with no cancellation near
+    psi's root.
+    """
+    y = x + 8.0 if x < 8.0 else x
+    r = 1.0 / y
+    r2 = r * r
+    t = -1.0 / 12.0
+    t = t * r2 + 691.0 / 32760.0
+    t = t * r2 - 1.0 / 132.0
+    t = t * r2 + 1.0 / 240.0
+    t = t * r2 - 1.0 / 252.0
+    t = t * r2 + 1.0 / 120.0
+    t = t * r2 - 1.0 / 12.0
+    return (r2 * t - 0.5 * r) - _psi_shift(x)
+
+
+@jit
+def exp_psi_minus(src, c, dst, n):
+    """dst[i] = exp(psi(src[i]) - c[i]) for i < n (c[i] >= psi(src[i]) up to rounding).
+
+    Three simple loops, so the first vectorizes (see ``_psi_minus_log_y``); the last
+    uses the general formula for the rare arguments outside (0, 1e300].
+    """
+    for i in range(n):
+        dst[i] = _psi_minus_log_y(src[i]) - c[i]
+    for i in range(n):
+        x = src[i]
+        dst[i] = (x + 8.0 if x < 8.0 else x) * exp_nonpos(dst[i])
+    for i in range(n):
+        x = src[i]
+        if not (0.0 < x <= 1e300):
+            dst[i] = exp_nonpos(digamma(x) - c[i])
+
+
+@jit
+def exp_psi_minus_scalar(src, c, dst, n):
+    """dst[i] = exp(psi(src[i]) - c) for i < n (see ``exp_psi_minus``)."""
+    for i in range(n):
+        dst[i] = _psi_minus_log_y(src[i]) - c
+    for i in range(n):
+        x = src[i]
+        dst[i] = (x + 8.0 if x < 8.0 else x) * exp_nonpos(dst[i])
+    for i in range(n):
+        x = src[i]
+        if not (0.0 < x <= 1e300):
+            dst[i] = exp_nonpos(digamma(x) - c)
+
+
+@jit
 def digamma_fast(x):
     """psi(x) for x > 0 (see the module doc); inaccurate only near ``PSI_ROOT``.
 
@@ -189,70 +251,107 @@ def _exp_dirichlet(g, ps, out):
 
 
 @jit
-def _exp_dirichlet_sparse(g, alpha, psi_alpha, buf, idx, ps, out):
-    """``_exp_dirichlet`` computing psi only where g[k] != alpha (psi(alpha) given)."""
+def _exp_dirichlet_sparse(g, alpha, psi_alpha, active, na, buf, idx, ps, out):
+    """``_exp_dirichlet`` computing psi and exp only where g[k] != alpha.
+
+    Only the topics ``active[:na]`` may differ from alpha (the others were just set
+    to it). Every topic at the prior gets the one value exp(psi(alpha) - psi(sum g)).
+    """
     K = g.shape[0]
     total = 0.0
-    m = 0
     for k in range(K):
         total += g[k]
-        if g[k] == alpha:
-            ps[k] = psi_alpha
-        else:
-            buf[m] = g[k]
-            idx[m] = k
-            m += 1
+    m = 0
+    for a in range(na):
+        k = active[a]
+        buf[m] = g[k]
+        idx[m] = k
+        m += 1 if g[k] != alpha else 0
     psi_total = digamma(total)
-    digamma_array(buf, out, m)
-    for i in range(m):
-        ps[idx[i]] = out[i]
+    exp_psi_minus_scalar(buf, psi_total, ps, m)
+    at_prior = exp_nonpos(psi_alpha - psi_total)
     for k in range(K):
-        out[k] = exp_nonpos(ps[k] - psi_total)
+        out[k] = at_prior
+    for i in range(m):
+        out[idx[i]] = ps[i]
 
 
 @jit
-def _word_pass(Wc, n, na, etc, cnt, eps, acc):
-    """acc[a] = sum_j r_j Wc[j, a], r_j = cnt_j / (sum_a etc[a] Wc[j, a] + eps).
+def _phinorm(WT, n, active, na, et, ph):
+    """ph[j] = sum_a et[k_a] WT[k_a, j] over the topics k_a = active[a], a < na.
 
-    Four words per sweep so each load of etc / acc feeds four FMAs. Returns sum_j r_j.
+    Topics four at a time, so each load and store of ph feeds four FMAs; the loops
+    over the words are contiguous and vectorize.
     """
-    for a in range(na):
-        acc[a] = 0.0
+    for j in range(n):
+        ph[j] = 0.0
+    a = 0
+    while a + 4 <= na:
+        k0 = active[a]
+        k1 = active[a + 1]
+        k2 = active[a + 2]
+        k3 = active[a + 3]
+        e0 = et[k0]
+        e1 = et[k1]
+        e2 = et[k2]
+        e3 = et[k3]
+        w0 = WT[k0]
+        w1 = WT[k1]
+        w2 = WT[k2]
+        w3 = WT[k3]
+        for j in range(n):
+            ph[j] += (e0 * w0[j] + e1 * w1[j]) + (e2 * w2[j] + e3 * w3[j])
+        a += 4
+    while a < na:
+        k0 = active[a]
+        e0 = et[k0]
+        w0 = WT[k0]
+        for j in range(n):
+            ph[j] += e0 * w0[j]
+        a += 1
+
+
+@jit
+def _word_pass(WT, n, active, na, et, cnt, eps, ph, acc):
+    """acc[a] = sum_j r_j WT[k_a, j] with r_j = cnt_j / (phinorm_j + eps).
+
+    phinorm_j = sum_a et[k_a] WT[k_a, j] over the active topics k_a = active[a]
+    (``_phinorm``); ``ph`` ends up holding r. Returns sum_j r_j.
+    """
+    _phinorm(WT, n, active, na, et, ph)
     total_r = 0.0
-    j = 0
-    while j + 4 <= n:
+    for j in range(n):
+        r = cnt[j] / (ph[j] + eps)
+        ph[j] = r
+        total_r += r
+    a = 0
+    while a + 4 <= na:
+        w0 = WT[active[a]]
+        w1 = WT[active[a + 1]]
+        w2 = WT[active[a + 2]]
+        w3 = WT[active[a + 3]]
         s0 = 0.0
         s1 = 0.0
         s2 = 0.0
         s3 = 0.0
-        for a in range(na):
-            e = etc[a]
-            s0 += e * Wc[j, a]
-            s1 += e * Wc[j + 1, a]
-            s2 += e * Wc[j + 2, a]
-            s3 += e * Wc[j + 3, a]
-        r0 = cnt[j] / (s0 + eps)
-        r1 = cnt[j + 1] / (s1 + eps)
-        r2 = cnt[j + 2] / (s2 + eps)
-        r3 = cnt[j + 3] / (s3 + eps)
-        for a in range(na):
-            acc[a] += (
-                r0 * Wc[j, a]
-                + r1 * Wc[j + 1, a]
-                + r2 * Wc[j + 2, a]
-                + r3 * Wc[j + 3, a]
-            )
-        total_r += (r0 + r1) + (r2 + r3)
-        j += 4
-    while j < n:
+        for j in range(n):
+            r = ph[j]
+            s0 += r * w0[j]
+            s1 += r * w1[j]
+            s2 += r * w2[j]
+            s3 += r * w3[j]
+        acc[a] = s0
+        acc[a + 1] = s1
+        acc[a + 2] = s2
+        acc[a + 3] = s3
+        a += 4
+    while a < na:
+        w0 = WT[active[a]]
         s0 = 0.0
-        for a in range(na):
-            s0 += etc[a] * Wc[j, a]
-        r0 = cnt[j] / (s0 + eps)
-        for a in range(na):
-            acc[a] += r0 * Wc[j, a]
-        total_r += r0
-        j += 1
+        for j in range(n):
+            s0 += ph[j] * w0[j]
+        acc[a] = s0
+        a += 1
     return total_r
 
 
@@ -289,17 +388,17 @@ def _e_step_block(
     longest = 1
     for d in range(d0, d1):
         longest = max(longest, indptr[d + 1] - indptr[d])
-    W = np.empty((longest, K))
-    Wc = np.empty((longest, K))
+    # the document's columns of exp E[log beta], one contiguous row per topic
+    WT = np.empty((K, longest))
     cnt = np.empty(longest)
+    ph = np.empty(longest)
     g = np.empty(K)
     et = np.empty(K)
-    etc = np.empty(K)
     acc = np.empty(K)
     ps = np.empty(K)
     ga = np.empty(K)
+    buf = np.empty(K)
     active = np.empty(K, dtype=np.int64)
-    prev = np.empty(K, dtype=np.int64)
     idx = np.empty(K, dtype=np.int64)
     ll = 0.0
     limit = alpha * _HALF_ULP
@@ -309,52 +408,41 @@ def _e_step_block(
     for d in range(d0, d1):
         p0 = indptr[d]
         n = indptr[d + 1] - p0
-        # the document's columns of exp E[log beta], gathered contiguously
         for j in range(n):
             w = indices[p0 + j]
             cnt[j] = data[p0 + j]
             for k in range(K):
-                W[j, k] = exp_beta_t[w, k]
+                WT[k, j] = exp_beta_t[w, k]
         for k in range(K):
             g[k] = gamma[d, k]
         _exp_dirichlet(g, ps, et)
         total_r = np.inf  # unknown before the first sweep: every topic is active
-        na = -1
         for _ in range(max_iter):
-            for k in range(K):
-                prev[k] = active[k]
-            prev_na = na
-            na = _compact_ids(et, K, _SAFETY * limit / total_r, active)
-            if na != prev_na or not _same_ids(active, prev, na):
-                _gather(W, n, active, na, Wc)
-            for a in range(na):
-                etc[a] = et[active[a]]
-            total_r = _word_pass(Wc, n, na, etc, cnt, eps, acc)
-            if na < K and not _skipped_ok(et, active, na, K, total_r, limit):
-                # an inactive topic would not round to alpha: redo with all topics
+            skip_below = _SAFETY * limit / total_r
+            na = _compact_ids(et, K, skip_below, active)
+            total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
+            if na < K and not _skipped_ok(et, K, skip_below, total_r, limit):
+                # a topic left out would not round to alpha: redo with all topics
                 na = _compact_ids(et, K, -1.0, active)
-                _gather(W, n, active, na, Wc)
-                for a in range(na):
-                    etc[a] = et[active[a]]
-                total_r = _word_pass(Wc, n, na, etc, cnt, eps, acc)
-            change = 0.0
+                total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
             for k in range(K):
                 ga[k] = alpha
             for a in range(na):
                 k = active[a]
                 ga[k] = et[k] * acc[a] + alpha
+            change = 0.0
             for k in range(K):
                 change += abs(ga[k] - g[k])
                 g[k] = ga[k]
-            _exp_dirichlet_sparse(g, alpha, psi_alpha, etc, idx, ps, et)
+            _exp_dirichlet_sparse(g, alpha, psi_alpha, active, na, buf, idx, ps, et)
             if change / K < tol:
                 break
         # phinorm with the final exp E[log theta] and every topic: the statistic's
         # ratio and the bound
+        na = _compact_ids(et, K, -1.0, active)
+        _phinorm(WT, n, active, na, et, ph)
         for j in range(n):
-            s = 0.0
-            for k in range(K):
-                s += et[k] * W[j, k]
+            s = ph[j]
             ratio[p0 + j] = cnt[j] / (s + eps)
             if want_ll and cnt[j] != 0.0:
                 ll += cnt[j] * math.log(s)
@@ -369,37 +457,18 @@ def _compact_ids(et, K, skip_below, active):
     """Indices of the topics with et[k] > skip_below, ascending; returns their count."""
     na = 0
     for k in range(K):
-        if et[k] > skip_below:
-            active[na] = k
-            na += 1
+        active[na] = k  # branch-free: the slot is kept only if the test holds
+        na += 1 if et[k] > skip_below else 0
     return na
 
 
 @jit
-def _same_ids(a, b, n):
-    for i in range(n):
-        if a[i] != b[i]:
-            return False
-    return True
-
-
-@jit
-def _gather(W, n, active, na, Wc):
-    for j in range(n):
-        for a in range(na):
-            Wc[j, a] = W[j, active[a]]
-
-
-@jit
-def _skipped_ok(et, active, na, K, total_r, limit):
-    """Every topic left out has et[k] * total_r < limit (see _HALF_ULP)."""
-    a = 0
+def _skipped_ok(et, K, skip_below, total_r, limit):
+    """Every topic left out (et[k] <= skip_below) has et[k] * total_r < limit."""
+    bad = 0
     for k in range(K):
-        if a < na and active[a] == k:
-            a += 1
-        elif et[k] * total_r >= limit:
-            return False
-    return True
+        bad += 1 if (et[k] <= skip_below) & (et[k] * total_r >= limit) else 0
+    return bad == 0
 
 
 @pjit
@@ -423,7 +492,7 @@ def e_step(
     Parameters
     ----------
     indptr : (N + 1,) int64, starting at 0
-    indices, data : (nnz,) int64 word ids and float64 counts
+    indices, data : (nnz,) int32 word ids and float64 counts
     exp_beta_t : (V, K) exp E[log beta], transposed
     gamma : (N, K) float64, in: the initial values, out: the fitted ones
     exp_theta : (N, K) float64, out: exp E[log theta] of the fitted gamma
@@ -476,7 +545,7 @@ def csc_order(indptr, indices, n_words):
         col_ptr[w + 1] += col_ptr[w]
     fill = col_ptr[:n_words].copy()
     entry = np.empty(nnz, dtype=np.int64)
-    doc = np.empty(nnz, dtype=np.int64)
+    doc = np.empty(nnz, dtype=np.int32)  # document ids fit int32 (N < 2^31)
     for d in range(N):
         for p in range(indptr[d], indptr[d + 1]):
             w = indices[p]
@@ -572,13 +641,22 @@ def topic_word_update(
 
 
 @jit
+def _expectation_row(lam_t, psi_sums, w, ps, out):
+    exp_psi_minus(lam_t[w], psi_sums, out[w], lam_t.shape[1])
+
+
+@jit
 def _expectation_block(lam_t, psi_sums, w0, w1, out):
-    K = lam_t.shape[1]
-    ps = np.empty(K)
+    ps = np.empty(lam_t.shape[1])
     for w in range(w0, w1):
-        digamma_array(lam_t[w], ps, K)
-        for k in range(K):
-            out[w, k] = exp_nonpos(ps[k] - psi_sums[k])
+        _expectation_row(lam_t, psi_sums, w, ps, out)
+
+
+@jit
+def _expectation_rows_block(lam_t, psi_sums, words, i0, i1, out):
+    ps = np.empty(lam_t.shape[1])
+    for i in range(i0, i1):
+        _expectation_row(lam_t, psi_sums, words[i], ps, out)
 
 
 @pjit
@@ -588,3 +666,96 @@ def dirichlet_expectation_t(lam_t, psi_sums, block, out):
     n_blocks = (V + block - 1) // block
     for b in prange(n_blocks):
         _expectation_block(lam_t, psi_sums, b * block, min(V, (b + 1) * block), out)
+
+
+@pjit
+def dirichlet_expectation_rows(lam_t, psi_sums, words, block, out):
+    """``dirichlet_expectation_t`` for the rows ``words`` (int64) only.
+
+    Online rounds need exp E[log beta] only for the words of the next minibatch; the
+    other rows of ``out`` are left as they are.
+    """
+    n = words.shape[0]
+    n_blocks = (n + block - 1) // block
+    for b in prange(n_blocks):
+        _expectation_rows_block(
+            lam_t, psi_sums, words, b * block, min(n, (b + 1) * block), out
+        )
+
+
+@jit
+def _doc_terms_block(gamma, alpha, d0, d1):
+    K = gamma.shape[1]
+    ps = np.empty(K)
+    lg_alpha = math.lgamma(alpha)
+    lg_total_prior = math.lgamma(alpha * K)
+    score = 0.0
+    for d in range(d0, d1):
+        g = gamma[d]
+        total = 0.0
+        for k in range(K):
+            total += g[k]
+        psi_total = digamma(total)
+        digamma_array(g, ps, K)
+        for k in range(K):
+            score += (alpha - g[k]) * (ps[k] - psi_total)
+            score += math.lgamma(g[k]) - lg_alpha
+        score += lg_total_prior - math.lgamma(total)
+    return score
+
+
+@pjit
+def doc_dirichlet_terms(gamma, alpha, block):
+    """The documents' Dirichlet terms of the bound, per block of rows of ``gamma``.
+
+    For each row g (theta_d ~ Dir(g), prior Dir(alpha)): E[log p(theta_d | alpha)] -
+    E[log q(theta_d | g)] = sum_k (alpha - g_k) E[log theta_dk] + log Gamma(g_k) -
+    log Gamma(alpha) + log Gamma(K alpha) - log Gamma(sum_k g_k).
+
+    Returns
+    -------
+    terms : (n_blocks,) per-block sums, to be added in block order.
+    """
+    N = gamma.shape[0]
+    n_blocks = (N + block - 1) // block
+    out = np.zeros(n_blocks)
+    for b in prange(n_blocks):
+        out[b] = _doc_terms_block(gamma, alpha, b * block, min(N, (b + 1) * block))
+    return out
+
+
+@jit
+def _topic_terms_block(lam_t, eta, psi_sums, w0, w1):
+    K = lam_t.shape[1]
+    ps = np.empty(K)
+    lg_eta = math.lgamma(eta)
+    score = 0.0
+    for w in range(w0, w1):
+        row = lam_t[w]
+        digamma_array(row, ps, K)
+        for k in range(K):
+            score += (eta - row[k]) * (ps[k] - psi_sums[k])
+            score += math.lgamma(row[k]) - lg_eta
+    return score
+
+
+@pjit
+def topic_dirichlet_terms(lam_t, eta, psi_sums, block):
+    """The per-entry part of the topics' Dirichlet terms, per block of words.
+
+    sum_{w,k} (eta - lam_wk) E[log beta_kw] + log Gamma(lam_wk) - log Gamma(eta), with
+    E[log beta_kw] = psi(lam_wk) - psi_sums[k]; the caller adds the per-topic part
+    sum_k log Gamma(V eta) - log Gamma(sum_w lam_wk).
+
+    Returns
+    -------
+    terms : (n_blocks,) per-block sums, to be added in block order.
+    """
+    V = lam_t.shape[0]
+    n_blocks = (V + block - 1) // block
+    out = np.zeros(n_blocks)
+    for b in prange(n_blocks):
+        out[b] = _topic_terms_block(
+            lam_t, eta, psi_sums, b * block, min(V, (b + 1) * block)
+        )
+    return out
