@@ -61,6 +61,7 @@ from sklearn.utils.validation import (
 )
 
 from ._cavi import all_or_nothing
+from ._dask import is_dask_collection
 from ._threads import thread_limits
 from .persist import SaveMixin
 
@@ -514,6 +515,8 @@ class LatentDirichletAllocation(
         self : LatentDirichletAllocation
         """
         self._validate_params()
+        if is_dask_collection(X):
+            return self._fit_dask(X)
         with all_or_nothing(self):
             X = self._check_non_neg_array(X, True, "LatentDirichletAllocation.fit")
             corpus = _Corpus.from_matrix(X)
@@ -531,6 +534,102 @@ class LatentDirichletAllocation(
                     corpus, gamma, ll, topics.lam_t, sub_sampling=False
                 )
         return self
+
+    def _fit_dask(self, X):
+        """Batch fit on a dask array of counts: the E-steps run on the workers.
+
+        Every epoch maps :func:`e_step_stats` over the row chunks (documents) where
+        they live and sums the (K, V) statistics in a fixed tree (:mod:`fastvi._dask`);
+        the M-step lambda = eta + sum runs here. The E-step's random starting values
+        are drawn here, chunk by chunk in the in-memory order, so the fit follows
+        scikit-learn's random stream: they travel to the workers each epoch
+        (n_documents x n_components numbers). Equal to the in-memory fit to rounding.
+        """
+        from ._dask import DaskRows
+
+        if self.learning_method != "batch":
+            raise ValueError(
+                "fits on Dask arrays support learning_method='batch' (online "
+                "minibatches would have to come to one process); got "
+                f"{self.learning_method!r}"
+            )
+        whom = "LatentDirichletAllocation.fit"
+        rows = DaskRows(X)
+        n_negative, n_nan, n_inf = rows.map_reduce(_dask_count_bad, n_jobs=self.n_jobs)
+        if n_nan or n_inf:
+            raise ValueError(
+                "Input X contains NaN." if n_nan else "Input X contains infinity."
+            )
+        if n_negative:
+            raise ValueError(f"Negative values in data passed to {whom}")
+        n_docs, V = rows.shape
+        if n_docs < 1:
+            raise ValueError(
+                "Found array with 0 sample(s); a minimum of 1 is required."
+            )
+        eps = float(np.finfo(np.float64).eps)
+        with all_or_nothing(self):
+            self.n_features_in_ = V
+            self.__dict__.pop("feature_names_in_", None)
+            with thread_limits(self.n_jobs):
+                topics = self._init_latent_vars(V, np.float64, store=False)
+                eta = float(self.topic_word_prior_)
+                e_step = (
+                    float(self.doc_topic_prior_),
+                    int(self.max_doc_update_iter),
+                    float(self.mean_change_tol),
+                    eps,
+                )
+                last_bound = None
+                for i in range(self.max_iter):
+                    topics.refresh()
+                    gammas = [
+                        (self._initial_gamma(int(size), np.float64, True),)
+                        for size in rows.sizes
+                    ]
+                    sstats, _, _ = rows.map_reduce(
+                        _dask_e_step,
+                        shared=(
+                            np.ascontiguousarray(topics.exp_beta_t.T),
+                            *e_step,
+                            False,
+                        ),
+                        local=gammas,
+                        n_jobs=self.n_jobs,
+                    )
+                    topics.lam_t[...] = sstats.T + eta
+                    topics.set_sums(topics.lam_t.sum(axis=0))
+                    self.n_batch_iter_ += 1
+                    if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
+                        bound = self._dask_perplexity(rows, topics, e_step)
+                        self.perplexity_history_.append(bound)
+                        if self.verbose:
+                            print(
+                                "iteration: %d of max_iter: %d, perplexity: %.4f"
+                                % (i + 1, self.max_iter, bound)
+                            )
+                        if last_bound and abs(last_bound - bound) < self.perp_tol:
+                            break
+                        last_bound = bound
+                    elif self.verbose:
+                        print("iteration: %d of max_iter: %d" % (i + 1, self.max_iter))
+                    self.n_iter_ += 1
+                self._store_topics(topics, np.float64)
+                self.bound_ = self._dask_perplexity(rows, topics, e_step)
+        return self
+
+    def _dask_perplexity(self, rows, topics, e_step):
+        """Training perplexity: an E-step from ones on the workers, bound summed."""
+        topics.refresh()
+        _, doc_bound, n_tokens = rows.map_reduce(
+            _dask_e_step,
+            shared=(np.ascontiguousarray(topics.exp_beta_t.T), *e_step, True),
+            n_jobs=self.n_jobs,
+        )
+        if n_tokens == 0.0:
+            return float("nan")
+        bound = doc_bound + _topic_bound(topics.lam_t, float(self.topic_word_prior_))
+        return float(np.exp(-bound / n_tokens))
 
     def partial_fit(self, X, y=None):
         """Online variational Bayes updates from the minibatches of X.
@@ -588,6 +687,16 @@ class LatentDirichletAllocation(
         doc_topic_distr : ndarray of shape (n_samples, n_components)
         """
         check_is_fitted(self)
+        if is_dask_collection(X) and normalize:  # a lazy dask array
+            from ._dask import DaskRows
+
+            rows = DaskRows(X)
+            if rows.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {rows.shape[1]} features, but LatentDirichletAllocation "
+                    f"is expecting {self.n_features_in_} features as input."
+                )
+            return rows.map_method(self, "transform", n_columns=self.n_components)
         X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.transform")
         gamma = self._unnormalized_transform(X)
         if normalize:
@@ -840,3 +949,34 @@ class LatentDirichletAllocation(
         if word_count == 0.0:
             return float("nan")  # no words: the per-word bound is undefined
         return float(np.exp(-bound / word_count))
+
+
+# ------------------------------------------------------------------- Dask tasks
+def _dask_count_bad(block, start):
+    """Task: counts of negative, NaN and infinite entries of one chunk."""
+    values = block.data if sp.issparse(block) else np.asarray(block)
+    return (
+        int((values < 0).sum()),
+        int(np.isnan(values).sum()),
+        int(np.isinf(values).sum()),
+    )
+
+
+def _dask_e_step(
+    block, start, exp_topic_word, alpha, max_iter, tol, eps, bound, gamma_init=None
+):
+    """Task: :func:`e_step_stats` of one chunk; (sstats, doc_bound, n_tokens)."""
+    import numba
+
+    stats = e_step_stats(
+        block,
+        exp_topic_word,
+        alpha,
+        gamma_init=gamma_init,
+        max_doc_update_iter=max_iter,
+        mean_change_tol=tol,
+        eps=eps,
+        compute_bound=bound,
+        n_jobs=numba.get_num_threads(),  # what the task runner allows
+    )
+    return stats.sstats, stats.doc_bound, stats.n_tokens

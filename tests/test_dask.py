@@ -357,3 +357,48 @@ def test_conjugate_dask_bad_input():
         VBLogisticRegression().fit(da.from_array(X, chunks=20), da.ones(50, chunks=20))
     with pytest.raises(ValueError, match="y has shape"):
         est.fit(da.from_array(X, chunks=20), da.ones(49, chunks=20))
+
+
+# ---------------------------------------------------------------------------- LDA
+def _counts(n_docs=300, n_words=80, seed=8):
+    return np.random.default_rng(seed).poisson(0.3, (n_docs, n_words)).astype(float)
+
+
+@pytest.mark.parametrize("layout", ["dense-uneven", "sparse-chunks", "cluster"])
+def test_lda_batch_on_dask_equals_in_memory(request, layout):
+    import scipy.sparse as sp
+
+    from fastvi import LatentDirichletAllocation
+
+    X = _counts()
+    kw = dict(n_components=5, random_state=0, max_iter=6, evaluate_every=2)
+    a = LatentDirichletAllocation(**kw).fit(X)
+    if layout == "dense-uneven":
+        Xd = da.from_array(X, chunks=((70, 1, 129, 100), (30, 50)))
+    elif layout == "sparse-chunks":  # scipy.sparse blocks stay sparse on the workers
+        Xd = da.from_array(sp.csr_matrix(X), chunks=(100, 80), asarray=False)
+    else:
+        client = request.getfixturevalue("client")
+        Xd = client.persist(da.from_array(X, chunks=(90, 80)))
+    b = LatentDirichletAllocation(**kw).fit(Xd)
+    assert (a.n_iter_, a.n_batch_iter_) == (b.n_iter_, b.n_batch_iter_)
+    np.testing.assert_allclose(b.components_, a.components_, rtol=1e-10)
+    np.testing.assert_allclose(b.perplexity_history_, a.perplexity_history_, rtol=1e-10)
+    assert b.bound_ == pytest.approx(a.bound_, rel=1e-10)
+    if layout != "sparse-chunks":
+        topics = b.transform(Xd)
+        assert isinstance(topics, da.Array)
+        np.testing.assert_allclose(topics.compute(), a.transform(X), rtol=1e-9)
+
+
+def test_lda_dask_bad_input():
+    from fastvi import LatentDirichletAllocation
+
+    X = _counts(40, 10)
+    with pytest.raises(ValueError, match="learning_method='batch'"):
+        LatentDirichletAllocation(learning_method="online").fit(da.from_array(X))
+    X[5, 3] = -1.0
+    est = LatentDirichletAllocation(n_components=2)
+    with pytest.raises(ValueError, match="Negative values in data passed to"):
+        est.fit(da.from_array(X, chunks=10))
+    assert not hasattr(est, "components_")
