@@ -351,8 +351,8 @@ def test_new_parameters_leave_batch_fits_alone():
     params = est.get_params()
     assert params["learning_method"] == "batch"
     assert params["batch_size"] == 4096
-    assert params["learning_offset"] == 10.0
-    assert params["learning_decay"] == 0.7
+    assert params["learning_offset"] == 1.0
+    assert params["learning_decay"] == 0.51
     assert params["total_samples"] == 1e6
     quiet_fit(BayesianGaussianMixture(n_components=2, max_iter=3), blobs())
     fitted = quiet_fit(BayesianGaussianMixture(n_components=2, max_iter=3), blobs())
