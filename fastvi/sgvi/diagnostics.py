@@ -36,6 +36,15 @@ class PSISWarning(UserWarning):
     """The PSIS k-hat of a fitted q is above 0.7: q is a poor approximation."""
 
 
+class ELBODivergenceWarning(UserWarning):
+    """The ELBO trace of an SGVI run fell far below its best while staying finite.
+
+    Issued by :class:`fastvi.sgvi.engine.DivergenceMonitor` (in the spirit of Stan
+    ADVI's "MAY BE DIVERGING... INSPECT ELBO"): q's parameters are moving away from
+    the optimum, usually because the learning rate is too large.
+    """
+
+
 class PSISDiagnostic(NamedTuple):
     """``khat``; ``log_weights`` (M,) log p - log q of the draws; ``n_tail``."""
 

@@ -28,8 +28,11 @@ and the gradient of the ELBO in (mu, L) is estimated by
   Var(h_i) estimated from the same S >= 2 draws (their control variate, one
   scale per component).
 
-The diagonal of L is parameterized by its log (mean-field: omega = log sigma), so the
-chain rule multiplies the diagonal gradients by L_ii.
+Mean-field q is parameterized by omega = log sigma. Full-rank L = diag(sigma) (I + M)
+is parameterized by log sigma and the unitless strictly lower M (scaled by
+1 / sqrt(P - 1)), so a step of fixed size (Adam's) is a fixed fraction of q's scale in
+every parameter (see :class:`FullRank`); the chain rule maps the (mu, L) gradients
+above to these.
 
 With ``qmc=True`` the eps of step ``t`` are the points [t S, (t + 1) S) of one
 scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, seeded from the run's key)
@@ -65,6 +68,7 @@ __all__ = [
     "SGVIState",
     "StanAdaptive",
     "StanConvergence",
+    "DivergenceMonitor",
     "WindowConvergence",
     "select_eta",
 ]
@@ -121,8 +125,13 @@ class MeanField:
     def cov(self, phi):
         return np.diag(self.std(phi) ** 2)
 
-    def sample(self, phi, eps):
-        return phi[: self.dim] + np.exp(phi[self.dim :]) * eps
+    def factor(self, phi):
+        """sigma: what :meth:`sample` and :meth:`grad` need of q's scale."""
+        return np.exp(phi[self.dim :])
+
+    def sample(self, phi, eps, factor=None):
+        sigma = self.factor(phi) if factor is None else factor
+        return phi[: self.dim] + sigma * eps
 
     def entropy(self, phi):
         return float(np.sum(phi[self.dim :]) + 0.5 * self.dim * _LOG_2PI_E)
@@ -136,8 +145,8 @@ class MeanField:
             - 0.5 * self.dim * (math.log(2.0 * math.pi))
         )
 
-    def grad(self, phi, eps, gz, estimator):
-        sigma = np.exp(phi[self.dim :])
+    def grad(self, phi, eps, gz, estimator, factor=None):
+        sigma = self.factor(phi) if factor is None else factor
         out = np.empty(self.size)
         if estimator == "stl":
             d = gz + eps / sigma
@@ -168,7 +177,17 @@ class MeanField:
 class FullRank:
     """Gaussian q(z) = N(mu, L L^T), L lower triangular with a positive diagonal.
 
-    Packed as [mu, the lower triangle of L row by row with log L_ii on the diagonal].
+    L is parameterized row by row relative to its diagonal, L = diag(sigma) (I + M)
+    with M strictly lower triangular: L_ii = sigma_i, L_ij = sigma_i M_ij (j < i).
+    Packed as [mu, the lower triangle row by row holding log sigma_i on the diagonal
+    and M_ij / c below it, c = 1 / sqrt(P - 1)]. The off-diagonal parameters are
+    then unitless, like log sigma: an optimizer step of fixed size (Adam's)
+    changes L by a fixed *fraction* of its row's scale whatever the posterior's
+    scale is. With L_ij itself as the parameter a step of Adam's default 0.05 was
+    as large as the posterior sds of a 2,000-row logistic regression, and the
+    fit's covariance grew without bound.
+    The factor c keeps the change of a whole row of L (P - 1 entries moving at
+    once) at the size of one step.
     """
 
     name = "fullrank"
@@ -177,6 +196,13 @@ class FullRank:
         self.dim = int(dim)
         self.rows, self.cols = np.tril_indices(self.dim)
         self.diag_pos = np.flatnonzero(self.rows == self.cols)
+        self.off_pos = np.flatnonzero(self.rows != self.cols)
+        # M = off_scale * (the packed values): see the class documentation
+        self.off_scale = 1.0 / math.sqrt(max(self.dim - 1, 1))
+        self._flat = self.rows * self.dim + self.cols
+        self._flat_diag = np.arange(self.dim) * (self.dim + 1)
+        # row i of the packed triangle starts at diag_pos[i] - i
+        self._row_starts = self.diag_pos - np.arange(self.dim)
         self.size = self.dim + self.rows.size
 
     def init(self, mean, scale):
@@ -188,11 +214,32 @@ class FullRank:
         return phi[: self.dim]
 
     def chol(self, phi):
-        tri = phi[self.dim :].copy()
-        tri[self.diag_pos] = np.exp(tri[self.diag_pos])
-        L = np.zeros((self.dim, self.dim))
-        L[self.rows, self.cols] = tri
+        """The Cholesky factor L of q's covariance (formed directly, never from
+        L L^T)."""
+        tri = phi[self.dim :]
+        sigma = np.exp(tri[self.diag_pos])
+        L = np.zeros(self.dim * self.dim)
+        L[self._flat] = tri
+        L *= self.off_scale
+        L[self._flat_diag] = 1.0
+        L = L.reshape(self.dim, self.dim)
+        L *= sigma[:, None]
         return L
+
+    factor = chol
+
+    def pack(self, mean, L):
+        """The packed parameters of N(mean, L L^T), ``L`` lower triangular with a
+        positive diagonal (the inverse of :meth:`mean` and :meth:`chol`)."""
+        L = np.asarray(L, dtype=np.float64)
+        d = np.diag(L)
+        if L.shape != (self.dim, self.dim) or not np.all(d > 0):
+            raise ValueError(
+                "L must be a square lower-triangular matrix with a positive diagonal."
+            )
+        tri = (L / d[:, None])[self.rows, self.cols] / self.off_scale
+        tri[self.diag_pos] = np.log(d)
+        return np.concatenate([np.asarray(mean, dtype=np.float64), tri])
 
     def cov(self, phi):
         L = self.chol(phi)
@@ -201,8 +248,9 @@ class FullRank:
     def std(self, phi):
         return np.sqrt(np.sum(self.chol(phi) ** 2, axis=1))
 
-    def sample(self, phi, eps):
-        return phi[: self.dim] + eps @ self.chol(phi).T
+    def sample(self, phi, eps, factor=None):
+        L = self.chol(phi) if factor is None else factor
+        return phi[: self.dim] + eps @ L.T
 
     def entropy(self, phi):
         return float(
@@ -227,24 +275,38 @@ class FullRank:
             - 0.5 * self.dim * _LOG_2PI
         )
 
+    def _chain(self, L, gtri):
+        """Gradients in the entries of tril(L) (``gtri``, (..., tri)) to gradients in
+        the packed parameters: d/dM_ij = g_ij sigma_i and d/dlog sigma_i =
+        sum_{j <= i} g_ij L_ij."""
+        Lflat = L.reshape(-1)
+        gl = gtri * Lflat[self._flat]
+        out = gtri * (self.off_scale * Lflat[self._flat_diag][self.rows])
+        out[..., self.diag_pos] = np.add.reduceat(gl, self._row_starts, axis=-1)
+        return out
+
     def score(self, phi, eps):
         """grad_phi log q(z_s) at z_s = mu + L eps_s: (S, size).
 
-        In mu: v = L^{-T} eps; in L: tril(v eps^T) - diag(1 / L_ii), the diagonal
-        then multiplied by L_ii for the log parameterization."""
+        In mu: v = L^{-T} eps; in L: tril(v eps^T) - diag(1 / L_ii), then the chain
+        rule to (log sigma, M)."""
         L = self.chol(phi)
         v = solve_triangular(L, eps.T, lower=True, trans="T").T
         tri = v[:, self.rows] * eps[:, self.cols]
-        d = self.diag_pos
-        tri[:, d] = tri[:, d] * np.diag(L) - 1.0
-        return np.concatenate([v, tri], axis=1)
+        tri[:, self.diag_pos] -= 1.0 / np.diag(L)
+        return np.concatenate([v, self._chain(L, tri)], axis=1)
 
-    def grad(self, phi, eps, gz, estimator):
-        L = self.chol(phi)
+    def grad(self, phi, eps, gz, estimator, factor=None):
+        L = self.chol(phi) if factor is None else factor
         S = eps.shape[0]
         if estimator == "stl":
             # grad_z log q(z) = -L^{-T} eps
-            d = gz + solve_triangular(L, eps.T, lower=True, trans="T").T
+            d = (
+                gz
+                + solve_triangular(
+                    L, eps.T, lower=True, trans="T", check_finite=False
+                ).T
+            )
         else:
             d = gz
         out = np.empty(self.size)
@@ -252,18 +314,12 @@ class FullRank:
         gL = (d.T @ eps) / S
         if estimator == "reparam":
             gL[np.diag_indices(self.dim)] += 1.0 / np.diag(L)
-        tri = gL[self.rows, self.cols]
-        tri[self.diag_pos] *= np.diag(L)
-        out[self.dim :] = tri
+        out[self.dim :] = self._chain(L, gL.reshape(-1)[self._flat])
         return out
 
     def coordinate_names(self, names):
         tri = [
-            (
-                f"log L[{names[i]}, {names[j]}]"
-                if i == j
-                else f"L[{names[i]}, {names[j]}]"
-            )
+            (f"log sd-scale of {names[i]}" if i == j else f"M[{names[i]}, {names[j]}]")
             for i, j in zip(self.rows, self.cols)
         ]
         return [f"mean of {n}" for n in names] + tri
@@ -283,14 +339,15 @@ class Adam:
     def init(self, phi):
         return (np.zeros_like(phi), np.zeros_like(phi), 0)
 
-    def update(self, g, state, phi):
+    def update(self, g, state, phi, scale=1.0):
         m, v, t = state
         t += 1
         m = self.b1 * m + (1.0 - self.b1) * g
         v = self.b2 * v + (1.0 - self.b2) * g * g
         mhat = m / (1.0 - self.b1**t)
         vhat = v / (1.0 - self.b2**t)
-        return phi + self.learning_rate * mhat / (np.sqrt(vhat) + self.eps), (m, v, t)
+        lr = self.learning_rate * scale
+        return phi + lr * mhat / (np.sqrt(vhat) + self.eps), (m, v, t)
 
 
 class RobbinsMonro:
@@ -307,9 +364,9 @@ class RobbinsMonro:
     def init(self, phi):
         return (0,)
 
-    def update(self, g, state, phi):
+    def update(self, g, state, phi, scale=1.0):
         (t,) = state
-        rho = self.learning_rate * (t + 1 + self.tau) ** (-self.kappa)
+        rho = scale * self.learning_rate * (t + 1 + self.tau) ** (-self.kappa)
         return phi + rho * g, (t + 1,)
 
 
@@ -365,7 +422,7 @@ class StanAdaptive:
         eta = self.eta if eta is None else float(eta)
         return (np.zeros_like(phi), 0, eta)
 
-    def update(self, g, state, phi):
+    def update(self, g, state, phi, scale=1.0):
         s, k, eta = state
         if eta is None:
             raise ValueError(
@@ -375,7 +432,7 @@ class StanAdaptive:
         k += 1
         g2 = g * g
         s = g2 if k == 1 else self.alpha * g2 + (1.0 - self.alpha) * s
-        rho = eta * k ** (-0.5 + 1e-16) / (self.tau + np.sqrt(s))
+        rho = scale * eta * k ** (-0.5 + 1e-16) / (self.tau + np.sqrt(s))
         return phi + rho * g, (s, k, eta)
 
 
@@ -411,26 +468,104 @@ class WindowConvergence:
     """Stop when the mean ELBO stops rising, judged against its own noise.
 
     Every ``window`` steps the mean ELBO of the last window is compared with that of
-    the window before: the fit has converged when the gain is below
+    the window before: the ELBO has stalled when the gain is below
     ``max(tol, 2 * se)``, ``se`` the standard error of the difference of the two
     means. Because the threshold is in nats and scales with the estimate's noise, a
     noisy ELBO (small S, small minibatches) or a large one (millions of rows) does not
     stop the fit early the way a relative-change rule can. ``tol=0`` disables it.
+
+    A stall at a constant step size only means the iterates have reached the noise
+    floor of that step size, where they jitter around the optimum: with one draw per
+    step a full-rank q's sds scatter by tens of percent there. So at the first stall
+    the step size is multiplied by each factor of ``decay`` in turn (the engine
+    scales the optimizer's steps by ``SGVIState.lr_scale``) and the comparison starts
+    afresh; the fit has converged at the stall after the last factor. This is the
+    stationarity-then-decrease scheme of Dhaka et al. (2020) and Welandawe et al.
+    (2022, "Robust, automated, and accurate black-box variational inference"), with
+    the windowed-mean test above as the stationarity check. ``decay=()`` stops at the
+    first stall.
     """
 
-    def __init__(self, tol=1e-3, window=100):
+    def __init__(self, tol=1e-3, window=100, decay=(0.2,)):
         self.tol = float(tol)
         self.window = int(window)
+        self.decay = tuple(float(f) for f in decay)
+        if not all(0.0 < f < 1.0 for f in self.decay):
+            raise ValueError(f"decay factors must be in (0, 1), got {decay!r}.")
+        self.stage = 0
+        self.start = 0
+        self.pending_decay = None
 
     def __call__(self, elbo, n):
         w = self.window
-        if self.tol <= 0 or n < 2 * w or n % w:
+        m = n - self.start
+        if self.tol <= 0 or m < 2 * w or m % w:
             return False
         last = elbo[n - w : n]
         prev = elbo[n - 2 * w : n - w]
         gain = last.mean() - prev.mean()
         se = math.sqrt((last.var(ddof=1) + prev.var(ddof=1)) / w)
-        return bool(gain < max(self.tol, 2.0 * se))
+        if gain >= max(self.tol, 2.0 * se):
+            return False
+        if self.stage < len(self.decay):
+            self.pending_decay = self.decay[self.stage]
+            self.stage += 1
+            self.start = n
+            return False
+        return True
+
+
+class DivergenceMonitor:
+    """Warn when the ELBO trace diverges while staying finite.
+
+    Every ``window`` steps the mean ELBO of the last window is compared with the best
+    window mean so far. The fit is reported as diverging
+    (:class:`~fastvi.sgvi.diagnostics.ELBODivergenceWarning`, once per run) when two
+    consecutive windows both fall more than ``n_sd`` noise sds below that best, the
+    noise sd being the per-step sd of the ELBO estimates within the best window. A
+    window mean has standard error sd / sqrt(window), so a converged fit's windows
+    scatter by about a tenth of that sd: a drop of ``n_sd = 5`` per-step sds is
+    beyond noise by a factor of about fifty, and only a trend explains it. (Stan
+    ADVI prints "MAY BE DIVERGING... INSPECT ELBO" when the relative ELBO change
+    grows; a relative rule cannot tell a noisy ELBO from a falling one.)
+    """
+
+    def __init__(self, window=100, n_sd=5.0):
+        self.window = int(window)
+        self.n_sd = float(n_sd)
+        self.best = None  # (mean, sd, first step, last step) of the best window
+        self.below = 0
+        self.warned = False
+
+    def __call__(self, elbo, n, offset=0, stacklevel=2):
+        w = self.window
+        if self.warned or n < w or n % w:
+            return False
+        last = elbo[n - w : n]
+        mean = float(last.mean())
+        if self.best is None or mean > self.best[0]:
+            sd = float(last.std(ddof=1)) if w > 1 else 0.0
+            self.best = (mean, sd, offset + n - w, offset + n - 1)
+            self.below = 0
+            return False
+        best, sd, b0, b1 = self.best
+        gap = best - mean
+        self.below = self.below + 1 if gap > self.n_sd * sd and gap > 0 else 0
+        if self.below < 2:
+            return False
+        from .diagnostics import ELBODivergenceWarning
+
+        self.warned = True
+        warnings.warn(
+            f"SGVI may be diverging: the mean ELBO of steps {offset + n - w}-"
+            f"{offset + n - 1} ({mean:.6g}) is {gap / max(sd, 1e-300):.3g} noise sds "
+            f"below its best ({best:.6g}, steps {b0}-{b1}), and so was the window "
+            "before. Inspect the ELBO trace; try a smaller learning rate or "
+            "init_scale.",
+            ELBODivergenceWarning,
+            stacklevel=stacklevel,
+        )
+        return True
 
 
 class StanConvergence:
@@ -473,12 +608,15 @@ class StanConvergence:
 # ------------------------------------------------------------------ state and driver
 class SGVIState(NamedTuple):
     """Everything a step needs: ``params`` (packed variational parameters, see the
-    family), ``opt_state``, the random ``key`` and ``step`` (steps taken)."""
+    family), ``opt_state``, the random ``key``, ``step`` (steps taken) and
+    ``lr_scale``, the factor on the optimizer's step size (lowered by
+    :class:`WindowConvergence` at a stall)."""
 
     params: np.ndarray
     opt_state: tuple
     key: int
     step: int
+    lr_scale: float = 1.0
 
 
 class SGVIResult(NamedTuple):
@@ -689,7 +827,8 @@ class SGVI:
         log densities of the draws, or ``(None, culprit)`` when something is not
         finite (``culprit``: indices of the bad coordinates of z, possibly empty)."""
         fam = self.family
-        z = fam.sample(phi, eps)
+        factor = fam.factor(phi)
+        z = fam.sample(phi, eps, factor)
         if self.estimator == "score":
             lp = self.model.log_density(z, rows, grad=False)
             if not np.all(np.isfinite(lp)):
@@ -699,7 +838,7 @@ class SGVI:
         lp, gz = self.model.log_density(z, rows)
         if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(gz))):
             return None, np.flatnonzero(~np.all(np.isfinite(gz), axis=0))
-        return fam.grad(phi, eps, gz, self.estimator), lp
+        return fam.grad(phi, eps, gz, self.estimator, factor), lp
 
     def step(self, state):
         """One optimization step: returns ``(new_state, elbo_estimate)``.
@@ -721,14 +860,19 @@ class SGVI:
                     self.model.coordinate_names(),
                 )
                 continue
-            new_phi, opt_state = self.optimizer.update(g, state.opt_state, phi)
+            new_phi, opt_state = self.optimizer.update(
+                g, state.opt_state, phi, state.lr_scale
+            )
             if not np.all(np.isfinite(new_phi)):
                 bad = np.flatnonzero(~np.isfinite(new_phi))
                 names = fam.coordinate_names(self.model.coordinate_names())
                 last = ("variational parameters after the update", bad, names)
                 continue
             elbo = float(np.mean(lp)) + fam.entropy(phi)
-            return SGVIState(new_phi, opt_state, state.key, state.step + 1), elbo
+            new = SGVIState(
+                new_phi, opt_state, state.key, state.step + 1, state.lr_scale
+            )
+            return new, elbo
         what, bad, names = last
         culprits = (
             ", ".join(names[i] for i in bad[:5]) if bad.size else "the log density"
@@ -810,7 +954,10 @@ class SGVI:
 
         ``convergence`` is a callable ``(elbo_array, n_steps) -> bool`` such as
         :class:`WindowConvergence` (default) or :class:`StanConvergence`; ``None``
-        uses ``WindowConvergence()``. ``psis_draws > 0`` also computes the PSIS
+        uses ``WindowConvergence()``; a rule that sets ``pending_decay`` has the
+        state's ``lr_scale`` multiplied by it. A :class:`DivergenceMonitor` watches
+        the trace and warns (:class:`~fastvi.sgvi.diagnostics.ELBODivergenceWarning`)
+        when it falls far below its best. ``psis_draws > 0`` also computes the PSIS
         k-hat of the final q from that many draws (:meth:`diagnose`, which warns
         above 0.7). Returns :class:`SGVIResult` (the ELBO of the steps of this run
         only).
@@ -827,6 +974,11 @@ class SGVI:
     def _run(self, seed, max_iter, convergence, init_state, progress_bar, init_params):
         state = self.init(seed, init_params) if init_state is None else init_state
         convergence = WindowConvergence() if convergence is None else convergence
+        window = getattr(convergence, "window", None) or getattr(
+            convergence, "eval_elbo", 100
+        )
+        monitor = DivergenceMonitor(window)
+        offset = state.step
         elbo = np.empty(max_iter)
         bar = _progress(max_iter) if progress_bar else None
         converged = False
@@ -840,9 +992,14 @@ class SGVI:
                     bar.update(1)
                     if n % 50 == 0:
                         bar.set_postfix(elbo=f"{elbo[n - 1]:.4g}")
+                monitor(elbo, n, offset, stacklevel=4)
                 if convergence(elbo, n):
                     converged = True
                     break
+                factor = getattr(convergence, "pending_decay", None)
+                if factor is not None:
+                    convergence.pending_decay = None
+                    state = state._replace(lr_scale=state.lr_scale * factor)
         finally:
             if bar is not None:
                 bar.close()

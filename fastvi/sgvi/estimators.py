@@ -190,8 +190,14 @@ class _SGVIRegressionBase(BaseEstimator):
         self.state_ = result.state
         self._engine_key = self._engine_signature(model)
         self.posterior_mean_ = mean
-        self.posterior_cov_ = fam.cov(phi)
-        std = np.sqrt(np.diag(self.posterior_cov_))
+        # q's covariance factor, used for draws: taken from the parameters, never
+        # recomputed from posterior_cov_ (which may be singular to rounding).
+        if hasattr(fam, "chol"):
+            self._posterior_chol = fam.chol(phi)
+        else:
+            self._posterior_chol = np.diag(fam.std(phi))
+        self.posterior_cov_ = self._posterior_chol @ self._posterior_chol.T
+        std = np.sqrt(np.sum(self._posterior_chol**2, axis=1))
         self.coef_ = mean[:D]
         self.coef_std_ = std[:D]
         self.intercept_ = float(mean[D]) if self.fit_intercept else 0.0
@@ -227,8 +233,7 @@ class _SGVIRegressionBase(BaseEstimator):
 
     def _draws(self, n_draws, rng):
         eps = rng.standard_normal((n_draws, self.posterior_mean_.shape[0]))
-        L = np.linalg.cholesky(self.posterior_cov_)
-        return self.posterior_mean_ + eps @ L.T
+        return self.posterior_mean_ + eps @ self._posterior_chol.T
 
     def sample_posterior(self, n_draws, random_state=None):
         """Draws of ``[coef..., intercept]`` from the fitted q.
@@ -349,8 +354,12 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     max_iter : int, default=2000
         Maximum number of steps.
     tol : float, default=1e-3
-        ``convergence='window'``: stop when the windowed mean ELBO gains less than
-        ``max(tol, 2 standard errors)`` (nats); 0 disables early stopping.
+        ``convergence='window'``: the ELBO has stalled when its windowed mean gains
+        less than ``max(tol, 2 standard errors)`` (nats); at the first stall the
+        step size is multiplied by 0.2 and the fit stops at the next stall
+        (:class:`~fastvi.sgvi.WindowConvergence`); 0 disables early stopping. A fit
+        whose windowed ELBO falls far below its best issues an
+        :class:`~fastvi.sgvi.diagnostics.ELBODivergenceWarning`.
     convergence : {'window', 'stan'}, default='window'
         ``'stan'`` uses Stan ADVI's relative-change rule with ``tol_rel_obj`` and
         ``eval_elbo`` (circular buffer; mean or median below the tolerance).

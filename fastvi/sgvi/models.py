@@ -41,6 +41,10 @@ __all__ = [
 # thread count) and rows per transposed tile (chosen so a tile fits in L1).
 CHUNK_ROWS = 2048
 _TILE_BYTES = 16384
+# A data pass of fewer multiply-adds (rows x features x draws) than this runs on the
+# calling thread: about a millisecond of work, less than what waking numba's thread
+# pool can cost on a busy machine. The chunks, and so the bits, are the same.
+SERIAL_WORK = 1 << 21
 
 
 class Interval(NamedTuple):
@@ -239,6 +243,16 @@ def _glm_kernels():
     return sgvi
 
 
+def _serial(n_units, per_chunk, work):
+    """Whether a pass of ``n_units`` (rows or tiles), ``per_chunk`` per work item and
+    ``work`` multiply-adds, should run on the calling thread."""
+    if n_units <= per_chunk or work < SERIAL_WORK:
+        return True
+    import numba
+
+    return numba.get_num_threads() == 1
+
+
 def _tile_rows_for(n_features, itemsize):
     tile = _TILE_BYTES // max(1, n_features * itemsize)
     tile = max(16, min(256, tile - tile % 16))
@@ -360,9 +374,14 @@ class GLM(Model):
         b = np.ascontiguousarray(b, dtype=self.dtype)
         if rows is None and self._Xtiles is None:
             rows = self._all_rows  # a full pass of a model kept row-major
+        S = W.shape[0]
         if rows is None:
-            one_chunk = self._Xtiles.shape[0] <= self._chunk_tiles
-            kernel = k.glm_pass_tiled_serial if one_chunk else k.glm_pass_tiled
+            serial = _serial(
+                self._Xtiles.shape[0],
+                self._chunk_tiles,
+                self.n_rows * self.n_features * S,
+            )
+            kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
             parts = kernel(
                 self._Xtiles,
                 self.y,
@@ -376,9 +395,9 @@ class GLM(Model):
         else:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
             chunk = self._chunk_tiles * self.tile
-            kernel = (
-                k.glm_pass_rows if rows.shape[0] > chunk else k.glm_pass_rows_serial
-            )
+            M = rows.shape[0]
+            serial = _serial(M, chunk, M * self.n_features * S)
+            kernel = k.glm_pass_rows_serial if serial else k.glm_pass_rows
             parts = kernel(
                 self.X, self.y, rows, W, b, tau, self.family_code, chunk, self.tile
             )
