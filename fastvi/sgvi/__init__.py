@@ -7,10 +7,17 @@ See :mod:`fastvi.sgvi.engine` for the engine, :mod:`fastvi.sgvi.models` for mode
 diagnostic.
 """
 
-from .diagnostics import PSISDiagnostic, PSISWarning, gpd_fit, psis_khat
+from .diagnostics import (
+    ELBODivergenceWarning,
+    PSISDiagnostic,
+    PSISWarning,
+    gpd_fit,
+    psis_khat,
+)
 from .engine import (
     SGVI,
     Adam,
+    DivergenceMonitor,
     FullRank,
     MeanField,
     Posterior,
@@ -27,7 +34,9 @@ from .user import NumbaModel
 
 __all__ = [
     "Adam",
+    "DivergenceMonitor",
     "EightSchools",
+    "ELBODivergenceWarning",
     "FullRank",
     "GLM",
     "Interval",
