@@ -12,7 +12,7 @@ The three logistic fits are of the same model, w ~ N(0, I) with a broad intercep
 VBLogisticRegression's hyperprior is held at λ = 1 (``lambda_1 = lambda_2 = 1e8``),
 LogisticRegression's ``C = 1`` is that prior (its intercept is not penalized; VB's and
 SGVI's have sd 100), and SGVI gets ``prior_scale = 1`` (full-rank q, S = 8 draws per
-full-data step, Adam's step 0.01, its default stopping rule).
+full-data step, Adam's default step, its default stopping rule).
 
 Each fit runs to its own default convergence test; the time is the whole ``fit``
 (statistics, iterations, validation). Data: D = 50 standard-normal features, weights
@@ -113,15 +113,12 @@ def make_estimator(model, library):
     if library == "sgvi":
         from fastvi import BayesianLogisticRegression
 
-        # S = 8 draws per step, as in the README's example, and Adam's step 0.01:
-        # with the default 0.05 the full-rank fit of the 2,000-row warm-up ended
-        # with a singular covariance (reported to the SGVI module's owner)
+        # S = 8 draws per step, as in the README's example; Adam's default step
         return BayesianLogisticRegression(
             prior_scale=1.0,
             intercept_prior_scale=100.0,
             family="fullrank",
             n_samples=8,
-            learning_rate=0.01,
             random_state=SEED,
         )
     if library == "fastvi":
