@@ -16,8 +16,20 @@ Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
 the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
 (``--header`` to skip a header line), .parquet (with pyarrow), docword.*.txt (LDA).
 Errors print one line on stderr and exit with status 2; nothing is written to the
-output path. Ctrl-C during a checkpointed fit stops after the current iteration,
-writes the checkpoint and exits with status 130.
+output path.
+
+A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
+or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
+the epoch, the training perplexity in the epochs that evaluate it
+(``--evaluate-every``) and documents/s.
+
+Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the fit
+state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
+last; ``--resume`` continues from it when it exists, and the model is then bitwise
+the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
+written for other data or other model parameters is refused. Ctrl-C during a
+checkpointed fit stops after the current iteration (epoch), writes the checkpoint and
+exits with status 130; the checkpoint is deleted once the model file is written.
 """
 
 import argparse
@@ -205,9 +217,25 @@ def _add_batch_commands(sub):
         help="gmm, .npy input: fit on this Dask cluster (tcp://host:8786); the "
         "workers read the file at the same path",
     )
-    fit.add_argument("--checkpoint", default=None)
-    fit.add_argument("--checkpoint-every", type=int, default=1)
-    fit.add_argument("--resume", action="store_true")
+    fit.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="save the fit state to FILE (atomically) as the fit goes",
+    )
+    fit.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="iterations (gmm) or epochs (lda) between checkpoints (default 1)",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint FILE if it exists (bitwise the "
+        "uninterrupted model)",
+    )
     _add_common(fit)
     fit.set_defaults(func=_fit)
 
@@ -365,8 +393,8 @@ def _fit(args):
     from .batch.io import NpyRows
 
     _check_output(args.output, args.input)
-    if args.model != "gmm" and (args.checkpoint or args.resume):
-        raise ValueError("--checkpoint/--resume are supported for 'gmm' only")
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint FILE")
     if args.checkpoint:
         _check_output(args.checkpoint, args.input, args.output)
     est = _estimator(args)
@@ -389,41 +417,36 @@ def _run_fit(args, est, X, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .batch.jobs import Interrupted, Progress, fit_mixture
+    from .batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
     from .persist import save
 
     n_rows = X.shape[0]
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if args.model == "gmm":
-            progress = Progress(est.max_iter, n_rows, quiet=args.quiet or args.json)
-            stop = _StopFlag()
-            previous = None
-            if args.checkpoint:
-                previous = signal.signal(signal.SIGINT, stop.handler)
-            try:
-                fit_mixture(
-                    est,
-                    X,
-                    progress=progress,
-                    checkpoint=args.checkpoint,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    should_stop=stop,
-                )
-            except Interrupted as exc:
-                progress.close()
-                print(
-                    f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr
-                )
-                return 130
-            finally:
-                progress.close()
-                if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
-        else:
-            est.fit(X)
+        progress = Progress(est.max_iter, n_rows, quiet=args.quiet or args.json)
+        stop = _StopFlag()
+        previous = None
+        if args.checkpoint:
+            previous = signal.signal(signal.SIGINT, stop.handler)
+        try:
+            (fit_mixture if args.model == "gmm" else fit_lda)(
+                est,
+                X,
+                progress=progress,
+                checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
+                should_stop=stop,
+            )
+        except Interrupted as exc:
+            progress.close()
+            print(f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr)
+            return 130
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
     seconds = time.perf_counter() - t0
     save(est, args.output)
     if args.checkpoint and os.path.exists(args.checkpoint):

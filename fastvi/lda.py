@@ -524,7 +524,13 @@ class LatentDirichletAllocation(
                 # the topics live in ``topics`` during the fit and become
                 # ``components_`` at its end (no second copy meanwhile)
                 topics = self._init_latent_vars(corpus.n_words, X.dtype, store=False)
-                self._fit_epochs(corpus, topics, X.dtype)
+                resume = getattr(self, "_fit_resume", None)
+                if resume is None:
+                    self._fit_epochs(corpus, topics, X.dtype)
+                else:
+                    start, last_bound, stopped = self._set_epoch_state(topics, resume)
+                    if not stopped:
+                        self._fit_epochs(corpus, topics, X.dtype, start, last_bound)
                 corpus.drop_entries()  # the final E-step needs no statistic
                 self._store_topics(topics, X.dtype)
                 gamma, ll = self._e_step(
@@ -801,8 +807,16 @@ class LatentDirichletAllocation(
             topics.exp_beta_t.T
         ).astype(dtype, copy=False)
 
-    def _fit_epochs(self, corpus, topics, dtype):
-        """scikit-learn's epoch loop: EM rounds, optional perplexity check."""
+    def _fit_epochs(self, corpus, topics, dtype, start=0, last_bound=None):
+        """scikit-learn's epoch loop: EM rounds, optional perplexity check.
+
+        ``start`` epochs are already done and ``last_bound`` is the last perplexity
+        evaluated (a resumed fit, see :meth:`_set_epoch_state`). After every epoch the
+        private hook ``self._epoch_callback(self, n_epochs, perplexity, state)`` is
+        called when the attribute exists: ``perplexity`` is the one evaluated in that
+        epoch (NaN if none was) and ``state()`` returns the fit state at the end of
+        the epoch (:meth:`_epoch_state`). The hook may raise to stop the fit.
+        """
         online = self.learning_method == "online"
         batches = (
             [
@@ -812,8 +826,8 @@ class LatentDirichletAllocation(
             if online
             else [corpus]
         )
-        last_bound = None
-        for i in range(self.max_iter):
+        callback = getattr(self, "_epoch_callback", None)
+        for i in range(start, self.max_iter):
             for batch in batches:
                 self._em_round(
                     batch,
@@ -821,6 +835,7 @@ class LatentDirichletAllocation(
                     dtype,
                     total_samples=corpus.n_docs if online else None,
                 )
+            bound, stopped = float("nan"), False
             if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
                 topics.refresh()
                 gamma, ll = self._e_step(
@@ -835,12 +850,79 @@ class LatentDirichletAllocation(
                         "iteration: %d of max_iter: %d, perplexity: %.4f"
                         % (i + 1, self.max_iter, bound)
                     )
-                if last_bound and abs(last_bound - bound) < self.perp_tol:
-                    break
-                last_bound = bound
+                # scikit-learn stops here without counting the epoch in n_iter_
+                stopped = bool(last_bound and abs(last_bound - bound) < self.perp_tol)
+                if not stopped:
+                    last_bound = bound
             elif self.verbose:
                 print("iteration: %d of max_iter: %d" % (i + 1, self.max_iter))
-            self.n_iter_ += 1
+            if not stopped:
+                self.n_iter_ += 1
+            if callback is not None:
+                callback(
+                    self,
+                    i + 1,
+                    bound,
+                    lambda i=i, b=last_bound, s=stopped: self._epoch_state(
+                        topics, i + 1, b, s
+                    ),
+                )
+            if stopped:
+                break
+
+    def _epoch_state(self, topics, epoch, last_bound, stopped):
+        """The fit state after ``epoch`` epochs, enough to resume it bitwise.
+
+        A dict of copies: ``epoch``, ``stopped`` (the perplexity check ended the fit),
+        ``last_perplexity`` (the stopping rule's reference, None before the first
+        evaluation), ``components`` (lambda, float64 (K, V)), ``psi_sums`` (digamma
+        of lambda's topic totals as the loop computed them: recomputing them from
+        ``components`` could differ in the last bit), ``stale`` (whether
+        exp(E[log beta]) awaits a refresh), ``n_iter_``, ``n_batch_iter_``,
+        ``perplexity_history_`` and ``random_state`` (``random_state_.get_state()``:
+        every epoch's E-step draws its starting values from it).
+        """
+        return {
+            "epoch": int(epoch),
+            "stopped": bool(stopped),
+            "last_perplexity": None if last_bound is None else float(last_bound),
+            "components": np.array(topics.lam_t.T, dtype=np.float64, order="C"),
+            "psi_sums": np.array(topics.psi_sums, dtype=np.float64),
+            "stale": bool(topics.stale),
+            "n_iter_": int(self.n_iter_),
+            "n_batch_iter_": int(self.n_batch_iter_),
+            "perplexity_history_": [float(v) for v in self.perplexity_history_],
+            "random_state": self.random_state_.get_state(legacy=True),
+        }
+
+    def _set_epoch_state(self, topics, state):
+        """Put back a state of :meth:`_epoch_state` (a fit started from it continues
+        bitwise as the fit that saved it); returns ``(epoch, last_perplexity,
+        stopped)``."""
+        components = np.asarray(state["components"], dtype=np.float64)
+        psi_sums = np.asarray(state["psi_sums"], dtype=np.float64)
+        if components.shape != topics.lam_t.T.shape or psi_sums.shape != (
+            components.shape[0],
+        ):
+            raise ValueError(
+                f"the saved fit state has topics of shape {components.shape}; "
+                f"expected {topics.lam_t.T.shape}"
+            )
+        topics.lam_t[...] = components.T
+        topics.psi_sums = psi_sums.copy()
+        topics.stale = True
+        if not state["stale"]:
+            topics.refresh()
+        self.random_state_.set_state(tuple(state["random_state"]))
+        self.n_iter_ = int(state["n_iter_"])
+        self.n_batch_iter_ = int(state["n_batch_iter_"])
+        self.perplexity_history_ = [float(v) for v in state["perplexity_history_"]]
+        last = state["last_perplexity"]
+        return (
+            int(state["epoch"]),
+            None if last is None else float(last),
+            bool(state["stopped"]),
+        )
 
     def _em_round(self, corpus, topics, dtype, total_samples=None):
         """One E-step and M-step; batch when ``total_samples`` is None, else online."""

@@ -78,7 +78,14 @@ _TUPLES = {"NormalGammaPosterior": "fastvi.conjugate"}
 
 # Per-fit bookkeeping that is not part of a fitted model.
 _TRANSIENT = frozenset(
-    {"_init_prev_time", "_iter_prev_time", "_iteration_callback", "_cavi_last_bound"}
+    {
+        "_init_prev_time",
+        "_iter_prev_time",
+        "_iteration_callback",
+        "_cavi_last_bound",
+        "_epoch_callback",
+        "_fit_resume",
+    }
 )
 
 

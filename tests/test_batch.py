@@ -1,5 +1,6 @@
 """Batch jobs: out-of-core fits, data files, the command line, checkpoints."""
 
+import io
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
 from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
-from fastvi.batch.jobs import Interrupted, fit_mixture
+from fastvi.batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
+from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import CHUNK_ROWS, BayesianGaussianMixture
 from fastvi.persist import load
 
@@ -598,3 +600,308 @@ def test_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path, kill
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert_same_model(reference, load(out))
+
+
+# ------------------------------------------------------- LDA: progress, checkpoints
+LDA_FITTED = (
+    "components_",
+    "exp_dirichlet_component_",
+    "n_iter_",
+    "n_batch_iter_",
+    "perplexity_history_",
+    "bound_",
+    "doc_topic_prior_",
+    "topic_word_prior_",
+)
+# epochs 2, 4, ... evaluate the perplexity; perp_tol=0: all max_iter epochs run
+LDA_PARAMS = dict(
+    n_components=4, max_iter=10, batch_size=50, evaluate_every=2, perp_tol=0.0
+)
+
+
+def assert_same_lda(a, b):
+    """Bitwise equality of every fitted attribute, the random stream's included."""
+    for name in LDA_FITTED:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), name)
+    _, keys_a, pos_a, *_ = a.random_state_.get_state(legacy=True)
+    _, keys_b, pos_b, *_ = b.random_state_.get_state(legacy=True)
+    np.testing.assert_array_equal(keys_a, keys_b)
+    assert pos_a == pos_b
+
+
+@pytest.fixture(scope="module")
+def lda_counts():
+    counts = sp.random(200, 60, density=0.2, random_state=3, format="csr") * 6
+    counts.data = np.ceil(counts.data)
+    return counts
+
+
+def stop_after(n):
+    """A ``should_stop`` that fires at its n-th call (after the n-th epoch run)."""
+    calls = iter(range(1, 10_000))
+    return lambda: next(calls) >= n
+
+
+@pytest.mark.parametrize("method", ["batch", "online"])
+def test_lda_stop_and_resume_in_process_gives_the_uninterrupted_model(
+    tmp_path, lda_counts, method
+):
+    params = dict(LDA_PARAMS, learning_method=method, random_state=1)
+    reference = LatentDirichletAllocation(**params).fit(lda_counts)
+    checkpoint = str(tmp_path / "ck.npz")
+    # stops after epochs 1, 4 (one that evaluated the perplexity) and 8, each run
+    # resuming from the previous one's checkpoint
+    for stop_at, epoch in ((1, 1), (3, 4), (4, 8)):
+        with pytest.raises(Interrupted) as info:
+            fit_lda(
+                LatentDirichletAllocation(**params),
+                lda_counts,
+                checkpoint=checkpoint,
+                checkpoint_every=3,
+                resume=True,
+                should_stop=stop_after(stop_at),
+            )
+        assert info.value.iteration == epoch
+        saved, extra = load(checkpoint, return_extra=True)
+        assert extra["iteration"] == epoch and saved.n_iter_ == epoch
+    resumed = fit_lda(
+        LatentDirichletAllocation(**params),
+        lda_counts,
+        checkpoint=checkpoint,
+        resume=True,
+    )
+    assert_same_lda(reference, resumed)
+    assert not any(k.startswith("_") for k in vars(resumed))
+    # a checkpoint of the finished fit gives the model again
+    again = fit_lda(
+        LatentDirichletAllocation(**params),
+        lda_counts,
+        checkpoint=checkpoint,
+        resume=True,
+    )
+    assert_same_lda(reference, again)
+
+
+@pytest.mark.parametrize("method", ["batch", "online"])
+def test_lda_resume_around_the_perplexity_stop(tmp_path, lda_counts, method):
+    params = dict(
+        n_components=4,
+        max_iter=30,
+        batch_size=50,
+        evaluate_every=1,
+        perp_tol=0.5,
+        learning_method=method,
+        random_state=2,
+    )
+    reference = LatentDirichletAllocation(**params).fit(lda_counts)
+    stop = reference.n_iter_ + 1  # the epoch whose perplexity check ends the fit
+    assert 2 <= stop < params["max_iter"]
+    for epoch in (stop - 1, stop):
+        checkpoint = str(tmp_path / f"ck{epoch}.npz")
+        with pytest.raises(Interrupted):
+            fit_lda(
+                LatentDirichletAllocation(**params),
+                lda_counts,
+                checkpoint=checkpoint,
+                should_stop=stop_after(epoch),
+            )
+        assert load(checkpoint, return_extra=True)[1]["converged"] is (epoch == stop)
+        resumed = fit_lda(
+            LatentDirichletAllocation(**params),
+            lda_counts,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+        assert_same_lda(reference, resumed)
+
+
+def test_lda_resume_refuses_other_data_parameters_or_models(tmp_path, lda_counts):
+    checkpoint = str(tmp_path / "ck.npz")
+    params = dict(LDA_PARAMS, max_iter=2, random_state=0)
+    fit_lda(LatentDirichletAllocation(**params), lda_counts, checkpoint=checkpoint)
+    other_data = lda_counts.copy()
+    other_data.data[-1] += 1.0
+    with pytest.raises(DataError, match="other data"):
+        fit_lda(
+            LatentDirichletAllocation(**params),
+            other_data,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    for change in ({"n_components": 5}, {"learning_method": "online"}):
+        with pytest.raises(ValueError, match="other model parameters"):
+            fit_lda(
+                LatentDirichletAllocation(**dict(params, **change)),
+                lda_counts,
+                checkpoint=checkpoint,
+                resume=True,
+            )
+    gmm_checkpoint = str(tmp_path / "gmm.npz")
+    X = blobs(300, 60)
+    quiet(
+        fit_mixture,
+        BayesianGaussianMixture(n_components=2, init_params="random", max_iter=2),
+        X,
+        checkpoint=gmm_checkpoint,
+    )
+    with pytest.raises(ValueError, match="not a LatentDirichletAllocation"):
+        fit_lda(
+            LatentDirichletAllocation(**params),
+            lda_counts,
+            checkpoint=gmm_checkpoint,
+            resume=True,
+        )
+
+
+def test_lda_progress_shows_epochs_perplexity_and_docs_per_second(
+    lda_counts, monkeypatch
+):
+    params = dict(LDA_PARAMS, max_iter=4, random_state=0)
+    stream = io.StringIO()
+    progress = Progress(4, lda_counts.shape[0], stream=stream)
+    fit_lda(LatentDirichletAllocation(**params), lda_counts, progress=progress)
+    progress.close()
+    text = stream.getvalue()
+    assert "4/4" in text and "docs_s=" in text and "perplexity=" in text
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: plain lines
+    stream = io.StringIO()
+    progress = Progress(4, lda_counts.shape[0], stream=stream)
+    est = fit_lda(LatentDirichletAllocation(**params), lda_counts, progress=progress)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["epoch", str(i)] for i in range(1, 5)
+    ]
+    assert all(line.endswith("docs/s") for line in lines)
+    # the evaluated epochs (2 and 4) show their perplexity
+    assert [float(line.split()[3]) for line in lines[1::2]] == pytest.approx(
+        est.perplexity_history_, rel=1e-9
+    )
+    assert "perplexity" not in lines[0] + lines[2]
+    quiet_stream = io.StringIO()
+    progress = Progress(4, lda_counts.shape[0], quiet=True, stream=quiet_stream)
+    fit_lda(LatentDirichletAllocation(**params), lda_counts, progress=progress)
+    assert quiet_stream.getvalue() == ""
+
+
+_LDA_KILL_PARAMS = (
+    "--n-components",
+    10,
+    "--random-state",
+    3,
+    "--max-iter",
+    20,
+    "--learning-method",
+    "online",
+    "--batch-size",
+    250,
+    "--evaluate-every",
+    4,
+    "--perp-tol",
+    0,
+    "--n-jobs",  # the model does not depend on it; steadier timing on a busy machine
+    1,
+)
+
+
+@pytest.fixture(scope="module")
+def lda_kill_data(tmp_path_factory):
+    """Counts, the model of an uninterrupted command-line run, its wall time and
+    its stderr (the progress bar)."""
+    folder = tmp_path_factory.mktemp("lda_kill")
+    counts = sp.random(4000, 400, density=0.05, random_state=2, format="csr") * 5
+    counts.data = np.ceil(counts.data)
+    path = folder / "c.npz"
+    sp.save_npz(path, counts)
+    t0 = time.monotonic()
+    run = cli("fit", "lda", path, "-o", folder / "ref.npz", *_LDA_KILL_PARAMS)
+    return path, load(folder / "ref.npz"), time.monotonic() - t0, run.stderr
+
+
+def test_cli_lda_progress_and_json(tmp_path, lda_kill_data):
+    path, _, _, stderr = lda_kill_data
+    assert "20/20" in stderr and "docs_s=" in stderr and "perplexity=" in stderr
+    run = cli("fit", "lda", path, "-o", tmp_path / "m.npz", "--max-iter", 2, "--json")
+    assert json.loads(run.stdout)["n_iter"] == 2
+    assert "docs_s" not in run.stderr
+
+
+def lda_job(path, out, ck):
+    return [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        "lda",
+        str(path),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "--quiet",
+        *map(str, _LDA_KILL_PARAMS),
+    ]
+
+
+def test_lda_sigkill_then_resume_gives_the_same_model(tmp_path, lda_kill_data):
+    path, reference, duration, _ = lda_kill_data
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    args = lda_job(path, out, ck)
+    rng = np.random.default_rng(1)
+
+    def mtime():
+        return ck.stat().st_mtime_ns if ck.exists() else None
+
+    # first job: SIGKILL at a random moment (start-up, an epoch, a checkpoint write)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(float(rng.uniform(0.3, 0.7)) * duration)
+    if proc.poll() is None:
+        proc.kill()
+    elif proc.wait() == 0:  # faster than the reference run (which may have compiled)
+        out.unlink()
+    proc.wait(timeout=60)
+    # second job (resumes if there is a checkpoint): SIGKILL shortly after it wrote
+    # a checkpoint, so the last job surely resumes from the middle of the fit
+    before = mtime()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while mtime() in (None, before):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(float(rng.uniform(0.0, 0.2)))
+    assert proc.poll() is None, "the job ended before the kill; make it longer"
+    proc.kill()
+    proc.wait(timeout=60)
+    assert not out.exists()
+    assert 1 <= load(ck, return_extra=True)[1]["iteration"] < 20
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert_same_lda(reference, load(out))
+    assert not ck.exists()  # removed once the model is written
+
+
+def test_lda_ctrl_c_stops_after_the_epoch_with_a_valid_checkpoint(
+    tmp_path, lda_kill_data
+):
+    path, reference, _, _ = lda_kill_data
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    args = lda_job(path, out, ck)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ck.exists():  # the first checkpoint: the epoch loop is running
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun with --resume" in err
+    assert not out.exists()
+    saved, extra = load(ck, return_extra=True)
+    assert 1 <= extra["iteration"] < 20 and saved.n_iter_ == extra["iteration"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert_same_lda(reference, load(out))

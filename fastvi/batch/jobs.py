@@ -16,6 +16,18 @@ back and the fit continues with ``warm_start=True`` for the remaining iterations
 CAVI updates are deterministic given the factors, so the final model is bitwise the
 one of an uninterrupted run (``n_iter_`` and ``lower_bounds_`` are stitched together).
 A checkpoint written for other data or other parameters is refused.
+
+``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
+own epoch loop calls a per-epoch hook. Its unit is the epoch (a pass over the
+documents); the progress shows the training perplexity in the epochs that evaluate it
+(``evaluate_every``) and documents per second. An LDA fit is not deterministic given
+the topics alone: every epoch's E-step draws its starting values from
+``random_state_``, so a checkpoint holds the topics (``components_``, float64), the
+random state (persisted as its Mersenne Twister key array and position), ``n_iter_``,
+``n_batch_iter_``, ``perplexity_history_`` and, in ``extra``, the epoch, the last
+evaluated perplexity (the stopping rule's reference) and digamma of the topic totals
+as the loop had them; a resumed fit starts from exactly that state and is bitwise the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import numpy as np
 from ..persist import load, save
 from .io import DataError, fingerprint
 
-__all__ = ["Interrupted", "Progress", "fit_mixture"]
+__all__ = ["Interrupted", "Progress", "fit_lda", "fit_mixture"]
 
 # parameters that may differ between the run that wrote a checkpoint and the resume
 _FREE_PARAMS = ("max_iter", "warm_start", "verbose", "verbose_interval", "n_jobs")
@@ -97,6 +109,32 @@ class Progress:
                 flush=True,
             )
 
+    def update_epoch(self, epoch, perplexity):
+        """One LDA epoch: ``perplexity`` is NaN when the epoch did not evaluate it.
+
+        The bar shows the last evaluated perplexity and documents per second; the
+        plain lines show the perplexity of the epochs that evaluated it.
+        """
+        now = time.perf_counter()
+        rate = self.n_rows / max(now - self._last, 1e-9)
+        self._last = now
+        if self.quiet:
+            return
+        evaluated = np.isfinite(perplexity)
+        if self._bar is not None:
+            if evaluated:
+                self._perplexity = perplexity  # shown until the next evaluation
+            fields = {}
+            if getattr(self, "_perplexity", None) is not None:
+                fields["perplexity"] = f"{self._perplexity:.6g}"
+            self._bar.set_postfix(**fields, docs_s=f"{rate:.3g}", refresh=False)
+            self._bar.update(1)
+        else:
+            text = f"  perplexity {perplexity:.10g}" if evaluated else ""
+            print(
+                f"epoch {epoch}{text}  {rate:.4g} docs/s", file=self.stream, flush=True
+            )
+
     def close(self):
         if self._bar is not None:
             self._bar.close()
@@ -122,7 +160,8 @@ def _param_signature(est):
     )
 
 
-def _restore_from(est, checkpoint, data_print):
+def _load_checkpoint(est, checkpoint, data_print):
+    """The checkpoint's estimator and extra, refused for other data or parameters."""
     ck, extra = load(checkpoint, expected_class=type(est).__name__, return_extra=True)
     if extra.get("data") != data_print:
         raise DataError(
@@ -134,6 +173,11 @@ def _restore_from(est, checkpoint, data_print):
             f"{checkpoint}: the checkpoint was written with other model parameters; "
             "delete it to start afresh"
         )
+    return ck, extra
+
+
+def _restore_from(est, checkpoint, data_print):
+    ck, extra = _load_checkpoint(est, checkpoint, data_print)
     try:
         done = int(extra["iteration"])
         history = [float(b) for b in extra["history"]]
@@ -257,4 +301,135 @@ def fit_mixture(
     if done:
         est.n_iter_ = done + est.n_iter_
         est.lower_bounds_ = history + list(est.lower_bounds_)
+    return est
+
+
+def _lda_checkpoint_state(ck, extra, checkpoint):
+    """The fit state (as ``_epoch_state`` returns it) stored in an LDA checkpoint."""
+    try:
+        last = extra["last_perplexity"]
+        return {
+            "epoch": int(extra["iteration"]),
+            "stopped": bool(extra["converged"]),
+            "last_perplexity": None if last is None else float(last),
+            "components": np.asarray(ck.components_, dtype=np.float64),
+            "psi_sums": np.asarray(extra["psi_sums"], dtype=np.float64),
+            "stale": bool(extra["stale"]),
+            "n_iter_": int(ck.n_iter_),
+            "n_batch_iter_": int(ck.n_batch_iter_),
+            "perplexity_history_": [float(v) for v in ck.perplexity_history_],
+            "random_state": ck.random_state_.get_state(legacy=True),
+        }
+    except (KeyError, AttributeError, TypeError, ValueError):
+        raise ValueError(f"{checkpoint}: not a checkpoint (no fit position)") from None
+
+
+def fit_lda(
+    est,
+    X,
+    *,
+    progress=None,
+    checkpoint=None,
+    checkpoint_every=1,
+    resume=False,
+    should_stop=None,
+):
+    """Fit a ``LatentDirichletAllocation`` with progress, checkpoints and resume.
+
+    Parameters
+    ----------
+    est : LatentDirichletAllocation
+    X : {array-like, sparse matrix} of shape (n_documents, n_words)
+        In-memory counts (not a Dask array).
+    progress : Progress, optional
+        Updated after every epoch (:meth:`Progress.update_epoch`).
+    checkpoint : str, optional
+        Path of the checkpoint file (written atomically).
+    checkpoint_every : int, default=1
+        Epochs between checkpoints (the last epoch is always saved).
+    resume : bool, default=False
+        Continue from ``checkpoint`` when it exists (else start afresh).
+    should_stop : callable, optional
+        Polled after every epoch; when it returns True the fit stops there with
+        :class:`Interrupted` (after writing a checkpoint, if any).
+
+    Returns
+    -------
+    est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit(X)``,
+        for 'batch' and 'online' learning)
+    """
+    from .._dask import is_dask_collection
+
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if is_dask_collection(X) and (
+        checkpoint is not None or progress is not None or should_stop is not None
+    ):
+        raise ValueError(
+            "progress, checkpoints and stop requests need in-memory data, not a "
+            "Dask array"
+        )
+    data_print = fingerprint(X) if checkpoint is not None else None
+    signature = _param_signature(est) if checkpoint is not None else None
+    state = None
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        ck, extra = _load_checkpoint(est, checkpoint, data_print)
+        state = _lda_checkpoint_state(ck, extra, checkpoint)
+    if progress is not None:
+        progress.start_at(0 if state is None else min(state["epoch"], est.max_iter))
+
+    def write_checkpoint(model, epoch_state):
+        ck = type(model)(**model.get_params(deep=False))
+        for key, value in vars(model).items():
+            if not key.startswith("_") and key not in (
+                "components_",
+                "exp_dirichlet_component_",
+                "bound_",
+            ):
+                setattr(ck, key, value)
+        ck.n_iter_ = epoch_state["n_iter_"]
+        ck.n_batch_iter_ = epoch_state["n_batch_iter_"]
+        ck.perplexity_history_ = epoch_state["perplexity_history_"]
+        ck.random_state_ = np.random.RandomState()
+        ck.random_state_.set_state(epoch_state["random_state"])
+        ck.components_ = epoch_state["components"]
+        save(
+            ck,
+            checkpoint,
+            kind="checkpoint",
+            extra={
+                "iteration": epoch_state["epoch"],
+                "converged": epoch_state["stopped"],
+                "last_perplexity": epoch_state["last_perplexity"],
+                "psi_sums": epoch_state["psi_sums"].tolist(),
+                "stale": epoch_state["stale"],
+                "data": data_print,
+                "params": signature,
+            },
+        )
+
+    def callback(model, epoch, perplexity, get_state):
+        if progress is not None:
+            progress.update_epoch(epoch, perplexity)
+        stop = should_stop is not None and should_stop()
+        if checkpoint is not None:
+            epoch_state = get_state()
+            if (
+                stop
+                or epoch_state["stopped"]
+                or epoch % checkpoint_every == 0
+                or epoch >= model.max_iter
+            ):
+                write_checkpoint(model, epoch_state)
+        if stop:
+            raise Interrupted(epoch, checkpoint)
+
+    est._epoch_callback = callback
+    if state is not None:
+        est._fit_resume = state
+    try:
+        est.fit(X)
+    finally:
+        est.__dict__.pop("_epoch_callback", None)
+        est.__dict__.pop("_fit_resume", None)
     return est
