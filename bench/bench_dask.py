@@ -48,7 +48,11 @@ N_COMPONENTS = 32
 # Gram (covariance prior) and the initial statistics
 EXTRA_PASSES = 3
 
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    # persisting the in-memory data on the cluster ships it once, untimed
+    pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning"),
+]
 
 
 def _blobs(n):
