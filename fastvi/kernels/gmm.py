@@ -263,7 +263,9 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
                     sq[k, 0, d] += b
             continue
         # full: Y = x - shift and W = r * Y for the tile, then the upper triangle of
-        # W Y^T in 2 x 4 blocks so that each load feeds two FMAs
+        # W Y^T in 2 x 4 blocks so that each load feeds two FMAs. The block is the
+        # same as ``conjugate._gram_upper``, written out here on purpose: calling that
+        # function with ``sq[k]`` made a 'full' fit (N=5e5, K=32, D=16) ~15% slower.
         for d in range(D):
             m = shift[k, d]
             a = 0.0
