@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["DaskRows", "is_dask_collection"]
+__all__ = ["DaskRows", "fitted_rows", "is_dask_collection", "raise_if_nonfinite"]
 
 _INSTALL = (
     'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
@@ -225,14 +225,30 @@ class DaskRows:
     def check_finite(self, n_jobs=None):
         """Raise scikit-learn's message if any value (of X, then y) is NaN or inf."""
         counts = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
-        for name, n_nan, n_inf in (("X", *counts[:2]), ("y", *counts[2:])):
-            if n_nan:
-                raise ValueError(f"Input {name} contains NaN.")
-            if n_inf:
-                raise ValueError(
-                    f"Input {name} contains infinity or a value too large for "
-                    f"{self.dtype!r}."
-                )
+        raise_if_nonfinite("X", *counts[:2], self.dtype)
+        raise_if_nonfinite("y", *counts[2:], self.dtype)
+
+
+def raise_if_nonfinite(name, n_nan, n_inf, dtype=np.float64):
+    """scikit-learn's message for NaN / infinite values counted in ``name``."""
+    if n_nan:
+        raise ValueError(f"Input {name} contains NaN.")
+    if n_inf:
+        raise ValueError(
+            f"Input {name} contains infinity or a value too large for "
+            f"{np.dtype(dtype)!r}."
+        )
+
+
+def fitted_rows(X, estimator):
+    """``DaskRows(X)`` for a fitted estimator, with scikit-learn's feature check."""
+    rows = DaskRows(X)
+    if rows.shape[1] != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {rows.shape[1]} features, but {type(estimator).__name__} "
+            f"is expecting {estimator.n_features_in_} features as input."
+        )
+    return rows
 
 
 def _call_method(rows, estimator, method):

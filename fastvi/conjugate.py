@@ -1572,24 +1572,20 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 # workers and sums their statistics in a fixed tree (``fastvi._dask``).
 def _dask_rows(estimator, X, y, reset=True):
     """``DaskRows`` of X (and y) with scikit-learn's checks and messages."""
-    from ._dask import DaskRows
+    from ._dask import DaskRows, fitted_rows
 
+    if not reset:
+        return fitted_rows(X, estimator)
     rows = DaskRows(X, y=y)
     n, d = rows.shape
-    if reset:
-        if n < 2:
-            raise ValueError(
-                f"Found array with {n} sample(s) (shape={rows.shape}) while a "
-                f"minimum of 2 is required by {type(estimator).__name__}."
-            )
-        rows.check_finite(getattr(estimator, "n_jobs", None))
-        estimator.n_features_in_ = d
-        estimator.__dict__.pop("feature_names_in_", None)
-    elif d != estimator.n_features_in_:
+    if n < 2:
         raise ValueError(
-            f"X has {d} features, but {type(estimator).__name__} is expecting "
-            f"{estimator.n_features_in_} features as input."
+            f"Found array with {n} sample(s) (shape={rows.shape}) while a "
+            f"minimum of 2 is required by {type(estimator).__name__}."
         )
+    rows.check_finite(getattr(estimator, "n_jobs", None))
+    estimator.n_features_in_ = d
+    estimator.__dict__.pop("feature_names_in_", None)
     return rows
 
 

@@ -551,7 +551,7 @@ class LatentDirichletAllocation(
         scikit-learn's random stream: they travel to the workers each epoch
         (n_documents x n_components numbers). Equal to the in-memory fit to rounding.
         """
-        from ._dask import DaskRows
+        from ._dask import DaskRows, raise_if_nonfinite
 
         if self.learning_method != "batch":
             raise ValueError(
@@ -562,10 +562,7 @@ class LatentDirichletAllocation(
         whom = "LatentDirichletAllocation.fit"
         rows = DaskRows(X)
         n_negative, n_nan, n_inf = rows.map_reduce(_dask_count_bad, n_jobs=self.n_jobs)
-        if n_nan or n_inf:
-            raise ValueError(
-                "Input X contains NaN." if n_nan else "Input X contains infinity."
-            )
+        raise_if_nonfinite("X", n_nan, n_inf)
         if n_negative:
             raise ValueError(f"Negative values in data passed to {whom}")
         n_docs, V = rows.shape
@@ -694,14 +691,9 @@ class LatentDirichletAllocation(
         """
         check_is_fitted(self)
         if is_dask_collection(X) and normalize:  # a lazy dask array
-            from ._dask import DaskRows
+            from ._dask import fitted_rows
 
-            rows = DaskRows(X)
-            if rows.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {rows.shape[1]} features, but LatentDirichletAllocation "
-                    f"is expecting {self.n_features_in_} features as input."
-                )
+            rows = fitted_rows(X, self)
             return rows.map_method(self, "transform", n_columns=self.n_components)
         X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.transform")
         gamma = self._unnormalized_transform(X)

@@ -202,13 +202,10 @@ class _Distributed(_Streamed):
         raise AssertionError("a Dask fit must not read rows on the client")
 
     def _column_sum(self):
+        from ._dask import raise_if_nonfinite
+
         total, n_nan, n_inf = self.rows.map_reduce(_dask_column_sum, n_jobs=self.n_jobs)
-        if n_nan:
-            raise ValueError("Input X contains NaN.")
-        if n_inf:
-            raise ValueError(
-                "Input X contains infinity or a value too large for dtype('float64')."
-            )
+        raise_if_nonfinite("X", n_nan, n_inf)
         return total
 
     def _gram_matrix(self):
@@ -1221,15 +1218,9 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
     def _score_dask(self, X, want):
         """``_score_arrays`` of a dask collection: a lazy dask array, chunk by chunk."""
-        from ._dask import DaskRows
+        from ._dask import fitted_rows
 
-        rows = DaskRows(X)
-        if rows.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {rows.shape[1]} features, but BayesianGaussianMixture "
-                f"is expecting {self.n_features_in_} features as input."
-            )
-        return rows.map_rows(
+        return fitted_rows(X, self).map_rows(
             _dask_score_block,
             (self, want),
             n_columns=self.n_components if want == "log_resp" else None,
