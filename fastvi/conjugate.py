@@ -81,9 +81,23 @@ WARM_MIN_ROWS = 32 * 1024
 WARM_ROWS_PER_COEF = 40
 WARM_TOL_PER_ROW = 1e-4
 WARM_MAX_ROUNDS = 30
+# The Newton proposal's curvature H sums every k-th row only, with
+# k = N // (HESSIAN_ROWS_PER_COEF D̃) clipped to [1, HESSIAN_MAX_STRIDE] (a subsampled
+# Newton step: Byrd, Chin, Neveitt & Nocedal 2011; Roosta-Khorasani & Mahoney 2019).
+# Its relative error, about sqrt(D̃ k / N) <= 3%, slows the Newton steps' convergence
+# only slightly, and the proposals are checked against the exact bound anyway.
+HESSIAN_ROWS_PER_COEF = 1000
+HESSIAN_MAX_STRIDE = 4
 # the initial q(w) = N(0, INIT_VARIANCE I): ξ starts at ~0, where the first round is
 # the first Newton (IRLS) step of the logistic MAP from w = 0
 INIT_VARIANCE = 1e-10
+
+
+def _hessian_stride(n_rows, d_tilde):
+    """Every how many rows the Newton curvature is summed (HESSIAN_ROWS_PER_COEF)."""
+    return int(
+        min(max(n_rows // (HESSIAN_ROWS_PER_COEF * d_tilde), 1), HESSIAN_MAX_STRIDE)
+    )
 
 
 # ---------------------------------------------------------------- Gamma helpers
@@ -204,6 +218,8 @@ class LogisticBlockStats(NamedTuple):
     xi_terms: float
     #: Σ [log σ(ξ_n) − ξ_n/2] = −Σ log(2 cosh(ξ_n/2))
     collapsed_terms: float
+    #: rows that H sums over (every ``hessian_stride``-th); 0 when H is None
+    hessian_rows: int = 0
 
     def __add__(self, other):
         def add(a, b):
@@ -215,7 +231,12 @@ class LogisticBlockStats(NamedTuple):
             add(self.hessian, other.hessian),
             self.xi_terms + other.xi_terms,
             self.collapsed_terms + other.collapsed_terms,
+            self.hessian_rows + other.hessian_rows,
         )
+
+    def scaled_hessian(self):
+        """H scaled from its subsample to all the rows: an estimate of the full H."""
+        return self.hessian * (self.n_samples / self.hessian_rows)
 
 
 def _symmetric_from_upper(parts):
@@ -225,7 +246,17 @@ def _symmetric_from_upper(parts):
     return upper + lower
 
 
-def logistic_block_stats(X, mean, factor, *, fit_intercept, grams=True, hessian=False):
+def logistic_block_stats(
+    X,
+    mean,
+    factor,
+    *,
+    fit_intercept,
+    grams=True,
+    hessian=False,
+    hessian_stride=1,
+    first_row=0,
+):
     """One Jaakkola–Jordan local step over a block of rows (PRML §10.6).
 
     Pure: it reads only the rows and q(w) = N(mean, factor factorᵀ), computes the
@@ -249,6 +280,12 @@ def logistic_block_stats(X, mean, factor, *, fit_intercept, grams=True, hessian=
         the work: enough for the bound at q with optimal ξ.
     hessian : bool, default=False
         Also accumulate H, the curvature that the Newton proposal uses.
+    hessian_stride : int, default=1
+        H sums only the rows whose index in the whole data set is a multiple of
+        ``hessian_stride`` (:meth:`LogisticBlockStats.scaled_hessian` scales it up).
+    first_row : int, default=0
+        Index of the block's first row in the whole data set, so that blocks of one
+        data set pick the same Hessian rows as a single call over all of it.
 
     Returns
     -------
@@ -256,6 +293,11 @@ def logistic_block_stats(X, mean, factor, *, fit_intercept, grams=True, hessian=
         Add the results of several blocks with ``+``. The targets do not enter: their
         statistic X̃ᵀ(t − 1/2) is fixed (:func:`logistic_target_stats`).
     """
+    if hessian_stride < 1 or first_row < 0:
+        raise ValueError(
+            f"hessian_stride must be >= 1 and first_row >= 0; got {hessian_stride} "
+            f"and {first_row}."
+        )
     kernels = _jj_kernels()
     G, H, c = kernels.jj_pass(
         X,
@@ -264,17 +306,23 @@ def logistic_block_stats(X, mean, factor, *, fit_intercept, grams=True, hessian=
         bool(fit_intercept),
         bool(grams),
         bool(hessian),
+        int(hessian_stride),
+        int(first_row),
         CHUNK_ROWS,
         TILE_ROWS,
         np.empty(0),
     )
     sums = c.sum(axis=0)
+    with_h = grams and hessian
+    n = int(X.shape[0])
+    k = int(hessian_stride)
     return LogisticBlockStats(
-        int(X.shape[0]),
+        n,
         _symmetric_from_upper(G) if grams else None,
-        _symmetric_from_upper(H) if grams and hessian else None,
+        _symmetric_from_upper(H) if with_h else None,
         float(sums[0]),
         float(sums[1]),
+        (first_row + n + k - 1) // k - (first_row + k - 1) // k if with_h else 0,
     )
 
 
@@ -1070,7 +1118,10 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
        h − (G + P) m and whose curvature is H + P with H = Σ [2 λ(ξ_n)(1 − r_n) +
        σ'(ξ_n) r_n] x̃_n x̃_nᵀ, r_n = (mᵀx̃_n)² / ξ_n² (P the prior precision); the
        covariance is the new S. Near the optimum this converges quadratically: 4–7
-       passes in place of ~30.
+       passes in place of ~30. With many rows per coefficient H is summed over every
+       k-th row only (k <= 4, at least 1000 rows per coefficient) and scaled up: a
+       subsampled Newton step (Byrd et al. 2011), which saves most of H's cost and,
+       with an error of a few percent in the curvature, hardly slows convergence.
 
     When the Newton decrement gᵀ(H + P)⁻¹g/2 of the pending proposal is below ``tol``
     the round first evaluates L*(q') alone — it needs ξ only, not G, because with
@@ -1366,8 +1417,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _local(self, X, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""
+        stride = _hessian_stride(X.shape[0], q[0].shape[0])
         if isinstance(X, _DaskBinary):
-            stats = X.block_stats(q[0], q[2], self.fit_intercept, grams)
+            stats = X.block_stats(q[0], q[2], self.fit_intercept, grams, stride)
         else:
             stats = logistic_block_stats(
                 X,
@@ -1376,6 +1428,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 fit_intercept=self.fit_intercept,
                 grams=grams,
                 hessian=grams,
+                hessian_stride=stride,
             )
         if scale != 1.0:
             stats = LogisticBlockStats(
@@ -1384,6 +1437,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 None if stats.hessian is None else scale * stats.hessian,
                 scale * stats.xi_terms,
                 scale * stats.collapsed_terms,
+                stats.hessian_rows,
             )
         return stats
 
@@ -1453,7 +1507,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         d = q[0].shape[0] - int(self.fit_intercept)
         prior = self._prior_diagonal(q)
         grad = h - stats.gram @ q[0] - prior * q[0]
-        curvature = stats.hessian.copy()
+        curvature = stats.scaled_hessian()
         curvature[np.diag_indices_from(curvature)] += prior
         try:
             step = linalg.cho_solve(linalg.cho_factor(curvature), grad)
@@ -1662,7 +1716,7 @@ def _dask_target_stats(block, start, positive, fit_intercept):
     )
 
 
-def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams):
+def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams, stride):
     rows, _ = block
     return logistic_block_stats(
         np.require(rows, dtype=np.float64, requirements=["C", "W"]),
@@ -1671,6 +1725,8 @@ def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams):
         fit_intercept=fit_intercept,
         grams=grams,
         hessian=grams,
+        hessian_stride=stride,
+        first_row=start,
     )
 
 
@@ -1688,10 +1744,10 @@ class _DaskBinary:
             n_jobs=self.n_jobs,
         )
 
-    def block_stats(self, mean, factor, fit_intercept, grams):
+    def block_stats(self, mean, factor, fit_intercept, grams, hessian_stride):
         return self.rows.map_reduce(
             _dask_logistic_stats,
-            shared=(mean, factor, fit_intercept, grams),
+            shared=(mean, factor, fit_intercept, grams, hessian_stride),
             n_jobs=self.n_jobs,
         )
 

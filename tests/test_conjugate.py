@@ -322,15 +322,21 @@ def kernel_inputs(n, d, intercept, seed, scale=1.0):
     return X, s, mean, cov
 
 
-def run_kernel(X, mean, cov, intercept, chunk=CHUNK_ROWS, tile=TILE_ROWS):
+def run_kernel(
+    X, mean, cov, intercept, chunk=CHUNK_ROWS, tile=TILE_ROWS, stride=1, row0=0
+):
     _, factor, _ = _chol_inverse(np.linalg.inv(cov))
     xi = np.empty(X.shape[0])
-    G, H, c = kc.jj_pass(X, factor, mean, intercept, True, True, chunk, tile, xi)
+    G, H, c = kc.jj_pass(
+        X, factor, mean, intercept, True, True, stride, row0, chunk, tile, xi
+    )
     # only upper triangles are accumulated
     for part in (G, H):
         assert np.all(np.tril(part, -1) == 0.0)
     # without the Gram matrices: the same ξ sums, bit for bit
-    G0, H0, c0 = kc.jj_pass(X, factor, mean, intercept, False, True, chunk, tile, xi)
+    G0, H0, c0 = kc.jj_pass(
+        X, factor, mean, intercept, False, True, stride, row0, chunk, tile, xi
+    )
     assert G0.shape == H0.shape == (G.shape[0], 0, 0)
     assert_array_equal(c0, c)
     # Σ [log σ(ξ) − ξ/2] is the other sum minus Σ λ(ξ) ξ² = tr((S + m mᵀ) G) / 2
@@ -372,6 +378,51 @@ def test_kernel_matches_reference(n, d, intercept, chunk, tile):
     assert_allclose(h, h_r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "n, stride, row0, chunk, tile",
+    [
+        (200, 4, 0, 64, 16),
+        (203, 3, 5, 64, 16),  # the subsample starts inside the first tile
+        (100, 7, 13, 50, 25),
+        (5, 8, 2, 64, 16),  # no row of the block is in the subsample
+        (1000, 4, 0, CHUNK_ROWS, TILE_ROWS),
+    ],
+)
+def test_kernel_hessian_subsample(n, stride, row0, chunk, tile):
+    # H sums exactly the rows whose global index row0 + n is a multiple of stride;
+    # everything else is the same as without a subsample
+    X, s, mean, cov = kernel_inputs(n, 4, True, seed=n + stride)
+    xi, G, H, c, _ = run_kernel(X, mean, cov, True, chunk, tile, stride, row0)
+    xi_1, G_1, _, c_1, _ = run_kernel(X, mean, cov, True, chunk, tile)
+    assert_array_equal(xi, xi_1)
+    assert_array_equal(G, G_1)
+    assert c == c_1
+    rows = np.flatnonzero((row0 + np.arange(n)) % stride == 0)
+    _, _, _, _, H_r = ref.jj_pass(X[rows], s[rows], mean, cov, True)
+    assert_allclose(H, H_r, rtol=1e-11, atol=1e-13 * max(np.abs(H_r).max(), 1.0))
+    # the block statistics count those rows and scale H up by n / rows
+    _, factor, _ = _chol_inverse(np.linalg.inv(cov))
+    stats = logistic_block_stats(
+        X,
+        mean,
+        factor,
+        fit_intercept=True,
+        hessian=True,
+        hessian_stride=stride,
+        first_row=row0,
+    )
+    assert stats.hessian_rows == rows.size
+    if rows.size:
+        assert_allclose(stats.scaled_hessian(), H * (n / rows.size), rtol=1e-12)
+
+
+def test_block_stats_bad_stride():
+    X, _, mean, cov = kernel_inputs(10, 2, False, seed=0)
+    for kw in ({"hessian_stride": 0}, {"first_row": -1}):
+        with pytest.raises(ValueError, match="hessian_stride must be >= 1"):
+            logistic_block_stats(X, mean, cov, fit_intercept=False, **kw)
+
+
 def test_hessian_is_the_curvature_of_the_collapsed_bound():
     # H + prior is the Hessian in m of the bound with ξ optimal: check H against
     # finite differences of the gradient −Σ 2 λ(ξ) x xᵀ m (the G-weighted residual)
@@ -406,6 +457,19 @@ def test_block_stats_add_up_over_blocks():
     assert_allclose(parts.collapsed_terms, whole.collapsed_terms, rtol=1e-12)
     assert_allclose(
         whole.collapsed_terms, ref.collapsed_bound_terms(X, mean, cov, True), rtol=1e-12
+    )
+    # a subsampled Hessian picks the same rows from the parts as from the whole
+    kw = {"fit_intercept": True, "hessian": True, "hessian_stride": 3}
+    sub_whole = logistic_block_stats(X, mean, factor, **kw)
+    sub_parts = logistic_block_stats(
+        X[:cut], mean, factor, **kw
+    ) + logistic_block_stats(
+        np.ascontiguousarray(X[cut:]), mean, factor, first_row=cut, **kw
+    )
+    assert sub_parts.hessian_rows == sub_whole.hessian_rows == -(-X.shape[0] // 3)
+    scale = np.abs(sub_whole.hessian).max()
+    assert_allclose(
+        sub_parts.hessian, sub_whole.hessian, rtol=1e-12, atol=1e-13 * scale
     )
     light = logistic_block_stats(X, mean, factor, fit_intercept=True, grams=False)
     assert light.gram is None and light.hessian is None

@@ -10,7 +10,8 @@ when ``intercept`` is true),
   10.158 without the prior),
 * optionally H = Σ_n [2 λ(ξ_n) (1 − r_n) + σ'(ξ_n) r_n] x_n x_nᵀ with r_n = a_n² / ξ_n²
   and a_n = mᵀ x_n: the curvature in m of the bound with ξ optimized out (see
-  ``fastvi.conjugate`` for the Newton step it feeds),
+  ``fastvi.conjugate`` for the Newton step it feeds), optionally over every k-th row
+  only (a subsampled Hessian, fixed by the rows' global indices),
 * the part of the bound that depends on ξ only: Σ_n [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²]
   (from PRML eqs. 10.151 and 10.164), and Σ_n [log σ(ξ_n) − ξ_n/2], what remains of
   the likelihood terms once ξ is optimal (the "collapsed" bound needs no G),
@@ -149,15 +150,33 @@ def _gram_upper(W, Y, T, out):
 
 
 @jit
-def _jj_chunk(X, U, mean, intercept, start, stop, tile, grams, hessian, out_xi, G, H):
+def _jj_chunk(
+    X,
+    U,
+    mean,
+    intercept,
+    start,
+    stop,
+    tile,
+    grams,
+    hessian,
+    hstride,
+    row0,
+    out_xi,
+    G,
+    H,
+):
     """Rows [start, stop): adds into this chunk's G (and H) when ``grams``.
 
-    Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and Σ [log σ(ξ) − ξ/2].
+    H takes only the rows whose global index ``row0 + n`` is a multiple of
+    ``hstride``. Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and
+    Σ [log σ(ξ) − ξ/2].
     """
     Dt = U.shape[0]
     want_xi = out_xi.shape[0] == X.shape[0]
     Xt = np.empty((Dt, tile))
     W = np.empty((Dt, tile))
+    Xh = np.empty((Dt, tile)) if hstride > 1 else Xt
     acc = np.empty(tile)
     acc2 = np.empty(tile)
     maha = np.empty(tile)
@@ -193,16 +212,29 @@ def _jj_chunk(X, U, mean, intercept, start, stop, tile, grams, hessian, out_xi, 
             for t in range(T):
                 W[d, t] = w1[t] * Xt[d, t]
         _gram_upper(W, Xt, T, G)
-        if hessian:
+        if not hessian:
+            continue
+        if hstride == 1:
             for d in range(Dt):
                 for t in range(T):
                     W[d, t] = w2[t] * Xt[d, t]
             _gram_upper(W, Xt, T, H)
+            continue
+        # the rows of the Hessian subsample, packed into the first columns
+        first = (hstride - (row0 + t0) % hstride) % hstride
+        n_h = 0
+        for t in range(first, T, hstride):
+            for d in range(Dt):
+                Xh[d, n_h] = Xt[d, t]
+                W[d, n_h] = w2[t] * Xt[d, t]
+            n_h += 1
+        if n_h > 0:
+            _gram_upper(W, Xh, n_h, H)
     return total, collapsed
 
 
 @pjit
-def jj_pass(X, U, mean, intercept, grams, hessian, chunk, tile, out_xi):
+def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, out_xi):
     """One pass of the Jaakkola–Jordan local step (see the module docstring).
 
     Parameters
@@ -213,6 +245,9 @@ def jj_pass(X, U, mean, intercept, grams, hessian, chunk, tile, out_xi):
     intercept : bool, whether x_n gets a trailing 1
     grams : bool, whether to accumulate G (False: the ξ sums only, half the work)
     hessian : bool, whether to accumulate H as well (only with ``grams``)
+    hstride, row0 : H sums only the rows n with (row0 + n) % hstride == 0: a
+        subsample fixed by the rows' global indices (``row0`` is the index of X's
+        first row in the whole data), so blocks of one data set agree with one call
     chunk, tile : rows per parallel work item / per transposed tile
     out_xi : (N,) to receive ξ_n, or (0,) for none
 
@@ -220,7 +255,8 @@ def jj_pass(X, U, mean, intercept, grams, hessian, chunk, tile, out_xi):
     -------
     G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2)
         Per-chunk partial sums (C = ceil(N / chunk)), upper triangles only, of
-        Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ; ``c[:, 0]``
+        Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
+        subsample only); ``c[:, 0]``
         holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²], ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2].
     """
     N = X.shape[0]
@@ -244,6 +280,8 @@ def jj_pass(X, U, mean, intercept, grams, hessian, chunk, tile, out_xi):
             tile,
             grams,
             grams and hessian,
+            hstride,
+            row0,
             out_xi,
             G[k],
             H[k],
