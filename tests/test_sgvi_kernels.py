@@ -26,6 +26,42 @@ def _apply_log1p(a):
     return out
 
 
+@jit
+def _apply_logistic32(eta, y):
+    term = np.empty_like(eta)
+    grad = np.empty_like(eta)
+    for i in range(eta.size):
+        term[i], grad[i] = k._logistic_terms32(eta[i], y[i])
+    return term, grad
+
+
+def test_float32_logistic_terms_match_float64():
+    # y eta - softplus(eta) and y - sigmoid(eta) in float32, against float64 scipy
+    from scipy.special import expit, log_expit
+
+    rng = np.random.default_rng(1)
+    eta = np.concatenate(
+        [
+            rng.uniform(-100.0, 100.0, 20000),
+            rng.normal(0.0, 2.0, 20000),
+            [0.0, -0.0, 1e-30, -1e-30, 0.8813736, -0.8813736, 86.9, -87.5, 104.0],
+            [-500.0, 800.0, 3.4e38, -3.4e38],
+        ]
+    ).astype(np.float32)
+    y = (rng.random(eta.size) < 0.5).astype(np.float32)
+    term, grad = _apply_logistic32(eta, y)
+    e64 = eta.astype(np.float64)
+    want_term = y * e64 + log_expit(-e64)
+    want_grad = y - expit(e64)
+    # float32 rounding of values up to |eta|: relative to max(1, |term|)
+    assert_allclose(term, want_term, rtol=4e-7, atol=4e-7)
+    assert_allclose(grad, want_grad, rtol=0, atol=2.5e-7)
+    t_nan, g_nan = _apply_logistic32(
+        np.array([np.nan], np.float32), np.ones(1, np.float32)
+    )
+    assert np.isnan(t_nan[0]) and np.isnan(g_nan[0])
+
+
 def test_exp_clamped_matches_numpy():
     rng = np.random.default_rng(0)
     x = np.concatenate(
@@ -128,8 +164,22 @@ def test_logistic_extreme_linear_predictors():
     assert_allclose(gw, want[1], rtol=1e-13, atol=1e-300)
 
 
-def test_nan_in_draws_propagates():
-    X, y, W, b, tau = _problem(40, 3, 2, 0, np.float64)
+def test_logistic_extreme_linear_predictors_float32():
+    X = np.ones((4, 1), np.float32)
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    W = np.array([[800.0], [-800.0], [30.0], [1e-12]], np.float32)
+    b = np.zeros(4, np.float32)
+    parts = k.glm_pass_tiled(_tiled(X, 16), y, 4, W, b, np.ones(4), 0, 1)
+    ll, gw, gb, _ = (p.sum(axis=0) for p in parts)
+    want = ref.glm_pass(X.astype(np.float64), y, W.astype(np.float64), b, np.ones(4), 0)
+    assert np.all(np.isfinite(ll)) and np.all(np.isfinite(gw))
+    assert_allclose(ll, want[0], rtol=1e-6)
+    assert_allclose(gw, want[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_in_draws_propagates(dtype):
+    X, y, W, b, tau = _problem(40, 3, 2, 0, dtype)
     W[1, 0] = np.nan
     parts = k.glm_pass_tiled(_tiled(X, 16), y, 40, W, b, tau, 0, 1)
     ll = parts[0].sum(axis=0)

@@ -40,6 +40,19 @@ def bits_as_float64(typingctx, bits):
 
 
 @intrinsic
+def bits_as_float32(typingctx, bits):
+    """Reinterpret the bits of an int32 as a float32 (a no-op for the CPU)."""
+    if not isinstance(bits, types.Integer):
+        return None
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
 def float64_bits(typingctx, x):
     """Reinterpret the bits of a float64 as an int64 (a no-op for the CPU)."""
     if not isinstance(x, types.Float):
