@@ -37,8 +37,8 @@ import numpy as np
 from numba import prange
 
 from ._config import jit, pjit
-from ._math import exp_nonpos
 from .gmm import _maha_upper
+from .sgvi import exp_clamped, log1p_unit
 
 # below this ξ, λ(ξ) comes from its series (1 − e^(−ξ) would lose digits)
 _SERIES_XI = 1e-2
@@ -50,18 +50,20 @@ def jj_local(q, a2):
 
     Returns ``(xi, 2 λ(ξ), log σ(ξ) − ξ/2 + λ(ξ) ξ², hessian weight)`` where the
     Hessian weight is 2 λ(ξ)(1 − r) + σ'(ξ) r with r = a2 / q (r = 1 when q = 0, where
-    both weights equal 1/4). One exponential serves every term: with e = exp(−ξ),
+    both weights equal 1/4). One exponential serves every term (the vectorizable
+    polynomial ``exp``/``log1p`` of the SGVI kernels): with e = exp(−ξ),
     tanh(ξ/2) = (1 − e) / (1 + e), log σ(ξ) = −log1p(e), σ'(ξ) = e / (1 + e)².
     """
     xi = math.sqrt(q)
-    e = exp_nonpos(-xi)
-    if xi < _SERIES_XI:
-        # tanh(ξ/2) / (4ξ) = 1/8 − ξ²/96 + ξ⁴/960 − 17 ξ⁶/161280 + …
-        lam = 0.125 - q / 96.0 + q * q / 960.0
-    else:
-        lam = (1.0 - e) / ((1.0 + e) * 4.0 * xi)
-    term = -math.log1p(e) - 0.5 * xi + lam * q
-    r = a2 / q if q > 0.0 else 1.0
+    e = exp_clamped(-xi)
+    # tanh(ξ/2) / (4ξ) = 1/8 − ξ²/96 + ξ⁴/960 − 17 ξ⁶/161280 + … for small ξ; both
+    # sides are computed and one is selected, so a loop over rows vectorizes
+    series = 0.125 - q / 96.0 + q * q / 960.0
+    direct = (1.0 - e) / ((1.0 + e) * 4.0 * xi)
+    lam = series if xi < _SERIES_XI else direct
+    term = -log1p_unit(e) - 0.5 * xi + lam * q
+    r = a2 / q
+    r = r if q > 0.0 else 1.0
     hw = 2.0 * lam * (1.0 - r) + e / ((1.0 + e) * (1.0 + e)) * r
     return xi, 2.0 * lam, term, hw
 
@@ -75,7 +77,7 @@ def jj_lambda(xi):
 @jit
 def log_sigmoid_nonneg(x):
     """log σ(x) = −log(1 + exp(−x)) for x >= 0, as the pass computes it."""
-    return -math.log1p(exp_nonpos(-x))
+    return -log1p_unit(exp_clamped(-x))
 
 
 @jit
