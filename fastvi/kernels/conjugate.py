@@ -258,8 +258,8 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
     G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2)
         Per-chunk partial sums (C = ceil(N / chunk)), upper triangles only, of
         Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
-        subsample only); ``c[:, 0]``
-        holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²], ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2].
+        subsample only); ``c[:, 0]`` holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²],
+        ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2].
     """
     N = X.shape[0]
     Dt = U.shape[0]
