@@ -1,7 +1,9 @@
 """Stochastic variational inference for BayesianGaussianMixture (partial_fit, online).
 
 Oracles: one step with rho = 1 on the whole data is one CAVI iteration; the natural
-parameters round-trip and the step is their convex combination; the online bound is
+parameters round-trip and the step is their convex combination, which is the
+normalized geometric mixture q_cur^(1 - rho) q_target^rho of the densities (written
+with scipy's, independently of the natural parameters); the online bound is
 the CAVI bound at a CAVI optimum; on well-separated data the online fit gets within
 1% of the batch bound; determinism, thread-count invariance and clean failures.
 """
@@ -168,6 +170,76 @@ def test_step_is_a_convex_combination_of_natural_parameters(covariance_type, pri
             assert_allclose(flat(g), flat(w), rtol=1e-9)
     for g, c in zip(_natural_blend(current, target, 0.0, covariance_type), current):
         assert_allclose(flat(g), flat(c), rtol=1e-14)
+
+
+def log_normal_wishart(params, k, mu, lam, covariance_type):
+    """log q(mu_k, Lambda_k) of component k, written out with scipy's densities.
+
+    'full': N(mu | m, (beta Lambda)^-1) Wishart(Lambda | W, nu); 'diag': per feature
+    N(mu_d | m_d, 1 / (beta lambda_d)) Gamma(lambda_d | nu / 2, rate W^-1_d / 2) (the
+    one-dimensional Wishart); 'spherical': N(mu | m, I / (beta lambda))
+    Gamma(lambda | D nu / 2, rate D W^-1 / 2), whose mean 1 / covariance is the
+    fitted precision. W^-1 = nu * covariance (scikit-learn's normalization).
+    """
+    from scipy import stats
+
+    _, beta, means, nu, covariances = params
+    b, m, n = beta[k], means[k], nu[k]
+    D = m.size
+    if covariance_type == "full":
+        w_inv = n * covariances[k]
+        return stats.wishart.logpdf(
+            lam, df=n, scale=np.linalg.inv(w_inv)
+        ) + stats.multivariate_normal.logpdf(mu, m, np.linalg.inv(b * lam))
+    if covariance_type == "diag":
+        rate = 0.5 * n * covariances[k]
+        gamma = stats.gamma.logpdf(lam, a=0.5 * n, scale=1.0 / rate)
+        normal = stats.norm.logpdf(mu, m, 1.0 / np.sqrt(b * lam))
+        return float(np.sum(gamma + normal))
+    rate = 0.5 * D * n * covariances[k]
+    gamma = stats.gamma.logpdf(lam, a=0.5 * D * n, scale=1.0 / rate)
+    return float(gamma + np.sum(stats.norm.logpdf(mu, m, 1.0 / np.sqrt(b * lam))))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_step_is_the_geometric_mixture_of_the_densities(covariance_type):
+    # an oracle independent of _natural_parameters: a convex combination of natural
+    # parameters is the normalized q_cur^(1 - rho) q_target^rho, so log q_step -
+    # (1 - rho) log q_cur - rho log q_target is the same at every (mu, Lambda)
+    current, target = two_states(covariance_type, "dirichlet_distribution")
+    rho = 0.3
+    step = _natural_blend(current, target, rho, covariance_type)
+    rng = np.random.default_rng(0)
+    D = current[2].shape[1]
+    for k in range(current[2].shape[0]):
+        diffs = []
+        for _ in range(6):
+            mu = current[2][k] + rng.normal(0.0, 3.0, size=D)
+            if covariance_type == "full":
+                a = rng.normal(size=(D, D))
+                lam = a @ a.T + 0.5 * np.eye(D)
+            elif covariance_type == "diag":
+                lam = rng.uniform(0.2, 3.0, size=D)
+            else:
+                lam = rng.uniform(0.2, 3.0)
+            args = (k, mu, lam, covariance_type)
+            diffs.append(
+                log_normal_wishart(step, *args)
+                - (1 - rho) * log_normal_wishart(current, *args)
+                - rho * log_normal_wishart(target, *args)
+            )
+        assert np.ptp(diffs) < 1e-8 * np.max(np.abs(diffs)) + 1e-8, diffs
+    # the Dirichlet factor: the same property, at points of the simplex
+    from scipy import stats
+
+    diffs = []
+    for pi in rng.dirichlet(np.ones(current[2].shape[0]), size=6):
+        diffs.append(
+            stats.dirichlet.logpdf(pi, step[0])
+            - (1 - rho) * stats.dirichlet.logpdf(pi, current[0])
+            - rho * stats.dirichlet.logpdf(pi, target[0])
+        )
+    assert np.ptp(diffs) < 1e-9
 
 
 # ----------------------------------------------------------------- the bound
