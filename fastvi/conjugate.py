@@ -220,6 +220,8 @@ class LogisticBlockStats(NamedTuple):
     collapsed_terms: float
     #: rows that H sums over (every ``hessian_stride``-th); 0 when H is None
     hessian_rows: int = 0
+    #: Σ 2 λ(ξ_n) (mᵀx̃_n) x̃_n = G m at the pass's mean m, shape (D̃,); even without G
+    gram_mean: np.ndarray | None = None
 
     def __add__(self, other):
         def add(a, b):
@@ -232,6 +234,7 @@ class LogisticBlockStats(NamedTuple):
             self.xi_terms + other.xi_terms,
             self.collapsed_terms + other.collapsed_terms,
             self.hessian_rows + other.hessian_rows,
+            add(self.gram_mean, other.gram_mean),
         )
 
     def scaled_hessian(self):
@@ -299,7 +302,7 @@ def logistic_block_stats(
             f"and {first_row}."
         )
     kernels = _jj_kernels()
-    G, H, c = kernels.jj_pass(
+    G, H, c, gv = kernels.jj_pass(
         X,
         np.ascontiguousarray(factor, dtype=np.float64),
         np.ascontiguousarray(mean, dtype=np.float64),
@@ -323,6 +326,7 @@ def logistic_block_stats(
         float(sums[0]),
         float(sums[1]),
         (first_row + n + k - 1) // k - (first_row + k - 1) // k if with_h else 0,
+        gv.sum(axis=0),
     )
 
 
@@ -1133,10 +1137,13 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
     from w = 0. With at least ``WARM_MIN_ROWS`` rows (and 40 per coefficient) the
     rounds first run on every k-th row (k = 16 to 64, about 640 rows per coefficient)
     with the likelihood scaled to N rows, and the full data start from that fit,
-    about sqrt(k) posterior standard deviations from their optimum; the full-data fit
-    then takes 3 passes and a half-price check. All of
-    this happens before the first reported round, and the fit reaches the same
-    fixed point (to ``tol``) with or without it.
+    about sqrt(k) posterior standard deviations from their optimum. The subsample
+    rounds happen before the first reported round, and the fit reaches the same
+    fixed point (to ``tol``) with or without them. The first full-data round then
+    costs half a pass: at the subsample's factors it needs only the ξ sums (the
+    exact bound L*) and G m = Σ 2 λ(ξ_n) (mᵀx̃_n) x̃_n, which gives the gradient
+    without G, while the Newton proposal borrows the subsample's last H scaled to
+    N rows. Then come ~2 full passes and a half-price check.
 
     ``predict_proba`` uses the probit approximation of the predictive,
     σ(κ(s²) μ) with μ = E[wᵀx̃], s² = x̃ᵀ S x̃ and κ(s²) = (1 + π s²/8)^(−1/2)
@@ -1438,11 +1445,14 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 scale * stats.xi_terms,
                 scale * stats.collapsed_terms,
                 stats.hessian_rows,
+                scale * stats.gram_mean,
             )
         return stats
 
     def _round(self, X, h, scale=1.0):
         """One safeguarded round (see Notes); returns the bound at the new factors."""
+        if getattr(self, "_warm_hessian", None) is not None:
+            return self._first_full_round(X, h)
         current = self._factors()
         proposal = self._proposal
         stats = None
@@ -1476,6 +1486,24 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._bound = bound
         return bound
 
+    def _first_full_round(self, X, h):
+        """The first full-data round after the subsample start, at half price.
+
+        Only the ξ sums and G m (no G, no H) at the subsample's factors q: their
+        exact bound L*(q), and a Newton proposal whose curvature is the subsample's
+        last H scaled to N rows (its error, ~sqrt(D̃ k / N), only slows the step a
+        little; the next round checks the proposal against L*(q) as usual). The
+        factors stay q, so this round's coordinate update is the next round's.
+        """
+        hessian, self._warm_hessian = self._warm_hessian, None
+        q = self._factors()
+        stats = self._local(X, q, 1.0, grams=False)
+        self._bound = self._collapsed_bound(stats, h, q)
+        self._proposal, self._predicted_gain = self._newton_proposal(
+            stats, h, q, q, hessian=hessian
+        )
+        return self._bound
+
     def _prior_diagonal(self, q):
         """diag of the prior precision of (w, b) under q(λ): E[λ], …, E[λ], p0."""
         d_tilde = q[0].shape[0]
@@ -1497,17 +1525,22 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         b = self.lambda_2 + 0.5 * e_ww
         return mean, cov, factor, log_det, a, b
 
-    def _newton_proposal(self, stats, h, q, new):
+    def _newton_proposal(self, stats, h, q, new, hessian=None):
         """A Newton step in the mean of the bound with ξ optimized out (see Notes).
 
-        The proposal keeps the new covariance and q(λ)'s shape; its rate follows
+        The gradient comes from the pass at ``q`` (``G m`` without G:
+        ``stats.gram_mean``), the curvature from its H, or ``hessian`` when given.
+        The proposal keeps ``new``'s covariance and q(λ)'s shape; its rate follows
         from the proposed mean. Returns it (None if the curvature is not positive
         definite) and the gain it predicts.
         """
         d = q[0].shape[0] - int(self.fit_intercept)
         prior = self._prior_diagonal(q)
-        grad = h - stats.gram @ q[0] - prior * q[0]
-        curvature = stats.scaled_hessian()
+        grad = h - stats.gram_mean - prior * q[0]
+        if hessian is None:
+            hessian = stats.scaled_hessian()
+            self._last_hessian = hessian
+        curvature = hessian.copy()
         curvature[np.diag_indices_from(curvature)] += prior
         try:
             step = linalg.cho_solve(linalg.cho_factor(curvature), grad)
@@ -1575,10 +1608,12 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             if bound - previous < WARM_TOL_PER_ROW * X.shape[0]:
                 break
             previous = bound
-        # the full data start afresh from the subsample's factors
+        # the full data start afresh from the subsample's factors, with its last
+        # curvature for a first proposal (_first_full_round)
         self._proposal = None
         self._predicted_gain = np.inf
         self._bound = -np.inf
+        self._warm_hessian = self._last_hessian
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -1593,6 +1628,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._proposal = None
         self._predicted_gain = np.inf
         self._bound = -np.inf
+        self._warm_hessian = None
+        self._last_hessian = None
         rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
         if X.shape[0] >= rows_needed:
             self._subsample_start(X, s)

@@ -327,21 +327,24 @@ def run_kernel(
 ):
     _, factor, _ = _chol_inverse(np.linalg.inv(cov))
     xi = np.empty(X.shape[0])
-    G, H, c = kc.jj_pass(
+    G, H, c, gv = kc.jj_pass(
         X, factor, mean, intercept, True, True, stride, row0, chunk, tile, xi
     )
     # only upper triangles are accumulated
     for part in (G, H):
         assert np.all(np.tril(part, -1) == 0.0)
     # without the Gram matrices: the same ξ sums, bit for bit
-    G0, H0, c0 = kc.jj_pass(
+    G0, H0, c0, gv0 = kc.jj_pass(
         X, factor, mean, intercept, False, True, stride, row0, chunk, tile, xi
     )
     assert G0.shape == H0.shape == (G.shape[0], 0, 0)
     assert_array_equal(c0, c)
+    assert_array_equal(gv0, gv)
     # Σ [log σ(ξ) − ξ/2] is the other sum minus Σ λ(ξ) ξ² = tr((S + m mᵀ) G) / 2
     mirror = lambda A: A + np.tril(A.T, -1)  # noqa: E731
     G, H = mirror(G.sum(axis=0)), mirror(H.sum(axis=0))
+    # G m without G: Σ 2 λ(ξ) (mᵀx̃) x̃
+    assert_allclose(gv.sum(axis=0), G @ mean, rtol=1e-11, atol=1e-12 * np.abs(G).max())
     Xt = ref.with_intercept(X, intercept)
     second = cov + np.outer(mean, mean)
     assert_allclose(
@@ -587,9 +590,22 @@ def test_logistic_subsample_start_reaches_the_same_fixed_point(monkeypatch):
     X, y = logistic_problem(6000, 5, seed=11)
     plain = VBLogisticRegression(tol=1e-8).fit(X, y)
     monkeypatch.setattr(conj, "WARM_MIN_ROWS", 1000)  # 375 subsample rows
+    passes = []
+    block_stats = conj.logistic_block_stats
+
+    def recording(X, *args, **kwargs):
+        passes.append((X.shape[0], kwargs["grams"]))
+        return block_stats(X, *args, **kwargs)
+
+    monkeypatch.setattr(conj, "logistic_block_stats", recording)
     started = VBLogisticRegression(tol=1e-8).fit(X, y)
     assert started.converged_ and plain.converged_
     assert_non_decreasing(started.lower_bounds_)
+    # the first full-data round needs no G: ξ sums and G m at the subsample's fit,
+    # with the subsample's curvature for its proposal
+    full = [grams for n, grams in passes if n == X.shape[0]]
+    assert full[0] is False and full[1] is True
+    assert len(full) == started.n_iter_
     # a better start: the first full round is already close to the optimum
     assert started.lower_bounds_[0] > plain.lower_bounds_[0]
     sd = np.sqrt(np.diag(plain.sigma_))

@@ -167,8 +167,10 @@ def _jj_chunk(
     out_xi,
     G,
     H,
+    gv,
 ):
-    """Rows [start, stop): adds into this chunk's G (and H) when ``grams``.
+    """Rows [start, stop): adds into this chunk's G (and H) when ``grams``, and
+    Σ 2 λ(ξ_n) a_n x̃_n (= G m, without G) into ``gv`` always.
 
     H takes only the rows whose global index ``row0 + n`` is a multiple of
     ``hstride``. Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and
@@ -208,6 +210,13 @@ def _jj_chunk(
             w2[t] = hw
             if want_xi:
                 out_xi[t0 + t] = xi
+        for t in range(T):
+            a[t] *= w1[t]
+        for d in range(Dt):
+            s = 0.0
+            for t in range(T):
+                s += a[t] * Xt[d, t]
+            gv[d] += s
         if not grams:
             continue
         for d in range(Dt):
@@ -255,11 +264,13 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
 
     Returns
     -------
-    G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2)
+    G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2), gv : (C, D̃)
         Per-chunk partial sums (C = ceil(N / chunk)), upper triangles only, of
         Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
         subsample only); ``c[:, 0]`` holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²],
-        ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2].
+        ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2]; ``gv`` holds Σ 2 λ(ξ_n) (mᵀx_n) x_n, which
+        is G m and needs no G (so a pass without ``grams`` still gives the bound's
+        gradient in m).
     """
     N = X.shape[0]
     Dt = U.shape[0]
@@ -268,6 +279,7 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
     Dh = Dt if grams and hessian else 0
     G = np.zeros((n_chunks, Dg, Dg))
     H = np.zeros((n_chunks, Dh, Dh))
+    gv = np.zeros((n_chunks, Dt))
     c = np.zeros((n_chunks, 2))
     for k in prange(n_chunks):
         start = k * chunk
@@ -287,5 +299,6 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
             out_xi,
             G[k],
             H[k],
+            gv[k],
         )
-    return G, H, c
+    return G, H, c, gv
