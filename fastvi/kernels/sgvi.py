@@ -24,7 +24,8 @@ arrays, which the caller adds in chunk order: results are bitwise identical for 
 number of threads. Inside a chunk, ``tile`` rows are copied transposed to (D, T), so
 that both products — eta (S x T) = W (S x D) . Xt (D x T) and g (S x D) = R (S x T) .
 Xt^T — run with the rows as the contiguous, vectorized inner loop while the tile sits in
-the L1 cache: X is read from memory once per step for all S draws.
+cache (the caller sizes the tiles: L2-sized for pre-transposed data, L1-sized for
+gathered minibatch rows): X is read from memory once per step for all S draws.
 
 The products run in the dtype of ``X`` (float32 input gives the float32 speed), and a
 tile's responses are taken in that dtype too. The per-element likelihood terms use

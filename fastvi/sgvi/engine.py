@@ -81,8 +81,9 @@ ESTIMATORS = ("stl", "reparam", "score")
 # Draws per call of the model when many are evaluated at once (ELBO estimates, PSIS):
 # bounds the per-chunk partial sums of the GLM kernels at (chunks, 64, D) doubles.
 _DRAW_BATCH = 64
-# SeedSequence words that keep the draws of the eta search, of posterior draws and of
-# the QMC scrambling apart from those of the steps ([key, step, retry]).
+# SeedSequence words that keep the draws of the eta search and of the QMC scrambling
+# apart ([key, tag, ...]); the steps draw from a Philox generator keyed by the run's
+# key instead (_step_rng).
 _TAG_ADAPT = 2**62 + 1
 _TAG_QMC = 2**62 + 2
 
@@ -90,9 +91,6 @@ _TAG_QMC = 2**62 + 2
 def _step_rng(key, step, retry):
     """The generator of step ``step``'s ``retry``-th draw (see the module docs)."""
     return np.random.Generator(np.random.Philox(key=key, counter=[0, 0, step, retry]))
-
-
-_TAG_ELBO = 2**62 + 3
 
 
 def _score_combine(h, w, control_variate):
