@@ -1450,9 +1450,13 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         return stats
 
     def _round(self, X, h, scale=1.0):
-        """One safeguarded round (see Notes); returns the bound at the new factors."""
+        """One safeguarded round (see Notes).
+
+        Returns the bound at the new factors and the (scaled) curvature H the round's
+        proposal used, or None when the round made no Newton step of its own.
+        """
         if getattr(self, "_warm_hessian", None) is not None:
-            return self._first_full_round(X, h)
+            return self._first_full_round(X, h), None
         current = self._factors()
         proposal = self._proposal
         stats = None
@@ -1466,7 +1470,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 self._proposal = None
                 self._predicted_gain = np.inf
                 self._bound += gain
-                return self._bound
+                return self._bound, None
             if gain < 0.0:
                 proposal = None
         if proposal is not None:
@@ -1479,12 +1483,13 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             stats = self._local(X, current, scale)
         new = self._update(stats, h, current)
         bound = self._bound_at(stats, h, new)
+        hessian = stats.scaled_hessian()
         self._proposal, self._predicted_gain = self._newton_proposal(
-            stats, h, current, new
+            stats, h, current, new, hessian
         )
         self._set_factors(new)
         self._bound = bound
-        return bound
+        return bound, hessian
 
     def _first_full_round(self, X, h):
         """The first full-data round after the subsample start, at half price.
@@ -1525,11 +1530,11 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         b = self.lambda_2 + 0.5 * e_ww
         return mean, cov, factor, log_det, a, b
 
-    def _newton_proposal(self, stats, h, q, new, hessian=None):
+    def _newton_proposal(self, stats, h, q, new, hessian):
         """A Newton step in the mean of the bound with ξ optimized out (see Notes).
 
         The gradient comes from the pass at ``q`` (``G m`` without G:
-        ``stats.gram_mean``), the curvature from its H, or ``hessian`` when given.
+        ``stats.gram_mean``), the curvature from ``hessian`` (an estimate of H).
         The proposal keeps ``new``'s covariance and q(λ)'s shape; its rate follows
         from the proposed mean. Returns it (None if the curvature is not positive
         definite) and the gain it predicts.
@@ -1537,9 +1542,6 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         d = q[0].shape[0] - int(self.fit_intercept)
         prior = self._prior_diagonal(q)
         grad = h - stats.gram_mean - prior * q[0]
-        if hessian is None:
-            hessian = stats.scaled_hessian()
-            self._last_hessian = hessian
         curvature = hessian.copy()
         curvature[np.diag_indices_from(curvature)] += prior
         try:
@@ -1603,8 +1605,11 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         scale = X.shape[0] / Xs.shape[0]
         hs = scale * logistic_target_stats(Xs, ss, fit_intercept=self.fit_intercept)
         previous = -np.inf
+        warm_hessian = None
         for _ in range(WARM_MAX_ROUNDS):
-            bound = self._round(Xs, hs, scale)
+            bound, hessian = self._round(Xs, hs, scale)
+            if hessian is not None:
+                warm_hessian = hessian
             if bound - previous < WARM_TOL_PER_ROW * X.shape[0]:
                 break
             previous = bound
@@ -1613,7 +1618,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._proposal = None
         self._predicted_gain = np.inf
         self._bound = -np.inf
-        self._warm_hessian = self._last_hessian
+        self._warm_hessian = warm_hessian
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -1629,7 +1634,6 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._predicted_gain = np.inf
         self._bound = -np.inf
         self._warm_hessian = None
-        self._last_hessian = None
         rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
         if X.shape[0] >= rows_needed:
             self._subsample_start(X, s)
@@ -1637,7 +1641,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _cavi_step(self, data):
         X, _, h = data
-        bound = self._round(X, h)
+        bound, _ = self._round(X, h)
         self._publish()
         return bound
 
