@@ -1,10 +1,11 @@
-"""The one place that decides how fastvi's kernels are compiled.
+"""The one place that decides how fastvi's kernels are compiled and where they are cached.
 
 Every kernel takes its decorator from here; no other module passes numba options.
 
-* ``cache=True``: compiled machine code is stored next to the source (or in numba's
-  user cache directory when that is read-only) so a second process loads instead of
-  compiling.
+* Caching: compiled machine code is stored in fastvi's own cache folder,
+  :func:`cache_dir`, never inside the installed package, so uninstalling leaves
+  nothing behind and a read-only installation still caches. A second process loads
+  the kernels instead of compiling them again.
 * ``FASTMATH`` allows reassociation (so reductions over the contiguous point axis
   vectorize), contraction to FMA and reciprocal approximations, but *not* ``nnan`` or
   ``ninf``: NaN and inf checks inside kernels must keep working.
@@ -12,24 +13,93 @@ Every kernel takes its decorator from here; no other module passes numba options
   which keeps the division out of the vectorized loops' way.
 """
 
+import getpass
+import os
+import sys
+import tempfile
+
 import numba
+from numba.core import caching
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
-_COMMON = dict(cache=True, fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+_COMMON = dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+
+
+def cache_dir():
+    """The folder that holds fastvi's compiled kernels.
+
+    ``FASTVI_CACHE_DIR`` when set, else ``NUMBA_CACHE_DIR`` when set, else the
+    platform's user cache folder: ``$XDG_CACHE_HOME/fastvi`` or ``~/.cache/fastvi``
+    on Linux, ``~/Library/Caches/fastvi`` on macOS, ``%LOCALAPPDATA%\\fastvi\\Cache``
+    on Windows.
+    """
+    for var in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR"):
+        path = os.environ.get(var)
+        if path:
+            return os.path.abspath(os.path.expanduser(path))
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "fastvi", "Cache")
+    if sys.platform == "darwin":
+        return os.path.join(home, "Library", "Caches", "fastvi")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return os.path.join(base, "fastvi")
+
+
+def fallback_cache_dir():
+    """Where kernels are cached when :func:`cache_dir` cannot be written."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment (some containers)
+        user = "anonymous"
+    return os.path.join(tempfile.gettempdir(), f"fastvi-cache-{user}")
+
+
+class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """numba cache locator: a kernel of ``dir/file.py`` is cached in
+    ``cache_dir()/file-folder_<hash of dir>`` (numba's own naming of sub-folders),
+    or under :func:`fallback_cache_dir` when that is not writable."""
+
+    _base = staticmethod(cache_dir)
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        sub = self.get_suitable_cache_subpath(py_file)
+        self._cache_path = os.path.join(self._base(), sub)
+
+    def get_cache_path(self):
+        return self._cache_path
+
+
+class _FallbackLocator(_Locator):
+    _base = staticmethod(fallback_cache_dir)
+
+
+class _CacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_Locator, _FallbackLocator]
+
+
+class _FunctionCache(caching.FunctionCache):
+    _impl_class = _CacheImpl
+
+
+def _cached(dispatcher):
+    # what ``cache=True`` does (Dispatcher.enable_caching), with fastvi's locator
+    dispatcher._cache = _FunctionCache(dispatcher.py_func)
+    return dispatcher
 
 
 def jit(func=None, **overrides):
     """Serial kernel decorator (``@jit``)."""
     opts = dict(_COMMON, **overrides)
     if func is None:
-        return numba.njit(**opts)
-    return numba.njit(**opts)(func)
+        return lambda f: _cached(numba.njit(**opts)(f))
+    return _cached(numba.njit(**opts)(func))
 
 
 def pjit(func=None, **overrides):
     """Parallel kernel decorator (``@pjit``): like :func:`jit` with ``parallel=True``."""
-    opts = dict(_COMMON, parallel=True, **overrides)
-    if func is None:
-        return numba.njit(**opts)
-    return numba.njit(**opts)(func)
+    return jit(func, parallel=True, **overrides)

@@ -5,8 +5,9 @@ them (source in :mod:`fastvi.kernels.sgvi_user`) to fastvi's kernel cache direct
 and imports it; the engine then gets log p and its gradient for all S draws from one
 parallel pass over the rows, exactly as for the built-in GLMs.
 
-Cache directory: ``$FASTVI_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/fastvi`` or
-``~/.cache/fastvi``; a temporary directory when none is writable. The module's name
+Cache directory: ``sgvi_user_kernels`` in fastvi's kernel cache folder
+(:func:`fastvi.kernels._config.cache_dir`: ``$FASTVI_CACHE_DIR``, ``$NUMBA_CACHE_DIR``
+or the user cache folder); a temporary directory when it is not writable. The module's name
 is a hash of fastvi's kernel source and of the source of the user's functions, so
 editing them makes a new module. Numba caches the compiled kernels next to it, so a
 second process loads them instead of compiling (about a second instead of several)
@@ -45,14 +46,11 @@ _LOADED = {}
 
 
 def kernel_cache_dir():
-    """Where generated kernel modules (and numba's cache of them) are kept."""
-    path = os.environ.get("FASTVI_CACHE_DIR")
-    if not path:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".cache"
-        )
-        path = os.path.join(base, "fastvi")
-    return os.path.join(path, "sgvi_user_kernels")
+    """Where generated kernel modules are kept (numba caches them in the same
+    cache folder, like every fastvi kernel)."""
+    from ..kernels._config import cache_dir
+
+    return os.path.join(cache_dir(), "sgvi_user_kernels")
 
 
 def _is_numba_function(f):
