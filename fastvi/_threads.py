@@ -6,10 +6,14 @@ cores numba's threads need), then restores both in ``finally`` — also when the
 raises.
 """
 
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from numbers import Integral
 
-__all__ = ["resolve_n_jobs", "thread_limits"]
+__all__ = ["map_chunks", "resolve_n_jobs", "thread_limits"]
 
 
 def _max_threads():
@@ -52,3 +56,61 @@ def thread_limits(n_jobs):
     finally:
         numba.set_num_threads(previous)
         blas.restore_original_limits()
+
+
+# ------------------------------------------------------------------ chunked kernels
+# Kernels are serial numba functions that release the GIL (``nogil=True``) and compute
+# a range of fixed-size row chunks, each chunk writing only its own slice of the
+# partial-sums arrays. ``map_chunks`` runs such a kernel over all chunks on the
+# threads of the current fit (``thread_limits``) plus the calling thread. Which thread
+# computes which chunk changes from run to run; what a chunk computes does not, and
+# the caller combines the partials in chunk order, so results are bitwise identical
+# for any thread count. A numba ``prange`` would do the same, but compiling a parallel
+# kernel re-optimizes everything it calls once more, which doubled the first fit's
+# compile time (bench/compile_time.py); a serial kernel compiles once.
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        # a pool inherited through fork() has no threads in the child: make a new one
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, _max_threads() - 1)
+            _POOL = (os.getpid(), ThreadPoolExecutor(workers, "fastvi"))
+        return _POOL[1]
+
+
+def map_chunks(kernel, n_chunks, *args):
+    """``kernel(c0, c1, *args)`` over ``[0, n_chunks)`` in pieces, on this fit's threads.
+
+    The number of threads is numba's for the calling thread (set by
+    :func:`thread_limits`). Pieces of several chunks are handed out in turn until none
+    are left; the first exception raised by any piece is re-raised here after every
+    piece has ended.
+    """
+    import numba
+
+    n_threads = min(numba.get_num_threads(), n_chunks)
+    if n_threads <= 1:
+        if n_chunks > 0:
+            kernel(0, n_chunks, *args)
+        return
+    step = -(-n_chunks // (4 * n_threads))
+    starts = itertools.count(0, step)  # next() is atomic under the GIL
+
+    def work():
+        for c0 in starts:
+            if c0 >= n_chunks:
+                return
+            kernel(c0, min(n_chunks, c0 + step), *args)
+
+    helpers = [_pool().submit(work) for _ in range(n_threads - 1)]
+    try:
+        work()
+    finally:
+        errors = [f.exception() for f in helpers]
+    for error in errors:
+        if error is not None:
+            raise error

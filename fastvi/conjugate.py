@@ -45,8 +45,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
+from ._compile import announces
 from ._dask import is_dask_collection
-from ._threads import resolve_n_jobs, thread_limits
+from ._threads import map_chunks, resolve_n_jobs, thread_limits
 from .persist import SaveMixin
 
 __all__ = [
@@ -302,7 +303,8 @@ def logistic_block_stats(
             f"and {first_row}."
         )
     kernels = _jj_kernels()
-    G, H, c, gv = kernels.jj_pass(
+    G, H, c, gv = _jj_pass(
+        kernels,
         X,
         np.ascontiguousarray(factor, dtype=np.float64),
         np.ascontiguousarray(mean, dtype=np.float64),
@@ -311,9 +313,6 @@ def logistic_block_stats(
         bool(hessian),
         int(hessian_stride),
         int(first_row),
-        CHUNK_ROWS,
-        TILE_ROWS,
-        np.empty(0),
     )
     sums = c.sum(axis=0)
     with_h = grams and hessian
@@ -1192,6 +1191,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ public API
+    @announces("conjugate")
     def fit(self, X, y):
         """Fit the posterior by CAVI (one-vs-rest for more than two classes).
 
@@ -1799,3 +1799,38 @@ class _DaskBinary:
         Xs, labels = dask.compute(self.rows.array[::stride], self.rows.y[::stride])
         s = (np.asarray(labels) == self.positive).astype(np.float64) - 0.5
         return np.require(Xs, dtype=np.float64, requirements=["C", "W"]), s
+
+
+def _jj_pass(
+    kernels, X, U, mean, intercept, grams, hessian, hstride, row0, out_xi=None
+):
+    """All chunks of ``kernels.jj_chunks`` on the fit's threads: per-chunk partials
+    ``(G, H, c, gv)`` (see that kernel)."""
+    N = X.shape[0]
+    Dt = U.shape[0]
+    C = -(-N // CHUNK_ROWS)
+    Dg = Dt if grams else 0
+    Dh = Dt if grams and hessian else 0
+    parts = (
+        np.empty((C, Dg, Dg)),
+        np.empty((C, Dh, Dh)),
+        np.empty((C, 2)),
+        np.empty((C, Dt)),
+    )
+    map_chunks(
+        kernels.jj_chunks,
+        C,
+        X,
+        U,
+        mean,
+        intercept,
+        grams,
+        hessian,
+        hstride,
+        row0,
+        CHUNK_ROWS,
+        TILE_ROWS,
+        np.empty(0) if out_xi is None else out_xi,
+        *parts,
+    )
+    return parts

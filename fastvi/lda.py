@@ -61,8 +61,9 @@ from sklearn.utils.validation import (
 )
 
 from ._cavi import all_or_nothing
+from ._compile import announces
 from ._dask import is_dask_collection
-from ._threads import thread_limits
+from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 
 __all__ = ["BlockStats", "LatentDirichletAllocation", "e_step_stats"]
@@ -82,6 +83,65 @@ def _lda_kernels():
     from .kernels import lda
 
     return lda
+
+
+# The kernels over all blocks, on the fit's threads (fastvi._threads.map_chunks): each
+# block writes only its own outputs, and per-block partials are returned for the caller
+# to add in block order.
+def _e_step_kernel(
+    indptr, indices, data, exp_beta_t, gamma, exp_theta, alpha, max_iter, tol, eps,
+    ratio, want_ll, block=DOC_BLOCK,
+):  # fmt: skip
+    """``kernels.lda.e_step_blocks`` over every document; per-block ``ll``."""
+    ll = np.empty(-(-gamma.shape[0] // block))
+    map_chunks(
+        _lda_kernels().e_step_blocks, len(ll), indptr, indices, data, exp_beta_t,
+        gamma, exp_theta, alpha, max_iter, tol, eps, block, ratio, want_ll, ll,
+    )  # fmt: skip
+    return ll
+
+
+def _topic_word_update(
+    col_ptr, entry, doc, ratio, exp_theta, exp_beta_t, lam_t, decay, weight, eta,
+    scale, block=WORD_BLOCK,
+):  # fmt: skip
+    """``kernels.lda.topic_word_blocks`` over every word; per-block sums (n, K)."""
+    sums = np.empty((-(-lam_t.shape[0] // block), lam_t.shape[1]))
+    map_chunks(
+        _lda_kernels().topic_word_blocks, len(sums), col_ptr, entry, doc, ratio,
+        exp_theta, exp_beta_t, lam_t, decay, weight, eta, scale, block, sums,
+    )  # fmt: skip
+    return sums
+
+
+def _dirichlet_expectation(lam_t, psi_sums, out, words=None, block=WORD_BLOCK):
+    """exp E[log beta]^T into ``out``: every row, or only the rows ``words``."""
+    kernels = _lda_kernels()
+    if words is None:
+        n = -(-lam_t.shape[0] // block)
+        map_chunks(kernels.dirichlet_expectation_blocks, n, lam_t, psi_sums, block, out)
+    else:
+        n = -(-words.shape[0] // block)
+        map_chunks(
+            kernels.dirichlet_expectation_rows_blocks,
+            n, lam_t, psi_sums, words, block, out,
+        )  # fmt: skip
+
+
+def _doc_terms(gamma, alpha, block=DOC_BLOCK):
+    """``kernels.lda.doc_terms_blocks`` over every row of gamma; per-block sums."""
+    out = np.empty(-(-gamma.shape[0] // block))
+    map_chunks(_lda_kernels().doc_terms_blocks, len(out), gamma, alpha, block, out)
+    return out
+
+
+def _topic_terms(lam_t, eta, psi_sums, block=WORD_BLOCK):
+    """``kernels.lda.topic_terms_blocks`` over every word; per-block sums."""
+    out = np.empty(-(-lam_t.shape[0] // block))
+    map_chunks(
+        _lda_kernels().topic_terms_blocks, len(out), lam_t, eta, psi_sums, block, out
+    )
+    return out
 
 
 class _Corpus:
@@ -179,16 +239,11 @@ class _Topics:
         """Bring exp_beta_t up to date: every row, or only the rows ``words``."""
         if not self.stale:
             return
-        kernels = _lda_kernels()
         if words is None:
-            kernels.dirichlet_expectation_t(
-                self.lam_t, self.psi_sums, WORD_BLOCK, self.exp_beta_t
-            )
+            _dirichlet_expectation(self.lam_t, self.psi_sums, self.exp_beta_t)
             self.stale = False
         else:
-            kernels.dirichlet_expectation_rows(
-                self.lam_t, self.psi_sums, words, WORD_BLOCK, self.exp_beta_t
-            )
+            _dirichlet_expectation(self.lam_t, self.psi_sums, self.exp_beta_t, words)
 
 
 def _doc_bound(gamma, ll, alpha):
@@ -198,7 +253,7 @@ def _doc_bound(gamma, ll, alpha):
     alpha)] - E[log q(theta_d | gamma_d)] summed over the rows of ``gamma``, computed
     in parallel blocks added in block order.
     """
-    terms = _lda_kernels().doc_dirichlet_terms(gamma, alpha, DOC_BLOCK)
+    terms = _doc_terms(gamma, alpha)
     return float(ll) + float(terms.sum())
 
 
@@ -207,7 +262,7 @@ def _topic_bound(lam_t, eta):
     lam_t = np.ascontiguousarray(lam_t, dtype=np.float64)
     V = lam_t.shape[0]
     sums = lam_t.sum(axis=0)
-    terms = _lda_kernels().topic_dirichlet_terms(lam_t, eta, digamma(sums), WORD_BLOCK)
+    terms = _topic_terms(lam_t, eta, digamma(sums))
     per_topic = np.sum(gammaln(eta * V) - gammaln(sums))
     return float(terms.sum()) + float(per_topic)
 
@@ -300,12 +355,11 @@ def e_step_stats(
             raise ValueError(
                 f"gamma_init has shape {gamma.shape}; expected {(corpus.n_docs, K)}."
             )
-    kernels = _lda_kernels()
     exp_theta = np.empty_like(gamma)
     ratio = np.empty_like(corpus.data)
     sstats_t = np.zeros((V, K))
     with thread_limits(n_jobs):
-        ll = kernels.e_step(
+        ll = _e_step_kernel(
             corpus.indptr,
             corpus.indices,
             corpus.data,
@@ -316,15 +370,14 @@ def e_step_stats(
             int(max_doc_update_iter),
             float(mean_change_tol),
             float(eps),
-            DOC_BLOCK,
             ratio,
             bool(compute_bound),
         )
         col_ptr, entry, doc = corpus.entries()
         # lam <- 0 * lam + 1 * (0 + 1 * sstats): the statistic itself
-        kernels.topic_word_update(
+        _topic_word_update(
             col_ptr, entry, doc, ratio, exp_theta, exp_beta_t, sstats_t,
-            0.0, 1.0, 0.0, 1.0, WORD_BLOCK,
+            0.0, 1.0, 0.0, 1.0,
         )  # fmt: skip
         doc_bound = (
             _doc_bound(gamma, ll.sum(), float(doc_topic_prior))
@@ -501,6 +554,7 @@ class LatentDirichletAllocation(
         return self.components_.shape[0]
 
     # ------------------------------------------------------------------ public API
+    @announces("lda")
     def fit(self, X, y=None):
         """Learn the topics from X by batch or online variational Bayes.
 
@@ -634,6 +688,7 @@ class LatentDirichletAllocation(
         bound = doc_bound + _topic_bound(topics.lam_t, float(self.topic_word_prior_))
         return float(np.exp(-bound / n_tokens))
 
+    @announces("lda")
     def partial_fit(self, X, y=None):
         """Online variational Bayes updates from the minibatches of X.
 
@@ -675,6 +730,7 @@ class LatentDirichletAllocation(
                 self._store_topics(topics, dtype)
         return self
 
+    @announces("lda", complete=False)
     def transform(self, X, *, normalize=True):
         """Topic proportions of the documents in X under the fitted topics.
 
@@ -716,6 +772,7 @@ class LatentDirichletAllocation(
         """
         return self.fit(X, y).transform(X, normalize=normalize)
 
+    @announces("lda", complete=False)
     def score(self, X, y=None):
         """Approximate log-likelihood of X: the variational bound.
 
@@ -736,6 +793,7 @@ class LatentDirichletAllocation(
             gamma, ll = self._transform_corpus(corpus)
             return self._bound(corpus, gamma, ll, lam_t, sub_sampling=False)
 
+    @announces("lda", complete=False)
     def perplexity(self, X, sub_sampling=False):
         """Approximate perplexity of X: exp(-bound / number of words).
 
@@ -918,7 +976,6 @@ class LatentDirichletAllocation(
 
     def _em_round(self, corpus, topics, dtype, total_samples=None):
         """One E-step and M-step; batch when ``total_samples`` is None, else online."""
-        kernels = _lda_kernels()
         topics.refresh(None if total_samples is None else corpus.words())
         gamma = self._initial_gamma(corpus.n_docs, dtype, random_init=True)
         exp_theta = np.empty_like(gamma)
@@ -936,7 +993,7 @@ class LatentDirichletAllocation(
             )
             decay, scale = 1.0 - weight, float(total_samples) / corpus.n_docs
         col_ptr, entry, doc = corpus.entries()
-        sums = kernels.topic_word_update(
+        sums = _topic_word_update(
             col_ptr,
             entry,
             doc,
@@ -948,7 +1005,6 @@ class LatentDirichletAllocation(
             weight,
             float(self.topic_word_prior_),
             scale,
-            WORD_BLOCK,
         )
         if dtype == np.float32:
             # scikit-learn keeps components_ in float32 between rounds
@@ -969,7 +1025,7 @@ class LatentDirichletAllocation(
     def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll, dtype):
         # scikit-learn adds the machine epsilon of the input's dtype to phinorm
         eps = float(np.finfo(dtype).eps)
-        ll = _lda_kernels().e_step(
+        ll = _e_step_kernel(
             corpus.indptr,
             corpus.indices,
             corpus.data,
@@ -980,7 +1036,6 @@ class LatentDirichletAllocation(
             int(self.max_doc_update_iter),
             float(self.mean_change_tol),
             eps,
-            DOC_BLOCK,
             ratio,
             want_ll,
         )

@@ -24,8 +24,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
+from ._compile import announces
 from ._dask import is_dask_collection
-from ._threads import thread_limits
+from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 
 __all__ = ["BayesianGaussianMixture"]
@@ -174,7 +175,7 @@ class _Streamed:
             center = _kernel_array(self.mean_())
             acc = _OrderedSum()
             for _, _, rows in self.blocks():
-                acc.add(_gmm_kernels().centered_gram(rows, center, CHUNK_ROWS))
+                acc.add(_centered_gram(rows, center))
             self._cache["gram"] = _symmetrize_upper(acc.total())
         return self._cache["gram"]
 
@@ -250,7 +251,7 @@ def _dask_column_sum(block, start):
 def _dask_centered_gram(block, start, center):
     """Task: the chunk's centered Gram matrix (upper triangle)."""
     rows = _kernel_array(block)
-    return (_gmm_kernels().centered_gram(rows, center, CHUNK_ROWS).sum(axis=0),)
+    return (_centered_gram(rows, center).sum(axis=0),)
 
 
 def _dask_score_block(rows, estimator, want):
@@ -269,7 +270,7 @@ def _dask_mixture_pass(
         labels = np.full(rows.shape[0], -1, dtype=np.int64)
         inside = (marks >= start) & (marks < start + rows.shape[0])
         labels[marks[inside] - start] = np.flatnonzero(inside)
-    parts = _gmm_kernels().mixture_pass(
+    parts = _mixture_pass(
         rows,
         kind,
         means,
@@ -278,11 +279,6 @@ def _dask_mixture_pass(
         shift,
         np.empty((0, K)) if resp is None else _kernel_array(resp),
         labels,
-        CHUNK_ROWS,
-        TILE_ROWS,
-        np.empty((0, K)),
-        np.empty(0),
-        _NO_LABELS,
     )
     return tuple(part.sum(axis=0) for part in parts)
 
@@ -498,6 +494,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         self.total_samples = total_samples
 
     # ------------------------------------------------------------------ public API
+    @announces("mixture")
     def fit(self, X, y=None):
         """Fit the mixture by CAVI (``n_init`` restarts, best bound kept).
 
@@ -610,6 +607,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
                 self._set_derived()
         return self
 
+    @announces("mixture")
     def partial_fit(self, X, y=None):
         """One stochastic natural-gradient step of the global factors from a minibatch.
 
@@ -671,6 +669,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
                 self._set_derived()
         return self
 
+    @announces("mixture")
     def fit_predict(self, X, y=None):
         """Fit the mixture and return the most probable component of each sample.
 
@@ -1121,7 +1120,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         else:  # only the statistics are computed; the parameters are unused
             means, prec, const = np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)
         shift = _kernel_array(shift)
-        parts = _gmm_kernels().mixture_pass(
+        parts = _mixture_pass(
             X64,
             _KIND[self.covariance_type],
             means,
@@ -1130,11 +1129,6 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             shift,
             np.empty((0, K)) if resp_in is None else resp_in,
             _NO_LABELS if labels_in is None else labels_in,
-            CHUNK_ROWS,
-            TILE_ROWS,
-            np.empty((0, K)),
-            np.empty(0),
-            _NO_LABELS,
         )
         return _Stats(parts, shift)
 
@@ -1166,18 +1160,13 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
                 labels_in = np.full(stop - start, -1, dtype=np.int64)
                 inside = (marks >= start) & (marks < stop)
                 labels_in[marks[inside] - start] = np.flatnonzero(inside)
-            parts = _gmm_kernels().mixture_pass(
+            parts = _mixture_pass(
                 rows,
                 _KIND[self.covariance_type],
                 *params,
                 shift,
                 resp_in,
                 labels_in,
-                CHUNK_ROWS,
-                TILE_ROWS,
-                np.empty((0, K)),
-                np.empty(0),
-                _NO_LABELS,
             )
             for acc, part in zip(sums, parts):
                 acc.add(part)
@@ -1191,7 +1180,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         log_resp = np.empty((N, K) if want == "log_resp" else (0, K))
         norm = np.empty(N if want == "norm" else 0)
         labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
-        _gmm_kernels().mixture_pass(
+        _mixture_pass(
             X64,
             _KIND[self.covariance_type],
             means,
@@ -1200,14 +1189,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             np.empty((0, D)),
             np.empty((0, K)),
             _NO_LABELS,
-            CHUNK_ROWS,
-            TILE_ROWS,
-            log_resp,
-            norm,
-            labels,
+            outs=(log_resp, norm, labels),
         )
         return {"labels": labels, "log_resp": log_resp, "norm": norm}[want]
 
+    @announces("mixture", complete=False)
     def _score_arrays(self, X, want):
         check_is_fitted(self)
         if is_dask_collection(X):
@@ -1583,8 +1569,52 @@ def _check_shape(param, shape, name):
 
 def _centered_gram_matrix(X64, center):
     """sum_n (x_n - c)(x_n - c)^T, per-chunk partials summed in chunk order."""
-    parts = _gmm_kernels().centered_gram(X64, _kernel_array(center), CHUNK_ROWS)
-    return _symmetrize_upper(parts.sum(axis=0))
+    return _symmetrize_upper(_centered_gram(X64, _kernel_array(center)).sum(axis=0))
+
+
+def _centered_gram(X64, center):
+    """Per-chunk partials (C, D, D) of the centered Gram matrix (upper triangles)."""
+    N, D = X64.shape
+    parts = np.empty((-(-N // CHUNK_ROWS), D, D))
+    map_chunks(_gmm_kernels().gram_chunks, len(parts), X64, center, CHUNK_ROWS, parts)
+    return parts
+
+
+def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=None):
+    """One pass of ``kernels.gmm.mixture_chunks`` over all of X, on the fit's threads.
+
+    ``outs``: ``(log_resp, norm, labels)`` arrays to fill, or None for statistics
+    only. Returns the per-chunk partials ``(nk, sx, sq, norm, ent)``.
+    """
+    N, D = X.shape
+    K = const.shape[0]
+    C = -(-N // CHUNK_ROWS)
+    Dq = {0: D, 1: 0, 2: 1}[kind]
+    parts = (
+        np.empty((C, K)),
+        np.empty((C, K, D)),
+        np.empty((C, K, Dq, D)),
+        np.empty(C),
+        np.empty(C),
+    )
+    if outs is None:
+        outs = (np.empty((0, K)), np.empty(0), _NO_LABELS)
+    map_chunks(
+        _gmm_kernels().mixture_chunks(kind),
+        C,
+        X,
+        means,
+        prec,
+        const,
+        shift,
+        resp_in,
+        labels_in,
+        CHUNK_ROWS,
+        TILE_ROWS,
+        *outs,
+        *parts,
+    )
+    return parts
 
 
 def _default_covariance_prior(gram, n_samples, cov_type):

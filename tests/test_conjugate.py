@@ -29,6 +29,7 @@ from fastvi import (
     VBLogisticRegression,
 )
 from fastvi import conjugate as conj
+from fastvi._threads import map_chunks
 from fastvi.conjugate import (
     CHUNK_ROWS,
     TILE_ROWS,
@@ -322,19 +323,32 @@ def kernel_inputs(n, d, intercept, seed, scale=1.0):
     return X, s, mean, cov
 
 
+def jj_pass(X, U, mean, intercept, grams, hessian, stride, row0, chunk, tile, xi):
+    """All chunks of ``kc.jj_chunks``; partials start as NaN, so a chunk that adds to
+    them instead of writing them shows."""
+    C, Dt = -(-X.shape[0] // chunk), U.shape[0]
+    Dg = Dt if grams else 0
+    Dh = Dt if grams and hessian else 0
+    shapes = ((C, Dg, Dg), (C, Dh, Dh), (C, 2), (C, Dt))
+    parts = tuple(np.full(shape, np.nan) for shape in shapes)
+    args = (X, U, mean, intercept, grams, hessian, stride, row0, chunk, tile, xi)
+    map_chunks(kc.jj_chunks, C, *args, *parts)
+    return parts
+
+
 def run_kernel(
     X, mean, cov, intercept, chunk=CHUNK_ROWS, tile=TILE_ROWS, stride=1, row0=0
 ):
     _, factor, _ = _chol_inverse(np.linalg.inv(cov))
     xi = np.empty(X.shape[0])
-    G, H, c, gv = kc.jj_pass(
+    G, H, c, gv = jj_pass(
         X, factor, mean, intercept, True, True, stride, row0, chunk, tile, xi
     )
     # only upper triangles are accumulated
     for part in (G, H):
         assert np.all(np.tril(part, -1) == 0.0)
     # without the Gram matrices: the same ξ sums, bit for bit
-    G0, H0, c0, gv0 = kc.jj_pass(
+    G0, H0, c0, gv0 = jj_pass(
         X, factor, mean, intercept, False, True, stride, row0, chunk, tile, xi
     )
     assert G0.shape == H0.shape == (G.shape[0], 0, 0)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from fastvi._threads import map_chunks
 from fastvi.kernels import gmm
 from fastvi.kernels._config import jit
 from fastvi.kernels._math import exp_nonpos
@@ -60,6 +61,21 @@ def _random_params(rng, kind, K, D, scale=1.0):
     return means, prec, const
 
 
+def _mixture_pass(X, kind, means, prec, const, shift, resp, labels, chunk, tile, *outs):
+    """All chunks of ``gmm.mixture_chunks`` on this thread's numba thread count; the
+    partials start as NaN, so a chunk that adds to them instead of writing shows."""
+    N, D = X.shape
+    K = const.shape[0]
+    C = -(-N // chunk)
+    Dq = {0: D, 1: 0, 2: 1}[kind]
+    parts = tuple(
+        np.full(shape, np.nan) for shape in ((C, K), (C, K, D), (C, K, Dq, D), C, C)
+    )
+    args = (X, means, prec, const, shift, resp, labels, chunk, tile)
+    map_chunks(gmm.mixture_chunks(kind), C, *args, *outs, *parts)
+    return parts
+
+
 def _run(X, kind, means, prec, const, shift, resp_in=None, chunk=64, tile=16):
     N = X.shape[0]
     K = const.shape[0]
@@ -68,7 +84,7 @@ def _run(X, kind, means, prec, const, shift, resp_in=None, chunk=64, tile=16):
     lab = np.full(N, -7, dtype=np.int64)
     given = np.empty((0, K)) if resp_in is None else resp_in
     no_labels = np.empty(0, dtype=np.int64)
-    parts = gmm.mixture_pass(
+    parts = _mixture_pass(
         X, kind, means, prec, const, shift, given, no_labels, chunk, tile, lr, lse, lab
     )
     if resp_in is None:
@@ -141,7 +157,7 @@ def test_mixture_pass_given_labels_equals_one_hot_responsibilities(kind):
     shift = rng.normal(size=(K, D))
     zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
     empty_out = (np.empty((0, K)), np.empty(0), np.empty(0, dtype=np.int64))
-    by_labels = gmm.mixture_pass(
+    by_labels = _mixture_pass(
         X, kind, *zeros, shift, np.empty((0, K)), labels, 32, 8, *empty_out
     )
     r_nk, r_sx, r_sq, *_ = ref.mixture_pass(X, kind, *zeros, shift, resp_in=resp)
@@ -218,6 +234,7 @@ def test_centered_gram_matches_reference(N, chunk):
     rng = np.random.default_rng(N)
     X = rng.normal(size=(N, 3)) + 7.0
     c = X.mean(0)
-    parts = gmm.centered_gram(X, c, chunk)
+    parts = np.full((-(-N // chunk), 3, 3), np.nan)
+    map_chunks(gmm.gram_chunks, len(parts), X, c, chunk, parts)
     assert parts.shape == (-(-N // chunk), 3, 3)
     assert_allclose(parts.sum(0), ref.centered_gram(X, c), rtol=1e-12, atol=1e-12)

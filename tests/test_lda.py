@@ -18,6 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fastvi import LatentDirichletAllocation
+from fastvi import lda as lda_mod
 from fastvi.kernels import lda as kernels
 from fastvi.kernels._config import jit
 from fastvi.lda import _topic_bound, e_step_stats
@@ -122,9 +123,9 @@ def test_kernels_load_from_cache_in_a_fresh_process():
         "for m in ('batch', 'online'):\n"
         "    L(n_components=3, max_iter=1, learning_method=m, batch_size=8,\n"
         "      random_state=0).fit(X)\n"
-        "for f in (k.e_step, k.topic_word_update, k.dirichlet_expectation_t,\n"
-        "          k.dirichlet_expectation_rows, k.doc_dirichlet_terms,\n"
-        "          k.topic_dirichlet_terms):\n"
+        "for f in (k.e_step_blocks, k.topic_word_blocks,\n"
+        "          k.dirichlet_expectation_blocks, k.dirichlet_expectation_rows_blocks,\n"
+        "          k.doc_terms_blocks, k.topic_terms_blocks):\n"
         "    assert f.stats.cache_hits and not f.stats.cache_misses, f.stats\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -173,9 +174,9 @@ def test_e_step_matches_reference(N, V, K, block, empty, max_iter):
     gamma = gamma0.copy()
     exp_theta = np.full_like(gamma, np.nan)
     ratio = np.full_like(data, np.nan)
-    ll = kernels.e_step(
+    ll = lda_mod._e_step_kernel(
         indptr, indices, data, exp_beta_t, gamma, exp_theta, alpha, max_iter, tol,
-        eps, block, ratio, True,
+        eps, ratio, True, block=block,
     )  # fmt: skip
     assert ll.shape == (-(-N // block),)
     assert_allclose(gamma, g_ref, rtol=1e-11)
@@ -202,9 +203,9 @@ def test_e_step_with_topics_at_the_prior_matches_reference():
     gamma = gamma0.copy()
     exp_theta = np.empty_like(gamma)
     ratio = np.empty_like(data)
-    ll = kernels.e_step(
+    ll = lda_mod._e_step_kernel(
         indptr, indices, data, exp_beta_t, gamma, exp_theta, alpha, 200, tol, eps,
-        16, ratio, True,
+        ratio, True, block=16,
     )  # fmt: skip
     assert np.mean(g_ref == alpha) > 0.3  # the case under test really occurs
     assert_array_equal(gamma == alpha, g_ref == alpha)
@@ -243,9 +244,9 @@ def test_topic_word_update_matches_reference(
     )
     col_ptr, entry, doc = kernels.csc_order(indptr, indices, V)
     got = lam_t.copy()
-    sums = kernels.topic_word_update(
+    sums = lda_mod._topic_word_update(
         col_ptr, entry, doc, ratio, exp_theta, exp_beta_t, got, decay, weight, 0.2,
-        scale, block,
+        scale, block=block,
     )  # fmt: skip
     assert_allclose(got, want, rtol=1e-12)
     assert sums.shape == (-(-V // block), K)
@@ -257,7 +258,8 @@ def test_dirichlet_expectation_matches_reference(V, K, block):
     rng = np.random.default_rng(V)
     lam_t = np.exp(rng.uniform(-5, 8, (V, K)))
     out = np.full_like(lam_t, np.nan)
-    kernels.dirichlet_expectation_t(lam_t, scipy_digamma(lam_t.sum(axis=0)), block, out)
+    psi_sums = scipy_digamma(lam_t.sum(axis=0))
+    lda_mod._dirichlet_expectation(lam_t, psi_sums, out, block=block)
     assert_allclose(out, ref.dirichlet_expectation_t(lam_t), rtol=1e-12)
 
 
@@ -268,7 +270,7 @@ def test_dirichlet_expectation_rows_touch_only_those_rows(V, K, block):
     words = np.flatnonzero(rng.random(V) < 0.5).astype(np.int64)
     out = np.full_like(lam_t, np.nan)
     psi_sums = scipy_digamma(lam_t.sum(axis=0))
-    kernels.dirichlet_expectation_rows(lam_t, psi_sums, words, block, out)
+    lda_mod._dirichlet_expectation(lam_t, psi_sums, out, words, block=block)
     assert_allclose(out[words], ref.dirichlet_expectation_t(lam_t)[words], rtol=1e-12)
     others = np.setdiff1d(np.arange(V), words)
     assert np.isnan(out[others]).all()
@@ -279,7 +281,7 @@ def test_doc_dirichlet_terms_match_reference(N, K, block):
     rng = np.random.default_rng(N)
     gamma = rng.gamma(0.5, 2.0, (N, K)) + 0.01
     gamma[0, 0] = 0.1  # a topic at the prior
-    got = kernels.doc_dirichlet_terms(gamma, 0.1, block)
+    got = lda_mod._doc_terms(gamma, 0.1, block=block)
     assert got.shape == (-(-N // block),)
     want = [ref.dirichlet_terms(0.1, gamma[b : b + block]) for b in range(0, N, block)]
     assert_allclose(got, want, rtol=1e-12)
@@ -292,7 +294,7 @@ def test_topic_dirichlet_terms_match_reference(V, K, block):
     rng = np.random.default_rng(V)
     lam_t = np.exp(rng.uniform(-5, 8, (V, K)))
     sums = lam_t.sum(axis=0)
-    got = kernels.topic_dirichlet_terms(lam_t, 0.05, scipy_digamma(sums), block)
+    got = lda_mod._topic_terms(lam_t, 0.05, scipy_digamma(sums), block=block)
     assert got.shape == (-(-V // block),)
     per_topic = np.sum(gammaln(0.05 * V) - gammaln(sums))
     # single terms reach ~1e4 and cancel: compare on the scale of the terms

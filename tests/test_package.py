@@ -40,53 +40,150 @@ def test_public_names_resolve_lazily():
 
 
 _FIT_AND_REPORT = """
-import json, warnings
+import json, logging, warnings
+logging.basicConfig(level=logging.INFO, format="LOG %(name)s: %(message)s")
 import numpy as np
 from fastvi import BayesianGaussianMixture
 from fastvi.kernels import gmm
 X = np.random.default_rng(0).normal(size=(200, 3))
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    BayesianGaussianMixture(n_components=2, max_iter=3, random_state=0).fit(X)
-stats = gmm.mixture_pass.stats
+    BayesianGaussianMixture(n_components=2, max_iter=3, covariance_type="diag",
+                            random_state=0, verbose=VERBOSE).fit(X)
+stats = gmm.mixture_chunks_diag.stats
 print(json.dumps({"hits": sum(stats.cache_hits.values()),
                   "misses": sum(stats.cache_misses.values())}))
 """
+_NOTICE = "compiling fastvi's mixture kernels for this machine"
 
 
-def test_kernels_are_cached_on_disk_for_the_next_process(tmp_path):
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    first = json.loads(_run(_FIT_AND_REPORT, env))
-    second = json.loads(_run(_FIT_AND_REPORT, env))
+def _fit_in_fresh_process(env, verbose=0):
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
+    }
+    full_env.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", _FIT_AND_REPORT.replace("VERBOSE", str(verbose))],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=True,
+        timeout=600,
+    )
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]), out.stderr, lines[:-1]
+
+
+def _cache_files(folder):
+    return [
+        os.path.join(d, f)
+        for d, _, files in os.walk(folder)
+        for f in files
+        if f.endswith((".nbi", ".nbc"))
+    ]
+
+
+def test_kernels_are_cached_in_fastvi_cache_dir_never_in_the_package(tmp_path):
+    package = os.path.dirname(fastvi.__file__)
+    before = set(_cache_files(package))
+    env = {"FASTVI_CACHE_DIR": str(tmp_path / "cache")}
+    first, log1, out1 = _fit_in_fresh_process(env, verbose=1)
+    second, log2, out2 = _fit_in_fresh_process(env, verbose=1)
     assert first["misses"] >= 1  # compiled in the first process
     assert second["misses"] == 0 and second["hits"] >= 1  # loaded in the second
+    assert _cache_files(tmp_path / "cache")
+    assert set(_cache_files(package)) == before  # nothing written into the package
+    # the first compile is announced once: on the logger, and on stderr with verbose
+    assert log1.count(_NOTICE) == 2  # the logging line and the verbose print
+    assert f"LOG fastvi: {_NOTICE}" in log1
+    assert _NOTICE not in log2
+
+
+def test_numba_cache_dir_is_honoured_and_fastvi_cache_dir_wins(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first, _, _ = _fit_in_fresh_process(env)
+    assert first["misses"] >= 1 and _cache_files(tmp_path / "numba")
+    env["FASTVI_CACHE_DIR"] = str(tmp_path / "fastvi")
+    _fit_in_fresh_process(env)
+    assert _cache_files(tmp_path / "fastvi")
+
+
+def test_default_cache_is_the_user_cache_folder(tmp_path):
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("XDG_CACHE_HOME is the Linux convention")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    _fit_in_fresh_process(env)
+    assert _cache_files(tmp_path / "xdg" / "fastvi")
+    assert os.listdir(tmp_path / "xdg" / "fastvi" / "compiled")  # the notice's mark
+
+
+def test_an_unwritable_cache_dir_falls_back_to_a_temporary_folder(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {
+        "FASTVI_CACHE_DIR": str(blocker / "cache"),  # cannot be created
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
+    (tmp_path / "tmp").mkdir()
+    first, _, _ = _fit_in_fresh_process(env)
+    second, _, _ = _fit_in_fresh_process(env)
+    assert first["misses"] >= 1
+    assert second["misses"] == 0 and second["hits"] >= 1
+    assert _cache_files(tmp_path / "tmp")
+
+
+def test_warmup_compiles_ahead_and_the_next_fit_is_silent(tmp_path):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
+    }
+    env["FASTVI_CACHE_DIR"] = str(tmp_path)
+    out = _cli("warmup", "gmm", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("fastvi warmup: compiled in")
+    assert str(tmp_path) in out.stdout
+    stats, log, _ = _fit_in_fresh_process({"FASTVI_CACHE_DIR": str(tmp_path)}, 1)
+    assert stats["misses"] == 0 and stats["hits"] >= 1
+    assert _NOTICE not in log
+
+
+def _cli(*args, env=None, cwd=None):
+    """``python -m fastvi ARGS`` in a subprocess (not checked: tests read rc)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastvi", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def test_warmup_names_an_unknown_model():
+    out = _cli("warmup", "gmx")
+    assert out.returncode == 2
+    assert "unknown model 'gmx' (did you mean 'gmm'?)" in out.stderr
+
+
+def test_version_and_plain_help():
+    assert _cli("--version").stdout.strip() == f"fastvi {fastvi.__version__}"
+    text = _cli("--help").stdout
+    assert "``" not in text and "warmup" in text
+    demo = _cli("demo", "--help").stdout
+    # every option of the demo says what it does
+    assert "--no-compare" in demo and "skip the scikit-learn fit" in demo
+    assert "number of generated points" in demo
 
 
 def test_command_line_demo_runs_small():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastvi",
-            "demo",
-            "--n-samples",
-            "600",
-            "--n-features",
-            "2",
-            "--true-clusters",
-            "2",
-            "--n-components",
-            "3",
-            "--max-iter",
-            "30",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
-    assert "fastvi " in out and "scikit-learn " in out
-    assert "same lower bound (1e-6): yes" in out
+    small = ("--n-samples", "600", "--n-features", "2", "--true-clusters", "2")
+    out = _cli("demo", *small, "--n-components", "3", "--max-iter", "30")
+    assert out.returncode == 0, out.stderr
+    assert "fastvi " in out.stdout and "scikit-learn " in out.stdout
+    assert "same lower bound (1e-6): yes" in out.stdout
 
 
 def test_command_line_reports_errors_in_one_line():

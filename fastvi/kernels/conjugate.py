@@ -22,21 +22,22 @@ do not enter the pass: Σ_n (t_n − 1/2) x_n is fixed and computed once by the 
 Layout and determinism
 ----------------------
 Rows are split into chunks of ``chunk`` rows (a caller constant, independent of the
-thread count); ``prange`` runs over chunks and each chunk writes only its own slice of
-the partial sums; the caller adds the partials in chunk order, so the result is bitwise
-identical for any number of threads. Inside a chunk rows go in tiles of ``tile`` points
-transposed to (D̃, T) so that the innermost loops run over points: x_nᵀ S x_n is
-||x_nᵀ U||² with U the upper-triangular factor of S (U Uᵀ = S), computed by the mixture
-kernel's triangular routine, and the Gram matrices are accumulated in their upper
-triangle only, in 2 x 4 register blocks (the lower triangle is left at zero).
+thread count); a kernel call computes a range of chunks and each chunk writes only its
+own slice of the partial sums, so the caller can run ranges on several threads
+(``fastvi._threads.map_chunks``); the caller adds the partials in chunk order, so the
+result is bitwise identical for any number of threads. Inside a chunk rows go in tiles
+of ``tile`` points transposed to (D̃, T) so that the innermost loops run over points:
+x_nᵀ S x_n is ||x_nᵀ U||² with U the upper-triangular factor of S (U Uᵀ = S),
+computed by the mixture kernel's triangular routine, and the Gram matrices are
+accumulated in their upper triangle only, in 2 x 4 register blocks (the lower triangle
+is left at zero).
 """
 
 import math
 
 import numpy as np
-from numba import prange
 
-from ._config import jit, pjit
+from ._config import jit
 from .gmm import _maha_upper
 from .sgvi import exp_clamped, log1p_unit
 
@@ -244,9 +245,32 @@ def _jj_chunk(
     return total, collapsed
 
 
-@pjit
-def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, out_xi):
-    """One pass of the Jaakkola–Jordan local step (see the module docstring).
+@jit
+def jj_chunks(
+    c0,
+    c1,
+    X,
+    U,
+    mean,
+    intercept,
+    grams,
+    hessian,
+    hstride,
+    row0,
+    chunk,
+    tile,
+    out_xi,
+    G,
+    H,
+    c,
+    gv,
+):
+    """Chunks ``[c0, c1)`` of one pass of the Jaakkola–Jordan local step (see the
+    module docstring).
+
+    Chunk ``k`` is rows ``[k * chunk, min(N, (k + 1) * chunk))`` and writes only
+    ``G[k], H[k], c[k], gv[k]`` (and its rows of ``out_xi``), so chunks can run on any
+    thread in any order (``fastvi._threads.map_chunks``).
 
     Parameters
     ----------
@@ -259,31 +283,23 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
     hstride, row0 : H sums only the rows n with (row0 + n) % hstride == 0: a
         subsample fixed by the rows' global indices (``row0`` is the index of X's
         first row in the whole data), so blocks of one data set agree with one call
-    chunk, tile : rows per parallel work item / per transposed tile
+    chunk, tile : rows per chunk (the unit of work) / per transposed tile
     out_xi : (N,) to receive ξ_n, or (0,) for none
-
-    Returns
-    -------
     G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2), gv : (C, D̃)
-        Per-chunk partial sums (C = ceil(N / chunk)), upper triangles only, of
-        Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
+        Per-chunk partial sums (C = ceil(N / chunk)), written, upper triangles only,
+        of Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
         subsample only); ``c[:, 0]`` holds Σ [log σ(ξ_n) − ξ_n/2 + λ(ξ_n) ξ_n²],
         ``c[:, 1]`` Σ [log σ(ξ_n) − ξ_n/2]; ``gv`` holds Σ 2 λ(ξ_n) (mᵀx_n) x_n, which
         is G m and needs no G (so a pass without ``grams`` still gives the bound's
         gradient in m).
     """
     N = X.shape[0]
-    Dt = U.shape[0]
-    n_chunks = (N + chunk - 1) // chunk
-    Dg = Dt if grams else 0
-    Dh = Dt if grams and hessian else 0
-    G = np.zeros((n_chunks, Dg, Dg))
-    H = np.zeros((n_chunks, Dh, Dh))
-    gv = np.zeros((n_chunks, Dt))
-    c = np.zeros((n_chunks, 2))
-    for k in prange(n_chunks):
+    for k in range(c0, c1):
         start = k * chunk
         stop = min(N, start + chunk)
+        G[k] = 0.0
+        H[k] = 0.0
+        gv[k] = 0.0
         c[k, 0], c[k, 1] = _jj_chunk(
             X,
             U,
@@ -301,4 +317,3 @@ def jj_pass(X, U, mean, intercept, grams, hessian, hstride, row0, chunk, tile, o
             H[k],
             gv[k],
         )
-    return G, H, c, gv

@@ -7,9 +7,11 @@ sufficient statistics — all without an N x K array unless the caller asks for 
 Layout and determinism
 ----------------------
 Rows are split into chunks of ``chunk`` rows (a caller constant that does not depend on
-the thread count); ``prange`` runs over chunks and each chunk writes only its own slice
-of the partial-statistics arrays. The caller sums the partials in chunk order, so the
-result is bitwise identical for any number of threads. Inside a chunk, rows go in tiles
+the thread count); a kernel call computes a range of chunks, and each chunk writes only
+its own slice of the partial-statistics arrays, so the caller can run ranges on several
+threads (``fastvi._threads.map_chunks``; the kernels release the GIL). The caller sums
+the partials in chunk order, so the result is bitwise identical for any number of
+threads. Inside a chunk, rows go in tiles
 of ``tile`` points transposed to (D, T) so the innermost loop runs over points, which
 are contiguous: that is what lets LLVM vectorize the triangular products.
 
@@ -31,9 +33,8 @@ depend on x (E[log pi_k], log-determinants, digamma terms) and is computed by th
 """
 
 import numpy as np
-from numba import prange
 
-from ._config import jit, pjit
+from ._config import jit
 from ._math import exp_nonpos
 
 KIND_FULL = 0
@@ -328,171 +329,138 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
             i += 2
 
 
-@jit
-def _chunk_pass(
-    X,
-    start,
-    stop,
-    kind,
-    means,
-    prec,
-    const,
-    shift,
-    resp_in,
-    labels_in,
-    tile,
-    out_lr,
-    out_norm,
-    out_labels,
-    nk,
-    sx,
-    sq,
-):
-    """Rows [start, stop) of ``mixture_pass``: adds into this chunk's nk, sx, sq.
+def _specialize(kind, name):
+    """``mixture_chunks`` compiled for one ``kind`` (a constant of the code)."""
 
-    Kept out of the ``prange`` body so that numba's parallel compilation handles only
-    a small loop (that keeps the cold compile short).
-    Returns (sum of log-sum-exp, entropy) over the rows.
-    """
-    D = X.shape[1]
-    K = const.shape[0]
-    N = X.shape[0]
-    given = resp_in.shape[0] == N
-    hard = labels_in.shape[0] == N
-    want_stats = shift.shape[0] == K
-    want_lr = out_lr.shape[0] == N
-    want_norm = out_norm.shape[0] == N
-    want_labels = out_labels.shape[0] == N
-    Xt = np.empty((D, tile))
-    Y = np.empty((D, tile))
-    W = np.empty((D, tile))
-    LP = np.empty((K, tile))
-    R = np.empty((K, tile))
-    acc = np.empty(tile)
-    maha = np.empty(tile)
-    mx = np.empty(tile)
-    s = np.empty(tile)
-    acc2 = np.empty(tile)
-    c_norm = 0.0
-    c_ent = 0.0
-    for t0 in range(start, stop, tile):
-        T = min(tile, stop - t0)
-        _load_tile(X, t0, T, Xt)
-        if given:
-            for k in range(K):
-                for t in range(T):
-                    R[k, t] = resp_in[t0 + t, k]
-        elif hard:
-            # one-hot responsibilities from labels; a label outside [0, K) is a row
-            # that belongs to no component (k-means++ initializations mark K rows)
-            for k in range(K):
-                for t in range(T):
-                    R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
-        else:
-            if kind == KIND_FULL:
-                _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha)
-            elif kind == KIND_TIED:
-                _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
-            else:
-                _logprob_diag(Xt, T, means, prec, const, LP, acc)
-            tn, te = _normalize(T, K, LP, R, mx, s)
-            c_norm += tn
-            c_ent += te
-            if want_lr:
-                for t in range(T):
+    def mixture_chunks(
+        c0,
+        c1,
+        X,
+        means,
+        prec,
+        const,
+        shift,
+        resp_in,
+        labels_in,
+        chunk,
+        tile,
+        out_log_resp,
+        out_norm,
+        out_labels,
+        nk,
+        sx,
+        sq,
+        norm,
+        ent,
+    ):
+        """Chunks ``[c0, c1)`` of one pass over X: responsibilities and their statistics.
+
+        Chunk ``c`` is rows ``[c * chunk, min(N, (c + 1) * chunk))``; it writes only
+        ``nk[c], sx[c], sq[c], norm[c], ent[c]`` (and its rows of the outputs), so
+        chunks can run on any thread in any order (``fastvi._threads.map_chunks``).
+        ``kind`` is a constant of the compiled code: a fit compiles only its own
+        covariance type's branch (one kernel per kind; the others' code is pruned).
+
+        Parameters
+        ----------
+        X : (N, D) float64, C-contiguous
+        means : (K, D) component means (for KIND_TIED: ``means @ prec[0]``)
+        prec : (K, D, D) for full, (1, D, D) for tied, (K, 1, D) for diag
+        const : (K,) the x-independent part of each expected log-density
+        shift : (K, D) per-component shift of the accumulated moments, or (0, D) to skip
+            the statistics (scoring only)
+        resp_in : (N, K) responsibilities to use instead of computing them, or (0, K)
+        labels_in : (N,) int64 hard assignments to use instead (a label outside [0, K)
+            means the row belongs to no component), or (0,)
+        chunk, tile : rows per chunk (the unit of work) / per transposed tile
+        out_log_resp : (N, K) to receive log-responsibilities, or (0, K) for none
+        out_norm : (N,) to receive log-sum-exp per row, or (0,) for none
+        out_labels : (N,) int64 to receive the most probable component, or (0,)
+        nk : (C, K), sx : (C, K, D), sq : (C, K, Dq, D), norm : (C,), ent : (C,)
+            Per-chunk partial sums, written (not added to), C = ceil(N / chunk). ``sq``
+            has Dq = D (full, upper triangle filled), 1 (diag) or 0 (tied). ``norm`` is
+            the sum of log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when
+            resp_in or labels_in is given).
+        """
+        D = X.shape[1]
+        K = const.shape[0]
+        N = X.shape[0]
+        given = resp_in.shape[0] == N
+        hard = labels_in.shape[0] == N
+        want_stats = shift.shape[0] == K
+        want_lr = out_log_resp.shape[0] == N
+        want_norm = out_norm.shape[0] == N
+        want_labels = out_labels.shape[0] == N
+        Xt = np.empty((D, tile))
+        Y = np.empty((D, tile))
+        W = np.empty((D, tile))
+        LP = np.empty((K, tile))
+        R = np.empty((K, tile))
+        acc = np.empty(tile)
+        maha = np.empty(tile)
+        mx = np.empty(tile)
+        s = np.empty(tile)
+        acc2 = np.empty(tile)
+        for c in range(c0, c1):
+            start = c * chunk
+            stop = min(N, start + chunk)
+            nk[c] = 0.0
+            sx[c] = 0.0
+            sq[c] = 0.0
+            c_norm = 0.0
+            c_ent = 0.0
+            for t0 in range(start, stop, tile):
+                T = min(tile, stop - t0)
+                _load_tile(X, t0, T, Xt)
+                if given:
                     for k in range(K):
-                        out_lr[t0 + t, k] = LP[k, t] - mx[t]
-            if want_norm:
-                for t in range(T):
-                    out_norm[t0 + t] = mx[t]
-            if want_labels:
-                # first maximum over components, as np.argmax of the log-responsibilities
-                for t in range(T):
-                    best = 0
-                    for k in range(1, K):
-                        if LP[k, t] > LP[best, t]:
-                            best = k
-                    out_labels[t0 + t] = best
-        if want_stats:
-            _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq)
-    return c_norm, c_ent
+                        for t in range(T):
+                            R[k, t] = resp_in[t0 + t, k]
+                elif hard:
+                    # one-hot responsibilities from labels; a label outside [0, K) is a
+                    # row that belongs to no component (k-means++ initializations mark K
+                    # rows)
+                    for k in range(K):
+                        for t in range(T):
+                            R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
+                else:
+                    if kind == KIND_FULL:
+                        _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha)
+                    elif kind == KIND_TIED:
+                        _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
+                    else:
+                        _logprob_diag(Xt, T, means, prec, const, LP, acc)
+                    tn, te = _normalize(T, K, LP, R, mx, s)
+                    c_norm += tn
+                    c_ent += te
+                    if want_lr:
+                        for t in range(T):
+                            for k in range(K):
+                                out_log_resp[t0 + t, k] = LP[k, t] - mx[t]
+                    if want_norm:
+                        for t in range(T):
+                            out_norm[t0 + t] = mx[t]
+                    if want_labels:
+                        # first maximum over components, as np.argmax of the
+                        # log-responsibilities
+                        for t in range(T):
+                            best = 0
+                            for k in range(1, K):
+                                if LP[k, t] > LP[best, t]:
+                                    best = k
+                            out_labels[t0 + t] = best
+                if want_stats:
+                    _accumulate(Xt, T, shift, R, kind, Y, W, nk[c], sx[c], sq[c])
+            norm[c] = c_norm
+            ent[c] = c_ent
+
+    mixture_chunks.__name__ = mixture_chunks.__qualname__ = name
+    return jit(mixture_chunks)
 
 
-@pjit
-def mixture_pass(
-    X,
-    kind,
-    means,
-    prec,
-    const,
-    shift,
-    resp_in,
-    labels_in,
-    chunk,
-    tile,
-    out_log_resp,
-    out_norm,
-    out_labels,
-):
-    """One pass over X: responsibilities and their sufficient statistics.
-
-    Parameters
-    ----------
-    X : (N, D) float64, C-contiguous
-    kind : int, one of KIND_FULL, KIND_TIED, KIND_DIAG
-    means : (K, D) component means (for KIND_TIED: ``means @ prec[0]``)
-    prec : (K, D, D) for full, (1, D, D) for tied, (K, 1, D) for diag
-    const : (K,) the x-independent part of each expected log-density
-    shift : (K, D) per-component shift of the accumulated moments, or (0, D) to skip
-        the statistics (scoring only)
-    resp_in : (N, K) responsibilities to use instead of computing them, or (0, K)
-    labels_in : (N,) int64 hard assignments to use instead (a label outside [0, K)
-        means the row belongs to no component), or (0,)
-    chunk, tile : rows per parallel work item / per transposed tile
-    out_log_resp : (N, K) to receive log-responsibilities, or (0, K) for none
-    out_norm : (N,) to receive log-sum-exp per row, or (0,) for none
-    out_labels : (N,) int64 to receive the most probable component, or (0,)
-
-    Returns
-    -------
-    nk : (C, K), sx : (C, K, D), sq : (C, K, Dq, D), norm : (C,), ent : (C,)
-        Per-chunk partial sums, C = ceil(N / chunk). ``sq`` has Dq = D (full,
-        upper triangle filled), 1 (diag) or 0 (tied). ``norm`` is the sum of
-        log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when resp_in
-        or labels_in is given).
-    """
-    N, D = X.shape
-    K = const.shape[0]
-    n_chunks = (N + chunk - 1) // chunk
-    Dq = D if kind == KIND_FULL else (1 if kind == KIND_DIAG else 0)
-    nk = np.zeros((n_chunks, K))
-    sx = np.zeros((n_chunks, K, D))
-    sq = np.zeros((n_chunks, K, Dq, D))
-    norm = np.zeros(n_chunks)
-    ent = np.zeros(n_chunks)
-    for c in prange(n_chunks):
-        start = c * chunk
-        stop = min(N, start + chunk)
-        norm[c], ent[c] = _chunk_pass(
-            X,
-            start,
-            stop,
-            kind,
-            means,
-            prec,
-            const,
-            shift,
-            resp_in,
-            labels_in,
-            tile,
-            out_log_resp,
-            out_norm,
-            out_labels,
-            nk[c],
-            sx[c],
-            sq[c],
-        )
-    return nk, sx, sq, norm, ent
+mixture_chunks_full = _specialize(KIND_FULL, "mixture_chunks_full")
+mixture_chunks_tied = _specialize(KIND_TIED, "mixture_chunks_tied")
+mixture_chunks_diag = _specialize(KIND_DIAG, "mixture_chunks_diag")
 
 
 @jit
@@ -508,12 +476,16 @@ def _gram_rows(X, start, stop, center, out):
                 out[i, j] += yi * y[j]
 
 
-@pjit
-def centered_gram(X, center, chunk):
-    """Per-chunk partials of sum_n (x_n - center)(x_n - center)^T, upper triangle."""
-    N, D = X.shape
-    n_chunks = (N + chunk - 1) // chunk
-    out = np.zeros((n_chunks, D, D))
-    for c in prange(n_chunks):
+@jit
+def gram_chunks(c0, c1, X, center, chunk, out):
+    """Chunks ``[c0, c1)`` of sum_n (x_n - center)(x_n - center)^T, upper triangle:
+    ``out[c]`` (D, D) is written with chunk ``c``'s rows (see ``mixture_chunks``)."""
+    N = X.shape[0]
+    for c in range(c0, c1):
+        out[c] = 0.0
         _gram_rows(X, c * chunk, min(N, (c + 1) * chunk), center, out[c])
-    return out
+
+
+def mixture_chunks(kind):
+    """The ``mixture_chunks`` kernel of covariance ``kind`` (KIND_FULL, _TIED, _DIAG)."""
+    return (mixture_chunks_full, mixture_chunks_tied, mixture_chunks_diag)[kind]

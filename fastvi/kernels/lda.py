@@ -7,34 +7,34 @@ K values a word needs are contiguous.
 
 One EM round is three kernels:
 
-``e_step``
+``e_step_blocks``
     Per document, the fixed-point iteration of Hoffman et al. (2010), Algorithm 2
     (gamma_dk = alpha + exp E[log theta_dk] sum_w n_dw exp E[log beta_kw] / phinorm_dw)
     until the mean absolute change of gamma_d is below ``tol``, directly on the CSR
-    arrays. Documents are independent; ``prange`` runs over blocks of ``block``
-    documents. Each document's columns of exp E[log beta] are gathered once into a
-    (K, n_d) array, one contiguous row per topic, so the two sweeps of an iteration
-    (phinorm over the topics, then one dot product per topic) run along the words
-    and vectorize, four topics per pass. Besides gamma it writes exp E[log theta]
-    (N, K), the per-entry ratio n_dw / phinorm_dw (one value per stored entry) and,
-    per block, the likelihood part of the bound, sum_w n_dw log phinorm_dw. Topics
-    whose update provably rounds to gamma_dk = alpha are left out of the sweeps (see
-    ``_HALF_ULP``), and psi and exp are evaluated only for topics with gamma_dk !=
-    alpha (those at alpha share one value): late iterations of a document touch only
-    its few live topics.
+    arrays. Documents are independent; a call computes a range of blocks of ``block``
+    documents (the caller runs ranges on several threads). Each document's columns of
+    exp E[log beta] are gathered once into a (K, n_d) array, one contiguous row per
+    topic, so the two sweeps of an iteration (phinorm over the topics, then one dot
+    product per topic) run along the words and vectorize, four topics per pass. Besides
+    gamma it writes exp E[log theta] (N, K), the per-entry ratio n_dw / phinorm_dw (one
+    value per stored entry) and, per block, the likelihood part of the bound, sum_w n_dw
+    log phinorm_dw. Topics whose update provably rounds to gamma_dk = alpha are left out
+    of the sweeps (see ``_HALF_ULP``), and psi and exp are evaluated only for topics
+    with gamma_dk != alpha (those at alpha share one value): late iterations of a
+    document touch only its few live topics.
 ``csc_order``
     The stored entries grouped by word (a counting sort; documents ascending inside a
     word), computed once per corpus or minibatch.
-``topic_word_update``
+``topic_word_blocks``
     The sufficient statistic sstats_wk = exp E[log beta_kw] sum_d ratio_dw exp E[log
     theta_dk] computed *word by word* from the grouped entries, fused with the M-step
     lam <- decay * lam + weight * (eta + scale * sstats) (batch: decay=0, weight=1,
     scale=1; online: Hoffman et al. 2010 eq. 6-7, decay = 1 - rho).
 
-Then exp E[log beta] is refreshed: ``dirichlet_expectation_t`` for every word (batch)
-or ``dirichlet_expectation_rows`` for the words of the next minibatch only (online).
-``doc_dirichlet_terms`` and ``topic_dirichlet_terms`` are the Dirichlet parts of the
-bound (per-block partials), so evaluating it needs no (N, K) temporaries.
+Then exp E[log beta] is refreshed: ``dirichlet_expectation_blocks`` for every word
+(batch) or ``dirichlet_expectation_rows_blocks`` for the words of the next minibatch
+only (online). ``doc_terms_blocks`` and ``topic_terms_blocks`` are the Dirichlet parts
+of the bound (per-block partials), so evaluating it needs no (N, K) temporaries.
 
 Determinism and memory
 ----------------------
@@ -43,7 +43,9 @@ rather than per document, no (n_blocks, V, K) partials exist and nothing is redu
 across threads: the extra memory is one float per stored entry plus the (N, K)
 exp E[log theta]. The only cross-block reductions (the likelihood term and the topic
 sums of lam) are per-block partials that the caller adds in block order. So every bit
-of the result is the same for any thread count.
+of the result is the same for any thread count. Every kernel computes a range of
+fixed-size blocks, each writing only its own outputs, and releases the GIL, so the
+caller runs ranges on the fit's threads (``fastvi._threads.map_chunks``).
 
 Digamma
 -------
@@ -60,10 +62,10 @@ import math
 
 import llvmlite.binding as llvm_binding
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import get_cython_function_address
 
-from ._config import jit, pjit
+from ._config import jit
 from ._math import bits_as_float64, exp_nonpos, float64_bits
 
 # scipy's compiled digamma (double version), called by symbol name so that kernels
@@ -471,8 +473,10 @@ def _skipped_ok(et, K, skip_below, total_r, limit):
     return bad == 0
 
 
-@pjit
-def e_step(
+@jit
+def e_step_blocks(
+    b0,
+    b1,
     indptr,
     indices,
     data,
@@ -486,8 +490,13 @@ def e_step(
     block,
     ratio,
     want_ll,
+    ll,
 ):
-    """The per-document variational E-step over a CSR corpus.
+    """Blocks ``[b0, b1)`` of the per-document variational E-step over a CSR corpus.
+
+    Block ``b`` is documents ``[b * block, min(N, (b + 1) * block))``; it writes only
+    its documents' rows and entries and ``ll[b]``, so blocks can run on any thread in
+    any order (``fastvi._threads.map_chunks``).
 
     Parameters
     ----------
@@ -498,18 +507,13 @@ def e_step(
     exp_theta : (N, K) float64, out: exp E[log theta] of the fitted gamma
     alpha : doc-topic prior; max_iter, tol : iteration limit and mean-change tolerance
     eps : added to every phinorm (scikit-learn adds the input dtype's machine epsilon)
-    block : documents per parallel work item (a constant, not the thread count)
+    block : documents per block (a constant, not the thread count)
     ratio : (nnz,) float64, out: n_dw / (phinorm_dw + eps) per stored entry
     want_ll : bool, compute the likelihood term of the bound
-
-    Returns
-    -------
-    ll : (n_blocks,) per-block sums of n_dw log phinorm_dw (zeros unless want_ll).
+    ll : (n_blocks,) out: per-block sums of n_dw log phinorm_dw (zeros unless want_ll)
     """
     N = gamma.shape[0]
-    n_blocks = (N + block - 1) // block
-    ll = np.zeros(n_blocks)
-    for b in prange(n_blocks):
+    for b in range(b0, b1):
         ll[b] = _e_step_block(
             indptr,
             indices,
@@ -526,7 +530,6 @@ def e_step(
             ratio,
             want_ll,
         )
-    return ll
 
 
 @jit
@@ -593,8 +596,10 @@ def _update_block(
             sums[k] += v
 
 
-@pjit
-def topic_word_update(
+@jit
+def topic_word_blocks(
+    b0,
+    b1,
     col_ptr,
     entry,
     doc,
@@ -607,20 +612,18 @@ def topic_word_update(
     eta,
     scale,
     block,
+    sums,
 ):
-    """Topic-word statistic and M-step, in place on ``lam_t`` (see the module doc).
+    """Blocks ``[b0, b1)`` of words of the topic-word statistic and M-step, in place on
+    ``lam_t`` (see the module doc).
 
     lam_t[w] <- decay * lam_t[w] + weight * (eta + scale * sstats[w]) with
     sstats[w, k] = exp_beta_t[w, k] * sum over w's entries of ratio * exp_theta[doc, k].
-
-    Returns
-    -------
-    sums : (n_blocks, K) per-block partial sums over words of the new lam_t.
+    Block ``b`` is words ``[b * block, min(V, (b + 1) * block))`` and writes ``sums[b]``
+    (K,), the partial sums over its words of the new lam_t.
     """
-    V, K = lam_t.shape
-    n_blocks = (V + block - 1) // block
-    sums = np.zeros((n_blocks, K))
-    for b in prange(n_blocks):
+    V = lam_t.shape[0]
+    for b in range(b0, b1):
         _update_block(
             col_ptr,
             entry,
@@ -637,7 +640,6 @@ def topic_word_update(
             min(V, (b + 1) * block),
             sums[b],
         )
-    return sums
 
 
 @jit
@@ -659,25 +661,25 @@ def _expectation_rows_block(lam_t, psi_sums, words, i0, i1, out):
         _expectation_row(lam_t, psi_sums, words[i], ps, out)
 
 
-@pjit
-def dirichlet_expectation_t(lam_t, psi_sums, block, out):
-    """out[w, k] = exp(psi(lam_t[w, k]) - psi_sums[k]), psi_sums[k] = psi(sum_w lam)."""
+@jit
+def dirichlet_expectation_blocks(b0, b1, lam_t, psi_sums, block, out):
+    """Blocks ``[b0, b1)`` of words of out[w, k] = exp(psi(lam_t[w, k]) - psi_sums[k]),
+    psi_sums[k] = psi(sum_w lam)."""
     V = lam_t.shape[0]
-    n_blocks = (V + block - 1) // block
-    for b in prange(n_blocks):
+    for b in range(b0, b1):
         _expectation_block(lam_t, psi_sums, b * block, min(V, (b + 1) * block), out)
 
 
-@pjit
-def dirichlet_expectation_rows(lam_t, psi_sums, words, block, out):
-    """``dirichlet_expectation_t`` for the rows ``words`` (int64) only.
+@jit
+def dirichlet_expectation_rows_blocks(b0, b1, lam_t, psi_sums, words, block, out):
+    """``dirichlet_expectation_blocks`` for the rows ``words`` (int64) only, in blocks of
+    ``block`` entries of ``words``.
 
     Online rounds need exp E[log beta] only for the words of the next minibatch; the
     other rows of ``out`` are left as they are.
     """
     n = words.shape[0]
-    n_blocks = (n + block - 1) // block
-    for b in prange(n_blocks):
+    for b in range(b0, b1):
         _expectation_rows_block(
             lam_t, psi_sums, words, b * block, min(n, (b + 1) * block), out
         )
@@ -704,24 +706,18 @@ def _doc_terms_block(gamma, alpha, d0, d1):
     return score
 
 
-@pjit
-def doc_dirichlet_terms(gamma, alpha, block):
-    """The documents' Dirichlet terms of the bound, per block of rows of ``gamma``.
+@jit
+def doc_terms_blocks(b0, b1, gamma, alpha, block, out):
+    """Blocks ``[b0, b1)`` of rows of ``gamma`` of the documents' Dirichlet terms of the
+    bound: ``out[b]`` is block ``b``'s sum, to be added in block order.
 
     For each row g (theta_d ~ Dir(g), prior Dir(alpha)): E[log p(theta_d | alpha)] -
     E[log q(theta_d | g)] = sum_k (alpha - g_k) E[log theta_dk] + log Gamma(g_k) -
     log Gamma(alpha) + log Gamma(K alpha) - log Gamma(sum_k g_k).
-
-    Returns
-    -------
-    terms : (n_blocks,) per-block sums, to be added in block order.
     """
     N = gamma.shape[0]
-    n_blocks = (N + block - 1) // block
-    out = np.zeros(n_blocks)
-    for b in prange(n_blocks):
+    for b in range(b0, b1):
         out[b] = _doc_terms_block(gamma, alpha, b * block, min(N, (b + 1) * block))
-    return out
 
 
 @jit
@@ -739,23 +735,17 @@ def _topic_terms_block(lam_t, eta, psi_sums, w0, w1):
     return score
 
 
-@pjit
-def topic_dirichlet_terms(lam_t, eta, psi_sums, block):
-    """The per-entry part of the topics' Dirichlet terms, per block of words.
+@jit
+def topic_terms_blocks(b0, b1, lam_t, eta, psi_sums, block, out):
+    """Blocks ``[b0, b1)`` of words of the per-entry part of the topics' Dirichlet
+    terms: ``out[b]`` is block ``b``'s sum, to be added in block order.
 
     sum_{w,k} (eta - lam_wk) E[log beta_kw] + log Gamma(lam_wk) - log Gamma(eta), with
     E[log beta_kw] = psi(lam_wk) - psi_sums[k]; the caller adds the per-topic part
     sum_k log Gamma(V eta) - log Gamma(sum_w lam_wk).
-
-    Returns
-    -------
-    terms : (n_blocks,) per-block sums, to be added in block order.
     """
     V = lam_t.shape[0]
-    n_blocks = (V + block - 1) // block
-    out = np.zeros(n_blocks)
-    for b in prange(n_blocks):
+    for b in range(b0, b1):
         out[b] = _topic_terms_block(
             lam_t, eta, psi_sums, b * block, min(V, (b + 1) * block)
         )
-    return out

@@ -57,6 +57,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import ndtri
 
+from .._compile import announces
 from .._threads import thread_limits
 
 __all__ = [
@@ -950,6 +951,7 @@ class SGVI:
         return select_eta(evaluate, elbo_init, opt.sequence)
 
     # ------------------------------------------------------------ the loop
+    @announces("sgvi")
     def run(
         self,
         seed=None,

@@ -11,6 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._cavi import all_or_nothing
+from .._compile import announces
 from .engine import (
     SGVI,
     Adam,
@@ -108,6 +109,7 @@ class _SGVIRegressionBase(BaseEstimator):
             order="C",
         )
 
+    @announces("sgvi")
     def fit(self, X, y):
         """Fit q to the posterior of the coefficients by SGVI.
 

@@ -1,0 +1,229 @@
+"""Saying when kernels compile, and compiling them ahead of time (``fastvi warmup``).
+
+numba compiles a kernel the first time it is called and caches the machine code on
+disk (:func:`fastvi.kernels._config.cache_dir`); later processes load it. The first
+fit on a machine therefore takes seconds longer than the next, and that must not be
+silent. :func:`compiling` wraps the public methods that call kernels: before the first
+compile of a kernel group on this machine it logs one line on the ``fastvi`` logger
+(INFO), and prints it on stderr too when the estimator's ``verbose`` is set; the
+command line shows the logger's lines. After a fit the group is marked as compiled in
+the cache folder, so the line is not repeated.
+
+The mark's name is a hash of everything numba's cache depends on: the kernel sources,
+the numba, llvmlite and Python versions, and the processor. A new fastvi, a new numba
+or another machine (a shared home folder) gets the line again, as it recompiles.
+"""
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import sys
+import time
+
+__all__ = ["GROUPS", "compiling", "is_compiled", "mark_compiled", "warmup"]
+
+log = logging.getLogger("fastvi")
+
+# kernel group -> (what the user reads, kernel modules it compiles, estimated CPU
+# seconds of the compile on the 2-core development machine: bench/compile_time.py)
+GROUPS = {
+    "mixture": ("mixture", ("gmm",), 6),
+    "lda": ("topic-model", ("lda",), 8),
+    "conjugate": ("regression", ("conjugate",), 6),
+    "sgvi": ("SGVI", ("sgvi",), 6),
+}
+_SHARED = ("_config", "_math")
+
+_announced = set()  # groups announced (or found compiled) in this process
+
+
+def _stamp(group):
+    """A hash naming what the compiled code of ``group`` depends on."""
+    import llvmlite
+    import numba
+    from llvmlite import binding
+
+    from .kernels import _config
+
+    h = hashlib.sha256()
+    h.update(f"{numba.__version__} {llvmlite.__version__} {sys.version}".encode())
+    h.update(binding.get_host_cpu_name().encode())
+    h.update(binding.get_host_cpu_features().flatten().encode())
+    folder = os.path.dirname(_config.__file__)
+    for name in _SHARED + GROUPS[group][1]:
+        with open(os.path.join(folder, name + ".py"), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:24]
+
+
+def _mark_path(group):
+    from .kernels._config import cache_dir
+
+    return os.path.join(cache_dir(), "compiled", f"{group}-{_stamp(group)}")
+
+
+def is_compiled(group):
+    """Whether this machine's cache holds ``group``'s kernels (a fit has run)."""
+    try:
+        return os.path.exists(_mark_path(group))
+    except OSError:
+        return False
+
+
+def mark_compiled(group, seconds=None):
+    """Record that ``group``'s kernels are in the cache (best effort)."""
+    try:
+        path = _mark_path(group)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("" if seconds is None else f"{seconds:.2f}\n")
+    except OSError:  # a read-only cache folder: the line shows again next time
+        pass
+
+
+def _cpu():
+    return time.process_time()
+
+
+@contextlib.contextmanager
+def compiling(group, verbose=False, *, complete=True):
+    """Announce ``group``'s first compile on this machine around the body.
+
+    ``complete``: the body compiles everything a fit needs (a fit, not a predict), so
+    on success the group is marked compiled.
+    """
+    if group in _announced:
+        yield
+        return
+    _announced.add(group)
+    if is_compiled(group):
+        yield
+        return
+    label, _, seconds = GROUPS[group]
+    message = (
+        f"compiling fastvi's {label} kernels for this machine "
+        f"(once, ~{seconds} s of CPU; `fastvi warmup` does it ahead of time)"
+    )
+    log.info(message)
+    if verbose:
+        print(message, file=sys.stderr, flush=True)
+    start = _cpu()
+    try:
+        yield
+    except BaseException:
+        _announced.discard(group)
+        raise
+    if complete:
+        mark_compiled(group, _cpu() - start)
+    else:
+        _announced.discard(group)
+
+
+def announces(group, *, complete=True):
+    """Method decorator: run the method inside :func:`compiling` for ``group``."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            if group in _announced:
+                return method(self, *args, **kwargs)
+            with compiling(group, getattr(self, "verbose", 0), complete=complete):
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# ------------------------------------------------------------------------ warmup
+def _warm_mixture(rng):
+    from .mixture import BayesianGaussianMixture
+
+    X = rng.normal(size=(300, 3))
+    for cov in ("full", "tied", "diag", "spherical"):
+        BayesianGaussianMixture(
+            n_components=3, covariance_type=cov, max_iter=3, random_state=0
+        ).fit(X).score_samples(X)
+
+
+def _warm_lda(rng):
+    from .lda import LatentDirichletAllocation
+
+    X = rng.poisson(0.5, size=(60, 40)).astype(float)
+    for method in ("batch", "online"):
+        LatentDirichletAllocation(
+            n_components=3,
+            max_iter=2,
+            learning_method=method,
+            batch_size=20,
+            evaluate_every=1,
+            random_state=0,
+        ).fit(X).perplexity(X)
+
+
+def _warm_conjugate(rng):
+    from .conjugate import UnivariateGaussian, VBLinearRegression, VBLogisticRegression
+
+    X = rng.normal(size=(200, 3))
+    UnivariateGaussian().fit(X[:, 0])
+    VBLinearRegression().fit(X, X @ [1.0, -1.0, 0.5] + rng.normal(size=200))
+    y = X[:, 0] + rng.normal(size=200) > 0
+    VBLogisticRegression().fit(X, y).predict_proba(X)
+    VBLogisticRegression().fit(X, rng.integers(0, 3, size=200))
+
+
+def _warm_sgvi(rng):
+    from .sgvi.estimators import BayesianLogisticRegression, BayesianPoissonRegression
+
+    X = rng.normal(size=(200, 3))
+    y = X[:, 0] + rng.normal(size=200) > 0
+    counts = rng.poisson(1.0, size=200)
+    for dtype in (float, "float32"):
+        Xd = X.astype(dtype)
+        BayesianLogisticRegression(max_iter=20, random_state=0).fit(Xd, y)
+        BayesianPoissonRegression(max_iter=20, random_state=0).fit(Xd, counts)
+
+
+# model names the command line accepts -> (kernel group, warm-up fits)
+WARMUPS = {
+    "gmm": ("mixture", _warm_mixture),
+    "lda": ("lda", _warm_lda),
+    "conjugate": ("conjugate", _warm_conjugate),
+    "sgvi": ("sgvi", _warm_sgvi),
+}
+
+
+def warmup(models=None, progress=None):
+    """Compile (or load from the cache) the kernels of ``models`` (default: all).
+
+    ``progress(name, None)`` is called before each and ``progress(name, seconds)``
+    after it. Returns ``{name: seconds}`` of wall time.
+    """
+    import warnings
+
+    import numpy as np
+
+    names = list(WARMUPS) if not models else list(models)
+    unknown = [m for m in names if m not in WARMUPS]
+    if unknown:
+        raise ValueError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(WARMUPS)}"
+        )
+    seconds = {}
+    for name in names:
+        group, fits = WARMUPS[name]
+        if progress is not None:
+            progress(name, None)
+        start = time.perf_counter()
+        cpu = _cpu()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _announced.add(group)  # warmup reports its own progress
+            fits(np.random.default_rng(0))
+        mark_compiled(group, _cpu() - cpu)
+        seconds[name] = time.perf_counter() - start
+        if progress is not None:
+            progress(name, seconds[name])
+    return seconds
