@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -345,6 +346,202 @@ def test_resume_refuses_other_data_or_parameters(tmp_path, npy_file):
             BayesianGaussianMixture(**dict(params, n_components=3)),
             X,
             checkpoint=checkpoint,
+            resume=True,
+        )
+
+
+# ------------------------------------------------ the data fingerprint covers all data
+BLOCK = 2 * CHUNK_ROWS  # npy_file has three such blocks, the last one partial
+
+
+def one_ulp_up(X, row, column):
+    Y = X.copy()
+    Y[row, column] = np.nextafter(Y[row, column], np.inf)
+    return Y
+
+
+def rows_in_three_blocks(n_rows):
+    """A row in the first, the middle and the last block of ``BLOCK`` rows."""
+    assert 2 * BLOCK < n_rows < 3 * BLOCK
+    return (0, BLOCK + 1234, n_rows - 1)
+
+
+def test_fingerprint_covers_every_value(npy_file, tmp_path, monkeypatch):
+    path, X = npy_file
+    base = fingerprint(X)
+    assert fingerprint(NpyRows(path, block_rows=BLOCK)) == base
+    assert fingerprint(np.array(X)) == base
+    # the same digest however the rows are cut into hashed pieces
+    monkeypatch.setattr("fastvi.batch.io._HASH_BYTES", 1000)
+    assert fingerprint(X) == base
+    monkeypatch.undo()
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 2)
+        np.save(tmp_path / "y.npy", Y)
+        assert fingerprint(Y) != base, row
+        assert fingerprint(NpyRows(tmp_path / "y.npy", block_rows=BLOCK)) != base, row
+    assert fingerprint(X[:-1]) != base
+
+
+def sparse_variants(counts):
+    """Copies of a CSR matrix with one entry of data, indices or indptr changed
+    (a valid matrix each time), in its first, middle and last rows."""
+    n_rows = counts.shape[0]
+    for row in (0, n_rows // 2, n_rows - 1):
+        lo, hi = counts.indptr[row], counts.indptr[row + 1]
+        assert hi - lo >= 2
+        data = counts.copy()
+        data.data[lo] += 1.0
+        yield f"data, row {row}", data
+        indices = counts.copy()
+        free = np.setdiff1d(np.arange(counts.shape[1]), counts.indices[lo:hi])
+        indices.indices[hi - 1] = free[-1]
+        yield f"indices, row {row}", indices
+        if row > 0:  # the first entry of this row moves to the row before
+            indptr = counts.copy()
+            indptr.indptr[row] += 1
+            yield f"indptr, row {row}", indptr
+
+
+def test_fingerprint_covers_every_entry_of_a_sparse_matrix(lda_counts):
+    base = fingerprint(lda_counts)
+    assert fingerprint(lda_counts.copy()) == base
+    assert fingerprint(lda_counts.tocoo()) == base
+    prints = {
+        fingerprint(changed)["sha256"] for _, changed in sparse_variants(lda_counts)
+    }
+    assert base["sha256"] not in prints
+    assert len(prints) == len(list(sparse_variants(lda_counts)))
+
+
+class CountSteps:
+    """Counts the CAVI rounds of BayesianGaussianMixture fits (none may run when a
+    resume is refused: the restored state must not be used)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        step = BayesianGaussianMixture._cavi_step
+
+        def counted(est, data):
+            self.calls += 1
+            return step(est, data)
+
+        monkeypatch.setattr(BayesianGaussianMixture, "_cavi_step", counted)
+
+
+@pytest.mark.parametrize("where", ["in memory", "out of core"])
+def test_resume_refuses_data_changed_in_one_value_of_any_block(
+    tmp_path, npy_file, monkeypatch, where
+):
+    path, X = npy_file
+    params = dict(n_components=3, init_params="random", random_state=2, max_iter=9)
+    params["tol"] = 0.0
+    reference = quiet(BayesianGaussianMixture(**params).fit, X)
+
+    def data(file=None, array=None):
+        if where == "in memory":
+            return array
+        return NpyRows(file, block_rows=BLOCK)
+
+    checkpoint = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        quiet(
+            fit_mixture,
+            BayesianGaussianMixture(**params),
+            data(path, X),
+            checkpoint=str(checkpoint),
+            should_stop=stop_after(4),
+        )
+    finished = tmp_path / "finished.npz"  # a checkpoint of the last iteration
+    quiet(
+        fit_mixture,
+        BayesianGaussianMixture(**params),
+        data(path, X),
+        checkpoint=str(finished),
+    )
+    saved = {p: p.read_bytes() for p in (checkpoint, finished)}
+    steps = CountSteps(monkeypatch)
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 1)
+        np.save(tmp_path / "y.npy", Y)
+        for ck in (checkpoint, finished):
+            est = BayesianGaussianMixture(**params)
+            with pytest.raises(DataError, match=f"{ck}: .*other data.*other values"):
+                quiet(
+                    fit_mixture,
+                    est,
+                    data(tmp_path / "y.npy", Y),
+                    checkpoint=str(ck),
+                    resume=True,
+                )
+            assert vars(est) == vars(BayesianGaussianMixture(**params)), row
+    assert steps.calls == 0
+    assert {p: p.read_bytes() for p in saved} == saved  # nothing written
+    # the same data resumes (in memory or out of core alike) to the uninterrupted fit
+    for source in (X, NpyRows(path, block_rows=BLOCK)):
+        shutil.copy(checkpoint, tmp_path / "again.npz")
+        resumed = quiet(
+            fit_mixture,
+            BayesianGaussianMixture(**params),
+            source,
+            checkpoint=str(tmp_path / "again.npz"),
+            resume=True,
+        )
+        assert_same_model(reference, resumed)
+    assert steps.calls == 2 * (params["max_iter"] - 4)
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_lda_resume_refuses_one_changed_document(tmp_path, lda_counts, form):
+    params = dict(LDA_PARAMS, max_iter=3, random_state=0)
+    counts = lda_counts if form == "sparse" else lda_counts.toarray()
+    checkpoint = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        fit_lda(
+            LatentDirichletAllocation(**params),
+            counts,
+            checkpoint=str(checkpoint),
+            should_stop=stop_after(1),
+        )
+    saved = checkpoint.read_bytes()
+    if form == "sparse":
+        changed = list(sparse_variants(lda_counts))
+    else:
+        changed = []
+        for row in (0, counts.shape[0] // 2, counts.shape[0] - 1):
+            Y = counts.copy()
+            Y[row, -1] += 1.0
+            changed.append((f"row {row}", Y))
+    for what, other in changed:
+        est = LatentDirichletAllocation(**params)
+        with pytest.raises(DataError, match=f"{checkpoint}: .*other data"):
+            fit_lda(est, other, checkpoint=str(checkpoint), resume=True)
+        assert vars(est) == vars(LatentDirichletAllocation(**params)), what
+    assert checkpoint.read_bytes() == saved
+    resumed = fit_lda(
+        LatentDirichletAllocation(**params),
+        counts.copy(),
+        checkpoint=str(checkpoint),
+        resume=True,
+    )
+    assert_same_lda(LatentDirichletAllocation(**params).fit(counts), resumed)
+
+
+def test_resume_refuses_a_checkpoint_without_a_full_data_hash(tmp_path, npy_file):
+    _, X = npy_file
+    params = dict(n_components=2, init_params="random", random_state=0, max_iter=2)
+    checkpoint = tmp_path / "ck.npz"
+    quiet(fit_mixture, BayesianGaussianMixture(**params), X, checkpoint=str(checkpoint))
+    est, extra = load(checkpoint, return_extra=True)
+    extra["data"] = {"shape": list(X.shape), "crc32": 12345}  # an older fastvi's
+    from fastvi.persist import save
+
+    save(est, checkpoint, kind="checkpoint", extra=extra)
+    with pytest.raises(DataError, match="no hash of all of its data"):
+        fit_mixture(
+            BayesianGaussianMixture(**params),
+            X,
+            checkpoint=str(checkpoint),
             resume=True,
         )
 
