@@ -1,10 +1,12 @@
 """Batch jobs: out-of-core fits, data files, the command line, checkpoints."""
 
+import errno
 import io
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
+from fastvi.__main__ import main as cli_main
 from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
 from fastvi.batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
 from fastvi.lda import LatentDirichletAllocation
@@ -687,6 +690,101 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
         assert message in run.stderr, (message, run.stderr)
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+GMM_QUICK = ("--max-iter", "2", "--quiet", "--init-params", "random")
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("fastvi: error:") and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_cli_refuses_a_checkpoint_that_is_the_output(
+    tmp_path, npy_file, capsys, monkeypatch
+):
+    path, _ = npy_file
+    out = tmp_path / "m.npz"
+    fit = ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(out), "--checkpoint"]
+    (tmp_path / "sub").mkdir()
+    os.symlink(out, tmp_path / "link.npz")  # dangling until the model exists
+    spellings = [
+        str(out),
+        f"{tmp_path}/./m.npz",
+        f"{tmp_path}/sub/../m.npz",
+        str(tmp_path / "link.npz"),
+    ]
+    for checkpoint in spellings:  # neither file exists yet
+        for resume in ([], ["--resume"]):
+            assert cli_main([*fit, checkpoint, *resume]) == 2
+            one_line_error(capsys, "is the output file")
+            assert sorted(os.listdir(tmp_path)) == ["link.npz", "sub"]
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", "m.npz",
+                     "--checkpoint", "./m.npz"]) == 2  # fmt: skip
+    one_line_error(capsys, "is the output file")
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", str(out)]) == 0
+    model = out.read_bytes()
+    os.link(out, tmp_path / "hard.npz")
+    for checkpoint in [*spellings, str(tmp_path / "hard.npz")]:  # the model exists
+        assert cli_main([*fit, checkpoint, "--resume"]) == 2
+        one_line_error(capsys, "is the output file")
+        assert out.read_bytes() == model
+    assert sorted(os.listdir(tmp_path)) == ["hard.npz", "link.npz", "m.npz", "sub"]
+
+
+def test_written_files_respect_the_umask_and_keep_their_mode(tmp_path, npy_file):
+    path, X = npy_file
+    model, predictions = tmp_path / "m.npz", tmp_path / "p.npy"
+    fit = ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(model)]
+    predict = ["predict", str(model), str(path), "--quiet", "-o", str(predictions)]
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        assert cli_main(fit) == 0
+        assert cli_main(predict) == 0
+        assert (mode(model), mode(predictions)) == (0o644, 0o644)
+        os.chmod(model, 0o640)
+        os.chmod(predictions, 0o604)
+        assert cli_main(fit) == 0  # overwriting keeps the mode
+        assert cli_main(predict) == 0
+        assert (mode(model), mode(predictions)) == (0o640, 0o604)
+        with pytest.raises(Interrupted):
+            quiet(
+                fit_mixture,
+                BayesianGaussianMixture(n_components=2, init_params="random"),
+                X,
+                checkpoint=str(tmp_path / "ck.npz"),
+                should_stop=lambda: True,
+            )
+        assert mode(tmp_path / "ck.npz") == 0o644
+        os.umask(0o077)
+        assert cli_main([*predict[:-1], str(tmp_path / "q.npy")]) == 0
+        assert mode(tmp_path / "q.npy") == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_cli_write_errors_name_the_file(tmp_path, npy_file, capsys, monkeypatch):
+    path, _ = npy_file
+    model, predictions = tmp_path / "m.npz", tmp_path / "p.npy"
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", str(model)]) == 0
+    before = sorted(os.listdir(tmp_path))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    commands = (
+        ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(tmp_path / "new.npz")],
+        ["predict", str(model), str(path), "-o", str(predictions), "--quiet"],
+    )
+    for command, target in zip(commands, (tmp_path / "new.npz", predictions)):
+        assert cli_main(command) == 2
+        one_line_error(capsys, f"writing {target}: ", os.strerror(errno.ENOSPC))
+    assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file
 
 
 _KILL_PARAMS = (
