@@ -386,6 +386,16 @@ def test_fingerprint_covers_every_value(npy_file, tmp_path, monkeypatch):
     assert fingerprint(X[:-1]) != base
 
 
+def test_fingerprint_of_a_dask_array_covers_every_chunk(npy_file):
+    da = pytest.importorskip("dask.array")
+    _, X = npy_file
+    base = fingerprint(da.from_array(X, chunks=(BLOCK, 3)))
+    assert fingerprint(da.from_array(X.copy(), chunks=(BLOCK, 3))) == base
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 0)
+        assert fingerprint(da.from_array(Y, chunks=(BLOCK, 3))) != base, row
+
+
 def sparse_variants(counts):
     """Copies of a CSR matrix with one entry of data, indices or indptr changed
     (a valid matrix each time), in its first, middle and last rows."""
