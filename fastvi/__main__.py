@@ -27,9 +27,11 @@ Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the 
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
 last; ``--resume`` continues from it when it exists, and the model is then bitwise
 the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
-written for other data or other model parameters is refused. Ctrl-C during a
-checkpointed fit stops after the current iteration (epoch), writes the checkpoint and
-exits with status 130; the checkpoint is deleted once the model file is written.
+written for other data (a SHA-256 hash of every value tells) or other model
+parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
+during a checkpointed fit stops after the current iteration (epoch), writes the
+checkpoint and exits with status 130; the checkpoint is deleted once the model file
+is written.
 """
 
 import argparse
