@@ -27,9 +27,11 @@ Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the 
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
 last; ``--resume`` continues from it when it exists, and the model is then bitwise
 the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
-written for other data or other model parameters is refused. Ctrl-C during a
-checkpointed fit stops after the current iteration (epoch), writes the checkpoint and
-exits with status 130; the checkpoint is deleted once the model file is written.
+written for other data (a SHA-256 hash of every value tells) or other model
+parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
+during a checkpointed fit stops after the current iteration (epoch), writes the
+checkpoint and exits with status 130; the checkpoint is deleted once the model file
+is written.
 """
 
 import argparse
@@ -439,13 +441,24 @@ def _check_output(path, *inputs):
     if not os.access(directory, os.W_OK):
         raise ValueError(f"{path}: the output directory is not writable")
     for other in inputs:
-        if (
-            other
-            and os.path.exists(path)
-            and os.path.exists(other)
-            and os.path.samefile(path, other)
-        ):
+        if other and _same_file(path, other):
             raise ValueError(f"{path}: the output would overwrite an input")
+
+
+def _same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file, existing or not yet.
+
+    Compares the normalized absolute paths with symbolic links resolved (so
+    ``x.npz``, ``./x.npz`` and a link to it agree even before the file exists),
+    and the files themselves when both exist (hard links).
+    """
+    real = [os.path.normcase(os.path.realpath(os.path.abspath(p))) for p in (a, b)]
+    if real[0] == real[1]:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _open_data(args, model, allow_stream):
@@ -549,6 +562,12 @@ def _fit(args):
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint FILE")
     if args.checkpoint:
+        if _same_file(args.checkpoint, args.output):
+            raise ValueError(
+                f"--checkpoint {args.checkpoint}: is the output file {args.output}; "
+                "the checkpoint is deleted once the model is written, so it needs a "
+                "path of its own"
+            )
         _check_output(args.checkpoint, args.input, args.output)
     est = _estimator(args)
     if not args.scheduler:

@@ -52,17 +52,27 @@ CAVI_PARAMETER_CONSTRAINTS = {
 
 @contextmanager
 def all_or_nothing(estimator):
-    """Restore ``estimator.__dict__`` if the body raises: never leave a half-fitted model.
+    """Restore ``estimator`` if the body raises: never leave a half-fitted model.
 
     Fitting code only rebinds attributes (it never mutates fitted arrays in place), so a
-    shallow copy of the instance dictionary is a complete snapshot.
+    shallow copy of the instance dictionary is a complete snapshot, except for random
+    generators, which a fit advances in place: the state of every ``RandomState`` the
+    estimator holds (a ``random_state`` passed by the user, a ``random_state_``) is
+    saved too and set back, so a failed fit leaves them where they were.
     """
     saved = dict(estimator.__dict__)
+    generators = {
+        id(value): (value, value.get_state())
+        for value in saved.values()
+        if isinstance(value, np.random.RandomState)
+    }
     try:
         yield
     except BaseException:
         estimator.__dict__.clear()
         estimator.__dict__.update(saved)
+        for generator, state in generators.values():
+            generator.set_state(state)
         raise
 
 

@@ -4,6 +4,14 @@
 one thread for the duration (on small machines OpenBLAS's spinning workers steal the
 cores numba's threads need), then restores both in ``finally`` — also when the body
 raises.
+
+Fits may run in several threads of one process at once, and the two settings have
+different scopes. numba's thread count is per thread (``numba.set_num_threads`` sets
+it for the calling thread only), so each ``thread_limits`` saves and restores its own
+thread's value. The BLAS limit is process-wide: a counter of the active
+``thread_limits`` bodies (under a lock) makes the first one in save the BLAS limits
+and set them to one, and the last one out restore what the first one saved, whatever
+the order in which overlapping fits end.
 """
 
 import itertools
@@ -41,21 +49,80 @@ def resolve_n_jobs(n_jobs):
     return min(n_jobs, available)
 
 
-@contextmanager
-def thread_limits(n_jobs):
-    """Run the body with ``n_jobs`` numba threads and single-threaded BLAS."""
-    import numba
+# the process-wide BLAS limit: how many thread_limits bodies are active, and the
+# limiter of the first one (holding the limits from before it)
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+def _blas_enter():
+    global _blas_users, _blas_limiter
     from threadpoolctl import threadpool_limits
 
+    with _blas_lock:
+        if _blas_users == 0:
+            with _blas_control():
+                _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+
+
+def _blas_exit():
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        _blas_users -= 1
+        if _blas_users == 0:
+            limiter, _blas_limiter = _blas_limiter, None
+            with _blas_control():
+                limiter.restore_original_limits()
+
+
+@contextmanager
+def _blas_control():
+    """Let this thread change a process-wide OpenBLAS pool for the body.
+
+    threadpoolctl (3.8 and later) lets only one thread resize OpenBLAS's shared
+    pthreads pool, the first one that did (until a ``with threadpool_limits`` of
+    that thread ends), and silently ignores the others: the fit that restores the
+    limits may run in another thread than the one that set them. fastvi's own
+    changes take turns under ``_blas_lock``, so the thread making one takes the
+    control for it and lets it go again (older threadpoolctl: nothing to do).
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+
+        release = OpenBLASController.clear_controlling_thread
+    except (ImportError, AttributeError):
+        yield
+        return
+    release(force=True)
+    try:
+        yield
+    finally:
+        release(force=True)
+
+
+@contextmanager
+def thread_limits(n_jobs):
+    """Run the body with ``n_jobs`` numba threads and single-threaded BLAS.
+
+    On exit this thread's numba thread count is what it was on entry; the BLAS
+    limits are restored when the last overlapping ``thread_limits`` of the process
+    exits (see the module documentation).
+    """
+    import numba
+
     n_threads = resolve_n_jobs(n_jobs)
-    previous = numba.get_num_threads()
-    blas = threadpool_limits(limits=1, user_api="blas")
+    previous = numba.get_num_threads()  # this thread's (numba's count is per thread)
+    _blas_enter()
     try:
         numba.set_num_threads(n_threads)
         yield n_threads
     finally:
-        numba.set_num_threads(previous)
-        blas.restore_original_limits()
+        try:
+            numba.set_num_threads(previous)
+        finally:
+            _blas_exit()
 
 
 # ------------------------------------------------------------------ chunked kernels

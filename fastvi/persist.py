@@ -41,11 +41,13 @@ directory is synced), so a crash leaves either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 from numbers import Integral, Real
 
@@ -302,18 +304,35 @@ def atomic_write(path, mode="wb"):
 
     The file is flushed and fsync-ed before ``os.replace``; on any error (or
     ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    The new file gets the permissions an ordinary ``open(path, "w")`` would give it:
+    those of the file it replaces, else ``0o666`` less the process's umask. An
+    ``OSError`` while creating, writing or replacing the file (a full disk, say) is
+    raised again, of the same class, with a message that names ``path`` (an error
+    of the body that names another file, such as an input, is left as it is).
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        existing = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        existing = None
+    try:
+        fd, tmp = _create_beside(path, directory)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
+    try:
+        try:
+            if existing is not None and hasattr(os, "fchmod"):
+                os.fchmod(fd, existing)
+            with os.fdopen(fd, mode) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.filename is not None and exc.filename != tmp:
+                raise  # about another file (an input read by the body): it says so
+            raise _naming(exc, path) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -324,6 +343,31 @@ def atomic_write(path, mode="wb"):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _create_beside(path, directory):
+    """``(fd, name)`` of a new, exclusively created file in ``directory``.
+
+    Created with mode ``0o666`` so that the kernel applies the umask (as for any
+    new file), where ``tempfile.mkstemp`` would give ``0o600``.
+    """
+    prefix = "." + os.path.basename(path) + "."
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(directory, prefix + secrets.token_hex(6) + ".tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
+
+
+def _naming(exc, path):
+    """``exc`` (an ``OSError``) again, its message naming the file ``path``."""
+    reason = exc.strerror or str(exc)
+    if exc.errno is None:
+        return OSError(f"writing {path}: {reason}")
+    return OSError(exc.errno, f"writing {path}: {reason}")
 
 
 # ----------------------------------------------------------------------- public

@@ -1,9 +1,12 @@
 """Batch jobs: out-of-core fits, data files, the command line, checkpoints."""
 
+import errno
 import io
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
+from fastvi.__main__ import main as cli_main
 from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
 from fastvi.batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
 from fastvi.lda import LatentDirichletAllocation
@@ -349,6 +353,212 @@ def test_resume_refuses_other_data_or_parameters(tmp_path, npy_file):
         )
 
 
+# ------------------------------------------------ the data fingerprint covers all data
+BLOCK = 2 * CHUNK_ROWS  # npy_file has three such blocks, the last one partial
+
+
+def one_ulp_up(X, row, column):
+    Y = X.copy()
+    Y[row, column] = np.nextafter(Y[row, column], np.inf)
+    return Y
+
+
+def rows_in_three_blocks(n_rows):
+    """A row in the first, the middle and the last block of ``BLOCK`` rows."""
+    assert 2 * BLOCK < n_rows < 3 * BLOCK
+    return (0, BLOCK + 1234, n_rows - 1)
+
+
+def test_fingerprint_covers_every_value(npy_file, tmp_path, monkeypatch):
+    path, X = npy_file
+    base = fingerprint(X)
+    assert fingerprint(NpyRows(path, block_rows=BLOCK)) == base
+    assert fingerprint(np.array(X)) == base
+    # the same digest however the rows are cut into hashed pieces
+    monkeypatch.setattr("fastvi.batch.io._HASH_BYTES", 1000)
+    assert fingerprint(X) == base
+    monkeypatch.undo()
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 2)
+        np.save(tmp_path / "y.npy", Y)
+        assert fingerprint(Y) != base, row
+        assert fingerprint(NpyRows(tmp_path / "y.npy", block_rows=BLOCK)) != base, row
+    assert fingerprint(X[:-1]) != base
+
+
+def test_fingerprint_of_a_dask_array_covers_every_chunk(npy_file):
+    da = pytest.importorskip("dask.array")
+    _, X = npy_file
+    base = fingerprint(da.from_array(X, chunks=(BLOCK, 3)))
+    assert fingerprint(da.from_array(X.copy(), chunks=(BLOCK, 3))) == base
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 0)
+        assert fingerprint(da.from_array(Y, chunks=(BLOCK, 3))) != base, row
+
+
+def sparse_variants(counts):
+    """Copies of a CSR matrix with one entry of data, indices or indptr changed
+    (a valid matrix each time), in its first, middle and last rows."""
+    n_rows = counts.shape[0]
+    for row in (0, n_rows // 2, n_rows - 1):
+        lo, hi = counts.indptr[row], counts.indptr[row + 1]
+        assert hi - lo >= 2
+        data = counts.copy()
+        data.data[lo] += 1.0
+        yield f"data, row {row}", data
+        indices = counts.copy()
+        free = np.setdiff1d(np.arange(counts.shape[1]), counts.indices[lo:hi])
+        indices.indices[hi - 1] = free[-1]
+        yield f"indices, row {row}", indices
+        if row > 0:  # the first entry of this row moves to the row before
+            indptr = counts.copy()
+            indptr.indptr[row] += 1
+            yield f"indptr, row {row}", indptr
+
+
+def test_fingerprint_covers_every_entry_of_a_sparse_matrix(lda_counts):
+    base = fingerprint(lda_counts)
+    assert fingerprint(lda_counts.copy()) == base
+    assert fingerprint(lda_counts.tocoo()) == base
+    prints = {
+        fingerprint(changed)["sha256"] for _, changed in sparse_variants(lda_counts)
+    }
+    assert base["sha256"] not in prints
+    assert len(prints) == len(list(sparse_variants(lda_counts)))
+
+
+class CountSteps:
+    """Counts the CAVI rounds of BayesianGaussianMixture fits (none may run when a
+    resume is refused: the restored state must not be used)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        step = BayesianGaussianMixture._cavi_step
+
+        def counted(est, data):
+            self.calls += 1
+            return step(est, data)
+
+        monkeypatch.setattr(BayesianGaussianMixture, "_cavi_step", counted)
+
+
+@pytest.mark.parametrize("where", ["in memory", "out of core"])
+def test_resume_refuses_data_changed_in_one_value_of_any_block(
+    tmp_path, npy_file, monkeypatch, where
+):
+    path, X = npy_file
+    params = dict(n_components=3, init_params="random", random_state=2, max_iter=9)
+    params["tol"] = 0.0
+    reference = quiet(BayesianGaussianMixture(**params).fit, X)
+
+    def data(file=None, array=None):
+        if where == "in memory":
+            return array
+        return NpyRows(file, block_rows=BLOCK)
+
+    checkpoint = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        quiet(
+            fit_mixture,
+            BayesianGaussianMixture(**params),
+            data(path, X),
+            checkpoint=str(checkpoint),
+            should_stop=stop_after(4),
+        )
+    finished = tmp_path / "finished.npz"  # a checkpoint of the last iteration
+    quiet(
+        fit_mixture,
+        BayesianGaussianMixture(**params),
+        data(path, X),
+        checkpoint=str(finished),
+    )
+    saved = {p: p.read_bytes() for p in (checkpoint, finished)}
+    steps = CountSteps(monkeypatch)
+    for row in rows_in_three_blocks(X.shape[0]):
+        Y = one_ulp_up(X, row, 1)
+        np.save(tmp_path / "y.npy", Y)
+        for ck in (checkpoint, finished):
+            est = BayesianGaussianMixture(**params)
+            with pytest.raises(DataError, match=f"{ck}: .*other data.*other values"):
+                quiet(
+                    fit_mixture,
+                    est,
+                    data(tmp_path / "y.npy", Y),
+                    checkpoint=str(ck),
+                    resume=True,
+                )
+            assert vars(est) == vars(BayesianGaussianMixture(**params)), row
+    assert steps.calls == 0
+    assert {p: p.read_bytes() for p in saved} == saved  # nothing written
+    # the same data resumes (in memory or out of core alike) to the uninterrupted fit
+    for source in (X, NpyRows(path, block_rows=BLOCK)):
+        shutil.copy(checkpoint, tmp_path / "again.npz")
+        resumed = quiet(
+            fit_mixture,
+            BayesianGaussianMixture(**params),
+            source,
+            checkpoint=str(tmp_path / "again.npz"),
+            resume=True,
+        )
+        assert_same_model(reference, resumed)
+    assert steps.calls == 2 * (params["max_iter"] - 4)
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_lda_resume_refuses_one_changed_document(tmp_path, lda_counts, form):
+    params = dict(LDA_PARAMS, max_iter=3, random_state=0)
+    counts = lda_counts if form == "sparse" else lda_counts.toarray()
+    checkpoint = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        fit_lda(
+            LatentDirichletAllocation(**params),
+            counts,
+            checkpoint=str(checkpoint),
+            should_stop=stop_after(1),
+        )
+    saved = checkpoint.read_bytes()
+    if form == "sparse":
+        changed = list(sparse_variants(lda_counts))
+    else:
+        changed = []
+        for row in (0, counts.shape[0] // 2, counts.shape[0] - 1):
+            Y = counts.copy()
+            Y[row, -1] += 1.0
+            changed.append((f"row {row}", Y))
+    for what, other in changed:
+        est = LatentDirichletAllocation(**params)
+        with pytest.raises(DataError, match=f"{checkpoint}: .*other data"):
+            fit_lda(est, other, checkpoint=str(checkpoint), resume=True)
+        assert vars(est) == vars(LatentDirichletAllocation(**params)), what
+    assert checkpoint.read_bytes() == saved
+    resumed = fit_lda(
+        LatentDirichletAllocation(**params),
+        counts.copy(),
+        checkpoint=str(checkpoint),
+        resume=True,
+    )
+    assert_same_lda(LatentDirichletAllocation(**params).fit(counts), resumed)
+
+
+def test_resume_refuses_a_checkpoint_without_a_full_data_hash(tmp_path, npy_file):
+    _, X = npy_file
+    params = dict(n_components=2, init_params="random", random_state=0, max_iter=2)
+    checkpoint = tmp_path / "ck.npz"
+    quiet(fit_mixture, BayesianGaussianMixture(**params), X, checkpoint=str(checkpoint))
+    est, extra = load(checkpoint, return_extra=True)
+    extra["data"] = {"shape": list(X.shape), "crc32": 12345}  # an older fastvi's
+    from fastvi.persist import save
+
+    save(est, checkpoint, kind="checkpoint", extra=extra)
+    with pytest.raises(DataError, match="no hash of all of its data"):
+        fit_mixture(
+            BayesianGaussianMixture(**params),
+            X,
+            checkpoint=str(checkpoint),
+            resume=True,
+        )
+
+
 # -------------------------------------------------------------- command line
 def cli(*args, check=True):
     run = subprocess.run(
@@ -490,6 +700,101 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
         assert message in run.stderr, (message, run.stderr)
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+GMM_QUICK = ("--max-iter", "2", "--quiet", "--init-params", "random")
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("fastvi: error:") and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_cli_refuses_a_checkpoint_that_is_the_output(
+    tmp_path, npy_file, capsys, monkeypatch
+):
+    path, _ = npy_file
+    out = tmp_path / "m.npz"
+    fit = ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(out), "--checkpoint"]
+    (tmp_path / "sub").mkdir()
+    os.symlink(out, tmp_path / "link.npz")  # dangling until the model exists
+    spellings = [
+        str(out),
+        f"{tmp_path}/./m.npz",
+        f"{tmp_path}/sub/../m.npz",
+        str(tmp_path / "link.npz"),
+    ]
+    for checkpoint in spellings:  # neither file exists yet
+        for resume in ([], ["--resume"]):
+            assert cli_main([*fit, checkpoint, *resume]) == 2
+            one_line_error(capsys, "is the output file")
+            assert sorted(os.listdir(tmp_path)) == ["link.npz", "sub"]
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", "m.npz",
+                     "--checkpoint", "./m.npz"]) == 2  # fmt: skip
+    one_line_error(capsys, "is the output file")
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", str(out)]) == 0
+    model = out.read_bytes()
+    os.link(out, tmp_path / "hard.npz")
+    for checkpoint in [*spellings, str(tmp_path / "hard.npz")]:  # the model exists
+        assert cli_main([*fit, checkpoint, "--resume"]) == 2
+        one_line_error(capsys, "is the output file")
+        assert out.read_bytes() == model
+    assert sorted(os.listdir(tmp_path)) == ["hard.npz", "link.npz", "m.npz", "sub"]
+
+
+def test_written_files_respect_the_umask_and_keep_their_mode(tmp_path, npy_file):
+    path, X = npy_file
+    model, predictions = tmp_path / "m.npz", tmp_path / "p.npy"
+    fit = ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(model)]
+    predict = ["predict", str(model), str(path), "--quiet", "-o", str(predictions)]
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        assert cli_main(fit) == 0
+        assert cli_main(predict) == 0
+        assert (mode(model), mode(predictions)) == (0o644, 0o644)
+        os.chmod(model, 0o640)
+        os.chmod(predictions, 0o604)
+        assert cli_main(fit) == 0  # overwriting keeps the mode
+        assert cli_main(predict) == 0
+        assert (mode(model), mode(predictions)) == (0o640, 0o604)
+        with pytest.raises(Interrupted):
+            quiet(
+                fit_mixture,
+                BayesianGaussianMixture(n_components=2, init_params="random"),
+                X,
+                checkpoint=str(tmp_path / "ck.npz"),
+                should_stop=lambda: True,
+            )
+        assert mode(tmp_path / "ck.npz") == 0o644
+        os.umask(0o077)
+        assert cli_main([*predict[:-1], str(tmp_path / "q.npy")]) == 0
+        assert mode(tmp_path / "q.npy") == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_cli_write_errors_name_the_file(tmp_path, npy_file, capsys, monkeypatch):
+    path, _ = npy_file
+    model, predictions = tmp_path / "m.npz", tmp_path / "p.npy"
+    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", str(model)]) == 0
+    before = sorted(os.listdir(tmp_path))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    commands = (
+        ["fit", "gmm", str(path), *GMM_QUICK, "-o", str(tmp_path / "new.npz")],
+        ["predict", str(model), str(path), "-o", str(predictions), "--quiet"],
+    )
+    for command, target in zip(commands, (tmp_path / "new.npz", predictions)):
+        assert cli_main(command) == 2
+        one_line_error(capsys, f"writing {target}: ", os.strerror(errno.ENOSPC))
+    assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file
 
 
 _KILL_PARAMS = (

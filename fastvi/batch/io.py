@@ -23,13 +23,14 @@ Rows holding NaN or infinity are refused with the file, row and column (0-based)
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
-import zlib
 
 import numpy as np
 
 __all__ = [
     "DEFAULT_BLOCK_ROWS",
+    "DataDigest",
     "DataError",
     "NpyRows",
     "check_finite",
@@ -441,22 +442,116 @@ def _read_checked_rows(path, start, stop):
     return block
 
 
+# ------------------------------------------------------------------ fingerprints
+_HASH = "sha256"  # hardware-accelerated on current x86 and ARM cores (~2 GB/s)
+_HASH_BYTES = 1 << 23  # hash (and cast) 8 MiB at a time: bounded temporaries
+
+
+class DataDigest:
+    """Fingerprint of a 2-D data set fed to it block by block, in row order.
+
+    Every value goes into a SHA-256 hash as float64 (the values the fits compute
+    with), after a header holding the layout, the shape and the dtype; a change of
+    one value anywhere (or of the shape) changes the digest. Dense rows are fed with
+    :meth:`update_rows` (the blocks may have any sizes: the digest of the same rows
+    is the same however they are cut), a CSR matrix with :meth:`update_csr`.
+    """
+
+    def __init__(self, shape, dtype=np.float64, layout="dense"):
+        self.shape = [int(v) for v in shape]
+        self._hash = hashlib.new(_HASH)
+        header = f"fastvi-data {layout} {self.shape} {np.dtype(dtype).name}"
+        self._hash.update(header.encode("ascii"))
+
+    def _update(self, values, dtype):
+        values = values.reshape(-1)
+        step = max(1, _HASH_BYTES // np.dtype(dtype).itemsize)
+        for start in range(0, values.size, step):
+            part = np.ascontiguousarray(values[start : start + step], dtype=dtype)
+            self._hash.update(memoryview(part).cast("B"))
+
+    def update_rows(self, rows):
+        """Feed the next rows of a dense data set (any numeric dtype)."""
+        rows = np.asarray(rows)
+        width = rows.shape[1] if rows.ndim > 1 else 1
+        step = max(1, _HASH_BYTES // (8 * max(1, width)))
+        for start in range(0, rows.shape[0], step):
+            self._update(rows[start : start + step], np.float64)
+
+    def update_digests(self, digests):
+        """Feed the hex digests of consecutive chunks (hashed where they live)."""
+        self._hash.update("".join(digests).encode("ascii"))
+
+    def update_csr(self, X):
+        """Feed a whole CSR matrix: its row pointers, column indices and values."""
+        self._update(X.indptr, np.int64)
+        self._update(X.indices, np.int64)
+        self._update(X.data, np.float64)
+
+    def fingerprint(self):
+        """``{"shape": [n_rows, n_columns], "sha256": hex digest}``."""
+        return {"shape": list(self.shape), _HASH: self._hash.hexdigest()}
+
+
+def _block_digest(block):
+    """Task of the Dask fingerprint: the digest of one row chunk."""
+    digest = DataDigest(block.shape, block.dtype)
+    digest.update_rows(block)
+    return digest.fingerprint()[_HASH]
+
+
 def fingerprint(X):
-    """Shape and a CRC of the first and last rows: ties a checkpoint to its data."""
+    """Ties a checkpoint to its data: the shape and a SHA-256 hash of every value.
+
+    Parameters
+    ----------
+    X : ndarray (also memory-mapped), sparse matrix, :class:`NpyRows` or dask array
+
+    Returns
+    -------
+    dict
+        ``{"shape": [n_rows, n_columns], "sha256": hex digest}`` (see
+        :class:`DataDigest`); JSON-serializable, stored in a checkpoint's metadata.
+
+    Notes
+    -----
+    The hash covers all of the data, so a checkpoint made on data that differs in
+    one value is refused. In-memory data is hashed here, straight from its buffer
+    in 8 MiB pieces: a memory-speed pass (about 2 GB/s), far cheaper than one
+    iteration of a fit. A :class:`NpyRows` source is read block by block here; a
+    fit avoids that extra read of the file by hashing the blocks as its own first
+    pass reads them (``fastvi.batch.jobs``), giving the same digest. Dense data
+    gives the same digest in memory and as a ``.npy`` file of the same float64
+    values. A dask array is hashed chunk by chunk on the workers (the chunk digests
+    are then hashed in order), so its digest depends on the chunking as well.
+    """
     import scipy.sparse as sp
 
-    if isinstance(X, NpyRows):
-        N = X.shape[0]
-        m = min(N, 256)
-        head, tail = X.read_rows(0, m), X.read_rows(N - m, N)
-    elif sp.issparse(X):
+    from .._dask import is_dask_collection
+
+    if hasattr(X, "iter_blocks"):  # a row source such as NpyRows
+        digest = DataDigest(X.shape, getattr(X, "dtype", np.float64))
+        for _, _, view in X.iter_blocks():
+            digest.update_rows(view[1:])
+        return digest.fingerprint()
+    if is_dask_collection(X):
+        import dask
+
+        if hasattr(X, "to_dask_array"):  # a dask DataFrame
+            X = X.to_dask_array(lengths=True)
+        X = X.rechunk({1: -1})
+        task = dask.delayed(_block_digest, pure=True)
+        parts = dask.compute(*[task(b) for b in X.to_delayed().ravel()])
+        digest = DataDigest(X.shape, X.dtype, layout=f"dask {list(X.chunks[0])}")
+        digest.update_digests(parts)
+        return digest.fingerprint()
+    if sp.issparse(X):
         X = X.tocsr()
-        head = np.concatenate([X.indptr[:257], X.indices[:256]]).astype(np.float64)
-        tail = X.data[-256:].astype(np.float64)
-    else:
-        m = min(X.shape[0], 256)
-        head = np.ascontiguousarray(X[:m], dtype=np.float64)
-        tail = np.ascontiguousarray(X[X.shape[0] - m :], dtype=np.float64)
-    crc = zlib.crc32(head.tobytes())
-    crc = zlib.crc32(tail.tobytes(), crc)
-    return {"shape": [int(v) for v in X.shape], "crc32": int(crc)}
+        digest = DataDigest(X.shape, X.dtype, layout="csr")
+        digest.update_csr(X)
+        return digest.fingerprint()
+    if not isinstance(X, np.ndarray):
+        X = np.asarray(X)
+    digest = DataDigest(X.shape, X.dtype)
+    digest.update_rows(X)
+    return digest.fingerprint()

@@ -15,7 +15,13 @@ Resume (``resume=True`` and the checkpoint exists): the saved global factors are
 back and the fit continues with ``warm_start=True`` for the remaining iterations; the
 CAVI updates are deterministic given the factors, so the final model is bitwise the
 one of an uninterrupted run (``n_iter_`` and ``lower_bounds_`` are stitched together).
-A checkpoint written for other data or other parameters is refused.
+A checkpoint written for other data or other parameters is refused. The data is
+identified by its shape and a SHA-256 hash of every value
+(:func:`fastvi.batch.io.fingerprint`): in-memory data is hashed before the fit, from
+its buffer; out-of-core data as the fit's first pass (the data mean) reads its blocks,
+so a resume on other data stops with an error naming the checkpoint when that pass
+ends: before the restored state is used and before anything is written. If
+``fit_mixture`` raises, the estimator is left as it was.
 
 ``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
 own epoch loop calls a per-epoch hook. Its unit is the epoch (a pass over the
@@ -40,8 +46,9 @@ import warnings
 
 import numpy as np
 
+from .._cavi import all_or_nothing
 from ..persist import load, save
-from .io import DataError, fingerprint
+from .io import DataDigest, DataError, fingerprint
 
 __all__ = ["Interrupted", "Progress", "fit_lda", "fit_mixture"]
 
@@ -160,14 +167,36 @@ def _param_signature(est):
     )
 
 
+def _check_data(checkpoint, saved, now):
+    """Refuse a checkpoint whose data fingerprint is not ``now``.
+
+    ``now`` may hold only the shape (out-of-core data before its first pass); the
+    hash is then compared when that pass ends.
+    """
+    if not isinstance(saved, dict) or "sha256" not in saved:
+        raise DataError(
+            f"{checkpoint}: the checkpoint holds no hash of all of its data (written "
+            "by an older fastvi), so it cannot be tied to this data; delete it to "
+            "start afresh"
+        )
+    if saved.get("shape") != now["shape"]:
+        raise DataError(
+            f"{checkpoint}: the checkpoint was written for other data (of shape "
+            f"{saved.get('shape')}; this data has shape {now['shape']}); delete it "
+            "to start afresh"
+        )
+    if "sha256" in now and saved["sha256"] != now["sha256"]:
+        raise DataError(
+            f"{checkpoint}: the checkpoint was written for other data (same shape "
+            f"{now['shape']}, other values: sha256 {saved['sha256'][:12]}... vs "
+            f"{now['sha256'][:12]}...); delete it to start afresh"
+        )
+
+
 def _load_checkpoint(est, checkpoint, data_print):
     """The checkpoint's estimator and extra, refused for other data or parameters."""
     ck, extra = load(checkpoint, expected_class=type(est).__name__, return_extra=True)
-    if extra.get("data") != data_print:
-        raise DataError(
-            f"{checkpoint}: the checkpoint was written for other data "
-            f"({extra.get('data')} vs {data_print}); delete it to start afresh"
-        )
+    _check_data(checkpoint, extra.get("data"), data_print)
     if extra.get("params") != _param_signature(est):
         raise ValueError(
             f"{checkpoint}: the checkpoint was written with other model parameters; "
@@ -189,7 +218,39 @@ def _restore_from(est, checkpoint, data_print):
     for key, value in vars(ck).items():
         if key not in params:
             setattr(est, key, value)
-    return done, history, bound, converged
+    return done, history, bound, converged, extra["data"]
+
+
+class _HashedRows:
+    """A row source passed through unchanged, fingerprinted by the fit's first pass.
+
+    The first pass that reads every block (the data mean, before any iteration)
+    feeds each block to a :class:`~fastvi.batch.io.DataDigest` as it goes by, so the
+    fingerprint of out-of-core data costs no read of its own; it is the digest
+    :func:`~fastvi.batch.io.fingerprint` gives. When that pass ends, ``check(print)``
+    runs (a resume compares with the checkpoint there: before the fit uses the
+    restored state, and before anything is written).
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self.shape = tuple(source.shape)
+        self.block_rows = source.block_rows
+        self.dtype = np.dtype(getattr(source, "dtype", np.float64))
+        self.fingerprint = None
+        self.check = None
+
+    def iter_blocks(self):
+        if self.fingerprint is not None:
+            yield from self.source.iter_blocks()
+            return
+        digest = DataDigest(self.shape, self.dtype)
+        for start, stop, view in self.source.iter_blocks():
+            digest.update_rows(view[1:])  # before the consumer sees the block
+            yield start, stop, view
+        self.fingerprint = digest.fingerprint()
+        if self.check is not None:
+            self.check(self.fingerprint)
 
 
 def fit_mixture(
@@ -227,13 +288,35 @@ def fit_mixture(
         raise ValueError("checkpoints need n_init=1 (restarts are not checkpointed)")
     if int(checkpoint_every) < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    with all_or_nothing(est):
+        return _fit_mixture(
+            est, X, progress, checkpoint, int(checkpoint_every), resume, should_stop
+        )
+
+
+def _fit_mixture(est, X, progress, checkpoint, checkpoint_every, resume, should_stop):
+    """The body of :func:`fit_mixture` (which restores ``est`` if this raises)."""
     max_iter, warm_start = est.max_iter, est.warm_start
-    data_print = fingerprint(X) if checkpoint is not None else None
+    hashed = None
+    data_print = None
+    if checkpoint is not None:
+        if hasattr(X, "iter_blocks") and hasattr(X, "block_rows"):
+            # out of core: hashed as the fit's first pass reads the blocks
+            X = hashed = _HashedRows(X)
+            data_print = {"shape": [int(v) for v in X.shape]}
+        else:
+            data_print = fingerprint(X)
     signature = _param_signature(est) if checkpoint is not None else None
     done, history = 0, []
     if resume and checkpoint is not None and os.path.exists(checkpoint):
-        done, history, bound, converged = _restore_from(est, checkpoint, data_print)
+        done, history, bound, converged, saved = _restore_from(
+            est, checkpoint, data_print
+        )
+        if hashed is not None:
+            hashed.check = lambda now: _check_data(checkpoint, saved, now)
         if converged or done >= max_iter:
+            if hashed is not None:  # no fit pass follows: read the blocks once here
+                _check_data(checkpoint, saved, fingerprint(hashed.source))
             # the checkpointed run had finished: what fit() would have set
             est.converged_ = converged
             est.n_iter_ = done
@@ -244,7 +327,7 @@ def fit_mixture(
                 from sklearn.exceptions import ConvergenceWarning
 
                 warnings.warn(
-                    est._convergence_message, ConvergenceWarning, stacklevel=2
+                    est._convergence_message, ConvergenceWarning, stacklevel=3
                 )
             return est
         est.set_params(warm_start=True, max_iter=max_iter - done)
@@ -255,6 +338,9 @@ def fit_mixture(
     segment = []
 
     def write_checkpoint(model, iteration, bound, converged):
+        data = data_print if hashed is None else hashed.fingerprint
+        if data is None or "sha256" not in data:  # cannot happen: a pass came first
+            raise RuntimeError("no data fingerprint before the first checkpoint")
         running = {"max_iter": model.max_iter, "warm_start": model.warm_start}
         model.set_params(max_iter=max_iter, warm_start=warm_start)
         try:
@@ -267,7 +353,7 @@ def fit_mixture(
                     "bound": bound,
                     "history": history + segment,
                     "converged": converged,
-                    "data": data_print,
+                    "data": data,
                     "params": signature,
                 },
             )
