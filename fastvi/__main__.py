@@ -39,6 +39,7 @@ import signal
 import sys
 import time
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -605,7 +606,13 @@ def _info(args):
             summary["iteration"] = extra["iteration"]
             summary["converged"] = extra.get("converged")
     else:
-        X = read_data(path, fmt=args.fmt, header=args.header, check=False)
+        try:
+            X = read_data(path, fmt=args.fmt, header=args.header, check=False)
+        except (zipfile.BadZipFile, EOFError) as exc:
+            # a damaged model file is no model file (is_model_file) nor data
+            raise ValueError(
+                f"{path}: neither a model nor a data file ({exc})"
+            ) from None
         summary = {
             "file": path,
             "kind": "data",

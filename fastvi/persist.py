@@ -248,6 +248,8 @@ class _Decoder:
             return {k: self.decode(v) for k, v in items.items()}
         if kind == "random_state":
             keys = self.array(spec.get("keys"))
+            if keys.shape != (624,) or keys.dtype != np.uint32:
+                self.fail("bad random state (its key is not 624 uint32 values)")
             state = np.random.RandomState()
             try:
                 state.set_state(
@@ -259,7 +261,7 @@ class _Decoder:
                         float(spec["cached_gaussian"]),
                     )
                 )
-            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError, IndexError) as exc:
                 self.fail(f"bad random state ({exc})")
             return state
         if kind == "posterior":
