@@ -33,6 +33,15 @@ Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple)
 ``VBLogisticRegression``). Only the fastvi classes listed in ``_CLASSES`` can be
 loaded: the class name selects one of them, it is never imported from the file.
 
+Reads are checked before anything computes: only a regular file is opened; every
+member must be an uncompressed, unencrypted ``.npy`` no larger than the file, whose
+header agrees with the metadata's dtype and shape (so a file costs at most its own
+size to read); the JSON is at most 1 MB and 64 levels deep. The rebuilt estimator's
+parameters pass its own validation, and its attributes must be those its class
+declares in ``_fitted_schema`` (:mod:`fastvi._schema`): names, dtypes, shapes
+agreeing with the parameters and each other, finite values. Any problem is a
+:class:`ModelFileError` naming the file.
+
 Writes are atomic: the archive goes to a temporary file in the target's directory,
 is flushed and ``fsync``-ed, and replaces the target with ``os.replace`` (then the
 directory is synced), so a crash leaves either the old file or the new one.
