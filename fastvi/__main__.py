@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -138,6 +139,7 @@ fastvi: fast variational inference on the CPU. The first use of a model on a
 machine compiles its kernels (seconds, once; 'fastvi warmup' does it ahead of
 time). 'fastvi COMMAND --help' lists a command's options.
 """
+
 
 def _build_parser():
     from . import __version__
@@ -777,7 +779,13 @@ def _info(args):
             summary["iteration"] = extra["iteration"]
             summary["converged"] = extra.get("converged")
     else:
-        X = read_data(path, fmt=args.fmt, header=args.header, check=False)
+        try:
+            X = read_data(path, fmt=args.fmt, header=args.header, check=False)
+        except (zipfile.BadZipFile, EOFError) as exc:
+            # a damaged model file is no model file (is_model_file) nor data
+            raise ValueError(
+                f"{path}: neither a model nor a data file ({exc})"
+            ) from None
         summary = {
             "file": path,
             "kind": "data",

@@ -44,6 +44,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._dask import is_dask_collection
@@ -420,6 +421,23 @@ class NormalGammaPosterior(NamedTuple):
         )
 
 
+def _schema_history():
+    """The fit-loop attributes of ``CAVIMixin`` (see :mod:`fastvi._schema`)."""
+    return {
+        "converged_": _schema.Bool(),
+        "n_iter_": _schema.Int(0),
+        "lower_bound_": _schema.Real(),
+        "lower_bounds_": _schema.Floats(),
+    }
+
+
+def _schema_classes(count):
+    """``classes_``: ``count`` labels (an array of any plain dtype, or of str)."""
+    return _schema.Either(
+        _schema.Array((count,), None), _schema.Names((count,)), required=True
+    )
+
+
 class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     """Mean-field VI for a Gaussian with unknown mean and precision (PRML §10.1.3).
 
@@ -513,6 +531,21 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`)."""
+        S = _schema
+        return {
+            "n_features_in_": S.Int(1, dim=1, required=True),
+            "tau_shape_": S.Real(positive=True, required=True),
+            "tau_rate_": S.Real(positive=True, required=True),
+            "mu_mean_": S.Real(finite=True, required=True),
+            "mu_precision_": S.Real(positive=True, required=True),
+            "mu_var_": S.Real(positive=True, required=True),
+            "tau_mean_": S.Real(positive=True, required=True),
+            "exact_posterior_": S.Posterior(NormalGammaPosterior),
+            **_schema_history(),
+        }
 
     def fit(self, X, y=None):
         """Fit q(μ) q(τ) by CAVI and compute the exact posterior.
@@ -801,6 +834,36 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.n_jobs = n_jobs
+
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`).
+
+        D = ``n_features_in_``; with ``ard`` the q(λ) parameters are per feature.
+        """
+        S = _schema
+        D = "D"
+        if self.ard:
+            per_feature = {"shape": (D,), "positive": True, "required": True}
+            lam = [S.Array(**per_feature) for _ in range(3)]
+        else:
+            lam = [S.Real(positive=True, required=True) for _ in range(3)]
+        return {
+            "n_features_in_": S.Int(1, dim=D, required=True),
+            "feature_names_in_": S.Names((D,)),
+            "X_offset_": S.Array((D,), required=True),
+            "y_offset_": S.Real(finite=True, required=True),
+            "alpha_shape_": S.Real(positive=True, required=True),
+            "alpha_rate_": S.Real(positive=True, required=True),
+            "lambda_shape_": lam[0],
+            "lambda_rate_": lam[1],
+            "coef_": S.Array((D,), required=True),
+            "sigma_": S.Array((D, D), required=True),
+            "_log_det_sigma": S.Real(finite=True),
+            "alpha_": S.Real(positive=True),
+            "lambda_": lam[2],
+            "intercept_": S.Real(finite=True, required=True),
+            **_schema_history(),
+        }
 
     def fit(self, X, y):
         """Fit q(w) q(α) q(λ) by CAVI.
@@ -1189,6 +1252,71 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.n_jobs = n_jobs
+
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`).
+
+        D = ``n_features_in_``, P = D + ``fit_intercept`` coefficients. A binary
+        model keeps its factors (``_mean``, ...); with C > 2 classes the one-vs-rest
+        model (it has ``estimators_``) stacks C binary models' results.
+        """
+        S = _schema
+        D = "D"
+        P = (D, int(bool(self.fit_intercept)))
+        common = {
+            "n_features_in_": S.Int(1, dim=D, required=True),
+            "feature_names_in_": S.Names((D,)),
+            "converged_": S.Bool(),
+        }
+        if "estimators_" in attrs:
+            C = "C"
+            return {
+                **common,
+                "estimators_": S.Estimators(type(self), C, D, required=True),
+                "coef_": S.Array((C, D), required=True),
+                "intercept_": S.Array((C,), required=True),
+                "sigma_": S.Array((C, P, P), required=True),
+                "lambda_shape_": S.Array((C,), positive=True),
+                "lambda_rate_": S.Array((C,), positive=True),
+                "lambda_": S.Array((C,), positive=True),
+                "lower_bound_": S.Array((C,), finite=False),
+                "lower_bounds_": S.Floats(nested=True),
+                "n_iter_": S.Array((C,), ("i8", "i4")),
+                "classes_": _schema_classes(C),
+            }
+        factor = S.Array((P, P), positive_diagonal=True, required=True)
+        return {
+            **common,
+            "_mean": S.Array((P,), required=True),
+            "_cov": S.Array((P, P), required=True),
+            "_factor": factor,
+            "_log_det": S.Real(finite=True, required=True),
+            "lambda_shape_": S.Real(positive=True, required=True),
+            "lambda_rate_": S.Real(positive=True, required=True),
+            "_proposal": S.NoneOr(
+                S.Seq(
+                    (
+                        S.Array((P,)),
+                        S.Array((P, P)),
+                        S.Array((P, P)),
+                        S.Real(finite=True),
+                        S.Real(positive=True),
+                        S.Real(positive=True),
+                    )
+                )
+            ),
+            "_predicted_gain": S.Real(),
+            "_bound": S.Real(),
+            "_warm_hessian": S.NoneOr(S.Array((P, P))),
+            "coef_": S.Array((1, D), required=True),
+            "intercept_": S.Array((1,), required=True),
+            "sigma_": S.Array((P, P), required=True),
+            "lambda_": S.Real(positive=True),
+            "n_iter_": S.Int(0),
+            "lower_bound_": S.Real(),
+            "lower_bounds_": S.Floats(),
+            "classes_": _schema_classes(2),
+        }
 
     # ------------------------------------------------------------------ public API
     @announces("conjugate")

@@ -51,6 +51,7 @@ from sklearn.base import (
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
 )
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
@@ -60,6 +61,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from . import _schema
 from ._cavi import all_or_nothing
 from ._compile import announces
 from ._dask import is_dask_collection
@@ -540,6 +542,29 @@ class LatentDirichletAllocation(
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.random_state = random_state
+
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`;
+        ``attrs``, the decoded attributes, are not needed here).
+
+        K = ``n_components`` topics over V = ``n_features_in_`` words. A checkpoint
+        of :func:`fastvi.batch.jobs.fit_lda` has no ``exp_dirichlet_component_``.
+        """
+        S = _schema
+        K, V = self.n_components, "V"
+        return {
+            "n_features_in_": S.Int(1, dim=V, required=True),
+            "feature_names_in_": S.Names((V,)),
+            "random_state_": S.RandomStateSpec(required=True),
+            "n_batch_iter_": S.Int(0, required=True),
+            "n_iter_": S.Int(0, required=True),
+            "perplexity_history_": S.Floats(required=True),
+            "doc_topic_prior_": S.Real(finite=True, required=True),
+            "topic_word_prior_": S.Real(finite=True, required=True),
+            "components_": S.Array((K, V), positive=True, required=True),
+            "exp_dirichlet_component_": S.Array((K, V)),
+            "bound_": S.Real(),
+        }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -1025,6 +1050,18 @@ class LatentDirichletAllocation(
     def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll, dtype):
         # scikit-learn adds the machine epsilon of the input's dtype to phinorm
         eps = float(np.finfo(dtype).eps)
+        # the kernel indexes exp_beta_t by word and topic: a model whose topics
+        # disagree with the data or with n_components must fail here, loud
+        if (
+            exp_beta_t.shape != (corpus.n_words, self.n_components)
+            or gamma.shape != (corpus.n_docs, self.n_components)
+            or exp_theta.shape != gamma.shape
+            or ratio.shape != corpus.data.shape
+        ):
+            raise ValueError(
+                f"the topics have shape {exp_beta_t.shape[::-1]}, expected "
+                f"({self.n_components}, {corpus.n_words}) for this data"
+            )
         ll = _e_step_kernel(
             corpus.indptr,
             corpus.indices,
@@ -1054,6 +1091,11 @@ class LatentDirichletAllocation(
         return gamma, ll
 
     def _transform_corpus(self, corpus):
+        if not hasattr(self, "exp_dirichlet_component_"):
+            raise NotFittedError(
+                "this LatentDirichletAllocation has no exp_dirichlet_component_ "
+                "(a fit checkpoint, not a fitted model): fit or resume it first"
+            )
         exp_beta_t = np.array(self.exp_dirichlet_component_.T, np.float64, order="C")
         with thread_limits(self.n_jobs):
             return self._e_step(corpus, exp_beta_t, random_init=False)

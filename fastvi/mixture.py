@@ -23,6 +23,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._dask import is_dask_collection
@@ -492,6 +493,67 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         self.learning_offset = learning_offset
         self.learning_decay = learning_decay
         self.total_samples = total_samples
+
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`;
+        ``attrs``, the decoded attributes, are not needed here).
+
+        K = ``n_components``, D = ``n_features_in_``; the covariance shapes follow
+        ``covariance_type`` and ``weight_concentration_`` the weight prior type.
+        """
+        S = _schema
+        K, D = self.n_components, "D"
+        cov = {
+            "full": (K, D, D),
+            "tied": (D, D),
+            "diag": (K, D),
+            "spherical": (K,),
+        }[self.covariance_type]
+        elementwise = self.covariance_type in ("diag", "spherical")
+        if self.covariance_type in ("full", "tied"):
+            cov_prior = S.Array((D, D), required=True)
+        elif self.covariance_type == "diag":
+            cov_prior = S.Array((D,), positive=True, required=True)
+        else:
+            cov_prior = S.Real(positive=True, required=True)
+        concentration = S.Array((K,), positive=True)
+        if self.weight_concentration_prior_type == "dirichlet_process":
+            concentration = S.Seq((concentration, concentration), required=True)
+        else:
+            concentration.required = True
+        if self.covariance_type == "tied":
+            dof = S.Real(positive=True, required=True)
+        else:
+            dof = S.Array((K,), positive=True, required=True)
+        return {
+            "n_features_in_": S.Int(1, dim=D, required=True),
+            "feature_names_in_": S.Names((D,)),
+            "weight_concentration_prior_": S.Real(positive=True, required=True),
+            "mean_precision_prior_": S.Real(positive=True, required=True),
+            "mean_prior_": S.Array((D,), required=True),
+            "degrees_of_freedom_prior_": S.Real(positive=True, required=True),
+            "covariance_prior_": cov_prior,
+            "weight_concentration_": concentration,
+            "mean_precision_": S.Array((K,), positive=True, required=True),
+            "means_": S.Array((K, D), required=True),
+            "degrees_of_freedom_": dof,
+            "covariances_": S.Array(cov, positive=elementwise, required=True),
+            "precisions_cholesky_": S.Array(
+                cov,
+                positive=elementwise,
+                positive_diagonal=not elementwise,
+                required=True,
+            ),
+            "weights_": S.Array((K,)),
+            "precisions_": S.Array(cov),
+            "converged_": S.Bool(),
+            "n_iter_": S.Int(0),
+            "lower_bound_": S.Real(),
+            "lower_bounds_": S.Floats(),
+            "n_batch_iter_": S.Int(0),
+            "_svi_epoch": S.Int(0),
+            "_svi_seed": S.Int(0),
+        }
 
     # ------------------------------------------------------------------ public API
     @announces("mixture")
@@ -1550,6 +1612,31 @@ def _natural_blend(current, target, rho, cov_type):
     return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
 
 
+def _check_pass_shapes(X, kind, means, prec, const, shift, resp_in, labels_in):
+    """Refuse arrays whose shapes disagree before the kernel indexes by them.
+
+    The kernel reads the parameters, the shift and the given responsibilities by
+    the sizes of ``X`` and ``const`` (K, D); an edited or damaged model must fail
+    here, loud. (With given responsibilities the parameters are not read.)
+    """
+    N, D = X.shape
+    K = const.shape[0]
+    given = resp_in.shape[0] or labels_in.shape[0]
+    prec_shape = {0: (K, D, D), 1: (1, D, D), 2: (K, 1, D)}[kind]
+    bad = (
+        const.ndim != 1
+        or (not given and (means.shape != (K, D) or prec.shape != prec_shape))
+        or (shift.shape[0] and shift.shape != (K, D))
+        or (resp_in.shape[0] and resp_in.shape != (N, K))
+        or (labels_in.shape[0] and labels_in.shape != (N,))
+    )
+    if bad:
+        raise ValueError(
+            f"the mixture's arrays disagree: means {means.shape}, precisions "
+            f"{prec.shape}, {K} components, data with {D} features"
+        )
+
+
 def _kernel_array(a):
     """float64, C-contiguous and writable: one kernel signature, one compile.
 
@@ -1586,6 +1673,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
     ``outs``: ``(log_resp, norm, labels)`` arrays to fill, or None for statistics
     only. Returns the per-chunk partials ``(nk, sx, sq, norm, ent)``.
     """
+    _check_pass_shapes(X, kind, means, prec, const, shift, resp_in, labels_in)
     N, D = X.shape
     K = const.shape[0]
     C = -(-N // CHUNK_ROWS)

@@ -33,6 +33,15 @@ Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple)
 ``VBLogisticRegression``). Only the fastvi classes listed in ``_CLASSES`` can be
 loaded: the class name selects one of them, it is never imported from the file.
 
+Reads are checked before anything computes: only a regular file is opened; every
+member must be an uncompressed, unencrypted ``.npy`` no larger than the file, whose
+header agrees with the metadata's dtype and shape (so a file costs at most its own
+size to read); the JSON is at most 1 MB and 64 levels deep. The rebuilt estimator's
+parameters pass its own validation, and its attributes must be those its class
+declares in ``_fitted_schema`` (:mod:`fastvi._schema`): names, dtypes, shapes
+agreeing with the parameters and each other, finite values. Any problem is a
+:class:`ModelFileError` naming the file.
+
 Writes are atomic: the archive goes to a temporary file in the target's directory,
 is flushed and ``fsync``-ed, and replaces the target with ``os.replace`` (then the
 directory is synced), so a crash leaves either the old file or the new one.
@@ -46,12 +55,17 @@ import importlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
+import struct
 import zipfile
+import zlib
 from numbers import Integral, Real
 
 import numpy as np
+
+from ._schema import SchemaMismatch, check_attributes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -244,6 +258,8 @@ class _Decoder:
             return {k: self.decode(v) for k, v in items.items()}
         if kind == "random_state":
             keys = self.array(spec.get("keys"))
+            if keys.shape != (624,) or keys.dtype != np.uint32:
+                self.fail("bad random state (its key is not 624 uint32 values)")
             state = np.random.RandomState()
             try:
                 state.set_state(
@@ -255,7 +271,7 @@ class _Decoder:
                         float(spec["cached_gaussian"]),
                     )
                 )
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError, IndexError) as exc:
                 self.fail(f"bad random state ({exc})")
             return state
         if kind == "posterior":
@@ -276,7 +292,7 @@ class _Decoder:
 
     def estimator(self, spec, expected=None):
         name = spec.get("class")
-        if name not in _CLASSES:
+        if not isinstance(name, str) or name not in _CLASSES:
             self.fail(f"unknown or unsupported class {name!r}")
         if expected is not None and name != expected:
             self.fail(f"holds a {name}, not a {expected}")
@@ -284,16 +300,33 @@ class _Decoder:
         params, attrs = spec.get("params"), spec.get("attributes")
         if not isinstance(params, dict) or not isinstance(attrs, dict):
             self.fail("malformed metadata (no params/attributes)")
-        params = {k: self.decode(v) for k, v in params.items()}
         valid = cls().get_params(deep=False)
         unknown = sorted(set(params) - set(valid))
         if unknown:
             self.fail(f"parameters {unknown} are not parameters of {name}")
-        est = cls(**params)
-        for key, value in attrs.items():
-            if not isinstance(key, str) or key in _TRANSIENT or key in valid:
-                self.fail(f"bad attribute name {key!r}")
-            setattr(est, key, self.decode(value))
+        for key in attrs:
+            # never an instance's internals, a method or property of the class
+            # (that would shadow it), a parameter or per-fit bookkeeping
+            if (
+                key.startswith("__")
+                or key in _TRANSIENT
+                or key in valid
+                or hasattr(cls, key)
+            ):
+                self.fail(f"bad attribute name {key!r} for a {name}")
+        params = {k: self.decode(v) for k, v in params.items()}
+        try:
+            est = cls(**params)
+            est._validate_params()
+        except (TypeError, ValueError) as exc:
+            self.fail(f"bad parameters for a {name} ({exc})")
+        values = {key: self.decode(value) for key, value in attrs.items()}
+        try:
+            check_attributes(est._fitted_schema(values), values)
+        except SchemaMismatch as exc:
+            self.fail(f"{name}: {exc}")
+        for key, value in values.items():
+            setattr(est, key, value)
         return est
 
 
@@ -414,86 +447,290 @@ def save(estimator, path, *, extra=None, kind="model"):
         np.savez(fh, **members)
 
 
-def _open(path):
-    """The archive's arrays and metadata, with one clear error per problem."""
-    where = os.fspath(path)
-    if not os.path.exists(where):
-        raise ModelFileError(f"{where}: no such file")
-    if os.path.isdir(where):
+# ----------------------------------------------------------------- bounded reading
+# Reading refuses, before it reads, anything a valid file cannot be: a member larger
+# than the file, a compressed or encrypted member, a .npy header that disagrees with
+# the metadata. So a hostile file costs at most its own size in memory and time.
+_MAX_META_BYTES = 1 << 20  # the JSON header member
+_MAX_JSON_DEPTH = 64
+_MAX_MEMBERS = 100_000
+_MAX_NDIM = 8
+_MAX_ARRAY_BYTES = 1 << 40  # a global cap on one array, whatever the file size
+_ARRAY_KINDS = "biufcSU"
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+class _Refused(Exception):
+    """A problem found while reading; ``_open`` adds the file's name."""
+
+
+@contextlib.contextmanager
+def _regular_file(where):
+    """The open file, refused unless it is a regular file (no FIFO, device, ...).
+
+    ``O_NONBLOCK`` keeps the open of a FIFO swapped in after the check from hanging;
+    the descriptor is checked again with ``fstat``.
+    """
+    try:
+        info = os.stat(where)
+    except FileNotFoundError:
+        raise ModelFileError(f"{where}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{where}: cannot be read ({exc})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ModelFileError(f"{where}: is a directory, not a model file")
-    if not zipfile.is_zipfile(where):
-        raise ModelFileError(
-            f"{where}: not a fastvi model file (not an .npz archive, or truncated)"
-        )
+    refusal = (
+        f"{where}: not a regular file (a device, FIFO or socket), so not a model file"
+    )
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(refusal)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with np.load(where, allow_pickle=False) as archive:
-            if _META_KEY not in archive.files:
-                raise ModelFileError(
-                    f"{where}: not a fastvi model file (no '{_META_KEY}' entry)"
-                )
-            arrays = {k: archive[k] for k in archive.files}
-    except ModelFileError:
+        fd = os.open(where, flags)
+    except OSError as exc:
+        raise ModelFileError(f"{where}: cannot be read ({exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelFileError(refusal)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise ModelFileError(
-                f"{where}: refused: it holds a pickled (object) array, which could "
-                "run code when loaded"
-            ) from None
-        raise ModelFileError(f"{where}: corrupted ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ModelFileError(f"{where}: corrupted or truncated ({exc})") from None
+    with fh:
+        yield fh, info.st_size
+
+
+def _check_json_depth(text):
+    """Refuse nesting deeper than _MAX_JSON_DEPTH before json.loads recurses."""
+    depth = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > _MAX_JSON_DEPTH:
+            raise _Refused(
+                f"corrupted metadata (nested deeper than {_MAX_JSON_DEPTH} levels)"
+            )
+
+
+def _listed_dtype(text, key):
+    """The dtype a metadata entry names, only from the plain kinds save writes."""
+    if not isinstance(text, str) or not re.fullmatch(r"[<>|=]?[biufcSU]\d{1,6}", text):
+        raise _Refused(f"corrupted (array {key!r} has an unsupported dtype {text!r})")
     try:
-        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{where}: corrupted metadata ({exc})") from None
+        return np.dtype(text)
+    except TypeError:
+        raise _Refused(f"corrupted (array {key!r} has a bad dtype {text!r})") from None
+
+
+def _shape_bytes(shape, dtype):
+    count = 1
+    for n in shape:
+        count *= n
+    return count * dtype.itemsize
+
+
+class _Archive:
+    """The members of an uncompressed .npz, each checked before it is read."""
+
+    def __init__(self, fh, size):
+        self.size = size
+        try:
+            self.zip = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
+            raise _Refused(
+                "not a fastvi model file (not an .npz archive, or truncated)"
+            ) from None
+        infos = self.zip.infolist()
+        if len(infos) > _MAX_MEMBERS:
+            raise _Refused(f"corrupted ({len(infos)} archive members)")
+        self.members = {}
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise _Refused(f"corrupted (archive member {name!r} is not a .npy)")
+            if name[:-4] in self.members:
+                raise _Refused(f"corrupted (archive member {name!r} appears twice)")
+            if info.flag_bits & 0x1:
+                raise _Refused(f"refused: archive member {name!r} is encrypted")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _Refused(
+                    f"refused: archive member {name!r} is compressed (method "
+                    f"{info.compress_type}); model files are written uncompressed"
+                )
+            if (
+                info.file_size != info.compress_size
+                or info.header_offset + info.compress_size > size
+            ):
+                raise _Refused(
+                    f"corrupted or truncated (archive member {name!r} declares "
+                    f"{info.file_size} bytes, the file has {size})"
+                )
+            self.members[name[:-4]] = info
+
+    def open(self, key):
+        """The member's stream after its .npy header, and (dtype, shape, fortran)."""
+        info = self.members[key]
+        stream = self.zip.open(info)
+        try:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise _Refused(f"corrupted (member {key!r}: .npy version {version})")
+            offset = stream.tell()
+        except BaseException:
+            stream.close()
+            raise
+        return stream, (dtype, shape, fortran, info.file_size - offset)
+
+    def read(self, key, listed=None):
+        """The array ``key``; ``listed``: the metadata's dtype and shape for it."""
+        stream, (dtype, shape, fortran, n_bytes) = self.open(key)
+        with stream:
+            if dtype.hasobject:
+                raise _Refused(
+                    "refused: it holds a pickled (object) array, which could run "
+                    "code when loaded"
+                )
+            if dtype.kind not in _ARRAY_KINDS or dtype.names or dtype.subdtype:
+                raise _Refused(f"corrupted (array {key!r} has dtype {dtype.str})")
+            if len(shape) > _MAX_NDIM or any(n < 0 for n in shape):
+                raise _Refused(f"corrupted (array {key!r} has shape {shape})")
+            if listed is not None and listed != (dtype, list(shape)):
+                raise _Refused(
+                    f"corrupted (array {key!r} has dtype {dtype.str} and shape "
+                    f"{list(shape)}, the metadata says {listed[0].str} "
+                    f"{listed[1]})"
+                )
+            expected = _shape_bytes(shape, dtype)
+            if expected > _MAX_ARRAY_BYTES or expected != n_bytes:
+                raise _Refused(
+                    f"corrupted (array {key!r} of shape {list(shape)} needs "
+                    f"{expected} bytes, its archive member holds {n_bytes})"
+                )
+            data = stream.read(n_bytes)
+            if len(data) != n_bytes or stream.read(1):
+                raise _Refused(f"truncated (array {key!r})")
+        value = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+        if n_bytes:
+            flat = value.reshape(-1, order="A")  # a view: value is contiguous
+            flat.view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        return value
+
+
+def _read_meta(archive):
+    if _META_KEY not in archive.members:
+        raise _Refused(f"not a fastvi model file (no '{_META_KEY}' entry)")
+    if archive.members[_META_KEY].file_size > _MAX_META_BYTES:
+        raise _Refused(f"corrupted (metadata larger than {_MAX_META_BYTES} bytes)")
+    blob = archive.read(_META_KEY)
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise _Refused("corrupted metadata (not a byte array)")
+    try:
+        text = blob.tobytes().decode("utf-8")
+        _check_json_depth(text)
+        meta = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Refused(f"corrupted metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
-        raise ModelFileError(f"{where}: not a fastvi model file (bad metadata)")
+        raise _Refused("not a fastvi model file (bad metadata)")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{where}: format version {version!r} is not supported by fastvi "
+        raise _Refused(
+            f"format version {version!r} is not supported by fastvi "
             f"{_fastvi_version()} (which reads version {FORMAT_VERSION}); "
             f"the file was written by fastvi {meta.get('fastvi_version')!r}"
         )
     listed = meta.get("arrays")
-    if not isinstance(listed, dict) or set(listed) != set(arrays):
-        raise ModelFileError(
-            f"{where}: corrupted (the arrays do not match the metadata's list)"
-        )
+    if not isinstance(listed, dict) or set(listed) != set(archive.members) - {
+        _META_KEY
+    }:
+        raise _Refused("corrupted (the arrays do not match the metadata's list)")
+    checked = {}
     for key, info in listed.items():
-        value = arrays[key]
         if (
             not isinstance(info, dict)
-            or info.get("dtype") != value.dtype.str
-            or info.get("shape") != list(value.shape)
+            or not isinstance(info.get("shape"), list)
+            or len(info["shape"]) > _MAX_NDIM
+            or not all(type(n) is int and n >= 0 for n in info["shape"])
         ):
-            raise ModelFileError(
-                f"{where}: corrupted (array {key!r} has dtype {value.dtype.str} and "
-                f"shape {list(value.shape)}, the metadata says {info!r})"
-            )
+            raise _Refused(f"corrupted (bad metadata entry for array {key!r})")
+        checked[key] = (_listed_dtype(info.get("dtype"), key), info["shape"])
+    return meta, checked
+
+
+# Everything reading a damaged archive can raise: zipfile and zlib errors, short
+# reads, bad .npy headers (ValueError), sizes that overflow. None escapes _open.
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    EOFError,
+    struct.error,
+    UnicodeDecodeError,
+    OverflowError,
+    MemoryError,
+    ValueError,
+    KeyError,
+    OSError,
+)
+
+
+def _open(path, read_arrays=True):
+    """The metadata and (with ``read_arrays``) the arrays, or one ModelFileError."""
+    where = os.fspath(path)
+    try:
+        with _regular_file(where) as (fh, size):
+            archive = _Archive(fh, size)
+            meta, listed = _read_meta(archive)
+            arrays = {}
+            for key, info in listed.items():
+                if read_arrays:
+                    arrays[key] = archive.read(key, info)
+                else:  # the headers only
+                    stream, (dtype, shape, _, n_bytes) = archive.open(key)
+                    stream.close()
+                    if info != (dtype, list(shape)) or n_bytes != _shape_bytes(
+                        shape, dtype
+                    ):
+                        raise _Refused(f"corrupted (array {key!r})")
+    except ModelFileError:
+        raise
+    except _Refused as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    except _READ_ERRORS as exc:
+        kind = type(exc).__name__
+        raise ModelFileError(
+            f"{where}: corrupted or truncated ({kind}: {exc})"
+        ) from None
     return meta, arrays
 
 
 def read_metadata(path):
-    """The JSON metadata of a model file (validated as :func:`load` does).
+    """The JSON metadata of a model file (its archive checked as :func:`load` does,
+    the array headers too, but no array data read).
 
     Returns
     -------
     meta : dict
     """
-    meta, _ = _open(path)
+    meta, _ = _open(path, read_arrays=False)
     return meta
 
 
 def is_model_file(path):
-    """True when ``path`` is an ``.npz`` archive with fastvi model metadata."""
+    """True when ``path`` is a regular file, an ``.npz`` archive with fastvi model
+    metadata (the archive's directory is read, nothing else)."""
     try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            return _META_KEY + ".npy" in zf.namelist()
-    except OSError:
+        with _regular_file(os.fspath(path)) as (fh, _):
+            with zipfile.ZipFile(fh) as zf:
+                return _META_KEY + ".npy" in zf.namelist()
+    except (ModelFileError, *_READ_ERRORS):
         return False
 
 
@@ -529,7 +766,7 @@ def load(path, *, expected_class=None, return_extra=False):
         est = decoder.estimator(meta, expected=expected_class)
     except ModelFileError:
         raise
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{where}: cannot rebuild the model ({exc})") from None
     unused = sorted(set(arrays) - decoder.used)
     if unused:
