@@ -153,99 +153,6 @@ def _gram_upper(W, Y, T, out):
 
 
 @jit
-def _jj_chunk(
-    X,
-    U,
-    mean,
-    intercept,
-    start,
-    stop,
-    tile,
-    grams,
-    hessian,
-    hstride,
-    row0,
-    out_xi,
-    G,
-    H,
-    gv,
-):
-    """Rows [start, stop): adds into this chunk's G (and H) when ``grams``, and
-    Σ 2 λ(ξ_n) a_n x̃_n (= G m, without G) into ``gv`` always.
-
-    H takes only the rows whose global index ``row0 + n`` is a multiple of
-    ``hstride``. Returns this chunk's Σ [log σ(ξ) − ξ/2 + λ(ξ) ξ²] and
-    Σ [log σ(ξ) − ξ/2].
-    """
-    Dt = U.shape[0]
-    want_xi = out_xi.shape[0] == X.shape[0]
-    Xt = np.empty((Dt, tile))
-    W = np.empty((Dt, tile))
-    Xh = np.empty((Dt, tile)) if hstride > 1 else Xt
-    acc = np.empty(tile)
-    acc2 = np.empty(tile)
-    maha = np.empty(tile)
-    a = np.empty(tile)
-    w1 = np.empty(tile)
-    w2 = np.empty(tile)
-    total = 0.0
-    collapsed = 0.0
-    for t0 in range(start, stop, tile):
-        T = min(tile, stop - t0)
-        _load_tile(X, t0, T, intercept, Xt)
-        # x̃ᵀ S x̃ = ||x̃ᵀ U||² and a = mᵀ x̃
-        _maha_upper(U, Xt, T, acc, acc2, maha)
-        for t in range(T):
-            a[t] = 0.0
-        for d in range(Dt):
-            md = mean[d]
-            for t in range(T):
-                a[t] += md * Xt[d, t]
-        for t in range(T):
-            a2 = a[t] * a[t]
-            q = maha[t] + a2
-            xi, w, term, hw = jj_local(q, a2)
-            total += term
-            collapsed += term - 0.5 * w * q
-            w1[t] = w
-            w2[t] = hw
-            if want_xi:
-                out_xi[t0 + t] = xi
-        for t in range(T):
-            a[t] *= w1[t]
-        for d in range(Dt):
-            s = 0.0
-            for t in range(T):
-                s += a[t] * Xt[d, t]
-            gv[d] += s
-        if not grams:
-            continue
-        for d in range(Dt):
-            for t in range(T):
-                W[d, t] = w1[t] * Xt[d, t]
-        _gram_upper(W, Xt, T, G)
-        if not hessian:
-            continue
-        if hstride == 1:
-            for d in range(Dt):
-                for t in range(T):
-                    W[d, t] = w2[t] * Xt[d, t]
-            _gram_upper(W, Xt, T, H)
-            continue
-        # the rows of the Hessian subsample, packed into the first columns
-        first = (hstride - (row0 + t0) % hstride) % hstride
-        n_h = 0
-        for t in range(first, T, hstride):
-            for d in range(Dt):
-                Xh[d, n_h] = Xt[d, t]
-                W[d, n_h] = w2[t] * Xt[d, t]
-            n_h += 1
-        if n_h > 0:
-            _gram_upper(W, Xh, n_h, H)
-    return total, collapsed
-
-
-@jit
 def jj_chunks(
     c0,
     c1,
@@ -293,27 +200,80 @@ def jj_chunks(
         is G m and needs no G (so a pass without ``grams`` still gives the bound's
         gradient in m).
     """
+    Dt = U.shape[0]
+    want_xi = out_xi.shape[0] == X.shape[0]
+    Xt = np.empty((Dt, tile))
+    W = np.empty((Dt, tile))
+    Xh = np.empty((Dt, tile)) if hstride > 1 else Xt
+    acc = np.empty(tile)
+    acc2 = np.empty(tile)
+    maha = np.empty(tile)
+    a = np.empty(tile)
+    w1 = np.empty(tile)
+    w2 = np.empty(tile)
     N = X.shape[0]
     for k in range(c0, c1):
         start = k * chunk
         stop = min(N, start + chunk)
-        G[k] = 0.0
-        H[k] = 0.0
-        gv[k] = 0.0
-        c[k, 0], c[k, 1] = _jj_chunk(
-            X,
-            U,
-            mean,
-            intercept,
-            start,
-            stop,
-            tile,
-            grams,
-            grams and hessian,
-            hstride,
-            row0,
-            out_xi,
-            G[k],
-            H[k],
-            gv[k],
-        )
+        Gk = G[k]
+        Hk = H[k]
+        gvk = gv[k]
+        Gk[:] = 0.0
+        Hk[:] = 0.0
+        gvk[:] = 0.0
+        total = 0.0
+        collapsed = 0.0
+        for t0 in range(start, stop, tile):
+            T = min(tile, stop - t0)
+            _load_tile(X, t0, T, intercept, Xt)
+            # x̃ᵀ S x̃ = ||x̃ᵀ U||² and a = mᵀ x̃
+            _maha_upper(U, Xt, T, acc, acc2, maha)
+            for t in range(T):
+                a[t] = 0.0
+            for d in range(Dt):
+                md = mean[d]
+                for t in range(T):
+                    a[t] += md * Xt[d, t]
+            for t in range(T):
+                a2 = a[t] * a[t]
+                q = maha[t] + a2
+                xi, w, term, hw = jj_local(q, a2)
+                total += term
+                collapsed += term - 0.5 * w * q
+                w1[t] = w
+                w2[t] = hw
+                if want_xi:
+                    out_xi[t0 + t] = xi
+            for t in range(T):
+                a[t] *= w1[t]
+            for d in range(Dt):
+                s = 0.0
+                for t in range(T):
+                    s += a[t] * Xt[d, t]
+                gvk[d] += s
+            if not grams:
+                continue
+            for d in range(Dt):
+                for t in range(T):
+                    W[d, t] = w1[t] * Xt[d, t]
+            _gram_upper(W, Xt, T, Gk)
+            if not hessian:
+                continue
+            if hstride == 1:
+                for d in range(Dt):
+                    for t in range(T):
+                        W[d, t] = w2[t] * Xt[d, t]
+                _gram_upper(W, Xt, T, Hk)
+                continue
+            # the rows of the Hessian subsample, packed into the first columns
+            first = (hstride - (row0 + t0) % hstride) % hstride
+            n_h = 0
+            for t in range(first, T, hstride):
+                for d in range(Dt):
+                    Xh[d, n_h] = Xt[d, t]
+                    W[d, n_h] = w2[t] * Xt[d, t]
+                n_h += 1
+            if n_h > 0:
+                _gram_upper(W, Xh, n_h, Hk)
+        c[k, 0] = total
+        c[k, 1] = collapsed

@@ -369,92 +369,6 @@ _SAFETY = 1.0 / 16.0
 
 
 @jit
-def _e_step_block(
-    indptr,
-    indices,
-    data,
-    exp_beta_t,
-    gamma,
-    exp_theta,
-    alpha,
-    max_iter,
-    tol,
-    eps,
-    d0,
-    d1,
-    ratio,
-    want_ll,
-):
-    """Documents [d0, d1) of ``e_step``; returns their sum_w n_dw log phinorm_dw."""
-    K = gamma.shape[1]
-    longest = 1
-    for d in range(d0, d1):
-        longest = max(longest, indptr[d + 1] - indptr[d])
-    # the document's columns of exp E[log beta], one contiguous row per topic
-    WT = np.empty((K, longest))
-    cnt = np.empty(longest)
-    ph = np.empty(longest)
-    g = np.empty(K)
-    et = np.empty(K)
-    acc = np.empty(K)
-    ps = np.empty(K)
-    ga = np.empty(K)
-    buf = np.empty(K)
-    active = np.empty(K, dtype=np.int64)
-    idx = np.empty(K, dtype=np.int64)
-    ll = 0.0
-    limit = alpha * _HALF_ULP
-    ga[0] = alpha
-    digamma_array(ga, ps, 1)
-    psi_alpha = ps[0]
-    for d in range(d0, d1):
-        p0 = indptr[d]
-        n = indptr[d + 1] - p0
-        for j in range(n):
-            w = indices[p0 + j]
-            cnt[j] = data[p0 + j]
-            for k in range(K):
-                WT[k, j] = exp_beta_t[w, k]
-        for k in range(K):
-            g[k] = gamma[d, k]
-        _exp_dirichlet(g, ps, et)
-        total_r = np.inf  # unknown before the first sweep: every topic is active
-        for _ in range(max_iter):
-            skip_below = _SAFETY * limit / total_r
-            na = _compact_ids(et, K, skip_below, active)
-            total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
-            if na < K and not _skipped_ok(et, K, skip_below, total_r, limit):
-                # a topic left out would not round to alpha: redo with all topics
-                na = _compact_ids(et, K, -1.0, active)
-                total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
-            for k in range(K):
-                ga[k] = alpha
-            for a in range(na):
-                k = active[a]
-                ga[k] = et[k] * acc[a] + alpha
-            change = 0.0
-            for k in range(K):
-                change += abs(ga[k] - g[k])
-                g[k] = ga[k]
-            _exp_dirichlet_sparse(g, alpha, psi_alpha, active, na, buf, idx, ps, et)
-            if change / K < tol:
-                break
-        # phinorm with the final exp E[log theta] and every topic: the statistic's
-        # ratio and the bound
-        na = _compact_ids(et, K, -1.0, active)
-        _phinorm(WT, n, active, na, et, ph)
-        for j in range(n):
-            s = ph[j]
-            ratio[p0 + j] = cnt[j] / (s + eps)
-            if want_ll and cnt[j] != 0.0:
-                ll += cnt[j] * math.log(s)
-        for k in range(K):
-            gamma[d, k] = g[k]
-            exp_theta[d, k] = et[k]
-    return ll
-
-
-@jit
 def _compact_ids(et, K, skip_below, active):
     """Indices of the topics with et[k] > skip_below, ascending; returns their count."""
     na = 0
@@ -490,7 +404,7 @@ def e_step_blocks(
     block,
     ratio,
     want_ll,
-    ll,
+    out_ll,
 ):
     """Blocks ``[b0, b1)`` of the per-document variational E-step over a CSR corpus.
 
@@ -510,26 +424,76 @@ def e_step_blocks(
     block : documents per block (a constant, not the thread count)
     ratio : (nnz,) float64, out: n_dw / (phinorm_dw + eps) per stored entry
     want_ll : bool, compute the likelihood term of the bound
-    ll : (n_blocks,) out: per-block sums of n_dw log phinorm_dw (zeros unless want_ll)
+    out_ll : (n_blocks,) out: per-block sums of n_dw log phinorm_dw (zeros unless want_ll)
     """
+    K = gamma.shape[1]
     N = gamma.shape[0]
+    longest = 1
+    for d in range(b0 * block, min(N, b1 * block)):
+        longest = max(longest, indptr[d + 1] - indptr[d])
+    # the document's columns of exp E[log beta], one contiguous row per topic
+    WT = np.empty((K, longest))
+    cnt = np.empty(longest)
+    ph = np.empty(longest)
+    g = np.empty(K)
+    et = np.empty(K)
+    acc = np.empty(K)
+    ps = np.empty(K)
+    ga = np.empty(K)
+    buf = np.empty(K)
+    active = np.empty(K, dtype=np.int64)
+    idx = np.empty(K, dtype=np.int64)
+    limit = alpha * _HALF_ULP
+    ga[0] = alpha
+    digamma_array(ga, ps, 1)
+    psi_alpha = ps[0]
     for b in range(b0, b1):
-        ll[b] = _e_step_block(
-            indptr,
-            indices,
-            data,
-            exp_beta_t,
-            gamma,
-            exp_theta,
-            alpha,
-            max_iter,
-            tol,
-            eps,
-            b * block,
-            min(N, (b + 1) * block),
-            ratio,
-            want_ll,
-        )
+        ll = 0.0
+        for d in range(b * block, min(N, (b + 1) * block)):
+            p0 = indptr[d]
+            n = indptr[d + 1] - p0
+            for j in range(n):
+                w = indices[p0 + j]
+                cnt[j] = data[p0 + j]
+                for k in range(K):
+                    WT[k, j] = exp_beta_t[w, k]
+            for k in range(K):
+                g[k] = gamma[d, k]
+            _exp_dirichlet(g, ps, et)
+            total_r = np.inf  # unknown before the first sweep: every topic is active
+            for _ in range(max_iter):
+                skip_below = _SAFETY * limit / total_r
+                na = _compact_ids(et, K, skip_below, active)
+                total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
+                if na < K and not _skipped_ok(et, K, skip_below, total_r, limit):
+                    # a topic left out would not round to alpha: redo with all topics
+                    na = _compact_ids(et, K, -1.0, active)
+                    total_r = _word_pass(WT, n, active, na, et, cnt, eps, ph, acc)
+                for k in range(K):
+                    ga[k] = alpha
+                for a in range(na):
+                    k = active[a]
+                    ga[k] = et[k] * acc[a] + alpha
+                change = 0.0
+                for k in range(K):
+                    change += abs(ga[k] - g[k])
+                    g[k] = ga[k]
+                _exp_dirichlet_sparse(g, alpha, psi_alpha, active, na, buf, idx, ps, et)
+                if change / K < tol:
+                    break
+            # phinorm with the final exp E[log theta] and every topic: the statistic's
+            # ratio and the bound
+            na = _compact_ids(et, K, -1.0, active)
+            _phinorm(WT, n, active, na, et, ph)
+            for j in range(n):
+                s = ph[j]
+                ratio[p0 + j] = cnt[j] / (s + eps)
+                if want_ll and cnt[j] != 0.0:
+                    ll += cnt[j] * math.log(s)
+            for k in range(K):
+                gamma[d, k] = g[k]
+                exp_theta[d, k] = et[k]
+        out_ll[b] = ll
 
 
 @jit
