@@ -13,7 +13,9 @@ Hooks a model implements
 ``_cavi_step(data) -> float``
     One round: update every factor once (local factors first, then global ones) and
     return the bound after the round. Each update maximizes the bound in its
-    coordinate, so the returned value never falls (PRML eq. 10.9); a fall is a bug.
+    coordinate, so the returned value does not fall (PRML eq. 10.9) beyond rounding;
+    a fall is a bug, except where a model documents why its updates are not exact
+    coordinate steps (BayesianGaussianMixture with ``reg_covar > 0``).
 ``_cavi_get_state() -> tuple`` / ``_cavi_set_state(state)``
     Snapshot and restore the global factors (fresh arrays: steps never mutate a
     snapshot in place).
@@ -79,6 +81,10 @@ def all_or_nothing(estimator):
 class CAVIMixin:
     """Template fit loop for coordinate-ascent variational inference (see module doc)."""
 
+    # the remedy the non-finite-bound error names; a model with a regularization
+    # parameter (BayesianGaussianMixture's reg_covar) names it too
+    _nonfinite_advice = "check the input scale (for example, standardize the data)"
+
     _convergence_message = (
         "Best performing initialization did not converge. "
         "Try different init parameters, or increase max_iter, "
@@ -122,7 +128,7 @@ class CAVIMixin:
                 if not np.isfinite(bound):
                     raise ValueError(
                         f"The variational bound became {bound} at iteration {n_iter}; "
-                        "check the input scale or increase reg_covar."
+                        f"{self._nonfinite_advice}."
                     )
                 if abs(change) < self.tol:
                     converged = True

@@ -48,6 +48,7 @@ from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._dask import is_dask_collection
+from ._numerics import check_finite_statistics, check_squares_overflow, max_abs
 from ._threads import map_chunks, resolve_n_jobs, thread_limits
 from .persist import SaveMixin
 
@@ -93,6 +94,11 @@ HESSIAN_MAX_STRIDE = 4
 # the initial q(w) = N(0, INIT_VARIANCE I): ξ starts at ~0, where the first round is
 # the first Newton (IRLS) step of the logistic MAP from w = 0
 INIT_VARIANCE = 1e-10
+
+
+# below this sum of squared target deviations 1 / var(y) is within a factor 1e4 of
+# overflowing (the smallest normal float64 is 2.2e-308)
+_SMALLEST_SUM_OF_SQUARES = 1e4 * float(np.finfo(np.float64).tiny)
 
 
 def _hessian_stride(n_rows, d_tilde):
@@ -563,9 +569,11 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         with all_or_nothing(self):
             if is_dask_collection(X):  # two reductions on the workers
                 n, xbar, spread = _dask_moments(X)
+                check_finite_statistics("X", xbar, spread)
             else:
                 x = self._check_x(X)
                 n = x.shape[0]
+                check_squares_overflow("X", max_abs(x), n)
                 xbar = float(np.mean(x))
                 spread = float(np.sum((x - xbar) ** 2))
             self.n_features_in_ = 1
@@ -889,6 +897,8 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
                 X = np.ascontiguousarray(X, dtype=np.float64)
                 y = np.ascontiguousarray(y, dtype=np.float64)
                 d = X.shape[1]
+                check_squares_overflow("X", max_abs(X), X.shape[0] * (d + 1))
+                check_squares_overflow("y", max_abs(y), X.shape[0] * (d + 1))
             if self.warm_start and hasattr(self, "converged_"):
                 if self.coef_.shape[0] != d:
                     del self.converged_  # a new problem: start afresh
@@ -918,7 +928,8 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         stats = rows.map_reduce(
             _dask_linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
         )
-        return self._finish_statistics(n, stats, x_off, y_off, y_max - y_min, y_sum)
+        spread = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
+        return self._finish_statistics(n, stats, x_off, y_off, spread, y_sum)
 
     def _statistics(self, X, y):
         """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets."""
@@ -931,14 +942,26 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
         with threadpool_limits(limits=resolve_n_jobs(self.n_jobs), user_api="blas"):
             stats = linear_block_stats(X, y, x_off, y_off)
-        return self._finish_statistics(n, stats, x_off, y_off, np.ptp(y), y.sum())
+        # the target's spread: its range with an intercept, else its largest |y|
+        spread = np.ptp(y) if self.fit_intercept else max_abs(y)
+        return self._finish_statistics(n, stats, x_off, y_off, spread, y.sum())
 
     def _finish_statistics(self, n, stats, x_off, y_off, y_range, y_sum):
-        if stats.yty == 0.0 or (self.fit_intercept and y_range == 0.0):
+        check_finite_statistics("X and y", stats.gram, stats.xty, stats.yty)
+        if y_range == 0.0:
             raise ValueError(
                 "The target y is constant"
                 + (" (all zero)" if not self.fit_intercept else "")
                 + "; VBLinearRegression needs a target that varies."
+            )
+        if stats.yty < _SMALLEST_SUM_OF_SQUARES:
+            # y varies, but by so little that (y - mean)^2 underflows: the noise
+            # precision 1 / var(y) would overflow
+            what = "varies only by" if self.fit_intercept else "is at most"
+            raise ValueError(
+                f"The target y {what} {y_range:.3g}: its squares underflow float64, "
+                "so the noise precision cannot be represented. Rescale y (for "
+                "example, standardize it)."
             )
         self.X_offset_, self.y_offset_ = x_off, y_off
         gram = 0.5 * (stats.gram + stats.gram.T)
@@ -1354,6 +1377,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             # float64, C-contiguous and writable: one kernel signature, one compile
             # (numba types read-only arrays separately)
             X = np.require(X, dtype=np.float64, requirements=["C", "W"])
+            check_squares_overflow("X", max_abs(X), X.shape[0] * (X.shape[1] + 1))
             problems = [
                 (X, (y_idx == k).astype(np.float64)) for k in range(len(classes))
             ]

@@ -210,7 +210,8 @@ class _Corpus:
         return np.flatnonzero(col_ptr[1:] != col_ptr[:-1]).astype(np.int64)
 
     def word_count(self):
-        return float(self.data.sum())
+        with np.errstate(over="ignore"):  # inf: the callers refuse such counts
+            return float(self.data.sum())
 
 
 class _Topics:
@@ -267,6 +268,45 @@ def _topic_bound(lam_t, eta):
     terms = _topic_terms(lam_t, eta, digamma(sums))
     per_topic = np.sum(gammaln(eta * V) - gammaln(sums))
     return float(terms.sum()) + float(per_topic)
+
+
+# Above this total count the statistics (lambda, gamma) and the bound, whose terms grow
+# like count x log(count), overflow the dtype; a fraction of its largest value leaves
+# room for the bound's logarithmic factors (a few thousand at most).
+_COUNT_HEADROOM = 1e4
+
+
+def _count_limit(dtype):
+    return float(np.finfo(dtype).max) / _COUNT_HEADROOM
+
+
+def _check_word_total(total, dtype, whom, allow_empty=False):
+    """Refuse a corpus without words, or with counts so large that LDA overflows."""
+    if total == 0.0 and not allow_empty:
+        raise ValueError(
+            f"X has no words (every count is zero) in {whom}: the perplexity, "
+            "exp(-bound / number of words), is undefined"
+            + ("" if whom.endswith("perplexity") else ", and there is nothing to fit")
+            + "."
+        )
+    limit = _count_limit(dtype)
+    if not total <= limit:
+        size = f"{total:.3g}" if np.isfinite(total) else "more than float64 holds"
+        raise ValueError(
+            f"The counts in X sum to {size}: LDA's topic statistics and bound "
+            f"overflow {np.dtype(dtype).name} for totals above {limit:.3g}. "
+            "Rescale the counts (for example divide X by a constant)."
+        )
+
+
+def _check_finite_fit(components, bound=0.0):
+    """The last line of defence: a fit never ends with non-finite topics or bound."""
+    if not (np.all(np.isfinite(components)) and np.isfinite(bound)):
+        raise ValueError(
+            "The topic statistics overflowed (non-finite components_ or bound); "
+            "the counts are too large for the dtype. Rescale the counts (for "
+            "example divide X by a constant)."
+        )
 
 
 class BlockStats(NamedTuple):
@@ -599,6 +639,9 @@ class LatentDirichletAllocation(
         with all_or_nothing(self):
             X = self._check_non_neg_array(X, True, "LatentDirichletAllocation.fit")
             corpus = _Corpus.from_matrix(X)
+            _check_word_total(
+                corpus.word_count(), X.dtype, "LatentDirichletAllocation.fit"
+            )
             with thread_limits(self.n_jobs):
                 # the topics live in ``topics`` during the fit and become
                 # ``components_`` at its end (no second copy meanwhile)
@@ -618,6 +661,7 @@ class LatentDirichletAllocation(
                 self.bound_ = self._perplexity_from(
                     corpus, gamma, ll, topics.lam_t, sub_sampling=False
                 )
+                _check_finite_fit(self.components_, self.bound_)
         return self
 
     def _fit_dask(self, X):
@@ -698,6 +742,7 @@ class LatentDirichletAllocation(
                     self.n_iter_ += 1
                 self._store_topics(topics, np.float64)
                 self.bound_ = self._dask_perplexity(rows, topics, e_step)
+                _check_finite_fit(self.components_, self.bound_)
         return self
 
     def _dask_perplexity(self, rows, topics, e_step):
@@ -708,8 +753,7 @@ class LatentDirichletAllocation(
             shared=(np.ascontiguousarray(topics.exp_beta_t.T), *e_step, True),
             n_jobs=self.n_jobs,
         )
-        if n_tokens == 0.0:
-            return float("nan")
+        _check_word_total(n_tokens, np.float64, "LatentDirichletAllocation.fit")
         bound = doc_bound + _topic_bound(topics.lam_t, float(self.topic_word_prior_))
         return float(np.exp(-bound / n_tokens))
 
@@ -734,6 +778,13 @@ class LatentDirichletAllocation(
                 X, first_time, "LatentDirichletAllocation.partial_fit"
             )
             corpus = _Corpus.from_matrix(X)
+            # a minibatch of empty documents is a legitimate (if useless) update
+            _check_word_total(
+                corpus.word_count(),
+                X.dtype,
+                "LatentDirichletAllocation.partial_fit",
+                allow_empty=True,
+            )
             if first_time:
                 self._init_latent_vars(corpus.n_words, X.dtype)
             if corpus.n_words != self.components_.shape[1]:
@@ -753,6 +804,7 @@ class LatentDirichletAllocation(
                         total_samples=self.total_samples,
                     )
                 self._store_topics(topics, dtype)
+                _check_finite_fit(self.components_)
         return self
 
     @announces("lda", complete=False)
@@ -1117,8 +1169,10 @@ class LatentDirichletAllocation(
         word_count = corpus.word_count()
         if sub_sampling:
             word_count *= float(self.total_samples) / corpus.n_docs
-        if word_count == 0.0:
-            return float("nan")  # no words: the per-word bound is undefined
+        # no words: the per-word bound is undefined; huge counts: it overflows
+        _check_word_total(
+            word_count, np.float64, "LatentDirichletAllocation.perplexity"
+        )
         return float(np.exp(-bound / word_count))
 
 

@@ -27,6 +27,7 @@ from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._dask import is_dask_collection
+from ._numerics import check_squares_overflow, max_abs
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 
@@ -374,7 +375,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     covariance_prior_, converged_, n_iter_, lower_bound_, lower_bounds_,
     n_features_in_, feature_names_in_
         As in scikit-learn. With ``learning_method='online'``, ``n_iter_`` counts
-        epochs and ``lower_bounds_`` holds the bound after each epoch.
+        epochs and ``lower_bounds_`` holds the bound after each epoch. The batch
+        bound does not fall with ``reg_covar=0``; with ``reg_covar > 0`` the M-step
+        is not an exact coordinate step and a round can lower it by at most
+        ``reg_covar / 2 * sum_k (N_k' - N_k) tr E[Lambda_k]`` (README, "The CAVI
+        engine"), as scikit-learn's.
     n_batch_iter_ : int
         Stochastic steps taken so far plus one (the ``t`` of the next step, as in
         :class:`fastvi.LatentDirichletAllocation`); set by online fits and
@@ -409,6 +414,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     initialization and the epoch number, so a ``warm_start`` continuation draws the
     same minibatches as an uninterrupted fit.
     """
+
+    _nonfinite_advice = "check the input scale or increase reg_covar"
 
     _parameter_constraints: dict = {
         **CAVI_PARAMETER_CONSTRAINTS,
@@ -707,6 +714,9 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
                 reset=first,
                 ensure_min_samples=2 if first else 1,
             )
+            # a minibatch's statistics are scaled up to total_samples rows
+            n_rows = max(X.shape[0], int(min(self.total_samples, 2**62)))
+            check_squares_overflow("X", max_abs(X), n_rows * X.shape[1])
             if first and X.shape[0] < self.n_components:
                 raise ValueError(
                     "The first partial_fit call initializes from its minibatch: "
@@ -749,6 +759,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             X = validate_data(
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
+            # scatter matrices sum N squares (and a trace D of them)
+            check_squares_overflow("X", max_abs(X), X.shape[0] * X.shape[1])
             if X.shape[0] < self.n_components:
                 raise ValueError(
                     "Expected n_samples >= n_components "

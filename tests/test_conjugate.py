@@ -311,6 +311,69 @@ def test_linear_bad_input(diabetes):
         est.predict(X[:, :3])
 
 
+# ================================================ input scale: say what overflows
+def _scale_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(50, 3))
+    y = X @ np.array([1.0, 2.0, 3.0]) + rng.normal(size=50)
+    return X, y
+
+
+@pytest.mark.parametrize("scale", [1e155, 1e300])
+def test_huge_finite_input_is_reported_as_overflow_not_as_inf(scale):
+    X, y = _scale_problem()
+    fits = [
+        ("X", UnivariateGaussian(), (X[:, 0] * scale,)),
+        ("X", VBLinearRegression(), (X * scale, y)),
+        ("y", VBLinearRegression(), (X, y * scale)),
+        ("X", VBLogisticRegression(), (X * scale, (y > 0).astype(int))),
+    ]
+    for name, est, args in fits:
+        message = f"{name} has values as large as .* overflow float64.*Rescale {name}"
+        with pytest.raises(ValueError, match=message):
+            est.fit(*args)
+        assert not hasattr(est, "n_iter_")
+    # the same data at a large but representable scale fits (not checked here:
+    # VBLinearRegression with X, but not y, at 1e100 runs into another overflow)
+    for _, est, args in fits[:1] + fits[2:]:
+        with warnings.catch_warnings():  # tol is absolute: slow at this scale
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(*[a / scale * 1e100 if a.dtype.kind == "f" else a for a in args])
+        assert np.isfinite(est.lower_bound_)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-160])
+def test_tiny_target_is_not_called_constant(scale):
+    X, y = _scale_problem()
+    for fit_intercept, what in [(True, "varies only by"), (False, "is at most")]:
+        est = VBLinearRegression(fit_intercept=fit_intercept)
+        with pytest.raises(ValueError, match=f"target y {what} .*squares underflow"):
+            est.fit(X, y * scale)
+        assert not hasattr(est, "coef_")
+    # a constant target is still called constant
+    with pytest.raises(ValueError, match="target y is constant"):
+        VBLinearRegression().fit(X, np.full(50, 1e-300))
+
+
+def test_nonfinite_bound_advice_names_only_existing_remedies():
+    from fastvi import BayesianGaussianMixture
+
+    assert "reg_covar" in BayesianGaussianMixture._nonfinite_advice
+    for model in (UnivariateGaussian, VBLinearRegression, VBLogisticRegression):
+        assert "reg_covar" not in model._nonfinite_advice
+        assert "reg_covar" not in model().get_params()
+
+    class Broken(VBLinearRegression):
+        def _cavi_step(self, data):
+            super()._cavi_step(data)
+            return float("nan")
+
+    X, y = _scale_problem()
+    with pytest.raises(ValueError, match=r"became nan.*check the input scale") as info:
+        Broken().fit(X, y)
+    assert "reg_covar" not in str(info.value)
+
+
 # ==================================================== the Jaakkola–Jordan kernel
 def kernel_inputs(n, d, intercept, seed, scale=1.0):
     rng = np.random.default_rng(seed)

@@ -550,6 +550,66 @@ def test_bad_input_raises_clear_error(X, message):
         assert not hasattr(est, "components_")
 
 
+@pytest.mark.parametrize("learning_method", ["batch", "online"])
+def test_all_zero_corpus_is_refused_not_a_nan_bound(learning_method):
+    # scikit-learn fits it and reports bound_ = nan (0 / 0 words, with a
+    # RuntimeWarning); fastvi refuses: no words, no perplexity, nothing to learn
+    est = LatentDirichletAllocation(n_components=2, learning_method=learning_method)
+    with pytest.raises(ValueError, match="X has no words"):
+        est.fit(np.zeros((5, 4)))
+    assert not hasattr(est, "components_")
+
+
+def test_all_zero_documents_perplexity_and_partial_fit():
+    X = corpus()
+    est = LatentDirichletAllocation(n_components=2, max_iter=2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="no words.*perplexity.*undefined"):
+        est.perplexity(np.zeros((3, X.shape[1])))
+    # a minibatch of empty documents is a valid online step: finite topics
+    est.partial_fit(np.zeros((3, X.shape[1])))
+    assert np.all(np.isfinite(est.components_))
+
+
+@pytest.mark.parametrize("learning_method", ["batch", "online"])
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e307), (np.float32, 1e36)])
+def test_counts_that_overflow_are_refused(learning_method, dtype, scale):
+    X = (corpus(n_docs=20, n_words=10) * scale).astype(dtype)
+    est = LatentDirichletAllocation(
+        n_components=3, learning_method=learning_method, max_iter=3, random_state=0
+    )
+    name = np.dtype(dtype).name
+    with pytest.raises(ValueError, match=f"sum to .*overflow {name} for totals above"):
+        est.fit(X)
+    assert not hasattr(est, "components_")
+    with pytest.raises(ValueError, match="Rescale the counts"):
+        est.partial_fit(X)
+    assert not hasattr(est, "components_")
+    fitted = LatentDirichletAllocation(n_components=3, max_iter=2, random_state=0)
+    fitted.fit(corpus(n_docs=20, n_words=10).astype(dtype))
+    before = fitted.components_.copy()
+    with pytest.raises(ValueError, match="Rescale the counts"):
+        fitted.partial_fit(X)
+    assert_array_equal(fitted.components_, before)
+
+
+def test_large_counts_below_the_limit_give_finite_results():
+    X = corpus(n_docs=20, n_words=10)
+    big = LatentDirichletAllocation(n_components=3, max_iter=5, random_state=0)
+    big.fit(X * 1e300)
+    assert np.all(np.isfinite(big.components_)) and np.isfinite(big.bound_)
+    assert big.bound_ > 1.0
+
+
+def test_nonfinite_topics_are_never_kept():
+    from fastvi.lda import _check_finite_fit
+
+    with pytest.raises(ValueError, match="overflowed"):
+        _check_finite_fit(np.array([[1.0, np.inf]]), 1.0)
+    with pytest.raises(ValueError, match="overflowed"):
+        _check_finite_fit(np.ones((2, 2)), float("nan"))
+    _check_finite_fit(np.ones((2, 2)), 3.0)
+
+
 def test_negative_sparse_counts():
     X = sp.csr_matrix(np.array([[1.0, -1.0], [0.0, 2.0]]))
     with pytest.raises(ValueError, match="Negative values in data passed to"):

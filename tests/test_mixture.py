@@ -1,6 +1,8 @@
 """BayesianGaussianMixture: parity with scikit-learn, invariants, API and bad input."""
 
+import functools
 import io
+import itertools
 import pickle
 import re
 import warnings
@@ -209,6 +211,79 @@ def test_bound_never_falls_on_random_problems(
     assert np.all(np.diff(bounds) >= -1e-8 * np.abs(bounds[1:]) - 1e-9)
 
 
+def _responsibility_sums(est):
+    if est.weight_concentration_prior_type == "dirichlet_process":
+        return est.weight_concentration_[0] - 1.0
+    return est.weight_concentration_ - est.weight_concentration_prior_
+
+
+def _trace_of_precisions(est):
+    """tr E[Lambda_k] per component (the precisions are normalized: nu_k W_k)."""
+    pc = est.precisions_cholesky_
+    if est.covariance_type == "full":
+        return np.einsum("kij,kij->k", pc, pc)
+    if est.covariance_type == "tied":
+        return np.full(est.n_components, np.sum(pc * pc))
+    if est.covariance_type == "diag":
+        return (pc**2).sum(axis=1)
+    return est.means_.shape[1] * pc**2
+
+
+def _record_round(rounds, est, n_iter, bound, change):
+    rounds.append((bound, _responsibility_sums(est), _trace_of_precisions(est)))
+
+
+@pytest.mark.slow
+def test_bound_falls_at_most_by_the_reg_covar_term_on_1000_problems():
+    # lower_bounds_ is scikit-learn's bound. The E-step maximizes the ELBO F and the
+    # M-step maximizes G = F - H with H = reg_covar / 2 sum_k N_k tr E[Lambda_k]
+    # (reg_covar added to each covariance estimate); the bound after round t is
+    # max over the globals of G, so from round t to t + 1 it can fall by at most
+    # H(N^(t+1), q_t) - H(N^(t), q_t) (the README states this). 'tied' shares
+    # one Lambda, and sum_k N_k = N does not change: it never falls.
+    # reg_covar = 0 gives an exact coordinate ascent.
+    falls_beyond_rounding = 0
+    for seed in range(1000):
+        rng = np.random.default_rng(seed)
+        n, d, k = int(rng.integers(6, 60)), int(rng.integers(1, 4)), 0
+        k = int(rng.integers(1, min(n, 5) + 1))
+        covariance_type = COV_TYPES[seed % 4]
+        reg_covar = 0.0 if seed % 3 == 0 else 1e-6
+        # data scales down to 1e-3, where reg_covar is as large as the variances
+        scale = 10.0 ** rng.uniform(-3.0, 1.0)
+        centers = 3.0 * rng.normal(size=(3, d))
+        X = (centers[rng.integers(3, size=n)] + rng.normal(size=(n, d))) * scale
+        est = BayesianGaussianMixture(
+            n_components=k,
+            covariance_type=covariance_type,
+            weight_concentration_prior_type=PRIORS[(seed // 4) % 2],
+            init_params=INITS[(seed // 8) % len(INITS)],
+            reg_covar=reg_covar,
+            random_state=seed,
+            max_iter=10,
+            tol=0.0,
+            n_jobs=1,  # tiny problems: waking threads would cost more than the work
+        )
+        rounds = []
+        est._iteration_callback = functools.partial(_record_round, rounds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X)
+        for (before, nk_before, trace), (after, nk_after, _) in itertools.pairwise(
+            rounds
+        ):
+            allowed = 0.0
+            if covariance_type != "tied":
+                allowed = max(
+                    0.5 * reg_covar * np.sum((nk_after - nk_before) * trace), 0
+                )
+            rounding = 1e-12 * abs(after)
+            assert before - after <= allowed + rounding, (seed, before, after, allowed)
+            falls_beyond_rounding += before - after > rounding
+    # the allowance is exercised: some bounds do fall with reg_covar > 0
+    assert falls_beyond_rounding > 0
+
+
 def test_bitwise_identical_for_any_thread_count():
     # several row chunks so the parallel reduction really is split
     X = blobs(n=9000, d=3, k=5, seed=2)
@@ -320,6 +395,27 @@ def test_bad_input_raises_clear_error(X, message):
     with pytest.raises(ValueError, match=message):
         est.fit(X)
     assert not hasattr(est, "means_")
+
+
+@pytest.mark.parametrize("scale", [1e155, 1e300])
+def test_huge_finite_input_is_reported_as_overflow_not_as_inf(scale):
+    X = blobs(n=50, seed=0) * scale
+    for method in ("fit", "partial_fit"):
+        est = BayesianGaussianMixture(n_components=2, random_state=0)
+        with pytest.raises(ValueError, match="X has values as large as .*overflow"):
+            getattr(est, method)(X)
+        assert not hasattr(est, "means_")
+    BayesianGaussianMixture(n_components=2, random_state=0).fit(X / scale * 1e150)
+
+
+def test_nonfinite_bound_names_reg_covar():
+    class Broken(BayesianGaussianMixture):
+        def _cavi_step(self, data):
+            super()._cavi_step(data)
+            return float("nan")
+
+    with pytest.raises(ValueError, match="became nan.*increase reg_covar"):
+        Broken(n_components=2).fit(blobs(n=50, seed=0))
 
 
 def test_fewer_samples_than_components():
