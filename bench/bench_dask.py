@@ -73,7 +73,12 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=True,
+            # free ports only: distributed starts the scheduler's HTTP server on 8787
+            # even without a dashboard, unless it is given another address
+            scheduler_port=0,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            worker_dashboard_address=None,
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,

@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -22,7 +21,7 @@ from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
 from fastvi.batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import CHUNK_ROWS, BayesianGaussianMixture
-from fastvi.persist import load
+from fastvi.persist import is_model_file, load, read_metadata
 
 FITTED = (
     "weight_concentration_",
@@ -229,7 +228,7 @@ def test_out_of_core_memory_does_not_grow_with_the_file(tmp_path):
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             check=True,
         )
         return json.loads(run.stdout)["growth"]
@@ -565,7 +564,7 @@ def cli(*args, check=True):
         [sys.executable, "-m", "fastvi", *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     if check and run.returncode != 0:
         raise AssertionError(run.stderr)
@@ -797,6 +796,137 @@ def test_cli_write_errors_name_the_file(tmp_path, npy_file, capsys, monkeypatch)
     assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file
 
 
+# A ``python -m fastvi`` job run in this wrapper process gets one fault at a fixed
+# point of the write of the checkpoint of ITERATION, chosen by WHEN, instead of at a
+# wall-clock moment: the process sends itself SIGNAL
+#   writing: half of the checkpoint's archive is in its temporary file (SIGKILL only)
+#   written: the temporary file is complete and synced, not yet renamed
+#   renamed: the temporary file replaced the checkpoint, the folder is not synced yet
+#   running: the checkpoint is in place and the next iteration (epoch) has begun: at
+#            its second data block (gmm, out of core) or minibatch (lda, online)
+# Usage: python -c _FAULT WHEN ITERATION SIGNAL fit ...
+_FAULT = r"""
+import io, os, signal, sys
+import numpy as np
+import fastvi.batch.jobs as jobs
+from fastvi.__main__ import main
+from fastvi.batch.io import NpyRows
+from fastvi.lda import LatentDirichletAllocation
+
+when, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+assert when in ("writing", "written", "renamed", "running"), when
+assert when != "writing" or sig == signal.SIGKILL
+writing = None  # the iteration of the checkpoint being written
+armed = fired = False
+steps = 0
+
+
+def fire():
+    global fired
+    fired = True
+    os.kill(os.getpid(), sig)
+
+
+def due(point):
+    return not fired and when == point and writing == at
+
+
+def save(est, path, **kwargs):  # jobs.save writes the checkpoints only
+    global writing, armed
+    writing = kwargs["extra"]["iteration"]
+    try:
+        real_save(est, path, **kwargs)
+    finally:
+        writing = None
+    armed = armed or (when == "running" and kwargs["extra"]["iteration"] == at)
+
+
+def step():
+    global steps
+    if armed and not fired:
+        steps += 1
+        if steps == 2:
+            fire()
+
+
+def iter_blocks(self):
+    for item in real_blocks(self):
+        step()
+        yield item
+
+
+def em_round(self, *args, **kwargs):
+    step()
+    return real_round(self, *args, **kwargs)
+
+
+def savez(file, *args, **kwargs):
+    if due("writing"):
+        buffer = io.BytesIO()
+        real_savez(buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        file.write(data[: len(data) // 2])
+        file.flush()
+        fire()
+    return real_savez(file, *args, **kwargs)
+
+
+def replace(src, dst, **kwargs):
+    if due("written"):
+        fire()
+    real_replace(src, dst, **kwargs)
+    if due("renamed"):
+        fire()
+
+
+real_save, jobs.save = jobs.save, save
+real_blocks, NpyRows.iter_blocks = NpyRows.iter_blocks, iter_blocks
+real_round, LatentDirichletAllocation._em_round = (
+    LatentDirichletAllocation._em_round, em_round
+)
+real_savez, np.savez = np.savez, savez
+real_replace, os.replace = os.replace, replace
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def run_with_fault(job, when, iteration, signame):
+    """``job`` (``[python, -m, fastvi, ...]``) with the fault of ``_FAULT``."""
+    assert job[1:3] == ["-m", "fastvi"]
+    args = [sys.executable, "-c", _FAULT, when, str(iteration), signame, *job[3:]]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_iteration(ck):
+    """The iteration (epoch) of the checkpoint in place; 0 when there is none."""
+    return read_metadata(ck)["extra"]["iteration"] if ck.exists() else 0
+
+
+def temp_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def kill_and_check(job, out, ck, when, iteration):
+    """SIGKILL ``job`` at ``when`` of checkpoint ``iteration``; check what is left."""
+    before = temp_files(ck.parent)
+    run = run_with_fault(job, when, iteration, "SIGKILL")
+    assert run.returncode == -signal.SIGKILL, (when, iteration, run.stderr)
+    assert not out.exists()
+    new = sorted(set(temp_files(ck.parent)) - set(before))
+    if when in ("writing", "written"):
+        # the previous checkpoint is in place, the new one in a temporary file
+        assert checkpoint_iteration(ck) == iteration - 1
+        assert len(new) == 1 and new[0].startswith(f".{ck.name}."), new
+        temp = ck.parent / new[0]
+        if when == "writing":
+            assert not is_model_file(temp)  # half an archive
+        else:
+            assert read_metadata(temp)["extra"]["iteration"] == iteration
+    else:
+        assert checkpoint_iteration(ck) == iteration and new == []
+    return new
+
+
 _KILL_PARAMS = (
     "--n-components",
     6,
@@ -805,106 +935,92 @@ _KILL_PARAMS = (
     "--random-state",
     3,
     "--max-iter",
-    80,
+    30,
     "--tol",
     0,
     "--covariance-type",
     "full",
+    "--block-rows",  # 5 blocks: the kill while running lands inside a pass
+    2 * 4096,
 )
 
 
 @pytest.fixture(scope="module")
 def kill_data(tmp_path_factory):
-    """A data file and the model of an uninterrupted run (with its wall time)."""
+    """A data file and the model of an uninterrupted run."""
     folder = tmp_path_factory.mktemp("kill")
     path = folder / "x.npy"
-    np.save(path, blobs(150_000, 6, k=5, seed=9))
-    t0 = time.monotonic()
+    np.save(path, blobs(40_000, 6, k=5, seed=9))
     cli("fit", "gmm", path, "-o", folder / "ref.npz", "--quiet", *_KILL_PARAMS)
-    return path, load(folder / "ref.npz"), time.monotonic() - t0
+    return path, load(folder / "ref.npz")
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_same_model(
+def gmm_job(path, out, ck):
+    return [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        "gmm",
+        str(path),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "--quiet",
+        *map(str, _KILL_PARAMS),
+    ]
+
+
+def test_sigkill_at_each_step_of_a_checkpoint_then_resume_gives_the_same_model(
     tmp_path, kill_data
 ):
-    kill_data, reference, duration = kill_data  # duration: start-up and the fit
+    path, reference = kill_data
     out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
-    args = [
-        sys.executable,
-        "-m",
-        "fastvi",
-        "fit",
-        "gmm",
-        str(kill_data),
-        "-o",
-        str(out),
-        "--checkpoint",
-        str(ck),
-        "--checkpoint-every",
-        "1",
-        "--resume",
-        "--quiet",
-        *map(str, _KILL_PARAMS),
-    ]
-    rng = np.random.default_rng(0)
-    kills, finished = 0, False
-    for _ in range(5):
-        proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(float(rng.uniform(0.3, 0.95)) * duration)
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL, at whatever the job was doing
-            kills += 1
-        finished = proc.wait(timeout=60) == 0
-        if finished:
-            break
-    if not finished:
-        run = subprocess.run(args, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-    assert kills >= 1
-    assert_same_model(reference, load(out))
-    assert not ck.exists()  # removed once the model is written
-
-
-def test_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path, kill_data):
-    kill_data, reference, _ = kill_data
-    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
-    args = [
-        sys.executable,
-        "-m",
-        "fastvi",
-        "fit",
-        "gmm",
-        str(kill_data),
-        "-o",
-        str(out),
-        "--checkpoint",
-        str(ck),
-        "--checkpoint-every",
-        "1",
-        "--resume",
-        "--quiet",
-        *map(str, _KILL_PARAMS),
-    ]
-    proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not ck.exists():  # the first checkpoint: the fit loop is running
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    # the signal is sent after the first of 80 iterations: the job cannot be done yet
-    assert proc.returncode == 130, err
-    assert "rerun with --resume" in err
-    assert not out.exists()
-    est, extra = load(ck, return_extra=True)
-    assert 1 <= extra["iteration"] < 80
-    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    job = gmm_job(path, out, ck)
+    # each job resumes from what the one before left: checkpoints 2, 3 (4 half
+    # written), 5 (killed before the folder sync), 6 (7 written, not renamed)
+    left = []
+    for when, iteration in (
+        ("running", 2),
+        ("writing", 4),
+        ("renamed", 5),
+        ("written", 7),
+    ):
+        left += kill_and_check(job, out, ck, when, iteration)
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert_same_model(reference, load(out))
+    assert not ck.exists()  # removed once the model is written
+    # the temporary files of the two killed writes stay (hidden, never read)
+    assert temp_files(tmp_path) == sorted(left) and len(left) == 2
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [
+        "m.npz"
+    ]
+
+
+@pytest.mark.parametrize("when", ["running", "written"])
+def test_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(
+    tmp_path, kill_data, when
+):
+    path, reference = kill_data
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    job = gmm_job(path, out, ck)
+    # SIGINT in iteration 4 (running) or while checkpoint 3 is written: the job
+    # stops after iteration 4 with its checkpoint
+    run = run_with_fault(job, when, 3, "SIGINT")
+    assert run.returncode == 130, run.stderr
+    assert "stopping after this iteration" in run.stderr
+    assert "rerun with --resume" in run.stderr
+    assert not out.exists() and temp_files(tmp_path) == []
+    assert checkpoint_iteration(ck) == 4
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert_same_model(reference, load(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
 # ------------------------------------------------------- LDA: progress, checkpoints
@@ -1103,27 +1219,26 @@ _LDA_KILL_PARAMS = (
     4,
     "--perp-tol",
     0,
-    "--n-jobs",  # the model does not depend on it; steadier timing on a busy machine
+    "--n-jobs",  # the model does not depend on it; fewer threads on a busy machine
     1,
 )
 
 
 @pytest.fixture(scope="module")
 def lda_kill_data(tmp_path_factory):
-    """Counts, the model of an uninterrupted command-line run, its wall time and
-    its stderr (the progress bar)."""
+    """Counts, the model of an uninterrupted command-line run and its stderr (the
+    progress bar)."""
     folder = tmp_path_factory.mktemp("lda_kill")
     counts = sp.random(4000, 400, density=0.05, random_state=2, format="csr") * 5
     counts.data = np.ceil(counts.data)
     path = folder / "c.npz"
     sp.save_npz(path, counts)
-    t0 = time.monotonic()
     run = cli("fit", "lda", path, "-o", folder / "ref.npz", *_LDA_KILL_PARAMS)
-    return path, load(folder / "ref.npz"), time.monotonic() - t0, run.stderr
+    return path, load(folder / "ref.npz"), run.stderr
 
 
 def test_cli_lda_progress_and_json(tmp_path, lda_kill_data):
-    path, _, _, stderr = lda_kill_data
+    path, _, stderr = lda_kill_data
     assert "20/20" in stderr and "docs_s=" in stderr and "perplexity=" in stderr
     run = cli("fit", "lda", path, "-o", tmp_path / "m.npz", "--max-iter", 2, "--json")
     assert json.loads(run.stdout)["n_iter"] == 2
@@ -1150,63 +1265,45 @@ def lda_job(path, out, ck):
     ]
 
 
-def test_lda_sigkill_then_resume_gives_the_same_model(tmp_path, lda_kill_data):
-    path, reference, duration, _ = lda_kill_data
+def test_lda_sigkill_at_each_step_of_a_checkpoint_then_resume_gives_the_same_model(
+    tmp_path, lda_kill_data
+):
+    path, reference, _ = lda_kill_data
     out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
-    args = lda_job(path, out, ck)
-    rng = np.random.default_rng(1)
-
-    def mtime():
-        return ck.stat().st_mtime_ns if ck.exists() else None
-
-    # first job: SIGKILL at a random moment (start-up, an epoch, a checkpoint write)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(float(rng.uniform(0.3, 0.7)) * duration)
-    if proc.poll() is None:
-        proc.kill()
-    elif proc.wait() == 0:  # faster than the reference run (which may have compiled)
-        out.unlink()
-    proc.wait(timeout=60)
-    # second job (resumes if there is a checkpoint): SIGKILL shortly after it wrote
-    # a checkpoint, so the last job surely resumes from the middle of the fit
-    before = mtime()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while mtime() in (None, before):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
-    time.sleep(float(rng.uniform(0.0, 0.2)))
-    assert proc.poll() is None, "the job ended before the kill; make it longer"
-    proc.kill()
-    proc.wait(timeout=60)
-    assert not out.exists()
-    assert 1 <= load(ck, return_extra=True)[1]["iteration"] < 20
-    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    job = lda_job(path, out, ck)
+    # each job resumes from what the one before left: checkpoints 1 (2 half
+    # written), 3 (and a kill in epoch 4, which evaluates the perplexity),
+    # 4 (5 written, not renamed), 6 (killed before the folder sync)
+    left = []
+    for when, iteration in (
+        ("writing", 2),
+        ("running", 3),
+        ("written", 5),
+        ("renamed", 6),
+    ):
+        left += kill_and_check(job, out, ck, when, iteration)
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert_same_lda(reference, load(out))
     assert not ck.exists()  # removed once the model is written
+    assert temp_files(tmp_path) == sorted(left) and len(left) == 2
 
 
 def test_lda_ctrl_c_stops_after_the_epoch_with_a_valid_checkpoint(
     tmp_path, lda_kill_data
 ):
-    path, reference, _, _ = lda_kill_data
+    path, reference, _ = lda_kill_data
     out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
-    args = lda_job(path, out, ck)
-    proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not ck.exists():  # the first checkpoint: the epoch loop is running
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "rerun with --resume" in err
-    assert not out.exists()
+    job = lda_job(path, out, ck)
+    # SIGINT in epoch 3, after its first minibatch: the job stops after epoch 3
+    run = run_with_fault(job, "running", 2, "SIGINT")
+    assert run.returncode == 130, run.stderr
+    assert "stopping after this iteration" in run.stderr
+    assert "rerun with --resume" in run.stderr
+    assert not out.exists() and temp_files(tmp_path) == []
     saved, extra = load(ck, return_extra=True)
-    assert 1 <= extra["iteration"] < 20 and saved.n_iter_ == extra["iteration"]
-    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert extra["iteration"] == 3 and saved.n_iter_ == 3
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert_same_lda(reference, load(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]

@@ -4,7 +4,9 @@ Every fit is compared with the in-memory fit of the same data (1e-10 relative, s
 iteration count), including uneven chunks and a worker killed in the middle of a fit.
 """
 
+import contextlib
 import logging
+import socket
 import sys
 
 import numpy as np
@@ -20,15 +22,41 @@ def _sum_and_rows(block, start):
     return block.sum(axis=0), float(block.shape[0]), float(start)
 
 
+@contextlib.contextmanager
+def _ports_taken(*ports):
+    """Listen on those of ``ports`` (on 127.0.0.1) that are free, so they are all busy.
+
+    The cluster below must not need any fixed port: one left open by another cluster
+    or a dashboard would otherwise make its start fail (a port warning is an error
+    in this suite).
+    """
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            sock = stack.enter_context(socket.socket())
+            with contextlib.suppress(OSError):  # already taken: fine as well
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+        yield
+
+
 @pytest.fixture(scope="module")
 def client():
-    """A 2-worker, 1-thread-each LocalCluster of separate processes, for this module."""
+    """A 2-worker, 1-thread-each LocalCluster of separate processes, for this module.
+
+    Every port is a free one the system picks: the scheduler's, the workers' and
+    their HTTP servers' (distributed starts the scheduler's on 8787 even without a
+    dashboard unless given another address). 8786 and 8787 are held meanwhile.
+    """
     with (
+        _ports_taken(8786, 8787),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
             processes=True,
+            scheduler_port=0,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            worker_dashboard_address=None,
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,
