@@ -53,6 +53,9 @@ _GATHER_TILE_MAX_ROWS = 128
 # calling thread: about a millisecond of work, less than what waking numba's thread
 # pool can cost on a busy machine. The chunks, and so the bits, are the same.
 SERIAL_WORK = 1 << 21
+# Largest |x| a GLM accepts: the fit forms x . coef and, for its Laplace start,
+# curvatures ~ sum_n x_n x_n^T, which must stay far from the dtype's overflow
+_X_LIMIT = {np.float64: 1e100, np.float32: 1e15}
 
 
 class Interval(NamedTuple):
@@ -326,6 +329,17 @@ class GLM(Model):
             raise ValueError(
                 f"X must be 2-D and y 1-D of matching length; got X {X.shape}, "
                 f"y {y.shape}."
+            )
+        if X.size and (not np.all(np.isfinite(X)) or not np.all(np.isfinite(y))):
+            raise ValueError("X and y must be finite (no NaN or infinity).")
+        limit = _X_LIMIT[X.dtype.type]
+        big = float(np.max(np.abs(X))) if X.size else 0.0
+        if big > limit:
+            raise ValueError(
+                f"X has values as large as {big:.3g}: beyond {limit:.0e} the "
+                "products of the fit (x . coef, the curvature x x^T) overflow "
+                f"{X.dtype}. Rescale the features (e.g. "
+                "sklearn.preprocessing.StandardScaler)."
             )
         for name, value in (
             ("prior_scale", prior_scale),
