@@ -218,3 +218,22 @@ def test_diagnose_takes_its_seed_from_the_fit():
     est = BayesianLogisticRegression(random_state=3).fit(X, y)
     khats = {est.diagnose(X, y) for _ in range(3)}
     assert len(khats) == 1
+
+
+def test_param_accepts_an_int_shape_and_a_model_needs_params():
+    from fastvi.sgvi import Model, Param
+
+    class Two(Model):
+        def __init__(self, params):
+            self.params = params
+            super().__init__()
+
+    assert Two([Param("beta", 2)]).params[0].shape == (2,)
+    with pytest.raises(ValueError, match="no parameters"):
+        Two([])
+
+    class Bare(Model):
+        pass
+
+    with pytest.raises(ValueError, match="no parameters"):
+        Bare()

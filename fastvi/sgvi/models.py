@@ -23,7 +23,7 @@ subclasses :class:`Model` and writes ``log_joint`` in NumPy.
 """
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
@@ -66,7 +66,8 @@ class Interval(NamedTuple):
 
 
 class Param(NamedTuple):
-    """A named model parameter: ``shape`` (``()`` for a scalar) and its support."""
+    """A named model parameter: ``shape`` (``()`` for a scalar; an int ``n`` means
+    ``(n,)``) and its support."""
 
     name: str
     shape: tuple = ()
@@ -111,10 +112,16 @@ class Model:
     has_gradient = True
 
     def __init__(self):
+        if not getattr(self, "params", None):
+            raise ValueError(
+                f"{type(self).__name__} has no parameters: set self.params (a list "
+                "of Param) before calling super().__init__()."
+            )
         params = []
         seen = set()
         for p in self.params:
-            p = Param(p.name, tuple(int(s) for s in p.shape), p.support)
+            shape = (p.shape,) if isinstance(p.shape, Integral) else p.shape
+            p = Param(p.name, tuple(int(s) for s in shape), p.support)
             if p.name in seen:
                 raise ValueError(f"Duplicate parameter name {p.name!r}.")
             seen.add(p.name)
