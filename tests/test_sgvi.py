@@ -22,7 +22,7 @@ from fastvi.sgvi import (
     StanConvergence,
     WindowConvergence,
 )
-from fastvi.sgvi.diagnostics import ELBODivergenceWarning
+from fastvi.sgvi.diagnostics import ELBODivergenceWarning, PSISWarning
 from fastvi.sgvi.engine import DivergenceMonitor, FullRank
 
 from . import reference_sgvi as ref
@@ -310,7 +310,9 @@ class _Flaky(Model):
 
 
 def test_non_finite_steps_are_redrawn():
-    engine = SGVI(_Flaky(limit=0.25), init_scale=0.1)
+    # one draw per step: with the default eight, all of a step's draws stay above
+    # the limit once q has widened, and the fit rightly fails loudly
+    engine = SGVI(_Flaky(limit=0.25), init_scale=0.1, n_samples=1)
     res = engine.run(seed=0, max_iter=200, convergence=NO_STOP)
     assert res.n_iter == 200 and np.all(np.isfinite(res.elbo))
 
@@ -627,7 +629,14 @@ def test_default_stopping_rule_matches_a_long_run_on_breast_cancer(family):
         n_samples=8,
         random_state=1,
     ).fit(X, y)
-    est = BayesianLogisticRegression(family=family, random_state=0).fit(X, y)
+    est = BayesianLogisticRegression(family=family, random_state=0)
+    if family == "meanfield":
+        # the posterior is correlated (0.74 between two coefficients): the fit's
+        # built-in k-hat check says so and names the remedy
+        with pytest.warns(PSISWarning, match="family='fullrank'"):
+            est.fit(X, y)
+    else:
+        est.fit(X, y)
     assert est.converged_ and est.n_iter_ < 2000
     ratio = est.coef_std_ / long.coef_std_
     assert abs(np.median(ratio) - 1.0) < 0.1

@@ -87,6 +87,11 @@ _DRAW_BATCH = 64
 # key instead (_step_rng).
 _TAG_ADAPT = 2**62 + 1
 _TAG_QMC = 2**62 + 2
+_TAG_PSIS = 2**62 + 3
+# A full-rank q whitens by the full Cholesky factor of the Laplace covariance up to
+# this many coordinates (an O(P^3) change of coordinates per step), by its
+# diagonal above.
+_FULL_FRAME_MAX = 200
 
 
 def _step_rng(key, step, retry):
@@ -180,6 +185,21 @@ class MeanField:
 
     def coordinate_names(self, names):
         return [f"mean of {n}" for n in names] + [f"log-scale of {n}" for n in names]
+
+    def to_frame(self, phi, frame):
+        """The parameters of q in the whitened coordinates u = B^{-1} (z - a) of
+        ``frame`` (a :class:`Frame` with a diagonal ``B``)."""
+        b = frame.B
+        return np.concatenate(
+            [(phi[: self.dim] - frame.a) / b, phi[self.dim :] - np.log(b)]
+        )
+
+    def from_frame(self, phi_u, frame):
+        """The inverse of :meth:`to_frame`."""
+        b = frame.B
+        return np.concatenate(
+            [frame.a + b * phi_u[: self.dim], phi_u[self.dim :] + np.log(b)]
+        )
 
 
 class FullRank:
@@ -332,30 +352,62 @@ class FullRank:
         ]
         return [f"mean of {n}" for n in names] + tri
 
+    def to_frame(self, phi, frame):
+        """The parameters of q in the whitened coordinates u = B^{-1} (z - a) of
+        ``frame`` (:class:`Frame`; ``B`` lower triangular, or a vector for a
+        diagonal B): N(B^{-1} (mu - a), (B^{-1} L) (B^{-1} L)^T)."""
+        L = self.chol(phi)
+        d = phi[: self.dim] - frame.a
+        if frame.B.ndim == 1:
+            return self.pack(d / frame.B, L / frame.B[:, None])
+        mu = solve_triangular(frame.B, d, lower=True, check_finite=False)
+        Lu = solve_triangular(frame.B, L, lower=True, check_finite=False)
+        return self.pack(mu, np.tril(Lu))
+
+    def from_frame(self, phi_u, frame):
+        """The inverse of :meth:`to_frame`."""
+        L = self.chol(phi_u)
+        mu = phi_u[: self.dim]
+        if frame.B.ndim == 1:
+            return self.pack(frame.a + frame.B * mu, frame.B[:, None] * L)
+        return self.pack(frame.a + frame.B @ mu, np.tril(frame.B @ L))
+
 
 FAMILIES = {"meanfield": MeanField, "fullrank": FullRank}
 
 
 # ------------------------------------------------------------------ optimizers
 class Adam:
-    """Adam (Kingma & Ba 2015, Algorithm 1) for gradient *ascent*."""
+    """Adam (Kingma & Ba 2015, Algorithm 1) for gradient *ascent*.
+
+    The moments are kept relative to the largest |gradient| seen so far in each
+    coordinate (``c``): ``m / c`` and ``v / c^2``, so that ``g * g`` cannot overflow
+    to infinity (with plain moments a gradient above ~1e154 made ``v`` infinite and
+    every later step zero: the fit froze at its start). The step is the same
+    number, ``mhat / (sqrt(vhat) + eps)``, up to rounding.
+    """
 
     def __init__(self, learning_rate=0.05, b1=0.9, b2=0.999, eps=1e-8):
         self.learning_rate = float(learning_rate)
         self.b1, self.b2, self.eps = float(b1), float(b2), float(eps)
 
     def init(self, phi):
-        return (np.zeros_like(phi), np.zeros_like(phi), 0)
+        return (np.zeros_like(phi), np.zeros_like(phi), 0, np.zeros_like(phi))
 
     def update(self, g, state, phi, scale=1.0):
-        m, v, t = state
+        m, v, t, c = state
         t += 1
-        m = self.b1 * m + (1.0 - self.b1) * g
-        v = self.b2 * v + (1.0 - self.b2) * g * g
+        cn = np.maximum(c, np.abs(g))
+        live = cn > 0
+        r = np.divide(c, cn, out=np.zeros_like(cn), where=live)
+        gs = np.divide(g, cn, out=np.zeros_like(cn), where=live)
+        m = self.b1 * (m * r) + (1.0 - self.b1) * gs
+        v = self.b2 * (v * (r * r)) + (1.0 - self.b2) * (gs * gs)
         mhat = m / (1.0 - self.b1**t)
         vhat = v / (1.0 - self.b2**t)
+        eps = np.divide(self.eps, cn, out=np.ones_like(cn), where=live)
         lr = self.learning_rate * scale
-        return phi + lr * mhat / (np.sqrt(vhat) + self.eps), (m, v, t)
+        return phi + lr * mhat / (np.sqrt(vhat) + eps), (m, v, t, cn)
 
 
 class RobbinsMonro:
@@ -438,9 +490,14 @@ class StanAdaptive:
                 "the eta search."
             )
         k += 1
-        g2 = g * g
-        s = g2 if k == 1 else self.alpha * g2 + (1.0 - self.alpha) * s
-        rho = scale * eta * k ** (-0.5 + 1e-16) / (self.tau + np.sqrt(s))
+        # s holds the root of Stan's s_k, updated by hypot so that g * g cannot
+        # overflow to infinity (which made every later step zero)
+        a = np.abs(g)
+        if k == 1:
+            s = a
+        else:
+            s = np.hypot(math.sqrt(self.alpha) * a, math.sqrt(1.0 - self.alpha) * s)
+        rho = scale * eta * k ** (-0.5 + 1e-16) / (self.tau + s)
         return phi + rho * g, (s, k, eta)
 
 
@@ -492,17 +549,61 @@ class WindowConvergence:
     (2022, "Robust, automated, and accurate black-box variational inference"), with
     the windowed-mean test above as the stationarity check. ``decay=()`` stops at the
     first stall.
+
+    With one draw per step the ELBO's noise can hide a slow climb (a plateau), so
+    the engine also shows the rule q's parameters (:meth:`observe`; in the
+    whitened coordinates of :class:`Frame`, where a unit is about one posterior
+    sd): a window counts as stalled only when q's windowed means moved less than
+    ``drift`` since the window before (checked at the last stall, after the step
+    size has been lowered). The converged q is their average
+    over the last window (:meth:`average`; iterate averaging, as in Welandawe et
+    al.), which removes most of the jitter of the last iterates.
     """
 
-    def __init__(self, tol=1e-3, window=100, decay=(0.2,)):
+    def __init__(self, tol=1e-3, window=100, decay=(0.2,), drift=0.1):
         self.tol = float(tol)
         self.window = int(window)
         self.decay = tuple(float(f) for f in decay)
         if not all(0.0 < f < 1.0 for f in self.decay):
             raise ValueError(f"decay factors must be in (0, 1), got {decay!r}.")
+        if not (isinstance(drift, Real) and drift > 0):
+            raise ValueError(f"drift must be positive, got {drift!r}.")
+        self.drift = float(drift)
         self.stage = 0
         self.start = 0
         self.pending_decay = None
+        self._sum = None
+        self._count = 0
+        self._means = []
+
+    def observe(self, x, n, n_means=None):
+        """Take q's parameters after step ``n`` (the engine calls this; see
+        :meth:`SGVI.run`): their mean over each window is kept. The first
+        ``n_means`` entries (default: all) are q's means, those the drift test
+        looks at."""
+        self._n_means = n_means
+        if self._sum is None or self._sum.shape != x.shape:
+            self._sum = np.zeros_like(x)
+            self._count = 0
+        self._sum += x
+        self._count += 1
+        if (n - self.start) % self.window == 0:
+            self._means = [*self._means[-1:], self._sum / self._count]
+            self._sum = np.zeros_like(x)
+            self._count = 0
+
+    def average(self):
+        """q's parameters averaged over the last complete window, or None."""
+        return self._means[-1] if self._means else None
+
+    def moved(self):
+        """The largest change of q's windowed means between the last two windows
+        (in posterior sds), or 0.0 when not observed."""
+        if len(self._means) < 2:
+            return 0.0
+        k = getattr(self, "_n_means", None)
+        d = self._means[-1][:k] - self._means[-2][:k]
+        return float(np.max(np.abs(d)))
 
     def __call__(self, elbo, n):
         w = self.window
@@ -515,10 +616,13 @@ class WindowConvergence:
         se = math.sqrt((last.var(ddof=1) + prev.var(ddof=1)) / w)
         if gain >= max(self.tol, 2.0 * se):
             return False
+        if self.stage == len(self.decay) and self.moved() > self.drift:
+            return False  # a slow plateau of the ELBO while q still moves
         if self.stage < len(self.decay):
             self.pending_decay = self.decay[self.stage]
             self.stage += 1
             self.start = n
+            self._means = []
             return False
         return True
 
@@ -625,13 +729,36 @@ class SGVIState(NamedTuple):
     key: int
     step: int
     lr_scale: float = 1.0
+    frame: "Frame | None" = None
+
+
+class Frame(NamedTuple):
+    """Whitened coordinates u of the unconstrained space, z = a + B u.
+
+    ``B`` is lower triangular (P, P), or a vector (P,) for a diagonal B. Made by
+    :meth:`SGVI.laplace` from the mode ``a`` of the log density and its curvature
+    H there (B = chol(H^{-1}) for a full-rank q, B = 1 / sqrt(diag H) for a
+    mean-field one). The optimizer steps in q's parameters in these coordinates, so
+    a step of Adam's fixed size is a fixed fraction of the posterior's sd in every
+    direction, whatever the parameters' scales, locations and correlations.
+    ``corr``: the largest |correlation| of the Laplace approximation and the pair
+    of coordinates it is between (for advice when a mean-field q fits badly).
+    """
+
+    a: np.ndarray
+    B: np.ndarray
+    corr: tuple = (0.0, 0, 0)
+
+    def pullback(self, gz):
+        """Gradients in z (S, P) to gradients in u: gz B."""
+        return gz * self.B if self.B.ndim == 1 else gz @ self.B
 
 
 class SGVIResult(NamedTuple):
     """What :meth:`SGVI.run` returns.
 
-    ``psis_khat`` is the PSIS k-hat of the final q (:meth:`SGVI.diagnose`) when
-    ``run`` was asked for it (``psis_draws > 0``), else None."""
+    ``psis_khat`` is the PSIS k-hat of the final q (:meth:`SGVI.diagnose`),
+    computed at the end of every run unless ``psis_draws=0`` (then None)."""
 
     state: SGVIState
     elbo: np.ndarray
@@ -676,13 +803,28 @@ class SGVI:
         Gradient estimator (see the module documentation). ``'score'`` needs only
         the log density (models with ``has_gradient = False``) and n_samples >= 2.
     optimizer : Adam, StanAdaptive or RobbinsMonro, default Adam(0.05)
-    n_samples : int
-        Draws of eps per step (S).
+    n_samples : int, default 8
+        Draws of eps per step (S). With one draw per step a full-rank q of a
+        skewed posterior (eight schools) jitters by more than 0.2 posterior sds
+        around its optimum; eight (one data pass for all of them) bring it within.
     batch_size : int or None
         Rows per minibatch, drawn without replacement each step; the likelihood is
         scaled by N / batch_size. None: all rows.
-    init_scale : float
-        Initial sd of every coordinate of q (NumPyro's AutoNormal uses 0.1).
+    init_scale : float or None, default None
+        None: :meth:`init` finds the mode of the log density in the
+        unconstrained space (L-BFGS from the initial point) and its curvature
+        (central differences of the gradient), starts q at that Laplace
+        approximation (mean-field: sds 1 / sqrt(diag H), the best mean-field
+        Gaussian of a Gaussian posterior) and steps in the coordinates it
+        whitens (:class:`Frame`): steps are then scale-free, so far-from-zero,
+        tiny-sd and strongly correlated parameters converge in the same few
+        hundred steps. A number: q starts at the initial point with this sd in
+        every coordinate (NumPyro's AutoNormal uses 0.1) and steps in the raw
+        coordinates, as also happens (with sd 0.1) when there is no usable mode
+        (a non-finite optimum or a curvature that is not positive definite), for
+        ``estimator='score'`` and for ``StanAdaptive(eta=None)`` (Stan's eta
+        search is defined from its own start; at the optimum no eta improves the
+        ELBO).
     qmc : bool, default False
         Scrambled Sobol' eps instead of pseudo-random ones (module documentation).
     n_jobs : int or None
@@ -700,9 +842,9 @@ class SGVI:
         family="meanfield",
         estimator="stl",
         optimizer=None,
-        n_samples=1,
+        n_samples=8,
         batch_size=None,
-        init_scale=0.1,
+        init_scale=None,
         max_retries=10,
         n_jobs=None,
         qmc=False,
@@ -739,15 +881,19 @@ class SGVI:
                 )
             if batch_size >= model.n_rows:
                 batch_size = None
-        if not (isinstance(init_scale, Real) and init_scale > 0):
-            raise ValueError(f"init_scale must be positive, got {init_scale!r}.")
+        if init_scale is not None and not (
+            isinstance(init_scale, Real) and 0 < init_scale < math.inf
+        ):
+            raise ValueError(
+                f"init_scale must be None or positive, got {init_scale!r}."
+            )
         self.model = model
         self.family = FAMILIES[family](model.size)
         self.estimator = estimator
         self.optimizer = Adam() if optimizer is None else optimizer
         self.n_samples = int(n_samples)
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.init_scale = float(init_scale)
+        self.init_scale = None if init_scale is None else float(init_scale)
         self.max_retries = int(max_retries)
         self.n_jobs = n_jobs
         self.qmc = bool(qmc)
@@ -755,14 +901,28 @@ class SGVI:
 
     # ------------------------------------------------------------ state
     def init(self, seed=None, init_params=None):
-        """A fresh state. ``init_params``: unconstrained mean of q (default: the
-        model's initial point). The log density must be finite there.
+        """A fresh state. ``init_params``: unconstrained mean of q, or a pair
+        ``(mean, scale)`` (scale: a positive number or one per coordinate; q's sd
+        there); default: the model's initial point. The log density must be finite
+        there. With ``init_scale=None`` (and no scale given) q starts at the
+        Laplace approximation found from that point (see the class documentation).
 
         With ``StanAdaptive(eta=None)`` this runs Stan's eta search (its steps are
         not counted in ``state.step``)."""
         key = int(
             np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> 1
         )
+        scale = None
+        if isinstance(init_params, tuple) and len(init_params) == 2:
+            init_params, scale = init_params
+            scale = np.asarray(scale, dtype=np.float64)
+            if scale.shape not in ((), (self.model.size,)) or not np.all(
+                np.isfinite(scale) & (scale > 0)
+            ):
+                raise ValueError(
+                    "The scale in init_params=(mean, scale) must be a positive "
+                    f"number or {self.model.size} positive numbers."
+                )
         mean = (
             self.model.initial_point()
             if init_params is None
@@ -784,13 +944,130 @@ class SGVI:
                 f"(log density {lp[0]!r}; non-finite gradient for "
                 f"{self._bad_names(g[0], names)})."
             )
-        phi = self.family.init(mean, self.init_scale)
+        frame = None
+        stan_search = isinstance(self.optimizer, StanAdaptive) and (
+            self.optimizer.eta is None
+        )
+        if (
+            self.init_scale is None
+            and scale is None
+            and self.estimator != "score"
+            and not stan_search
+        ):
+            with thread_limits(self.n_jobs):
+                found = self.laplace(mean)
+            if found is not None:
+                frame, phi = found
+        if frame is None:
+            if scale is None:
+                phi = self.family.init(
+                    mean, 0.1 if self.init_scale is None else self.init_scale
+                )
+            else:
+                phi = self.family.init(mean, 1.0)
+                sc = np.broadcast_to(scale, (self.model.size,))
+                if isinstance(self.family, FullRank):
+                    phi = self.family.pack(mean, np.diag(sc))
+                else:
+                    phi[self.model.size :] = np.log(sc)
+        phi_u = phi if frame is None else self.family.to_frame(phi, frame)
         opt = self.optimizer
         if isinstance(opt, StanAdaptive) and opt.eta is None:
             with thread_limits(self.n_jobs):
-                eta, _ = self.adapt_eta(phi, key)
-            return SGVIState(phi, opt.init(phi, eta), key, 0)
-        return SGVIState(phi, opt.init(phi), key, 0)
+                eta, _ = self.adapt_eta(phi, key, frame)
+            return SGVIState(phi, opt.init(phi_u, eta), key, 0, 1.0, frame)
+        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame)
+
+    def laplace(self, z0, max_iter=1000):
+        """``(frame, phi)``: the whitening :class:`Frame` at the mode of the log
+        density found by L-BFGS from ``z0``, and q's packed parameters there (the
+        Laplace approximation N(mode, H^{-1}); mean-field: sds 1 / sqrt(H_ii)).
+        None when no usable mode is found (a non-finite optimum or a curvature
+        that is not positive definite)."""
+        from scipy.optimize import minimize
+
+        model = self.model
+        P = model.size
+        best = [math.inf, np.asarray(z0, dtype=np.float64).copy()]
+
+        def objective(z):
+            lp, g = model.log_density(z[None, :], None)
+            lp, g = float(lp[0]), g[0]
+            if not (math.isfinite(lp) and np.all(np.isfinite(g))):
+                return math.inf, np.zeros(P)
+            if -lp < best[0]:
+                best[0], best[1] = -lp, z.copy()
+            return -lp, -g
+
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                minimize(
+                    objective,
+                    best[1],
+                    jac=True,
+                    method="L-BFGS-B",
+                    options={"maxiter": int(max_iter), "maxcor": 20},
+                )
+            except (ValueError, FloatingPointError, OverflowError):
+                pass
+            a = best[1]
+            if not (math.isfinite(best[0]) and np.all(np.isfinite(a))):
+                return None
+            # curvature: central differences of the gradient, first with steps on
+            # the scale of a, then with steps of 1/100 of the sds found
+            h = 1e-4 * np.maximum(np.abs(a), 1.0)
+            H = self._hessian(a, h)
+            if H is None:
+                return None
+            d = np.diag(H)
+            if np.all(np.isfinite(d)) and np.all(d > 0):
+                H2 = self._hessian(a, 1e-2 / np.sqrt(d))
+                H = H if H2 is None else H2
+            try:
+                w, V = np.linalg.eigh(H)
+            except np.linalg.LinAlgError:
+                return None
+            if not (np.all(np.isfinite(w)) and w[0] > 1e-12 * w[-1] and w[-1] > 0):
+                return None
+            cov = (V / w) @ V.T
+            cov = 0.5 * (cov + cov.T)
+            sd = np.sqrt(np.diag(cov))
+            corr = cov / np.outer(sd, sd) - np.eye(P)
+            i, j = np.unravel_index(np.argmax(np.abs(corr)), corr.shape)
+            top = (float(abs(corr[i, j])), int(i), int(j))
+            fam = self.family
+            if isinstance(fam, MeanField):
+                b = 1.0 / np.sqrt(np.diag(H))
+                frame = Frame(a, b, top)
+                phi = fam.from_frame(fam.init(np.zeros(P), 1.0), frame)
+            else:
+                try:
+                    C = np.linalg.cholesky(cov)
+                except np.linalg.LinAlgError:
+                    return None
+                frame = Frame(a, C if P <= _FULL_FRAME_MAX else sd, top)
+                phi = fam.pack(a, C)
+            if not np.all(np.isfinite(phi)):
+                return None
+        return frame, phi
+
+    def _hessian(self, z, h):
+        """-d^2 log p / dz^2 at z by central differences of the gradient (steps h)."""
+        P = z.shape[0]
+        E = np.diag(h)
+        pts = np.concatenate([z + E, z - E])
+        g = np.empty_like(pts)
+        for i in range(0, pts.shape[0], _DRAW_BATCH):
+            lp, g[i : i + _DRAW_BATCH] = self.model.log_density(
+                pts[i : i + _DRAW_BATCH], None
+            )
+            if not np.all(np.isfinite(lp)):
+                return None
+        H = -(g[:P] - g[P:]) / (2.0 * h[:, None])
+        if not np.all(np.isfinite(H)):
+            return None
+        return 0.5 * (H + H.T)
 
     @staticmethod
     def _bad_names(values, names):
@@ -833,23 +1110,35 @@ class SGVI:
         return eps, rows
 
     # ------------------------------------------------------------ one step
-    def gradient(self, phi, eps, rows=None):
+    def gradient(self, phi, eps, rows=None, frame=None, phi_u=None):
         """``(grad, lp)``: the ELBO gradient estimate in q's packed parameters and the
         log densities of the draws, or ``(None, culprit)`` when something is not
-        finite (``culprit``: indices of the bad coordinates of z, possibly empty)."""
+        finite (``culprit``: indices of the bad coordinates of z, possibly empty).
+
+        With a ``frame`` the gradient is in the packed parameters of q in the
+        frame's coordinates (``phi_u``, :meth:`FullRank.to_frame`)."""
         fam = self.family
         factor = fam.factor(phi)
         z = fam.sample(phi, eps, factor)
+        if frame is not None and phi_u is None:
+            phi_u = fam.to_frame(phi, frame)
+        own = phi if frame is None else phi_u
         if self.estimator == "score":
             lp = self.model.log_density(z, rows, grad=False)
             if not np.all(np.isfinite(lp)):
                 return None, np.empty(0, np.int64)
             w = lp - fam.log_q_eps(phi, eps)
-            return _score_combine(fam.score(phi, eps), w, True), lp
+            return _score_combine(fam.score(own, eps), w, True), lp
         lp, gz = self.model.log_density(z, rows)
         if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(gz))):
             return None, np.flatnonzero(~np.all(np.isfinite(gz), axis=0))
-        return fam.grad(phi, eps, gz, self.estimator, factor), lp
+        if frame is None:
+            g = fam.grad(phi, eps, gz, self.estimator, factor)
+        else:
+            g = fam.grad(phi_u, eps, frame.pullback(gz), self.estimator)
+        if not np.all(np.isfinite(g)):
+            return None, np.empty(0, np.int64)
+        return g, lp
 
     def step(self, state):
         """One optimization step: returns ``(new_state, elbo_estimate)``.
@@ -858,12 +1147,19 @@ class SGVI:
         ``fastvi._threads.thread_limits`` (numba threads, BLAS on one thread); a
         caller stepping by hand should do the same for speed.
         """
+        new, elbo, _ = self._step(state)
+        return new, elbo
+
+    def _step(self, state):
+        """:meth:`step`, also returning q's new parameters in the state's frame."""
         fam = self.family
         phi = state.params
+        frame = state.frame
+        phi_u = phi if frame is None else fam.to_frame(phi, frame)
         last = None
         for retry in range(self.max_retries + 1):
             eps, rows = self.draws(state, retry)
-            g, lp = self.gradient(phi, eps, rows)
+            g, lp = self.gradient(phi, eps, rows, frame, phi_u)
             if g is None:
                 last = (
                     "gradient of the log density",
@@ -871,19 +1167,20 @@ class SGVI:
                     self.model.coordinate_names(),
                 )
                 continue
-            new_phi, opt_state = self.optimizer.update(
-                g, state.opt_state, phi, state.lr_scale
+            new_u, opt_state = self.optimizer.update(
+                g, state.opt_state, phi_u, state.lr_scale
             )
+            new_phi = new_u if frame is None else fam.from_frame(new_u, frame)
             if not np.all(np.isfinite(new_phi)):
                 bad = np.flatnonzero(~np.isfinite(new_phi))
                 names = fam.coordinate_names(self.model.coordinate_names())
                 last = ("variational parameters after the update", bad, names)
                 continue
             elbo = float(np.mean(lp)) + fam.entropy(phi)
-            new = SGVIState(
-                new_phi, opt_state, state.key, state.step + 1, state.lr_scale
+            new = state._replace(
+                params=new_phi, opt_state=opt_state, step=state.step + 1
             )
-            return new, elbo
+            return new, elbo, new_u
         what, bad, names = last
         culprits = (
             ", ".join(names[i] for i in bad[:5]) if bad.size else "the log density"
@@ -913,8 +1210,9 @@ class SGVI:
             )
         return out
 
-    def adapt_eta(self, phi, key):
-        """Stan's search for :class:`StanAdaptive`'s eta from q(phi); see there.
+    def adapt_eta(self, phi, key, frame=None):
+        """Stan's search for :class:`StanAdaptive`'s eta from q(phi); see there
+        (steps in the coordinates of ``frame`` when given).
 
         Returns ``(eta, elbos)``."""
         opt = self.optimizer
@@ -929,7 +1227,8 @@ class SGVI:
 
         def evaluate(eta):
             i = opt.sequence.index(eta) + 1
-            p = phi
+            fam = self.family
+            p = phi if frame is None else fam.to_frame(phi, frame)
             state = opt.init(p, eta)
             with np.errstate(all="ignore"):
                 for t in range(opt.adapt_iter):
@@ -940,13 +1239,19 @@ class SGVI:
                         rows = rng.choice(
                             self.model.n_rows, self.batch_size, replace=False
                         )
-                    g, _ = self.gradient(p, eps, rows)
+                    pz = p if frame is None else fam.from_frame(p, frame)
+                    if not np.all(np.isfinite(pz)):
+                        return -np.inf
+                    g, _ = self.gradient(pz, eps, rows, frame, p)
                     if g is None:  # Stan: a failed gradient counts as zero
                         g = np.zeros_like(p)
                     p, state = opt.update(g, state, p)
                     if not np.all(np.isfinite(p)):
                         return -np.inf
-                return self.elbo(p, n, [key, _TAG_ADAPT, i, opt.adapt_iter])
+                pz = p if frame is None else fam.from_frame(p, frame)
+                if not np.all(np.isfinite(pz)):
+                    return -np.inf
+                return self.elbo(pz, n, [key, _TAG_ADAPT, i, opt.adapt_iter])
 
         return select_eta(evaluate, elbo_init, opt.sequence)
 
@@ -960,28 +1265,98 @@ class SGVI:
         init_state=None,
         progress_bar=False,
         init_params=None,
-        psis_draws=0,
+        psis_draws=None,
     ):
         """Run up to ``max_iter`` steps from ``init_state`` (or a fresh state).
 
         ``convergence`` is a callable ``(elbo_array, n_steps) -> bool`` such as
         :class:`WindowConvergence` (default) or :class:`StanConvergence`; ``None``
         uses ``WindowConvergence()``; a rule that sets ``pending_decay`` has the
-        state's ``lr_scale`` multiplied by it. A :class:`DivergenceMonitor` watches
-        the trace and warns (:class:`~fastvi.sgvi.diagnostics.ELBODivergenceWarning`)
-        when it falls far below its best. ``psis_draws > 0`` also computes the PSIS
-        k-hat of the final q from that many draws (:meth:`diagnose`, which warns
-        above 0.7). Returns :class:`SGVIResult` (the ELBO of the steps of this run
-        only).
+        state's ``lr_scale`` multiplied by it. A rule with an ``observe(x, n)``
+        method is shown q's parameters after every step (in the state's
+        :class:`Frame` when it has one, else with the means divided by q's sds),
+        and when it has an ``average()`` the converged q is the average of the
+        parameters over its last window (iterate averaging). A
+        :class:`DivergenceMonitor` watches the trace and warns
+        (:class:`~fastvi.sgvi.diagnostics.ELBODivergenceWarning`) when it falls far
+        below its best.
+
+        At the end the PSIS k-hat of the final q is computed from ``psis_draws``
+        draws (None: between 256 and 1000, half the draws the run took; 0: none)
+        with a seed derived from the run's; when the run converged and k-hat is
+        above 0.7 a :class:`~fastvi.sgvi.diagnostics.PSISWarning` names the
+        likely cause and a remedy that applies to this fit (not when the log
+        importance ratios vary so little that k-hat is noise: see
+        :func:`~fastvi.sgvi.diagnostics.untrustworthy`). Returns
+        :class:`SGVIResult` (the ELBO of the steps of this run only).
         """
         with thread_limits(self.n_jobs):
             result = self._run(
                 seed, max_iter, convergence, init_state, progress_bar, init_params
             )
+            if psis_draws is None:
+                psis_draws = min(1000, max(256, result.n_iter * self.n_samples // 2))
             if psis_draws:
-                khat = self.diagnose(result.state, psis_draws, stacklevel=3).khat
+                from .diagnostics import untrustworthy
+
+                diag = self.diagnose(result.state, psis_draws, warn=False)
+                khat = diag.khat
                 result = result._replace(psis_khat=khat)
+                # a run that stopped before converging says so (converged False);
+                # a converged one whose q misses the posterior says why
+                if result.converged and untrustworthy(khat, diag.log_weights):
+                    from .diagnostics import PSISWarning, warn_user
+
+                    warn_user(
+                        self._psis_message(khat, result.state, result.converged),
+                        PSISWarning,
+                    )
         return result
+
+    def _psis_message(self, khat, state, converged):
+        """What a k-hat above 0.7 most likely means for this fit, and what to do."""
+        head = (
+            f"PSIS k-hat of the fitted q is {khat:.2f} > {_khat_threshold()} (Yao "
+            "et al. 2018): q is far from the posterior in the tails and its means "
+            "and sds are not reliable. "
+        )
+        frame = state.frame
+        names = self.model.coordinate_names()
+        if not converged:
+            return head + (
+                "The fit stopped before converging: run more steps (max_iter) and "
+                "check the ELBO trace."
+            )
+        if isinstance(self.family, MeanField) and frame is not None:
+            r, i, j = frame.corr
+            if r > 0.5:
+                return head + (
+                    "q is mean-field but the posterior is correlated (correlation "
+                    f"{r:.2f} between {names[i]} and {names[j]} at its mode): use "
+                    "family='fullrank'."
+                )
+        if frame is None:
+            return head + (
+                "The fit could not start from a Laplace approximation (no finite "
+                "mode with a positive-definite curvature): check the model (an "
+                "improper posterior, a parameter the data do not identify) or give "
+                "init_params near the posterior."
+            )
+        return head + (
+            "The posterior is not close to a Gaussian in the unconstrained space "
+            "(skewed or heavy-tailed, e.g. a hierarchical scale near zero), so no "
+            "Gaussian q fits it well: reparameterize the model (e.g. non-centered "
+            "hierarchies), or reweight q's draws by importance sampling or use MCMC."
+        )
+
+    def _observed(self, phi, phi_u, frame):
+        """q's parameters as shown to a stopping rule: in the frame's coordinates,
+        or with the means divided by q's sds."""
+        if frame is not None:
+            return phi_u
+        x = phi.copy()
+        x[: self.model.size] /= self.family.std(phi)
+        return x
 
     def _run(self, seed, max_iter, convergence, init_state, progress_bar, init_params):
         state = self.init(seed, init_params) if init_state is None else init_state
@@ -989,17 +1364,24 @@ class SGVI:
         window = getattr(convergence, "window", None) or getattr(
             convergence, "eval_elbo", 100
         )
+        observe = getattr(convergence, "observe", None)
         monitor = DivergenceMonitor(window)
         offset = state.step
         elbo = np.empty(max_iter)
         bar = _progress(max_iter) if progress_bar else None
         converged = False
         n = 0
-        step = self.step
+        step = self._step
         try:
             while n < max_iter:
-                state, elbo[n] = step(state)
+                state, elbo[n], phi_u = step(state)
                 n += 1
+                if observe is not None:
+                    observe(
+                        self._observed(state.params, phi_u, state.frame),
+                        n,
+                        n_means=self.model.size,
+                    )
                 if bar is not None:
                     bar.update(1)
                     if n % 50 == 0:
@@ -1015,7 +1397,23 @@ class SGVI:
         finally:
             if bar is not None:
                 bar.close()
+        average = getattr(convergence, "average", None)
+        if converged and observe is not None and average is not None:
+            state = self._averaged(state, average())
         return SGVIResult(state, elbo[:n].copy(), converged, n)
+
+    def _averaged(self, state, x):
+        """The state with q's parameters set to their average ``x`` (as observed)."""
+        if x is None or not np.all(np.isfinite(x)):
+            return state
+        if state.frame is not None:
+            phi = self.family.from_frame(x, state.frame)
+        else:
+            phi = x.copy()
+            phi[: self.model.size] *= self.family.std(state.params)
+        if not np.all(np.isfinite(phi)):
+            return state
+        return state._replace(params=phi)
 
     # ------------------------------------------------------------ output
     def sample(self, state, n_draws, seed=None):
@@ -1042,11 +1440,21 @@ class SGVI:
         """PSIS k-hat of q (Yao, Vehtari, Simpson & Gelman 2018): see
         :func:`fastvi.sgvi.diagnostics.psis_khat`. Returns
         :class:`~fastvi.sgvi.diagnostics.PSISDiagnostic`; with ``warn`` a
-        :class:`~fastvi.sgvi.diagnostics.PSISWarning` is issued above 0.7."""
+        :class:`~fastvi.sgvi.diagnostics.PSISWarning` is issued above 0.7.
+        ``seed=None`` derives the draws' seed from the state (its key and step), so
+        a fit's k-hat is reproducible."""
         from .diagnostics import diagnose_q
 
+        if seed is None:
+            seed = [state.key, _TAG_PSIS, state.step]
         with thread_limits(self.n_jobs):
             return diagnose_q(self, state, n_draws, seed, warn, stacklevel + 1)
+
+
+def _khat_threshold():
+    from .diagnostics import KHAT_THRESHOLD
+
+    return KHAT_THRESHOLD
 
 
 def _progress(total):

@@ -1,6 +1,5 @@
 """Bayesian logistic and Poisson regression fitted by SGVI, with scikit-learn's API."""
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._cavi import all_or_nothing
 from .._compile import announces
+from .diagnostics import warn_user
 from .engine import (
     SGVI,
     Adam,
@@ -47,7 +47,8 @@ class _SGVIRegressionBase(BaseEstimator):
         "window": [Interval(Integral, 2, None, closed="left")],
         "tol_rel_obj": [Interval(Real, 0.0, None, closed="left")],
         "eval_elbo": [Interval(Integral, 1, None, closed="left")],
-        "init_scale": [Interval(Real, 0.0, None, closed="neither")],
+        "init_scale": [None, Interval(Real, 0.0, None, closed="neither")],
+        "progress_bar": ["boolean"],
         "qmc": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
@@ -72,11 +73,12 @@ class _SGVIRegressionBase(BaseEstimator):
         window=100,
         tol_rel_obj=0.01,
         eval_elbo=100,
-        init_scale=0.1,
+        init_scale=None,
         qmc=False,
         warm_start=False,
         random_state=None,
         n_jobs=None,
+        progress_bar=False,
     ):
         self.prior_scale = prior_scale
         self.intercept_prior_scale = intercept_prior_scale
@@ -98,6 +100,7 @@ class _SGVIRegressionBase(BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.progress_bar = progress_bar
 
     # ------------------------------------------------------------ fitting
     def _check_X(self, X, reset):
@@ -184,6 +187,7 @@ class _SGVIRegressionBase(BaseEstimator):
             max_iter=self.max_iter,
             convergence=rule,
             init_state=init_state,
+            progress_bar=self.progress_bar,
         )
         fam = engine.family
         phi = result.state.params
@@ -223,11 +227,10 @@ class _SGVIRegressionBase(BaseEstimator):
                 and self.tol_rel_obj > 0
             )
         ):
-            warnings.warn(
-                f"SGVI did not converge in max_iter={self.max_iter} steps; the ELBO "
-                "was still rising. Increase max_iter or the learning rate.",
+            warn_user(
+                f"SGVI did not converge in max_iter={self.max_iter} steps: the ELBO "
+                "was still rising or q's means still moving. Increase max_iter.",
                 ConvergenceWarning,
-                stacklevel=3,
             )
 
     def _engine_signature(self, model):
@@ -265,7 +268,9 @@ class _SGVIRegressionBase(BaseEstimator):
         (:mod:`fastvi.sgvi.diagnostics`). Below 0.5 q is close to the posterior;
         above 0.7 a :class:`~fastvi.sgvi.PSISWarning` is issued and q's means and
         sds should not be trusted. Sets ``psis_khat_`` and returns it. The data
-        are needed because the fit does not keep them.
+        are needed because the fit does not keep them. ``random_state=None``
+        derives the draws' seed from the fit, so the k-hat of one fit is the same
+        at every call.
         """
         check_is_fitted(self)
         if not isinstance(n_draws, Integral) or n_draws < 20:
@@ -278,9 +283,7 @@ class _SGVIRegressionBase(BaseEstimator):
         engine = SGVI(model, family=self.family, n_jobs=self.n_jobs)
         if self.state_.params.shape != (engine.family.size,):
             raise ValueError("X does not match the fitted model.")
-        result = engine.diagnose(
-            self.state_, int(n_draws), _seed_from(random_state), stacklevel=2
-        )
+        result = engine.diagnose(self.state_, int(n_draws), _seed_from(random_state))
         self.psis_khat_ = result.khat
         return result.khat
 
@@ -369,8 +372,11 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         Steps per window of the default rule.
     tol_rel_obj : float, default=0.01
     eval_elbo : int, default=100
-    init_scale : float, default=0.1
-        Initial sd of q in every coordinate (q's mean starts at 0).
+    init_scale : float or None, default=None
+        None: q starts at the Laplace approximation of the posterior and the
+        steps are taken in the coordinates it whitens (scale-free; see
+        :class:`fastvi.sgvi.SGVI`). A number: q starts at 0 with this sd in every
+        coordinate and steps in the raw coordinates.
     qmc : bool, default=False
         Draw eps from a scrambled Sobol' sequence (randomized quasi-Monte Carlo;
         lower-variance gradients when ``n_samples`` is a power of 2 above 1).
@@ -381,6 +387,8 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         ``n_jobs``.
     n_jobs : int, default=None
         Threads for the data pass (None: all).
+    progress_bar : bool, default=False
+        Show a tqdm progress bar of the steps (needs ``tqdm``).
 
     Attributes
     ----------

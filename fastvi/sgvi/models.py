@@ -23,7 +23,7 @@ subclasses :class:`Model` and writes ``log_joint`` in NumPy.
 """
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +53,9 @@ _GATHER_TILE_MAX_ROWS = 128
 # calling thread: about a millisecond of work, less than what waking numba's thread
 # pool can cost on a busy machine. The chunks, and so the bits, are the same.
 SERIAL_WORK = 1 << 21
+# Largest |x| a GLM accepts: the fit forms x . coef and, for its Laplace start,
+# curvatures ~ sum_n x_n x_n^T, which must stay far from the dtype's overflow
+_X_LIMIT = {np.float64: 1e100, np.float32: 1e15}
 
 
 class Interval(NamedTuple):
@@ -63,7 +66,8 @@ class Interval(NamedTuple):
 
 
 class Param(NamedTuple):
-    """A named model parameter: ``shape`` (``()`` for a scalar) and its support."""
+    """A named model parameter: ``shape`` (``()`` for a scalar; an int ``n`` means
+    ``(n,)``) and its support."""
 
     name: str
     shape: tuple = ()
@@ -108,10 +112,16 @@ class Model:
     has_gradient = True
 
     def __init__(self):
+        if not getattr(self, "params", None):
+            raise ValueError(
+                f"{type(self).__name__} has no parameters: set self.params (a list "
+                "of Param) before calling super().__init__()."
+            )
         params = []
         seen = set()
         for p in self.params:
-            p = Param(p.name, tuple(int(s) for s in p.shape), p.support)
+            shape = (p.shape,) if isinstance(p.shape, Integral) else p.shape
+            p = Param(p.name, tuple(int(s) for s in shape), p.support)
             if p.name in seen:
                 raise ValueError(f"Duplicate parameter name {p.name!r}.")
             seen.add(p.name)
@@ -326,6 +336,17 @@ class GLM(Model):
             raise ValueError(
                 f"X must be 2-D and y 1-D of matching length; got X {X.shape}, "
                 f"y {y.shape}."
+            )
+        if X.size and (not np.all(np.isfinite(X)) or not np.all(np.isfinite(y))):
+            raise ValueError("X and y must be finite (no NaN or infinity).")
+        limit = _X_LIMIT[X.dtype.type]
+        big = float(np.max(np.abs(X))) if X.size else 0.0
+        if big > limit:
+            raise ValueError(
+                f"X has values as large as {big:.3g}: beyond {limit:.0e} the "
+                "products of the fit (x . coef, the curvature x x^T) overflow "
+                f"{X.dtype}. Rescale the features (e.g. "
+                "sklearn.preprocessing.StandardScaler)."
             )
         for name, value in (
             ("prior_scale", prior_scale),
