@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# CI entry point: a fresh virtual environment, the README's test command, and the
-# benchmark smoke profile. Run from the repository root: `bash ci/test.sh`.
+# CI entry point: a fresh virtual environment, the README's two commands in order, the
+# tests, and the benchmark smoke profile. Run from the repository root: `bash ci/test.sh`.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
+ROOT="$PWD"
 VENV="${FASTVI_CI_VENV:-.venv-ci}"
 
 echo "== environment"
@@ -13,9 +14,26 @@ source "$VENV/bin/activate"
 python --version
 python -m pip install --quiet --upgrade pip
 
-echo "== install and test (the README's test command)"
-# keep in sync with README.md, "Run the tests"
+echo "== the README's two commands, in order, in this fresh environment"
+# keep in sync with README.md, "Set up and try it" and "Run the tests": the first
+# installs fastvi and runs the demo (which compiles and caches the kernels), the
+# second replaces that install with an editable one; the install must still work
+# from any folder afterwards (a cache inside the package once broke it)
+python -m pip install --quiet . && fastvi demo
 python -m pip install --quiet -e ".[test,dask]"
+(
+    cd "$(mktemp -d)"
+    python -c "
+import os, sysconfig, fastvi
+from fastvi import BayesianGaussianMixture
+here = os.path.dirname(os.path.abspath(fastvi.__file__))
+assert here == os.path.join('$ROOT', 'fastvi'), here
+left = os.path.join(sysconfig.get_paths()['purelib'], 'fastvi')
+assert not os.path.exists(left), f'the first install left {left} behind'
+print('fastvi imports from', here)
+"
+    fastvi --version
+)
 
 python -m pip list 2>/dev/null | grep -iE '^(numpy|scipy|numba|llvmlite|scikit-learn|pytest|hypothesis|threadpoolctl) '
 python -m threadpoolctl -i numpy
