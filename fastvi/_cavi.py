@@ -15,7 +15,8 @@ Hooks a model implements
     return the bound after the round. Each update maximizes the bound in its
     coordinate, so the returned value does not fall (PRML eq. 10.9) beyond rounding;
     a fall is a bug, except where a model documents why its updates are not exact
-    coordinate steps (BayesianGaussianMixture with ``reg_covar > 0``).
+    coordinate steps (BayesianGaussianMixture with ``reg_covar > 0``) or where the
+    rounding is large (VBLinearRegression with a numerically singular design).
 ``_cavi_get_state() -> tuple`` / ``_cavi_set_state(state)``
     Snapshot and restore the global factors (fresh arrays: steps never mutate a
     snapshot in place).

@@ -147,6 +147,28 @@ def _chol_inverse(precision):
     return cov, factor, -2.0 * float(np.sum(np.log(np.diag(chol))))
 
 
+def _augmented_root(gram, xty, yty):
+    """A square root R of the augmented Gram matrix A = [[XᵀX, Xᵀy], [yᵀX, yᵀy]].
+
+    RᵀR is A projected onto the positive semi-definite matrices (the negative
+    eigenvalues of A scaled to a unit diagonal, rounding of a singular A, set to 0), so
+    that ‖y − Xm‖² = ‖R [m; −1]‖² is a sum of squares, a smooth function of m computed to
+    a few ulps, where yᵀy − 2 mᵀXᵀy + mᵀXᵀXm cancels
+    when the noise is small (rounding of relative size ~ ε yᵀy / ‖y − Xm‖², which
+    made the bound oscillate at convergence). Scaling first keeps the rounding of each
+    entry relative to its own scale (X and y on very different scales).
+    """
+    d = gram.shape[0]
+    aug = np.empty((d + 1, d + 1))
+    aug[:d, :d] = gram
+    aug[:d, d] = aug[d, :d] = xty
+    aug[d, d] = yty
+    scale = np.sqrt(np.diag(aug))
+    scale[scale == 0.0] = 1.0
+    values, vectors = linalg.eigh(aug / np.outer(scale, scale))
+    return (np.sqrt(np.maximum(values, 0.0))[:, None] * vectors.T) * scale
+
+
 # ------------------------------------------------------- per-block statistics
 # The data passes of the regressions, as pure functions of one block of rows and the
 # current global parameters. A caller holding the rows in pieces (chunks of a Dask
@@ -793,7 +815,10 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     XᵀX, Xᵀy and yᵀy, computed once about the column means in blocks of rows with
     BLAS (a GEMM over blocks reaches the machine's DGEMM rate, which no hand-written
     kernel here beats, and centring the blocks avoids the cancellation of
-    XᵀX − N x̄ x̄ᵀ). ``n_init`` is fixed to 1: the initialization (E[α] = 1/var(y),
+    XᵀX − N x̄ x̄ᵀ). E‖y − Xw‖² is evaluated as sums of squares (see
+    ``_augmented_root``), so the bound does not fall beyond a few ulps when the noise
+    is small; with a numerically singular design (cond(X) ≳ 1e6) it can (README, "The
+    CAVI engine"). ``n_init`` is fixed to 1: the initialization (E[α] = 1/var(y),
     E[λ] = 1, as BayesianRidge) is deterministic.
 
     ``predict(X, return_std=True)`` returns the mean and standard deviation of the
@@ -968,7 +993,14 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         # var(y): the centred sum of squares, or from the raw moments without centring
         mean = y_sum / n
         var_y = stats.yty / n if self.fit_intercept else stats.yty / n - mean * mean
-        return n, gram, stats.xty, stats.yty, float(max(var_y, 0.0))
+        root = _augmented_root(gram, stats.xty, stats.yty)
+        # the rounds read XᵀX, Xᵀy, yᵀy from the root, so that the bound's residual
+        # ‖R [m; −1]‖² and the updates describe one positive semi-definite problem
+        d = gram.shape[0]
+        gram = root[:, :d].T @ root[:, :d]
+        gram = 0.5 * (gram + gram.T)
+        xty = root[:, :d].T @ root[:, d]
+        return n, gram, xty, root, float(max(var_y, 0.0))
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -988,19 +1020,23 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         self._log_det_sigma = 0.0
 
     def _cavi_step(self, data):
-        n, gram, xty, yty, _ = data
+        n, gram, xty, root, _ = data
         d = gram.shape[0]
         e_alpha = self.alpha_shape_ / self.alpha_rate_
         e_lambda = self.lambda_shape_ / self.lambda_rate_
         # q(w): S⁻¹ = E[α] XᵀX + diag(E[λ]), m = E[α] S Xᵀy
         precision = e_alpha * gram
         precision[np.diag_indices(d)] += e_lambda
-        sigma, _, log_det = _chol_inverse(precision)
-        coef = e_alpha * (sigma @ xty)
-        # E‖y − Xw‖² = yᵀy − 2 mᵀXᵀy + mᵀXᵀXm + tr(XᵀX S); the first three are the
-        # squared residual of the mean, clipped at 0 against rounding
-        resid = max(yty - 2.0 * coef @ xty + coef @ gram @ coef, 0.0)
-        e_sq_resid = resid + float(np.sum(gram * sigma))
+        sigma, factor, log_det = _chol_inverse(precision)
+        # m = E[α] L (Lᵀ Xᵀy) with S = L Lᵀ: two triangular products, accurate where
+        # S @ Xᵀy loses the small components of m to the rounding of S's large ones
+        coef = e_alpha * (factor @ (factor.T @ xty))
+        # E‖y − Xw‖² = ‖y − Xm‖² + tr(XᵀX S), the first as the sum of squares
+        # ‖R [m; −1]‖² (see _augmented_root), the second from S (E[α] XᵀX + diag E[λ])
+        # = I, free of the cancellation of Σ (XᵀX)_ij S_ij with correlated features
+        resid = root @ np.append(coef, -1.0)
+        trace = max(d - float(np.sum(e_lambda * np.diag(sigma))), 0.0) / e_alpha
+        e_sq_resid = float(resid @ resid) + trace
         # q(α)
         a_alpha = self.alpha_1 + 0.5 * n
         b_alpha = self.alpha_2 + 0.5 * e_sq_resid
