@@ -41,7 +41,6 @@ import signal
 import sys
 import time
 import warnings
-import zipfile
 
 import numpy as np
 
@@ -779,13 +778,9 @@ def _info(args):
             summary["iteration"] = extra["iteration"]
             summary["converged"] = extra.get("converged")
     else:
-        try:
-            X = read_data(path, fmt=args.fmt, header=args.header, check=False)
-        except (zipfile.BadZipFile, EOFError) as exc:
-            # a damaged model file is no model file (is_model_file) nor data
-            raise ValueError(
-                f"{path}: neither a model nor a data file ({exc})"
-            ) from None
+        # a damaged model file is no model file (is_model_file): read_data then
+        # says what is wrong with it as data
+        X = read_data(path, fmt=args.fmt, header=args.header, check=False)
         summary = {
             "file": path,
             "kind": "data",

@@ -1307,3 +1307,41 @@ def test_lda_ctrl_c_stops_after_the_epoch_with_a_valid_checkpoint(
     assert run.returncode == 0, run.stderr
     assert_same_lda(reference, load(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def _damaged_copies(path):
+    """Damaged versions of an archive or .npy file: ``(what, bytes)``."""
+    data = path.read_bytes()
+    out = [("truncated", data[: len(data) // 2]), ("empty", b"")]
+    central = data.rfind(b"PK\x01\x02")
+    if central >= 0:  # a zip: claim a newer zip version than Python reads
+        newer = bytearray(data)
+        newer[central + 6] = 140
+        out.append(("zip version 14.0", bytes(newer)))
+        flipped = bytearray(data)
+        flipped[central + 10] ^= 0xFF  # the compression method
+        out.append(("compression method", bytes(flipped)))
+    else:
+        header = bytearray(data)
+        header[10:30] = b"x" * 20  # a mangled .npy header
+        out.append(("header", bytes(header)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["npz", "npy"])
+def test_damaged_data_files_are_named_errors(tmp_path, kind, capsys):
+    good = tmp_path / f"good.{kind}"
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    if kind == "npz":
+        sp.save_npz(good, sp.csr_matrix(np.abs(X)))
+    else:
+        np.save(good, X)
+    for what, data in _damaged_copies(good):
+        bad = tmp_path / f"bad.{kind}"
+        bad.write_bytes(data)
+        with pytest.raises(DataError, match=str(bad)):
+            read_data(bad)
+        assert cli_main(["info", str(bad)]) == 2, what
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastvi: error: {bad}"), (what, err)
+        assert len(err.strip().splitlines()) == 1, (what, err)

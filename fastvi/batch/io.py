@@ -25,6 +25,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import struct
+import tokenize
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -45,6 +49,24 @@ __all__ = [
 DEFAULT_BLOCK_ROWS = 16 * 4096
 
 _SPARSE_KEYS = {"format", "shape", "indptr", "indices", "data"}
+
+
+# what reading a damaged or foreign file can raise besides OSError
+_DAMAGED = (
+    ValueError,
+    KeyError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    UnicodeDecodeError,
+    SyntaxError,  # a mangled .npy header (numpy parses it as a Python literal)
+    tokenize.TokenError,
+    struct.error,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+)
 
 
 class DataError(ValueError):
@@ -139,7 +161,8 @@ def _read_npz(path):
 
     _refuse_model_file(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # numpy leaves its own file handle open when the archive is damaged: own it
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
             names = set(archive.files)
             if _SPARSE_KEYS <= names:
                 fmt = archive["format"].item()
@@ -297,8 +320,22 @@ def read_data(path, fmt="auto", header=False, check=True):
         raise DataError(f"{path}: unknown format {fmt!r}")
     try:
         X = readers[fmt](path)
+    except DataError:
+        raise
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except MemoryError:
+        raise DataError(
+            f"{path}: does not fit in memory; a float64 .npy file is read block by "
+            "block instead (fastvi fit gmm)"
+        ) from None
+    except _DAMAGED as exc:
+        # a truncated, corrupted or foreign file: numpy's, zipfile's and zlib's own
+        # errors do not name the file
+        raise DataError(
+            f"{path}: cannot be read as {fmt} (damaged or not a {fmt} file: "
+            f"{type(exc).__name__}: {exc})"
+        ) from None
     if check:
         check_finite(X, path)
     return X
