@@ -424,3 +424,46 @@ def test_model_outputs_of_the_wrong_shape_are_clear_errors(S):
     # and through the engine, at the first evaluation
     with pytest.raises(ValueError, match="it returned a scalar"):
         SGVI(_ScalarModel("scalar")).init(0)
+
+
+def test_the_pass_runs_in_parallel_by_work_not_by_rows(user, monkeypatch):
+    """A small model on more rows than one chunk runs on the calling thread (waking
+    the pool cost more than its whole pass); the same bits either way."""
+    import numba
+
+    from fastvi.sgvi.models import SERIAL_WORK
+    from fastvi.sgvi.user import CHUNK_ROWS
+
+    X, y = _robust_data(N=4 * CHUNK_ROWS)
+    params = [Param("coef", (2,)), Param("intercept"), Param("sigma", (), "positive")]
+    model = NumbaModel(
+        params, loglik=user.loglik, loglik_grad=user.loglik_grad, data=np.c_[X, y]
+    )
+    N, P, K = model.n_rows, model.size, model.data.shape[1]
+    k = model.kernels
+    calls = []
+
+    def spy(name):
+        kernel = getattr(k, name)
+
+        def wrapped(*args):
+            calls.append(name)
+            return kernel(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(k, "loglik_pass", spy("loglik_pass"))
+    monkeypatch.setattr(k, "loglik_pass_serial", spy("loglik_pass_serial"))
+    theta = np.tile([1.0, -0.5, 0.3, 0.5], (8, 1))
+    assert N * 8 * (P + K) < SERIAL_WORK  # a small model: 8 draws of 2048 rows
+    small = model.log_joint(theta, None, 1.0)
+    assert calls == ["loglik_pass_serial"]
+    S = SERIAL_WORK // (N * (P + K)) + 1  # enough draws to be worth the threads
+    big = model.log_joint(np.tile(theta[:1], (S, 1)), None, 1.0)
+    expected = "loglik_pass" if numba.get_num_threads() > 1 else "loglik_pass_serial"
+    assert calls[1] == expected
+    assert_array_equal(big[0][:8], small[0])
+    assert_array_equal(big[1][:8], small[1])
+    # a minibatch of one chunk or less is always serial
+    model.log_joint(np.tile(theta[:1], (S, 1)), np.arange(CHUNK_ROWS), 1.0)
+    assert calls[2] == "loglik_pass_serial"
