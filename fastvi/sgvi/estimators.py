@@ -1,6 +1,7 @@
 """Bayesian logistic and Poisson regression fitted by SGVI, with scikit-learn's API."""
 
 from numbers import Integral, Real
+from time import perf_counter
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -57,6 +58,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         "eval_elbo": [Interval(Integral, 1, None, closed="left")],
         "init_scale": [None, Interval(Real, 0.0, None, closed="neither")],
         "progress_bar": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "qmc": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
@@ -87,6 +90,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         random_state=None,
         n_jobs=None,
         progress_bar=False,
+        verbose=0,
+        verbose_interval=100,
     ):
         self.prior_scale = prior_scale
         self.intercept_prior_scale = intercept_prior_scale
@@ -109,6 +114,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress_bar = progress_bar
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
 
     # ------------------------------------------------------------ saved models
     def _fitted_schema(self, attrs):
@@ -284,13 +291,17 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         ):
             init_state = previous
         seed = _seed_from(self.random_state)
+        report = _Report(self, engine, init_state) if self.verbose else None
         result = engine.run(
             seed=seed,
             max_iter=self.max_iter,
             convergence=rule,
             init_state=init_state,
             progress_bar=self.progress_bar,
+            callback=report,
         )
+        if report is not None:
+            report.end(result)
         fam = engine.family
         phi = result.state.params
         mean = fam.mean(phi).copy()
@@ -416,6 +427,47 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         return eta
 
 
+class _Report:
+    """Verbose output of a fit, in the manner of scikit-learn's mixtures: how q
+    starts, every ``verbose_interval`` steps the mean ELBO of those steps (with
+    ``verbose >= 2`` the time they took), and how the fit ended."""
+
+    def __init__(self, est, engine, init_state):
+        self.verbose = est.verbose
+        self.interval = est.verbose_interval
+        self.engine = engine
+        self.resumed = init_state is not None
+        self.last = perf_counter()
+
+    def __call__(self, n, elbo, state):
+        if n == 1:
+            if self.resumed:
+                start = f"resumed at step {state.step - 1}"
+            elif state.frame is not None:
+                start = "Laplace approximation (whitened steps)"
+            else:
+                start = "no usable mode: sd 0.1 at the initial point"
+            print(
+                f"SGVI: {self.engine.family.name} q of {self.engine.model.size} "
+                f"coordinates; start: {start}"
+            )
+        if n % self.interval:
+            return
+        line = f"  Step {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
+        if self.verbose >= 2:
+            now = perf_counter()
+            line += f"\t time lapse {now - self.last:.5f}s"
+            self.last = now
+        print(line)
+
+    def end(self, result):
+        how = "converged" if result.converged else "did not converge"
+        khat = (
+            "" if result.psis_khat is None else f"; PSIS k-hat {result.psis_khat:.2f}"
+        )
+        print(f"SGVI {how} after {result.n_iter} steps{khat}")
+
+
 def _seed_from(random_state):
     if random_state is None or isinstance(random_state, Integral):
         return random_state
@@ -491,6 +543,12 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         Threads for the data pass (None: all).
     progress_bar : bool, default=False
         Show a tqdm progress bar of the steps (needs ``tqdm``).
+    verbose : int, default=0
+        1: print how q starts (the Laplace approximation or not), the mean ELBO of
+        every ``verbose_interval`` steps, and how the fit ended (steps, converged,
+        PSIS k-hat); 2: also the time of each interval.
+    verbose_interval : int, default=100
+        Steps between verbose lines.
 
     Attributes
     ----------
