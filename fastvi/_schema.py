@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "Array",
     "Bool",
+    "Choice",
     "Either",
     "Estimators",
     "Floats",
@@ -35,6 +36,7 @@ __all__ = [
     "Posterior",
     "RandomStateSpec",
     "Real",
+    "Record",
     "SchemaMismatch",
     "Seq",
     "check_attributes",
@@ -160,19 +162,21 @@ _INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 class Int(Spec):
-    """An integer in [``low``, 2**63 - 1]; ``dim`` names the dimension it is."""
+    """An integer in [``low``, ``high``] (default 2**63 - 1); ``dim`` names the
+    dimension it is."""
 
-    def __init__(self, low=0, *, dim=None, required=False):
+    def __init__(self, low=0, *, high=None, dim=None, required=False):
         super().__init__(required)
         self.low = low
+        self.high = _INT64_MAX if high is None else min(int(high), _INT64_MAX)
         self.dim = dim
 
     def check(self, value, dims):
         if not _is_int(value):
             raise SchemaMismatch(f"is a {type(value).__name__}, expected an integer")
-        if not self.low <= value <= _INT64_MAX:
+        if not self.low <= value <= self.high:
             raise SchemaMismatch(
-                f"is out of range (expected an integer from {self.low} to {_INT64_MAX})"
+                f"is out of range (expected an integer from {self.low} to {self.high})"
             )
         if self.dim is not None:
             dims.resolve(self.dim, int(value), f"is {value}:")
@@ -278,6 +282,41 @@ class Seq(Spec):
                 spec.check(item, dims)
             except SchemaMismatch as exc:
                 raise SchemaMismatch(f"item {i} {exc}") from None
+
+
+class Choice(Spec):
+    """One of the strings ``values``."""
+
+    def __init__(self, values, required=False):
+        super().__init__(required)
+        self.values = tuple(values)
+
+    def check(self, value, dims):
+        if not isinstance(value, str) or value not in self.values:
+            raise SchemaMismatch(f"is {value!r}, expected one of {list(self.values)}")
+
+
+class Record(Spec):
+    """A named tuple of class ``cls`` whose fields hold values of ``fields``
+    (a dict from field name to spec; every field of the class must be declared)."""
+
+    def __init__(self, cls, fields, required=False):
+        super().__init__(required)
+        self.cls = cls
+        self.fields = dict(fields)
+        if set(self.fields) != set(cls._fields):
+            raise TypeError(f"declare every field of {cls.__name__}")
+
+    def check(self, value, dims):
+        if type(value) is not self.cls:
+            raise SchemaMismatch(
+                f"is a {type(value).__name__}, expected a {self.cls.__name__}"
+            )
+        for field, spec in self.fields.items():
+            try:
+                spec.check(getattr(value, field), dims)
+            except SchemaMismatch as exc:
+                raise SchemaMismatch(f"field {field} {exc}") from None
 
 
 class RandomStateSpec(Spec):

@@ -85,12 +85,18 @@ _FORMAT_NAME = "fastvi-model"
 # The classes a file may name, and where they live. Nothing else can be loaded.
 _CLASSES = {
     "BayesianGaussianMixture": "fastvi.mixture",
+    "BayesianLogisticRegression": "fastvi.sgvi.estimators",
+    "BayesianPoissonRegression": "fastvi.sgvi.estimators",
     "LatentDirichletAllocation": "fastvi.lda",
     "UnivariateGaussian": "fastvi.conjugate",
     "VBLinearRegression": "fastvi.conjugate",
     "VBLogisticRegression": "fastvi.conjugate",
 }
-_TUPLES = {"NormalGammaPosterior": "fastvi.conjugate"}
+_TUPLES = {
+    "NormalGammaPosterior": "fastvi.conjugate",
+    "SGVIState": "fastvi.sgvi.engine",
+    "Frame": "fastvi.sgvi.engine",
+}
 
 # Per-fit bookkeeping that is not part of a fitted model.
 _TRANSIENT = frozenset(
@@ -411,7 +417,8 @@ def save(estimator, path, *, extra=None, kind="model"):
     ----------
     estimator : estimator
         One of ``BayesianGaussianMixture``, ``LatentDirichletAllocation``,
-        ``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression``.
+        ``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression``,
+        ``BayesianLogisticRegression``, ``BayesianPoissonRegression``.
     path : str or path-like
         Written exactly as given (no suffix is added); ``.npz`` is conventional.
     extra : dict, optional

@@ -33,10 +33,17 @@ from fastvi.conjugate import (
 )
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import BayesianGaussianMixture
+from fastvi.sgvi import PSISWarning
+from fastvi.sgvi.estimators import (
+    BayesianLogisticRegression,
+    BayesianPoissonRegression,
+)
 
 SEED = 1313
 PER_CLASS = 1000
 CHECKPOINT_MUTANTS = 300
+SGVI_MUTANTS = 300  # per SGVI class: each mutant's fit-free use is cheap, but
+# their files hold the engine state (many small arrays), so fewer keep the run short
 CLI_REFUSED_SAMPLE = 2  # beside one loadable mutant per variant
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _fit(est, *args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", PSISWarning)
         return est.fit(*args)
 
 
@@ -56,6 +64,7 @@ def _models(tmp):
     y_lin = X @ [1.0, -0.5, 0.2] + 0.1 * rng.standard_normal(120)
     y_two = X[:, 0] > X[:, 1]
     y_three = np.array(["a", "b", "c"])[rng.integers(0, 3, 120)]
+    y_counts = rng.poisson(np.exp(0.1 * X[:, 0])).astype(np.float64)
     inputs = {"X": X[:40], "counts": counts[:15], "x1": x1[:20]}
     for name, value in inputs.items():
         np.save(tmp / f"{name}.npy", value)
@@ -125,6 +134,41 @@ def _models(tmp):
         ("lin", "ard", VBLinearRegression(ard=True), (X, y_lin), "X", False),
         ("logit", "binary", VBLogisticRegression(), (X, y_two), "X", False),
         ("logit", "ovr", VBLogisticRegression(), (X, y_three), "X", False),
+    ]
+    sgvi = dict(max_iter=100, random_state=0)
+    variants += [
+        (
+            "sgvi-logit",
+            "meanfield-adam",
+            BayesianLogisticRegression(**sgvi),
+            (X, y_two),
+            "X",
+            False,
+        ),
+        (
+            "sgvi-logit",
+            "fullrank-stan",
+            BayesianLogisticRegression(family="fullrank", optimizer="stan", **sgvi),
+            (X, y_three == "a"),
+            "X",
+            False,
+        ),
+        (
+            "sgvi-poisson",
+            "fullrank-adam",
+            BayesianPoissonRegression(family="fullrank", **sgvi),
+            (X, y_counts),
+            "X",
+            False,
+        ),
+        (
+            "sgvi-poisson",
+            "meanfield-rm",
+            BayesianPoissonRegression(optimizer="robbins-monro", **sgvi),
+            (X, y_counts),
+            "X",
+            False,
+        ),
     ]
     models = []
     for group, name, est, args, data, cli in variants:
@@ -345,7 +389,9 @@ def _write_mutants(models, out_dir):
         by_group.setdefault(model[0], []).append(model)
     jobs = []
     for group, variants in by_group.items():
-        total = CHECKPOINT_MUTANTS if group == "checkpoint" else PER_CLASS
+        total = {"checkpoint": CHECKPOINT_MUTANTS, "sgvi-logit": SGVI_MUTANTS}.get(
+            group, SGVI_MUTANTS if group == "sgvi-poisson" else PER_CLASS
+        )
         for i in range(total):
             _, name, path, data_file, cli = variants[i % len(variants)]
             data = path.read_bytes()
@@ -378,7 +424,16 @@ def test_mutated_model_files_never_crash(tmp_path):
     mutants.mkdir()
     jobs = _write_mutants(models, mutants)
     groups = {job["group"] for job in jobs}
-    assert groups == {"gmm", "lda", "ug", "lin", "logit", "checkpoint"}
+    assert groups == {
+        "gmm",
+        "lda",
+        "ug",
+        "lin",
+        "logit",
+        "checkpoint",
+        "sgvi-logit",
+        "sgvi-poisson",
+    }
     jobs_file = tmp_path / "jobs.json"
     jobs_file.write_text(json.dumps(jobs))
     try:

@@ -689,3 +689,37 @@ def test_far_too_large_learning_rate_warns_of_divergence():
     assert ok.elbo_history_[-100:].mean() > ok.elbo_history_[:100].mean()
     with pytest.warns(ELBODivergenceWarning, match="smaller learning rate"):
         BayesianLogisticRegression(learning_rate=1.0, **kw).fit(X, y)
+
+
+def test_verbose_output_of_the_estimators(capsys):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 2))
+    y = rng.poisson(np.exp(0.3 * X[:, 0])).astype(float)
+    params = dict(max_iter=300, random_state=0, tol=0)
+    quiet = BayesianPoissonRegression(**params).fit(X, y)
+    assert capsys.readouterr().out == ""
+    est = BayesianPoissonRegression(verbose=1, verbose_interval=100, **params).fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("SGVI: meanfield q of 3 coordinates; start: Laplace")
+    assert [line.split()[:2] for line in lines[1:4]] == [
+        ["Step", "100"],
+        ["Step", "200"],
+        ["Step", "300"],
+    ]
+    # the reported means are those of the recorded ELBO trace
+    for line, k in zip(lines[1:4], range(3)):
+        mean = float(line.split("mean ELBO")[1])
+        window = est.elbo_history_[100 * k : 100 * (k + 1)]
+        assert mean == pytest.approx(window.mean(), rel=1e-5)
+    assert lines[4].startswith("SGVI did not converge after 300 steps; PSIS k-hat")
+    assert len(lines) == 5
+    # printing changes nothing in the fit
+    assert_array_equal(quiet.elbo_history_, est.elbo_history_)
+    # verbose=2 adds the time of each interval; a warm start says it resumed
+    est.set_params(verbose=2, warm_start=True, max_iter=50, verbose_interval=25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert "start: resumed at step 300" in lines[0]
+    assert "time lapse" in lines[1] and "time lapse" in lines[2]

@@ -18,7 +18,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import stats
 
-from fastvi.sgvi import SGVI, NumbaModel, Param, WindowConvergence
+from fastvi.sgvi import SGVI, Model, NumbaModel, Param, WindowConvergence
 
 from . import reference_sgvi as ref
 
@@ -320,3 +320,150 @@ def test_user_model_compiles_in_a_fresh_process_and_is_cached(tmp_path):
     second = _run_fit(tmp_path, env)
     assert second["misses"] == 0 and second["hits"] >= 2  # loaded from the cache
     assert second["params"] == first["params"]
+
+
+def test_widths_that_disagree_are_clear_errors_before_any_kernel(user):
+    """A model whose params or data columns do not match what its functions index
+    would read the next draw's or row's values in the kernels (a NaN at the start,
+    or a silently wrong fit): the widths are probed first."""
+    X, y = _robust_data(N=20)
+    good = [Param("coef", (2,)), Param("intercept"), Param("sigma", (), "positive")]
+    # one column too many: the functions take coef of width 3 and read sigma past P
+    wide = np.column_stack([X, X[:, 0], y])
+    with pytest.raises(ValueError, match=r"loglik reads past.*P=4.*K=4"):
+        NumbaModel(good, loglik=user.loglik, data=wide)
+    # a parameter too few, with the gradient: the same
+    short = [Param("coef", (1,)), Param("intercept"), Param("sigma", (), "positive")]
+    with pytest.raises(ValueError, match=r"loglik reads past.*P=3.*K=3"):
+        NumbaModel(
+            short, loglik=user.loglik, loglik_grad=user.loglik_grad, data=np.c_[X, y]
+        )
+    # the widths that agree pass the probe
+    model = NumbaModel(
+        good, loglik=user.loglik, loglik_grad=user.loglik_grad, data=np.c_[X, y]
+    )
+    # theta of another width, and row indices out of range, never reach a kernel
+    with pytest.raises(ValueError, match=r"shape \(S, 4\)"):
+        model.log_joint(np.ones((2, 5)), None, 1.0)
+    with pytest.raises(ValueError, match=r"row indices must lie in \[0, 20\)"):
+        model.log_joint(np.ones((2, 4)), np.array([3, 20]), 1.0)
+    with pytest.raises(ValueError, match=r"row indices must lie in \[0, 20\)"):
+        model.log_joint(np.ones((2, 4)), np.array([-1, 2]), 1.0)
+
+
+def test_user_functions_that_write_past_out_or_return_arrays():
+    import numba
+
+    @numba.njit
+    def logprior(theta):
+        return -0.5 * (theta[0] ** 2 + theta[1] ** 2)
+
+    @numba.njit
+    def grad_past_out(theta, out):
+        for i in range(3):  # P is 2
+            out[i] = -theta[min(i, 1)]
+
+    @numba.njit
+    def returns_array(theta):
+        return -0.5 * theta * theta
+
+    @numba.njit
+    def reads_past_theta_in_grad(theta, out):
+        out[0] = -theta[0]
+        out[1] = -theta[1] + 0.0 * theta[2]
+
+    two = [Param("x", 2)]
+    with pytest.raises(ValueError, match="logprior_grad writes past the end of out"):
+        NumbaModel(two, logprior=logprior, logprior_grad=grad_past_out)
+    with pytest.raises(TypeError, match=r"logprior must return one float.*\(2,\)"):
+        NumbaModel(two, logprior=returns_array)
+    with pytest.raises(ValueError, match="logprior_grad reads past the end"):
+        NumbaModel(two, logprior=logprior, logprior_grad=reads_past_theta_in_grad)
+
+
+class _ScalarModel(Model):
+    """log_joint returns a scalar lp (or a gradient of the wrong shape)."""
+
+    def __init__(self, bad):
+        self.params = [Param("x", 2)]
+        self.bad = bad
+        super().__init__()
+
+    def log_joint(self, theta, rows, scale):
+        lp = -0.5 * np.sum(theta**2, axis=1)
+        g = -theta
+        if self.bad == "scalar":
+            return float(lp.sum()), g
+        if self.bad == "grad":
+            return lp, g[:, :1]
+        if self.bad == "flat-grad":
+            return lp, g.sum(axis=1)
+        return lp
+
+    def log_joint_value(self, theta, rows, scale):
+        return float(-0.5 * np.sum(theta**2))
+
+
+@pytest.mark.parametrize("S", [1, 3])
+def test_model_outputs_of_the_wrong_shape_are_clear_errors(S):
+    z = np.zeros((S, 2))
+    for bad, match in [
+        (
+            "scalar",
+            rf"log_joint must return the log density of each of the {S} "
+            rf"draws, shape \({S},\); it returned a scalar",
+        ),
+        ("grad", rf"gradient .* shape \({S}, 2\); it returned shape \({S}, 1\)"),
+        ("flat-grad", rf"shape \({S}, 2\); it returned shape \({S},\)"),
+        ("pair", "must return a pair"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _ScalarModel(bad).log_density(z)
+    with pytest.raises(ValueError, match=r"log_joint_value must return .*a scalar"):
+        _ScalarModel("scalar").log_density(z, grad=False)
+    # and through the engine, at the first evaluation
+    with pytest.raises(ValueError, match="it returned a scalar"):
+        SGVI(_ScalarModel("scalar")).init(0)
+
+
+def test_the_pass_runs_in_parallel_by_work_not_by_rows(user, monkeypatch):
+    """A small model on more rows than one chunk runs on the calling thread (waking
+    the pool cost more than its whole pass); the same bits either way."""
+    import numba
+
+    from fastvi.sgvi.models import SERIAL_WORK
+    from fastvi.sgvi.user import CHUNK_ROWS
+
+    X, y = _robust_data(N=4 * CHUNK_ROWS)
+    params = [Param("coef", (2,)), Param("intercept"), Param("sigma", (), "positive")]
+    model = NumbaModel(
+        params, loglik=user.loglik, loglik_grad=user.loglik_grad, data=np.c_[X, y]
+    )
+    N, P, K = model.n_rows, model.size, model.data.shape[1]
+    k = model.kernels
+    calls = []
+
+    def spy(name):
+        kernel = getattr(k, name)
+
+        def wrapped(*args):
+            calls.append(name)
+            return kernel(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(k, "loglik_pass", spy("loglik_pass"))
+    monkeypatch.setattr(k, "loglik_pass_serial", spy("loglik_pass_serial"))
+    theta = np.tile([1.0, -0.5, 0.3, 0.5], (8, 1))
+    assert N * 8 * (P + K) < SERIAL_WORK  # a small model: 8 draws of 2048 rows
+    small = model.log_joint(theta, None, 1.0)
+    assert calls == ["loglik_pass_serial"]
+    S = SERIAL_WORK // (N * (P + K)) + 1  # enough draws to be worth the threads
+    big = model.log_joint(np.tile(theta[:1], (S, 1)), None, 1.0)
+    expected = "loglik_pass" if numba.get_num_threads() > 1 else "loglik_pass_serial"
+    assert calls[1] == expected
+    assert_array_equal(big[0][:8], small[0])
+    assert_array_equal(big[1][:8], small[1])
+    # a minibatch of one chunk or less is always serial
+    model.log_joint(np.tile(theta[:1], (S, 1)), np.arange(CHUNK_ROWS), 1.0)
+    assert calls[2] == "loglik_pass_serial"

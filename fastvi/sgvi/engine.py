@@ -1266,6 +1266,7 @@ class SGVI:
         progress_bar=False,
         init_params=None,
         psis_draws=None,
+        callback=None,
     ):
         """Run up to ``max_iter`` steps from ``init_state`` (or a fresh state).
 
@@ -1289,10 +1290,20 @@ class SGVI:
         importance ratios vary so little that k-hat is noise: see
         :func:`~fastvi.sgvi.diagnostics.untrustworthy`). Returns
         :class:`SGVIResult` (the ELBO of the steps of this run only).
+
+        ``callback(n, elbo, state)``, when given, is called after every step with
+        the number of steps of this run, their ELBO values (a read-only view) and
+        the state (verbose output; it must not change the state).
         """
         with thread_limits(self.n_jobs):
             result = self._run(
-                seed, max_iter, convergence, init_state, progress_bar, init_params
+                seed,
+                max_iter,
+                convergence,
+                init_state,
+                progress_bar,
+                init_params,
+                callback,
             )
             if psis_draws is None:
                 psis_draws = min(1000, max(256, result.n_iter * self.n_samples // 2))
@@ -1358,7 +1369,16 @@ class SGVI:
         x[: self.model.size] /= self.family.std(phi)
         return x
 
-    def _run(self, seed, max_iter, convergence, init_state, progress_bar, init_params):
+    def _run(
+        self,
+        seed,
+        max_iter,
+        convergence,
+        init_state,
+        progress_bar,
+        init_params,
+        callback=None,
+    ):
         state = self.init(seed, init_params) if init_state is None else init_state
         convergence = WindowConvergence() if convergence is None else convergence
         window = getattr(convergence, "window", None) or getattr(
@@ -1387,6 +1407,10 @@ class SGVI:
                     if n % 50 == 0:
                         bar.set_postfix(elbo=f"{elbo[n - 1]:.4g}")
                 monitor(elbo, n, offset, stacklevel=4)
+                if callback is not None:
+                    seen = elbo[:n]
+                    seen.flags.writeable = False
+                    callback(n, seen, state)
                 if convergence(elbo, n):
                     converged = True
                     break

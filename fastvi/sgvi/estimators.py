@@ -1,6 +1,7 @@
 """Bayesian logistic and Poisson regression fitted by SGVI, with scikit-learn's API."""
 
 from numbers import Integral, Real
+from time import perf_counter
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -9,13 +10,18 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .. import _schema
 from .._cavi import all_or_nothing
 from .._compile import announces
+from ..persist import SaveMixin
 from .diagnostics import warn_user
 from .engine import (
+    FAMILIES,
     SGVI,
     Adam,
+    Frame,
     RobbinsMonro,
+    SGVIState,
     StanAdaptive,
     StanConvergence,
     WindowConvergence,
@@ -28,7 +34,10 @@ __all__ = ["BayesianLogisticRegression", "BayesianPoissonRegression"]
 N_PREDICTIVE_DRAWS = 200
 
 
-class _SGVIRegressionBase(BaseEstimator):
+_OPTIMIZERS = ("adam", "robbins-monro", "stan")
+
+
+class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     _family = None  # "logistic" / "poisson", set by subclasses
 
     _parameter_constraints: dict = {
@@ -37,7 +46,7 @@ class _SGVIRegressionBase(BaseEstimator):
         "fit_intercept": ["boolean"],
         "family": [StrOptions({"meanfield", "fullrank"})],
         "estimator": [StrOptions({"stl", "reparam", "score"})],
-        "optimizer": [StrOptions({"adam", "robbins-monro", "stan"})],
+        "optimizer": [StrOptions(set(_OPTIMIZERS))],
         "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -49,6 +58,8 @@ class _SGVIRegressionBase(BaseEstimator):
         "eval_elbo": [Interval(Integral, 1, None, closed="left")],
         "init_scale": [None, Interval(Real, 0.0, None, closed="neither")],
         "progress_bar": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
         "qmc": ["boolean"],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
@@ -79,6 +90,8 @@ class _SGVIRegressionBase(BaseEstimator):
         random_state=None,
         n_jobs=None,
         progress_bar=False,
+        verbose=0,
+        verbose_interval=100,
     ):
         self.prior_scale = prior_scale
         self.intercept_prior_scale = intercept_prior_scale
@@ -101,6 +114,102 @@ class _SGVIRegressionBase(BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress_bar = progress_bar
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    # ------------------------------------------------------------ saved models
+    def _fitted_schema(self, attrs):
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`).
+
+        D = ``n_features_in_``, P = D + ``fit_intercept`` coordinates of q, K its
+        packed parameters (2P mean-field, P + P(P+1)/2 full-rank). ``state_`` is
+        kept whole (q's parameters, the optimizer's moments, the seed, the
+        whitening frame) so that ``warm_start`` continues a loaded fit exactly as
+        it would have continued the saved one; its layout follows the family and
+        optimizer of the fit that made it (``_engine_key``).
+        """
+        S = _schema
+        D = "D"
+        fi = int(bool(self.fit_intercept))
+        P = (D, fi)
+        family, optimizer = self.family, self.optimizer
+        key = attrs.get("_engine_key")
+        if (
+            isinstance(key, tuple)
+            and len(key) == 3
+            and isinstance(key[0], str)
+            and isinstance(key[1], str)
+            and key[0] in FAMILIES
+            and key[1] in _OPTIMIZERS
+        ):
+            family, optimizer = key[0], key[1]
+        n = attrs.get("n_features_in_")
+        p = None
+        if isinstance(n, (Integral, np.integer)) and not isinstance(
+            n, (bool, np.bool_)
+        ):
+            p = int(n) + fi if n >= 1 else None
+        if p is None:  # n_features_in_ is refused before these are used
+            K, last = "K", None
+        else:
+            K = 2 * p if family == "meanfield" else p + p * (p + 1) // 2
+            last = p - 1
+        vec = S.Array((K,))
+        opt_state = {
+            "adam": S.Seq((vec, vec, S.Int(0), vec)),
+            "robbins-monro": S.Seq((S.Int(0),)),
+            "stan": S.Seq((vec, S.Int(0), S.Real(positive=True))),
+        }[optimizer]
+        B = S.Array((P,), positive=True)
+        if family == "fullrank":  # a triangular factor, or sds above a size
+            B = S.Either(S.Array((P, P), positive_diagonal=True), B)
+        frame = S.Record(
+            Frame,
+            {
+                "a": S.Array((P,)),
+                "B": B,
+                "corr": S.Seq(
+                    (S.Real(finite=True), S.Int(0, high=last), S.Int(0, high=last))
+                ),
+            },
+        )
+        state = S.Record(
+            SGVIState,
+            {
+                "params": S.Array((K,)),
+                "opt_state": opt_state,
+                "key": S.Int(0),
+                "step": S.Int(0),
+                "lr_scale": S.Real(positive=True),
+                "frame": S.NoneOr(frame),
+            },
+            required=True,
+        )
+        return {
+            "n_features_in_": S.Int(1, dim=D, required=True),
+            "feature_names_in_": S.Names((D,)),
+            "_engine_key": S.Seq(
+                (S.Choice(FAMILIES), S.Choice(_OPTIMIZERS), S.Int(1, dim=P)),
+                required=True,
+            ),
+            "state_": state,
+            "posterior_mean_": S.Array((P,), required=True),
+            "_posterior_chol": S.Array((P, P), positive_diagonal=True, required=True),
+            "posterior_cov_": S.Array((P, P), required=True),
+            "_predictive_draws": S.Array((N_PREDICTIVE_DRAWS, P), required=True),
+            "coef_": S.Array((D,), required=True),
+            "coef_std_": S.Array((D,), required=True),
+            "intercept_": S.Real(finite=True, required=True),
+            "intercept_std_": S.Real(finite=True, required=True),
+            "elbo_history_": S.Array(("T",), finite=False, required=True),
+            "n_iter_": S.Int(0, required=True),
+            "converged_": S.Bool(required=True),
+            "psis_khat_": S.Real(),
+            **self._target_schema(),
+        }
+
+    def _target_schema(self):
+        return {}
 
     # ------------------------------------------------------------ fitting
     def _check_X(self, X, reset):
@@ -182,13 +291,17 @@ class _SGVIRegressionBase(BaseEstimator):
         ):
             init_state = previous
         seed = _seed_from(self.random_state)
+        report = _Report(self, engine, init_state) if self.verbose else None
         result = engine.run(
             seed=seed,
             max_iter=self.max_iter,
             convergence=rule,
             init_state=init_state,
             progress_bar=self.progress_bar,
+            callback=report,
         )
+        if report is not None:
+            report.end(result)
         fam = engine.family
         phi = result.state.params
         mean = fam.mean(phi).copy()
@@ -314,6 +427,47 @@ class _SGVIRegressionBase(BaseEstimator):
         return eta
 
 
+class _Report:
+    """Verbose output of a fit, in the manner of scikit-learn's mixtures: how q
+    starts, every ``verbose_interval`` steps the mean ELBO of those steps (with
+    ``verbose >= 2`` the time they took), and how the fit ended."""
+
+    def __init__(self, est, engine, init_state):
+        self.verbose = est.verbose
+        self.interval = est.verbose_interval
+        self.engine = engine
+        self.resumed = init_state is not None
+        self.last = perf_counter()
+
+    def __call__(self, n, elbo, state):
+        if n == 1:
+            if self.resumed:
+                start = f"resumed at step {state.step - 1}"
+            elif state.frame is not None:
+                start = "Laplace approximation (whitened steps)"
+            else:
+                start = "no usable mode: sd 0.1 at the initial point"
+            print(
+                f"SGVI: {self.engine.family.name} q of {self.engine.model.size} "
+                f"coordinates; start: {start}"
+            )
+        if n % self.interval:
+            return
+        line = f"  Step {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
+        if self.verbose >= 2:
+            now = perf_counter()
+            line += f"\t time lapse {now - self.last:.5f}s"
+            self.last = now
+        print(line)
+
+    def end(self, result):
+        how = "converged" if result.converged else "did not converge"
+        khat = (
+            "" if result.psis_khat is None else f"; PSIS k-hat {result.psis_khat:.2f}"
+        )
+        print(f"SGVI {how} after {result.n_iter} steps{khat}")
+
+
 def _seed_from(random_state):
     if random_state is None or isinstance(random_state, Integral):
         return random_state
@@ -389,6 +543,12 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         Threads for the data pass (None: all).
     progress_bar : bool, default=False
         Show a tqdm progress bar of the steps (needs ``tqdm``).
+    verbose : int, default=0
+        1: print how q starts (the Laplace approximation or not), the mean ELBO of
+        every ``verbose_interval`` steps, and how the fit ended (steps, converged,
+        PSIS k-hat); 2: also the time of each interval.
+    verbose_interval : int, default=100
+        Steps between verbose lines.
 
     Attributes
     ----------
@@ -419,6 +579,13 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     """
 
     _family = "logistic"
+
+    def _target_schema(self):
+        return {
+            "classes_": _schema.Either(
+                _schema.Array((2,), None), _schema.Names((2,)), required=True
+            )
+        }
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

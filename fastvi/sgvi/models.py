@@ -191,18 +191,19 @@ class Model:
         from :meth:`log_joint_value`.
         """
         scale = 1.0 if rows is None else self.n_rows / rows.shape[0]
+        S = z.shape[0]
         if not grad:
             theta = z if self.identity else self.constrain(z)
-            lp = np.asarray(self.log_joint_value(theta, rows, scale), dtype=np.float64)
+            lp = self._checked_lp(self.log_joint_value(theta, rows, scale), S)
             return lp + self._log_jacobian(z)
         if not self.has_gradient:
             raise ValueError(
                 f"{type(self).__name__} has no gradient; use estimator='score'."
             )
         if self.identity:
-            return self.log_joint(z, rows, scale)
+            return self._checked(self.log_joint(z, rows, scale), S)
         theta = self.constrain(z)
-        lp, g = self.log_joint(theta, rows, scale)
+        lp, g = self._checked(self.log_joint(theta, rows, scale), S)
         g = np.array(g, dtype=np.float64, copy=True)
         lp = lp + self._log_jacobian(z)
         if self._pos.size:
@@ -215,6 +216,37 @@ class Model:
             # d theta / dz = width s (1 - s); d log J / dz = 1 - 2 s
             g[:, self._itv] = g[:, self._itv] * width * sig * (1.0 - sig) + (
                 1.0 - 2.0 * sig
+            )
+        return lp, g
+
+    def _checked_lp(self, lp, S, method="_value"):
+        """``lp`` as a float64 array of shape (S,), or a clear error: a scalar (or
+        any other shape) would be broadcast silently over the draws."""
+        shape = np.shape(lp)
+        if shape != (S,):
+            raise ValueError(
+                f"{type(self).__name__}.log_joint{method} must return the log "
+                f"density of each of the {S} draws, shape ({S},); it returned "
+                + ("a scalar" if shape == () else f"shape {shape}")
+                + "."
+            )
+        return np.asarray(lp, dtype=np.float64)
+
+    def _checked(self, out, S):
+        """``(lp, grad)`` of :meth:`log_joint` checked: shapes (S,) and (S, P)."""
+        name = type(self).__name__
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ValueError(
+                f"{name}.log_joint must return a pair (lp, grad); it returned "
+                f"{type(out).__name__}."
+            )
+        lp, g = out
+        lp = self._checked_lp(lp, S, "")
+        if np.shape(g) != (S, self.size):
+            raise ValueError(
+                f"{name}.log_joint must return the gradient of each of the {S} "
+                f"draws in the model's {self.size} parameter coordinates, shape "
+                f"({S}, {self.size}); it returned shape {np.shape(g)}."
             )
         return lp, g
 

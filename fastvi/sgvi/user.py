@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from .models import Model, Param
+from .models import Model, Param, _serial
 
 __all__ = ["NumbaModel", "kernel_cache_dir"]
 
@@ -171,6 +171,97 @@ def build_kernels(functions):
         return module
 
 
+# Entries beyond theta, a data row and ``out`` when the widths are probed
+_GUARD = 64
+
+
+def _guarded(values, fill):
+    """``values`` as the head of a longer buffer whose tail holds ``fill``: the
+    head is a C-contiguous view, the type the kernels pass."""
+    buf = np.full(values.shape[0] + max(_GUARD, values.shape[0]), fill)
+    buf[: values.shape[0]] = values
+    return buf, buf[: values.shape[0]]
+
+
+def _same_value(a, b):
+    return a == b or (a != a and b != b)
+
+
+def _probe_widths(functions, theta, data):
+    """Call the user's compiled functions once, at the initial point, with theta and
+    the first data row placed in front of guard entries: a function that reads
+    past theta's P entries or a row's K columns returns different values for two
+    guard fills, and a gradient that writes past ``out`` changes the guard. In the
+    kernels either would read the next draw's or row's values, or write out of
+    bounds, silently; here it is a clear error before any kernel runs."""
+    P = theta.shape[0]
+    row = None if data is None else data[0]
+    K = None if row is None else row.shape[0]
+    where = f"theta has P={P} entries" + (
+        "" if K is None else f" and a data row has K={K} columns"
+    )
+
+    def inputs(fill):
+        out = [_guarded(theta, fill)[1]]
+        if row is not None:
+            out.append(_guarded(row, fill)[1])
+        return out
+
+    for role, takes_row in (("loglik", True), ("logprior", False)):
+        f = functions.get(role)
+        if f is None:
+            continue
+        values = []
+        for fill in (np.nan, 0.5):
+            args = inputs(fill)
+            with np.errstate(all="ignore"):
+                value = f(*(args if takes_row else args[:1]))
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                shape = getattr(value, "shape", None)
+                what = (
+                    f"an array of shape {shape}"
+                    if shape is not None
+                    else type(value).__name__
+                )
+                raise TypeError(
+                    f"{role} must return one float (the log density of "
+                    f"{'one row' if takes_row else 'theta'}); it returned {what}."
+                )
+            values.append(float(value))
+        if not _same_value(*values):
+            raise ValueError(
+                f"{role} reads past the end of its inputs: {where} ({role} gives "
+                f"{values[0]!r} or {values[1]!r} depending on what lies beyond "
+                "them). Check the indices it uses against the model's params and "
+                "the data's columns."
+            )
+        g = functions.get(role + "_grad")
+        if g is None:
+            continue
+        results = []
+        for fill in (np.nan, 0.5):
+            args = inputs(fill)
+            out_buf, out = _guarded(np.zeros(P), fill)
+            with np.errstate(all="ignore"):
+                g(*(args if takes_row else args[:1]), out)
+            tail = out_buf[P:]
+            if not np.array_equal(tail, np.full(tail.shape, fill), equal_nan=True):
+                raise ValueError(
+                    f"{role}_grad writes past the end of out, which has P={P} "
+                    "entries (one per parameter coordinate, "
+                    "model.slices says where each parameter lies)."
+                )
+            results.append(out.copy())
+        if not np.array_equal(results[0], results[1], equal_nan=True):
+            raise ValueError(
+                f"{role}_grad reads past the end of its inputs: {where}. Check "
+                "the indices it uses against the model's params and the data's "
+                "columns."
+            )
+
+
 class NumbaModel(Model):
     """A model from numba-jitted functions: per-row log-likelihood and log prior.
 
@@ -266,24 +357,50 @@ class NumbaModel(Model):
                     f"{initial_point.shape}."
                 )
         self._initial = initial_point
+        _probe_widths(functions, self.constrain(self.initial_point()), data)
         self.kernels = build_kernels(functions)
 
     def initial_point(self):
         return np.zeros(self.size) if self._initial is None else self._initial.copy()
 
+    def _serial_pass(self, n_rows, n_draws):
+        """Whether a pass over ``n_rows`` rows for ``n_draws`` draws runs on the
+        calling thread: decided by its work, as for :class:`GLM`, estimated as one
+        multiply-add per parameter and per data column for each (row, draw) call
+        (waking the thread pool costs more than a small model's whole pass: the
+        earnings regression fitted 7 times slower in parallel). Same chunks, same
+        bits either way."""
+        work = n_rows * n_draws * (self.size + self.data.shape[1])
+        return _serial(n_rows, CHUNK_ROWS, work)
+
     def _evaluate(self, theta, rows, scale, with_grad):
+        # the kernels index theta by P and data by the row indices unchecked
         theta = np.ascontiguousarray(theta, dtype=np.float64)
+        if theta.ndim != 2 or theta.shape[1] != self.size:
+            raise ValueError(
+                f"theta must have shape (S, {self.size}) for this model's "
+                f"{self.size} parameters; got shape {theta.shape}."
+            )
         S, P = theta.shape
         lp = np.zeros(S)
         g = np.zeros((S, P))
         k = self.kernels
         if self._has_loglik:
-            rows = self._all_rows if rows is None else rows
-            rows = np.ascontiguousarray(rows, dtype=np.int64)
-            if rows.shape[0] == 0:
-                raise ValueError("rows must be a non-empty array of row indices.")
+            if rows is None:
+                rows = self._all_rows
+            else:
+                rows = np.ascontiguousarray(rows, dtype=np.int64)
+                if rows.ndim != 1 or rows.shape[0] == 0:
+                    raise ValueError("rows must be a non-empty 1-D array of indices.")
+                if rows.min() < 0 or rows.max() >= self.n_rows:
+                    raise ValueError(
+                        f"row indices must lie in [0, {self.n_rows}); got "
+                        f"{rows.min()} to {rows.max()}."
+                    )
             kernel = (
-                k.loglik_pass if rows.shape[0] > CHUNK_ROWS else k.loglik_pass_serial
+                k.loglik_pass_serial
+                if self._serial_pass(rows.shape[0], S)
+                else k.loglik_pass
             )
             ll, gl = kernel(theta, self.data, rows, CHUNK_ROWS, with_grad)
             lp += scale * ll.sum(axis=0)
