@@ -26,12 +26,13 @@ __all__ = ["GROUPS", "compiling", "is_compiled", "mark_compiled", "warmup"]
 
 log = logging.getLogger("fastvi")
 
-# kernel group -> (what the user reads, kernel modules it compiles, estimated CPU
-# seconds of the compile on the 2-core development machine: bench/compile_time.py)
+# kernel group -> (what the user reads, kernel modules it compiles, CPU seconds of
+# the first fit beyond a warm one, rounded up, on the 2-core development machine:
+# bench/compile_time.py, README "Compile time")
 GROUPS = {
-    "mixture": ("mixture", ("gmm",), 6),
-    "lda": ("topic-model", ("lda",), 8),
-    "conjugate": ("regression", ("conjugate",), 6),
+    "mixture": ("mixture", ("gmm",), 5),
+    "lda": ("topic-model", ("lda",), 7),
+    "conjugate": ("regression", ("conjugate",), 4),
     "sgvi": ("SGVI", ("sgvi",), 6),
 }
 _SHARED = ("_config", "_math")
