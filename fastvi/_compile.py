@@ -9,9 +9,10 @@ compile of a kernel group on this machine it logs one line on the ``fastvi`` log
 command line shows the logger's lines. After a fit the group is marked as compiled in
 the cache folder, so the line is not repeated.
 
-The mark's name is a hash of everything numba's cache depends on: the kernel sources,
-the numba, llvmlite and Python versions, and the processor. A new fastvi, a new numba
-or another machine (a shared home folder) gets the line again, as it recompiles.
+The mark's name is a hash of everything numba's cache depends on: the kernel sources
+and the folder they are installed in, the numba, llvmlite and Python versions, and the
+processor. A new fastvi, another installation of it, a new numba or another machine
+(a shared home folder) gets the line again, as it recompiles.
 """
 
 import contextlib
@@ -52,7 +53,9 @@ def _stamp(group):
     h.update(f"{numba.__version__} {llvmlite.__version__} {sys.version}".encode())
     h.update(binding.get_host_cpu_name().encode())
     h.update(binding.get_host_cpu_features().flatten().encode())
-    folder = os.path.dirname(_config.__file__)
+    folder = os.path.dirname(os.path.abspath(_config.__file__))
+    # numba's cache is per source folder too: another installation compiles anew
+    h.update(folder.encode())
     for name in _SHARED + GROUPS[group][1]:
         with open(os.path.join(folder, name + ".py"), "rb") as fh:
             h.update(fh.read())

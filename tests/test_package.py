@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ print(json.dumps({"hits": sum(stats.cache_hits.values()),
 _NOTICE = "compiling fastvi's mixture kernels for this machine"
 
 
-def _fit_in_fresh_process(env, verbose=0):
+def _fit_in_fresh_process(env, verbose=0, cwd=None):
     full_env = {
         k: v
         for k, v in os.environ.items()
@@ -71,6 +72,7 @@ def _fit_in_fresh_process(env, verbose=0):
         env=full_env,
         check=True,
         timeout=600,
+        cwd=cwd,
     )
     lines = out.stdout.strip().splitlines()
     return json.loads(lines[-1]), out.stderr, lines[:-1]
@@ -99,6 +101,24 @@ def test_kernels_are_cached_in_fastvi_cache_dir_never_in_the_package(tmp_path):
     assert log1.count(_NOTICE) == 2  # the logging line and the verbose print
     assert f"LOG fastvi: {_NOTICE}" in log1
     assert _NOTICE not in log2
+
+
+def test_another_installation_announces_its_own_first_compile(tmp_path):
+    # numba caches per source folder, so a second installation (a new virtual
+    # environment, a pip install after a clone) compiles again and must say so
+    env = {"FASTVI_CACHE_DIR": str(tmp_path / "cache")}
+    first, log1, _ = _fit_in_fresh_process(env, verbose=1)
+    assert first["misses"] >= 1 and _NOTICE in log1
+    site = tmp_path / "site"
+    shutil.copytree(
+        os.path.dirname(fastvi.__file__),
+        site / "fastvi",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    env["PYTHONPATH"] = str(site)
+    copy, log2, _ = _fit_in_fresh_process(env, verbose=1, cwd=tmp_path)
+    assert copy["misses"] >= 1  # compiled again, for the copy's folder
+    assert _NOTICE in log2
 
 
 def test_numba_cache_dir_is_honoured_and_fastvi_cache_dir_wins(tmp_path):
