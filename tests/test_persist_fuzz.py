@@ -42,8 +42,7 @@ from fastvi.sgvi.estimators import (
 SEED = 1313
 PER_CLASS = 1000
 CHECKPOINT_MUTANTS = 300
-SGVI_MUTANTS = 300  # per SGVI class: each mutant's fit-free use is cheap, but
-# their files hold the engine state (many small arrays), so fewer keep the run short
+SGVI_MUTANTS = 1000  # per SGVI class, as for the others
 CLI_REFUSED_SAMPLE = 2  # beside one loadable mutant per variant
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
