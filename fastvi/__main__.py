@@ -294,10 +294,14 @@ def _show_library_log(args):
     """Show the library's INFO lines (the 'compiling ...' notice) on stderr."""
     import logging
 
+    class _Stderr(logging.StreamHandler):
+        # whatever sys.stderr is when a line is written (tests replace it)
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
     log = logging.getLogger("fastvi")
     if getattr(args, "quiet", False) or log.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("fastvi: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
