@@ -4,6 +4,7 @@ import errno
 import os
 import stat
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -322,3 +323,50 @@ def test_write_errors_name_the_file(tmp_path, monkeypatch):
         with atomic_write(target):
             open(tmp_path / "missing.npy", "rb")
     assert os.listdir(tmp_path) == []
+
+
+def test_fits_in_two_threads_at_once_equal_the_fits_one_after_the_other():
+    # the mixture, LDA and logistic kernels are serial and release the GIL: two fits
+    # may run them at the same moment (numba's workqueue layer could not run two
+    # parallel kernels at once), and each gets the bits it gets alone
+    from fastvi.conjugate import VBLogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30_000, 6)) + rng.integers(0, 4, size=(30_000, 1))
+    counts = rng.poisson(0.4, size=(3_000, 200)).astype(float)
+    y = X[:, 0] + rng.normal(size=len(X)) > 1.5
+    fits = {
+        "gmm": lambda: (
+            BayesianGaussianMixture(
+                n_components=4, max_iter=15, random_state=0, n_jobs=2
+            )
+            .fit(X)
+            .means_
+        ),
+        "lda": lambda: (
+            LatentDirichletAllocation(
+                n_components=5, max_iter=4, random_state=0, n_jobs=2
+            )
+            .fit(counts)
+            .components_
+        ),
+        "logit": lambda: VBLogisticRegression(n_jobs=2).fit(X, y).coef_,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = {name: fit() for name, fit in fits.items()}
+        together = {}
+        start = threading.Barrier(len(fits))
+
+        def run(name):
+            start.wait()
+            for _ in range(2):
+                together[name] = fits[name]()
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in fits]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for name in fits:
+        np.testing.assert_array_equal(together[name], alone[name], err_msg=name)
