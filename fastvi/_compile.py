@@ -23,7 +23,15 @@ import os
 import sys
 import time
 
-__all__ = ["GROUPS", "compiling", "is_compiled", "mark_compiled", "warmup"]
+__all__ = [
+    "GROUPS",
+    "WARMUPS",
+    "announces",
+    "compiling",
+    "is_compiled",
+    "mark_compiled",
+    "warmup",
+]
 
 log = logging.getLogger("fastvi")
 
