@@ -9,7 +9,7 @@
 * :class:`VBLogisticRegression` — logistic regression with the Jaakkola–Jordan bound,
   per-datapoint ξ_n and a Gamma hyperprior on the weight precision (PRML §10.6,
   Bishop & Svensén 2003, Drugowitsch 2013); the ξ updates and the statistics they feed
-  run in one parallel kernel (``fastvi.kernels.conjugate.jj_pass``), and safeguarded
+  run in one parallel kernel (``fastvi.kernels.conjugate.jj_chunks``), and safeguarded
   Newton proposals cut the rounds from ~30 to 4–7.
 
 The data passes are pure functions of a block of rows and the current global

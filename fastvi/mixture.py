@@ -3,7 +3,8 @@
 The model, priors, bound and update order are scikit-learn's (Bishop, PRML §10.2, with
 scikit-learn's normalized Wishart parameterization and its constant-free bound), so a
 fit gives the same numbers; the work over the data is one fused parallel pass per
-iteration (``fastvi.kernels.gmm.mixture_pass``) instead of a Python loop over components.
+iteration (``fastvi.kernels.gmm.mixture_chunks_*``) instead of a Python loop over
+components.
 
 Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013) runs on the same
 pass: ``partial_fit`` and ``learning_method='online'`` take natural-gradient steps of the
@@ -264,7 +265,7 @@ def _dask_score_block(rows, estimator, want):
 def _dask_mixture_pass(
     block, start, kind, means, prec, const, shift, init_kind, marks, resp=None
 ):
-    """Task: one chunk through ``mixture_pass``; its partial statistics, summed."""
+    """Task: one chunk through ``_mixture_pass``; its partial statistics, summed."""
     rows = _kernel_array(block)
     K = const.shape[0]
     labels = _NO_LABELS
