@@ -34,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 import warnings
 from contextlib import nullcontext
@@ -41,6 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+from limits import mixture_flops
 
 PROFILES = {
     "full": {"sizes": (100_000, 1_000_000), "max_iter": 5},
@@ -234,20 +236,43 @@ def warmed_up():
                     make_estimator(library, cov, max_iter=1).fit(X)
 
 
-def run_case(benchmark, X, library, covariance_type, n_jobs, role):
-    """Time ``fit`` with ``benchmark.pedantic`` and record quality and memory."""
+def seconds_per_iteration(benchmark, fit_once, rounds, max_iter):
+    """``(fit(max_iter) - fit(1)) / (max_iter - 1)`` in seconds, medians of
+    ``rounds`` fits each: the cost of one iteration without initialization and
+    set-up, the figure the fraction of the machine's peak is taken on. None when the
+    benchmark ran untimed (``--benchmark-disable``)."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or max_iter < 2:
+        return None
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fit_once()
+        times.append(time.perf_counter() - start)
+    return max(stats.stats.median - float(np.median(times)), 0.0) / (max_iter - 1)
+
+
+def run_case(benchmark, X, library, covariance_type, n_jobs, role, limits):
+    """Time ``fit`` with ``benchmark.pedantic`` and record quality, memory, the
+    seconds per iteration and the work of one iteration beside the machine limits."""
     n_samples = X.shape[0]
     max_iter = PROFILE["max_iter"]
+    rounds = rounds_for(n_samples, library)
 
-    def fit():
-        return make_estimator(library, covariance_type, max_iter, n_jobs).fit(X)
+    def fit(iterations=max_iter):
+        return make_estimator(library, covariance_type, iterations, n_jobs).fit(X)
 
     with blas_limit(library):
-        model = benchmark.pedantic(
-            fit, rounds=rounds_for(n_samples, library), iterations=1, warmup_rounds=0
-        )
+        model = benchmark.pedantic(fit, rounds=rounds, iterations=1, warmup_rounds=0)
+        per_iter = seconds_per_iteration(benchmark, lambda: fit(1), rounds, max_iter)
         info = library_info(library, n_jobs)
     benchmark.extra_info.update(
+        seconds_per_iter=per_iter,
+        gflop_per_iter=mixture_flops(
+            covariance_type, n_samples, X.shape[1], N_COMPONENTS
+        )
+        / 1e9,
+        limits=limits,
         role=role,
         covariance_type=covariance_type,
         n_samples=n_samples,
@@ -271,20 +296,24 @@ SIZES = [
 @pytest.mark.parametrize("library", ["fastvi", "sklearn"])
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 @pytest.mark.parametrize("n_samples", SIZES)
-def test_fit(benchmark, warmed_up, blobs, n_samples, covariance_type, library):
+def test_fit(
+    benchmark, warmed_up, blobs, machine_limits, n_samples, covariance_type, library
+):
     """fastvi (all threads) against scikit-learn."""
     benchmark.group = f"{covariance_type} N={short(n_samples)}"
     role = "fastvi" if library == "fastvi" else "anchor"
-    run_case(benchmark, blobs(n_samples), library, covariance_type, None, role)
+    X = blobs(n_samples)
+    run_case(benchmark, X, library, covariance_type, None, role, machine_limits)
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
 @pytest.mark.parametrize("n_samples", SIZES)
-def test_threads(benchmark, warmed_up, blobs, n_samples, n_jobs):
+def test_threads(benchmark, warmed_up, blobs, machine_limits, n_samples, n_jobs):
     """fastvi 'full' with two threads against one thread."""
     benchmark.group = f"threads full N={short(n_samples)}"
     role = "anchor" if n_jobs == 1 else "fastvi"
-    run_case(benchmark, blobs(n_samples), "fastvi", "full", n_jobs, role)
+    X = blobs(n_samples)
+    run_case(benchmark, X, "fastvi", "full", n_jobs, role, machine_limits)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ storage (``0002``, ``0002_mine``: the start of the file name). Without ``NEW`` t
 latest saved run of this machine is checked; without ``BASE`` it is compared with the
 saved run before it. The compared quantity is each group's ratio anchor median / fastvi
 median (``bench/report.py``), measured within one run, so a machine that is slower or
-busier overall moves both sides. Exit status 1 when any common group's ratio fell by
+busier overall moves both sides; where the runs carry them, also the per-iteration
+speed-up (``"<group> per iter"``) and fastvi's fraction of the GEMM peak measured in the
+same run (``"<group> of peak"``). Exit status 1 when any common group's ratio fell by
 more than ``threshold`` (0.2: new < 0.8 × old); 2 when a run is not found or the two
 share no group.
 """
@@ -19,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from report import load, pairs, speedup
+from report import fraction_of_peak, load, pairs, per_iteration_speedup, speedup
 
 
 def stored_runs(storage):
@@ -53,8 +55,19 @@ def previous_run(new, storage):
 
 
 def ratios(path):
-    """``{group: anchor median / fastvi median}`` of one file."""
-    return {g: speedup(f, a) for g, (f, a) in pairs(load(path)).items()}
+    """``{group: ratio}`` of one file: anchor median / fastvi median for every group,
+    and, where the entries carry them, the per-iteration speed-up (``"<group> per
+    iter"``) and fastvi's fraction of the run's GEMM peak (``"<group> of peak"``)."""
+    out = {}
+    for g, (f, a) in pairs(load(path)).items():
+        out[g] = speedup(f, a)
+        per_iter = per_iteration_speedup(f, a)
+        if per_iter:
+            out[f"{g} per iter"] = per_iter
+        peak = fraction_of_peak(f)
+        if peak:
+            out[f"{g} of peak"] = peak
+    return out
 
 
 def main(argv=None):

@@ -76,3 +76,15 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["numba_num_threads"] = numba.config.NUMBA_NUM_THREADS
     machine_info["numba_threading_layer"] = numba.config.THREADING_LAYER
     machine_info["bench_profile"] = os.environ.get("FASTVI_BENCH_PROFILE", "full")
+
+
+@pytest.fixture(scope="session")
+def machine_limits():
+    """The machine's DGEMM/SGEMM peaks and read bandwidth on all of fastvi's threads,
+    measured once per run (``bench/limits.py``); benchmarks copy them into their
+    ``extra_info`` so every entry carries the ceiling its time is held against."""
+    import numba
+    from limits import measure
+
+    smoke = os.environ.get("FASTVI_BENCH_PROFILE", "full") == "smoke"
+    return measure(numba.config.NUMBA_NUM_THREADS, "smoke" if smoke else "full")

@@ -6,8 +6,10 @@ Usage::
 
 ``FILE.json`` is ``--benchmark-json`` output or a run saved in ``.benchmarks/``. One row
 per group: fastvi's and its anchor's median time, the speed-up (anchor / fastvi), peak
-memory beyond X (tracemalloc; and peak RSS growth) and the final lower bounds; then the
-machine and library versions recorded with the run.
+memory beyond X (tracemalloc; and peak RSS growth) and the final lower bounds; then,
+where the entries carry them, seconds per iteration and the fraction of the machine's
+GEMM peak measured in the same run (``bench/limits.py``); then the machine and library
+versions recorded with the run.
 """
 
 import argparse
@@ -91,6 +93,67 @@ def table(data):
     return lines
 
 
+def fraction_of_peak(entry):
+    """GFLOP/s of one iteration over the run's GEMM peak of the same precision, or
+    None when the entry lacks a per-iteration time, a flop count or limits."""
+    info = entry["extra_info"]
+    per_iter, gflop = info.get("seconds_per_iter"), info.get("gflop_per_iter")
+    limits = info.get("limits") or {}
+    key = "sgemm_gflops" if info.get("dtype") == "float32" else "dgemm_gflops"
+    if not per_iter or not gflop or not limits.get(key):
+        return None
+    return gflop / per_iter / limits[key]
+
+
+def per_iteration_speedup(fastvi, anchor):
+    """anchor / fastvi seconds per iteration, or None where either lacks it."""
+    f = fastvi["extra_info"].get("seconds_per_iter")
+    a = anchor["extra_info"].get("seconds_per_iter")
+    return a / f if f and a else None
+
+
+def limits_table(data):
+    """Markdown lines: seconds per iteration, their ratio, and the fraction of the
+    machine's GEMM peak (measured in the same run) each side reaches."""
+    lines = [
+        "| case | fastvi s/iter | anchor s/iter | speed-up per iter | GFLOP/iter "
+        "| fastvi GFLOP/s | fastvi / peak | anchor / peak |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    rows = 0
+    for group, (fastvi, anchor) in pairs(data).items():
+        f_info, a_info = fastvi["extra_info"], anchor["extra_info"]
+        per_f, per_a = f_info.get("seconds_per_iter"), a_info.get("seconds_per_iter")
+        gflop = f_info.get("gflop_per_iter")
+        if not per_f or not gflop:
+            continue
+        rows += 1
+        ratio = per_iteration_speedup(fastvi, anchor)
+        fr_f, fr_a = fraction_of_peak(fastvi), fraction_of_peak(anchor)
+        lines.append(
+            f"| {group} | {per_f:.4f} | {per_a or float('nan'):.4f} "
+            f"| {'–' if ratio is None else f'{ratio:.1f}×'} | {gflop:.2f} "
+            f"| {gflop / per_f:.1f} | {'–' if fr_f is None else f'{fr_f:.0%}'} "
+            f"| {'–' if fr_a is None else f'{fr_a:.0%}'} |"
+        )
+    return lines if rows else []
+
+
+def limits_line(data):
+    """One bullet naming the limits recorded with the run's entries."""
+    for bench in data["benchmarks"]:
+        limits = bench.get("extra_info", {}).get("limits")
+        if limits:
+            return [
+                f"- limits measured in this run ({limits['threads']} threads, "
+                f"{limits['cpu_name']}, {limits['simd']}): DGEMM "
+                f"{limits['dgemm_gflops']:.1f} GFLOP/s, SGEMM "
+                f"{limits['sgemm_gflops']:.1f} GFLOP/s (n={limits['gemm_n']}), read "
+                f"{limits['read_gbs']:.1f} GB/s"
+            ]
+    return []
+
+
 def machine(data):
     """Markdown bullet lines describing the machine and the software versions."""
     info = data.get("machine_info", {})
@@ -119,7 +182,9 @@ def main(argv=None):
     parser.add_argument("file", help="pytest-benchmark JSON file")
     args = parser.parse_args(argv)
     data = load(args.file)
-    print("\n".join(table(data) + [""] + machine(data)))
+    extra = limits_table(data)
+    lines = table(data) + ([""] + extra if extra else []) + [""] + machine(data)
+    print("\n".join(lines + limits_line(data)))
 
 
 if __name__ == "__main__":
