@@ -1,0 +1,269 @@
+"""LDA on a real corpus (the machine's man pages) beside Vowpal Wabbit and tomotopy.
+
+The specialised tools a topic-model user would pick instead of fastvi are the anchors
+here, on the same corpus (``bench/manpages.py``: built from ``/usr/share/man``, nothing
+downloaded), with the same number of topics and the same priors, and every fit scored
+by the same held-out evaluator (document completion,
+``manpages.completion_log_likelihood``):
+
+* ``"lda man pages 1 pass"``: fastvi online variational Bayes, one pass, all threads
+  (role ``fastvi``) and one thread (``fastvi_1``), against Vowpal Wabbit's online LDA
+  (``vowpalwabbit``; one thread, as VW's LDA runs) for one pass (``anchor``);
+* ``"lda man pages 2 passes"``: the same for two passes;
+* ``"lda man pages batch vs gibbs"``: fastvi batch variational Bayes, ``BATCH_PASSES``
+  passes, all threads, against tomotopy's collapsed Gibbs sampler (``tomotopy``, C++,
+  all threads) for ``GIBBS_SWEEPS`` sweeps.
+
+Every entry's ``extra_info`` holds ``heldout_ll`` (log-likelihood per held-out token:
+higher is better), the passes or sweeps, the threads and the corpus' size and hash.
+The time of a group's ratio is the fit alone: building the corpus, writing VW's input
+file, loading tomotopy's documents and the held-out evaluation are untimed. The
+anchors are optional (``pip install vowpalwabbit tomotopy``): without them their
+entries are skipped and fastvi's still run.
+
+Settings: K = ``N_TOPICS`` topics, document-topic prior 0.1 and topic-word prior 0.01
+for every tool, minibatches of 256 documents for the online learners; every other
+setting is each tool's default (fastvi's are scikit-learn's: kappa 0.7, tau_0 10).
+
+Environment: ``FASTVI_BENCH_PROFILE=smoke`` uses the first 600 man pages and 10 topics
+(a CI check that the file runs); ``FASTVI_BENCH_MAN_DOCS`` caps the number of man
+pages in the full profile.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import manpages
+import numpy as np
+import pytest
+
+SMOKE = os.environ.get("FASTVI_BENCH_PROFILE", "full") == "smoke"
+N_TOPICS = 10 if SMOKE else 50
+MAX_DOCS = 600 if SMOKE else int(os.environ.get("FASTVI_BENCH_MAN_DOCS", "0")) or None
+ALPHA = 0.1
+ETA = 0.01
+BATCH = 256
+BATCH_PASSES = 2 if SMOKE else 10
+GIBBS_SWEEPS = 5 if SMOKE else 50
+
+pytestmark = pytest.mark.skipif(
+    not manpages.man_files(), reason="no man pages under /usr/share/man/man*/"
+)
+
+
+@lru_cache(maxsize=1)
+def corpus():
+    """``(X_train, observed, scored, vocabulary, info)``, built once per session."""
+    X_train, X_test, vocabulary = manpages.build(MAX_DOCS)
+    observed, scored = manpages.split_halves(X_test)
+    info = dict(
+        corpus="man pages",
+        n_train_docs=X_train.shape[0],
+        n_test_docs=X_test.shape[0],
+        n_words=len(vocabulary),
+        n_train_tokens=int(X_train.sum()),
+        corpus_hash=manpages.fingerprint(X_train),
+        n_topics=N_TOPICS,
+    )
+    return X_train, observed, scored, vocabulary, info
+
+
+def heldout(topic_word):
+    _, observed, scored, _, _ = corpus()
+    return float(
+        manpages.completion_log_likelihood(topic_word, observed, scored, ALPHA)
+    )
+
+
+def record(benchmark, role, library, threads, passes, topic_word, **extra):
+    benchmark.extra_info.update(
+        role=role,
+        library=library,
+        n_jobs=threads,
+        passes=passes,
+        heldout_ll=heldout(topic_word),
+        **corpus()[4],
+        **extra,
+    )
+
+
+def fastvi_lda(method, passes, n_jobs):
+    from fastvi import LatentDirichletAllocation
+
+    return LatentDirichletAllocation(
+        n_components=N_TOPICS,
+        doc_topic_prior=ALPHA,
+        topic_word_prior=ETA,
+        learning_method=method,
+        batch_size=BATCH,
+        max_iter=passes,
+        total_samples=corpus()[0].shape[0],
+        random_state=0,
+        n_jobs=n_jobs,
+    )
+
+
+@pytest.fixture(scope="module")
+def warmed_up():
+    """Compile (or load) fastvi's LDA kernels and the evaluator before any timing."""
+    X = corpus()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fastvi_lda("online", 1, None).fit(X[:300])
+    heldout(model.components_)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+@pytest.mark.parametrize("n_jobs", [None, 1])
+def test_fastvi_online(benchmark, warmed_up, passes, n_jobs):
+    benchmark.group = f"lda man pages {passes} pass{'es' if passes > 1 else ''}"
+    X = corpus()[0]
+    model = benchmark.pedantic(
+        lambda: fastvi_lda("online", passes, n_jobs).fit(X), rounds=1, iterations=1
+    )
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS if n_jobs is None else n_jobs
+    role = "fastvi" if n_jobs is None else "fastvi_1"
+    record(benchmark, role, "fastvi", threads, passes, model.components_)
+
+
+def write_vw_input(X, path):
+    """VW's text format, one document a line: ``| word_id:count ...`` (a numeric
+    feature name is used as its own index, so word j is weight row j)."""
+    with open(path, "w") as f:
+        for d in range(X.shape[0]):
+            lo, hi = X.indptr[d], X.indptr[d + 1]
+            pairs = " ".join(
+                f"{j}:{int(c)}" for j, c in zip(X.indices[lo:hi], X.data[lo:hi])
+            )
+            f.write(f"| {pairs}\n")
+
+
+def read_vw_topics(path, n_words, n_topics):
+    """The (K, V) lambda of a ``--readable_model`` file of VW's LDA."""
+    lam = np.zeros((n_topics, n_words))
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != n_topics + 1 or not parts[0].isdigit():
+                continue
+            j = int(parts[0])
+            if j < n_words:
+                lam[:, j] = [float(v) for v in parts[1:]]
+    return lam
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_vowpal_wabbit(benchmark, passes, tmp_path):
+    pytest.importorskip("vowpalwabbit", reason="pip install vowpalwabbit")
+    from vowpalwabbit import Workspace
+
+    benchmark.group = f"lda man pages {passes} pass{'es' if passes > 1 else ''}"
+    X = corpus()[0]
+    data = tmp_path / "docs.vw"
+    write_vw_input(X, data)
+    bits = max(1, int(np.ceil(np.log2(X.shape[1]))))
+    model_file = tmp_path / "model.txt"
+    args = (
+        f"--lda {N_TOPICS} --lda_alpha {ALPHA} --lda_rho {ETA} --lda_D {X.shape[0]} "
+        f"--minibatch {BATCH} -b {bits} --noconstant --random_seed 0 --quiet "
+        f"-d {data} --readable_model {model_file}"
+    )
+    if passes > 1:
+        args += f" --passes {passes} -k -c --cache_file {tmp_path / 'cache'}"
+
+    def fit():
+        ws = Workspace(args)
+        ws.run_parser()
+        ws.finish()
+
+    benchmark.pedantic(fit, rounds=1, iterations=1)
+    topics = read_vw_topics(model_file, X.shape[1], N_TOPICS)
+    import vowpalwabbit
+
+    record(
+        benchmark,
+        "anchor",
+        "vowpalwabbit",
+        1,
+        passes,
+        topics,
+        version=getattr(vowpalwabbit, "__version__", "?"),
+    )
+
+
+def test_fastvi_batch(benchmark, warmed_up):
+    benchmark.group = "lda man pages batch vs gibbs"
+    X = corpus()[0]
+    model = benchmark.pedantic(
+        lambda: fastvi_lda("batch", BATCH_PASSES, None).fit(X), rounds=1, iterations=1
+    )
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS
+    record(benchmark, "fastvi", "fastvi", threads, BATCH_PASSES, model.components_)
+
+
+# tomotopy's note that several workers are not bitwise reproducible is expected
+@pytest.mark.filterwarnings("ignore:The training result may differ:RuntimeWarning")
+def test_tomotopy(benchmark):
+    tp = pytest.importorskip("tomotopy", reason="pip install tomotopy")
+    benchmark.group = "lda man pages batch vs gibbs"
+    X = corpus()[0]
+    model = tp.LDAModel(k=N_TOPICS, alpha=ALPHA, eta=ETA, seed=0)
+    for d in range(X.shape[0]):
+        lo, hi = X.indptr[d], X.indptr[d + 1]
+        words = np.repeat(X.indices[lo:hi], X.data[lo:hi].astype(np.int64))
+        model.add_doc([str(w) for w in words])
+    model.train(0)  # the initial assignment, untimed
+    import numba
+
+    threads = numba.config.NUMBA_NUM_THREADS
+    benchmark.pedantic(
+        lambda: model.train(GIBBS_SWEEPS, workers=threads), rounds=1, iterations=1
+    )
+    topics = np.zeros((N_TOPICS, X.shape[1]))
+    columns = np.array([int(w) for w in model.used_vocabs])
+    for k in range(N_TOPICS):
+        topics[k, columns] = model.get_topic_word_dist(k)
+    record(
+        benchmark,
+        "anchor",
+        "tomotopy",
+        threads,
+        GIBBS_SWEEPS,
+        topics,
+        version=tp.__version__,
+    )
+
+
+def print_table(path):
+    """Every entry of a ``--benchmark-json`` file: seconds and held-out quality."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    print("| group | library | threads | passes/sweeps | seconds | held-out ll/token |")
+    print("|---|---|--:|--:|--:|--:|")
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "heldout_ll" not in info:
+            continue
+        print(
+            f"| {bench['group']} | {info['library']} | {info['n_jobs']} "
+            f"| {info['passes']} | {bench['stats']['median']:.2f} "
+            f"| {info['heldout_ll']:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["table"]:
+        print_table(sys.argv[2])
+    else:
+        sys.exit(
+            subprocess.call([sys.executable, "-m", "pytest", __file__, *sys.argv[1:]])
+        )
