@@ -6,10 +6,13 @@ downloaded), with the same number of topics and the same priors, and every fit s
 by the same held-out evaluator (document completion,
 ``manpages.completion_log_likelihood``):
 
-* ``"lda man pages 1 pass"``: fastvi online variational Bayes, one pass, all threads
-  (role ``fastvi``) and one thread (``fastvi_1``), against Vowpal Wabbit's online LDA
-  (``vowpalwabbit``; one thread, as VW's LDA runs) for one pass (``anchor``);
-* ``"lda man pages 2 passes"``: the same for two passes;
+* ``"lda man pages 1 pass, 1 thread"``: fastvi's online variational Bayes (role
+  ``fastvi``) and SCVB0 (``fastvi_scvb0``), one pass on one thread, against Vowpal
+  Wabbit's online LDA (``vowpalwabbit``, one thread as VW's LDA runs; ``anchor``);
+* ``"lda man pages 1 pass"``: fastvi's two methods on all threads (no anchor: VW has
+  no second thread to give);
+* ``"... 2 passes ..."``: the same for two passes. ``python bench/bench_lda_corpus.py
+  table FILE`` prints seconds per pass, fit(2) - fit(1), beside every entry;
 * ``"lda man pages batch vs gibbs"``: fastvi batch variational Bayes, ``BATCH_PASSES``
   passes, all threads, against tomotopy's collapsed Gibbs sampler (``tomotopy``, C++,
   all threads) for ``GIBBS_SWEEPS`` sweeps.
@@ -117,19 +120,25 @@ def warmed_up():
     heldout(model.components_)
 
 
+def group_name(passes, one_thread):
+    plural = "es" if passes > 1 else ""
+    return f"lda man pages {passes} pass{plural}" + (", 1 thread" if one_thread else "")
+
+
 @pytest.mark.parametrize("passes", [1, 2])
 @pytest.mark.parametrize("n_jobs", [None, 1])
-def test_fastvi_online(benchmark, warmed_up, passes, n_jobs):
-    benchmark.group = f"lda man pages {passes} pass{'es' if passes > 1 else ''}"
+@pytest.mark.parametrize("method", ["online", "scvb0"])
+def test_fastvi_minibatch(benchmark, warmed_up, method, passes, n_jobs):
+    benchmark.group = group_name(passes, n_jobs == 1)
     X = corpus()[0]
     model = benchmark.pedantic(
-        lambda: fastvi_lda("online", passes, n_jobs).fit(X), rounds=1, iterations=1
+        lambda: fastvi_lda(method, passes, n_jobs).fit(X), rounds=1, iterations=1
     )
     import numba
 
     threads = numba.config.NUMBA_NUM_THREADS if n_jobs is None else n_jobs
-    role = "fastvi" if n_jobs is None else "fastvi_1"
-    record(benchmark, role, "fastvi", threads, passes, model.components_)
+    role = "fastvi" if method == "online" else "fastvi_scvb0"
+    record(benchmark, role, "fastvi", threads, passes, model.components_, method=method)
 
 
 def write_vw_input(X, path):
@@ -163,7 +172,8 @@ def test_vowpal_wabbit(benchmark, passes, tmp_path):
     pytest.importorskip("vowpalwabbit", reason="pip install vowpalwabbit")
     from vowpalwabbit import Workspace
 
-    benchmark.group = f"lda man pages {passes} pass{'es' if passes > 1 else ''}"
+    # VW's LDA runs on one thread: it anchors the one-thread groups
+    benchmark.group = group_name(passes, True)
     X = corpus()[0]
     data = tmp_path / "docs.vw"
     write_vw_input(X, data)
@@ -194,6 +204,7 @@ def test_vowpal_wabbit(benchmark, passes, tmp_path):
         passes,
         topics,
         version=getattr(vowpalwabbit, "__version__", "?"),
+        method="online",
     )
 
 
@@ -206,7 +217,15 @@ def test_fastvi_batch(benchmark, warmed_up):
     import numba
 
     threads = numba.config.NUMBA_NUM_THREADS
-    record(benchmark, "fastvi", "fastvi", threads, BATCH_PASSES, model.components_)
+    record(
+        benchmark,
+        "fastvi",
+        "fastvi",
+        threads,
+        BATCH_PASSES,
+        model.components_,
+        method="batch",
+    )
 
 
 # tomotopy's note that several workers are not bitwise reproducible is expected
@@ -239,24 +258,38 @@ def test_tomotopy(benchmark):
         GIBBS_SWEEPS,
         topics,
         version=tp.__version__,
+        method="gibbs",
     )
 
 
 def print_table(path):
-    """Every entry of a ``--benchmark-json`` file: seconds and held-out quality."""
+    """Every entry of a ``--benchmark-json`` file: seconds, seconds per pass and
+    held-out quality. Seconds per pass are fit(2 passes) - fit(1 pass) of the same
+    library, method and threads: set-up, parsing and fastvi's final bound
+    evaluation cancel."""
     import json
 
     data = json.loads(Path(path).read_text())
-    print("| group | library | threads | passes/sweeps | seconds | held-out ll/token |")
-    print("|---|---|--:|--:|--:|--:|")
-    for bench in data["benchmarks"]:
+    entries = [b for b in data["benchmarks"] if "heldout_ll" in b["extra_info"]]
+    seconds = {}
+    for bench in entries:
         info = bench["extra_info"]
-        if "heldout_ll" not in info:
-            continue
+        key = (info["library"], info.get("method"), info["n_jobs"], info["passes"])
+        seconds[key] = bench["stats"]["median"]
+    print(
+        "| group | library | method | threads | passes/sweeps | seconds "
+        "| s/pass | held-out ll/token |"
+    )
+    print("|---|---|---|--:|--:|--:|--:|--:|")
+    for bench in entries:
+        info = bench["extra_info"]
+        key = (info["library"], info.get("method"), info["n_jobs"])
+        one, two = seconds.get((*key, 1)), seconds.get((*key, 2))
+        per_pass = "–" if one is None or two is None else f"{two - one:.2f}"
         print(
-            f"| {bench['group']} | {info['library']} | {info['n_jobs']} "
-            f"| {info['passes']} | {bench['stats']['median']:.2f} "
-            f"| {info['heldout_ll']:.4f} |"
+            f"| {bench['group']} | {info['library']} | {info.get('method', '?')} "
+            f"| {info['n_jobs']} | {info['passes']} | {bench['stats']['median']:.2f} "
+            f"| {per_pass} | {info['heldout_ll']:.4f} |"
         )
 
 

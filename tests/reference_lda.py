@@ -91,3 +91,49 @@ def dirichlet_terms(prior, distr):
         + np.sum(gammaln(distr) - gammaln(prior))
         + np.sum(gammaln(prior * size) - gammaln(totals))
     )
+
+
+def scvb0_fit(
+    X, components, alpha, eta, batch_size, passes, kappa, tau0, burn_in, tau_theta
+):
+    """SCVB0 (Foulds et al. 2013) written out token entry by token entry.
+
+    ``components`` (K, V) are the initial pseudo-counts lambda = eta + N_phi; returns
+    the final ones. Each document starts from N_theta = C_d / K and visits its stored
+    entries ``burn_in + 1`` times with step (tau_theta + t)^-0.9, a count c applying
+    the step c times; the last visit's c * gamma are the document's statistic. After each
+    minibatch N_phi <- (1 - rho) N_phi + rho (D / |M|) N_hat_phi, rho = (tau0 +
+    t)^-kappa with t = 1, 2, ... counting minibatches.
+    """
+    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+    D, V = X.shape
+    lam = np.array(components, dtype=np.float64)
+    K = lam.shape[0]
+    step = 1
+    for _ in range(passes):
+        for start in range(0, D, batch_size):
+            docs = range(start, min(D, start + batch_size))
+            phi = lam / lam.sum(axis=1, keepdims=True)
+            stat = np.zeros((K, V))
+            for d in docs:
+                words = np.flatnonzero(X[d])
+                length = X[d].sum()
+                if length == 0:
+                    continue
+                n_theta = np.full(K, length / K)
+                t = 0
+                for visit in range(burn_in + 1):
+                    for w in words:
+                        c = X[d, w]
+                        g = phi[:, w] * (n_theta + alpha)
+                        g = g / g.sum()
+                        rho_theta = (tau_theta + t) ** -0.9
+                        t += 1
+                        keep = (1.0 - rho_theta) ** c
+                        n_theta = keep * n_theta + (1.0 - keep) * length * g
+                        if visit == burn_in:
+                            stat[:, w] += c * g
+            rho = (tau0 + step) ** -kappa
+            lam = (1.0 - rho) * lam + rho * (eta + D / len(docs) * stat)
+            step += 1
+    return lam
