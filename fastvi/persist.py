@@ -28,7 +28,8 @@ with a ``"type"`` tag: ``"float"`` (non-finite), ``"array"`` (``{"array": name}`
 ``"scalar"`` (a NumPy scalar, stored as a 0-d array), ``"list"``, ``"tuple"``,
 ``"dict"`` (string keys), ``"str_array"`` (an object array of strings, such as
 ``feature_names_in_``), ``"random_state"`` (a ``numpy.random.RandomState``: its
-Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple) and
+Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple: a
+posterior, an SGVI state, or a prior of :mod:`fastvi.sgvi.priors`) and
 ``"estimator"`` (a nested fastvi estimator, for example the per-class models of
 ``VBLogisticRegression``). Only the fastvi classes listed in ``_CLASSES`` can be
 loaded: the class name selects one of them, it is never imported from the file.
@@ -96,6 +97,20 @@ _TUPLES = {
     "NormalGammaPosterior": "fastvi.conjugate",
     "SGVIState": "fastvi.sgvi.engine",
     "Frame": "fastvi.sgvi.engine",
+    # priors, the values of the SGVI estimators' coef_prior / intercept_prior
+    **{
+        name: "fastvi.sgvi.priors"
+        for name in (
+            "Normal",
+            "StudentT",
+            "Cauchy",
+            "HalfNormal",
+            "HalfStudentT",
+            "HalfCauchy",
+            "Exponential",
+            "Flat",
+        )
+    },
 }
 
 # Per-fit bookkeeping that is not part of a fitted model.
@@ -290,7 +305,7 @@ class _Decoder:
             cls = _class_of(name, _TUPLES)
             try:
                 return cls(**{k: self.decode(v) for k, v in fields.items()})
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:  # a prior checks its values
                 self.fail(f"bad {name} ({exc})")
         if kind == "estimator":
             return self.estimator(spec)

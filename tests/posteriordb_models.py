@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from fastvi.sgvi import Model, Param
+from fastvi.sgvi import GLM, Model, Param
+from fastvi.sgvi.priors import Flat, HalfCauchy, Normal
 
 DATA = Path(__file__).parent / "data" / "posteriordb"
 
@@ -95,6 +96,38 @@ class NormalRegression(Model):
         return out
 
 
+class GLMRegression(GLM):
+    """A normal regression written as a :class:`fastvi.sgvi.GLM` with its priors:
+    ``y ~ normal(intercept + X coef, sigma)``. ``names``: the Stan names of the
+    intercept and of the coefficients (a name and a 1-based start index for
+    ``name[i]``); ``scipy_priors``: the Stan program's priors for
+    :meth:`scipy_log_density`, as ``(intercept, coef, sigma)`` logpdfs (None: flat).
+    """
+
+    def __init__(self, X, y, names, scipy_priors, **priors):
+        super().__init__(X, y, "gaussian", **priors)
+        self.names = names
+        self.scipy_priors = scipy_priors
+
+    def scipy_log_density(self, theta):
+        D = self.n_features
+        coef, b, sigma = theta[:D], theta[D], theta[D + 1]
+        lp = stats.norm.logpdf(self.y, self.X @ coef + b, sigma).sum()
+        for prior, value in zip(self.scipy_priors, (b, coef, sigma)):
+            if prior is not None:
+                lp += np.sum(prior(value))
+        return lp
+
+    def stan_draws(self, theta):
+        D = self.n_features
+        intercept, (coef, first) = self.names
+        out = {intercept: theta[:, D]}
+        for i in range(D):
+            out[f"{coef}[{first + i}]"] = theta[:, i]
+        out["sigma"] = theta[:, D + 1]
+        return out
+
+
 class EightSchoolsNC(Model):
     """eight_schools_noncentered.stan: theta_trans ~ N(0, 1), mu ~ N(0, 5),
     tau ~ half-Cauchy(0, 5), y ~ N(mu + tau theta_trans, sigma)."""
@@ -148,9 +181,18 @@ class EightSchoolsNC(Model):
 
 
 def _kidiq():
+    # beta[1] (flat) is the intercept, beta[2] (flat) mom_iq's coefficient
     d = _data("kidiq.json")
-    X = np.column_stack([np.ones(d["N"]), d["mom_iq"]])
-    return NormalRegression(X, d["kid_score"], [("beta", 2, None)], sigma_cauchy=2.5)
+    X = np.asarray(d["mom_iq"], dtype=np.float64)[:, None]
+    return GLMRegression(
+        X,
+        d["kid_score"],
+        ("beta[1]", ("beta", 2)),
+        (None, None, lambda s: stats.cauchy.logpdf(s, 0.0, 2.5)),
+        coef_prior=Flat(),
+        intercept_prior=Flat(),
+        sigma_prior=HalfCauchy(2.5),
+    )
 
 
 def _mesquite():
@@ -197,9 +239,18 @@ def _ark():
     K, T = d["K"], d["T"]
     y = np.asarray(d["y"], dtype=np.float64)
     lags = np.column_stack([y[K - k : T - k] for k in range(1, K + 1)])
-    X = np.column_stack([np.ones(T - K), lags])
-    return NormalRegression(
-        X, y[K:], [("alpha", 1, 10.0), ("beta", K, 10.0)], sigma_cauchy=2.5
+    return GLMRegression(
+        lags,
+        y[K:],
+        ("alpha", ("beta", 1)),
+        (
+            lambda a: stats.norm.logpdf(a, 0.0, 10.0),
+            lambda b: stats.norm.logpdf(b, 0.0, 10.0),
+            lambda s: stats.cauchy.logpdf(s, 0.0, 2.5),
+        ),
+        coef_prior=Normal(0.0, 10.0),
+        intercept_prior=Normal(0.0, 10.0),
+        sigma_prior=HalfCauchy(2.5),
     )
 
 

@@ -27,6 +27,7 @@ from .engine import (
     WindowConvergence,
 )
 from .models import GLM
+from .priors import Prior
 
 __all__ = ["BayesianLogisticRegression", "BayesianPoissonRegression"]
 
@@ -43,6 +44,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "prior_scale": [Interval(Real, 0.0, None, closed="neither")],
         "intercept_prior_scale": [Interval(Real, 0.0, None, closed="neither")],
+        "coef_prior": [None, Prior],
+        "intercept_prior": [None, Prior],
         "fit_intercept": ["boolean"],
         "family": [StrOptions({"meanfield", "fullrank"})],
         "estimator": [StrOptions({"stl", "reparam", "score"})],
@@ -71,6 +74,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         *,
         prior_scale=1.0,
         intercept_prior_scale=10.0,
+        coef_prior=None,
+        intercept_prior=None,
         fit_intercept=True,
         family="meanfield",
         estimator="stl",
@@ -95,6 +100,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     ):
         self.prior_scale = prior_scale
         self.intercept_prior_scale = intercept_prior_scale
+        self.coef_prior = coef_prior
+        self.intercept_prior = intercept_prior
         self.fit_intercept = fit_intercept
         self.family = family
         self.estimator = estimator
@@ -252,6 +259,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             self._family,
             prior_scale=self.prior_scale,
             intercept_prior_scale=self.intercept_prior_scale,
+            coef_prior=self.coef_prior,
+            intercept_prior=self.intercept_prior,
             fit_intercept=self.fit_intercept,
             minibatch=minibatch,
         )
@@ -481,16 +490,28 @@ def _seed_from(random_state):
 class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     """Bayesian logistic regression fitted by stochastic-gradient VI.
 
-    ``y ~ Bernoulli(sigmoid(X coef + intercept))``, ``coef_d ~ N(0, prior_scale^2)``,
-    ``intercept ~ N(0, intercept_prior_scale^2)``; q is a mean-field or full-rank
-    Gaussian fitted by SGVI (:mod:`fastvi.sgvi.engine`).
+    ``y ~ Bernoulli(sigmoid(X coef + intercept))``, ``coef_d ~ coef_prior``
+    (default ``N(0, prior_scale^2)``), ``intercept ~ intercept_prior`` (default
+    ``N(0, intercept_prior_scale^2)``); q is a mean-field or full-rank Gaussian
+    fitted by SGVI (:mod:`fastvi.sgvi.engine`).
 
     Parameters
     ----------
     prior_scale : float, default=1.0
-        Prior sd of each coefficient.
+        Prior sd of each coefficient (shorthand for ``coef_prior=Normal(0,
+        prior_scale)``).
     intercept_prior_scale : float, default=10.0
-        Prior sd of the intercept.
+        Prior sd of the intercept (shorthand for ``intercept_prior=Normal(0,
+        intercept_prior_scale)``).
+    coef_prior : Prior or None, default=None
+        Prior of the coefficients from :mod:`fastvi.sgvi.priors`: ``Normal``,
+        ``StudentT``, ``Cauchy`` or ``Flat``, its fields numbers or one value per
+        feature (e.g. ``StudentT(3, 0.0, [2.5, 1.0, 1.0])``). None: the
+        ``prior_scale`` normal. Giving it with a ``prior_scale`` other than 1 is
+        an error (checked in ``fit``), and so is an array of the wrong length.
+    intercept_prior : Prior or None, default=None
+        Prior of the intercept (numbers only), as ``coef_prior``; None: the
+        ``intercept_prior_scale`` normal. An error with ``fit_intercept=False``.
     fit_intercept : bool, default=True
     family : {'meanfield', 'fullrank'}, default='meanfield'
         Gaussian family of q.

@@ -17,7 +17,8 @@ Supports and their transforms ``theta = T(z)``:
                                                             + log sigmoid(-z)
 
 Built-in models: :class:`GLM` (logistic, Poisson with log link, Gaussian with known or
-unknown noise scale; one fused Numba pass per step, see ``fastvi.kernels.sgvi``),
+unknown noise scale; priors from :mod:`fastvi.sgvi.priors`; one fused Numba pass per
+step, see ``fastvi.kernels.sgvi``),
 :class:`EightSchools` (the non-centered hierarchical normal model). Any other model
 subclasses :class:`Model` and writes ``log_joint`` in NumPy.
 """
@@ -28,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.special import expit, gammaln, log_expit
+
+from . import priors as _priors
 
 __all__ = [
     "EightSchools",
@@ -275,15 +278,6 @@ class Model:
         return np.zeros(self.size)
 
 
-def _normal_prior(theta, scale):
-    """log N(theta; 0, scale**2) summed over the last axis, and its gradient."""
-    inv = 1.0 / (scale * scale)
-    lp = -0.5 * inv * np.sum(theta * theta, axis=-1) - theta.shape[-1] * (
-        math.log(scale) + 0.5 * math.log(2.0 * math.pi)
-    )
-    return lp, -inv * theta
-
-
 _FAMILIES = {"logistic": 0, "poisson": 1, "gaussian": 2}
 
 
@@ -314,10 +308,13 @@ def _tile_rows_for(n_features, itemsize, gather=False):
 
 
 class GLM(Model):
-    """Bayesian generalized linear model with Gaussian priors.
+    """Bayesian generalized linear model.
 
-    ``y_n ~ family(eta_n)``, ``eta_n = x_n . coef + intercept``, ``coef_d ~
-    N(0, prior_scale**2)``, ``intercept ~ N(0, intercept_prior_scale**2)``.
+    ``y_n ~ family(eta_n)``, ``eta_n = x_n . coef + intercept``, with priors
+    ``coef ~ coef_prior`` (independent over the coefficients), ``intercept ~
+    intercept_prior`` and, for the Gaussian family with unknown noise, ``sigma ~
+    sigma_prior``. The defaults are ``Normal(0, 1)``, ``Normal(0, 10)`` and
+    ``HalfNormal(1)``.
 
     Parameters
     ----------
@@ -326,20 +323,40 @@ class GLM(Model):
         ``"gaussian"``.
     family : {"logistic", "poisson", "gaussian"}
     prior_scale, intercept_prior_scale : float
+        Shorthand for ``coef_prior=Normal(0, prior_scale)`` and
+        ``intercept_prior=Normal(0, intercept_prior_scale)``.
     fit_intercept : bool
     noise_scale : float or None
         Gaussian family only: the known noise sd, or None to infer ``sigma`` (support
-        positive, half-normal prior with scale ``noise_prior_scale``).
+        positive).
     noise_prior_scale : float
+        Shorthand for ``sigma_prior=HalfNormal(noise_prior_scale)``.
     minibatch : bool
         When True the data are kept row-major for gathering minibatch rows; otherwise
         a transposed, tiled copy of X is made once for full passes.
+    coef_prior, intercept_prior, sigma_prior : Prior or None
+        Priors from :mod:`fastvi.sgvi.priors`: ``Normal``, ``StudentT``, ``Cauchy``
+        or ``Flat`` for ``coef`` and ``intercept`` (a ``coef_prior``'s fields may
+        hold one value per coefficient); ``HalfNormal``, ``HalfStudentT``,
+        ``HalfCauchy``, ``Exponential`` or ``Flat`` for ``sigma``. None: the
+        shorthand's normal / half-normal. Giving a prior and a non-default
+        shorthand for the same parameter is an error, and so is a prior for a
+        parameter the model does not have (``intercept_prior`` with
+        ``fit_intercept=False``, ``sigma_prior`` without an inferred sigma).
+
+    Warns
+    -----
+    ImproperPosteriorWarning
+        A flat prior leaves the posterior improper on these data (collinear
+        columns, separable logistic data, ...: see
+        :func:`fastvi.sgvi.priors.improper_reason`); a fit then means nothing.
 
     Notes
     -----
     The likelihood and its gradient for all S draws come from one pass over the
     rows (``fastvi.kernels.sgvi``); per-chunk partials are summed here in chunk
-    order, so results do not depend on the number of threads.
+    order, so results do not depend on the number of threads. The priors add
+    O(D) work per draw in NumPy.
     """
 
     def __init__(
@@ -354,6 +371,9 @@ class GLM(Model):
         noise_scale=None,
         noise_prior_scale=1.0,
         minibatch=False,
+        coef_prior=None,
+        intercept_prior=None,
+        sigma_prior=None,
     ):
         if family not in _FAMILIES:
             raise ValueError(
@@ -398,6 +418,73 @@ class GLM(Model):
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.noise_prior_scale = float(noise_prior_scale)
         N, D = X.shape
+        if intercept_prior is not None and not self.fit_intercept:
+            raise ValueError(
+                "intercept_prior was given, but fit_intercept=False: the model has "
+                "no intercept."
+            )
+        if sigma_prior is not None and not self.infer_noise:
+            raise ValueError(
+                "sigma_prior was given, but the model has no sigma: it applies to "
+                "family='gaussian' with noise_scale=None."
+            )
+        self.coef_prior = _priors.resolve(
+            coef_prior,
+            "coef_prior",
+            "coef",
+            D,
+            False,
+            ("prior_scale", prior_scale, 1.0, _priors.Normal(0.0, self.prior_scale)),
+        )
+        self.intercept_prior = (
+            _priors.resolve(
+                intercept_prior,
+                "intercept_prior",
+                "intercept",
+                None,
+                False,
+                (
+                    "intercept_prior_scale",
+                    intercept_prior_scale,
+                    10.0,
+                    _priors.Normal(0.0, self.intercept_prior_scale),
+                ),
+            )
+            if self.fit_intercept
+            else None
+        )
+        self.sigma_prior = (
+            _priors.resolve(
+                sigma_prior,
+                "sigma_prior",
+                "sigma",
+                None,
+                True,
+                (
+                    "noise_prior_scale",
+                    noise_prior_scale,
+                    1.0,
+                    _priors.HalfNormal(self.noise_prior_scale),
+                ),
+            )
+            if self.infer_noise
+            else None
+        )
+        if any(
+            isinstance(p, _priors.Flat)
+            for p in (self.coef_prior, self.intercept_prior, self.sigma_prior)
+        ):
+            reason = _priors.improper_reason(
+                X, y, family, self.coef_prior, self.intercept_prior, self.sigma_prior
+            )
+            if reason is not None:
+                from .diagnostics import warn_user
+
+                warn_user(
+                    "The posterior is improper: " + reason + " Fits of it mean "
+                    "nothing; give these parameters proper priors.",
+                    _priors.ImproperPosteriorWarning,
+                )
         self.n_rows = N
         self.n_features = D
         self.y = y
@@ -501,22 +588,14 @@ class GLM(Model):
         if self.infer_noise:
             j = self.slices["sigma"].start
             grad[:, j] = scale * (-M / sigma + ss / sigma**3)
-        lp_w, g_w = _normal_prior(W, self.prior_scale)
-        lp = lp + lp_w
+        lp, g_w = self.coef_prior._add(lp, W)
         grad[:, :D] += g_w
         if self.fit_intercept:
-            lp_b, g_b = _normal_prior(b[:, None], self.intercept_prior_scale)
-            lp = lp + lp_b
+            lp, g_b = self.intercept_prior._add(lp, b[:, None])
             grad[:, D] += g_b[:, 0]
         if self.infer_noise:
-            # half-normal(noise_prior_scale) on sigma
-            s2 = self.noise_prior_scale**2
-            lp = (
-                lp
-                - 0.5 * sigma * sigma / s2
-                + math.log(2.0 / (math.sqrt(2.0 * math.pi) * self.noise_prior_scale))
-            )
-            grad[:, j] += -sigma / s2
+            lp, g_s = self.sigma_prior._add(lp, sigma[:, None])
+            grad[:, j] += g_s[:, 0]
         return lp, grad
 
 
