@@ -275,7 +275,9 @@ def test_read_errors_name_the_file_and_the_place(tmp_path):
     with pytest.raises(DataError, match="inf.csv: row 2, column 1"):
         read_data(tmp_path / "inf.csv")
     (tmp_path / "words.csv").write_text("1,2\na,b\n")
-    with pytest.raises(DataError, match="words.csv: row 2, column 1: 'a' is not a number"):
+    with pytest.raises(
+        DataError, match="words.csv: row 2, column 1: 'a' is not a number"
+    ):
         read_data(tmp_path / "words.csv")
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
     try:
