@@ -6,11 +6,21 @@ it took.
 
 Batch jobs::
 
-    fastvi fit gmm|lda INPUT --output MODEL.npz [model options]
-        [--checkpoint FILE --checkpoint-every N --resume] [--quiet] [--json]
-    fastvi predict MODEL INPUT --output OUT.npy [--proba]
-    fastvi score MODEL INPUT [--json]
+    fastvi fit MODEL INPUT --output MODEL.npz [model options] [--target COLUMN]
+        [--checkpoint FILE --checkpoint-every N --resume|--overwrite] [--quiet] [--json]
+    fastvi predict MODEL.npz INPUT --output OUT.npy|OUT.csv|OUT.tsv [--proba]
+    fastvi score MODEL.npz INPUT [--json]
     fastvi info FILE [--json]
+
+MODEL is one of the estimators of :mod:`fastvi._registry` (gmm, lda, gaussian,
+linear, logistic, sgvi-logistic, sgvi-poisson); its options are made from its class's
+parameters and docstring (:mod:`fastvi.batch.options`), so ``fastvi fit MODEL
+--help`` lists that model's options with their help, defaults and choices.
+Regressions and classifiers take y from column ``--target`` (default: the last).
+Rows and columns in messages count from 1.
+
+The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
+command is one more such function.
 
 Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
 the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
@@ -25,7 +35,8 @@ the epoch, the training perplexity in the epochs that evaluate it
 
 Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the fit
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
-last; ``--resume`` continues from it when it exists, and the model is then bitwise
+last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
+afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
 the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
 written for other data (a SHA-256 hash of every value tells) or other model
 parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
@@ -626,7 +637,9 @@ def _add_common(parser):
         help="input format (default: from the file name)",
     )
     parser.add_argument("--header", action="store_true", help="CSV has a header line")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress and no summary line"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -1127,7 +1140,7 @@ def _score(args):
         lines.append(f"perplexity: {summary['perplexity']:.10g}")
     if args.json:
         print(json.dumps(summary))
-    elif not args.quiet:
+    else:  # the result itself, also with --quiet
         print("\n".join(lines))
     return 0
 
