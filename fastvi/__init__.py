@@ -4,18 +4,13 @@ Estimators are imported lazily so that ``import fastvi`` stays cheap: it loads n
 numba nor scikit-learn and compiles nothing.
 """
 
+from ._registry import ESTIMATORS as _ESTIMATORS
+
 __version__ = "0.1.0"
 
-_LAZY = {
-    "BayesianGaussianMixture": "fastvi.mixture",
-    "LatentDirichletAllocation": "fastvi.lda",
-    "UnivariateGaussian": "fastvi.conjugate",
-    "VBLinearRegression": "fastvi.conjugate",
-    "VBLogisticRegression": "fastvi.conjugate",
-    "BayesianLogisticRegression": "fastvi.sgvi.estimators",
-    "BayesianPoissonRegression": "fastvi.sgvi.estimators",
-    "load": "fastvi.persist",
-}
+# name -> module; the estimators come from the one registry (fastvi._registry)
+_LAZY = {entry.name: entry.module for entry in _ESTIMATORS}
+_LAZY["load"] = "fastvi.persist"
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -6,11 +6,21 @@ it took.
 
 Batch jobs::
 
-    fastvi fit gmm|lda INPUT --output MODEL.npz [model options]
-        [--checkpoint FILE --checkpoint-every N --resume] [--quiet] [--json]
-    fastvi predict MODEL INPUT --output OUT.npy [--proba]
-    fastvi score MODEL INPUT [--json]
+    fastvi fit MODEL INPUT --output MODEL.npz [model options] [--target COLUMN]
+        [--checkpoint FILE --checkpoint-every N --resume|--overwrite] [--quiet] [--json]
+    fastvi predict MODEL.npz INPUT --output OUT.npy|OUT.csv|OUT.tsv [--proba]
+    fastvi score MODEL.npz INPUT [--json]
     fastvi info FILE [--json]
+
+MODEL is one of the estimators of :mod:`fastvi._registry` (gmm, lda, gaussian,
+linear, logistic, sgvi-logistic, sgvi-poisson); its options are made from its class's
+parameters and docstring (:mod:`fastvi.batch.options`), so ``fastvi fit MODEL
+--help`` lists that model's options with their help, defaults and choices.
+Regressions and classifiers take y from column ``--target`` (default: the last).
+Rows and columns in messages count from 1.
+
+The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
+command is one more such function.
 
 Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
 the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
@@ -25,7 +35,8 @@ the epoch, the training perplexity in the epochs that evaluate it
 
 Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the fit
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
-last; ``--resume`` continues from it when it exists, and the model is then bitwise
+last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
+afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
 the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
 written for other data (a SHA-256 hash of every value tells) or other model
 parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
@@ -37,6 +48,7 @@ is written.
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -140,16 +152,44 @@ time). 'fastvi COMMAND --help' lists a command's options.
 """
 
 
-def _build_parser():
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest choice.
+
+    Errors print ``fastvi: error: <command>: <message>`` on one line (as every other
+    error of the command line does) and exit with status 2; a wrong choice (a model,
+    a ``--covariance-type``) adds "did you mean ...?".
+    """
+
+    def error(self, message):
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            message += _did_you_mean(wrong.group(1), choices)
+        where = self.prog.removeprefix("fastvi").strip()
+        where = f"{where}: " if where else ""
+        hint = f" ('{self.prog} --help' lists what it takes)"
+        print(f"fastvi: error: {where}{message}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _build_parser(argv=None):
+    """The parser of every command (``_COMMANDS``); ``argv`` tells which model of
+    ``fastvi fit MODEL`` gets its options (they are made by importing its class)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastvi",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fastvi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in _COMMANDS:
+        add_command(sub, argv)
+    return parser
+
+
+def _add_demo_command(sub, argv):
     demo = sub.add_parser(
         "demo",
         help="fit a Bayesian Gaussian mixture on built-in data",
@@ -207,12 +247,9 @@ def _build_parser():
         help="skip the scikit-learn fit (the slow part of the demo)",
     )
     demo.set_defaults(func=_demo)
-    _add_warmup_command(sub)
-    _add_batch_commands(sub)
-    return parser
 
 
-def _add_warmup_command(sub):
+def _add_warmup_command(sub, argv):
     from ._compile import WARMUPS
 
     warm = sub.add_parser(
@@ -308,10 +345,49 @@ def _show_library_log(args):
     log.propagate = False
 
 
+def _selected_model(argv):
+    """The MODEL of ``fastvi fit MODEL ...`` in ``argv``, or None."""
+    words = [
+        w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")
+    ]
+    return words[1] if len(words) > 1 and words[0] == "fit" else None
+
+
+def _unrecognized(args, extras):
+    """One message for arguments no parser took, naming the closest option."""
+    import difflib
+
+    leaf = getattr(args, "_parser", None)
+    flags = [] if leaf is None else list(leaf._option_string_actions)
+    problems = []
+    after_flag = False
+    for word in extras:
+        if not word.startswith("-"):
+            if not after_flag:  # else the value of the unknown option before it
+                problems.append(f"unexpected argument {word!r}")
+            continue
+        after_flag = True
+        flag = word.split("=", 1)[0]
+        owners = _models_with_option(flag) if getattr(args, "entry", None) else []
+        if owners:
+            problems.append(
+                f"{flag} is not an option of '{args.entry.command}' (it is one of "
+                f"{', '.join(owners)})"
+            )
+            continue
+        close = difflib.get_close_matches(flag, flags, n=1)
+        problems.append(
+            f"unknown option {flag}" + (f" (did you mean {close[0]}?)" if close else "")
+        )
+    return "; ".join(problems)
+
+
 def main(argv=None):
     """Entry point of the ``fastvi`` console script."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    parser = _build_parser(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        (getattr(args, "_parser", None) or parser).error(_unrecognized(args, extras))
     _show_library_log(args)
     try:
         return args.func(args)
@@ -325,102 +401,231 @@ def main(argv=None):
 
 
 # --------------------------------------------------------------------- batch jobs
-_GMM_OPTIONS = {
-    "n_components": int,
-    "covariance_type": str,
-    "max_iter": int,
-    "tol": float,
-    "reg_covar": float,
-    "n_init": int,
-    "init_params": str,
-    "weight_concentration_prior_type": str,
-    "weight_concentration_prior": float,
-    "random_state": int,
-    "n_jobs": int,
-}
-_LDA_OPTIONS = {
-    "n_components": int,
-    "max_iter": int,
-    "learning_method": str,
-    "learning_decay": float,
-    "learning_offset": float,
-    "batch_size": int,
-    "evaluate_every": int,
-    "perp_tol": float,
-    "doc_topic_prior": float,
-    "topic_word_prior": float,
-    "random_state": int,
-    "n_jobs": int,
-}
-_CLASSES = {"gmm": "BayesianGaussianMixture", "lda": "LatentDirichletAllocation"}
+# models whose fit driver takes progress, checkpoints, resume and stop requests
+# (fastvi.batch.jobs); every other model fits in memory, with progress only
+_CHECKPOINTED = ("gmm", "lda")
 
 
-def _add_batch_commands(sub):
-    fit = sub.add_parser("fit", help="fit a model to a data file and save it")
-    fit.add_argument("model", choices=sorted(_CLASSES))
-    fit.add_argument("input")
-    fit.add_argument("--output", "-o", required=True, help="model file (.npz)")
-    for name, kind in {**_GMM_OPTIONS, **_LDA_OPTIONS}.items():
-        fit.add_argument(
-            "--" + name.replace("_", "-"), type=kind, default=argparse.SUPPRESS
+def _add_fit_command(sub, argv):
+    from ._registry import ESTIMATORS
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a model to a data file and save it",
+        description="Fit MODEL to the data file INPUT and save it. 'fastvi fit MODEL "
+        "--help' lists the options of MODEL: one per parameter of its estimator "
+        "class, with the class's help text, default and choices.",
+    )
+    models = fit.add_subparsers(dest="model", required=True, metavar="MODEL")
+    selected = _selected_model(argv)
+    for entry in ESTIMATORS:
+        _add_fit_model(models, entry, with_options=entry.command == selected)
+
+
+def _add_fit_model(models, entry, with_options=True):
+    """``fastvi fit ENTRY.command``; its model options only when ``with_options``."""
+    model = models.add_parser(
+        entry.command,
+        help=f"{entry.name}: {entry.summary}",
+        description=f"Fit fastvi.{entry.name} ({entry.summary}) to INPUT and save "
+        "it to --output. Row and column numbers in messages count from 1.",
+    )
+    model.add_argument(
+        "input", help="data file (.npy, .npz, .csv, .tsv, .parquet, docword.*.txt)"
+    )
+    model.add_argument(
+        "--output", "-o", required=True, metavar="MODEL.npz", help="model file"
+    )
+    if entry.supervised:
+        model.add_argument(
+            "--target",
+            type=_column_number,
+            default=None,
+            metavar="COLUMN",
+            help="the column of INPUT that holds y, counted from 1 (default: the "
+            "last); the other columns are the features",
         )
-    fit.add_argument("--block-rows", type=int, default=None)
-    fit.add_argument(
-        "--in-memory",
-        action="store_true",
-        help="load a .npy file whole instead of streaming it block by block",
-    )
-    fit.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="gmm, .npy input: fit on this Dask cluster (tcp://host:8786); the "
-        "workers read the file at the same path",
-    )
-    fit.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="FILE",
-        help="save the fit state to FILE (atomically) as the fit goes",
-    )
-    fit.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=1,
-        metavar="N",
-        help="iterations (gmm) or epochs (lda) between checkpoints (default 1)",
-    )
-    fit.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from --checkpoint FILE if it exists (bitwise the "
-        "uninterrupted model)",
-    )
-    _add_common(fit)
-    fit.set_defaults(func=_fit)
+    names = []
+    if with_options:
+        from ._registry import by_class, estimator_class
+        from .batch.options import add_model_options
 
-    predict = sub.add_parser("predict", help="labels (gmm) or topic mixes (lda)")
+        docs_from = estimator_class(entry.docs_from) if entry.docs_from else None
+        names = add_model_options(
+            model,
+            estimator_class(entry.name),
+            docs_from=docs_from,
+            title=f"model options (the parameters of {entry.name})",
+        )
+        assert by_class(entry.name) is entry
+    if entry.command == "gmm":
+        model.add_argument(
+            "--block-rows",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="rows per block of an out-of-core .npy fit",
+        )
+        model.add_argument(
+            "--in-memory",
+            action="store_true",
+            help="load a .npy file whole instead of streaming it block by block",
+        )
+        model.add_argument(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help=".npy input: fit on this Dask cluster (tcp://host:8786); the "
+            "workers read the file at the same path",
+        )
+    if entry.command in _CHECKPOINTED:
+        unit = entry.iterations
+        model.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="FILE",
+            help="save the fit state to FILE (atomically) as the fit goes",
+        )
+        model.add_argument(
+            "--checkpoint-every",
+            type=_positive_int,
+            default=1,
+            metavar="N",
+            help=f"{unit} between checkpoints (default 1)",
+        )
+        model.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from --checkpoint FILE if it exists (bitwise the "
+            "uninterrupted model)",
+        )
+        model.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start afresh over an existing --checkpoint FILE",
+        )
+    _add_common(model)
+    model.set_defaults(func=_fit, entry=entry, _params=names, _parser=model)
+    return model
+
+
+def _models_with_option(flag):
+    """The models of ``fastvi fit`` that have option ``flag`` (imports them all)."""
+    from ._registry import ESTIMATORS
+
+    scratch = _Parser(prog="fastvi fit").add_subparsers()
+    return [
+        entry.command
+        for entry in ESTIMATORS
+        if flag in _add_fit_model(scratch, entry)._option_string_actions
+    ]
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_positive_int.__name__ = "int"
+
+
+def _column_number(text):
+    """A column number counted from 1 (as messages count them)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a column number (1 is the first column), got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"columns are counted from 1 (the first column), got {value}"
+        )
+    return value
+
+
+def _add_predict_command(sub, argv):
+    predict = sub.add_parser(
+        "predict",
+        help="per-row predictions of a saved model",
+        description="Predict for every row of INPUT with a saved model: the "
+        "component (gmm), the topic mix (lda), the class (logistic, sgvi-logistic), "
+        "the mean (linear, sgvi-poisson). The output's format follows its name: "
+        ".npy, .csv or .tsv (one row per input row, numbers written exactly).",
+    )
     predict.add_argument("model_file")
     predict.add_argument("input")
-    predict.add_argument("--output", "-o", required=True, help="result (.npy)")
     predict.add_argument(
-        "--proba", action="store_true", help="gmm: component probabilities"
+        "--output", "-o", required=True, help="result (.npy, .csv or .tsv)"
+    )
+    predict.add_argument(
+        "--proba",
+        action="store_true",
+        help="probabilities: of the components (gmm) or classes (logistic, "
+        "sgvi-logistic)",
+    )
+    predict.add_argument(
+        "--target",
+        type=_column_number,
+        default=None,
+        metavar="COLUMN",
+        help="regressions and classifiers: drop this column of INPUT (counted from "
+        "1), the target of a training file; by default every column is a feature",
     )
     _add_common(predict)
-    predict.set_defaults(func=_predict)
+    predict.set_defaults(func=_predict, _parser=predict)
 
-    score = sub.add_parser("score", help="mean log-likelihood (gmm) or bound (lda)")
+
+def _add_score_command(sub, argv):
+    score = sub.add_parser(
+        "score",
+        help="score a saved model on data (prints what the number is)",
+        description="Score a saved model on INPUT: gmm the mean log-likelihood per "
+        "row, lda the log-likelihood bound and perplexity, gaussian the mean log "
+        "predictive density, linear R^2, logistic and sgvi-logistic the accuracy, "
+        "sgvi-poisson D^2. The printed line names the number.",
+    )
     score.add_argument("model_file")
     score.add_argument("input")
+    score.add_argument(
+        "--target",
+        type=_column_number,
+        default=None,
+        metavar="COLUMN",
+        help="regressions and classifiers: the column of INPUT holding y, counted "
+        "from 1 (default: the last)",
+    )
     _add_common(score)
-    score.set_defaults(func=_score)
+    score.set_defaults(func=_score, _parser=score)
 
-    info = sub.add_parser("info", help="describe a model, checkpoint or data file")
+
+def _add_info_command(sub, argv):
+    info = sub.add_parser(
+        "info",
+        help="describe a model, checkpoint or data file",
+        description="Describe a file: for a model, its class, parameters, arrays "
+        "and how its fit went (iterations, convergence, final bound); for a "
+        "checkpoint, where the fit stands; for data, its format and shape.",
+    )
     info.add_argument("file")
-    info.add_argument("--format", dest="fmt", default="auto")
-    info.add_argument("--header", action="store_true")
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(func=_info)
+    info.add_argument(
+        "--format",
+        dest="fmt",
+        default="auto",
+        choices=_FORMATS,
+        help="data format (default: from the file name)",
+    )
+    info.add_argument("--header", action="store_true", help="CSV has a header line")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info, _parser=info)
+
+
+_FORMATS = ["auto", "npy", "npz", "csv", "tsv", "parquet", "docword"]
 
 
 def _add_common(parser):
@@ -428,12 +633,26 @@ def _add_common(parser):
         "--format",
         dest="fmt",
         default="auto",
-        choices=["auto", "npy", "npz", "csv", "tsv", "parquet", "docword"],
+        choices=_FORMATS,
         help="input format (default: from the file name)",
     )
     parser.add_argument("--header", action="store_true", help="CSV has a header line")
-    parser.add_argument("--quiet", "-q", action="store_true")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress and no summary line"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+# Each adds one subcommand: add_command(subparsers, argv). A new command is a new
+# function here (argv is there for commands whose options depend on it, as fit's).
+_COMMANDS = [
+    _add_demo_command,
+    _add_warmup_command,
+    _add_fit_command,
+    _add_predict_command,
+    _add_score_command,
+    _add_info_command,
+]
 
 
 def _check_output(path, *inputs):
@@ -480,8 +699,8 @@ def _open_data(args, model, allow_stream):
     X = read_data(args.input, fmt=fmt, header=args.header)
     import scipy.sparse as sp
 
-    if model == "gmm" and sp.issparse(X):
-        raise DataError(f"{args.input}: gmm needs dense data, got a sparse matrix")
+    if model != "lda" and sp.issparse(X):
+        raise DataError(f"{args.input}: {model} needs dense data, got a sparse matrix")
     if model == "lda":
         if sp.issparse(X):
             bad = X.data < 0
@@ -492,12 +711,31 @@ def _open_data(args, model, allow_stream):
     return X
 
 
+def _split_target(args, X, column):
+    """``(features, y)``: column ``column`` (from 1; None: the last) of ``X`` is y."""
+    from .batch.io import DataError
+
+    n_columns = X.shape[1]
+    if n_columns < 2:
+        raise DataError(
+            f"{args.input}: has 1 column; a regression or classifier needs the "
+            "features and a target column"
+        )
+    j = n_columns if column is None else column
+    if j > n_columns:
+        raise DataError(
+            f"{args.input}: --target {j}: the file has {n_columns} columns "
+            "(counted from 1)"
+        )
+    X = np.asarray(X)
+    keep = [k for k in range(n_columns) if k != j - 1]
+    return np.ascontiguousarray(X[:, keep]), np.array(X[:, j - 1])
+
+
 def _open_on_cluster(args):
     """``(dask array, Client)`` for ``--scheduler``: the workers read the file."""
     from .batch.io import DataError, dask_rows, data_format
 
-    if args.model != "gmm":
-        raise ValueError("--scheduler is supported for 'gmm' only")
     if data_format(args.input, args.fmt) != "npy":
         raise DataError(f"{args.input}: --scheduler needs a float64 .npy file")
     try:
@@ -522,23 +760,13 @@ def _block_rows(args):
 
 
 def _estimator(args):
-    options = _GMM_OPTIONS if args.model == "gmm" else _LDA_OPTIONS
-    given = {
-        k: getattr(args, k)
-        for k in {**_GMM_OPTIONS, **_LDA_OPTIONS}
-        if hasattr(args, k)
-    }
-    wrong = sorted(k for k in given if k not in options)
-    if wrong:
-        names = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        raise ValueError(f"{names}: not an option of '{args.model}'")
-    if args.model == "gmm":
-        from .mixture import BayesianGaussianMixture
+    """The model's estimator with the options given (validated before any work)."""
+    from ._registry import estimator_class
 
-        return BayesianGaussianMixture(**given)
-    from .lda import LatentDirichletAllocation
-
-    return LatentDirichletAllocation(**given)
+    cls = estimator_class(args.entry.name)
+    est = cls(**{k: getattr(args, k) for k in args._params if hasattr(args, k)})
+    est._validate_params()
+    return est
 
 
 class _StopFlag:
@@ -560,62 +788,122 @@ class _StopFlag:
         )
 
 
+def _check_checkpoint(args):
+    """Refuse checkpoint options that cannot work, before any work."""
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint FILE")
+    if args.overwrite and not args.checkpoint:
+        raise ValueError("--overwrite needs --checkpoint FILE")
+    if args.resume and args.overwrite:
+        raise ValueError(
+            "--resume continues the checkpoint, --overwrite replaces it: pass one"
+        )
+    if not args.checkpoint:
+        return
+    if _same_file(args.checkpoint, args.output):
+        raise ValueError(
+            f"--checkpoint {args.checkpoint}: is the output file {args.output}; "
+            "the checkpoint is deleted once the model is written, so it needs a "
+            "path of its own"
+        )
+    _check_output(args.checkpoint, args.input, args.output)
+    if os.path.exists(args.checkpoint) and not (args.resume or args.overwrite):
+        raise ValueError(
+            f"--checkpoint {args.checkpoint}: the file exists (an unfinished fit?); "
+            "pass --resume to continue it or --overwrite to start afresh"
+        )
+
+
 def _fit(args):
     from .batch.io import NpyRows
 
+    entry = args.entry
     _check_output(args.output, args.input)
-    if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint FILE")
-    if args.checkpoint:
-        if _same_file(args.checkpoint, args.output):
-            raise ValueError(
-                f"--checkpoint {args.checkpoint}: is the output file {args.output}; "
-                "the checkpoint is deleted once the model is written, so it needs a "
-                "path of its own"
-            )
-        _check_output(args.checkpoint, args.input, args.output)
+    if entry.command in _CHECKPOINTED:
+        _check_checkpoint(args)
     est = _estimator(args)
-    if not args.scheduler:
-        streams = (
-            args.model == "gmm"
-            and not args.in_memory
-            and est.init_params in ("random", "random_from_data")
+    y = None
+    if entry.command == "gmm" and args.scheduler:
+        X, client = _open_on_cluster(args)
+        try:
+            return _run_fit(args, est, X, None, out_of_core=True)
+        finally:
+            client.close()
+    if entry.command == "gmm":
+        streams = not args.in_memory and est.init_params in (
+            "random",
+            "random_from_data",
         )
-        X = _open_data(args, args.model, allow_stream=streams)
-        return _run_fit(args, est, X, out_of_core=isinstance(X, NpyRows))
-    X, client = _open_on_cluster(args)
+        X = _open_data(args, "gmm", allow_stream=streams)
+    else:
+        X = _open_data(args, entry.command, allow_stream=False)
+        if entry.supervised:
+            X, y = _split_target(args, X, args.target)
+    return _run_fit(args, est, X, y, out_of_core=isinstance(X, NpyRows))
+
+
+def _fit_in_memory(est, X, y, progress, bar):
+    """Fit a model without checkpoints: progress from the CAVI driver's iteration
+    hook, or (``bar``) the SGVI estimator's own progress bar when tqdm is there."""
+    from ._cavi import CAVIMixin
+
+    if isinstance(est, CAVIMixin):
+        est._iteration_callback = lambda model, n_iter, bound, change: progress.update(
+            n_iter, bound, change
+        )
+    elif bar:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            est.set_params(progress_bar=True)
     try:
-        return _run_fit(args, est, X, out_of_core=True)
+        if y is None:
+            est.fit(X)
+        else:
+            est.fit(X, y)
     finally:
-        client.close()
+        est.__dict__.pop("_iteration_callback", None)
+        if "progress_bar" in est.get_params():
+            est.set_params(progress_bar=False)  # not saved with the model
 
 
-def _run_fit(args, est, X, out_of_core):
+def _run_fit(args, est, X, y, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
     from .persist import save
 
+    entry = args.entry
     n_rows = X.shape[0]
+    checkpoint = getattr(args, "checkpoint", None)
+    quiet = args.quiet or args.json
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        progress = Progress(est.max_iter, n_rows, quiet=args.quiet or args.json)
+        # the SGVI estimators draw their own progress bar (progress_bar=True)
+        own_bar = "progress_bar" in est.get_params()
+        progress = Progress(est.max_iter, n_rows, quiet=quiet or own_bar)
         stop = _StopFlag()
         previous = None
-        if args.checkpoint:
+        if checkpoint:
             previous = signal.signal(signal.SIGINT, stop.handler)
         try:
-            (fit_mixture if args.model == "gmm" else fit_lda)(
-                est,
-                X,
-                progress=progress,
-                checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every,
-                resume=args.resume,
-                should_stop=stop,
-            )
+            if entry.command in _CHECKPOINTED:
+                driver = fit_mixture if entry.command == "gmm" else fit_lda
+                driver(
+                    est,
+                    X,
+                    progress=progress,
+                    checkpoint=checkpoint,
+                    checkpoint_every=args.checkpoint_every,
+                    resume=args.resume,
+                    should_stop=stop,
+                )
+            else:
+                _fit_in_memory(est, X, y, progress, bar=own_bar and not quiet)
         except Interrupted as exc:
             progress.close()
             print(f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr)
@@ -626,29 +914,57 @@ def _run_fit(args, est, X, out_of_core):
                 signal.signal(signal.SIGINT, previous)
     seconds = time.perf_counter() - t0
     save(est, args.output)
-    if args.checkpoint and os.path.exists(args.checkpoint):
-        os.unlink(args.checkpoint)  # the job is done: the model file replaces it
+    if checkpoint and os.path.exists(checkpoint):
+        os.unlink(checkpoint)  # the job is done: the model file replaces it
     summary = {
         "command": "fit",
-        "model": args.model,
+        "model": entry.command,
         "class": type(est).__name__,
         "input": args.input,
         "output": args.output,
         "n_samples": int(n_rows),
-        "n_features": int(X.shape[1]),
+        "n_features": int(est.n_features_in_),
         "out_of_core": out_of_core,
         "seconds": round(seconds, 6),
-        "n_iter": int(est.n_iter_),
+        **_fit_facts(est),
     }
-    if args.model == "gmm":
-        summary.update(
-            converged=bool(est.converged_), lower_bound=float(est.lower_bound_)
-        )
-    else:
-        summary.update(perplexity=float(est.bound_))
-    not_converged = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    not_converged = False
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            not_converged = True
+        elif not args.quiet:
+            text = " ".join(str(w.message).split())
+            print(f"fastvi: warning: {text}", file=sys.stderr)
     _report(args, summary, not_converged)
     return 0
+
+
+def _fit_facts(est):
+    """How the fit of ``est`` went: iterations, convergence, the final bound.
+
+    ``n_iter`` counts iterations (gmm and the CAVI models), epochs (lda) or steps
+    (SGVI); VBLogisticRegression with more than two classes gives one value per
+    class (one-vs-rest fits). The bound is the ELBO (``lower_bound``; SGVI:
+    ``elbo``, the mean ELBO estimate of the last 100 steps) or, for lda, the training
+    perplexity (``perplexity``).
+    """
+
+    def plain(value):
+        value = np.asarray(value)
+        return value.tolist() if value.ndim else value.item()
+
+    facts = {}
+    if hasattr(est, "n_iter_"):
+        facts["n_iter"] = plain(est.n_iter_)
+    if hasattr(est, "converged_"):
+        facts["converged"] = bool(est.converged_)
+    if hasattr(est, "lower_bound_"):
+        facts["lower_bound"] = plain(est.lower_bound_)
+    elif hasattr(est, "elbo_history_") and len(est.elbo_history_):
+        facts["elbo"] = float(np.mean(est.elbo_history_[-100:]))
+    elif hasattr(est, "bound_"):
+        facts["perplexity"] = float(est.bound_)
+    return facts
 
 
 def _report(args, summary, not_converged=False):
@@ -667,26 +983,34 @@ def _report(args, summary, not_converged=False):
 
 
 def _load_model(path):
+    """``(estimator, registry entry)`` of a model file, refused when not fitted."""
+    from ._registry import by_class
     from .persist import load
 
     est, extra = load(path, return_extra=True)
-    kinds = {v: k for k, v in _CLASSES.items()}
-    name = type(est).__name__
-    if name not in kinds:
-        raise ValueError(f"{path}: holds a {name}; predict/score support gmm and lda")
+    entry = by_class(type(est).__name__)
+    if entry is None:  # cannot happen: persist loads registered classes only
+        raise ValueError(f"{path}: holds a {type(est).__name__}, not a fastvi model")
     if not hasattr(est, "n_features_in_"):
         raise ValueError(f"{path}: the model is not fitted")
-    return est, kinds[name]
+    return est, entry
 
 
-def _check_features(est, X, path):
+def _check_features(est, X, path, target=None):
     if X.shape[1] != est.n_features_in_:
+        hint = ""
+        if target is None and X.shape[1] == est.n_features_in_ + 1:
+            hint = (
+                f"; if column {X.shape[1]} is the target, pass --target "
+                f"{X.shape[1]} to drop it"
+            )
         raise ValueError(
-            f"{path}: has {X.shape[1]} columns, the model expects {est.n_features_in_}"
+            f"{path}: has {X.shape[1]} columns, the model expects "
+            f"{est.n_features_in_}{hint}"
         )
 
 
-def _rows_of(X, model):
+def _rows_of(X):
     """(start, stop, rows) blocks of a row source, or the whole array once."""
     from .batch.io import NpyRows
 
@@ -697,75 +1021,151 @@ def _rows_of(X, model):
         yield 0, X.shape[0], X
 
 
+_OUTPUT_FORMATS = {".npy": "npy", ".csv": ",", ".tsv": "\t"}
+
+
+def _output_format(path):
+    for suffix, kind in _OUTPUT_FORMATS.items():
+        if os.fspath(path).lower().endswith(suffix):
+            return kind
+    raise ValueError(f"{path}: unknown output format; name the file .npy, .csv or .tsv")
+
+
+class _Output:
+    """Writes predictions block by block to an open file, as .npy or text.
+
+    The .npy header needs the shape and dtype: both come from the first block (the
+    number of rows is known before). Text rows hold numbers written exactly
+    (``%.17g`` for floats) without a header line.
+    """
+
+    def __init__(self, fh, kind, n_rows):
+        self.fh, self.kind, self.n_rows = fh, kind, n_rows
+        self.dtype = None
+        self.shape = None
+
+    def write(self, block):
+        block = np.asarray(block)
+        if self.dtype is None:
+            self.dtype = block.dtype
+            self.shape = (self.n_rows, *block.shape[1:])
+            if self.kind == "npy":
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(self.dtype),
+                    "fortran_order": False,
+                    "shape": self.shape,
+                }
+                np.lib.format.write_array_header_2_0(self.fh, header)
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if self.kind == "npy":
+            self.fh.write(block.tobytes())
+            return
+        fmt = {"f": "%.17g", "i": "%d", "u": "%d", "b": "%d"}.get(
+            block.dtype.kind, "%s"
+        )
+        np.savetxt(self.fh, block, fmt=fmt, delimiter=self.kind)
+
+
 def _predict(args):
     from .persist import atomic_write
 
+    kind = _output_format(args.output)
     _check_output(args.output, args.input, args.model_file)
-    est, model = _load_model(args.model_file)
-    if args.proba and model != "gmm":
-        raise ValueError("--proba applies to gmm models")
-    X = _open_data(args, model, allow_stream=True)
-    _check_features(est, X, args.input)
-    n = X.shape[0]
-    if model == "lda":
-        width, dtype = est.n_components, est.components_.dtype
+    est, entry = _load_model(args.model_file)
+    if args.proba and not hasattr(est, "predict_proba"):
+        raise ValueError(
+            f"--proba: a {entry.command} model has no probabilities (gmm, logistic "
+            "and sgvi-logistic models do)"
+        )
+    if entry.command == "lda":
+        method = est.transform
     elif args.proba:
-        width, dtype = est.n_components, np.dtype(np.float64)
+        method = est.predict_proba
+    elif hasattr(est, "predict"):
+        method = est.predict
     else:
-        width, dtype = None, np.dtype(np.int64)
-    shape = (n,) if width is None else (n, width)
-    header = {"descr": dtype.str, "fortran_order": False, "shape": shape}
+        raise ValueError(
+            f"a {entry.command} model predicts nothing per row; 'fastvi score' gives "
+            f"its {entry.score[1]}"
+        )
+    if args.target is not None and not entry.supervised:
+        raise ValueError(f"--target: a {entry.command} model has no target column")
+    X = _open_data(args, entry.command, allow_stream=entry.command == "gmm")
+    if args.target is not None:
+        X, _ = _split_target(args, X, args.target)
+    _check_features(est, X, args.input, args.target if entry.supervised else 0)
     with atomic_write(args.output) as fh:
-        np.lib.format.write_array_header_2_0(fh, header)
-        for _, _, rows in _rows_of(X, model):
-            if model == "lda":
-                out = est.transform(rows)
-            elif args.proba:
-                out = est.predict_proba(rows)
-            else:
-                out = est.predict(rows)
-            fh.write(np.ascontiguousarray(out, dtype=dtype).tobytes())
+        out = _Output(fh, kind, X.shape[0])
+        for _, _, rows in _rows_of(X):
+            out.write(method(rows))
     _report(
         args,
         {
             "command": "predict",
-            "model": model,
+            "model": entry.command,
             "input": args.input,
             "output": args.output,
-            "shape": list(shape),
+            "shape": list(out.shape),
         },
     )
     return 0
 
 
 def _score(args):
-    est, model = _load_model(args.model_file)
-    X = _open_data(args, model, allow_stream=True)
-    _check_features(est, X, args.input)
-    summary = {"command": "score", "model": model, "input": args.input}
-    if model == "gmm":
+    est, entry = _load_model(args.model_file)
+    key, label = entry.score
+    if args.target is not None and not entry.supervised:
+        raise ValueError(f"--target: a {entry.command} model has no target column")
+    X = _open_data(args, entry.command, allow_stream=entry.command == "gmm")
+    y = None
+    if entry.supervised:
+        X, y = _split_target(args, X, args.target)
+    _check_features(est, X, args.input, target=0)
+    summary = {"command": "score", "model": entry.command, "input": args.input}
+    lines = []
+    if entry.command == "gmm":
         total = 0.0
-        for _, _, rows in _rows_of(X, model):
+        for _, _, rows in _rows_of(X):
             total += float(np.sum(est.score_samples(rows)))
-        summary["mean_log_likelihood"] = total / X.shape[0]
+        value = total / X.shape[0]
+    elif y is not None:
+        value = float(est.score(X, y))
     else:
-        summary["log_likelihood_bound"] = float(est.score(X))
+        value = float(est.score(X))
+    summary[key] = value
+    summary["metric"] = label
+    lines.append(f"{label}: {value:.10g}")
+    if entry.command == "lda":
         summary["perplexity"] = float(est.perplexity(X))
+        lines.append(f"perplexity: {summary['perplexity']:.10g}")
     if args.json:
         print(json.dumps(summary))
-    else:
-        key = "mean_log_likelihood" if model == "gmm" else "log_likelihood_bound"
-        print(f"{summary[key]:.10g}")
+    else:  # the result itself, also with --quiet
+        print("\n".join(lines))
     return 0
 
 
+def _fit_lines(facts, entry):
+    """``facts`` (of :func:`_fit_facts`) as (label, value) lines for people."""
+    words = {
+        "n_iter": entry.iterations,
+        "converged": "converged",
+        "lower_bound": "final lower bound (ELBO)",
+        "elbo": "final ELBO (mean estimate of the last 100 steps)",
+        "perplexity": "final training perplexity",
+    }
+    return [(words[k], v) for k, v in facts.items()]
+
+
 def _info(args):
+    from ._registry import by_class
     from .batch.io import data_format, read_data
-    from .persist import is_model_file, read_metadata
+    from .persist import is_model_file, load, read_metadata
 
     path = args.file
     if not os.path.exists(path):
         raise ValueError(f"{path}: no such file")
+    lines = None
     if is_model_file(path):
         meta = read_metadata(path)
         summary = {
@@ -781,6 +1181,11 @@ def _info(args):
         if "iteration" in extra:
             summary["iteration"] = extra["iteration"]
             summary["converged"] = extra.get("converged")
+        entry = by_class(meta.get("class"))
+        if meta.get("kind") == "model" and entry is not None:
+            facts = _fit_facts(load(path))
+            summary.update(model=entry.command, **facts)
+            lines = _fit_lines(facts, entry)
     else:
         # a damaged model file is no model file (is_model_file): read_data then
         # says what is wrong with it as data
@@ -796,14 +1201,22 @@ def _info(args):
             summary["nnz"] = int(X.nnz)
     if args.json:
         print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            if key == "arrays":
-                value = ", ".join(
-                    f"{k} {v['dtype']} {tuple(v['shape'])}" for k, v in value.items()
-                )
-            print(f"{key}: {value}")
+        return 0
+    shown = {k for k in summary if lines is not None and k in _FACT_KEYS}
+    for key, value in summary.items():
+        if key in shown:
+            continue
+        if key == "arrays":
+            value = ", ".join(
+                f"{k} {v['dtype']} {tuple(v['shape'])}" for k, v in value.items()
+            )
+        print(f"{key}: {value}")
+    for label, value in lines or []:
+        print(f"{label}: {value}")
     return 0
+
+
+_FACT_KEYS = ("n_iter", "converged", "lower_bound", "elbo", "perplexity")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ with a ``"type"`` tag: ``"float"`` (non-finite), ``"array"`` (``{"array": name}`
 Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple: a
 posterior, an SGVI state, or a prior of :mod:`fastvi.sgvi.priors`) and
 ``"estimator"`` (a nested fastvi estimator, for example the per-class models of
-``VBLogisticRegression``). Only the fastvi classes listed in ``_CLASSES`` can be
-loaded: the class name selects one of them, it is never imported from the file.
+``VBLogisticRegression``). Only the fastvi classes of the registry
+(:mod:`fastvi._registry`) can be loaded: the class name selects one of them, it is
+never imported from the file.
 
 Reads are checked before anything computes: only a regular file is opened; every
 member must be an uncompressed, unencrypted ``.npy`` no larger than the file, whose
@@ -66,6 +67,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from ._registry import ESTIMATORS
 from ._schema import SchemaMismatch, check_attributes
 
 __all__ = [
@@ -83,16 +85,9 @@ FORMAT_VERSION = 1
 _META_KEY = "__fastvi__"
 _FORMAT_NAME = "fastvi-model"
 
-# The classes a file may name, and where they live. Nothing else can be loaded.
-_CLASSES = {
-    "BayesianGaussianMixture": "fastvi.mixture",
-    "BayesianLogisticRegression": "fastvi.sgvi.estimators",
-    "BayesianPoissonRegression": "fastvi.sgvi.estimators",
-    "LatentDirichletAllocation": "fastvi.lda",
-    "UnivariateGaussian": "fastvi.conjugate",
-    "VBLinearRegression": "fastvi.conjugate",
-    "VBLogisticRegression": "fastvi.conjugate",
-}
+# The classes a file may name, and where they live (the registry of fastvi's
+# estimators). Nothing else can be loaded.
+_CLASSES = {entry.name: entry.module for entry in ESTIMATORS}
 _TUPLES = {
     "NormalGammaPosterior": "fastvi.conjugate",
     "SGVIState": "fastvi.sgvi.engine",

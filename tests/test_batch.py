@@ -166,7 +166,7 @@ def test_out_of_core_nan_names_file_row_and_column(tmp_path):
     np.save(tmp_path / "bad.npy", X)
     est = BayesianGaussianMixture(n_components=2, init_params="random")
     with pytest.raises(
-        DataError, match=rf"bad.npy: row {2 * CHUNK_ROWS + 5}, column 2"
+        DataError, match=rf"bad.npy: row {2 * CHUNK_ROWS + 6}, column 3"
     ):
         est.fit(NpyRows(tmp_path / "bad.npy", block_rows=CHUNK_ROWS))
     assert not hasattr(est, "means_")  # nothing half-fitted left behind
@@ -269,13 +269,15 @@ def test_read_errors_name_the_file_and_the_place(tmp_path):
     with pytest.raises(DataError, match="x.xyz: unknown data format"):
         read_data(tmp_path / "x.xyz")
     (tmp_path / "nan.csv").write_text("1,2,3\n4,5,6\n7,nan,9\n")
-    with pytest.raises(DataError, match="nan.csv: row 2, column 1"):
+    with pytest.raises(DataError, match="nan.csv: row 3, column 2"):
         read_data(tmp_path / "nan.csv")
     (tmp_path / "inf.csv").write_text("1,2\ninf,3\n")
-    with pytest.raises(DataError, match="inf.csv: row 1, column 0"):
+    with pytest.raises(DataError, match="inf.csv: row 2, column 1"):
         read_data(tmp_path / "inf.csv")
     (tmp_path / "words.csv").write_text("1,2\na,b\n")
-    with pytest.raises(DataError, match="words.csv: cannot read as numbers"):
+    with pytest.raises(
+        DataError, match="words.csv: row 2, column 1: 'a' is not a number"
+    ):
         read_data(tmp_path / "words.csv")
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
     try:
@@ -664,7 +666,7 @@ def test_cli_lda_from_docword_and_sparse_npz(tmp_path):
 
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
     path, _ = npy_file
-    out = tmp_path / "out.npz"
+    out, pred = tmp_path / "out.npz", tmp_path / "out.npy"
     np.save(tmp_path / "one.npy", np.zeros(5))
     (tmp_path / "nan.csv").write_text("1,2\n3,nan\n")
     (tmp_path / "two.csv").write_text("1,2\n3,4\n")
@@ -683,12 +685,12 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
     cases = [
         (("fit", "gmm", tmp_path / "missing.npy", "-o", out), "no such file"),
         (("fit", "gmm", tmp_path / "one.npy", "-o", out), "2-D"),
-        (("fit", "gmm", tmp_path / "nan.csv", "-o", out), "row 1, column 1"),
+        (("fit", "gmm", tmp_path / "nan.csv", "-o", out), "row 2, column 2"),
         (("fit", "gmm", tmp_path / "m.npz", "-o", out), "is a fastvi model file"),
-        (("fit", "gmm", path, "-o", out, "--batch-size", 5), "not an option of 'gmm'"),
+        (("fit", "gmm", path, "-o", out, "--perp-tol", 5), "not an option of 'gmm'"),
         (("fit", "gmm", path, "-o", tmp_path / "no" / "m.npz"), "does not exist"),
-        (("predict", tmp_path / "m.npz", tmp_path / "one.npy", "-o", out), "2-D"),
-        (("predict", path, path, "-o", out), "not a fastvi model file"),
+        (("predict", tmp_path / "m.npz", tmp_path / "one.npy", "-o", pred), "2-D"),
+        (("predict", path, path, "-o", pred), "not a fastvi model file"),
         (("score", tmp_path / "m.npz", tmp_path / "two.csv"), "has 2 columns"),
     ]
     for args, message in cases:
@@ -697,7 +699,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
         assert run.stderr.startswith("fastvi: error:"), run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert message in run.stderr, (message, run.stderr)
-        assert not out.exists()
+        assert not out.exists() and not pred.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

@@ -17,7 +17,12 @@ Formats (chosen by the file name, or explicitly with ``fmt``):
     The UCI bag-of-words format: three lines D, W, NNZ, then NNZ lines
     ``docID wordID count`` (1-based ids). Read as a D x W CSR count matrix.
 
-Rows holding NaN or infinity are refused with the file, row and column (0-based).
+Rows holding NaN or infinity are refused with the file, row and column.
+
+Row and column numbers in messages count from 1, as a spreadsheet or a text editor
+does: "row 1" is the first data row (a CSV header line is not counted), "column 1"
+the first column, and "rows 1..65536" a range that includes both ends. A docword
+file's problems name the line of the file (the three header lines count).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import struct
 import tokenize
 import zipfile
@@ -110,8 +116,8 @@ def check_finite(X, path, row_offset=0):
             column = int(X.indices[entry])
             value = X.data[entry]
             raise DataError(
-                f"{path}: row {row + row_offset}, column {column}: value {value} is "
-                "not finite"
+                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
+                f"{value} is not finite"
             )
         return
     if X.dtype.kind not in "biuf":
@@ -126,8 +132,8 @@ def check_finite(X, path, row_offset=0):
             row, column = int(where[0]) + start, int(where[1]) if block.ndim > 1 else 0
             value = block[where]
             raise DataError(
-                f"{path}: row {row + row_offset}, column {column}: value {value} is "
-                "not finite"
+                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
+                f"{value} is not finite"
             )
 
 
@@ -211,9 +217,52 @@ def _read_text(path, delimiter, header):
             dtype=np.float64,
         )
     except ValueError as exc:
-        raise DataError(f"{path}: cannot read as numbers ({exc})") from None
+        hint = ""
+        if not header and _has_header(path, delimiter):
+            hint = "; the first line looks like a header: pass --header to skip it"
+        raise DataError(f"{path}: {_text_problem(exc)}{hint}") from None
     _check_2d(X, path)
     return X
+
+
+def _text_problem(exc):
+    """numpy.loadtxt's error in this module's convention (rows, columns from 1).
+
+    numpy counts the row of a value it cannot convert from 0 and its column from 1,
+    and the row whose number of columns changed from 1.
+    """
+    text = str(exc)
+    found = re.search(
+        r"could not convert string (.*) to \w+ at row (\d+), column (\d+)", text
+    )
+    if found:
+        value, row, column = found.group(1), int(found.group(2)), int(found.group(3))
+        return f"row {row + 1}, column {column}: {value} is not a number"
+    found = re.search(
+        r"number of columns changed from (\d+) to (\d+) at row (\d+)", text
+    )
+    if found:
+        before, now, row = (int(v) for v in found.groups())
+        return f"row {row}: has {now} columns, the rows before it have {before}"
+    return f"cannot read as numbers ({text})"
+
+
+def _has_header(path, delimiter):
+    """Whether the first line of a text file is not numbers but the second is."""
+
+    def numbers(line):
+        try:
+            [float(v) for v in line.strip().split(delimiter)]
+        except ValueError:
+            return False
+        return bool(line.strip())
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first, second = fh.readline(), fh.readline()
+    except OSError:
+        return False
+    return not numbers(first) and numbers(second)
 
 
 def _read_parquet(path):
@@ -290,7 +339,8 @@ def read_data(path, fmt="auto", header=False, check=True):
     header : bool, default=False
         Skip the first line of a CSV/TSV file.
     check : bool, default=True
-        Refuse NaN and infinite values (naming the file, row and column).
+        Refuse NaN and infinite values (naming the file, row and column, counted
+        from 1).
 
     Returns
     -------
@@ -419,7 +469,9 @@ class NpyRows:
             fh.seek(self._offset + start * self._row_bytes)
             got = fh.readinto(memoryview(out).cast("B"))
         if got != n * self._row_bytes:
-            raise DataError(f"{self.path}: truncated while reading rows {start}:{stop}")
+            raise DataError(
+                f"{self.path}: truncated while reading rows {start + 1}..{stop}"
+            )
         return out
 
     def iter_blocks(self):
@@ -438,7 +490,8 @@ class NpyRows:
                     more = fh.readinto(memoryview(view[1:]).cast("B")[got:])
                     if not more:
                         raise DataError(
-                            f"{self.path}: truncated while reading rows {start}:{stop}"
+                            f"{self.path}: truncated while reading rows "
+                            f"{start + 1}..{stop}"
                         )
                     got += more
                 if stop > self._checked:

@@ -513,6 +513,8 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         Prior of the intercept (numbers only), as ``coef_prior``; None: the
         ``intercept_prior_scale`` normal. An error with ``fit_intercept=False``.
     fit_intercept : bool, default=True
+        Fit an intercept (with its own prior); False: the linear predictor is
+        ``X coef`` alone.
     family : {'meanfield', 'fullrank'}, default='meanfield'
         Gaussian family of q.
     estimator : {'stl', 'reparam', 'score'}, default='stl'
@@ -546,7 +548,9 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     window : int, default=100
         Steps per window of the default rule.
     tol_rel_obj : float, default=0.01
+        ``convergence='stan'``: the relative ELBO change below which the fit stops.
     eval_elbo : int, default=100
+        ``convergence='stan'``: steps between ELBO evaluations of the rule.
     init_scale : float or None, default=None
         None: q starts at the Laplace approximation of the posterior and the
         steps are taken in the coordinates it whitens (scale-free; see
