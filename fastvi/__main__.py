@@ -209,6 +209,9 @@ def _build_parser():
     demo.set_defaults(func=_demo)
     _add_warmup_command(sub)
     _add_batch_commands(sub)
+    from .report import add_command as add_report_command
+
+    add_report_command(sub)
     return parser
 
 
