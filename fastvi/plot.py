@@ -619,20 +619,38 @@ def plot_khat(khat, *, ax=None):
     k = np.asarray(khat, dtype=float)
     if k.ndim != 1 or k.size == 0:
         raise ValueError(f"khat must be a non-empty 1-D array, got shape {k.shape}")
-    if not np.all(np.isfinite(k)):
+    if np.any(np.isnan(k)) or np.any(np.isneginf(k)):
         raise ValueError(
-            f"khat holds {int(np.sum(~np.isfinite(k)))} NaN or infinite values"
+            f"khat holds {int(np.sum(np.isnan(k) | np.isneginf(k)))} NaN values "
+            "(k-hat is undefined when a tail holds too few distinct weights: use "
+            "more draws)"
         )
     fig, ax = _axes(ax, (6.0, 3.2))
     idx = np.arange(k.size)
+    infinite = np.isinf(k)
     zones = [
-        (k <= 0.5, "tab:blue", "k \u2264 0.5"),
-        ((k > 0.5) & (k <= 0.7), "tab:orange", "0.5 < k \u2264 0.7"),
-        (k > 0.7, "tab:red", "k > 0.7"),
+        (k <= 0.5, "tab:blue", "o", "k \u2264 0.5"),
+        ((k > 0.5) & (k <= 0.7), "tab:orange", "o", "0.5 < k \u2264 0.7"),
+        ((k > 0.7) & ~infinite, "tab:red", "o", "k > 0.7"),
     ]
-    for mask, color, label in zones:
+    for mask, color, marker, label in zones:
         ax.scatter(
-            idx[mask], k[mask], s=10, color=color, label=f"{label}: {mask.sum()}"
+            idx[mask],
+            k[mask],
+            s=10,
+            color=color,
+            marker=marker,
+            label=f"{label}: {mask.sum()}",
+        )
+    if infinite.any():  # a non-finite importance ratio: drawn at the top
+        top = 1.1 * max(np.max(k[~infinite], initial=0.7), 1.0)
+        ax.scatter(
+            idx[infinite],
+            np.full(int(infinite.sum()), top),
+            s=24,
+            color="tab:red",
+            marker="^",
+            label=f"k = inf: {int(infinite.sum())}",
         )
     ax.axhline(0.5, color="tab:orange", ls="--", lw=0.9)
     ax.axhline(0.7, color="tab:red", ls="--", lw=0.9)

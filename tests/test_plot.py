@@ -412,8 +412,14 @@ def test_khat_points_by_zone_and_thresholds():
     assert levels == [0.5, 0.7]
     assert ax.get_title() == "2 of 8 observations above 0.7"
     assert ax.get_xlabel() == "observation" and "k" in ax.get_ylabel()
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="1 NaN values"):
         fp.plot_khat([0.1, np.nan])
+    # k-hat is inf when an importance ratio is not finite: drawn at the top
+    ax = fp.plot_khat([0.1, np.inf, 0.9]).axes[0]
+    assert len(ax.collections) == 4
+    np.testing.assert_array_equal(ax.collections[3].get_offsets()[:, 0], [1])
+    assert ax.collections[3].get_offsets()[0, 1] >= 1.0
+    assert ax.get_title() == "2 of 3 observations above 0.7"
     with pytest.raises(ValueError, match="1-D"):
         fp.plot_khat(np.zeros((2, 2)))
 
