@@ -100,6 +100,10 @@ def _table(rows, header=None):
     return "\n".join(out)
 
 
+def _upper_first(text):
+    return text[:1].upper() + text[1:]
+
+
 def _card(title, body):
     return f'<div class="card"><h3>{html.escape(title)}</h3>{body}</div>'
 
@@ -403,7 +407,12 @@ def render(
                 if callable(loo):  # PSIS-LOO, where the estimator offers it
                     result = loo(X, y)
                     khat_i = getattr(result, "khat", getattr(result, "pareto_k", None))
-                    if khat_i is not None and np.ndim(khat_i) == 1:
+                    if khat_i is None or np.ndim(khat_i) != 1:
+                        notes.append(
+                            "PSIS-LOO k-hat per observation: not drawn (the result "
+                            "of loo(X, y) has no 1-D khat or pareto_k)"
+                        )
+                    else:
                         add(
                             "PSIS-LOO k-hat per observation",
                             lambda fig: plot.plot_khat(khat_i, ax=fig.add_subplot()),
@@ -456,7 +465,7 @@ def render(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">{sub}</p>',
         '<h2>Summary</h2><div class="grid">' + "".join(cards) + "</div>",
-        f"<h2>{html.escape(section_title.capitalize())}</h2>",
+        f"<h2>{html.escape(_upper_first(section_title))}</h2>",
         f'<div class="card">{section_html}</div>',
         "<h2>Pictures</h2>",
     ]
@@ -464,7 +473,7 @@ def render(
         parts.append(
             f'<figure><img alt="{html.escape(fig_title)}" '
             f'src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{html.escape(fig_title.capitalize())}.</b> "
+            f"<figcaption><b>{html.escape(_upper_first(fig_title))}.</b> "
             f"{html.escape(caption)}</figcaption></figure>"
         )
     if notes:

@@ -282,3 +282,22 @@ def test_report_in_headless_chromium(files, tmp_path):
     broken = page.replace("base64,iVBORw0KGgo", "base64,AAAAAAAAAAA", 1)
     assert broken != page
     assert _images_loaded(tmp_path, broken, "broken.html") == "images 1 of 2"
+
+
+def test_render_draws_per_observation_khat_where_the_model_offers_loo(files):
+    from types import SimpleNamespace
+
+    from fastvi import load
+    from fastvi.report import render
+
+    data = np.load(files["linear_data.npy"])
+    X, y = data[:, :-1], data[:, -1]
+    est = load(files["linear.npz"])
+    khat = np.linspace(0.0, 0.9, X.shape[0])
+    est.loo = lambda X, y: SimpleNamespace(khat=khat)
+    page = render(est, X, y)
+    assert len(_pngs(page)) == 4 and "PSIS-LOO k-hat per observation." in page
+    est.loo = lambda X, y: SimpleNamespace(elpd=1.0)
+    page = render(est, X, y)
+    assert len(_pngs(page)) == 3
+    assert "PSIS-LOO k-hat per observation: not drawn" in page
