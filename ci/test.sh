@@ -20,7 +20,7 @@ echo "== the README's two commands, in order, in this fresh environment"
 # second replaces that install with an editable one; the install must still work
 # from any folder afterwards (a cache inside the package once broke it)
 python -m pip install --quiet . && fastvi demo
-python -m pip install --quiet -e ".[test,dask]"
+python -m pip install --quiet -e ".[test,dask,plot]"
 (
     cd "$(mktemp -d)"
     python -c "
@@ -35,9 +35,26 @@ print('fastvi imports from', here)
     fastvi --version
 )
 
-python -m pip list 2>/dev/null | grep -iE '^(numpy|scipy|numba|llvmlite|scikit-learn|pytest|hypothesis|threadpoolctl) '
+python -m pip list 2>/dev/null | grep -iE '^(numpy|scipy|numba|llvmlite|scikit-learn|pytest|hypothesis|threadpoolctl|matplotlib) '
 python -m threadpoolctl -i numpy
 python -m numba -s | grep -E 'CPU Name|CPU Features|Threading layer|SVML State|Numba Version|llvmlite' || true
+
+echo "== a headless browser for the report test (best effort)"
+# tests/test_report.py opens a generated report in headless Chromium; as root on a
+# Debian-like system CI installs Debian's package, elsewhere the test skips and says why
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then
+    if ! { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends chromium fonts-liberation; } >/dev/null 2>&1; then
+        echo "could not install chromium: the browser check of the report is skipped"
+    fi
+fi
+if command -v chromium >/dev/null 2>&1; then
+    chromium --version 2>/dev/null || true
+else
+    echo "no chromium: the browser check of the report is skipped"
+fi
 
 echo "== lint"
 ruff check fastvi tests bench

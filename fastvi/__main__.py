@@ -643,6 +643,12 @@ def _add_common(parser):
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
+def _add_report_command(sub, argv):
+    from .report import add_command
+
+    add_command(sub)
+
+
 # Each adds one subcommand: add_command(subparsers, argv). A new command is a new
 # function here (argv is there for commands whose options depend on it, as fit's).
 _COMMANDS = [
@@ -652,6 +658,7 @@ _COMMANDS = [
     _add_predict_command,
     _add_score_command,
     _add_info_command,
+    _add_report_command,
 ]
 
 
