@@ -276,7 +276,8 @@ def split_tokens(X, observed_fraction=0.5, random_state=None):
         )
     rng = generator(random_state)
     if sp.issparse(X):
-        X = sp.csr_matrix(X)
+        X = sp.csr_matrix(X, copy=True)
+        X.sum_duplicates()
         counts = X.data
     else:
         X = np.asarray(X)
@@ -285,8 +286,11 @@ def split_tokens(X, observed_fraction=0.5, random_state=None):
         raise ValueError("split_tokens needs non-negative integer counts.")
     obs = rng.binomial(counts.astype(np.int64), observed_fraction).astype(X.dtype)
     if sp.issparse(X):
-        X_obs = sp.csr_matrix((obs, X.indices, X.indptr), shape=X.shape)
-        X_held = sp.csr_matrix((X.data - obs, X.indices, X.indptr), shape=X.shape)
+        # own copies of the structure: eliminate_zeros edits it in place
+        X_obs = sp.csr_matrix((obs, X.indices.copy(), X.indptr.copy()), shape=X.shape)
+        X_held = sp.csr_matrix(
+            (X.data - obs, X.indices.copy(), X.indptr.copy()), shape=X.shape
+        )
         X_obs.eliminate_zeros()
         X_held.eliminate_zeros()
         return X_obs, X_held
