@@ -734,6 +734,34 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         """
         return float(np.mean(self.score_samples(X)))
 
+    # ------------------------------------------------------ posterior draws
+    def sample_posterior(self, n_draws, random_state=None):
+        """Draws of (μ, τ) from q(μ) q(τ).
+
+        Parameters
+        ----------
+        n_draws : int
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        draws : dict
+            ``mu_mean_`` (n_draws,): μ ~ N(``mu_mean_``, 1 / ``mu_precision_``);
+            ``tau_mean_`` (n_draws,): τ ~ Gamma(``tau_shape_``, rate ``tau_rate_``).
+        """
+        from .posterior import check_n_draws, generator, univariate_draws
+
+        check_is_fitted(self)
+        return univariate_draws(self, check_n_draws(n_draws), generator(random_state))
+
+    def to_arviz(self, n_draws=1000, random_state=None):
+        """:meth:`sample_posterior` as ArviZ data (variables ``mu_mean`` and
+        ``tau_mean``), the bound per round as ``sample_stats.lower_bound``. Needs
+        the optional dependency arviz (``pip install 'fastvi[arviz]'``)."""
+        from .posterior import cavi_to_arviz
+
+        return cavi_to_arviz(self, n_draws, random_state)
+
 
 # ============================================================ VBLinearRegression
 class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
@@ -1153,6 +1181,98 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         # E[1/α] = rate / (shape - 1) under q(α) (shape > 1 since N >= 2)
         noise = self.alpha_rate_ / (self.alpha_shape_ - 1.0)
         return y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)
+
+    # ---------------------------------------- posterior predictive and draws
+    def predict_interval(self, X, level=0.9):
+        """Central interval of the predictive distribution with α integrated out.
+
+        The predictive under q(w) q(α) is N(y | m̃, x̃ᵀ S x̃ + 1/α) averaged over
+        q(α) = Gamma(``alpha_shape_``, ``alpha_rate_``): a Student-t with
+        2 ``alpha_shape_`` degrees of freedom where x̃ᵀ S x̃ = 0, between that and a
+        Gaussian elsewhere (see :mod:`fastvi.predictive`); its sd is the one
+        :meth:`predict` returns with ``return_std=True``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        level : float in (0, 1), default=0.9
+            Probability the interval holds under the predictive.
+
+        Returns
+        -------
+        lower, upper : ndarray of shape (n_samples,)
+        """
+        from .predictive import linear_interval
+
+        check_is_fitted(self)
+        if not (isinstance(level, Real) and 0.0 < level < 1.0):
+            raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return linear_interval(self, X, float(level))
+
+    def predictive_log_density(self, X, y):
+        """log p(y_i | x_i, training data) under q, α integrated out (see
+        :meth:`predict_interval`), shape (n_samples,)."""
+        from .predictive import linear_log_density
+
+        check_is_fitted(self)
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
+        return linear_log_density(self, X, y)
+
+    def sample_posterior(self, n_draws, random_state=None):
+        """Draws of the parameters from q(w) q(α) q(λ).
+
+        Parameters
+        ----------
+        n_draws : int
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        draws : dict
+            ``coef_`` (n_draws, D), ``intercept_`` (n_draws,) (``y_offset_ -
+            X_offset_ @ coef`` per draw), ``alpha_`` (n_draws,), ``lambda_``
+            (n_draws,) or (n_draws, D) with ``ard``
+            (:func:`fastvi.posterior.linear_draws`).
+        """
+        from .posterior import check_n_draws, generator, linear_draws
+
+        check_is_fitted(self)
+        return linear_draws(self, check_n_draws(n_draws), generator(random_state))
+
+    def to_arviz(self, n_draws=1000, random_state=None):
+        """:meth:`sample_posterior` as ArviZ data, the bound per round as
+        ``sample_stats.lower_bound``. Needs the optional dependency arviz
+        (``pip install 'fastvi[arviz]'``)."""
+        from .posterior import cavi_to_arviz
+
+        return cavi_to_arviz(self, n_draws, random_state)
+
+    def loo(self, X, y, n_draws=2000, random_state=None):
+        """PSIS-LOO expected log predictive density on the training data X, y.
+
+        Parameters
+        ----------
+        X, y : the data the model was fitted to
+        n_draws : int >= 20, default=2000
+            Draws of q (:meth:`sample_posterior`).
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        result : fastvi.loo.LOOResult
+            ``elpd_loo``, ``se``, ``p_loo``, ``pointwise`` and ``khat`` per
+            observation (:mod:`fastvi.loo`); a PSISWarning names the observations
+            with k-hat above 0.7.
+        """
+        from .loo import linear_loglik, loo_from_loglik
+        from .posterior import check_n_draws
+
+        check_is_fitted(self)
+        n = check_n_draws(n_draws, minimum=20)
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
+        draws = self.sample_posterior(n, random_state)
+        return loo_from_loglik(linear_loglik(self, X, y, draws))
 
 
 # ========================================================== VBLogisticRegression
@@ -1848,6 +1968,105 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         q, self._bound, self._proposal, self._predicted_gain = state
         self._set_factors(q)
         self._publish()
+
+    # ---------------------------------------- posterior predictive and draws
+    def predictive_proba(self, X, method="probit", n_draws=1000, random_state=None):
+        """Predictive class probabilities by the probit approximation or Monte Carlo.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        method : {'probit', 'mc'}, default='probit'
+            ``'probit'``: :meth:`predict_proba` (PRML eq. 4.155). ``'mc'``: E[σ(a)]
+            over ``n_draws`` draws of the linear predictor a = w̃ᵀx̃, which is
+            Gaussian under q(w, b) (mean μ, variance x̃ᵀ S x̃), per binary problem;
+            one-vs-rest probabilities are normalized to sum to 1 as in
+            :meth:`predict_proba`.
+        n_draws : int, default=1000
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        from .posterior import _logistic_mean_cov, check_n_draws, generator
+        from .predictive import logistic_mc
+
+        if method == "probit":
+            return self.predict_proba(X)
+        if method != "mc":
+            raise ValueError(f"method must be 'probit' or 'mc', got {method!r}.")
+        check_is_fitted(self)
+        n = check_n_draws(n_draws)
+        rng = generator(random_state)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        mean, sigma = _logistic_mean_cov(self)
+        Xt = np.column_stack([X, np.ones(X.shape[0])]) if self.fit_intercept else X
+        p = np.empty((X.shape[0], mean.shape[0]))
+        for k in range(mean.shape[0]):
+            var = np.einsum("ij,jk,ik->i", Xt, sigma[k], Xt, optimize=True)
+            p[:, k] = logistic_mc(Xt @ mean[k], var, n, rng)
+        if p.shape[1] == 1:
+            return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+        return p / p.sum(axis=1, keepdims=True)
+
+    def sample_posterior(self, n_draws, random_state=None):
+        """Draws of the parameters from q(w, b) q(λ).
+
+        Parameters
+        ----------
+        n_draws : int
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        draws : dict
+            ``coef_`` (n_draws, P, D), ``intercept_`` (n_draws, P), ``lambda_``
+            (n_draws,) or (n_draws, P): P = 1 binary problem for two classes, one
+            per class for one-vs-rest (:func:`fastvi.posterior.logistic_draws`).
+        """
+        from .posterior import check_n_draws, generator, logistic_draws
+
+        check_is_fitted(self)
+        return logistic_draws(self, check_n_draws(n_draws), generator(random_state))
+
+    def to_arviz(self, n_draws=1000, random_state=None):
+        """:meth:`sample_posterior` as ArviZ data, the bound per round as
+        ``sample_stats.lower_bound`` (binary fits). Needs the optional dependency
+        arviz (``pip install 'fastvi[arviz]'``)."""
+        from .posterior import cavi_to_arviz
+
+        return cavi_to_arviz(self, n_draws, random_state)
+
+    def loo(self, X, y, n_draws=2000, random_state=None):
+        """PSIS-LOO expected log predictive density on the training data (binary).
+
+        See :meth:`VBLinearRegression.loo`; the pointwise likelihood is
+        Bernoulli(σ(w̃ᵀx̃)) for each draw of q(w, b). One-vs-rest models have no
+        single likelihood and are refused.
+        """
+        from .loo import logistic_loglik, loo_from_loglik
+        from .posterior import check_n_draws
+
+        check_is_fitted(self)
+        if len(self.classes_) != 2:
+            raise ValueError(
+                "loo needs a binary VBLogisticRegression; this one is one-vs-rest "
+                f"over {len(self.classes_)} classes."
+            )
+        n = check_n_draws(n_draws, minimum=20)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
+        known = np.isin(y, self.classes_)
+        if not np.all(known):
+            raise ValueError(
+                f"y has labels not seen in fit: {np.unique(y[~known])[:5]!r}."
+            )
+        draws = self.sample_posterior(n, random_state)
+        t = (y == self.classes_[1]).astype(np.float64)
+        return loo_from_loglik(logistic_loglik(self, X, t, draws))
 
 
 # ===================================================================== Dask

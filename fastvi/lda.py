@@ -1263,6 +1263,72 @@ class LatentDirichletAllocation(
         )
         return float(np.exp(-bound / word_count))
 
+    # ------------------------------------------- held-out criticism and draws
+    @announces("lda", complete=False)
+    def completion_score(self, X_observed, X_heldout):
+        """Document completion: log-likelihood per held-out token.
+
+        Each document's topic proportions are folded in from its observed part
+        (q(theta_d) by the E-step of :meth:`transform`), and its held-out tokens are
+        scored under E[theta_d] and E[beta] (Wallach et al. 2009; Hoffman et al.
+        2013, §4): sum_dw n_dw log sum_k E[theta_dk] E[beta_kw], divided by the
+        number of held-out tokens. Higher is better; exp(-score) is the held-out
+        perplexity. Split the documents with :func:`fastvi.predictive.split_tokens`.
+
+        Parameters
+        ----------
+        X_observed : {array-like, sparse matrix} of shape (n_docs, n_features)
+            The counts the topic proportions are inferred from.
+        X_heldout : {array-like, sparse matrix} of shape (n_docs, n_features)
+            The counts scored (the same documents, row for row).
+
+        Returns
+        -------
+        score : float
+        """
+        from .predictive import lda_completion
+
+        check_is_fitted(self)
+        whom = "LatentDirichletAllocation.completion_score"
+        X_observed = self._check_non_neg_array(X_observed, False, whom)
+        X_heldout = self._check_non_neg_array(X_heldout, False, whom)
+        if X_observed.shape != X_heldout.shape:
+            raise ValueError(
+                f"X_observed has shape {X_observed.shape} but X_heldout has "
+                f"{X_heldout.shape}: they must be the same documents."
+            )
+        gamma = self._unnormalized_transform(X_observed)
+        return lda_completion(self, np.asarray(gamma, np.float64), X_heldout)
+
+    def sample_posterior(self, n_draws, random_state=None):
+        """Draws of the topic-word distributions from q(beta) = prod_k Dir(lambda_k).
+
+        Parameters
+        ----------
+        n_draws : int
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        draws : dict
+            ``components_`` (n_draws, K, V): topic-word probabilities, whose mean is
+            ``components_`` normalized to rows summing to 1.
+        """
+        from .posterior import check_n_draws, generator, lda_draws
+
+        check_is_fitted(self)
+        return lda_draws(self, check_n_draws(n_draws), generator(random_state))
+
+    def to_arviz(self, n_draws=100, random_state=None):
+        """:meth:`sample_posterior` as ArviZ data (``components``), the training
+        perplexities evaluated in the fit as ``sample_stats.perplexity``. Needs the
+        optional dependency arviz (``pip install 'fastvi[arviz]'``)."""
+        from .posterior import to_arviz
+
+        draws = self.sample_posterior(n_draws, random_state)
+        trace = getattr(self, "perplexity_history_", None) or None
+        return to_arviz(draws, trace, "perplexity", "evaluation", "CAVI")
+
 
 # ------------------------------------------------------------------- Dask tasks
 def _dask_count_bad(block, start):

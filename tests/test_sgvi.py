@@ -392,9 +392,13 @@ def test_logistic_estimator_api():
     assert set(est.predict(X)) <= {"no", "yes"}
     assert est.score(X, labels) > 0.6
     draws = est.sample_posterior(500, random_state=1)
-    assert draws.shape == (500, 4)
-    assert_array_equal(draws, est.sample_posterior(500, random_state=1))
-    assert_allclose(draws.mean(axis=0)[:3], est.coef_, atol=4 * est.coef_std_.max())
+    assert draws["coef_"].shape == (500, 3) and draws["intercept_"].shape == (500,)
+    again = est.sample_posterior(500, random_state=1)
+    assert_array_equal(draws["coef_"], again["coef_"])
+    assert_array_equal(draws["intercept_"], again["intercept_"])
+    assert_allclose(
+        draws["coef_"].mean(axis=0), est.coef_, atol=4 * est.coef_std_.max()
+    )
     # signs of the true coefficients (1, 0, -1) recovered
     assert est.coef_[0] > 0 > est.coef_[2]
 
@@ -602,7 +606,7 @@ def test_fullrank_default_learning_rate_is_stable_on_50_features(kwargs):
     y = (rng.random(N) < expit(X @ rng.normal(0.0, 1.0, D) + 0.3)).astype(int)
     est = BayesianLogisticRegression(family="fullrank", random_state=2, **kwargs)
     est.fit(X, y)
-    draws = est.sample_posterior(4000, random_state=0)
+    draws = est.sample_posterior(4000, random_state=0)["coef_"]
     laplace = _laplace_sds(X, y, 1.0, est.intercept_prior_scale)[:D]
     ratio = est.coef_std_ / laplace
     assert np.all((ratio > 0.6) & (ratio < 1.5)), (ratio.min(), ratio.max())

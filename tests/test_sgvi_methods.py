@@ -348,5 +348,6 @@ def test_arviz_export():
     posterior = data["posterior"] if not hasattr(data, "posterior") else data.posterior
     assert posterior["coef"].shape == (1, 200, 3)
     assert_array_equal(
-        np.asarray(posterior["intercept"])[0], est.sample_posterior(200, 0)[:, 3]
+        np.asarray(posterior["intercept"])[0],
+        est.sample_posterior(200, 0)["intercept_"],
     )

@@ -363,7 +363,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         return self.posterior_mean_ + eps @ self._posterior_chol.T
 
     def sample_posterior(self, n_draws, random_state=None):
-        """Draws of ``[coef..., intercept]`` from the fitted q.
+        """Draws of the coefficients from the fitted q.
 
         Parameters
         ----------
@@ -372,15 +372,14 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_draws, n_features + fit_intercept)
+        draws : dict
+            ``coef_`` (n_draws, n_features) and, with ``fit_intercept``,
+            ``intercept_`` (n_draws,) (:func:`fastvi.posterior.sgvi_draws`).
         """
+        from ..posterior import check_n_draws, generator, sgvi_draws
+
         check_is_fitted(self)
-        if not isinstance(n_draws, Integral) or n_draws < 1:
-            raise ValueError(f"n_draws must be a positive int, got {n_draws!r}.")
-        if isinstance(random_state, np.random.RandomState):
-            random_state = random_state.randint(np.iinfo(np.int32).max)
-        rng = np.random.default_rng(random_state)
-        return self._draws(int(n_draws), rng)
+        return sgvi_draws(self, check_n_draws(n_draws), generator(random_state))
 
     def diagnose(self, X, y, n_draws=1000, random_state=None):
         """PSIS k-hat of the fitted q on the data ``X, y`` it was fitted to.
@@ -412,17 +411,34 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     def to_arviz(self, n_draws=1000, random_state=None):
         """Draws of q as ArviZ data (``posterior`` group: ``coef`` of shape
         (1, n_draws, n_features) and ``intercept``; ``sample_stats.elbo``: the ELBO
-        trace). Needs the optional dependency ``arviz``."""
-        from .engine import Posterior
+        trace over ``sgvi_step``). Needs the optional dependency arviz
+        (``pip install 'fastvi[arviz]'``)."""
+        from ..posterior import to_arviz
 
         draws = self.sample_posterior(n_draws, random_state)
-        D = self.coef_.shape[0]
-        post = {"coef": draws[:, :D]}
-        if self.fit_intercept:
-            post["intercept"] = draws[:, D]
-        mean = {k: v.mean(axis=0) for k, v in post.items()}
-        sd = {k: v.std(axis=0, ddof=1) for k, v in post.items()}
-        return Posterior(post, mean, sd, self.elbo_history_).to_arviz()
+        return to_arviz(draws, self.elbo_history_, "elbo", "sgvi_step", "SGVI")
+
+    def loo(self, X, y, n_draws=2000, random_state=None):
+        """PSIS-LOO expected log predictive density on the training data X, y.
+
+        Draws of q (:meth:`sample_posterior`) and the pointwise likelihood of the
+        model; see :mod:`fastvi.loo`. Returns a :class:`fastvi.loo.LOOResult`
+        (``elpd_loo``, ``se``, ``p_loo``, ``pointwise``, ``khat``); a PSISWarning
+        names the observations with k-hat above 0.7.
+        """
+        from ..loo import logistic_loglik, loo_from_loglik, poisson_loglik
+        from ..posterior import check_n_draws
+
+        check_is_fitted(self)
+        n = check_n_draws(n_draws, minimum=20)
+        X, y = validate_data(
+            self, X, y, reset=False, dtype=[np.float64, np.float32], order="C"
+        )
+        y = self._encode_target(y, reset=False)
+        X = np.asarray(X, dtype=np.float64)
+        draws = self.sample_posterior(n, random_state)
+        loglik = logistic_loglik if self._family == "logistic" else poisson_loglik
+        return loo_from_loglik(loglik(self, X, y, draws))
 
     def _linear_draws(self, X):
         """X @ coef_s + intercept_s for the stored predictive draws: (n, draws)."""
@@ -659,6 +675,41 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         """The class with the larger posterior predictive probability."""
         p = self.predict_proba(X)[:, 1]
         return self.classes_[(p > 0.5).astype(int)]
+
+    def predictive_proba(self, X, method="mc", n_draws=1000, random_state=None):
+        """Predictive class probabilities by Monte Carlo or the probit approximation.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        method : {'mc', 'probit'}, default='mc'
+            ``'mc'``: E[σ(a)] over ``n_draws`` fresh draws of the linear predictor
+            a = xᵀcoef + intercept, Gaussian under q (mean and variance from
+            ``posterior_mean_`` and ``posterior_cov_``); :meth:`predict_proba` is
+            the same with 200 draws of q fixed at fit time. ``'probit'``:
+            σ(μ / sqrt(1 + π s² / 8)) (PRML eq. 4.155).
+        n_draws : int, default=1000
+        random_state : int, Generator, RandomState or None, default=None
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, 2)
+        """
+        from ..posterior import check_n_draws, generator
+        from ..predictive import logistic_mc, logistic_probit
+
+        check_is_fitted(self)
+        if method not in ("mc", "probit"):
+            raise ValueError(f"method must be 'mc' or 'probit', got {method!r}.")
+        X = np.asarray(self._check_X(X, reset=False), dtype=np.float64)
+        Xt = np.column_stack([X, np.ones(X.shape[0])]) if self.fit_intercept else X
+        mu = Xt @ self.posterior_mean_
+        var = np.einsum("ij,jk,ik->i", Xt, self.posterior_cov_, Xt, optimize=True)
+        if method == "probit":
+            p1 = logistic_probit(mu, var)
+        else:
+            p1 = logistic_mc(mu, var, check_n_draws(n_draws), generator(random_state))
+        return np.column_stack([1.0 - p1, p1])
 
 
 class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):

@@ -18,7 +18,7 @@ def to_arviz(posterior):
         import arviz as az
     except ImportError as exc:
         raise ImportError(
-            "to_arviz needs the optional dependency arviz (pip install arviz)."
+            "to_arviz needs the optional dependency arviz: pip install 'fastvi[arviz]'."
         ) from exc
     post = {name: np.asarray(d)[None, ...] for name, d in posterior.draws.items()}
     groups = {"posterior": post}
