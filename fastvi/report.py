@@ -404,22 +404,27 @@ def render(
                         (4.8, 4.4),
                     )
                 loo = getattr(est, "loo", None)
+                result = None
                 if callable(loo):  # PSIS-LOO, where the estimator offers it
-                    result = loo(X, y)
-                    khat_i = getattr(result, "khat", getattr(result, "pareto_k", None))
-                    if khat_i is None or np.ndim(khat_i) != 1:
-                        notes.append(
-                            "PSIS-LOO k-hat per observation: not drawn (the result "
-                            "of loo(X, y) has no 1-D khat or pareto_k)"
+                    try:
+                        result = loo(X, y, random_state=0)  # the same page twice
+                    except ValueError as error:  # e.g. one-vs-rest classifiers
+                        notes.append(f"PSIS-LOO: not computed ({error})")
+                if result is not None:
+                    khat_i = np.asarray(result.khat)
+                    diagnostics.append(
+                        (
+                            "ELPD by PSIS-LOO (± se)",
+                            f"{result.elpd_loo:.2f} ± {result.se:.2f}",
                         )
-                    else:
-                        add(
-                            "PSIS-LOO k-hat per observation",
-                            lambda fig: plot.plot_khat(khat_i, ax=fig.add_subplot()),
-                            "Above 0.7 the observation's leave-one-out estimate is "
-                            "unreliable.",
-                            (7.0, 3.3),
-                        )
+                    )
+                    add(
+                        "PSIS-LOO k-hat per observation",
+                        lambda fig: plot.plot_khat(khat_i, ax=fig.add_subplot()),
+                        "Above 0.7 the observation's leave-one-out estimate is "
+                        "unreliable.",
+                        (7.0, 3.3),
+                    )
         elif name == "UnivariateGaussian":
             post = getattr(est, "exact_posterior_", None)
             if post is not None:

@@ -113,22 +113,28 @@ def _self_contained(page):
             "linear.npz",
             "linear_data.npy",
             [],
-            3,
-            ["score(X, y)", "Predictive interval coverage.", "converged"],
+            4,
+            [
+                "score(X, y)",
+                "Predictive interval coverage.",
+                "converged",
+                "ELPD by PSIS-LOO",
+                "PSIS-LOO k-hat per observation.",
+            ],
         ),
         (
             "logistic.npz",
             "logistic_data.npy",
             ["--target-column", "0"],
-            3,
-            ["Calibration.", "score(X, y)", "converged"],
+            4,
+            ["Calibration.", "score(X, y)", "converged", "ELPD by PSIS-LOO"],
         ),
         (
             "sgvi.npz",
             "logistic_data.npy",
             ["--target-column", "0"],
-            3,
-            ["PSIS k-hat of q", "final ELBO (mean of the last", "converged"],
+            4,
+            ["PSIS k-hat of q", "final ELBO (mean of the last", "ELPD by PSIS-LOO"],
         ),
         (
             "lda.npz",
@@ -284,20 +290,20 @@ def test_report_in_headless_chromium(files, tmp_path):
     assert _images_loaded(tmp_path, broken, "broken.html") == "images 1 of 2"
 
 
-def test_render_draws_per_observation_khat_where_the_model_offers_loo(files):
-    from types import SimpleNamespace
-
-    from fastvi import load
+def test_render_shows_the_models_own_psis_loo(files):
+    from fastvi import VBLogisticRegression, load
     from fastvi.report import render
 
     data = np.load(files["linear_data.npy"])
     X, y = data[:, :-1], data[:, -1]
     est = load(files["linear.npz"])
-    khat = np.linspace(0.0, 0.9, X.shape[0])
-    est.loo = lambda X, y: SimpleNamespace(khat=khat)
+    result = est.loo(X, y, random_state=0)
     page = render(est, X, y)
     assert len(_pngs(page)) == 4 and "PSIS-LOO k-hat per observation." in page
-    est.loo = lambda X, y: SimpleNamespace(elpd=1.0)
-    page = render(est, X, y)
-    assert len(_pngs(page)) == 3
-    assert "PSIS-LOO k-hat per observation: not drawn" in page
+    assert f"{result.elpd_loo:.2f} ± {result.se:.2f}" in page
+    # one-vs-rest classifiers have no LOO: the page says so instead of failing
+    rng = np.random.default_rng(0)
+    X3 = rng.standard_normal((60, 2))
+    y3 = np.argmax(X3 @ rng.standard_normal((2, 3)), axis=1)
+    page = render(VBLogisticRegression().fit(X3, y3), X3, y3)
+    assert "PSIS-LOO: not computed" in page
