@@ -48,7 +48,7 @@ from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._numerics import check_finite_statistics, check_squares_overflow, max_abs
-from ._threads import map_chunks, resolve_n_jobs, thread_limits
+from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 from .rows import ArrayRows, Max, fit_rows, predict_rows, source_rows
 
@@ -204,8 +204,10 @@ def linear_block_stats(X, y, x_offset, y_offset):
     Pure: no estimator state; rows are centred by the given offsets (the column and
     target means of the whole data set for a model with an intercept, zeros
     without), which a distributed caller computes first in a separate reduction.
-    Works on sub-blocks of ``STATS_ROWS`` rows with BLAS (its thread count is the
-    caller's business).
+    Works on sub-blocks of ``STATS_ROWS`` rows on the threads that the caller's
+    ``fastvi._threads.thread_limits`` sets (which also holds BLAS to one thread)
+    and adds their results in sub-block order, so the result does not depend on
+    the number of threads (a multi-threaded GEMM's does).
 
     Parameters
     ----------
@@ -220,15 +222,21 @@ def linear_block_stats(X, y, x_offset, y_offset):
         Add the results of several blocks with ``+`` (or ``sum``-like reductions).
     """
     n, d = X.shape
-    gram = np.zeros((d, d))
-    xty = np.zeros(d)
-    yty = 0.0
-    for start in range(0, n, STATS_ROWS):
-        xb = X[start : start + STATS_ROWS] - x_offset
-        yb = y[start : start + STATS_ROWS] - y_offset
-        gram += xb.T @ xb
-        xty += xb.T @ yb
-        yty += float(yb @ yb)
+    m = -(-n // STATS_ROWS)
+    grams, xtys, ytys = np.empty((m, d, d)), np.empty((m, d)), np.empty(m)
+
+    def sub_blocks(c0, c1):
+        for c in range(c0, c1):
+            xb = X[c * STATS_ROWS : (c + 1) * STATS_ROWS] - x_offset
+            yb = y[c * STATS_ROWS : (c + 1) * STATS_ROWS] - y_offset
+            grams[c], xtys[c], ytys[c] = xb.T @ xb, xb.T @ yb, yb @ yb
+
+    map_chunks(sub_blocks, m)
+    gram, xty, yty = np.zeros((d, d)), np.zeros(d), 0.0
+    for c in range(m):
+        gram += grams[c]
+        xty += xtys[c]
+        yty += float(ytys[c])
     return LinearBlockStats(int(n), gram, xty, yty)
 
 
@@ -804,8 +812,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     verbose : int, default=0
     verbose_interval : int, default=10
     n_jobs : int, default=None
-        BLAS threads for the one pass over the data (the statistics XᵀX, Xᵀy, yᵀy);
-        None: all. The CAVI rounds work on D x D matrices only.
+        Threads for the one pass over the data (the statistics XᵀX, Xᵀy, yᵀy);
+        None: all. Results are bitwise identical for every value. The CAVI rounds
+        work on D x D matrices only.
 
     Attributes
     ----------
@@ -957,11 +966,8 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     def _statistics(self, rows):
         """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets: the
         moments in one pass, the centred statistics in a second."""
-        from threadpoolctl import threadpool_limits
-
         n, d = rows.shape
-        blas = threadpool_limits(limits=resolve_n_jobs(self.n_jobs), user_api="blas")
-        with blas:
+        with thread_limits(self.n_jobs):
             x_sum, y_sum, y_min, y_max, x_big = rows.map_reduce(
                 _linear_moments, n_jobs=self.n_jobs
             )
