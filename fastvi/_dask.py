@@ -86,6 +86,9 @@ def _run_rows(block, fn, args, n_jobs):
 class DaskRows(Rows):
     """Rows of a 2-D dask collection (and optional aligned targets), chunked by row.
 
+    The Dask implementation of :class:`fastvi.rows.Rows`: its blocks are the row
+    chunks, and the partial results are summed in the same tree as in memory.
+
     Parameters
     ----------
     X : dask.array.Array of shape (n_samples, n_features), or dask DataFrame

@@ -13,9 +13,12 @@
   Newton proposals cut the rounds from ~30 to 4–7.
 
 The data passes are pure functions of a block of rows and the current global
-parameters, whose results add up over blocks (for callers holding the rows in pieces,
-such as chunks of a Dask array): :func:`linear_block_stats` and
+parameters, whose results add up over blocks: :func:`linear_block_stats` and
 :func:`logistic_block_stats` (with :func:`logistic_target_stats`, computed once).
+The models never see where the rows live: each ``fit`` wraps its data in a
+:mod:`fastvi.rows` source (an array in memory, a ``.npy`` file read block by block
+such as :class:`fastvi.batch.io.NpyRows`, or a dask array) and maps these functions
+over its blocks; out-of-core fits are bitwise the in-memory ones.
 
 All three run on the CAVI engine (:mod:`fastvi._cavi`) and report the *full* evidence
 lower bound, every constant included, so ``lower_bound_`` can be compared with a log
@@ -171,9 +174,8 @@ def _augmented_root(gram, xty, yty):
 
 # ------------------------------------------------------- per-block statistics
 # The data passes of the regressions, as pure functions of one block of rows and the
-# current global parameters. A caller holding the rows in pieces (chunks of a Dask
-# array, files read one at a time) maps them over the pieces and adds the results
-# field by field; the estimators call them on the whole array.
+# current global parameters; the estimators map them over the blocks of a
+# ``fastvi.rows`` source and add the results field by field.
 class LinearBlockStats(NamedTuple):
     """Sufficient statistics of :class:`VBLinearRegression` over a block of rows.
 
@@ -588,7 +590,9 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,) or (n_samples, 1)
+        X : array-like of shape (n_samples,) or (n_samples, 1), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : Ignored
 
         Returns
@@ -941,7 +945,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : array-like of shape (n_samples,)
 
         Returns
@@ -1417,7 +1423,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : array-like of shape (n_samples,)
             Labels of any kind (at least two distinct values).
 
