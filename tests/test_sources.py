@@ -213,3 +213,15 @@ def test_file_sources_say_what_is_wrong(tmp_path):
     fitted = VBLogisticRegression().fit(X[:100, :3], y[:100] > 0)
     with pytest.raises(ValueError, match="X has 4 features"):
         fitted.predict(source)
+
+
+def test_sums_that_overflow_are_refused_without_a_warning(tmp_path):
+    # the first pass sums values near the float64 limit: inf, refused by the scale
+    # check with its message (no RuntimeWarning, an error in this suite)
+    x = np.full((40, 1), 1e307)
+    np.save(tmp_path / "x.npy", x)
+    for X in (x, NpyRows(tmp_path / "x.npy")):
+        with pytest.raises(ValueError, match="X has values as large as 1e"):
+            UnivariateGaussian().fit(X)
+        with pytest.raises(ValueError, match="X has values as large as 1e"):
+            VBLinearRegression().fit(X, np.arange(40.0))
