@@ -26,6 +26,8 @@ import threading
 
 import numpy as np
 
+from .rows import Rows, add, tree_sum
+
 __all__ = ["DaskRows", "fitted_rows", "is_dask_collection", "raise_if_nonfinite"]
 
 _INSTALL = (
@@ -81,31 +83,11 @@ def _run_rows(block, fn, args, n_jobs):
         return fn(np.ascontiguousarray(block, dtype=np.float64), *args)
 
 
-def _add(a, b):
-    """Sum two partial results: plain tuples element by element, else ``a + b``.
-
-    (Statistics classes such as ``fastvi.conjugate.LogisticBlockStats`` define
-    their own ``+``.)
-    """
-    if type(a) is tuple:
-        return tuple(x + y for x, y in zip(a, b))
-    return a + b
-
-
-def _tree_sum(parts, delayed):
-    """Sum ``parts`` pairwise in a binary tree fixed by their order."""
-    while len(parts) > 1:
-        paired = [
-            delayed(_add, pure=True)(a, b) for a, b in zip(parts[::2], parts[1::2])
-        ]
-        if len(parts) % 2:
-            paired.append(parts[-1])
-        parts = paired
-    return parts[0]
-
-
-class DaskRows:
+class DaskRows(Rows):
     """Rows of a 2-D dask collection (and optional aligned targets), chunked by row.
+
+    The Dask implementation of :class:`fastvi.rows.Rows`: its blocks are the row
+    chunks, and the partial results are summed in the same tree as in memory.
 
     Parameters
     ----------
@@ -187,8 +169,8 @@ class DaskRows:
                     fn, block, int(self.starts[i]), shared_key, mine, n_jobs
                 )
             )
-        (total,) = self._dask.compute(_tree_sum(tasks, delayed))
-        return total
+        total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
+        return self._dask.compute(total)[0]
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
         """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array.
@@ -211,6 +193,21 @@ class DaskRows:
             meta=np.empty((0,) * ndim, dtype=dtype),
             **layout,
         )
+
+    def subsample(self, stride):
+        """Every ``stride``-th row (and target), brought to the client."""
+        from .rows import ArrayRows
+
+        parts = [self.array[::stride]]
+        if self.y is not None:
+            parts.append(self.y[::stride])
+        parts = self._dask.compute(*parts)
+        X = np.require(parts[0], dtype=np.float64, requirements=["C", "W"])
+        return ArrayRows(X, None if self.y is None else np.asarray(parts[1]))
+
+    def unique_targets(self):
+        """Sorted distinct targets, computed on the workers."""
+        return np.unique(self.y.map_blocks(np.unique).compute())
 
     def map_method(self, estimator, method, n_columns=None, dtype=np.float64):
         """Lazy ``getattr(estimator, method)(rows)`` of every chunk (predictions)."""

@@ -13,9 +13,12 @@
   Newton proposals cut the rounds from ~30 to 4–7.
 
 The data passes are pure functions of a block of rows and the current global
-parameters, whose results add up over blocks (for callers holding the rows in pieces,
-such as chunks of a Dask array): :func:`linear_block_stats` and
+parameters, whose results add up over blocks: :func:`linear_block_stats` and
 :func:`logistic_block_stats` (with :func:`logistic_target_stats`, computed once).
+The models never see where the rows live: each ``fit`` wraps its data in a
+:mod:`fastvi.rows` source (an array in memory, a ``.npy`` file read block by block
+such as :class:`fastvi.batch.io.NpyRows`, or a dask array) and maps these functions
+over its blocks; out-of-core fits are bitwise the in-memory ones.
 
 All three run on the CAVI engine (:mod:`fastvi._cavi`) and report the *full* evidence
 lower bound, every constant included, so ``lower_bound_`` can be compared with a log
@@ -42,15 +45,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin, DensityMixin, Regressor
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
-from ._dask import is_dask_collection
 from ._numerics import check_finite_statistics, check_squares_overflow, max_abs
-from ._threads import map_chunks, resolve_n_jobs, thread_limits
+from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
+from .rows import ArrayRows, Max, fit_rows, predict_rows, source_rows
 
 __all__ = [
     "LinearBlockStats",
@@ -171,9 +174,8 @@ def _augmented_root(gram, xty, yty):
 
 # ------------------------------------------------------- per-block statistics
 # The data passes of the regressions, as pure functions of one block of rows and the
-# current global parameters. A caller holding the rows in pieces (chunks of a Dask
-# array, files read one at a time) maps them over the pieces and adds the results
-# field by field; the estimators call them on the whole array.
+# current global parameters; the estimators map them over the blocks of a
+# ``fastvi.rows`` source and add the results field by field.
 class LinearBlockStats(NamedTuple):
     """Sufficient statistics of :class:`VBLinearRegression` over a block of rows.
 
@@ -204,8 +206,10 @@ def linear_block_stats(X, y, x_offset, y_offset):
     Pure: no estimator state; rows are centred by the given offsets (the column and
     target means of the whole data set for a model with an intercept, zeros
     without), which a distributed caller computes first in a separate reduction.
-    Works on sub-blocks of ``STATS_ROWS`` rows with BLAS (its thread count is the
-    caller's business).
+    Works on sub-blocks of ``STATS_ROWS`` rows on the threads that the caller's
+    ``fastvi._threads.thread_limits`` sets (which also holds BLAS to one thread)
+    and adds their results in sub-block order, so the result does not depend on
+    the number of threads (a multi-threaded GEMM's does).
 
     Parameters
     ----------
@@ -220,15 +224,21 @@ def linear_block_stats(X, y, x_offset, y_offset):
         Add the results of several blocks with ``+`` (or ``sum``-like reductions).
     """
     n, d = X.shape
-    gram = np.zeros((d, d))
-    xty = np.zeros(d)
-    yty = 0.0
-    for start in range(0, n, STATS_ROWS):
-        xb = X[start : start + STATS_ROWS] - x_offset
-        yb = y[start : start + STATS_ROWS] - y_offset
-        gram += xb.T @ xb
-        xty += xb.T @ yb
-        yty += float(yb @ yb)
+    m = -(-n // STATS_ROWS)
+    grams, xtys, ytys = np.empty((m, d, d)), np.empty((m, d)), np.empty(m)
+
+    def sub_blocks(c0, c1):
+        for c in range(c0, c1):
+            xb = X[c * STATS_ROWS : (c + 1) * STATS_ROWS] - x_offset
+            yb = y[c * STATS_ROWS : (c + 1) * STATS_ROWS] - y_offset
+            grams[c], xtys[c], ytys[c] = xb.T @ xb, xb.T @ yb, yb @ yb
+
+    map_chunks(sub_blocks, m)
+    gram, xty, yty = np.zeros((d, d)), np.zeros(d), 0.0
+    for c in range(m):
+        gram += grams[c]
+        xty += xtys[c]
+        yty += float(ytys[c])
     return LinearBlockStats(int(n), gram, xty, yty)
 
 
@@ -580,7 +590,9 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples,) or (n_samples, 1)
+        X : array-like of shape (n_samples,) or (n_samples, 1), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : Ignored
 
         Returns
@@ -589,20 +601,35 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         """
         self._validate_params()
         with all_or_nothing(self):
-            if is_dask_collection(X):  # two reductions on the workers
-                n, xbar, spread = _dask_moments(X)
-                check_finite_statistics("X", xbar, spread)
-            else:
-                x = self._check_x(X)
-                n = x.shape[0]
-                check_squares_overflow("X", max_abs(x), n)
-                xbar = float(np.mean(x))
-                spread = float(np.sum((x - xbar) ** 2))
+            rows = self._rows(X)
+            n, total, largest = rows.map_reduce(_column_sum)
+            check_squares_overflow("X", largest.value, n)
+            xbar = float(total / n)
+            spread = float(rows.map_reduce(_column_spread, shared=(xbar,)))
+            check_finite_statistics("X", xbar, spread)
             self.n_features_in_ = 1
             data = (n, xbar, spread)
             self._cavi_fit(data, None)
             self.exact_posterior_ = self._exact(n, xbar, spread)
         return self
+
+    @classmethod
+    def _rows(cls, X):
+        """One column of rows, wherever they are."""
+        rows = source_rows(X, ensure_2d=False)
+        if rows is None:
+            return ArrayRows(np.require(cls._check_x(X)[:, None], requirements="W"))
+        if rows.shape[1] != 1:
+            raise ValueError(
+                "UnivariateGaussian needs X of shape (n_samples,) or "
+                f"(n_samples, 1); got shape {rows.shape}."
+            )
+        if rows.shape[0] < 1:
+            raise ValueError(
+                "Found array with 0 sample(s); a minimum of 1 is required."
+            )
+        rows.check_finite()
+        return rows
 
     @staticmethod
     def _check_x(X):
@@ -707,18 +734,8 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         log_density : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        x = self._check_x(X)
-        nodes, weights = np.polynomial.hermite_e.hermegauss(48)
-        log_w = np.log(weights / math.sqrt(2.0 * math.pi))
-        a, b = self.tau_shape_, self.tau_rate_
-        lower = nodes < 0
-        tau = np.empty_like(nodes)
-        tau[lower] = gammaincinv(a, ndtr(nodes[lower])) / b
-        tau[~lower] = gammainccinv(a, ndtr(-nodes[~lower])) / b
-        var = 1.0 / tau + self.mu_var_
-        dev = (x[:, np.newaxis] - self.mu_mean_) ** 2
-        log_norm = -0.5 * (_LOG_2PI + np.log(var) + dev / var)
-        return logsumexp(log_norm + log_w, axis=1)
+        args = (self.mu_mean_, self.mu_var_, self.tau_shape_, self.tau_rate_)
+        return self._rows(X).map_rows(_gaussian_log_density, args)
 
     def score(self, X, y=None):
         """Mean log predictive density (see :meth:`score_samples`).
@@ -763,6 +780,31 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         return cavi_to_arviz(self, n_draws, random_state)
 
 
+def _column_sum(block, start):
+    """Block statistic: rows, Σ x and max |x| of one column."""
+    with np.errstate(over="ignore"):  # too large: refused with a clear message
+        return block.shape[0], float(block.sum()), Max(max_abs(block))
+
+
+def _column_spread(block, start, mean):
+    """Block statistic: Σ (x − mean)²."""
+    return float(np.sum((block - mean) ** 2))
+
+
+def _gaussian_log_density(x, mu_mean, mu_var, tau_shape, tau_rate):
+    """UnivariateGaussian's predictive log density of every row (score_samples)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(48)
+    log_w = np.log(weights / math.sqrt(2.0 * math.pi))
+    lower = nodes < 0
+    tau = np.empty_like(nodes)
+    tau[lower] = gammaincinv(tau_shape, ndtr(nodes[lower])) / tau_rate
+    tau[~lower] = gammainccinv(tau_shape, ndtr(-nodes[~lower])) / tau_rate
+    var = 1.0 / tau + mu_var
+    dev = (x[:, :1] - mu_mean) ** 2
+    log_norm = -0.5 * (_LOG_2PI + np.log(var) + dev / var)
+    return logsumexp(log_norm + log_w, axis=1)
+
+
 # ============================================================ VBLinearRegression
 class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     """Variational Bayesian linear regression, shared or ARD weight precisions.
@@ -803,8 +845,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     verbose : int, default=0
     verbose_interval : int, default=10
     n_jobs : int, default=None
-        BLAS threads for the one pass over the data (the statistics XᵀX, Xᵀy, yᵀy);
-        None: all. The CAVI rounds work on D x D matrices only.
+        Threads for the one pass over the data (the statistics XᵀX, Xᵀy, yᵀy);
+        None: all. Results are bitwise identical for every value. The CAVI rounds
+        work on D x D matrices only.
 
     Attributes
     ----------
@@ -931,7 +974,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : array-like of shape (n_samples,)
 
         Returns
@@ -940,25 +985,11 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         """
         self._validate_params()
         with all_or_nothing(self):
-            if is_dask_collection(X):
-                rows = _dask_rows(self, X, y)
-                d = rows.shape[1]
-            else:
-                X, y = validate_data(
-                    self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2
-                )
-                X = np.ascontiguousarray(X, dtype=np.float64)
-                y = np.ascontiguousarray(y, dtype=np.float64)
-                d = X.shape[1]
-                check_squares_overflow("X", max_abs(X), X.shape[0] * (d + 1))
-                check_squares_overflow("y", max_abs(y), X.shape[0] * (d + 1))
+            rows = fit_rows(self, X, y, y_numeric=True)
             if self.warm_start and hasattr(self, "converged_"):
-                if self.coef_.shape[0] != d:
+                if self.coef_.shape[0] != rows.shape[1]:
                     del self.converged_  # a new problem: start afresh
-            if is_dask_collection(X):
-                data = self._dask_statistics(rows)
-            else:
-                data = self._statistics(X, y)
+            data = self._statistics(rows)
             self._cavi_fit(data, None)
             self.intercept_ = (
                 float(self.y_offset_ - self.X_offset_ @ self.coef_)
@@ -967,37 +998,27 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             )
         return self
 
-    def _dask_statistics(self, rows):
-        """``_statistics`` of a dask array: two reductions on the workers."""
+    def _statistics(self, rows):
+        """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets: the
+        moments in one pass, the centred statistics in a second."""
         n, d = rows.shape
-        x_sum, y_sum, yy_sum, y_min, y_max = rows.map_reduce(
-            _dask_linear_moments, n_jobs=self.n_jobs
-        )
-        y_min, y_max = y_min.value, y_max.value
-        if self.fit_intercept:
-            x_off, y_off = x_sum / n, float(y_sum / n)
-        else:
-            x_off, y_off = np.zeros(d), 0.0
-        stats = rows.map_reduce(
-            _dask_linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
-        )
+        with thread_limits(self.n_jobs):
+            x_sum, y_sum, y_min, y_max, x_big = rows.map_reduce(
+                _linear_moments, n_jobs=self.n_jobs
+            )
+            y_min, y_max = -y_min.value, y_max.value
+            check_squares_overflow("X", x_big.value, n * (d + 1))
+            check_squares_overflow("y", max(-y_min, y_max), n * (d + 1))
+            if self.fit_intercept:
+                x_off, y_off = x_sum / n, float(y_sum / n)
+            else:
+                x_off, y_off = np.zeros(d), 0.0
+            stats = rows.map_reduce(
+                _linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
+            )
+        # the target's spread: its range with an intercept, else its largest |y|
         spread = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
         return self._finish_statistics(n, stats, x_off, y_off, spread, y_sum)
-
-    def _statistics(self, X, y):
-        """Centred XᵀX, Xᵀy, yᵀy (:func:`linear_block_stats`) and the offsets."""
-        n, d = X.shape
-        if self.fit_intercept:
-            x_off, y_off = X.mean(axis=0), float(y.mean())
-        else:
-            x_off, y_off = np.zeros(d), 0.0
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=resolve_n_jobs(self.n_jobs), user_api="blas"):
-            stats = linear_block_stats(X, y, x_off, y_off)
-        # the target's spread: its range with an intercept, else its largest |y|
-        spread = np.ptp(y) if self.fit_intercept else max_abs(y)
-        return self._finish_statistics(n, stats, x_off, y_off, spread, y.sum())
 
     def _finish_statistics(self, n, stats, x_off, y_off, y_range, y_sum):
         check_finite_statistics("X and y", stats.gram, stats.xty, stats.yty)
@@ -1165,22 +1186,41 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             Only with ``return_std=True``.
         """
         check_is_fitted(self)
-        lazy = is_dask_collection(X)  # dask in, lazy dask arrays out
-        if lazy:
-            X = _dask_rows(self, X, None, reset=False).array
-        else:
-            X = validate_data(self, X, reset=False, dtype=np.float64)
-        y_mean = X @ self.coef_ + self.intercept_
-        if not return_std:
-            return y_mean
-        Xc = X - self.X_offset_
-        if lazy:
-            var_w = ((Xc @ self.sigma_) * Xc).sum(axis=1)
-        else:
-            var_w = np.einsum("ij,jk,ik->i", Xc, self.sigma_, Xc, optimize=True)
         # E[1/α] = rate / (shape - 1) under q(α) (shape > 1 since N >= 2)
-        noise = self.alpha_rate_ / (self.alpha_shape_ - 1.0)
-        return y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)
+        noise = self.alpha_rate_ / (self.alpha_shape_ - 1.0) if return_std else None
+        args = (self.coef_, self.intercept_, self.X_offset_, self.sigma_, noise)
+        out = predict_rows(self, X).map_rows(
+            _linear_predict, args, n_columns=2 if return_std else None
+        )
+        return (out[:, 0], out[:, 1]) if return_std else out
+
+
+def _linear_moments(block, start):
+    """Block statistic: Σ x, Σ y, −min y, max y (as ``Max``) and max |x|."""
+    X, y = block
+    with np.errstate(over="ignore"):  # too large: refused with a clear message
+        return (
+            X.sum(axis=0),
+            float(y.sum()),
+            Max(-y.min()),
+            Max(y.max()),
+            Max(max_abs(X)),
+        )
+
+
+def _linear_stats(block, start, x_offset, y_offset):
+    """Block statistic: :func:`linear_block_stats` of the block."""
+    return linear_block_stats(*block, x_offset, y_offset)
+
+
+def _linear_predict(X, coef, intercept, offset, sigma, noise):
+    """Predictive mean, or (mean, standard deviation) per row with ``noise``."""
+    y_mean = X @ coef + intercept
+    if noise is None:
+        return y_mean
+    Xc = X - offset
+    var_w = np.einsum("ij,jk,ik->i", Xc, sigma, Xc, optimize=True)
+    return np.column_stack([y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)])
 
     # ---------------------------------------- posterior predictive and draws
     def predict_interval(self, X, level=0.9):
@@ -1504,7 +1544,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
+            A source such as :class:`fastvi.batch.io.NpyRows` (a float64 ``.npy``
+            file) fits out of core, a dask array on its workers (:mod:`fastvi.rows`).
         y : array-like of shape (n_samples,)
             Labels of any kind (at least two distinct values).
 
@@ -1513,42 +1555,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self : VBLogisticRegression
         """
         self._validate_params()
-        if is_dask_collection(X):
-            return self._fit_dask(X, y)
         with all_or_nothing(self):
-            X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
-            check_classification_targets(y)
-            classes, y_idx = np.unique(y, return_inverse=True)
-            if classes.shape[0] < 2:
-                raise ValueError(
-                    "VBLogisticRegression needs samples of at least 2 classes in the "
-                    f"data, but the data contains only one class: {classes[0]!r}."
-                )
-            warm = (
-                self.warm_start
-                and hasattr(self, "classes_")
-                and np.array_equal(self.classes_, classes)
-                and self.coef_.shape[1] == X.shape[1]
-            )
-            # float64, C-contiguous and writable: one kernel signature, one compile
-            # (numba types read-only arrays separately)
-            X = np.require(X, dtype=np.float64, requirements=["C", "W"])
-            check_squares_overflow("X", max_abs(X), X.shape[0] * (X.shape[1] + 1))
-            problems = [
-                (X, (y_idx == k).astype(np.float64)) for k in range(len(classes))
-            ]
-            self._fit_problems(problems, classes, warm)
-        return self
-
-    def _fit_dask(self, X, y):
-        """``fit`` on a dask array: every pass maps the kernel over the chunks.
-
-        The labels stay on the workers too (the classes come from ``da.unique``); a
-        large data set's subsample start brings only its subsample to the client.
-        """
-        with all_or_nothing(self):
-            rows = _dask_rows(self, X, y)
-            classes = np.unique(rows.y.map_blocks(np.unique).compute())
+            rows = fit_rows(self, X, y)
+            classes = rows.unique_targets()
             check_classification_targets(classes)
             if classes.shape[0] < 2:
                 raise ValueError(
@@ -1561,8 +1570,16 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 and np.array_equal(self.classes_, classes)
                 and self.coef_.shape[1] == rows.shape[1]
             )
-            problems = [(_DaskBinary(rows, c, self.n_jobs), None) for c in classes]
-            self._fit_problems(problems, classes, warm)
+            # the largest |x| (so that the squares cannot overflow), and, from the
+            # same pass, the target statistic of every class
+            h, largest = rows.map_reduce(
+                _target_stats, shared=(classes, self.fit_intercept)
+            )
+            n, d = rows.shape
+            check_squares_overflow("X", largest.value, n * (d + 1))
+            self._fit_problems(
+                [(rows, c, hk) for c, hk in zip(classes, h)], classes, warm
+            )
         return self
 
     def _fit_problems(self, problems, classes, warm):
@@ -1589,12 +1606,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            n_problems = self.coef_.shape[0]
-            return self._dask_predict(X, "decision_function", n_problems, float)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        scores = self._moderated_logits(X)
-        return scores[:, 0] if scores.shape[1] == 1 else scores
+        return self._rows_out(X, "decision_function", self.coef_.shape[0], float)
 
     def predict_proba(self, X):
         """Predictive class probabilities (probit approximation, PRML eq. 4.155).
@@ -1608,13 +1620,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         proba : ndarray of shape (n_samples, n_classes)
         """
         check_is_fitted(self)
-        if is_dask_collection(X):
-            return self._dask_predict(X, "predict_proba", len(self.classes_), float)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        p = expit(self._moderated_logits(X))
-        if p.shape[1] == 1:
-            return np.column_stack([1.0 - p[:, 0], p[:, 0]])
-        return p / p.sum(axis=1, keepdims=True)
+        return self._rows_out(X, "predict_proba", len(self.classes_), float)
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`.
@@ -1640,37 +1646,20 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         -------
         labels : ndarray of shape (n_samples,)
         """
-        if is_dask_collection(X):
-            check_is_fitted(self)
-            return self._dask_predict(X, "predict", 1, self.classes_.dtype)
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            return self.classes_[(scores > 0).astype(np.intp)]
-        return self.classes_[np.argmax(scores, axis=1)]
+        check_is_fitted(self)
+        return self._rows_out(X, "predict", 1, self.classes_.dtype)
 
     # -------------------------------------------------------------- internals
-    def _dask_predict(self, X, method, n_columns, dtype):
-        """Lazy ``method`` of every chunk; one column comes back 1-D."""
-        rows = _dask_rows(self, X, None, reset=False)
-        return rows.map_method(
-            self, method, n_columns=None if n_columns == 1 else n_columns, dtype=dtype
-        )
-
-    def _moderated_logits(self, X):
-        """κ(s²) μ for every (sample, binary problem): (n_samples, n_problems)."""
-        n_problems = self.coef_.shape[0]
+    def _rows_out(self, X, what, n_columns, dtype):
+        """``what`` of every row (:func:`_logistic_rows`); one column comes back 1-D."""
         sigmas = self.sigma_ if self.sigma_.ndim == 3 else self.sigma_[np.newaxis]
-        d = X.shape[1]
-        out = np.empty((X.shape[0], n_problems))
-        for k in range(n_problems):
-            mu = X @ self.coef_[k] + self.intercept_[k]
-            s = sigmas[k]
-            var = np.einsum("ij,jk,ik->i", X, s[:d, :d], X, optimize=True)
-            if self.fit_intercept:
-                var += 2.0 * (X @ s[:d, d]) + s[d, d]
-            kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.maximum(var, 0.0))
-            out[:, k] = kappa * mu
-        return out
+        args = (what, self.coef_, self.intercept_, sigmas, self.classes_)
+        return predict_rows(self, X).map_rows(
+            _logistic_rows,
+            args,
+            n_columns=None if n_columns == 1 else n_columns,
+            dtype=dtype,
+        )
 
     def _fit_ovr(self, problems, warm):
         if warm and hasattr(self, "estimators_"):
@@ -1695,18 +1684,10 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.n_iter_ = np.array([est.n_iter_ for est in estimators])
         self.converged_ = all(est.converged_ for est in estimators)
 
-    def _fit_binary(self, X, t):
-        """CAVI on one binary problem; ``t`` holds 0/1 targets as float64.
-
-        ``X`` may be a :class:`_DaskBinary` (``t`` None: its labels are on the
-        workers).
-        """
-        if isinstance(X, _DaskBinary):
-            s, h = None, X.target_stats(self.fit_intercept)
-        else:
-            s = np.ascontiguousarray(t - 0.5)
-            h = logistic_target_stats(X, s, fit_intercept=self.fit_intercept)
-        self._cavi_fit((X, s, h), None)
+    def _fit_binary(self, rows, positive, h):
+        """CAVI on one binary problem: class ``positive`` (h: its target statistic)
+        against the rest."""
+        self._cavi_fit((rows, positive, h), None)
 
     # q(w, b) q(λ) travels as one tuple: (mean, cov, upper factor of cov, log det cov,
     # shape, rate)
@@ -1730,21 +1711,14 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             self.lambda_rate_,
         ) = q
 
-    def _local(self, X, q, scale, grams=True):
+    def _local(self, rows, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""
-        stride = _hessian_stride(X.shape[0], q[0].shape[0])
-        if isinstance(X, _DaskBinary):
-            stats = X.block_stats(q[0], q[2], self.fit_intercept, grams, stride)
-        else:
-            stats = logistic_block_stats(
-                X,
-                q[0],
-                q[2],
-                fit_intercept=self.fit_intercept,
-                grams=grams,
-                hessian=grams,
-                hessian_stride=stride,
-            )
+        stride = _hessian_stride(rows.shape[0], q[0].shape[0])
+        stats = rows.map_reduce(
+            _logistic_stats,
+            shared=(q[0], q[2], self.fit_intercept, grams, stride),
+            n_jobs=self.n_jobs,
+        )
         if scale != 1.0:
             stats = LogisticBlockStats(
                 stats.n_samples,
@@ -1757,20 +1731,20 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             )
         return stats
 
-    def _round(self, X, h, scale=1.0):
+    def _round(self, rows, h, scale=1.0):
         """One safeguarded round (see Notes).
 
         Returns the bound at the new factors and the (scaled) curvature H the round's
         proposal used, or None when the round made no Newton step of its own.
         """
         if getattr(self, "_warm_hessian", None) is not None:
-            return self._first_full_round(X, h), None
+            return self._first_full_round(rows, h), None
         current = self._factors()
         proposal = self._proposal
         stats = None
         if proposal is not None and self._predicted_gain < self.tol:
             # Probably the last round: check the proposal at half price first (no G)
-            check = self._local(X, proposal, scale, grams=False)
+            check = self._local(rows, proposal, scale, grams=False)
             gain = self._collapsed_bound(check, h, proposal) - self._bound
             if 0.0 <= gain < self.tol:
                 # converged: the proposal, with its exact bound, ends the fit
@@ -1782,13 +1756,13 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             if gain < 0.0:
                 proposal = None
         if proposal is not None:
-            stats = self._local(X, proposal, scale)
+            stats = self._local(rows, proposal, scale)
             if self._bound_at(stats, h, proposal) >= self._bound:
                 current = proposal  # accepted: it beats the last bound
             else:
                 stats = None
         if stats is None:
-            stats = self._local(X, current, scale)
+            stats = self._local(rows, current, scale)
         new = self._update(stats, h, current)
         bound = self._bound_at(stats, h, new)
         hessian = stats.scaled_hessian()
@@ -1799,7 +1773,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._bound = bound
         return bound, hessian
 
-    def _first_full_round(self, X, h):
+    def _first_full_round(self, rows, h):
         """The first full-data round after the subsample start, at half price.
 
         Only the ξ sums and G m (no G, no H) at the subsample's factors q: their
@@ -1810,7 +1784,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         """
         hessian, self._warm_hessian = self._warm_hessian, None
         q = self._factors()
-        stats = self._local(X, q, 1.0, grams=False)
+        stats = self._local(rows, q, 1.0, grams=False)
         self._bound = self._collapsed_bound(stats, h, q)
         self._proposal, self._predicted_gain = self._newton_proposal(
             stats, h, q, q, hessian=hessian
@@ -1900,25 +1874,22 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         entropy_lam = _gamma_entropy(a, b)
         return log_prior_w + log_prior_lam + entropy_w + entropy_lam
 
-    def _subsample_start(self, X, s):
+    def _subsample_start(self, rows, positive):
         """Rounds on every k-th row (k of 16 to 64), likelihood scaled to N rows."""
-        d_tilde = X.shape[1] + int(self.fit_intercept)
-        stride = X.shape[0] // (WARM_TARGET_PER_COEF * d_tilde)
+        d_tilde = rows.shape[1] + int(self.fit_intercept)
+        stride = rows.shape[0] // (WARM_TARGET_PER_COEF * d_tilde)
         stride = min(max(stride, WARM_STRIDE), WARM_MAX_STRIDE)
-        if isinstance(X, _DaskBinary):
-            Xs, ss = X.subsample(stride)
-        else:
-            Xs = np.ascontiguousarray(X[::stride])
-            ss = s[::stride]
-        scale = X.shape[0] / Xs.shape[0]
-        hs = scale * logistic_target_stats(Xs, ss, fit_intercept=self.fit_intercept)
+        Xs = rows.subsample(stride)
+        scale = rows.shape[0] / Xs.shape[0]
+        hs = Xs.map_reduce(_target_stats, shared=([positive], self.fit_intercept))
+        hs = scale * hs[0][0]
         previous = -np.inf
         warm_hessian = None
         for _ in range(WARM_MAX_ROUNDS):
             bound, hessian = self._round(Xs, hs, scale)
             if hessian is not None:
                 warm_hessian = hessian
-            if bound - previous < WARM_TOL_PER_ROW * X.shape[0]:
+            if bound - previous < WARM_TOL_PER_ROW * rows.shape[0]:
                 break
             previous = bound
         # the full data start afresh from the subsample's factors, with its last
@@ -1930,26 +1901,26 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
-        X, s, _ = data
-        d_tilde = X.shape[1] + int(self.fit_intercept)
+        rows, positive, _ = data
+        d_tilde = rows.shape[1] + int(self.fit_intercept)
         self._mean = np.zeros(d_tilde)
         self._cov = np.eye(d_tilde) * INIT_VARIANCE
         self._factor = np.eye(d_tilde) * math.sqrt(INIT_VARIANCE)
         self._log_det = d_tilde * math.log(INIT_VARIANCE)
-        self.lambda_shape_ = self.lambda_1 + 0.5 * X.shape[1]
+        self.lambda_shape_ = self.lambda_1 + 0.5 * rows.shape[1]
         self.lambda_rate_ = self.lambda_shape_  # E[λ] = 1
         self._proposal = None
         self._predicted_gain = np.inf
         self._bound = -np.inf
         self._warm_hessian = None
         rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
-        if X.shape[0] >= rows_needed:
-            self._subsample_start(X, s)
+        if rows.shape[0] >= rows_needed:
+            self._subsample_start(rows, positive)
         self._publish()
 
     def _cavi_step(self, data):
-        X, _, h = data
-        bound, _ = self._round(X, h)
+        rows, _, h = data
+        bound, _ = self._round(rows, h)
         self._publish()
         return bound
 
@@ -2069,105 +2040,25 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         return loo_from_loglik(logistic_loglik(self, X, t, draws))
 
 
-# ===================================================================== Dask
-# A fit given a dask array maps the block functions above over its row chunks on the
-# workers and sums their statistics in a fixed tree (``fastvi._dask``).
-def _dask_rows(estimator, X, y, reset=True):
-    """``DaskRows`` of X (and y) with scikit-learn's checks and messages."""
-    from ._dask import DaskRows, fitted_rows
-
-    if not reset:
-        return fitted_rows(X, estimator)
-    rows = DaskRows(X, y=y)
-    n, d = rows.shape
-    if n < 2:
-        raise ValueError(
-            f"Found array with {n} sample(s) (shape={rows.shape}) while a "
-            f"minimum of 2 is required by {type(estimator).__name__}."
-        )
-    rows.check_finite(getattr(estimator, "n_jobs", None))
-    estimator.n_features_in_ = d
-    estimator.__dict__.pop("feature_names_in_", None)
-    return rows
+# ============================================================ block functions
+# What the logistic regression computes on each block of rows (``fastvi.rows``).
+def _target_stats(block, start, classes, fit_intercept):
+    """Block statistic: X̃ᵀ(t_k − 1/2) for every class k (rows of an array), and
+    max |x| (:func:`logistic_target_stats`)."""
+    X, labels = block
+    labels = np.asarray(labels)
+    h = [
+        logistic_target_stats(X, (labels == c) - 0.5, fit_intercept=fit_intercept)
+        for c in classes
+    ]
+    return np.array(h), Max(max_abs(X))
 
 
-def _dask_moments(X):
-    """``(n, mean, Σ (x − mean)²)`` of a dask vector or one-column array."""
-    from ._dask import DaskRows
-
-    if getattr(X, "ndim", 2) == 1:
-        X = X[:, None]
-    rows = DaskRows(X)
-    if rows.shape[1] != 1:
-        raise ValueError(
-            "UnivariateGaussian needs X of shape (n_samples,) or "
-            f"(n_samples, 1); got shape {rows.shape}."
-        )
-    if rows.shape[0] < 1:
-        raise ValueError("Found array with 0 sample(s); a minimum of 1 is required.")
-    rows.check_finite()
-    n = rows.shape[0]
-    mean = float(rows.map_reduce(_dask_column_sums)[0][0] / n)
-    spread = float(rows.map_reduce(_dask_spread, shared=(mean,))[0])
-    return n, mean, spread
-
-
-def _dask_column_sums(block, start):
-    return (np.asarray(block, dtype=np.float64).sum(axis=0),)
-
-
-def _dask_spread(block, start, mean):
-    return (float(np.sum((np.asarray(block, dtype=np.float64) - mean) ** 2)),)
-
-
-def _dask_linear_moments(block, start):
-    """Task: column sums, target sum and sum of squares, target min and max."""
-    rows, targets = block
-    rows = np.asarray(rows, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    return (
-        rows.sum(axis=0),
-        float(targets.sum()),
-        float(targets @ targets),
-        _Extreme(targets.min(), min),
-        _Extreme(targets.max(), max),
-    )
-
-
-class _Extreme:
-    """A value whose ``+`` keeps the smaller (or larger) one: min/max in a sum tree."""
-
-    __slots__ = ("value", "pick")
-
-    def __init__(self, value, pick):
-        self.value, self.pick = float(value), pick
-
-    def __add__(self, other):
-        return _Extreme(self.pick(self.value, other.value), self.pick)
-
-
-def _dask_linear_stats(block, start, x_offset, y_offset):
-    rows, targets = block
-    return linear_block_stats(
-        np.ascontiguousarray(rows, dtype=np.float64),
-        np.ascontiguousarray(targets, dtype=np.float64),
-        x_offset,
-        y_offset,
-    )
-
-
-def _dask_target_stats(block, start, positive, fit_intercept):
-    rows, labels = block
-    s = (np.asarray(labels) == positive).astype(np.float64) - 0.5
-    return logistic_target_stats(
-        np.ascontiguousarray(rows, dtype=np.float64), s, fit_intercept=fit_intercept
-    )
-
-
-def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams, stride):
-    rows, _ = block
+def _logistic_stats(block, start, mean, factor, fit_intercept, grams, stride):
+    """Block statistic: :func:`logistic_block_stats` (G and H with ``grams``)."""
+    X = block[0] if type(block) is tuple else block
     return logistic_block_stats(
-        np.require(rows, dtype=np.float64, requirements=["C", "W"]),
+        np.require(X, dtype=np.float64, requirements=["C", "W"]),
         mean,
         factor,
         fit_intercept=fit_intercept,
@@ -2178,34 +2069,30 @@ def _dask_logistic_stats(block, start, mean, factor, fit_intercept, grams, strid
     )
 
 
-class _DaskBinary:
-    """One binary problem on a dask array: class ``positive`` against the rest."""
-
-    def __init__(self, rows, positive, n_jobs):
-        self.rows, self.positive, self.n_jobs = rows, positive, n_jobs
-        self.shape = rows.shape
-
-    def target_stats(self, fit_intercept):
-        return self.rows.map_reduce(
-            _dask_target_stats,
-            shared=(self.positive, fit_intercept),
-            n_jobs=self.n_jobs,
-        )
-
-    def block_stats(self, mean, factor, fit_intercept, grams, hessian_stride):
-        return self.rows.map_reduce(
-            _dask_logistic_stats,
-            shared=(mean, factor, fit_intercept, grams, hessian_stride),
-            n_jobs=self.n_jobs,
-        )
-
-    def subsample(self, stride):
-        """Every ``stride``-th row and its ``t − 1/2``, brought to the client."""
-        import dask
-
-        Xs, labels = dask.compute(self.rows.array[::stride], self.rows.y[::stride])
-        s = (np.asarray(labels) == self.positive).astype(np.float64) - 0.5
-        return np.require(Xs, dtype=np.float64, requirements=["C", "W"]), s
+def _logistic_rows(X, what, coef, intercept, sigmas, classes):
+    """VBLogisticRegression's ``what`` ('decision_function', 'predict_proba',
+    'predict') of every row, from the moderated logits κ(s²) μ (PRML eq. 4.155)."""
+    n_problems = coef.shape[0]
+    d = X.shape[1]
+    scores = np.empty((X.shape[0], n_problems))
+    for k in range(n_problems):
+        mu = X @ coef[k] + intercept[k]
+        s = sigmas[k]
+        var = np.einsum("ij,jk,ik->i", X, s[:d, :d], X, optimize=True)
+        if s.shape[0] > d:  # with an intercept
+            var += 2.0 * (X @ s[:d, d]) + s[d, d]
+        kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.maximum(var, 0.0))
+        scores[:, k] = kappa * mu
+    if what == "predict":
+        if n_problems == 1:
+            return classes[(scores[:, 0] > 0).astype(np.intp)]
+        return classes[np.argmax(scores, axis=1)]
+    if what == "decision_function":
+        return scores[:, 0] if n_problems == 1 else scores
+    p = expit(scores)
+    if n_problems == 1:
+        return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def _jj_pass(

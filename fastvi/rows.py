@@ -1,0 +1,273 @@
+"""Where a fit's rows live: in memory, in a file read block by block, or on Dask.
+
+A model never reads its data itself. It hands a *block function* to its ``Rows``, which
+calls it on fixed blocks of rows wherever they are and adds up what it returns:
+
+``map_reduce(fn, shared=(), local=None, n_jobs=None)``
+    ``fn(block, start, *shared, *local[i])`` for every block ``i``: ``block`` holds the
+    rows (float64, C-contiguous, writable; valid only during the call), or
+    ``(rows, targets)`` when the source carries targets, and ``start`` is the index
+    of its first row. The results are *block statistics*: values that add with ``+``
+    (plain tuples element by element). They are summed in a binary tree fixed by the
+    block order (:func:`tree_sum`), never in the order blocks happen to finish.
+``map_rows(fn, args=(), n_columns=None, dtype=float64, n_jobs=None)``
+    Per-row results of ``fn(rows, *args)`` (predictions), block by block: an array,
+    or a lazy dask array for data on Dask.
+``subsample(stride)``
+    Every ``stride``-th row (and target) as an in-memory :class:`ArrayRows`.
+``unique_targets()``
+    The sorted distinct targets (class labels).
+
+Sources: :class:`ArrayRows` (a NumPy array or a SciPy CSR matrix in memory),
+:class:`FileRows` (a block source such as :class:`fastvi.batch.io.NpyRows`, a
+``.npy`` file read one block at a time into one buffer) and
+:class:`fastvi._dask.DaskRows` (the row chunks of a dask array, computed where they
+live). Blocks have ``block_rows`` rows (65536 by default, the same in memory and in a
+file), and the kernels split every block into chunks of their own fixed size, so a
+fit gives the same bits in memory and out of core, for any number of threads. A dask
+array's blocks are its row chunks: chunks of ``block_rows`` rows give the bits of the
+in-memory fit, other chunkings agree to rounding.
+"""
+
+import numpy as np
+
+__all__ = [
+    "BLOCK_ROWS",
+    "ArrayRows",
+    "FileRows",
+    "Max",
+    "Rows",
+    "fit_rows",
+    "is_block_source",
+    "predict_rows",
+    "source_rows",
+    "tree_sum",
+]
+
+# rows per block: 16 chunks of the kernels' 4096 rows (fastvi.batch.io's default too)
+BLOCK_ROWS = 16 * 4096
+
+
+def add(a, b):
+    """``a + b`` for block statistics; plain tuples add element by element."""
+    if type(a) is tuple:
+        return tuple(x + y for x, y in zip(a, b))
+    return a + b
+
+
+def tree_sum(parts, add=add):
+    """Sum ``parts`` (any iterable) pairwise in a binary tree fixed by their order.
+
+    Level by level, neighbours ``(0, 1), (2, 3), …`` are added and an odd last part
+    moves up unchanged; computed here as parts arrive, holding one partial sum per
+    level (a binary counter), so a stream of blocks needs O(log n) statistics. ``add``
+    may build the tree lazily instead (Dask).
+    """
+    stack = []  # (number of parts, their sum), sizes strictly decreasing powers of 2
+    for part in parts:
+        size = 1
+        while stack and stack[-1][0] == size:
+            left = stack.pop()[1]
+            part, size = add(left, part), 2 * size
+        stack.append((size, part))
+    if not stack:
+        raise ValueError("no rows to reduce")
+    total = stack.pop()[1]
+    while stack:  # the odd parts, smallest first (they moved up unpaired)
+        total = add(stack.pop()[1], total)
+    return total
+
+
+class Max:
+    """A block statistic whose ``+`` keeps the larger value (a maximum in a sum tree)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = float(value)
+
+    def __add__(self, other):
+        return Max(max(self.value, other.value))
+
+
+class Rows:
+    """The data of one fit, in blocks of rows (see the module documentation).
+
+    Attributes: ``shape`` (n_samples, n_features), ``y`` (targets or None) and
+    ``block_rows``. Subclasses yield ``(start, block)`` from ``blocks()``.
+    """
+
+    shape = (0, 0)
+    y = None
+    block_rows = BLOCK_ROWS
+
+    def blocks(self):
+        raise NotImplementedError
+
+    def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
+        """``fn`` on every block, results summed in a fixed tree (module doc).
+
+        Runs in the calling thread, with its thread settings (``n_jobs`` is for
+        sources whose blocks run elsewhere).
+        """
+        mine = (lambda i: ()) if local is None else (lambda i: tuple(local[i]))
+        return tree_sum(
+            fn(block, start, *shared, *mine(i))
+            for i, (start, block) in enumerate(self.blocks())
+        )
+
+    def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
+        """``fn(rows, *args)`` of every block, concatenated (per-row results)."""
+        out = [np.asarray(fn(_only_rows(block), *args)) for _, block in self.blocks()]
+        return np.concatenate(out).astype(dtype, copy=False)
+
+    def subsample(self, stride):
+        """Every ``stride``-th row (and target), copied into an :class:`ArrayRows`."""
+        rows, targets = [], []
+        for start, block in self.blocks():
+            first = -start % stride
+            rows.append(_only_rows(block)[first::stride].copy())
+            if self.y is not None:
+                targets.append(np.asarray(block[1][first::stride]))
+        return ArrayRows(
+            np.concatenate(rows), np.concatenate(targets) if targets else None
+        )
+
+    def unique_targets(self):
+        """Sorted distinct targets."""
+        return np.unique(self.y)
+
+    def check_finite(self, n_jobs=None):
+        """Raise if a value is NaN or infinite (in memory: checked on validation;
+        a block source checks its blocks as it reads them)."""
+
+
+def _only_rows(block):
+    return block[0] if type(block) is tuple else block
+
+
+class ArrayRows(Rows):
+    """Rows of a validated array in memory: a float64 C-contiguous writable ndarray
+    (views of it are the blocks) or a SciPy CSR matrix; ``y`` aligned targets."""
+
+    def __init__(self, X, y=None, block_rows=BLOCK_ROWS):
+        self.X, self.y = X, y
+        self.shape = tuple(int(s) for s in X.shape)
+        self.block_rows = int(block_rows)
+
+    def blocks(self):
+        n = self.shape[0]
+        for start in range(0, n, self.block_rows):
+            stop = min(n, start + self.block_rows)
+            rows = self.X[start:stop]
+            yield start, rows if self.y is None else (rows, self.y[start:stop])
+
+
+class FileRows(Rows):
+    """Rows of a block source read one block at a time (out of core).
+
+    ``source`` has ``shape``, ``block_rows`` and ``iter_blocks()`` yielding ``(start,
+    stop, view)`` with the rows in ``view[1:]`` (:class:`fastvi.batch.io.NpyRows`,
+    which checks every value on its first pass). Memory does not grow with the
+    number of rows; ``y`` (targets, small beside the rows) may be in memory or a
+    memory-mapped array.
+    """
+
+    def __init__(self, source, y=None):
+        self.source, self.y = source, y
+        self.shape = tuple(int(s) for s in source.shape)
+        self.block_rows = int(source.block_rows)
+
+    def blocks(self):
+        for start, stop, view in self.source.iter_blocks():
+            rows = view[1:]
+            yield start, rows if self.y is None else (rows, self.y[start:stop])
+
+
+def is_block_source(X):
+    """True for an out-of-core row source (``iter_blocks`` and ``block_rows``)."""
+    return hasattr(X, "iter_blocks") and hasattr(X, "block_rows")
+
+
+def source_rows(X, y=None, ensure_2d=True):
+    """``Rows`` of data that is not an in-memory array (a dask collection or a block
+    source), else None. With ``ensure_2d=False`` a 1-D dask array is one column."""
+    from ._dask import DaskRows, is_dask_collection
+
+    if is_dask_collection(X):
+        if not ensure_2d and getattr(X, "ndim", 2) == 1:
+            X = X[:, None]
+        return DaskRows(X, y=y)
+    if is_block_source(X):
+        return FileRows(X, y)
+    return None
+
+
+def fit_rows(estimator, X, y=None, *, y_numeric=False, supervised=True):
+    """Validate ``X`` (and ``y``) as scikit-learn does and wrap them in ``Rows``.
+
+    In memory: ``validate_data`` (float64, at least 2 samples). A block source or a
+    dask collection stays where it is: its shape, ``y`` and (on Dask) every value
+    are checked here, a source's values on its first pass. Sets
+    ``n_features_in_`` (and ``feature_names_in_`` for in-memory data with names).
+    """
+    from sklearn.utils.validation import check_array, column_or_1d, validate_data
+
+    name = type(estimator).__name__
+    if supervised and y is None:
+        raise ValueError(f"{name} requires y to be passed, but the target y is None.")
+    if supervised and is_block_source(X):
+        y = column_or_1d(
+            check_array(
+                y,
+                ensure_2d=False,
+                dtype=np.float64 if y_numeric else None,
+                input_name="y",
+            ),
+            warn=True,
+        )
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"y has shape {y.shape}; expected ({X.shape[0]},) to match X"
+            )
+    rows = source_rows(X, y)
+    if rows is None:
+        if supervised:
+            X, y = validate_data(
+                estimator,
+                X,
+                y,
+                dtype=np.float64,
+                y_numeric=y_numeric,
+                ensure_min_samples=2,
+            )
+        else:
+            X = validate_data(estimator, X, dtype=np.float64, ensure_min_samples=2)
+        X = np.require(X, dtype=np.float64, requirements=["C", "W"])
+        return ArrayRows(X, y)
+    n, d = rows.shape
+    if n < 2:
+        raise ValueError(
+            f"Found array with {n} sample(s) (shape={rows.shape}) while a "
+            f"minimum of 2 is required by {name}."
+        )
+    rows.check_finite(getattr(estimator, "n_jobs", None))
+    estimator.n_features_in_ = d
+    estimator.__dict__.pop("feature_names_in_", None)
+    return rows
+
+
+def predict_rows(estimator, X):
+    """``Rows`` of new data for a fitted estimator (scikit-learn's feature check)."""
+    from sklearn.utils.validation import validate_data
+
+    rows = source_rows(X)
+    if rows is None:
+        X = validate_data(estimator, X, reset=False, dtype=np.float64)
+        return ArrayRows(np.require(X, dtype=np.float64, requirements=["C", "W"]))
+    if rows.shape[1] != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {rows.shape[1]} features, but {type(estimator).__name__} "
+            f"is expecting {estimator.n_features_in_} features as input."
+        )
+    return rows
