@@ -45,7 +45,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, DensityMixin, Regressor
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
@@ -1194,34 +1194,6 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         )
         return (out[:, 0], out[:, 1]) if return_std else out
 
-
-def _linear_moments(block, start):
-    """Block statistic: Σ x, Σ y, −min y, max y (as ``Max``) and max |x|."""
-    X, y = block
-    with np.errstate(over="ignore"):  # too large: refused with a clear message
-        return (
-            X.sum(axis=0),
-            float(y.sum()),
-            Max(-y.min()),
-            Max(y.max()),
-            Max(max_abs(X)),
-        )
-
-
-def _linear_stats(block, start, x_offset, y_offset):
-    """Block statistic: :func:`linear_block_stats` of the block."""
-    return linear_block_stats(*block, x_offset, y_offset)
-
-
-def _linear_predict(X, coef, intercept, offset, sigma, noise):
-    """Predictive mean, or (mean, standard deviation) per row with ``noise``."""
-    y_mean = X @ coef + intercept
-    if noise is None:
-        return y_mean
-    Xc = X - offset
-    var_w = np.einsum("ij,jk,ik->i", Xc, sigma, Xc, optimize=True)
-    return np.column_stack([y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)])
-
     # ---------------------------------------- posterior predictive and draws
     def predict_interval(self, X, level=0.9):
         """Central interval of the predictive distribution with α integrated out.
@@ -1316,6 +1288,34 @@ def _linear_predict(X, coef, intercept, offset, sigma, noise):
 
 
 # ========================================================== VBLogisticRegression
+def _linear_moments(block, start):
+    """Block statistic: Σ x, Σ y, −min y, max y (as ``Max``) and max |x|."""
+    X, y = block
+    with np.errstate(over="ignore"):  # too large: refused with a clear message
+        return (
+            X.sum(axis=0),
+            float(y.sum()),
+            Max(-y.min()),
+            Max(y.max()),
+            Max(max_abs(X)),
+        )
+
+
+def _linear_stats(block, start, x_offset, y_offset):
+    """Block statistic: :func:`linear_block_stats` of the block."""
+    return linear_block_stats(*block, x_offset, y_offset)
+
+
+def _linear_predict(X, coef, intercept, offset, sigma, noise):
+    """Predictive mean, or (mean, standard deviation) per row with ``noise``."""
+    y_mean = X @ coef + intercept
+    if noise is None:
+        return y_mean
+    Xc = X - offset
+    var_w = np.einsum("ij,jk,ik->i", Xc, sigma, Xc, optimize=True)
+    return np.column_stack([y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)])
+
+
 class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator):
     """Variational Bayesian logistic regression with the Jaakkola–Jordan bound.
 

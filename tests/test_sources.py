@@ -207,7 +207,7 @@ def test_file_sources_say_what_is_wrong(tmp_path):
         UnivariateGaussian().fit(source)
     X[4321, 2] = np.nan
     np.save(tmp_path / "bad.npy", X)
-    with pytest.raises(DataError, match=r"bad.npy: row 4321, column 2"):
+    with pytest.raises(DataError, match=r"bad.npy: row 4322, column 3"):
         est.fit(NpyRows(tmp_path / "bad.npy"), y)
     assert not hasattr(est, "coef_")
     fitted = VBLogisticRegression().fit(X[:100, :3], y[:100] > 0)
