@@ -524,3 +524,28 @@ def test_eight_schools_by_finite_differences_fits_like_the_analytic_model(um):
         sd = fits["an"].sd[name]
         assert np.all(np.abs(fits["fd"].mean[name] - fits["an"].mean[name]) < 0.1 * sd)
         assert_allclose(fits["fd"].sd[name], sd, rtol=0.1)
+
+
+def test_indices_taken_from_the_data_are_probed_on_every_row(um):
+    """A group index in a data column that points past theta at row 5 only: the
+    probe of row 0 cannot see it; the probe over every row, in the generated
+    kernel, does (in the pass it would read the next draw's theta, or write past
+    the gradient's buffer)."""
+    d = pdb._data("eight_schools.json")
+    J = len(d["y"])
+    data = np.column_stack([np.arange(J), d["y"], d["sigma"]])
+    params = [Param("theta_trans", J), Param("mu"), Param("tau", (), "positive")]
+    bad = data.copy()
+    bad[5, 0] = J + 2  # theta has J + 2 entries
+    for kw in (
+        dict(loglik_grad=um.schools_loglik_grad),
+        dict(),  # finite differences: only the value is read
+    ):
+        with pytest.raises(
+            ValueError, match=r"reads past .* at data row 5 \(not at row 0\)"
+        ):
+            NumbaModel(params, loglik=um.schools_loglik, data=bad, **kw)
+    # the index J + 1 is inside theta (tau's place): no error, however wrong
+    ok = data.copy()
+    ok[5, 0] = J + 1
+    NumbaModel(params, loglik=um.schools_loglik, data=ok)

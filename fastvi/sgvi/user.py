@@ -509,6 +509,8 @@ class NumbaModel(Model):
             z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
             self._check_gradients(functions, forms, self.constrain(np.stack([z0, z1])))
         self.kernels = build_kernels(functions, forms)
+        if self._has_loglik and self.n_rows > 1:
+            self._probe_rows(self.constrain(z0), forms["loglik_grad"] != "fd")
 
     @staticmethod
     def _checked_hyper(hyper):
@@ -592,6 +594,29 @@ class NumbaModel(Model):
                             + f". Check {role}_grad; if {role} is not smooth there, "
                             "pass check_gradient=False."
                         )
+
+    def _probe_rows(self, theta, with_grad):
+        """The width probe (:func:`_probe_widths`) over every data row, in the
+        generated kernel: a function that takes indices from the row (a group
+        index, say) can read past theta or hyper at some rows only."""
+        P = theta.shape[0]
+        t_a, t_b = _guarded(theta, np.nan)[1], _guarded(theta, 0.5)[1]
+        h_a, h_b = _guarded(self.hyper, np.nan)[1], _guarded(self.hyper, 0.5)[1]
+        n_out = P + _GUARD if with_grad else 0
+        guard = np.array([0.5, -0.25])
+        out_a, out_b = np.full(n_out, guard[0]), np.full(n_out, guard[1])
+        with np.errstate(all="ignore"):
+            n = self.kernels.probe_rows(
+                t_a, t_b, self.data, h_a, h_b, out_a, out_b, guard
+            )
+        if n >= 0:
+            raise ValueError(
+                f"loglik{'' if not with_grad else ' or loglik_grad'} reads past the "
+                f"end of theta (P={P} entries) or hyper "
+                f"(H={self.hyper.shape[0]}), or writes past out, at data row {n} "
+                "(not at row 0): check the indices it takes from the data (e.g. "
+                "a group index in a column) against the model's params."
+            )
 
     def _fd_steps(self, theta):
         """Central-difference steps (S, theta_size) for draws ``theta``:
