@@ -166,7 +166,11 @@ def build_kernels(functions, forms):
             continue
         if cacheable:
             module, qualname = where[role]
-            lines.append(f"from {module} import {qualname} as _u_{role}")
+            lines.append(f"from {module} import {qualname} as _user_{role}")
+            # compiled into the kernels (numba IR inlining, under the kernels'
+            # options): a call to the user's compiled function would cost more
+            # than a small function's work (array arguments, reference counts)
+            lines.append(f"_u_{role} = jit(_user_{role}.py_func, inline='always')")
         else:
             lines.append(f"_u_{role} = None  # set by fastvi after import")
     body += "\n".join(lines) + "\n" + src.adapters(forms) + src.SOURCE
@@ -206,7 +210,7 @@ def build_kernels(functions, forms):
             spec.loader.exec_module(module)
             # numba reads the globals when it first compiles a kernel: now
             for role, f in given.items():
-                setattr(module, f"_u_{role}", f)
+                setattr(module, f"_u_{role}", module.jit(f.py_func, inline="always"))
         return module
 
 
