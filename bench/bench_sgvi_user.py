@@ -14,8 +14,8 @@ intercept ~ N(0, 10^2)) written three or four ways:
 * ``numba-fd`` (small D only): ``loglik`` alone, its gradient by central finite
   differences in the kernel (2P + 1 calls per row and draw).
 
-``extra_info``: ``ms`` (median), ``ratio_to_glm`` is left to the reader (one group, one
-run), ``grad_max_rel_err`` (largest |g - g_glm| / max |g_glm| over the draws).
+``extra_info``: ``ms`` (median), ``grad_max_rel_err`` (largest |g - g_glm| / max
+|g_glm|), ``threads``; the ratio to ``glm`` is read off the group's table.
 
 Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (N = 1e5, D = 50 and 5, S = 8, 7
 rounds) or ``smoke`` (N = 1e4, 2 rounds).

@@ -3,10 +3,14 @@
 :class:`fastvi.sgvi.NumbaModel` writes a module made of ``HEADER``, ``MISSING``, the
 lines that import the user's functions (``_u_loglik`` etc.), one adapter per role
 (:func:`adapters`) and ``SOURCE`` to a file in fastvi's kernel cache directory and
-imports it. The kernels call the user's functions as module globals, which numba
-compiles into them (inlining where LLVM sees fit); because the functions are defined
-in a real file, ``cache=True`` works and a second process loads the compiled kernels
-instead of compiling them again. Passing the user's functions as *arguments* to a
+imports it. The kernels reach the user's functions as module globals, re-jitted from
+their Python source with ``inline="always"``, so numba compiles their bodies into the
+kernels (under the kernels' options, ``fastvi.kernels._config``): a call to the
+user's separately compiled function passes each array as a struct of seven fields and
+adjusts reference counts around it: that made a 5-feature logistic pass several
+times slower (``bench/bench_sgvi_user.py``, README). Because the functions are
+defined in a real file, ``cache=True`` works and a second process loads the compiled
+kernels instead of compiling them again. Passing the user's functions as *arguments* to a
 kernel in this file instead would defeat numba's cache (the argument's type names the
 function object of one process: numba issues #6251, #9237), as would closures over
 them (numba issue #2065).

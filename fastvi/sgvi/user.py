@@ -389,7 +389,11 @@ class NumbaModel(Model):
     -----
     Functions must be ``numba.njit``-compiled (``cache=True`` recommended) and
     accept a C-contiguous 1-D float64 ``theta``. They run in parallel threads: they
-    must not write to global state.
+    must not write to global state. The kernels compile their bodies in (numba's
+    ``inline="always"`` on their Python source) under fastvi's kernel options:
+    fast-math reassociation and FMA contraction, but NaN and inf checks keep
+    working; division by zero gives inf or NaN instead of raising. Functions they
+    call are called, not inlined. A recursive function cannot be inlined.
 
     The widths are probed at construction: a function that reads past theta, a
     data row or hyper, or a gradient that writes past ``out``, is a clear error
