@@ -209,6 +209,15 @@ USER_MODULE = textwrap.dedent(
         out[4] += b
 
 
+    # categorical rows (one-hot) with probabilities w on the simplex, flat prior
+    @numba.njit(cache=True)
+    def categorical_loglik(theta, row):
+        lp = 0.0
+        for k in range(row.shape[0]):
+            lp += row[k] * math.log(theta[k])
+        return lp
+
+
     # forms that are wrong
     @numba.njit(cache=True)
     def returns_gradient(theta, out):
@@ -549,3 +558,25 @@ def test_indices_taken_from_the_data_are_probed_on_every_row(um):
     ok = data.copy()
     ok[5, 0] = J + 1
     NumbaModel(params, loglik=um.schools_loglik, data=ok)
+
+
+def test_a_simplex_parameter_in_a_numba_model_fits_the_dirichlet_posterior(um):
+    """Categorical data, w on the 3-simplex with a flat prior, gradient by finite
+    differences: the posterior is Dirichlet(1 + counts); q (Gaussian in the
+    stick-breaking coordinates) gets its means and sds."""
+    counts = np.array([30, 50, 120])
+    rows = np.repeat(np.eye(3), counts, axis=0)
+    model = NumbaModel(
+        [Param("w", 3, "simplex")], loglik=um.categorical_loglik, data=rows
+    )
+    assert model.size == 2 and model.theta_size == 3
+    engine = SGVI(model, family="fullrank", n_samples=8)
+    res = engine.run(seed=0, max_iter=3000)
+    assert res.converged
+    post = engine.posterior(res.state, 8000, seed=1)
+    alpha = 1.0 + counts
+    mean = alpha / alpha.sum()
+    sd = np.sqrt(mean * (1 - mean) / (alpha.sum() + 1))
+    assert_allclose(post.draws["w"].sum(axis=1), 1.0)
+    assert np.all(np.abs(post.mean["w"] - mean) < 0.1 * sd)
+    assert_allclose(post.sd["w"], sd, rtol=0.1)

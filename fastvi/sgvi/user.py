@@ -407,7 +407,8 @@ class NumbaModel(Model):
     support's boundary (``6e-6`` times the distance to it: relative for positive
     parameters, simplex entries, interval ends and the gaps of an ordered vector),
     so the perturbed theta stays inside the support. The gradient is then
-    accurate to about 1e-9 relative for smooth functions of parameters of order
+    accurate to 1e-12 to 1e-10 of its largest entry (measured on a logistic
+    regression and eight schools) for smooth functions of parameters of order
     one; parameters of scale far below 1e-3 lose accuracy (rescale them), and so
     does a function that is smooth across a support's boundary when theta is very
     near it (the rounding error is about 1e-16 |f| / step). A
