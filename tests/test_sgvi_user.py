@@ -194,10 +194,20 @@ def test_user_model_density_and_gradient(user):
     assert_allclose(g, num, rtol=1e-5, atol=1e-5 * np.abs(num).max())
     # the generated kernels: parallel and serial agree bitwise, one row works
     k = model.kernels
-    args = (np.ascontiguousarray(theta), model.data, np.arange(1500), 64, True)
+    args = (
+        np.ascontiguousarray(theta),
+        model.data,
+        np.arange(1500),
+        model.hyper,
+        np.zeros((3, 0)),
+        64,
+        True,
+    )
     for a, b in zip(k.loglik_pass(*args), k.loglik_pass_serial(*args)):
         assert_array_equal(a, b)
-    ll1, g1 = k.loglik_pass(theta, model.data, np.array([7]), 64, True)
+    ll1, g1 = k.loglik_pass(
+        theta, model.data, np.array([7]), model.hyper, np.zeros((3, 0)), 64, True
+    )
     assert ll1.shape == (1, 3) and g1.shape == (1, 3, 4)
     w = theta[:, :2] @ X[7] + theta[:, 2]
     assert_allclose(ll1[0], stats.t.logpdf(y[7], NU, w, theta[:, 3]), rtol=1e-12)
@@ -226,8 +236,11 @@ def test_user_model_fit_is_thread_invariant_and_recovers_the_truth(user):
 
 
 def test_user_density_without_gradient_fits_by_score(user):
-    model = NumbaModel([Param("a"), Param("b")], logprior=user.gauss2)
+    model = NumbaModel(
+        [Param("a"), Param("b")], logprior=user.gauss2, finite_differences=False
+    )
     assert not model.has_gradient and model.n_rows == 0
+    assert model.gradients == {"loglik": None, "logprior": None}
     with pytest.raises(ValueError, match="estimator='score'"):
         SGVI(model)
     engine = SGVI(model, estimator="score", n_samples=16)
@@ -283,7 +296,7 @@ def test_user_model_bad_input(user):
         NumbaModel(params, loglik=user.loglik, data=y)
     with pytest.raises(ValueError, match="loglik, logprior or both"):
         NumbaModel(params)
-    model = NumbaModel([Param("x")], logprior=user.log_first)
+    model = NumbaModel([Param("x")], logprior=user.log_first, finite_differences=False)
     with pytest.raises(ValueError, match="not finite at the initial point"):
         SGVI(model, estimator="score", n_samples=2).init(0)
     # a start where it is finite works

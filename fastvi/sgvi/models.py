@@ -15,6 +15,16 @@ Supports and their transforms ``theta = T(z)``:
 ``Interval(lo, hi)``   theta = lo + (hi - lo) sigmoid(z)   log J = log(hi - lo)
                                                             + log sigmoid(z)
                                                             + log sigmoid(-z)
+``"ordered"``          increasing vector: first entry, then cumulative exp
+``"simplex"``          K entries >= 0 summing to 1, from K - 1 unconstrained ones
+                       (stick-breaking as in Stan)
+
+The last two are vector supports (:mod:`fastvi.sgvi.supports` has their transforms).
+A simplex has one unconstrained coordinate fewer than entries, so a model has
+``size`` unconstrained coordinates (what q and the engine see; ``free_slices`` says
+where each parameter lies in z) and ``theta_size`` constrained ones (what ``log_joint``
+sees; ``slices`` says where each parameter lies in theta). Without a simplex the two
+agree.
 
 Built-in models: :class:`GLM` (logistic, Poisson with log link, Gaussian with known or
 unknown noise scale; priors from :mod:`fastvi.sgvi.priors`; one fused Numba pass per
@@ -31,6 +41,7 @@ import numpy as np
 from scipy.special import expit, gammaln, log_expit
 
 from . import priors as _priors
+from . import supports as _vec
 
 __all__ = [
     "EightSchools",
@@ -70,7 +81,10 @@ class Interval(NamedTuple):
 
 class Param(NamedTuple):
     """A named model parameter: ``shape`` (``()`` for a scalar; an int ``n`` means
-    ``(n,)``) and its support."""
+    ``(n,)``) and its support: ``"real"``, ``"positive"``, ``Interval(lo, hi)``, or
+    for a vector (shape ``(K,)``) ``"ordered"`` or ``"simplex"``. ``size`` counts
+    the constrained entries (K for a K-simplex, which has K - 1 unconstrained
+    coordinates)."""
 
     name: str
     shape: tuple = ()
@@ -81,8 +95,16 @@ class Param(NamedTuple):
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-def _check_support(support, name):
+def _check_support(support, name, shape=None):
     if isinstance(support, str) and support in ("real", "positive"):
+        return support
+    if isinstance(support, str) and support in _vec.VECTOR_SUPPORTS:
+        least = 2 if support == "simplex" else 1
+        if shape is not None and (len(shape) != 1 or shape[0] < least):
+            raise ValueError(
+                f"Parameter {name!r}: a {support!r} support needs a vector of "
+                f"shape (K,) with K >= {least}, got shape {shape}."
+            )
         return support
     if isinstance(support, Interval):
         lo, hi = float(support.lo), float(support.hi)
@@ -93,8 +115,8 @@ def _check_support(support, name):
             )
         return Interval(lo, hi)
     raise ValueError(
-        f"Parameter {name!r}: support must be 'real', 'positive' or Interval(lo, hi), "
-        f"got {support!r}."
+        f"Parameter {name!r}: support must be 'real', 'positive', Interval(lo, hi), "
+        f"'ordered' or 'simplex', got {support!r}."
     )
 
 
@@ -105,10 +127,11 @@ class Model:
     ``super().__init__()``, set ``n_rows`` (the number of data rows a minibatch is
     drawn from; 0 when the model does not support minibatches) and implement
     ``log_joint(theta, rows, scale)`` returning ``(lp, grad)`` in the constrained
-    space. A model without a gradient sets ``has_gradient = False`` and implements
-    ``log_joint_value(theta, rows, scale)`` instead (only ``estimator='score'``
-    can fit it). :class:`fastvi.sgvi.NumbaModel` builds a model from numba-jitted
-    per-row functions.
+    space (theta and grad (S, theta_size)). A model without a gradient sets
+    ``has_gradient = False`` and implements ``log_joint_value(theta, rows, scale)``
+    instead (only ``estimator='score'`` can fit it).
+    :class:`fastvi.sgvi.NumbaModel` builds a model from numba-jitted per-row
+    functions.
     """
 
     n_rows = 0
@@ -128,37 +151,60 @@ class Model:
             if p.name in seen:
                 raise ValueError(f"Duplicate parameter name {p.name!r}.")
             seen.add(p.name)
-            params.append(p._replace(support=_check_support(p.support, p.name)))
+            support = _check_support(p.support, p.name, p.shape)
+            params.append(p._replace(support=support))
         self.params = tuple(params)
-        self.size = sum(p.size for p in self.params)
-        self.slices = {}
-        start = 0
+        # slices: where each parameter lies in theta (constrained); free_slices: in z
+        self.slices, self.free_slices = {}, {}
+        start = free = 0
         lower, upper = [], []
-        pos, itv = [], []
+        pos, itv, pos_t, itv_t, ez, et = [], [], [], [], [], []
+        self._vector = []  # (support, z slice, theta slice) of vector supports
         for p in self.params:
+            n = _vec.free_size(p.support, p.size)
             sl = slice(start, start + p.size)
+            zsl = slice(free, free + n)
             self.slices[p.name] = sl
-            idx = np.arange(sl.start, sl.stop)
-            if p.support == "positive":
-                pos.append(idx)
-            elif isinstance(p.support, Interval):
-                itv.append(idx)
-                lower.append(np.full(p.size, p.support.lo))
-                upper.append(np.full(p.size, p.support.hi))
-            start = sl.stop
-        self._pos = np.concatenate(pos) if pos else np.empty(0, np.int64)
-        self._itv = np.concatenate(itv) if itv else np.empty(0, np.int64)
-        self._lo = np.concatenate(lower) if lower else np.empty(0)
-        self._hi = np.concatenate(upper) if upper else np.empty(0)
-        self.identity = self._pos.size == 0 and self._itv.size == 0
+            self.free_slices[p.name] = zsl
+            if p.support in _vec.VECTOR_SUPPORTS:
+                self._vector.append((p.support, zsl, sl))
+            else:
+                idx, tdx = np.arange(zsl.start, zsl.stop), np.arange(sl.start, sl.stop)
+                ez.append(idx)
+                et.append(tdx)
+                if p.support == "positive":
+                    pos.append(idx)
+                    pos_t.append(tdx)
+                elif isinstance(p.support, Interval):
+                    itv.append(idx)
+                    itv_t.append(tdx)
+                    lower.append(np.full(p.size, p.support.lo))
+                    upper.append(np.full(p.size, p.support.hi))
+            start, free = sl.stop, zsl.stop
+        self.size = free
+        self.theta_size = start
+
+        def cat(parts, dtype=np.int64):
+            return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+        # elementwise supports: indices in z (_pos, _itv) and in theta (_pos_t, ...)
+        self._pos, self._itv = cat(pos), cat(itv)
+        self._pos_t, self._itv_t = cat(pos_t), cat(itv_t)
+        self._ez, self._et = cat(ez), cat(et)
+        self._lo = cat(lower, np.float64)
+        self._hi = cat(upper, np.float64)
+        self.identity = self._pos.size == 0 and self._itv.size == 0 and not self._vector
 
     # ------------------------------------------------------------ naming
     def coordinate_names(self):
-        """Names of the P unconstrained coordinates, e.g. ``coef[3]``."""
+        """Names of the P unconstrained coordinates, e.g. ``coef[3]`` (a simplex
+        ``w`` of K entries has K - 1: ``w.stick[0]`` .. ``w.stick[K-2]``)."""
         names = []
         for p in self.params:
             if p.shape == ():
                 names.append(p.name)
+            elif p.support == "simplex":
+                names += [f"{p.name}.stick[{i}]" for i in range(p.size - 1)]
             else:
                 for index in np.ndindex(*p.shape):
                     names.append(f"{p.name}[{', '.join(map(str, index))}]")
@@ -166,22 +212,46 @@ class Model:
 
     # ------------------------------------------------------------ transforms
     def constrain(self, z):
-        """theta = T(z) for draws z of shape (..., P)."""
-        theta = np.array(z, dtype=np.float64, copy=True)
+        """theta = T(z) for draws z of shape (..., size); theta is (..., theta_size)."""
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim == 0 or z.shape[-1] != self.size:
+            raise ValueError(
+                f"z must have {self.size} unconstrained coordinates in its last "
+                f"axis; got shape {z.shape}."
+            )
+        if not self._vector:
+            theta = np.array(z, copy=True)
+        else:
+            theta = np.empty(z.shape[:-1] + (self.theta_size,))
+            theta[..., self._et] = z[..., self._ez]
+            for kind, zsl, sl in self._vector:
+                theta[..., sl] = _vec.FORWARD[kind](z[..., zsl])[0]
         if self._pos.size:
-            theta[..., self._pos] = np.exp(theta[..., self._pos])
+            theta[..., self._pos_t] = np.exp(z[..., self._pos])
         if self._itv.size:
             u = z[..., self._itv]
-            theta[..., self._itv] = self._lo + (self._hi - self._lo) * expit(u)
+            theta[..., self._itv_t] = self._lo + (self._hi - self._lo) * expit(u)
         return theta
 
     def unconstrain(self, theta):
-        """z = T^{-1}(theta)."""
-        z = np.array(theta, dtype=np.float64, copy=True)
+        """z = T^{-1}(theta) for theta of shape (..., theta_size)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.ndim == 0 or theta.shape[-1] != self.theta_size:
+            raise ValueError(
+                f"theta must have {self.theta_size} entries in its last axis; got "
+                f"shape {theta.shape}."
+            )
+        if not self._vector:
+            z = np.array(theta, copy=True)
+        else:
+            z = np.empty(theta.shape[:-1] + (self.size,))
+            z[..., self._ez] = theta[..., self._et]
+            for kind, zsl, sl in self._vector:
+                z[..., zsl] = _vec.INVERSE[kind](theta[..., sl])
         if self._pos.size:
-            z[..., self._pos] = np.log(z[..., self._pos])
+            z[..., self._pos] = np.log(theta[..., self._pos_t])
         if self._itv.size:
-            u = (z[..., self._itv] - self._lo) / (self._hi - self._lo)
+            u = (theta[..., self._itv_t] - self._lo) / (self._hi - self._lo)
             z[..., self._itv] = np.log(u) - np.log1p(-u)
         return z
 
@@ -206,12 +276,20 @@ class Model:
         if self.identity:
             return self._checked(self.log_joint(z, rows, scale), S)
         theta = self.constrain(z)
-        lp, g = self._checked(self.log_joint(theta, rows, scale), S)
-        g = np.array(g, dtype=np.float64, copy=True)
+        lp, g_theta = self._checked(self.log_joint(theta, rows, scale), S)
+        g_theta = np.asarray(g_theta, dtype=np.float64)
+        if not self._vector:
+            g = np.array(g_theta, copy=True)
+        else:
+            g = np.empty((S, self.size))
+            g[:, self._ez] = g_theta[:, self._et]
+            for kind, zsl, sl in self._vector:
+                # chain rule and d log J / dz of the vector transform together
+                g[:, zsl] = _vec.GRAD[kind](z[:, zsl], theta[:, sl], g_theta[:, sl])
         lp = lp + self._log_jacobian(z)
         if self._pos.size:
             # d theta / dz = theta; d log J / dz = 1
-            g[:, self._pos] = g[:, self._pos] * theta[:, self._pos] + 1.0
+            g[:, self._pos] = g[:, self._pos] * theta[:, self._pos_t] + 1.0
         if self._itv.size:
             u = z[:, self._itv]
             width = self._hi - self._lo
@@ -245,11 +323,12 @@ class Model:
             )
         lp, g = out
         lp = self._checked_lp(lp, S, "")
-        if np.shape(g) != (S, self.size):
+        P = self.theta_size
+        if np.shape(g) != (S, P):
             raise ValueError(
                 f"{name}.log_joint must return the gradient of each of the {S} "
-                f"draws in the model's {self.size} parameter coordinates, shape "
-                f"({S}, {self.size}); it returned shape {np.shape(g)}."
+                f"draws in the model's {P} parameter coordinates, shape "
+                f"({S}, {P}); it returned shape {np.shape(g)}."
             )
         return lp, g
 
@@ -262,6 +341,8 @@ class Model:
             u = z[:, self._itv]
             width = self._hi - self._lo
             out += (np.log(width) + log_expit(u) + log_expit(-u)).sum(axis=1)
+        for kind, zsl, _ in self._vector:
+            out += _vec.FORWARD[kind](z[:, zsl])[1]
         return out
 
     def log_joint_value(self, theta, rows, scale):
