@@ -351,6 +351,19 @@ def test_fits_in_two_threads_at_once_equal_the_fits_one_after_the_other():
             .components_
         ),
         "logit": lambda: VBLogisticRegression(n_jobs=2).fit(X, y).coef_,
+        # a fresh thread allocates its scratch arrays elsewhere (another malloc arena);
+        # a kernel whose vectorized and scalar paths round differently would show it
+        "lda-scvb0": lambda: (
+            LatentDirichletAllocation(
+                n_components=5,
+                learning_method="scvb0",
+                max_iter=2,
+                random_state=0,
+                n_jobs=2,
+            )
+            .fit(counts)
+            .components_
+        ),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
