@@ -139,3 +139,34 @@ def test_unknown_method_is_refused(bad):
 )
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("K", [3, 4, 8, 13, 16])
+def test_kernel_bits_do_not_depend_on_the_calling_thread(K):
+    """A fresh thread's scratch arrays come from another malloc arena: the bits must
+    not depend on where they lie (a loop that stored into scratch while it reduced
+    was vectorized behind an overlap check whose two paths round differently)."""
+    import threading
+
+    from fastvi.kernels import lda_scvb0
+    from fastvi.lda import _Corpus
+
+    corpus = _Corpus.from_matrix(lda_corpus(n_docs=400, n_words=100))
+    rng = np.random.default_rng(K)
+    lam_t = rng.gamma(1.0, 1.0, (100, K))
+    inv_sums = 1.0 / lam_t.sum(axis=0)
+
+    def run(out):
+        gam = np.empty((corpus.data.shape[0], K))
+        lda_scvb0.scvb0_doc_blocks(
+            0, 25, corpus.indptr, corpus.indices, corpus.data, lam_t, inv_sums,
+            0.2, 2, 10.0, 16, gam,
+        )  # fmt: skip
+        out.append(gam)
+
+    main, other = [], []
+    run(main)
+    thread = threading.Thread(target=run, args=(other,))
+    thread.start()
+    thread.join()
+    assert main[0].tobytes() == other[0].tobytes()
