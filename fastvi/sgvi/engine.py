@@ -266,9 +266,19 @@ class FullRank:
             raise ValueError(
                 "L must be a square lower-triangular matrix with a positive diagonal."
             )
-        tri = (L / d[:, None])[self.rows, self.cols] / self.off_scale
+        return self._pack(np.asarray(mean, dtype=np.float64), L)
+
+    def _pack(self, mean, L):
+        """:meth:`pack` without its checks (``L`` known lower triangular, with a
+        positive diagonal)."""
+        d = L.reshape(-1)[self._flat_diag]
+        out = np.empty(self.size)
+        out[: self.dim] = mean
+        tri = out[self.dim :]
+        tri[:] = (L / d[:, None]).reshape(-1)[self._flat]
+        tri /= self.off_scale
         tri[self.diag_pos] = np.log(d)
-        return np.concatenate([np.asarray(mean, dtype=np.float64), tri])
+        return out
 
     def cov(self, phi):
         L = self.chol(phi)
@@ -369,8 +379,9 @@ class FullRank:
         mu = phi_u[: self.dim]
         if frame.B.ndim == 1:
             return self.pack(frame.a + frame.B * mu, frame.B[:, None] * L)
-        # B L is lower triangular exactly (no term of its upper part is nonzero)
-        return self.pack(frame.a + frame.B @ mu, frame.B @ L)
+        # B L is lower triangular exactly (no term of its upper part is nonzero),
+        # with a positive diagonal (B's times L's)
+        return self._pack(frame.a + frame.B @ mu, frame.B @ L)
 
 
 FAMILIES = {"meanfield": MeanField, "fullrank": FullRank}
@@ -755,8 +766,8 @@ class SGVIState(NamedTuple):
     """Everything a step needs: ``params`` (packed variational parameters, see the
     family), ``opt_state``, the random ``key``, ``step`` (steps taken) and
     ``lr_scale``, the factor on the optimizer's step size (lowered by
-    :class:`WindowConvergence` at a stall) and ``frame`` (the whitening
-    :class:`Frame`, or None)."""
+    :class:`WindowConvergence` at a stall), ``frame`` (the whitening
+    :class:`Frame`, or None) and ``params_u``."""
 
     params: np.ndarray
     opt_state: tuple
@@ -764,6 +775,11 @@ class SGVIState(NamedTuple):
     step: int
     lr_scale: float = 1.0
     frame: "Frame | None" = None
+    #: ``params`` in the frame's coordinates (``family.to_frame``), kept by the
+    #: steps so that they need not convert back every step (and a resumed run
+    #: steps from exactly the numbers an uninterrupted one would); None: convert.
+    #: A state whose ``params`` are replaced by hand needs ``params_u=None``.
+    params_u: "np.ndarray | None" = None
 
 
 class Frame(NamedTuple):
@@ -1171,12 +1187,12 @@ class SGVI:
             w = lp - fam.log_q_eps(phi, eps)
             return _score_combine(fam.score(own, eps), w, True), lp
         lp, gz = self.model.log_density(z, rows)
-        if not (np.all(np.isfinite(lp)) and np.all(np.isfinite(gz))):
+        if not (np.isfinite(lp).all() and np.isfinite(gz).all()):
             return None, np.flatnonzero(~np.all(np.isfinite(gz), axis=0))
         if frame is not None:
             gz = frame.pullback(gz)
         g = fam.grad(own, eps, gz, self.estimator, factor)
-        if not np.all(np.isfinite(g)):
+        if not np.isfinite(g).all():
             return None, np.empty(0, np.int64)
         return g, lp
 
@@ -1195,7 +1211,12 @@ class SGVI:
         fam = self.family
         phi = state.params
         frame = state.frame
-        phi_u = phi if frame is None else fam.to_frame(phi, frame)
+        if frame is None:
+            phi_u = phi
+        elif state.params_u is not None:
+            phi_u = state.params_u
+        else:
+            phi_u = fam.to_frame(phi, frame)
         last = None
         for retry in range(self.max_retries + 1):
             eps, rows = self.draws(state, retry)
@@ -1211,7 +1232,7 @@ class SGVI:
                 g, state.opt_state, phi_u, state.lr_scale
             )
             new_phi = new_u if frame is None else fam.from_frame(new_u, frame)
-            if not np.all(np.isfinite(new_phi)):
+            if not np.isfinite(new_phi).all():
                 bad = np.flatnonzero(~np.isfinite(new_phi))
                 names = fam.coordinate_names(self.model.coordinate_names())
                 last = ("variational parameters after the update", bad, names)
@@ -1221,7 +1242,10 @@ class SGVI:
             # per step), which vanishes as q nears the posterior
             elbo = float(np.mean(lp - fam.log_q_eps(phi, eps)))
             new = state._replace(
-                params=new_phi, opt_state=opt_state, step=state.step + 1
+                params=new_phi,
+                opt_state=opt_state,
+                step=state.step + 1,
+                params_u=None if frame is None else new_u,
             )
             return new, elbo, new_u
         what, bad, names = last
@@ -1502,7 +1526,9 @@ class SGVI:
             phi[: self.model.size] *= self.family.std(state.params)
         if not np.all(np.isfinite(phi)):
             return state
-        return state._replace(params=phi)
+        return state._replace(
+            params=phi, params_u=None if state.frame is None else x.copy()
+        )
 
     # ------------------------------------------------------------ output
     def sample(self, state, n_draws, seed=None):
