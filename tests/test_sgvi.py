@@ -770,3 +770,21 @@ def test_verbose_output_of_the_estimators(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "start: resumed at step 300" in lines[0]
     assert "time lapse" in lines[1] and "time lapse" in lines[2]
+
+
+def test_step_generator_is_philox_at_the_step_counter():
+    """The cached per-thread generator of a step draws what a fresh
+    Philox(key, counter=[0, 0, step, retry]) does, whatever was drawn before."""
+    from fastvi.sgvi.engine import _step_rng
+
+    for key in (5, 2**62 + 7):
+        for step, retry in [(0, 0), (3, 1), (3, 0), (10**6, 2)]:
+            fresh = np.random.Generator(
+                np.random.Philox(key=key, counter=[0, 0, step, retry])
+            )
+            cached = _step_rng(key, step, retry)
+            assert_array_equal(cached.standard_normal(9), fresh.standard_normal(9))
+            assert_array_equal(
+                cached.choice(50, 7, replace=False, shuffle=False),
+                fresh.choice(50, 7, replace=False, shuffle=False),
+            )

@@ -49,6 +49,7 @@ one would. (Philox needs no seed hashing: a step's generator costs ~13 µs, a th
 """
 
 import math
+import threading
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -96,8 +97,33 @@ _FULL_FRAME_MAX = 200
 
 
 def _step_rng(key, step, retry):
-    """The generator of step ``step``'s ``retry``-th draw (see the module docs)."""
-    return np.random.Generator(np.random.Philox(key=key, counter=[0, 0, step, retry]))
+    """The generator of step ``step``'s ``retry``-th draw (see the module docs).
+
+    ``Philox(key=key, counter=[0, 0, step, retry])`` wrapped in a ``Generator``:
+    one per thread and key is kept and its state set (a quarter of the cost of
+    making a new one, ~6 µs against ~25 µs); it is valid until the next call in
+    the same thread."""
+    cache = _RNG_CACHE
+    if getattr(cache, "key", None) != key:
+        cache.bit_generator = np.random.Philox(key=key)
+        cache.generator = np.random.Generator(cache.bit_generator)
+        cache.key_words = cache.bit_generator.state["state"]["key"].copy()
+        cache.key = key
+    cache.bit_generator.state = {
+        "bit_generator": "Philox",
+        "state": {
+            "counter": np.array([0, 0, step, retry], dtype=np.uint64),
+            "key": cache.key_words,
+        },
+        "buffer": np.zeros(4, dtype=np.uint64),
+        "buffer_pos": 4,
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    return cache.generator
+
+
+_RNG_CACHE = threading.local()
 
 
 def _score_combine(h, w, control_variate):
