@@ -48,10 +48,15 @@ LOG_WEIGHT_SD_FLOOR = 0.3
 
 
 def untrustworthy(khat, log_weights):
-    """Whether k-hat flags q: above the threshold with log weights that vary."""
-    if not khat > KHAT_THRESHOLD:
-        return False
+    """Whether k-hat flags q: above the threshold with log weights that vary, or
+    not computable (NaN: log p not finite at some of q's draws, or fewer than 5
+    draws holding all the weight) with log weights that vary."""
     lw = np.asarray(log_weights, dtype=np.float64)
+    if math.isnan(khat):
+        if not np.all(np.isfinite(lw)):
+            return True
+    elif not khat > KHAT_THRESHOLD:
+        return False
     finite = lw[np.isfinite(lw)]
     if finite.shape[0] < lw.shape[0] or finite.shape[0] < 2:
         return True

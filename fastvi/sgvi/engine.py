@@ -1446,11 +1446,19 @@ class SGVI:
 
     def _psis_message(self, khat, state, converged):
         """What a k-hat above 0.7 most likely means for this fit, and what to do."""
-        head = (
-            f"PSIS k-hat of the fitted q is {khat:.2f} > {_khat_threshold()} (Yao "
-            "et al. 2018): q is far from the posterior in the tails and its means "
-            "and sds are not reliable. "
-        )
+        if math.isnan(khat):
+            head = (
+                "PSIS k-hat of the fitted q cannot be computed (the log density is "
+                "not finite at some of q's draws, or a few draws hold all the "
+                "importance weight): q is far from the posterior and its means and "
+                "sds are not reliable. "
+            )
+        else:
+            head = (
+                f"PSIS k-hat of the fitted q is {khat:.2f} > {_khat_threshold()} "
+                "(Yao et al. 2018): q is far from the posterior in the tails and "
+                "its means and sds are not reliable. "
+            )
         frame = state.frame
         names = self.model.coordinate_names()
         if not converged:
@@ -1466,6 +1474,15 @@ class SGVI:
                     f"{r:.2f} between {names[i]} and {names[j]} at its mode): use "
                     "family='fullrank'."
                 )
+        if frame is None and self.init_scale is not None:
+            return head + (
+                f"The fit started at the initial point with init_scale="
+                f"{self.init_scale:g} and stepped in the raw coordinates, where "
+                "Adam's steps are not scale-free (too large for parameters with "
+                "small posterior sds, too small for large ones): leave "
+                "init_scale=None (the default: a Laplace start and whitened "
+                "steps), or rescale the data."
+            )
         if frame is None:
             return head + (
                 "The fit could not start from a Laplace approximation (no finite "
