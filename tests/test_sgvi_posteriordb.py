@@ -56,29 +56,12 @@ def _fit(name, family, seed=0, **kwargs):
     return res, summaries(model, theta)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason=(
-                    "eight schools: the best full-rank Gaussian is right with little "
-                    "margin (max |z| 0.165, on tau), but the default fit stops early, "
-                    "0.13 nats below it, still climbing from the Laplace start: right "
-                    "for 4 of seeds 0-4, max |z| 0.203 at seed 0, reported converged"
-                ),
-            ),
-        )
-        if n.startswith("eight_schools")
-        else n
-        for n in NAMES
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_default_fullrank_is_right(name):
     """Every mean within 0.2 reference sds and every sd within 0.75-1.33 of NUTS's
-    (posteriordb's reference draws), with default settings."""
+    (posteriordb's reference draws), with default settings. Eight schools was a
+    silent miss here (reported converged 0.15 nats below the optimum, max |z|
+    0.203): the stall test compared only adjacent windows."""
     res, got = _fit(name, "fullrank")
     acc = accuracy(got, reference(name))
     assert res.converged
@@ -100,13 +83,14 @@ def _best_meanfield(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_meanfield_matches_the_best_meanfield(name):
-    """Means within 0.2 reference sds of NUTS's; sds within 0.75-1.33 of the best
-    mean-field Gaussian's (a mean-field q is narrower than the posterior wherever
-    the posterior is correlated, by design)."""
+    """Means within 0.2 reference sds of the best mean-field Gaussian's, sds within
+    0.75-1.33 of its sds (a mean-field q is narrower than the posterior wherever
+    the posterior is correlated, by design; on eight schools the best mean-field
+    Gaussian's means are 0.202 reference sds from NUTS's)."""
     res, got = _fit(name, "meanfield")
     ref = reference(name)
     best = _best_meanfield(name)
-    z = max(abs(got[k][0] - m) / s for k, (m, s) in ref.items())
+    z = max(abs(got[k][0] - best[k][0]) / s for k, (m, s) in ref.items())
     ratio = [got[k][1] / best[k][1] for k in ref]
     assert res.converged
     assert z <= 0.2, z

@@ -8,6 +8,7 @@ diagnostic.
 """
 
 from .diagnostics import (
+    CorrelationWarning,
     ELBODivergenceWarning,
     PSISDiagnostic,
     PSISWarning,
@@ -36,6 +37,7 @@ __all__ = [
     "Adam",
     "DivergenceMonitor",
     "EightSchools",
+    "CorrelationWarning",
     "ELBODivergenceWarning",
     "FullRank",
     "GLM",

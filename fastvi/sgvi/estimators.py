@@ -189,6 +189,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
                 "step": S.Int(0),
                 "lr_scale": S.Real(positive=True),
                 "frame": S.NoneOr(frame),
+                "params_u": S.NoneOr(S.Array((K,))),
             },
             required=True,
         )
