@@ -339,8 +339,11 @@ def test_predict_streams_an_out_of_core_file_to_csv(tmp_path, capsys):
             ["--perp-tol is not an option of 'gmm' (it is one of lda)"],
         ),
         (
-            ("fit", "linear", "x.csv", "-o", "m.npz", "--checkpoint", "c.npz"),
-            ["--checkpoint is not an option of 'linear' (it is one of gmm, lda)"],
+            ("fit", "sgvi-logistic", "x.csv", "-o", "m.npz", "--checkpoint", "c.npz"),
+            [
+                "--checkpoint is not an option of 'sgvi-logistic' (it is one of gmm, "
+                "lda, gaussian, linear, logistic)"
+            ],
         ),
         (("predcit", "m.npz", "x.npy"), ["did you mean 'predict'?"]),
     ],
