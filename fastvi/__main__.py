@@ -22,8 +22,10 @@ Rows and columns in messages count from 1.
 The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
 command is one more such function.
 
-Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
-the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
+Inputs: .npy (a float64 C-order file is fitted out of core, block by block, by
+gaussian, linear and logistic, and by gmm when its initialization streams; y is then
+read from the file's --target column and the features are the other columns, block
+by block; --in-memory loads it whole), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
 (``--header`` to skip a header line), .parquet (with pyarrow), docword.*.txt (LDA).
 Errors print one line on stderr and exit with status 2; nothing is written to the
 output path.
@@ -31,9 +33,11 @@ output path.
 A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
 or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
 the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s.
+(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm. The
+SGVI models show their own progress bar and have no checkpoints (see the README).
 
-Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the fit
+Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
+classes, through :func:`fastvi.batch.jobs.fit_cavi`): ``--checkpoint FILE`` saves the fit
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
 last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
 afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
