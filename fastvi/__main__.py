@@ -22,8 +22,10 @@ Rows and columns in messages count from 1.
 The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
 command is one more such function.
 
-Inputs: .npy (a float64 C-order file is fitted out of core, block by block, when
-the initialization streams), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
+Inputs: .npy (a float64 C-order file is fitted out of core, block by block, by
+gaussian, linear and logistic, and by gmm when its initialization streams; y is then
+read from the file's --target column and the features are the other columns, block
+by block; --in-memory loads it whole), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
 (``--header`` to skip a header line), .parquet (with pyarrow), docword.*.txt (LDA).
 Errors print one line on stderr and exit with status 2; nothing is written to the
 output path.
@@ -31,9 +33,11 @@ output path.
 A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
 or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
 the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s.
+(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm. The
+SGVI models show their own progress bar and have no checkpoints (see the README).
 
-Checkpoints (gmm and lda, 'batch' or 'online'): ``--checkpoint FILE`` saves the fit
+Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
+classes, through :func:`fastvi.batch.jobs.fit_cavi`): ``--checkpoint FILE`` saves the fit
 state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
 last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
 afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
@@ -46,6 +50,7 @@ is written.
 """
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -402,8 +407,12 @@ def main(argv=None):
 
 # --------------------------------------------------------------------- batch jobs
 # models whose fit driver takes progress, checkpoints, resume and stop requests
-# (fastvi.batch.jobs); every other model fits in memory, with progress only
-_CHECKPOINTED = ("gmm", "lda")
+# (fastvi.batch.jobs); every other model (SGVI) fits in memory, with progress only
+_CHECKPOINTED = ("gmm", "lda", "gaussian", "linear", "logistic")
+# the CAVI models of fastvi.conjugate (fastvi.batch.jobs.fit_cavi)
+_CONJUGATE = ("gaussian", "linear", "logistic")
+# models that fit a float64 C-order .npy file out of core, block by block
+_OUT_OF_CORE = ("gmm", *_CONJUGATE)
 
 
 def _add_fit_command(sub, argv):
@@ -458,19 +467,21 @@ def _add_fit_model(models, entry, with_options=True):
             title=f"model options (the parameters of {entry.name})",
         )
         assert by_class(entry.name) is entry
-    if entry.command == "gmm":
+    if entry.command in _OUT_OF_CORE:
         model.add_argument(
             "--block-rows",
             type=_positive_int,
             default=None,
             metavar="N",
-            help="rows per block of an out-of-core .npy fit",
+            help="rows per block of an out-of-core .npy fit (default 65536: the "
+            "blocks of an in-memory fit, so both give the same bits)",
         )
         model.add_argument(
             "--in-memory",
             action="store_true",
             help="load a .npy file whole instead of streaming it block by block",
         )
+    if entry.command == "gmm":
         model.add_argument(
             "--scheduler",
             default=None,
@@ -697,7 +708,7 @@ def _open_data(args, model, allow_stream):
     from .batch.io import DataError, NpyRows, data_format, read_data
 
     fmt = data_format(args.input, args.fmt)
-    if model == "gmm" and fmt == "npy" and allow_stream:
+    if model in _OUT_OF_CORE and fmt == "npy" and allow_stream:
         try:
             return NpyRows(args.input, **_block_rows(args))
         except DataError as exc:
@@ -719,8 +730,13 @@ def _open_data(args, model, allow_stream):
 
 
 def _split_target(args, X, column):
-    """``(features, y)``: column ``column`` (from 1; None: the last) of ``X`` is y."""
-    from .batch.io import DataError
+    """``(features, y)``: column ``column`` (from 1; None: the last) of ``X`` is y.
+
+    An out-of-core source (:class:`~fastvi.batch.io.NpyRows`) stays out of core:
+    y is read from the file's column (one number per row, in memory) and the
+    features are its other columns, block by block (:class:`_WithoutColumn`).
+    """
+    from .batch.io import DataError, NpyRows
 
     n_columns = X.shape[1]
     if n_columns < 2:
@@ -734,9 +750,50 @@ def _split_target(args, X, column):
             f"{args.input}: --target {j}: the file has {n_columns} columns "
             "(counted from 1)"
         )
+    if isinstance(X, NpyRows):
+        return _WithoutColumn(X, j - 1), _column_of(args.input, j - 1)
     X = np.asarray(X)
     keep = [k for k in range(n_columns) if k != j - 1]
     return np.ascontiguousarray(X[:, keep]), np.array(X[:, j - 1])
+
+
+def _column_of(path, j):
+    """Column ``j`` (from 0) of a 2-D .npy file as float64, every value checked."""
+    from .batch.io import DataError
+
+    y = np.array(np.load(path, mmap_mode="r", allow_pickle=False)[:, j])
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise DataError(
+            f"{path}: row {bad[0] + 1}, column {j + 1}: value {y[bad[0]]} is not finite"
+        )
+    return y
+
+
+class _WithoutColumn:
+    """The blocks of a block source (``iter_blocks``) without its column ``j``.
+
+    Each block's other columns are copied, in order, into one buffer allocated
+    once (with the spare first row of the source's convention), so the rows a fit
+    sees are those of the in-memory array without that column: the same bits.
+    """
+
+    def __init__(self, source, j):
+        self.source, self.j = source, j
+        n, d = source.shape
+        self.shape = (n, d - 1)
+        self.block_rows = source.block_rows
+        self.dtype = np.dtype(np.float64)
+        self._keep = [k for k in range(d) if k != j]
+        self._buffer = None
+
+    def iter_blocks(self):
+        if self._buffer is None:
+            self._buffer = np.empty((self.block_rows + 1, self.shape[1]))
+        for start, stop, view in self.source.iter_blocks():
+            out = self._buffer[: 1 + stop - start]
+            np.take(view[1:], self._keep, axis=1, out=out[1:])
+            yield start, stop, out
 
 
 def _open_on_cluster(args):
@@ -843,10 +900,13 @@ def _fit(args):
         )
         X = _open_data(args, "gmm", allow_stream=streams)
     else:
-        X = _open_data(args, entry.command, allow_stream=False)
+        streams = entry.command in _OUT_OF_CORE and not args.in_memory
+        X = _open_data(args, entry.command, allow_stream=streams)
         if entry.supervised:
             X, y = _split_target(args, X, args.target)
-    return _run_fit(args, est, X, y, out_of_core=isinstance(X, NpyRows))
+    return _run_fit(
+        args, est, X, y, out_of_core=isinstance(X, (NpyRows, _WithoutColumn))
+    )
 
 
 def _fit_in_memory(est, X, y, progress, bar):
@@ -880,7 +940,7 @@ def _run_fit(args, est, X, y, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
+    from .batch.jobs import Interrupted, Progress, fit_cavi, fit_lda, fit_mixture
     from .persist import save
 
     entry = args.entry
@@ -899,7 +959,10 @@ def _run_fit(args, est, X, y, out_of_core):
             previous = signal.signal(signal.SIGINT, stop.handler)
         try:
             if entry.command in _CHECKPOINTED:
-                driver = fit_mixture if entry.command == "gmm" else fit_lda
+                if entry.command in _CONJUGATE:
+                    driver = functools.partial(fit_cavi, y=y)
+                else:
+                    driver = fit_mixture if entry.command == "gmm" else fit_lda
                 driver(
                     est,
                     X,

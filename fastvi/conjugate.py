@@ -991,11 +991,6 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
                     del self.converged_  # a new problem: start afresh
             data = self._statistics(rows)
             self._cavi_fit(data, None)
-            self.intercept_ = (
-                float(self.y_offset_ - self.X_offset_ @ self.coef_)
-                if self.fit_intercept
-                else 0.0
-            )
         return self
 
     def _statistics(self, rows):
@@ -1142,9 +1137,15 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         )
 
     def _set_means(self):
+        # after every round: the model of any round is complete (a checkpoint)
         self.alpha_ = float(self.alpha_shape_ / self.alpha_rate_)
         lam = self.lambda_shape_ / self.lambda_rate_
         self.lambda_ = lam if self.ard else float(lam)
+        self.intercept_ = (
+            float(self.y_offset_ - self.X_offset_ @ self.coef_)
+            if self.fit_intercept
+            else 0.0
+        )
 
     def _cavi_get_state(self):
         return (
@@ -1584,6 +1585,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _fit_problems(self, problems, classes, warm):
         """One binary fit, or one-vs-rest; ``problems[k]``: (data, 0/1 targets)."""
+        # set first: the model after any round is complete (a checkpoint)
+        self.classes_ = classes
         with thread_limits(self.n_jobs):
             if classes.shape[0] == 2:
                 if not warm and hasattr(self, "converged_"):
@@ -1592,7 +1595,6 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 self._fit_binary(*problems[1])
             else:
                 self._fit_ovr(problems, warm)
-        self.classes_ = classes
 
     def decision_function(self, X):
         """Log-odds of :meth:`predict_proba`: κ(s²) μ per sample (see Notes).

@@ -18,7 +18,12 @@ from sklearn.exceptions import ConvergenceWarning
 
 from fastvi.__main__ import main as cli_main
 from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
-from fastvi.batch.jobs import Interrupted, Progress, fit_lda, fit_mixture
+from fastvi.batch.jobs import Interrupted, Progress, fit_cavi, fit_lda, fit_mixture
+from fastvi.conjugate import (
+    UnivariateGaussian,
+    VBLinearRegression,
+    VBLogisticRegression,
+)
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import CHUNK_ROWS, BayesianGaussianMixture
 from fastvi.persist import is_model_file, load, read_metadata
@@ -733,8 +738,21 @@ def test_cli_refuses_a_checkpoint_that_is_the_output(
             one_line_error(capsys, "is the output file")
             assert sorted(os.listdir(tmp_path)) == ["link.npz", "sub"]
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", "m.npz",
-                     "--checkpoint", "./m.npz"]) == 2  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "fit",
+                "gmm",
+                str(path),
+                *GMM_QUICK,
+                "-o",
+                "m.npz",
+                "--checkpoint",
+                "./m.npz",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "is the output file")
     assert cli_main(["fit", "gmm", str(path), *GMM_QUICK, "-o", str(out)]) == 0
     model = out.read_bytes()
@@ -1347,3 +1365,238 @@ def test_damaged_data_files_are_named_errors(tmp_path, kind, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"fastvi: error: {bad}"), (what, err)
         assert len(err.strip().splitlines()) == 1, (what, err)
+
+
+# ------------------------------------ the other CAVI models: checkpoints and resume
+def cavi_data(n=20_000, seed=5):
+    """Features, a linear target and a binary label (every model's data)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)) + np.array([0.0, 1.0, -2.0, 0.5])
+    w = np.array([1.0, -0.5, 0.25, 2.0])
+    linear = X @ w + 0.3 + rng.normal(size=n)
+    label = (X @ w - 0.5 + rng.logistic(size=n) > 0).astype(float)
+    return X, linear, label
+
+
+CAVI_MODELS = {
+    "gaussian": (lambda: UnivariateGaussian(tol=0.0, max_iter=9), None),
+    "linear": (lambda: VBLinearRegression(tol=0.0, max_iter=12), 1),
+    "ard": (lambda: VBLinearRegression(ard=True, tol=0.0, max_iter=12), 1),
+    "logistic": (lambda: VBLogisticRegression(tol=0.0, max_iter=10), 2),
+}
+CAVI_FITTED = {
+    UnivariateGaussian: ("mu_mean_", "mu_precision_", "tau_shape_", "tau_rate_"),
+    VBLinearRegression: ("coef_", "sigma_", "intercept_", "alpha_", "lambda_"),
+    VBLogisticRegression: ("coef_", "intercept_", "sigma_", "lambda_", "_proposal"),
+}
+
+
+def assert_same_cavi(a, b):
+    """Bitwise equality of the fitted factors and the fit's history."""
+    assert type(a) is type(b)
+    for name in (*CAVI_FITTED[type(a)], "lower_bound_", "lower_bounds_", "n_iter_"):
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, tuple):  # the logistic model's pending Newton proposal
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v, name)
+        else:
+            np.testing.assert_array_equal(x, y, name)
+    assert a.converged_ == b.converged_
+
+
+@pytest.mark.parametrize("source", ["memory", "file"])
+@pytest.mark.parametrize("name", list(CAVI_MODELS))
+def test_cavi_stop_and_resume_in_process_gives_the_uninterrupted_model(
+    tmp_path, name, source
+):
+    make, target = CAVI_MODELS[name]
+    X, *targets = cavi_data()
+    X = X[:, :1] if target is None else X
+    y = None if target is None else targets[target - 1]
+    np.save(tmp_path / "x.npy", X)
+
+    def data():  # 5 blocks (the last one partial) out of core
+        return X if source == "memory" else NpyRows(tmp_path / "x.npy", 4096)
+
+    reference = quiet(make().fit, *((data(),) if y is None else (data(), y)))
+    checkpoint = str(tmp_path / "ck.npz")
+    for stop_at in (1, 3, 4):  # checkpoints every 3 and where it stops
+        with pytest.raises(Interrupted) as info:
+            quiet(
+                fit_cavi,
+                make(),
+                data(),
+                y,
+                checkpoint=checkpoint,
+                checkpoint_every=3,
+                resume=True,
+                should_stop=stop_after(stop_at),
+            )
+        assert read_metadata(checkpoint)["extra"]["iteration"] == info.value.iteration
+    assert info.value.iteration == 1 + 3 + 4
+    resumed = quiet(fit_cavi, make(), data(), y, checkpoint=checkpoint, resume=True)
+    assert_same_cavi(reference, resumed)
+    assert resumed.get_params() == make().get_params()
+    # the finished fit's checkpoint gives the same model again, without a round
+    again = quiet(fit_cavi, make(), data(), y, checkpoint=checkpoint, resume=True)
+    assert_same_cavi(reference, again)
+
+
+def test_cavi_resume_refuses_other_data_targets_or_parameters(tmp_path):
+    X, linear, label = cavi_data(3000)
+    checkpoint = str(tmp_path / "ck.npz")
+    quiet(fit_cavi, VBLinearRegression(max_iter=2), X, linear, checkpoint=checkpoint)
+    other = linear.copy()
+    other[1234] = np.nextafter(other[1234], np.inf)
+    with pytest.raises(DataError, match="other targets y"):
+        fit_cavi(
+            VBLinearRegression(max_iter=2),
+            X,
+            other,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(DataError, match="other data"):
+        fit_cavi(
+            VBLinearRegression(max_iter=2),
+            one_ulp_up(X, 7, 2),
+            linear,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="other model parameters"):
+        fit_cavi(
+            VBLinearRegression(max_iter=2, ard=True),
+            X,
+            linear,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(
+        ValueError, match="holds a VBLinearRegression, not a VBLogisticRegression"
+    ):
+        fit_cavi(VBLogisticRegression(), X, label, checkpoint=checkpoint, resume=True)
+    # one-vs-rest (three classes) runs a CAVI fit per class: not checkpointed
+    est = VBLogisticRegression()
+    with pytest.raises(ValueError, match="need two classes; y has 3"):
+        fit_cavi(est, X, np.arange(3000) % 3, checkpoint=str(tmp_path / "c3.npz"))
+    assert not hasattr(est, "coef_") and not os.path.exists(tmp_path / "c3.npz")
+
+
+def test_cli_cavi_models_fit_out_of_core_with_the_in_memory_bits(tmp_path):
+    X, linear, label = cavi_data(70_000)  # two blocks, the second partial
+    # y in column 2 of the file: the features are the other columns
+    np.save(tmp_path / "lin.npy", np.column_stack([X[:, :1], linear, X[:, 1:]]))
+    np.save(tmp_path / "log.npy", np.column_stack([X, label]))
+    np.save(tmp_path / "g.npy", X[:, :1])
+    jobs = {
+        "linear": ("lin.npy", "--target", 2),
+        "logistic": ("log.npy",),
+        "gaussian": ("g.npy",),
+    }
+    expected = {
+        "linear": VBLinearRegression().fit(X, linear),
+        "logistic": VBLogisticRegression().fit(X, label),
+        "gaussian": UnivariateGaussian().fit(X[:, :1]),
+    }
+    for name, (path, *options) in jobs.items():
+        out = tmp_path / f"{name}.npz"
+        run = cli("fit", name, tmp_path / path, "-o", out, "--json", *options)
+        summary = json.loads(run.stdout)
+        assert summary["out_of_core"] and summary["n_samples"] == 70_000
+        assert_same_cavi(expected[name], load(out))
+        run = cli(
+            "fit", name, tmp_path / path, "-o", out, "--json", "--in-memory", *options
+        )
+        assert not json.loads(run.stdout)["out_of_core"]
+        assert_same_cavi(expected[name], load(out))
+    bad = np.column_stack([X[:100], linear[:100]])
+    bad[41, 4] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    run = cli(
+        "fit", "linear", tmp_path / "bad.npy", "-o", tmp_path / "m.npz", check=False
+    )
+    assert run.returncode == 2
+    assert "bad.npy: row 42, column 5: value nan is not finite" in run.stderr
+
+
+_CAVI_KILL = {
+    # a linear fit reads the data before its rounds only: no kill while running
+    "linear": (
+        ("--tol", 0, "--max-iter", 12),
+        (("writing", 2), ("renamed", 3), ("written", 6)),
+    ),
+    "logistic": (
+        ("--tol", 0, "--max-iter", 10, "--block-rows", 4096),
+        (("running", 2), ("writing", 4), ("renamed", 5), ("written", 7)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_CAVI_KILL))
+def test_cavi_sigkill_at_each_step_of_a_checkpoint_then_resume_gives_the_same_model(
+    tmp_path, name
+):
+    X, linear, label = cavi_data()
+    path = tmp_path / "x.npy"
+    np.save(path, np.column_stack([X, linear if name == "linear" else label]))
+    options, faults = _CAVI_KILL[name]
+    cli("fit", name, path, "-o", tmp_path / "ref.npz", "--quiet", *options)
+    reference = load(tmp_path / "ref.npz")
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    job = [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        name,
+        str(path),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--resume",
+        "--quiet",
+        *map(str, options),
+    ]
+    left = []
+    for when, iteration in faults:
+        left += kill_and_check(job, out, ck, when, iteration)
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert_same_cavi(reference, load(out))
+    assert not ck.exists() and temp_files(tmp_path) == sorted(left)
+
+
+def test_cavi_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path):
+    X, _, label = cavi_data()
+    path = tmp_path / "x.npy"
+    np.save(path, np.column_stack([X, label]))
+    options = ("--tol", 0, "--max-iter", 10, "--block-rows", 4096)
+    cli("fit", "logistic", path, "-o", tmp_path / "ref.npz", "--quiet", *options)
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    job = [
+        sys.executable,
+        "-m",
+        "fastvi",
+        "fit",
+        "logistic",
+        str(path),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "2",
+        "--resume",
+        "--quiet",
+        *map(str, options),
+    ]
+    # SIGINT in iteration 5, after checkpoint 4: it stops after 5 with a checkpoint
+    run = run_with_fault(job, "running", 4, "SIGINT")
+    assert run.returncode == 130, run.stderr
+    assert "rerun with --resume" in run.stderr
+    assert checkpoint_iteration(ck) == 5 and not out.exists()
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert_same_cavi(load(tmp_path / "ref.npz"), load(out))

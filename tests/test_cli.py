@@ -141,6 +141,68 @@ def test_fit_help_shows_help_defaults_and_choices(capsys):
     assert "epochs between checkpoints" in " ".join(out.split())
 
 
+@pytest.mark.parametrize(
+    "command, checkpoints, out_of_core",
+    [
+        ("gmm", True, True),
+        ("lda", True, False),
+        ("gaussian", True, True),
+        ("linear", True, True),
+        ("logistic", True, True),
+        ("sgvi-logistic", False, False),
+        ("sgvi-poisson", False, False),
+    ],
+)
+def test_fit_help_offers_checkpoints_and_blocks_where_the_driver_has_them(
+    command, checkpoints, out_of_core, capsys
+):
+    status, out, _ = run(capsys, "fit", command, "--help")
+    assert status == 0
+    for flag in ("--checkpoint ", "--checkpoint-every", "--resume", "--overwrite"):
+        assert (flag in out) == checkpoints, flag
+    for flag in ("--block-rows", "--in-memory"):
+        assert (flag in out) == out_of_core, flag
+
+
+def test_cavi_fit_shows_progress_and_refuses_one_vs_rest_checkpoints(
+    tmp_path, capsys, monkeypatch
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):  # the plain progress lines
+        if name == "tqdm":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 3))
+    np.save(tmp_path / "x.npy", np.column_stack([X, X @ [1.0, 2.0, 3.0]]))
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    fit = ["fit", "linear", tmp_path / "x.npy", "-o", tmp_path / "m.npz"]
+    status, out, err = run(capsys, *fit, "--max-iter", 3, "--tol", 0)
+    assert status == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("iteration")]
+    assert [line.split()[1] for line in lines] == ["1", "2", "3"], err
+    assert "bound" in lines[0] and "rows/s" in lines[0]
+    assert "out_of_core=True" in out
+    np.save(tmp_path / "c.npy", np.column_stack([X, np.arange(400) % 3]))
+    ck = tmp_path / "ck.npz"
+    status, _, err = run(
+        capsys,
+        "fit",
+        "logistic",
+        tmp_path / "c.npy",
+        "-o",
+        tmp_path / "c.npz",
+        "--checkpoint",
+        ck,
+    )
+    assert status == 2 and not ck.exists()
+    one_line_error(err, "need two classes; y has 3", "fit without a checkpoint")
+
+
 # ------------------------------------------------------- every model, end to end
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -339,8 +401,11 @@ def test_predict_streams_an_out_of_core_file_to_csv(tmp_path, capsys):
             ["--perp-tol is not an option of 'gmm' (it is one of lda)"],
         ),
         (
-            ("fit", "linear", "x.csv", "-o", "m.npz", "--checkpoint", "c.npz"),
-            ["--checkpoint is not an option of 'linear' (it is one of gmm, lda)"],
+            ("fit", "sgvi-logistic", "x.csv", "-o", "m.npz", "--checkpoint", "c.npz"),
+            [
+                "--checkpoint is not an option of 'sgvi-logistic' (it is one of gmm, "
+                "lda, gaussian, linear, logistic)"
+            ],
         ),
         (("predcit", "m.npz", "x.npy"), ["did you mean 'predict'?"]),
     ],

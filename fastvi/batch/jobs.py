@@ -23,6 +23,16 @@ so a resume on other data stops with an error naming the checkpoint when that pa
 ends: before the restored state is used and before anything is written. If
 ``fit_mixture`` raises, the estimator is left as it was.
 
+``fit_cavi`` does the same for the other CAVI models (``UnivariateGaussian``,
+``VBLinearRegression``, ``VBLogisticRegression`` with two classes): any estimator
+whose ``fit`` runs the CAVI driver once, in memory or out of core (a block source
+such as :class:`~fastvi.batch.io.NpyRows`, with the targets ``y`` in memory). The
+model after every round is complete (its private factors included: the logistic
+model's Newton proposal and bound), so its checkpoint is that model, saved as it
+stands, and a resume is a warm start from it; the targets are fingerprinted beside
+the rows. One-vs-rest logistic fits (more than two classes) run one CAVI fit per
+class and are not checkpointed: refused with a message.
+
 ``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
 own epoch loop calls a per-epoch hook. Its unit is the epoch (a pass over the
 documents); the progress shows the training perplexity in the epochs that evaluate it
@@ -45,12 +55,14 @@ import time
 import warnings
 
 import numpy as np
+from sklearn.base import is_classifier
 
 from .._cavi import all_or_nothing
 from ..persist import load, save
+from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
 
-__all__ = ["Interrupted", "Progress", "fit_lda", "fit_mixture"]
+__all__ = ["Interrupted", "Progress", "fit_cavi", "fit_lda", "fit_mixture"]
 
 # parameters that may differ between the run that wrote a checkpoint and the resume
 _FREE_PARAMS = ("max_iter", "warm_start", "verbose", "verbose_interval", "n_jobs")
@@ -387,6 +399,186 @@ def _fit_mixture(est, X, progress, checkpoint, checkpoint_every, resume, should_
     if done:
         est.n_iter_ = done + est.n_iter_
         est.lower_bounds_ = history + list(est.lower_bounds_)
+    return est
+
+
+def _target_print(y):
+    """Shape and SHA-256 hash of the targets ``y`` (numbers, or labels of any kind)."""
+    y = np.asarray(y)
+    if y.dtype.kind in "biuf":
+        return fingerprint(y.reshape(len(y), -1))
+    labels, codes = np.unique(y, return_inverse=True)
+    found = fingerprint(codes.reshape(len(y), -1))
+    found["labels"] = [str(v) for v in labels]
+    return found
+
+
+def fit_cavi(
+    est,
+    X,
+    y=None,
+    *,
+    progress=None,
+    checkpoint=None,
+    checkpoint_every=1,
+    resume=False,
+    should_stop=None,
+):
+    """Fit a CAVI model (``UnivariateGaussian``, ``VBLinearRegression``,
+    ``VBLogisticRegression``) with progress, checkpoints and resume.
+
+    Parameters
+    ----------
+    est : estimator
+        Its ``fit`` runs the CAVI driver (:mod:`fastvi._cavi`) once.
+    X : array-like or a row-block source (:class:`fastvi.batch.io.NpyRows`)
+        A block source is fitted out of core and fingerprinted as the fit's first
+        pass reads it.
+    y : array-like of shape (n_samples,), optional
+        The targets (in memory), for the supervised models.
+    progress : Progress, optional
+    checkpoint : str, optional
+        Path of the checkpoint file (written atomically).
+    checkpoint_every : int, default=1
+        Iterations between checkpoints (the last iteration is always saved).
+    resume : bool, default=False
+        Continue from ``checkpoint`` when it exists (else start afresh).
+    should_stop : callable, optional
+        Polled after every iteration; when it returns True the fit stops there with
+        :class:`Interrupted` (after writing a checkpoint, if any).
+
+    Returns
+    -------
+    est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit``)
+    """
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if checkpoint is not None and y is not None and is_classifier(est):
+        labels = np.unique(np.asarray(y))
+        if labels.shape[0] > 2:
+            raise ValueError(
+                f"checkpoints of {type(est).__name__} need two classes; y has "
+                f"{labels.shape[0]}, fitted one-vs-rest (one CAVI fit per class), "
+                "which is not checkpointed: fit without a checkpoint"
+            )
+    with all_or_nothing(est):
+        return _fit_cavi(
+            est, X, y, progress, checkpoint, int(checkpoint_every), resume, should_stop
+        )
+
+
+def _fit_cavi(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
+    """The body of :func:`fit_cavi` (which restores ``est`` if this raises)."""
+
+    max_iter, warm_start = est.max_iter, est.warm_start
+    hashed = data_print = target_print = signature = None
+    if checkpoint is not None:
+        if is_block_source(X):
+            # out of core: hashed as the fit's first pass reads the blocks
+            X = hashed = _HashedRows(X)
+            data_print = {"shape": [int(v) for v in X.shape]}
+        else:
+            data_print = fingerprint(X)
+        target_print = None if y is None else _target_print(y)
+        signature = _param_signature(est)
+    done, history, remaining = 0, [], max_iter
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        ck, extra = _load_checkpoint(est, checkpoint, data_print)
+        if extra.get("target") != target_print:
+            raise DataError(
+                f"{checkpoint}: the checkpoint was written for other targets y; "
+                "delete it to start afresh"
+            )
+        try:
+            done = int(extra["iteration"])
+            history = [float(b) for b in extra["history"]]
+            bound = float(extra["bound"])
+            converged = bool(extra["converged"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"{checkpoint}: not a checkpoint (no fit position)"
+            ) from None
+        if hashed is not None:
+            saved = extra["data"]
+            hashed.check = lambda now: _check_data(checkpoint, saved, now)
+        params = set(est.get_params(deep=False))
+        for key, value in vars(ck).items():
+            if key not in params:
+                setattr(est, key, value)
+        # a warm start from the checkpoint's model; none left: only its passes
+        # over the data (which check the data's hash) and the final state
+        remaining = 0 if converged else max(max_iter - done, 0)
+        est.set_params(warm_start=True, max_iter=remaining)
+        est.lower_bound_ = bound
+        est.converged_ = False
+    if progress is not None:
+        progress.start_at(done)
+    segment = []
+
+    def write_checkpoint(model, iteration, bound, converged):
+        data = data_print if hashed is None else hashed.fingerprint
+        if data is None or "sha256" not in data:  # cannot happen: a pass came first
+            raise RuntimeError("no data fingerprint before the first checkpoint")
+        # the model after this round, as a fit of ``iteration`` rounds leaves it
+        ck = object.__new__(type(model))
+        ck.__dict__.update(model.__dict__)
+        ck.set_params(max_iter=max_iter, warm_start=warm_start)
+        ck.n_iter_, ck.converged_ = iteration, converged
+        ck.lower_bound_, ck.lower_bounds_ = bound, history + segment
+        save(
+            ck,
+            checkpoint,
+            kind="checkpoint",
+            extra={
+                "iteration": iteration,
+                "bound": bound,
+                "history": history + segment,
+                "converged": converged,
+                "data": data,
+                "target": target_print,
+                "params": signature,
+            },
+        )
+
+    def callback(model, n_iter, bound, change):
+        iteration = done + n_iter
+        segment.append(bound)
+        if progress is not None:
+            progress.update(iteration, bound, change)
+        stop = should_stop is not None and should_stop()
+        # a non-finite bound is never saved: the driver raises right after this
+        if checkpoint is not None and np.isfinite(bound):
+            converged = abs(change) < model.tol
+            if (
+                stop
+                or converged
+                or iteration % checkpoint_every == 0
+                or iteration >= max_iter
+            ):
+                write_checkpoint(model, iteration, bound, converged)
+        if stop:
+            raise Interrupted(iteration, checkpoint)
+
+    est._iteration_callback = callback
+    try:
+        if y is None:
+            est.fit(X)
+        else:
+            est.fit(X, y)
+    finally:
+        est.__dict__.pop("_iteration_callback", None)
+        est.set_params(max_iter=max_iter, warm_start=warm_start)
+    if done:
+        est.n_iter_ = done + est.n_iter_
+        est.lower_bounds_ = history + list(est.lower_bounds_)
+        if remaining == 0:  # the checkpointed run had finished
+            est.converged_, est.lower_bound_ = converged, bound
+            if not converged and max_iter > 0:
+                from sklearn.exceptions import ConvergenceWarning
+
+                warnings.warn(
+                    est._convergence_message, ConvergenceWarning, stacklevel=3
+                )
     return est
 
 
