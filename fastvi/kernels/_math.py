@@ -15,16 +15,14 @@ selects compile to blends) after a Cody–Waite range reduction:
                  :func:`atanh2_estrin`.
 ``log_ge1``      log(y) for finite y >= 1 (digamma's asymptotic series), mantissa and
                  exponent split by bit operations, atanh series in Horner form.
-``exp_neg32``, ``log1p_terms32``
+``exp_neg32``, ``atanh2_32``
                  float32 versions for float32 data (twice the vector width).
 
-The two exps (and the two logs) give different last bits, and the kernels' results are
-kept bitwise as they are, so each stays with the kernels that use it; they share the
-constants and the range reduction. Unifying them is possible but changes results at the
-level of rounding.
+The two exps (and the two logs) differ in their last bits; both are kept so that every
+kernel's results stay bitwise as they were (one exp for all would change fits at the
+rounding level). They share the constants and the range reduction.
 """
 
-import llvmlite.ir as llvm_ir
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
@@ -64,44 +62,26 @@ _A32 = tuple(_F32(a) for a in _A[:5])
 
 
 # ---------------------------------------------------------------- bit casts
-def _bitcast(name, src, dst, llvm_type, doc):
+def _bitcast(src, dst):
     """A numba intrinsic reinterpreting the bits of a ``src`` scalar as ``dst``."""
 
     def impl(typingctx, x):
-        if not isinstance(x, type(src)):
+        if not isinstance(x, type(src)):  # any integer (float): cast to src
             return None
 
         def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], llvm_type)
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
         return dst(src), codegen
 
-    impl.__name__ = impl.__qualname__ = name
-    impl.__doc__ = doc
+    impl.__name__ = f"bitcast_{src}_as_{dst}"
+    impl.__doc__ = f"Reinterpret the bits of a {src} as a {dst} (a no-op for the CPU)."
     return intrinsic(impl)
 
 
-bits_as_float64 = _bitcast(
-    "bits_as_float64",
-    types.int64,
-    types.float64,
-    llvm_ir.DoubleType(),
-    "Reinterpret the bits of an int64 as a float64 (a no-op for the CPU).",
-)
-bits_as_float32 = _bitcast(
-    "bits_as_float32",
-    types.int32,
-    types.float32,
-    llvm_ir.FloatType(),
-    "Reinterpret the bits of an int32 as a float32 (a no-op for the CPU).",
-)
-float64_bits = _bitcast(
-    "float64_bits",
-    types.float64,
-    types.int64,
-    llvm_ir.IntType(64),
-    "Reinterpret the bits of a float64 as an int64 (a no-op for the CPU).",
-)
+bits_as_float64 = _bitcast(types.int64, types.float64)
+bits_as_float32 = _bitcast(types.int32, types.float32)
+float64_bits = _bitcast(types.float64, types.int64)
 
 
 # ---------------------------------------------------------------- exp

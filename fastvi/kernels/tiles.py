@@ -172,9 +172,10 @@ def gram_upper(W, Y, T, out, k):
     """out[k, i, j] += sum_t W[i, t] Y[j, t] for j >= i, in 2 x 4 register blocks.
 
     Each load of a W or Y element feeds two or four FMAs; entries below the diagonal
-    are never written. ``out`` is indexed with ``k`` here rather than passed as the
-    view ``out[k]``: the mixture kernel calls this once per component and tile, and
-    its 'full' fit measured ~15% slower with the view (N=5e5, K=32, D=16).
+    are never written. ``out`` is indexed with ``k`` rather than passed as the view
+    ``out[k]``: the mixture kernel calls this per component and tile, and its 'full'
+    fit measured ~15% slower with the view (N=5e5, K=32, D=16); indexed, it is as fast
+    as the inline copy it replaced (thread CPU time of a 'full' pass, same run).
     """
     D = Y.shape[0]
     i = 0
