@@ -44,7 +44,7 @@ GROUPS = {
     "conjugate": ("regression", ("conjugate",), 4),
     "sgvi": ("SGVI", ("sgvi",), 6),
 }
-_SHARED = ("_config", "_math")
+_SHARED = ("_config", "_math", "tiles")
 
 _announced = set()  # groups announced (or found compiled) in this process
 

@@ -238,3 +238,25 @@ def test_centered_gram_matches_reference(N, chunk):
     map_chunks(gmm.gram_chunks, len(parts), X, c, chunk, parts)
     assert parts.shape == (-(-N // chunk), 3, 3)
     assert_allclose(parts.sum(0), ref.centered_gram(X, c), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_modules_share_only_the_shared_modules():
+    # model kernels import the shared modules (_config, _math, tiles), never each other
+    # and never a private name; nothing in fastvi.kernels imports the Python layer
+    import ast
+    import pathlib
+
+    import fastvi.kernels
+
+    shared = {"_config", "_math", "tiles"}
+    folder = pathlib.Path(fastvi.kernels.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                where = f"{path.name}: from {'.' * node.level}{node.module}"
+                assert node.level in (0, 1), where  # no '..': the Python layer
+                assert node.level == 0 or node.module in shared, where
+                if node.level == 1:
+                    assert not [a.name for a in node.names if a.name[0] == "_"], where
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("fastvi") for a in node.names), path

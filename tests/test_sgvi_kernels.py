@@ -6,6 +6,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from fastvi.kernels import sgvi as k
 from fastvi.kernels._config import jit
+from fastvi.kernels._math import exp_clamped, log1p_unit
 
 from . import reference_sgvi as ref
 
@@ -14,7 +15,7 @@ from . import reference_sgvi as ref
 def _apply_exp(a):
     out = np.empty_like(a)
     for i in range(a.size):
-        out[i] = k.exp_clamped(a[i])
+        out[i] = exp_clamped(a[i])
     return out
 
 
@@ -22,7 +23,7 @@ def _apply_exp(a):
 def _apply_log1p(a):
     out = np.empty_like(a)
     for i in range(a.size):
-        out[i] = k.log1p_unit(a[i])
+        out[i] = log1p_unit(a[i])
     return out
 
 
@@ -193,3 +194,60 @@ def test_tile_rows_pads_with_zeros():
     assert_array_equal(out[0], X[:4].T)
     assert_array_equal(out[1][:, 0], X[4])
     assert_array_equal(out[1][:, 1:], 0.0)
+
+
+_TWINS_SCRIPT = """
+import json
+import numpy as np
+from fastvi.kernels import sgvi as k
+rng = np.random.default_rng(0)
+X = rng.normal(size=(300, 4))
+y = (rng.random(300) < 0.5) * 1.0
+W, b, tau = rng.normal(size=(3, 4)), rng.normal(size=3), np.ones(3)
+rows = np.arange(0, 300, 2)
+out = {}
+for f in (k.glm_pass_rows, k.glm_pass_rows_serial):
+    parts = f(X, y, rows, W, b, tau, 0, 64, 16)
+    out[f.py_func.__name__] = {
+        "hits": sum(f.stats.cache_hits.values()),
+        "misses": sum(f.stats.cache_misses.values()),
+        "parallel": bool(f.targetoptions.get("parallel")),
+        "ll": parts[0].sum(axis=0).tolist(),
+    }
+print(json.dumps(out))
+"""
+
+
+def _run_fresh(env):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", _TWINS_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=full,
+        check=True,
+        timeout=600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_serial_twin_is_its_own_kernel_in_the_cache(tmp_path):
+    # the serial twin is compiled from the parallel kernel's source; it must get its
+    # own cache entry (numba's cache keys on the name, not the options), or a process
+    # would load one for the other
+    env = {"FASTVI_CACHE_DIR": str(tmp_path / "cache")}
+    first = _run_fresh(env)
+    second = _run_fresh(env)
+    par, ser = first["glm_pass_rows"], first["glm_pass_rows_serial"]
+    assert par["parallel"] and not ser["parallel"]
+    assert par["misses"] == 1 and ser["misses"] == 1
+    assert par["hits"] == 0 and ser["hits"] == 0
+    for name in ("glm_pass_rows", "glm_pass_rows_serial"):
+        assert second[name]["hits"] == 1 and second[name]["misses"] == 0
+    assert ser["ll"] == par["ll"] == second["glm_pass_rows_serial"]["ll"]

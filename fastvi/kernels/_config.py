@@ -17,6 +17,7 @@ import getpass
 import os
 import sys
 import tempfile
+import types
 
 import numba
 from numba.core import caching
@@ -103,3 +104,28 @@ def jit(func=None, **overrides):
 def pjit(func=None, **overrides):
     """Parallel kernel decorator (``@pjit``): like :func:`jit` with ``parallel=True``."""
     return jit(func, parallel=True, **overrides)
+
+
+def twins(func):
+    """``(parallel, serial)`` kernels compiled from the one Python function ``func``.
+
+    ``prange`` is a plain ``range`` in the serial kernel, which runs on the calling
+    thread: the same chunks, the same bits, for inputs too small to be worth waking
+    the thread pool. The serial one is compiled from a copy of ``func`` named
+    ``<name>_serial``, so the two have separate entries in numba's cache (which keys
+    on the qualified name, not on the compile options).
+    """
+    serial = types.FunctionType(
+        func.__code__,
+        func.__globals__,
+        func.__name__ + "_serial",
+        func.__defaults__,
+        func.__closure__,
+    )
+    serial.__qualname__ = func.__qualname__ + "_serial"
+    serial.__module__ = func.__module__
+    serial.__doc__ = (
+        f":func:`{func.__name__}` on the calling thread (same chunks, same bits), "
+        "for inputs too small to be worth waking the thread pool."
+    )
+    return pjit(func), jit(serial)

@@ -28,9 +28,9 @@ own slice of the partial sums, so the caller can run ranges on several threads
 result is bitwise identical for any number of threads. Inside a chunk rows go in tiles
 of ``tile`` points transposed to (D̃, T) so that the innermost loops run over points:
 x_nᵀ S x_n is ||x_nᵀ U||² with U the upper-triangular factor of S (U Uᵀ = S),
-computed by the mixture kernel's triangular routine, and the Gram matrices are
-accumulated in their upper triangle only, in 2 x 4 register blocks (the lower triangle
-is left at zero).
+computed by ``tiles.maha_upper``, and the Gram matrices are accumulated in their upper
+triangle only, in 2 x 4 register blocks (``tiles.gram_upper``; the lower triangle is
+left at zero).
 """
 
 import math
@@ -38,8 +38,8 @@ import math
 import numpy as np
 
 from ._config import jit
-from .gmm import _maha_upper
-from .sgvi import exp_clamped, log1p_unit
+from ._math import exp_clamped, log1p_unit
+from .tiles import gram_upper, load_tile, maha_upper
 
 # below this ξ, λ(ξ) comes from its series (1 − e^(−ξ) would lose digits)
 _SERIES_XI = 1e-2
@@ -52,7 +52,7 @@ def jj_local(q, a2):
     Returns ``(xi, 2 λ(ξ), log σ(ξ) − ξ/2 + λ(ξ) ξ², hessian weight)`` where the
     Hessian weight is 2 λ(ξ)(1 − r) + σ'(ξ) r with r = a2 / q (r = 1 when q = 0, where
     both weights equal 1/4). One exponential serves every term (the vectorizable
-    polynomial ``exp``/``log1p`` of the SGVI kernels): with e = exp(−ξ),
+    polynomial ``exp``/``log1p`` of ``_math``): with e = exp(−ξ),
     tanh(ξ/2) = (1 − e) / (1 + e), log σ(ξ) = −log1p(e), σ'(ξ) = e / (1 + e)².
     """
     xi = math.sqrt(q)
@@ -79,77 +79,6 @@ def jj_lambda(xi):
 def log_sigmoid_nonneg(x):
     """log σ(x) = −log(1 + exp(−x)) for x >= 0, as the pass computes it."""
     return -log1p_unit(exp_clamped(-x))
-
-
-@jit
-def _load_tile(X, t0, T, intercept, Xt):
-    """Xt[d, t] = x̃_{t0 + t, d}: the tile transposed, a row of ones for the intercept."""
-    D = X.shape[1]
-    for t in range(T):
-        for d in range(D):
-            Xt[d, t] = X[t0 + t, d]
-    if intercept:
-        for t in range(T):
-            Xt[D, t] = 1.0
-
-
-@jit
-def _gram_upper(W, Y, T, out):
-    """out[i, j] += Σ_t W[i, t] Y[j, t] for j >= i, in 2 x 4 register blocks.
-
-    Each load of a W or Y element feeds two or four FMAs; entries below the diagonal
-    are never written.
-    """
-    D = Y.shape[0]
-    i = 0
-    while i < D:
-        i1 = i + 1 if i + 1 < D else i  # last odd row: computed twice, kept once
-        j = i
-        while j < D:
-            j1 = min(j + 1, D - 1)
-            j2 = min(j + 2, D - 1)
-            j3 = min(j + 3, D - 1)
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            b0 = 0.0
-            b1 = 0.0
-            b2 = 0.0
-            b3 = 0.0
-            for t in range(T):
-                w0 = W[i, t]
-                w1 = W[i1, t]
-                y0 = Y[j, t]
-                y1 = Y[j1, t]
-                y2 = Y[j2, t]
-                y3 = Y[j3, t]
-                a0 += w0 * y0
-                a1 += w0 * y1
-                a2 += w0 * y2
-                a3 += w0 * y3
-                b0 += w1 * y0
-                b1 += w1 * y1
-                b2 += w1 * y2
-                b3 += w1 * y3
-            out[i, j] += a0
-            if j + 1 < D:
-                out[i, j + 1] += a1
-            if j + 2 < D:
-                out[i, j + 2] += a2
-            if j + 3 < D:
-                out[i, j + 3] += a3
-            if i + 1 < D:
-                if j >= i + 1:
-                    out[i + 1, j] += b0
-                if j + 1 < D and j + 1 >= i + 1:
-                    out[i + 1, j + 1] += b1
-                if j + 2 < D:
-                    out[i + 1, j + 2] += b2
-                if j + 3 < D:
-                    out[i + 1, j + 3] += b3
-            j += 4
-        i += 2
 
 
 @jit
@@ -215,19 +144,17 @@ def jj_chunks(
     for k in range(c0, c1):
         start = k * chunk
         stop = min(N, start + chunk)
-        Gk = G[k]
-        Hk = H[k]
+        G[k] = 0.0
+        H[k] = 0.0
         gvk = gv[k]
-        Gk[:] = 0.0
-        Hk[:] = 0.0
         gvk[:] = 0.0
         total = 0.0
         collapsed = 0.0
         for t0 in range(start, stop, tile):
             T = min(tile, stop - t0)
-            _load_tile(X, t0, T, intercept, Xt)
+            load_tile(X, t0, T, intercept, Xt)
             # x̃ᵀ S x̃ = ||x̃ᵀ U||² and a = mᵀ x̃
-            _maha_upper(U, Xt, T, acc, acc2, maha)
+            maha_upper(U, Xt, T, acc, acc2, maha)
             for t in range(T):
                 a[t] = 0.0
             for d in range(Dt):
@@ -256,14 +183,14 @@ def jj_chunks(
             for d in range(Dt):
                 for t in range(T):
                     W[d, t] = w1[t] * Xt[d, t]
-            _gram_upper(W, Xt, T, Gk)
+            gram_upper(W, Xt, T, G, k)
             if not hessian:
                 continue
             if hstride == 1:
                 for d in range(Dt):
                     for t in range(T):
                         W[d, t] = w2[t] * Xt[d, t]
-                _gram_upper(W, Xt, T, Hk)
+                gram_upper(W, Xt, T, H, k)
                 continue
             # the rows of the Hessian subsample, packed into the first columns
             first = (hstride - (row0 + t0) % hstride) % hstride
@@ -274,6 +201,6 @@ def jj_chunks(
                     W[d, n_h] = w2[t] * Xt[d, t]
                 n_h += 1
             if n_h > 0:
-                _gram_upper(W, Xh, n_h, Hk)
+                gram_upper(W, Xh, n_h, H, k)
         c[k, 0] = total
         c[k, 1] = collapsed

@@ -36,100 +36,11 @@ import numpy as np
 
 from ._config import jit
 from ._math import exp_nonpos
+from .tiles import gram_upper, load_tile, maha_upper, tri_column, weighted_sq_dist
 
 KIND_FULL = 0
 KIND_TIED = 1
 KIND_DIAG = 2
-
-
-@jit
-def _load_tile(X, t0, T, Xt):
-    """Xt[d, t] = X[t0 + t, d]: the tile transposed so points are contiguous."""
-    D = X.shape[1]
-    for t in range(T):
-        for d in range(D):
-            Xt[d, t] = X[t0 + t, d]
-
-
-@jit
-def _tri_column(U, j, Y, T, acc):
-    """acc[t] <- sum_{i <= j} U[i, j] * Y[i, t]  (column j of (Y^T U)^T, U upper).
-
-    Four rows per sweep so each load/store of ``acc`` feeds four FMAs: the sweep is
-    bound by memory operations otherwise.
-    """
-    for t in range(T):
-        acc[t] = 0.0
-    n = j + 1
-    i = 0
-    while i + 4 <= n:
-        u0 = U[i, j]
-        u1 = U[i + 1, j]
-        u2 = U[i + 2, j]
-        u3 = U[i + 3, j]
-        for t in range(T):
-            acc[t] += (
-                u0 * Y[i, t] + u1 * Y[i + 1, t] + u2 * Y[i + 2, t] + u3 * Y[i + 3, t]
-            )
-        i += 4
-    while i < n:
-        u0 = U[i, j]
-        for t in range(T):
-            acc[t] += u0 * Y[i, t]
-        i += 1
-
-
-@jit
-def _maha_upper(U, Y, T, acc, acc2, maha):
-    """maha[t] <- || Y[:, t]^T U ||^2 for upper-triangular U.
-
-    Columns go in pairs (j, j + 1) that share the loads of rows 0..j, and rows in
-    blocks of four, so every load or store feeds more than one FMA.
-    """
-    D = Y.shape[0]
-    for t in range(T):
-        maha[t] = 0.0
-    j = 0
-    while j + 1 < D:
-        for t in range(T):
-            acc[t] = 0.0
-            acc2[t] = 0.0
-        n = j + 1
-        i = 0
-        while i + 4 <= n:
-            a0 = U[i, j]
-            a1 = U[i + 1, j]
-            a2 = U[i + 2, j]
-            a3 = U[i + 3, j]
-            b0 = U[i, j + 1]
-            b1 = U[i + 1, j + 1]
-            b2 = U[i + 2, j + 1]
-            b3 = U[i + 3, j + 1]
-            for t in range(T):
-                y0 = Y[i, t]
-                y1 = Y[i + 1, t]
-                y2 = Y[i + 2, t]
-                y3 = Y[i + 3, t]
-                acc[t] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3
-                acc2[t] += b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3
-            i += 4
-        while i < n:
-            a0 = U[i, j]
-            b0 = U[i, j + 1]
-            for t in range(T):
-                y0 = Y[i, t]
-                acc[t] += a0 * y0
-                acc2[t] += b0 * y0
-            i += 1
-        last = U[j + 1, j + 1]  # row j + 1 only reaches column j + 1
-        for t in range(T):
-            z = acc2[t] + last * Y[j + 1, t]
-            maha[t] += acc[t] * acc[t] + z * z
-        j += 2
-    if j < D:  # odd D: the last column alone
-        _tri_column(U, j, Y, T, acc)
-        for t in range(T):
-            maha[t] += acc[t] * acc[t]
 
 
 @jit
@@ -141,42 +52,10 @@ def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
             for t in range(T):
                 Y[d, t] = Xt[d, t] - m
         # maha = || (x - m_k) @ U_k ||^2
-        _maha_upper(prec[k], Y, T, acc, acc2, maha)
+        maha_upper(prec[k], Y, T, acc, acc2, maha)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * maha[t]
-
-
-@jit
-def _weighted_sq_dist(A, T, centre, weight, acc):
-    """acc[t] <- sum_d weight[d] * (A[d, t] - centre[d])^2, four features a sweep."""
-    D = A.shape[0]
-    for t in range(T):
-        acc[t] = 0.0
-    d = 0
-    while d + 4 <= D:
-        m0 = centre[d]
-        m1 = centre[d + 1]
-        m2 = centre[d + 2]
-        m3 = centre[d + 3]
-        p0 = weight[d]
-        p1 = weight[d + 1]
-        p2 = weight[d + 2]
-        p3 = weight[d + 3]
-        for t in range(T):
-            e0 = A[d, t] - m0
-            e1 = A[d + 1, t] - m1
-            e2 = A[d + 2, t] - m2
-            e3 = A[d + 3, t] - m3
-            acc[t] += p0 * e0 * e0 + p1 * e1 * e1 + p2 * e2 * e2 + p3 * e3 * e3
-        d += 4
-    while d < D:
-        m0 = centre[d]
-        p0 = weight[d]
-        for t in range(T):
-            e0 = A[d, t] - m0
-            acc[t] += p0 * e0 * e0
-        d += 1
 
 
 @jit
@@ -185,12 +64,12 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
     # Y <- (x @ U)^T for the tile, shared by all components
     U = prec[0]
     for j in range(D):
-        _tri_column(U, j, Xt, T, acc)
+        tri_column(U, j, Xt, T, acc)
         for t in range(T):
             Y[j, t] = acc[t]
     ones = np.ones(D)
     for k in range(K):
-        _weighted_sq_dist(Y, T, proj[k], ones, acc)
+        weighted_sq_dist(Y, T, proj[k], ones, acc)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * acc[t]
@@ -200,7 +79,7 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
 def _logprob_diag(Xt, T, means, prec, const, LP, acc):
     K = means.shape[0]
     for k in range(K):
-        _weighted_sq_dist(Xt, T, means[k], prec[k, 0], acc)
+        weighted_sq_dist(Xt, T, means[k], prec[k, 0], acc)
         c = const[k]
         for t in range(T):
             LP[k, t] = c - 0.5 * acc[t]
@@ -264,9 +143,7 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
                     sq[k, 0, d] += b
             continue
         # full: Y = x - shift and W = r * Y for the tile, then the upper triangle of
-        # W Y^T in 2 x 4 blocks so that each load feeds two FMAs. The block is the
-        # same as ``conjugate._gram_upper``, written out here on purpose: calling that
-        # function with ``sq[k]`` made a 'full' fit (N=5e5, K=32, D=16) ~15% slower.
+        # W Y^T
         for d in range(D):
             m = shift[k, d]
             a = 0.0
@@ -277,56 +154,7 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
                 W[d, t] = ry
                 a += ry
             sx[k, d] += a
-        i = 0
-        while i < D:
-            i1 = i + 1 if i + 1 < D else i  # last odd row: computed twice, kept once
-            j = i
-            while j < D:
-                j1 = min(j + 1, D - 1)
-                j2 = min(j + 2, D - 1)
-                j3 = min(j + 3, D - 1)
-                a0 = 0.0
-                a1 = 0.0
-                a2 = 0.0
-                a3 = 0.0
-                b0 = 0.0
-                b1 = 0.0
-                b2 = 0.0
-                b3 = 0.0
-                for t in range(T):
-                    w0 = W[i, t]
-                    w1 = W[i1, t]
-                    y0 = Y[j, t]
-                    y1 = Y[j1, t]
-                    y2 = Y[j2, t]
-                    y3 = Y[j3, t]
-                    a0 += w0 * y0
-                    a1 += w0 * y1
-                    a2 += w0 * y2
-                    a3 += w0 * y3
-                    b0 += w1 * y0
-                    b1 += w1 * y1
-                    b2 += w1 * y2
-                    b3 += w1 * y3
-                # write back only real entries of the upper triangle
-                sq[k, i, j] += a0
-                if j + 1 < D:
-                    sq[k, i, j + 1] += a1
-                if j + 2 < D:
-                    sq[k, i, j + 2] += a2
-                if j + 3 < D:
-                    sq[k, i, j + 3] += a3
-                if i + 1 < D:
-                    if j >= i + 1:
-                        sq[k, i + 1, j] += b0
-                    if j + 1 < D and j + 1 >= i + 1:
-                        sq[k, i + 1, j + 1] += b1
-                    if j + 2 < D:
-                        sq[k, i + 1, j + 2] += b2
-                    if j + 3 < D:
-                        sq[k, i + 1, j + 3] += b3
-                j += 4
-            i += 2
+        gram_upper(W, Y, T, sq, k)
 
 
 def _specialize(kind, name):
@@ -411,7 +239,7 @@ def _specialize(kind, name):
             c_ent = 0.0
             for t0 in range(start, stop, tile):
                 T = min(tile, stop - t0)
-                _load_tile(X, t0, T, Xt)
+                load_tile(X, t0, T, False, Xt)
                 if given:
                     for k in range(K):
                         for t in range(T):

@@ -51,11 +51,11 @@ Digamma
 -------
 ``digamma`` is psi(x) = psi(x + 8) - sum_{i<8} 1/(x + i) (DLMF 5.5.2) for x < 8 with the
 eight reciprocals summed as one fraction, then the asymptotic series of DLMF 5.11.2 to
-x^-14 and a polynomial log, so loops over topics vectorize (numba has no SVML). Near
-the positive root x0 = 1.4616..., where the recurrence cancels, the array routine
-replaces the value with scipy's compiled ``psi`` (``scipy_psi``, bound once at import:
-the only non-numba dependency of the kernels). ``tests/test_lda.py`` checks it within
-1e-12 relative of ``scipy.special.digamma``.
+x^-14 and the polynomial log of ``_math``, so loops over topics vectorize (numba has no
+SVML). Near the positive root x0 = 1.4616..., where the recurrence cancels, the array
+routine replaces the value with scipy's compiled ``psi`` (``scipy_psi``, bound once at
+import: the only non-numba dependency of the kernels). ``tests/test_lda.py`` checks it
+within 1e-12 relative of ``scipy.special.digamma``.
 """
 
 import math
@@ -66,7 +66,7 @@ from numba import types
 from numba.extending import get_cython_function_address
 
 from ._config import jit
-from ._math import bits_as_float64, exp_nonpos, float64_bits
+from ._math import exp_nonpos, log_ge1
 
 # scipy's compiled digamma (double version), called by symbol name so that kernels
 # calling it can be cached: the symbol is registered again at every import.
@@ -80,38 +80,6 @@ scipy_psi = types.ExternalFunction(_PSI_SYMBOL, types.float64(types.float64))
 # positive root of psi and the half-width of the window where scipy's psi is used
 PSI_ROOT = 1.4616321449683622
 PSI_ROOT_WINDOW = 0.05
-
-_LN2_HI = 0.693145751953125
-_LN2_LO = 1.42860682030941723212e-6
-_SQRT2 = 1.4142135623730951
-_MANTISSA = np.int64((1 << 52) - 1)
-_EXP_ONE = np.int64(1023 << 52)
-
-
-@jit
-def _log_ge1(y):
-    """log(y) for finite y >= 1 (a few ulp); branch-free so loops vectorize."""
-    bits = float64_bits(y)
-    e = (bits >> 52) - 1023
-    m = bits_as_float64((bits & _MANTISSA) | _EXP_ONE)  # y = m 2^e, m in [1, 2)
-    big = m > _SQRT2
-    m = m * 0.5 if big else m
-    e = e + 1 if big else e
-    f = m - 1.0
-    s = f / (2.0 + f)  # log(m) = 2 atanh(s), |s| <= 0.1716
-    s2 = s * s
-    p = 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    log_m = 2.0 * s + 2.0 * s * s2 * p
-    fe = float(e)
-    return fe * _LN2_HI + (fe * _LN2_LO + log_m)
 
 
 @jit
@@ -131,6 +99,18 @@ def _psi_shift(x):
 
 
 @jit
+def _bernoulli_series(r2):
+    """-sum_{k=1..7} B_2k / (2k) r2^(k - 1) (DLMF 5.11.2), r2 = 1 / y^2, in Horner form."""
+    t = -1.0 / 12.0
+    t = t * r2 + 691.0 / 32760.0
+    t = t * r2 - 1.0 / 132.0
+    t = t * r2 + 1.0 / 240.0
+    t = t * r2 - 1.0 / 252.0
+    t = t * r2 + 1.0 / 120.0
+    return t * r2 - 1.0 / 12.0
+
+
+@jit
 def _psi_asymptotic(x):
     """psi(y) at y = x + 8 (x < 8) or y = x, by DLMF 5.11.2 to the y^-14 term.
 
@@ -141,14 +121,7 @@ def _psi_asymptotic(x):
     y = 8.0 if y != y or y == math.inf else y
     r = 1.0 / y
     r2 = r * r
-    t = -1.0 / 12.0
-    t = t * r2 + 691.0 / 32760.0
-    t = t * r2 - 1.0 / 132.0
-    t = t * r2 + 1.0 / 240.0
-    t = t * r2 - 1.0 / 252.0
-    t = t * r2 + 1.0 / 120.0
-    t = t * r2 - 1.0 / 12.0
-    return _log_ge1(y) - 0.5 * r + r2 * t
+    return log_ge1(y) - 0.5 * r + r2 * _bernoulli_series(r2)
 
 
 @jit
@@ -161,14 +134,7 @@ def _psi_minus_log_y(x):
     y = x + 8.0 if x < 8.0 else x
     r = 1.0 / y
     r2 = r * r
-    t = -1.0 / 12.0
-    t = t * r2 + 691.0 / 32760.0
-    t = t * r2 - 1.0 / 132.0
-    t = t * r2 + 1.0 / 240.0
-    t = t * r2 - 1.0 / 252.0
-    t = t * r2 + 1.0 / 120.0
-    t = t * r2 - 1.0 / 12.0
-    return (r2 * t - 0.5 * r) - _psi_shift(x)
+    return (r2 * _bernoulli_series(r2) - 0.5 * r) - _psi_shift(x)
 
 
 @jit

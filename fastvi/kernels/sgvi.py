@@ -38,92 +38,24 @@ float64.
 import numpy as np
 from numba import prange
 
-from ._config import jit, pjit
-from ._math import bits_as_float32, bits_as_float64
+from ._config import jit, twins
+from ._math import (
+    LN2,
+    LN2_32,
+    SQRT2M1,
+    SQRT2M1_32,
+    atanh2_32,
+    atanh2_estrin,
+    exp_clamped,
+    exp_neg32,
+    log1p_split,
+)
+from .tiles import gather_tile, tile_rows  # noqa: F401  (tile_rows: fastvi.sgvi.models)
 
 FAMILY_LOGISTIC = 0
 FAMILY_POISSON = 1
 FAMILY_GAUSSIAN = 2
-
-_LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
-_LN2_HI = 0.693145751953125
-_LN2_LO = 1.42860682030941723212e-6
-_EXP_LO = -708.0
-_EXP_HI = 709.0
-# 1/n! for n = 0..12: |r| <= ln(2)/2 leaves a truncation error below 2e-16
-_C = tuple(1.0 / float(np.prod(np.arange(1, n + 1))) for n in range(13))
-# 1 / (2k + 1) for the atanh series of log; |s| <= 0.172 leaves an error below 1e-15
-_A = tuple(1.0 / (2 * k + 1) for k in range(9))
-_SQRT2M1 = 0.41421356237309503
-
-
-@jit
-def exp_clamped(x):
-    """exp(x) to a few ulp, branch-free and vectorizable.
-
-    Returns 0 below -708, +inf above 709 (exp(709) ~ 8e307) and NaN for NaN.
-    """
-    xc = min(max(x, _EXP_LO), _EXP_HI)
-    k = np.floor(xc * _LOG2E + 0.5)
-    r = (xc - k * _LN2_HI) - k * _LN2_LO
-    # Estrin's scheme: a shallow dependency tree instead of a 12-deep Horner chain,
-    # so the vectorized loop is not bound by multiply-add latency
-    r2 = r * r
-    r4 = r2 * r2
-    r8 = r4 * r4
-    q0 = (_C[0] + _C[1] * r) + (_C[2] + _C[3] * r) * r2
-    q1 = (_C[4] + _C[5] * r) + (_C[6] + _C[7] * r) * r2
-    q2 = (_C[8] + _C[9] * r) + (_C[10] + _C[11] * r) * r2
-    p = (q0 + q1 * r4) + (q2 + _C[12] * r4) * r8
-    res = p * bits_as_float64((np.int64(k) + 1023) << 52)
-    res = 0.0 if x < _EXP_LO else res
-    res = np.inf if x > _EXP_HI else res
-    return res if x == x else x
-
-
-@jit
-def log1p_split(e):
-    """(num, den) with log(1 + e) = 2 atanh(num / den) + [e > sqrt(2) - 1] ln 2.
-
-    u = 1 + e is halved when above sqrt(2); s = (u - 1) / (u + 1) is written in terms
-    of e, so small e loses nothing: e / (e + 2), or (e - 1) / (e + 3) after halving.
-    """
-    big = 1.0 if e > _SQRT2M1 else 0.0
-    return e - big, e + 2.0 + big
-
-
-@jit
-def _log1p_series(s):
-    """2 atanh(s) = 2 (s + s**3 / 3 + s**5 / 5 + ...) for |s| <= 0.172."""
-    s2 = s * s
-    s4 = s2 * s2
-    s8 = s4 * s4
-    q0 = (_A[0] + _A[1] * s2) + (_A[2] + _A[3] * s2) * s4
-    q1 = (_A[4] + _A[5] * s2) + (_A[6] + _A[7] * s2) * s4
-    p = (q0 + q1 * s8) + _A[8] * (s8 * s8)
-    return 2.0 * s * p
-
-
-@jit
-def log1p_unit(e):
-    """log(1 + e) for e in [0, 1], to a few ulp, branch-free and vectorizable."""
-    num, den = log1p_split(e)
-    return _log1p_series(num / den) + (_LN2 if e > _SQRT2M1 else 0.0)
-
-
-# float32 versions for float32 data (8 lanes per vector instead of 4): Cody–Waite ln 2
-# for float32, 1/n! to n = 7 (|r| <= ln(2)/2 leaves 5e-9), atanh terms to s**9
-# (|s| <= 0.172 leaves 4e-9); both well inside float32's 6e-8 rounding.
 _F32 = np.float32
-_LOG2E_32 = _F32(1.4426950408889634)
-_LN2_HI_32 = _F32(0.693359375)
-_LN2_LO_32 = _F32(-2.12194440e-4)
-_LN2_32 = _F32(0.6931471805599453)
-_EXP_LO_32 = _F32(-87.0)
-_C32 = tuple(_F32(c) for c in _C[:8])
-_A32 = tuple(_F32(a) for a in _A[:5])
-_SQRT2M1_32 = _F32(0.41421356237309503)
 
 
 @jit
@@ -134,28 +66,13 @@ def _logistic_terms32(eta, yv):
     which changes neither term in float32; NaN propagates to both.
     """
     one = _F32(1.0)
-    x = -abs(eta)
-    xc = max(x, _EXP_LO_32)
-    k = np.floor(xc * _LOG2E_32 + _F32(0.5))
-    r = (xc - k * _LN2_HI_32) - k * _LN2_LO_32
-    r2 = r * r
-    r4 = r2 * r2
-    p = ((_C32[0] + _C32[1] * r) + (_C32[2] + _C32[3] * r) * r2) + (
-        (_C32[4] + _C32[5] * r) + (_C32[6] + _C32[7] * r) * r2
-    ) * r4
-    e = p * bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
-    e = e if x == x else x
-    big = one if e > _SQRT2M1_32 else _F32(0.0)
+    e = exp_neg32(-abs(eta))
+    big = one if e > SQRT2M1_32 else _F32(0.0)
     num = e - big
     den = e + _F32(2.0) + big
+    # one division serves both 1 / (1 + e) and log1p's ratio num / den
     q = one / ((one + e) * den)
-    s = num * (one + e) * q
-    s2 = s * s
-    s4 = s2 * s2
-    series = (
-        (_A32[0] + _A32[1] * s2) + (_A32[2] + _A32[3] * s2) * s4 + _A32[4] * (s4 * s4)
-    )
-    lg = _F32(2.0) * s * series + (_LN2_32 if e > _SQRT2M1_32 else _F32(0.0))
+    lg = atanh2_32(num * (one + e) * q) + (LN2_32 if e > SQRT2M1_32 else _F32(0.0))
     sig = (one if eta >= _F32(0.0) else e) * den * q
     return yv * eta - (max(eta, _F32(0.0)) + lg), yv - sig
 
@@ -262,8 +179,8 @@ def _pointwise(E, yt, T, family, tau, ll, ss):
                 # one division serves both 1 / (1 + e) and log1p's ratio num / den
                 num, den = log1p_split(e)
                 q = 1.0 / ((1.0 + e) * den)
-                lg = _log1p_series(num * (1.0 + e) * q)
-                lg += _LN2 if e > _SQRT2M1 else 0.0
+                lg = atanh2_estrin(num * (1.0 + e) * q)
+                lg += LN2 if e > SQRT2M1 else 0.0
                 # sigmoid(eta) = 1 / (1 + e) for eta >= 0, e / (1 + e) otherwise
                 sig = (1.0 if eta >= 0.0 else e) * den * q
                 # y eta - softplus(eta), softplus(eta) = max(eta, 0) + log1p(exp(-|eta|))
@@ -407,15 +324,12 @@ def _rows_chunk(X, y, rows, start, stop, tile, W, b, tau, family, ll, gw, gb, ss
     zero = np.zeros(1, dtype=X.dtype)[0]
     for t0 in range(start, stop, tile):
         T = min(tile, stop - t0)
+        gather_tile(X, rows, t0, T, Xt)
         for t in range(T):
-            n = rows[t0 + t]
-            for d in range(D):
-                Xt[d, t] = X[n, d]
-            yt[t] = y[n]
+            yt[t] = y[rows[t0 + t]]
         _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss)
 
 
-@pjit
 def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles):
     """Per-chunk partial sums of the GLM log-likelihood and its gradient over all rows.
 
@@ -454,7 +368,9 @@ def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles):
     return ll, gw, gb, ss
 
 
-@pjit
+glm_pass_tiled, glm_pass_tiled_serial = twins(glm_pass_tiled)
+
+
 def glm_pass_rows(X, y, rows, W, b, tau, family, chunk, tile):
     """:func:`glm_pass_tiled` over the minibatch ``rows`` (int64, (M,)) of a row-major
     ``X`` (N, D): per-chunk partials, C = ceil(M / chunk)."""
@@ -475,54 +391,4 @@ def glm_pass_rows(X, y, rows, W, b, tau, family, chunk, tile):
     return ll, gw, gb, ss
 
 
-@jit
-def glm_pass_rows_serial(X, y, rows, W, b, tau, family, chunk, tile):
-    """:func:`glm_pass_rows` on the calling thread (same chunks, same bits), for a
-    minibatch too small to be worth waking the thread pool."""
-    D = X.shape[1]
-    S = W.shape[0]
-    M = rows.shape[0]
-    n_chunks = (M + chunk - 1) // chunk
-    ll = np.zeros((n_chunks, S))
-    gw = np.zeros((n_chunks, S, D))
-    gb = np.zeros((n_chunks, S))
-    ss = np.zeros((n_chunks, S))
-    for c in range(n_chunks):
-        start = c * chunk
-        stop = min(M, start + chunk)
-        _rows_chunk(
-            X, y, rows, start, stop, tile, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
-        )
-    return ll, gw, gb, ss
-
-
-@jit
-def tile_rows(X, tile, out):
-    """out[i, d, t] = X[i * tile + t, d]; the padding of the last tile is zeroed."""
-    N, D = X.shape
-    n_tiles = out.shape[0]
-    for i in range(n_tiles):
-        for d in range(D):
-            for t in range(tile):
-                n = i * tile + t
-                out[i, d, t] = X[n, d] if n < N else 0.0
-
-
-@jit
-def glm_pass_tiled_serial(Xtiles, y, N, W, b, tau, family, chunk_tiles):
-    """:func:`glm_pass_tiled` on the calling thread (same chunks, same bits), for data
-    too small to be worth waking the thread pool."""
-    n_tiles, D, _ = Xtiles.shape
-    S = W.shape[0]
-    n_chunks = (n_tiles + chunk_tiles - 1) // chunk_tiles
-    ll = np.zeros((n_chunks, S))
-    gw = np.zeros((n_chunks, S, D))
-    gb = np.zeros((n_chunks, S))
-    ss = np.zeros((n_chunks, S))
-    for c in range(n_chunks):
-        c0 = c * chunk_tiles
-        c1 = min(n_tiles, c0 + chunk_tiles)
-        _tiled_chunk(
-            Xtiles, y, N, c0, c1, W, b, tau, family, ll[c], gw[c], gb[c], ss[c]
-        )
-    return ll, gw, gb, ss
+glm_pass_rows, glm_pass_rows_serial = twins(glm_pass_rows)
