@@ -886,6 +886,11 @@ def _fit(args):
     if entry.command in _CHECKPOINTED:
         _check_checkpoint(args)
     est = _estimator(args)
+    # a job runs on kernels loaded from numba's cache, never on ones it compiled
+    # itself (the two may round differently: a resumed job must give the same bits)
+    from ._compile import compile_in_child
+
+    compile_in_child(type(est))
     y = None
     if entry.command == "gmm" and args.scheduler:
         X, client = _open_on_cluster(args)

@@ -9,6 +9,13 @@ compile of a kernel group on this machine it logs one line on the ``fastvi`` log
 command line shows the logger's lines. After a fit the group is marked as compiled in
 the cache folder, so the line is not repeated.
 
+Code numba has just compiled and the same code loaded from its cache can differ in the
+last bits of floating-point results (the two are not optimized alike; numba issue
+#10617): within a process results are always the same, but a job started on a machine
+whose cache was cold could differ from the same job resumed later. Batch jobs therefore
+compile in a child process first (:func:`compile_in_child`), so that every job loads
+its kernels from the cache.
+
 The mark's name is a hash of everything numba's cache depends on: the kernel sources
 and the folder they are installed in, the numba, llvmlite and Python versions, and the
 processor. A new fastvi, another installation of it, a new numba or another machine
@@ -27,6 +34,7 @@ __all__ = [
     "GROUPS",
     "WARMUPS",
     "announces",
+    "compile_in_child",
     "compiling",
     "is_compiled",
     "mark_compiled",
@@ -154,17 +162,22 @@ def _warm_mixture(rng):
     from .mixture import BayesianGaussianMixture
 
     X = rng.normal(size=(300, 3))
+    # read-only data (a memory-mapped .npy, as the command line reads it) is another
+    # numba signature: compile that too
+    frozen = X.copy()
+    frozen.setflags(write=False)
     for cov in ("full", "tied", "diag", "spherical"):
-        BayesianGaussianMixture(
-            n_components=3, covariance_type=cov, max_iter=3, random_state=0
-        ).fit(X).score_samples(X)
+        for data in (X, frozen):
+            BayesianGaussianMixture(
+                n_components=3, covariance_type=cov, max_iter=3, random_state=0
+            ).fit(data).score_samples(data)
 
 
 def _warm_lda(rng):
     from .lda import LatentDirichletAllocation
 
     X = rng.poisson(0.5, size=(60, 40)).astype(float)
-    for method in ("batch", "online"):
+    for method in ("batch", "online", "scvb0"):
         LatentDirichletAllocation(
             n_components=3,
             max_iter=2,
@@ -179,11 +192,14 @@ def _warm_conjugate(rng):
     from .conjugate import UnivariateGaussian, VBLinearRegression, VBLogisticRegression
 
     X = rng.normal(size=(200, 3))
-    UnivariateGaussian().fit(X[:, 0])
-    VBLinearRegression().fit(X, X @ [1.0, -1.0, 0.5] + rng.normal(size=200))
+    frozen = X.copy()
+    frozen.setflags(write=False)  # read-only data: another numba signature
     y = X[:, 0] + rng.normal(size=200) > 0
-    VBLogisticRegression().fit(X, y).predict_proba(X)
-    VBLogisticRegression().fit(X, rng.integers(0, 3, size=200))
+    for data in (X, frozen):
+        UnivariateGaussian().fit(data[:, 0])
+        VBLinearRegression().fit(data, data @ [1.0, -1.0, 0.5] + rng.normal(size=200))
+        VBLogisticRegression().fit(data, y).predict_proba(data)
+        VBLogisticRegression().fit(data, rng.integers(0, 3, size=200))
 
 
 def _warm_sgvi(rng):
@@ -239,3 +255,53 @@ def warmup(models=None, progress=None):
         if progress is not None:
             progress(name, seconds[name])
     return seconds
+
+
+# the module an estimator lives in -> the warm-up that compiles its kernels
+_WARMUP_OF_MODULE = {
+    "fastvi.mixture": "gmm",
+    "fastvi.lda": "lda",
+    "fastvi.conjugate": "conjugate",
+    "fastvi.sgvi.estimators": "sgvi",
+}
+
+
+def compile_in_child(estimator_class):
+    """Compile the kernels of ``estimator_class`` in a child process, if needed.
+
+    numba's freshly compiled code and its cached code may round differently (module
+    documentation), so a batch job must not run on code this process compiled: the
+    child (``fastvi warmup NAME``) compiles the group's kernels into the cache and
+    this process then loads them. Returns True when the group is compiled (or was
+    already); False when the child failed (the job then compiles in-process, with
+    the usual notice, and says so on the ``fastvi`` logger).
+    """
+    import subprocess
+
+    name = _WARMUP_OF_MODULE.get(estimator_class.__module__)
+    if name is None:
+        return False
+    group = WARMUPS[name][0]
+    if is_compiled(group):
+        return True
+    label, _, seconds = GROUPS[group]
+    log.info(
+        f"compiling fastvi's {label} kernels for this machine in a child process "
+        f"(once, ~{seconds} s of CPU or more; `fastvi warmup` does it ahead of time)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastvi", "warmup", name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode or not is_compiled(group):
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no message"]
+        log.warning(
+            f"compiling in a child process failed ({tail[0]}); compiling in this "
+            "one: a resumed job may then differ in the last bits"
+        )
+        return False
+    _announced.add(group)
+    return True

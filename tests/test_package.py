@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastvi
@@ -216,3 +217,51 @@ def test_command_line_reports_errors_in_one_line():
     assert out.returncode == 2
     assert out.stderr.startswith("fastvi: error:")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_batch_jobs_on_a_cold_cache_give_the_bits_of_later_jobs(tmp_path):
+    """numba's freshly compiled code may round differently from the same code loaded
+    from its cache (numba issue #10617), so a job compiles in a child process first
+    and runs on cached code: the job that found the cache cold and the next one give
+    the same bits (a job killed on a cold machine resumes bitwise)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
+    }
+    env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 6)) + rng.integers(0, 4, size=(5000, 1))
+    np.save(tmp_path / "X.npy", X)
+    models = []
+    for i in range(2):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fastvi",
+                "fit",
+                "gmm",
+                str(tmp_path / "X.npy"),
+                "-o",
+                str(tmp_path / f"m{i}.npz"),
+                "--n-components",
+                "5",
+                "--covariance-type",
+                "diag",
+                "--max-iter",
+                "5",
+                "--random-state",
+                "0",
+                "--quiet",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stderr
+        models.append(fastvi.load(tmp_path / f"m{i}.npz"))
+    for name in ("means_", "covariances_", "weights_"):
+        a, b = getattr(models[0], name), getattr(models[1], name)
+        assert a.tobytes() == b.tobytes(), name
