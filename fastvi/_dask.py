@@ -151,6 +151,16 @@ class DaskRows(Rows):
     def n_chunks(self):
         return len(self._blocks)
 
+    def block_sizes(self):
+        """The number of rows of every chunk, in order."""
+        return [int(size) for size in self.sizes]
+
+    def blocks(self):
+        """``(start, chunk)`` computed and brought here one chunk at a time, in
+        order (for a consumer that must see the rows in sequence)."""
+        for start, block in zip(self.starts, self._blocks):
+            yield int(start), self._dask.compute(block)[0]
+
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
         """Run ``fn`` on every chunk, sum its results in a fixed tree, compute.
 

@@ -32,12 +32,18 @@ What the engine would contribute, the stop test, is one line here. The bound
 history the engine keeps is kept here too: ``perplexity_history_`` holds every
 perplexity the loop evaluated.
 
-The pure block E-step
----------------------
-:func:`e_step_stats` runs the E-step of one block of documents against given topics
-and returns its partial statistics, fitted gamma and bound terms, reading no
-estimator state, so it can be mapped over the row chunks of a large matrix (Dask)
-and reduced by summing.
+Where the documents live
+------------------------
+A fit reads its documents through :class:`fastvi.rows.Rows`: an in-memory corpus
+(views of one CSR matrix), a file read block by block
+(:class:`fastvi.batch.io.DocwordRows`, :class:`~fastvi.batch.io.SparseNpzRows`) or a
+dask array. A batch round maps the E-step of a block (:func:`_block_stats`: its
+statistic, bound terms and word count, which add) over blocks of ``BLOCK_ROWS``
+documents and sums them in the fixed tree of ``map_reduce``; online rounds take the
+minibatches in row order across blocks (:func:`_minibatches`). So out-of-core fits
+are bitwise the in-memory fits, in memory bounded by a block, and a corpus of one
+block gives the bits of the whole-corpus round. :func:`e_step_stats` is the same
+E-step as a public pure function.
 """
 
 from numbers import Integral, Real
@@ -64,9 +70,9 @@ from sklearn.utils.validation import (
 from . import _schema
 from ._cavi import all_or_nothing
 from ._compile import announces
-from ._dask import is_dask_collection
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
+from .rows import Rows, source_rows
 
 __all__ = ["BlockStats", "LatentDirichletAllocation", "e_step_stats"]
 
@@ -432,37 +438,18 @@ def e_step_stats(
             raise ValueError(
                 f"gamma_init has shape {gamma.shape}; expected {(corpus.n_docs, K)}."
             )
-    exp_theta = np.empty_like(gamma)
-    ratio = np.empty_like(corpus.data)
-    sstats_t = np.zeros((V, K))
     with thread_limits(n_jobs):
-        ll = _e_step_kernel(
-            corpus.indptr,
-            corpus.indices,
-            corpus.data,
-            exp_beta_t,
-            gamma,
-            exp_theta,
-            float(doc_topic_prior),
-            int(max_doc_update_iter),
-            float(mean_change_tol),
-            float(eps),
-            ratio,
+        acc, ll, terms, n_tokens = _block_e_step(
+            corpus, exp_beta_t, gamma, float(doc_topic_prior),
+            int(max_doc_update_iter), float(mean_change_tol), float(eps), True,
             bool(compute_bound),
-        )
-        col_ptr, entry, doc = corpus.entries()
-        # lam <- 0 * lam + 1 * (0 + 1 * sstats): the statistic itself
-        _topic_word_update(
-            col_ptr, entry, doc, ratio, exp_theta, exp_beta_t, sstats_t,
-            0.0, 1.0, 0.0, 1.0,
         )  # fmt: skip
-        doc_bound = (
-            _doc_bound(gamma, ll.sum(), float(doc_topic_prior))
-            if compute_bound
-            else float("nan")
-        )
+    doc_bound = ll + terms if compute_bound else float("nan")
     return BlockStats(
-        np.ascontiguousarray(sstats_t.T), gamma, doc_bound, corpus.word_count()
+        np.ascontiguousarray((acc * exp_beta_t).T),
+        gamma,
+        doc_bound,
+        corpus.word_count(),
     )
 
 
@@ -675,128 +662,57 @@ class LatentDirichletAllocation(
         self : LatentDirichletAllocation
         """
         self._validate_params()
-        if is_dask_collection(X):
-            return self._fit_dask(X)
         with all_or_nothing(self):
-            X = self._check_non_neg_array(X, True, "LatentDirichletAllocation.fit")
-            corpus = _Corpus.from_matrix(X)
-            _check_word_total(
-                corpus.word_count(), X.dtype, "LatentDirichletAllocation.fit"
-            )
+            rows, dtype = self._fit_rows(X)
             with thread_limits(self.n_jobs):
                 # the topics live in ``topics`` during the fit and become
                 # ``components_`` at its end (no second copy meanwhile)
-                topics = self._init_latent_vars(corpus.n_words, X.dtype, store=False)
+                topics = self._init_latent_vars(rows.shape[1], dtype, store=False)
                 resume = getattr(self, "_fit_resume", None)
                 if resume is None:
-                    self._fit_epochs(corpus, topics, X.dtype)
+                    self._fit_epochs(rows, topics, dtype)
                 else:
                     start, last_bound, stopped = self._set_epoch_state(topics, resume)
                     if not stopped:
-                        self._fit_epochs(corpus, topics, X.dtype, start, last_bound)
-                corpus.drop_entries()  # the final E-step needs no statistic
-                self._store_topics(topics, X.dtype)
-                gamma, ll = self._e_step(
-                    corpus, topics.exp_beta_t, random_init=False, dtype=X.dtype
-                )
-                self.bound_ = self._perplexity_from(
-                    corpus, gamma, ll, topics.lam_t, sub_sampling=False
-                )
+                        self._fit_epochs(rows, topics, dtype, start, last_bound)
+                self._store_topics(topics, dtype)
+                self.bound_ = self._rows_perplexity(rows, topics, dtype)
                 _check_finite_fit(self.components_, self.bound_)
         return self
 
-    def _fit_dask(self, X):
-        """Batch fit on a dask array of counts: the E-steps run on the workers.
+    def _fit_rows(self, X):
+        """``(rows, dtype)``: X validated and wrapped in a :class:`fastvi.rows.Rows`.
 
-        Every epoch maps :func:`e_step_stats` over the row chunks (documents) where
-        they live and sums the (K, V) statistics in a fixed tree (:mod:`fastvi._dask`);
-        the M-step lambda = eta + sum runs here. The E-step's random starting values
-        are drawn here, chunk by chunk in the in-memory order, so the fit follows
-        scikit-learn's random stream: they travel to the workers each epoch
-        (n_documents x n_components numbers). Equal to the in-memory fit to rounding.
+        In memory: scikit-learn's checks, then one CSR corpus whose blocks are
+        views. A file source (:class:`fastvi.batch.io.DocwordRows`,
+        :class:`~fastvi.batch.io.SparseNpzRows`) or a dask array: one pass counts
+        negative, NaN and infinite values and the words (a file source names the
+        line or row of a bad value as it reads it); such fits compute in float64.
         """
-        from ._dask import DaskRows, raise_if_nonfinite
-
-        if self.learning_method != "batch":
-            raise ValueError(
-                "fits on Dask arrays support learning_method='batch' (online "
-                "minibatches would have to come to one process); got "
-                f"{self.learning_method!r}"
-            )
         whom = "LatentDirichletAllocation.fit"
-        rows = DaskRows(X)
-        n_negative, n_nan, n_inf = rows.map_reduce(_dask_count_bad, n_jobs=self.n_jobs)
-        raise_if_nonfinite("X", n_nan, n_inf)
-        if n_negative:
-            raise ValueError(f"Negative values in data passed to {whom}")
-        n_docs, V = rows.shape
-        if n_docs < 1:
-            raise ValueError(
-                "Found array with 0 sample(s); a minimum of 1 is required."
-            )
-        eps = float(np.finfo(np.float64).eps)
-        with all_or_nothing(self):
-            self.n_features_in_ = V
-            self.__dict__.pop("feature_names_in_", None)
-            with thread_limits(self.n_jobs):
-                topics = self._init_latent_vars(V, np.float64, store=False)
-                eta = float(self.topic_word_prior_)
-                e_step = (
-                    float(self.doc_topic_prior_),
-                    int(self.max_doc_update_iter),
-                    float(self.mean_change_tol),
-                    eps,
-                )
-                last_bound = None
-                for i in range(self.max_iter):
-                    topics.refresh()
-                    gammas = [
-                        (self._initial_gamma(int(size), np.float64, True),)
-                        for size in rows.sizes
-                    ]
-                    sstats, _, _ = rows.map_reduce(
-                        _dask_e_step,
-                        shared=(
-                            np.ascontiguousarray(topics.exp_beta_t.T),
-                            *e_step,
-                            False,
-                        ),
-                        local=gammas,
-                        n_jobs=self.n_jobs,
-                    )
-                    topics.lam_t[...] = sstats.T + eta
-                    topics.set_sums(topics.lam_t.sum(axis=0))
-                    self.n_batch_iter_ += 1
-                    if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
-                        bound = self._dask_perplexity(rows, topics, e_step)
-                        self.perplexity_history_.append(bound)
-                        if self.verbose:
-                            print(
-                                "iteration: %d of max_iter: %d, perplexity: %.4f"
-                                % (i + 1, self.max_iter, bound)
-                            )
-                        if last_bound and abs(last_bound - bound) < self.perp_tol:
-                            break
-                        last_bound = bound
-                    elif self.verbose:
-                        print("iteration: %d of max_iter: %d" % (i + 1, self.max_iter))
-                    self.n_iter_ += 1
-                self._store_topics(topics, np.float64)
-                self.bound_ = self._dask_perplexity(rows, topics, e_step)
-                _check_finite_fit(self.components_, self.bound_)
-        return self
+        rows = source_rows(X)
+        if rows is None:
+            X = self._check_non_neg_array(X, True, whom)
+            corpus = _Corpus.from_matrix(X)
+            rows, dtype, total = _CorpusRows(corpus), X.dtype, corpus.word_count()
+        else:
+            from ._dask import raise_if_nonfinite
 
-    def _dask_perplexity(self, rows, topics, e_step):
-        """Training perplexity: an E-step from ones on the workers, bound summed."""
-        topics.refresh()
-        _, doc_bound, n_tokens = rows.map_reduce(
-            _dask_e_step,
-            shared=(np.ascontiguousarray(topics.exp_beta_t.T), *e_step, True),
-            n_jobs=self.n_jobs,
-        )
-        _check_word_total(n_tokens, np.float64, "LatentDirichletAllocation.fit")
-        bound = doc_bound + _topic_bound(topics.lam_t, float(self.topic_word_prior_))
-        return float(np.exp(-bound / n_tokens))
+            if rows.shape[0] < 1:
+                raise ValueError(
+                    "Found array with 0 sample(s); a minimum of 1 is required."
+                )
+            n_negative, n_nan, n_inf, total = rows.map_reduce(
+                _count_bad, n_jobs=self.n_jobs
+            )
+            raise_if_nonfinite("X", n_nan, n_inf)
+            if n_negative:
+                raise ValueError(f"Negative values in data passed to {whom}")
+            self.n_features_in_ = rows.shape[1]
+            self.__dict__.pop("feature_names_in_", None)
+            dtype = np.dtype(np.float64)
+        _check_word_total(total, dtype, whom)
+        return rows, dtype
 
     @announces("lda")
     def partial_fit(self, X, y=None):
@@ -865,11 +781,20 @@ class LatentDirichletAllocation(
         doc_topic_distr : ndarray of shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        if is_dask_collection(X) and normalize:  # a lazy dask array
-            from ._dask import fitted_rows
-
-            rows = fitted_rows(X, self)
-            return rows.map_method(self, "transform", n_columns=self.n_components)
+        rows = source_rows(X)
+        if rows is not None:  # per block: an array, or a lazy dask array
+            if rows.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {rows.shape[1]} features, but LatentDirichletAllocation "
+                    f"is expecting {self.n_features_in_} features as input."
+                )
+            return rows.map_rows(
+                _transform_block,
+                (self, normalize),
+                n_columns=self.n_components,
+                dtype=self.components_.dtype,
+                n_jobs=self.n_jobs,
+            )
         X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.transform")
         gamma = self._unnormalized_transform(X)
         if normalize:
@@ -976,43 +901,30 @@ class LatentDirichletAllocation(
             topics.exp_beta_t.T
         ).astype(dtype, copy=False)
 
-    def _fit_epochs(self, corpus, topics, dtype, start=0, last_bound=None):
+    def _fit_epochs(self, rows, topics, dtype, start=0, last_bound=None):
         """scikit-learn's epoch loop: EM rounds, optional perplexity check.
 
-        ``start`` epochs are already done and ``last_bound`` is the last perplexity
-        evaluated (a resumed fit, see :meth:`_set_epoch_state`). After every epoch the
-        private hook ``self._epoch_callback(self, n_epochs, perplexity, state)`` is
-        called when the attribute exists: ``perplexity`` is the one evaluated in that
-        epoch (NaN if none was) and ``state()`` returns the fit state at the end of
-        the epoch (:meth:`_epoch_state`). The hook may raise to stop the fit.
+        ``rows`` is the corpus (:class:`fastvi.rows.Rows`): a batch round maps the
+        E-step over its blocks; online rounds take minibatches of ``batch_size``
+        documents in row order, across block boundaries, so they are the
+        in-memory minibatches wherever the documents live. ``start`` epochs are
+        already done and ``last_bound`` is the last perplexity evaluated (a resumed
+        fit, see :meth:`_set_epoch_state`). After every epoch the private hook
+        ``self._epoch_callback(self, n_epochs, perplexity, state)`` is called when
+        the attribute exists: ``perplexity`` is the one evaluated in that epoch (NaN
+        if none was) and ``state()`` returns the fit state at the end of the epoch
+        (:meth:`_epoch_state`). The hook may raise to stop the fit.
         """
-        online = self.learning_method != "batch"
-        batches = (
-            [
-                corpus.rows(s.start, s.stop)
-                for s in gen_batches(corpus.n_docs, self.batch_size)
-            ]
-            if online
-            else [corpus]
-        )
         callback = getattr(self, "_epoch_callback", None)
         for i in range(start, self.max_iter):
-            for batch in batches:
-                self._round(
-                    batch,
-                    topics,
-                    dtype,
-                    total_samples=corpus.n_docs if online else None,
-                )
+            if self.learning_method == "batch":
+                self._batch_round(rows, topics, dtype)
+            else:
+                for batch in _minibatches(rows, self.batch_size):
+                    self._round(batch, topics, dtype, total_samples=rows.shape[0])
             bound, stopped = float("nan"), False
             if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
-                topics.refresh()
-                gamma, ll = self._e_step(
-                    corpus, topics.exp_beta_t, random_init=False, dtype=dtype
-                )
-                bound = self._perplexity_from(
-                    corpus, gamma, ll, topics.lam_t, sub_sampling=False
-                )
+                bound = self._rows_perplexity(rows, topics, dtype)
                 self.perplexity_history_.append(bound)
                 if self.verbose:
                     print(
@@ -1093,9 +1005,71 @@ class LatentDirichletAllocation(
             bool(state["stopped"]),
         )
 
-    def _round(self, corpus, topics, dtype, total_samples=None):
-        """One minibatch or batch step of the chosen learning method."""
-        if self.learning_method == "scvb0" and total_samples is not None:
+    def _e_step_args(self, topics, dtype, statistic, bound):
+        """The ``shared`` arguments of :func:`_block_stats` (after the block)."""
+        return (
+            topics.exp_beta_t,
+            float(self.doc_topic_prior_),
+            int(self.max_doc_update_iter),
+            float(self.mean_change_tol),
+            # scikit-learn adds the machine epsilon of the input's dtype to phinorm
+            float(np.finfo(dtype).eps),
+            statistic,
+            bound,
+        )
+
+    def _batch_round(self, rows, topics, dtype):
+        """One batch EM round: the E-step of every block from Gamma(100, 0.01)
+        starts (:class:`_Draws`), the blocks' statistics summed (``map_reduce``),
+        then the M-step lambda = eta + sstats (Blei et al. 2003, eq. 9)."""
+        topics.refresh()
+        acc = rows.map_reduce(
+            _block_stats,
+            shared=self._e_step_args(topics, dtype, True, False),
+            local=_Draws(self, rows.block_sizes(), dtype),
+            n_jobs=self.n_jobs,
+        )[0]
+        # sstats = acc * exp E[log beta]: the kernel of the in-memory round, fed one
+        # entry per word whose only "document" holds the summed acc, computes
+        # lambda and its topic sums with the same operations (fused as there)
+        V = acc.shape[0]
+        words = np.arange(V, dtype=np.int64)
+        sums = _topic_word_update(
+            np.arange(V + 1, dtype=np.int64), words, words.astype(np.int32),
+            np.ones(V), acc, topics.exp_beta_t, topics.lam_t, 0.0, 1.0,
+            float(self.topic_word_prior_), 1.0,
+        )  # fmt: skip
+        self._set_topic_sums(topics, sums, dtype)
+
+    def _set_topic_sums(self, topics, sums, dtype):
+        """After an M-step: lambda's topic totals, rounded as scikit-learn stores."""
+        if dtype == np.float32:
+            # scikit-learn keeps components_ in float32 between rounds
+            topics.lam_t[...] = topics.lam_t.astype(np.float32)
+            sums = topics.lam_t.sum(axis=0)
+        else:
+            sums = sums.sum(axis=0)
+        topics.set_sums(sums)
+        self.n_batch_iter_ += 1
+
+    def _rows_perplexity(self, rows, topics, dtype):
+        """Training perplexity: an E-step from ones over every block, the bound's
+        document terms and the word count summed (``map_reduce``)."""
+        topics.refresh()
+        _, ll, doc_terms, n_tokens = rows.map_reduce(
+            _block_stats,
+            shared=self._e_step_args(topics, dtype, False, True),
+            n_jobs=self.n_jobs,
+        )
+        # as _bound: sum n log phinorm + the documents' and the topics' terms
+        bound = float(ll) + float(doc_terms)
+        bound += _topic_bound(topics.lam_t, float(self.topic_word_prior_))
+        _check_word_total(n_tokens, np.float64, "LatentDirichletAllocation.perplexity")
+        return float(np.exp(-bound / n_tokens))
+
+    def _round(self, corpus, topics, dtype, total_samples):
+        """One minibatch step of the chosen online learning method."""
+        if self.learning_method == "scvb0":
             self._scvb0_round(corpus, topics, dtype, total_samples)
         else:
             self._em_round(corpus, topics, dtype, total_samples)
@@ -1131,32 +1105,21 @@ class LatentDirichletAllocation(
             float(self.topic_word_prior_),
             float(total_samples) / max(corpus.n_docs, 1),
         )
-        if dtype == np.float32:
-            topics.lam_t[...] = topics.lam_t.astype(np.float32)
-            sums = topics.lam_t.sum(axis=0)
-        else:
-            sums = sums.sum(axis=0)
-        topics.set_sums(sums)
-        self.n_batch_iter_ += 1
+        self._set_topic_sums(topics, sums, dtype)
 
-    def _em_round(self, corpus, topics, dtype, total_samples=None):
-        """One E-step and M-step; batch when ``total_samples`` is None, else online."""
-        topics.refresh(None if total_samples is None else corpus.words())
+    def _em_round(self, corpus, topics, dtype, total_samples):
+        """One online E-step and M-step (Hoffman et al. 2010, eqs. 6-7)."""
+        topics.refresh(corpus.words())
         gamma = self._initial_gamma(corpus.n_docs, dtype, random_init=True)
         exp_theta = np.empty_like(gamma)
         ratio = np.empty_like(corpus.data)
         self._run_e_step(
             corpus, topics.exp_beta_t, gamma, exp_theta, ratio, False, dtype
         )
-        if total_samples is None:
-            decay, weight, scale = 0.0, 1.0, 1.0
-        else:
-            weight = float(
-                np.power(
-                    self.learning_offset + self.n_batch_iter_, -self.learning_decay
-                )
-            )
-            decay, scale = 1.0 - weight, float(total_samples) / corpus.n_docs
+        weight = float(
+            np.power(self.learning_offset + self.n_batch_iter_, -self.learning_decay)
+        )
+        decay, scale = 1.0 - weight, float(total_samples) / corpus.n_docs
         col_ptr, entry, doc = corpus.entries()
         sums = _topic_word_update(
             col_ptr,
@@ -1171,14 +1134,7 @@ class LatentDirichletAllocation(
             float(self.topic_word_prior_),
             scale,
         )
-        if dtype == np.float32:
-            # scikit-learn keeps components_ in float32 between rounds
-            topics.lam_t[...] = topics.lam_t.astype(np.float32)
-            sums = topics.lam_t.sum(axis=0)
-        else:
-            sums = sums.sum(axis=0)
-        topics.set_sums(sums)
-        self.n_batch_iter_ += 1
+        self._set_topic_sums(topics, sums, dtype)
 
     def _initial_gamma(self, n_docs, dtype, random_init):
         shape = (n_docs, self.n_components)
@@ -1330,32 +1286,135 @@ class LatentDirichletAllocation(
         return to_arviz(draws, trace, "perplexity", "evaluation", "CAVI")
 
 
-# ------------------------------------------------------------------- Dask tasks
-def _dask_count_bad(block, start):
-    """Task: counts of negative, NaN and infinite entries of one chunk."""
+# ----------------------------------------------------- the corpus as Rows of documents
+class _CorpusRows(Rows):
+    """An in-memory corpus as :class:`fastvi.rows.Rows`: blocks of ``BLOCK_ROWS``
+    documents, views of the corpus's arrays (a file holds the same blocks)."""
+
+    def __init__(self, corpus):
+        self.corpus = corpus
+        self.shape = (corpus.n_docs, corpus.n_words)
+
+    def blocks(self):
+        n = self.shape[0]
+        for start in range(0, n, self.block_rows):
+            yield start, self.corpus.rows(start, min(n, start + self.block_rows))
+
+
+def _as_corpus(block):
+    """A block of documents (a corpus view, a CSR matrix or a dense array)."""
+    return block if isinstance(block, _Corpus) else _Corpus.from_matrix(block)
+
+
+class _Draws:
+    """The per-block ``local`` argument of a batch round: each block's E-step start,
+    Gamma(100, 0.01) as scikit-learn draws it for all documents at once, drawn from
+    ``random_state_`` when the block asks (in block order: the same stream, but
+    never every document's values in memory at once, except on Dask, whose graph
+    holds them)."""
+
+    def __init__(self, est, sizes, dtype):
+        self.est, self.sizes, self.dtype, self.next = est, sizes, dtype, 0
+
+    def __getitem__(self, i):
+        if i != self.next:
+            raise RuntimeError(
+                f"block {i} asked for its draws before block {self.next}"
+            )
+        self.next += 1
+        return (self.est._initial_gamma(int(self.sizes[i]), self.dtype, True),)
+
+
+def _block_e_step(corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statistic,
+                  bound):  # fmt: skip
+    """The E-step of one block of documents, ``gamma`` updated in place.
+
+    Returns ``(acc, ll, doc_terms, n_tokens)``: acc (V, K) = sum over the block's
+    entries of n_dw / phinorm_dw * exp E[log theta_dk] (the statistic before its
+    factor exp E[log beta_kw]; 0.0 unless ``statistic``), and, when ``bound``,
+    sum n_dw log phinorm_dw, the documents' Dirichlet terms and the word count.
+    """
+    V, K = exp_beta_t.shape
+    if corpus.n_words != V or gamma.shape != (corpus.n_docs, K):
+        raise ValueError(
+            f"the topics have shape {(K, V)}; the block has {corpus.n_words} words"
+        )
+    exp_theta = np.empty_like(gamma)
+    ratio = np.empty_like(corpus.data)
+    ll = _e_step_kernel(
+        corpus.indptr, corpus.indices, corpus.data, exp_beta_t, gamma, exp_theta,
+        alpha, max_iter, tol, eps, ratio, bound,
+    )  # fmt: skip
+    acc = 0.0
+    if statistic:
+        col_ptr, entry, doc = corpus.entries()
+        corpus.drop_entries()
+        acc = np.zeros((V, K))
+        # lam <- 0 * lam + 1 * (0 + 1 * (acc * 1)): acc itself, exactly
+        _topic_word_update(
+            col_ptr, entry, doc, ratio, exp_theta, np.ones((V, K)), acc,
+            0.0, 1.0, 0.0, 1.0,
+        )  # fmt: skip
+    if not bound:
+        return acc, 0.0, 0.0, 0.0
+    terms = float(_doc_terms(gamma, alpha).sum())
+    return acc, float(ll.sum()), terms, corpus.word_count()
+
+
+def _block_stats(block, start, exp_beta_t, alpha, max_iter, tol, eps, statistic,
+                 bound, gamma=None):  # fmt: skip
+    """Block function of the fits (``Rows.map_reduce``): :func:`_block_e_step` of
+    the block's documents from ``gamma`` (None: ones). Pure; the results add."""
+    corpus = _as_corpus(block)
+    if gamma is None:
+        gamma = np.ones((corpus.n_docs, exp_beta_t.shape[1]))
+    else:  # the draws may be a graph's value (Dask): never written in place
+        gamma = np.array(gamma, dtype=np.float64, order="C")
+    return _block_e_step(
+        corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statistic, bound
+    )
+
+
+def _count_bad(block, start):
+    """Block function: counts of negative, NaN and infinite values, and the words."""
     values = block.data if sp.issparse(block) else np.asarray(block)
-    return (
-        int((values < 0).sum()),
-        int(np.isnan(values).sum()),
-        int(np.isinf(values).sum()),
-    )
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (
+            int((values < 0).sum()),
+            int(np.isnan(values).sum()),
+            int(np.isinf(values).sum()),
+            float(values.sum()),
+        )
 
 
-def _dask_e_step(
-    block, start, exp_topic_word, alpha, max_iter, tol, eps, bound, gamma_init=None
-):
-    """Task: :func:`e_step_stats` of one chunk; (sstats, doc_bound, n_tokens)."""
-    import numba
+def _minibatches(rows, size):
+    """Minibatches of ``size`` documents, in row order across block boundaries (a
+    minibatch that straddles two blocks joins their documents): the minibatches of
+    the in-memory corpus, one block in memory at a time."""
+    carry = None
+    for _, block in rows.blocks():
+        corpus = _as_corpus(block)
+        if carry is not None:
+            corpus = _Corpus(
+                np.concatenate((carry.indptr, corpus.indptr[1:] + carry.indptr[-1])),
+                np.concatenate((carry.indices, corpus.indices)),
+                np.concatenate((carry.data, corpus.data)),
+                corpus.n_words,
+            )
+        n = corpus.n_docs
+        full = n - n % size
+        for start in range(0, full, size):
+            yield corpus.rows(start, start + size)
+        carry = None
+        if full < n:  # copied: a source may reuse its block's memory
+            tail = corpus.rows(full, n)
+            carry = _Corpus(tail.indptr, tail.indices.copy(), tail.data.copy(),
+                            tail.n_words)  # fmt: skip
+    if carry is not None:
+        yield carry
 
-    stats = e_step_stats(
-        block,
-        exp_topic_word,
-        alpha,
-        gamma_init=gamma_init,
-        max_doc_update_iter=max_iter,
-        mean_change_tol=tol,
-        eps=eps,
-        compute_bound=bound,
-        n_jobs=numba.get_num_threads(),  # what the task runner allows
-    )
-    return stats.sstats, stats.doc_bound, stats.n_tokens
+
+def _transform_block(rows, est, normalize):
+    """Block function of :meth:`LatentDirichletAllocation.transform` on a source."""
+    return est.transform(rows, normalize=normalize)

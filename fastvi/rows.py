@@ -104,6 +104,11 @@ class Rows:
     def blocks(self):
         raise NotImplementedError
 
+    def block_sizes(self):
+        """The number of rows of every block, in block order."""
+        n, size = self.shape[0], self.block_rows
+        return [min(size, n - start) for start in range(0, n, size)]
+
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
         """``fn`` on every block, results summed in a fixed tree (module doc).
 
@@ -168,7 +173,9 @@ class FileRows(Rows):
 
     ``source`` has ``shape``, ``block_rows`` and ``iter_blocks()`` yielding ``(start,
     stop, view)`` with the rows in ``view[1:]`` (:class:`fastvi.batch.io.NpyRows`,
-    which checks every value on its first pass). Memory does not grow with the
+    which checks every value on its first pass), or in ``view`` itself when the
+    source's ``spare_row`` is False (the sparse sources of :mod:`fastvi.batch.io`
+    yield CSR blocks). Memory does not grow with the
     number of rows; ``y`` (targets, small beside the rows) may be in memory or a
     memory-mapped array.
     """
@@ -179,8 +186,9 @@ class FileRows(Rows):
         self.block_rows = int(source.block_rows)
 
     def blocks(self):
+        spare = getattr(self.source, "spare_row", True)
         for start, stop, view in self.source.iter_blocks():
-            rows = view[1:]
+            rows = view[1:] if spare else view
             yield start, rows if self.y is None else (rows, self.y[start:stop])
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import re
 import struct
@@ -42,12 +43,15 @@ __all__ = [
     "DEFAULT_BLOCK_ROWS",
     "DataDigest",
     "DataError",
+    "DocwordRows",
     "NpyRows",
+    "SparseNpzRows",
     "check_finite",
     "dask_rows",
     "data_format",
     "fingerprint",
     "read_data",
+    "sparse_rows",
 ]
 
 # 16 chunks of 4096 rows: a multiple of the mixture kernel's chunk, so a block pass
@@ -645,3 +649,338 @@ def fingerprint(X):
     digest = DataDigest(X.shape, X.dtype)
     digest.update_rows(X)
     return digest.fingerprint()
+
+
+# ------------------------------------------------------ sparse counts, block by block
+_TEXT_BYTES = 1 << 22  # a docword file is parsed 4 MiB of text at a time
+
+
+class _SparseBlocks:
+    """What the sparse block sources share: ``shape``, ``block_rows``, ``dtype`` and
+    ``spare_row = False`` (``iter_blocks()`` yields ``(start, stop, csr)``: the rows
+    ``start:stop`` as a float64 CSR matrix of their own, checked for NaN/infinity).
+    """
+
+    spare_row = False
+    dtype = np.dtype(np.float64)
+
+    def _init_blocks(self, path, block_rows):
+        self.path = os.fspath(path)
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.block_rows = int(block_rows)
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self.path!r}, shape={self.shape}, "
+            f"block_rows={self.block_rows})"
+        )
+
+    def _block(self, start, stop, indptr, indices, data):
+        import scipy.sparse as sp
+
+        block = sp.csr_matrix(
+            (data.astype(np.float64, copy=False), indices, indptr),
+            shape=(stop - start, self.shape[1]),
+        )
+        check_finite(block, self.path, row_offset=start)
+        return block
+
+
+class SparseNpzRows(_SparseBlocks):
+    """Fixed row blocks of a CSR matrix saved by ``scipy.sparse.save_npz``.
+
+    An out-of-core source of document-word counts (``LatentDirichletAllocation.fit``):
+    each pass streams the archive's ``indptr``, ``indices`` and ``data`` members
+    (compressed or not) side by side and yields ``block_rows`` rows at a time, so
+    the memory used is one block's entries, whatever the number of rows. Every
+    block is checked as it is read: row pointers, column indices, NaN/infinity.
+
+    Parameters
+    ----------
+    path : str or path-like
+    block_rows : int, default=65536
+    """
+
+    def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
+        self._init_blocks(path, block_rows)
+        _refuse_model_file(self.path)
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+                if not _SPARSE_KEYS <= names:
+                    raise DataError(
+                        f"{self.path}: out-of-core reading of .npz needs a SciPy "
+                        "sparse matrix saved by scipy.sparse.save_npz"
+                    )
+                with zf.open("format.npy") as fh:
+                    fmt = np.lib.format.read_array(fh, allow_pickle=False).item()
+                fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+                with zf.open("shape.npy") as fh:
+                    shape = np.lib.format.read_array(fh, allow_pickle=False)
+                shape = tuple(int(v) for v in shape)
+                self._members = {
+                    name: self._member_header(zf, name)
+                    for name in ("indptr", "indices", "data")
+                }
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: no such file") from None
+        except DataError:
+            raise
+        except (OSError, *_DAMAGED) as exc:
+            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
+        if fmt != "csr":
+            raise DataError(
+                f"{self.path}: out-of-core reading needs a CSR matrix, got format "
+                f"{fmt!r} (save X.tocsr())"
+            )
+        if len(shape) != 2 or 0 in shape:
+            raise DataError(f"{self.path}: the matrix is empty (shape {shape})")
+        self.shape = shape
+        lengths = {name: size for name, (size, _) in self._members.items()}
+        if lengths["indptr"] != shape[0] + 1 or lengths["indices"] != lengths["data"]:
+            raise DataError(
+                f"{self.path}: inconsistent CSR arrays (indptr {lengths['indptr']}, "
+                f"indices {lengths['indices']}, data {lengths['data']} values for "
+                f"{shape[0]} rows)"
+            )
+        self.nnz = lengths["data"]
+
+    def _member_header(self, zf, name):
+        """(number of values, dtype) of the 1-D array ``name`` of the archive."""
+        with zf.open(name + ".npy") as fh:
+            shape, dtype = self._read_header(fh)
+        if len(shape) != 1 or dtype.kind not in ("iuf" if name == "data" else "iu"):
+            raise DataError(
+                f"{self.path}: {name} is not a 1-D numeric array ({shape}, {dtype})"
+            )
+        return shape[0], dtype
+
+    @staticmethod
+    def _read_header(fh):
+        version = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(fh)
+        return shape, dtype
+
+    def _read(self, fh, name, n):
+        dtype = self._members[name][1]
+        raw = fh.read(n * dtype.itemsize)
+        if len(raw) != n * dtype.itemsize:
+            raise DataError(f"{self.path}: truncated ({name} ends early)")
+        return np.frombuffer(raw, dtype=dtype)
+
+    def iter_blocks(self):
+        N, W = self.shape
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                streams = {}
+                for name in ("indptr", "indices", "data"):
+                    streams[name] = zf.open(name + ".npy")
+                    self._read_header(streams[name])
+                try:
+                    yield from self._blocks(streams, N, W)
+                finally:
+                    for fh in streams.values():
+                        fh.close()
+        except DataError:
+            raise
+        except (OSError, *_DAMAGED) as exc:
+            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
+
+    def _blocks(self, streams, N, W):
+        first = self._read(streams["indptr"], "indptr", 1).astype(np.int64)
+        if first[0] != 0:
+            raise DataError(f"{self.path}: indptr does not start at 0")
+        for start in range(0, N, self.block_rows):
+            stop = min(N, start + self.block_rows)
+            ends = self._read(streams["indptr"], "indptr", stop - start)
+            indptr = np.concatenate((first, ends.astype(np.int64)))
+            first = indptr[-1:]
+            if np.any(np.diff(indptr) < 0) or indptr[-1] > self.nnz:
+                raise DataError(
+                    f"{self.path}: rows {start + 1}..{stop}: indptr is not a "
+                    f"non-decreasing sequence within 0..{self.nnz}"
+                )
+            n = int(indptr[-1] - indptr[0])
+            indices = self._read(streams["indices"], "indices", n).astype(np.int32)
+            data = self._read(streams["data"], "data", n)
+            if n and (indices.min() < 0 or indices.max() >= W):
+                bad = np.flatnonzero((indices < 0) | (indices >= W))[0]
+                row = int(np.searchsorted(indptr, indptr[0] + bad, side="right")) - 1
+                raise DataError(
+                    f"{self.path}: row {start + row + 1}: column index "
+                    f"{int(indices[bad]) + 1} is outside 1..{W}"
+                )
+            yield (
+                start,
+                stop,
+                self._block(start, stop, indptr - indptr[0], indices, data),
+            )
+
+
+class DocwordRows(_SparseBlocks):
+    """Fixed row (document) blocks of a UCI bag-of-words "docword" file.
+
+    The format: three lines D, W and NNZ, then NNZ lines ``docID wordID count``
+    (1-based ids; ``.gz`` files are read through gzip). Each pass parses the text a
+    few MiB at a time and yields documents ``block_rows`` at a time, so the memory
+    used is one block's entries, whatever the number of documents. This needs the
+    entries sorted by docID, as the UCI files are; an unsorted file is refused,
+    naming the first line out of order (sort it with ``sort -s -n -k1,1`` after
+    the header, or read it in memory with :func:`read_data`). Duplicate
+    ``(docID, wordID)`` lines are summed, as :func:`read_data` does.
+
+    Parameters
+    ----------
+    path : str or path-like
+    block_rows : int, default=65536
+        Documents per block.
+    """
+
+    def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
+        self._init_blocks(path, block_rows)
+        try:
+            with self._open() as fh:
+                n_docs, n_words, nnz = self._header(fh)
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: no such file") from None
+        except DataError:
+            raise
+        except (OSError, *_DAMAGED) as exc:
+            raise DataError(f"{self.path}: cannot read ({exc})") from None
+        if n_docs < 1 or n_words < 1:
+            raise DataError(
+                f"{self.path}: the matrix is empty ({n_docs} documents, "
+                f"{n_words} words)"
+            )
+        self.shape = (n_docs, n_words)
+        self.nnz = nnz
+
+    def _open(self):
+        if self.path.endswith(".gz"):
+            return gzip.open(self.path, "rb")
+        return open(self.path, "rb")
+
+    def _header(self, fh):
+        try:
+            return tuple(int(fh.readline()) for _ in range(3))
+        except ValueError:
+            raise DataError(
+                f"{self.path}: not a docword file (the first three lines must be the "
+                "numbers of documents, words and entries)"
+            ) from None
+
+    def _parse(self, text, line):
+        """The entries of ``text`` (whole lines following line ``line``), checked."""
+        try:
+            entries = np.loadtxt(io.BytesIO(text), dtype=np.int64, ndmin=2)
+        except ValueError as exc:
+            found = re.search(r"at row (\d+)", str(exc))
+            where = f"line {line + int(found.group(1)) + 1}: " if found else ""
+            raise DataError(
+                f"{self.path}: {where}bad docword entry (expected 'docID wordID "
+                "count' integers)"
+            ) from None
+        if entries.shape[1] != 3:
+            raise DataError(
+                f"{self.path}: line {line + 1}: docword entries must be "
+                "'docID wordID count'"
+            )
+        D, W = self.shape
+        for column, name, top in ((0, "docID", D), (1, "wordID", W)):
+            ids = entries[:, column]
+            bad = np.flatnonzero((ids < 1) | (ids > top))
+            if bad.size:
+                raise DataError(
+                    f"{self.path}: line {line + int(bad[0]) + 1}: {name} "
+                    f"{int(ids[bad[0]])} is outside 1..{top}"
+                )
+        bad = np.flatnonzero(entries[:, 2] < 0)
+        if bad.size:
+            raise DataError(
+                f"{self.path}: line {line + int(bad[0]) + 1}: negative count"
+            )
+        return entries
+
+    def _refuse_unsorted(self, docs, last, line):
+        previous = np.concatenate(([last], docs[:-1]))
+        bad = np.flatnonzero(docs < previous)
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"{self.path}: line {line + i + 1}: docID {int(docs[i])} follows "
+                f"docID {int(previous[i])}; reading a docword file block by block "
+                "needs the entries sorted by docID (sort the lines after the "
+                "three-line header with 'sort -s -n -k1,1', or read the file in "
+                "memory)"
+            )
+
+    def iter_blocks(self):
+        try:
+            with self._open() as fh:
+                self._header(fh)
+                yield from self._blocks(fh)
+        except DataError:
+            raise
+        except (OSError, *_DAMAGED) as exc:
+            raise DataError(f"{self.path}: cannot read ({exc})") from None
+
+    def _blocks(self, fh):
+        D = self.shape[0]
+        line, last, seen = 3, 0, 0  # lines read, the last docID, entries read
+        parts, rest, start = [], b"", 0
+        while start < D:
+            chunk = fh.read(_TEXT_BYTES)
+            text = rest + chunk
+            cut = len(text) if not chunk else text.rfind(b"\n") + 1
+            text, rest = text[:cut], text[cut:]
+            if text.strip():
+                entries = self._parse(text, line)
+                self._refuse_unsorted(entries[:, 0], last, line)
+                last = int(entries[-1, 0])
+                seen += entries.shape[0]
+                parts.append(entries)
+            line += text.count(b"\n")
+            # every block whose documents all came before ``last`` is complete
+            while start < D and (not chunk or last > start + self.block_rows):
+                stop = min(D, start + self.block_rows)
+                pending = np.concatenate(parts) if parts else np.empty((0, 3), int)
+                k = int(np.searchsorted(pending[:, 0], stop, side="right"))
+                yield start, stop, self._entries_block(start, stop, pending[:k])
+                parts = [pending[k:].copy()]
+                start = stop
+        if seen != self.nnz or fh.read(1).strip():
+            raise DataError(
+                f"{self.path}: the header says {self.nnz} entries, the file holds "
+                f"{seen if seen != self.nnz else 'more'}"
+            )
+
+    def _entries_block(self, start, stop, entries):
+        import scipy.sparse as sp
+
+        docs, words, counts = entries.T
+        # duplicates summed, indices sorted: the rows of read_data's CSR matrix
+        block = sp.csr_matrix(
+            (counts.astype(np.float64), (docs - 1 - start, words - 1)),
+            shape=(stop - start, self.shape[1]),
+        )
+        return block
+
+
+def sparse_rows(path, fmt="auto", block_rows=DEFAULT_BLOCK_ROWS):
+    """An out-of-core source of a sparse count file: :class:`SparseNpzRows` for a
+    ``.npz`` CSR matrix, :class:`DocwordRows` for a docword file."""
+    fmt = data_format(path, fmt)
+    if fmt == "npz":
+        return SparseNpzRows(path, block_rows)
+    if fmt == "docword":
+        return DocwordRows(path, block_rows)
+    raise DataError(
+        f"{path}: out-of-core sparse reading needs a .npz CSR matrix or a docword "
+        f"file, not {fmt}"
+    )
