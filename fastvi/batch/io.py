@@ -31,8 +31,10 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import re
 import struct
+import threading
 import tokenize
 import zipfile
 import zlib
@@ -396,10 +398,10 @@ def read_data(path, fmt="auto", header=False, check=True):
 
 
 class NpyRows:
-    """Fixed row blocks of a float64 C-order ``.npy`` file, read into one buffer.
+    """Fixed row blocks of a float64 C-order ``.npy`` file, read into fixed buffers.
 
     An out-of-core data source for ``BayesianGaussianMixture.fit``: each pass reads
-    the file block by block with ``readinto`` into a buffer that is allocated once,
+    the file block by block with ``readinto`` into buffers that are allocated once,
     so the memory used does not depend on the number of rows (the operating system's
     page cache may keep the file, but that is not the process's memory). The first
     pass checks every value for NaN/infinity.
@@ -410,20 +412,38 @@ class NpyRows:
     block_rows : int, default=65536
         Rows per block; a multiple of 4096 keeps the mixture fit bitwise equal to the
         in-memory fit.
+    prefetch : int, default=2
+        Blocks read ahead on a reader thread while the caller computes on the
+        current one (``prefetch + 1`` block buffers in all); 0 reads each block in
+        the calling thread when it is asked for (one buffer).
 
     Notes
     -----
     ``iter_blocks()`` yields ``(start, stop, view)`` where ``view`` has shape
     ``(1 + stop - start, n_features)``: rows ``start:stop`` are ``view[1:]`` and
     ``view[0]`` is a spare row the consumer may use (the mixture keeps its running
-    column sums there). The view is overwritten by the next block.
+    column sums there). The view is valid until the consumer asks for the next
+    block; then its buffer may be filled again.
+
+    With ``prefetch > 0`` a reader thread fills the next blocks, in file order, into
+    the free buffers while the caller computes; the read itself releases the GIL.
+    The blocks, their order and their values are those of ``prefetch=0``. A
+    problem met by the reader (a file cut short since it was opened, NaN or
+    infinity on the first pass, an operating-system error) is raised in the
+    caller, with the same message, when it asks for the block that has it.
+    Closing the iterator, or dropping it (an exception or ``KeyboardInterrupt`` in
+    the loop that consumes it), stops the reader thread and waits for it before
+    the file is closed; the buffers go back to the source for its next pass.
     """
 
-    def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
+    def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS, prefetch=2):
         self.path = os.fspath(path)
         if int(block_rows) < 1:
             raise ValueError(f"block_rows must be positive, got {block_rows}")
+        if int(prefetch) < 0:
+            raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
         self.block_rows = int(block_rows)
+        self.prefetch = int(prefetch)
         try:
             with open(self.path, "rb") as fh:
                 version = np.lib.format.read_magic(fh)
@@ -456,7 +476,8 @@ class NpyRows:
             raise DataError(
                 f"{self.path}: truncated ({size} bytes, the header promises {expected})"
             )
-        self._buffer = None
+        self._spare = []  # block buffers not in use by a pass, kept for the next
+        self._spare_lock = threading.Lock()
         self._checked = 0  # rows [0, _checked) have been checked for NaN/inf
 
     def __repr__(self):
@@ -478,30 +499,140 @@ class NpyRows:
             )
         return out
 
+    def _spans(self):
+        N = self.shape[0]
+        return [
+            (start, min(N, start + self.block_rows))
+            for start in range(0, N, self.block_rows)
+        ]
+
+    def _take_buffers(self, n):
+        """``n`` block buffers: the source's spare ones first, new ones if short."""
+        rows = min(self.block_rows, self.shape[0]) + 1
+        with self._spare_lock:
+            taken, self._spare = self._spare[:n], self._spare[n:]
+        while len(taken) < n:
+            taken.append(np.empty((rows, self.shape[1])))
+        return taken
+
+    def _give_back(self, buffers):
+        with self._spare_lock:
+            self._spare.extend(buffers)
+
+    def _fill(self, fh, view, start, stop):
+        """Read rows ``start:stop`` (the next ones in ``fh``) into ``view[1:]`` and
+        check them for NaN/infinity on the first pass."""
+        want = (stop - start) * self._row_bytes
+        target = memoryview(view[1:]).cast("B")
+        got = 0
+        while got < want:  # readinto may return less than asked
+            more = fh.readinto(target[got:])
+            if not more:
+                raise DataError(
+                    f"{self.path}: truncated while reading rows {start + 1}..{stop}"
+                )
+            got += more
+        if stop > self._checked:
+            check_finite(view[1:], self.path, row_offset=start)
+            self._checked = max(self._checked, stop)
+
     def iter_blocks(self):
-        N, D = self.shape
-        if self._buffer is None:
-            self._buffer = np.empty((min(self.block_rows, N) + 1, D))
-        buf = self._buffer
+        """``(start, stop, view)`` for every block, in row order (class Notes)."""
+        n_buffers = 1 + min(self.prefetch, len(self._spans()) - 1)
         with open(self.path, "rb", buffering=0) as fh:
+            if hasattr(os, "posix_fadvise"):  # a larger read-ahead on a cold file
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
             fh.seek(self._offset)
-            for start in range(0, N, self.block_rows):
-                stop = min(N, start + self.block_rows)
-                view = buf[: stop - start + 1]
-                want = (stop - start) * self._row_bytes
-                got = fh.readinto(memoryview(view[1:]).cast("B"))
-                while got < want:  # readinto may return less than asked
-                    more = fh.readinto(memoryview(view[1:]).cast("B")[got:])
-                    if not more:
-                        raise DataError(
-                            f"{self.path}: truncated while reading rows "
-                            f"{start + 1}..{stop}"
-                        )
-                    got += more
-                if stop > self._checked:
-                    check_finite(view[1:], self.path, row_offset=start)
-                    self._checked = stop
+            if n_buffers == 1:
+                yield from self._blocks_here(fh)
+            else:
+                yield from self._blocks_prefetched(fh, n_buffers)
+
+    def _blocks_here(self, fh):
+        (buffer,) = self._take_buffers(1)
+        try:
+            for start, stop in self._spans():
+                view = buffer[: stop - start + 1]
+                self._fill(fh, view, start, stop)
                 yield start, stop, view
+        finally:
+            self._give_back([buffer])
+
+    def _blocks_prefetched(self, fh, n_buffers):
+        buffers = self._take_buffers(n_buffers)
+        reader = _BlockReader(self, fh, buffers)
+        try:
+            while True:
+                item = reader.next_block()
+                if item is None:
+                    return
+                yield item
+                reader.done_with(item[2])
+        finally:
+            reader.stop()
+            self._give_back(buffers)
+
+
+class _BlockReader:
+    """A thread that fills free block buffers with the next blocks of a file.
+
+    Blocks go to the consumer in file order through ``ready``; a buffer goes back
+    to ``free`` when the consumer asks for the block after the one it holds. The
+    thread holds no reference to the consumer's generator, so dropping that
+    generator closes it (and its ``finally`` calls :meth:`stop`).
+    """
+
+    def __init__(self, source, fh, buffers):
+        self._free = queue.SimpleQueue()
+        self._ready = queue.SimpleQueue()
+        self._stopping = False
+        for buffer in buffers:
+            self._free.put(buffer)
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(source, fh),
+            name=f"fastvi-read {os.path.basename(source.path)}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, source, fh):
+        try:
+            for start, stop in source._spans():
+                buffer = self._free.get()
+                if buffer is None or self._stopping:
+                    return
+                view = buffer[: stop - start + 1]
+                source._fill(fh, view, start, stop)
+                self._ready.put((start, stop, view))
+            self._ready.put(None)
+        except BaseException as exc:  # raised in the consumer, at this block
+            self._ready.put(exc)
+
+    def next_block(self):
+        """The next ``(start, stop, view)``; None after the last; raises the
+        reader's error at the block it stopped on."""
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+            try:
+                raise item
+            finally:
+                item = None  # no reference cycle through the traceback
+        return item
+
+    def done_with(self, view):
+        """The consumer is done with ``view``: its buffer may be filled again."""
+        self._free.put(view.base)
+
+    def stop(self):
+        """End the thread and wait for it (a read in progress finishes first)."""
+        self._stopping = True
+        self._free.put(None)
+        try:
+            self._thread.join()
+        except BaseException:  # Ctrl-C while joining: the buffers and the file
+            self._thread.join()  # must outlive the read in progress
+            raise
 
 
 def dask_rows(path, block_rows=DEFAULT_BLOCK_ROWS):

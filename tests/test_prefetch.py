@@ -1,0 +1,234 @@
+"""Reading the blocks of a ``.npy`` file ahead of the caller (``NpyRows(prefetch=)``).
+
+The reader thread must change nothing but the timing: the same blocks in the same
+order with the same values as reading in the caller (``prefetch=0``), the same errors
+at the same block, and no thread or buffer left behind by a pass that ends early.
+"""
+
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from fastvi.batch.io import DataError, NpyRows
+
+BLOCK = 64
+WAIT = 60.0  # seconds; only a broken reader ever waits this long
+
+
+def wait_for(condition):
+    """Whether ``condition()`` became true within WAIT seconds."""
+    pause = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return True
+        pause.wait(0.01)
+    return condition()
+
+
+def reader_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("fastvi-read")]
+
+
+@pytest.fixture
+def data(tmp_path):
+    X = np.random.default_rng(0).normal(size=(5 * BLOCK + 17, 3))
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    return path, X
+
+
+def blocks_of(source):
+    return [(a, b, v.shape, v[1:].copy()) for a, b, v in source.iter_blocks()]
+
+
+@pytest.mark.parametrize("n_rows", [1, BLOCK - 1, BLOCK, 3 * BLOCK, 5 * BLOCK + 17])
+@pytest.mark.parametrize("prefetch", [1, 2, 7])
+def test_prefetched_blocks_are_the_blocks_read_in_the_caller(
+    tmp_path, n_rows, prefetch
+):
+    X = np.random.default_rng(n_rows).normal(size=(n_rows, 4))
+    np.save(tmp_path / "x.npy", X)
+    here = blocks_of(NpyRows(tmp_path / "x.npy", block_rows=BLOCK, prefetch=0))
+    ahead = blocks_of(NpyRows(tmp_path / "x.npy", block_rows=BLOCK, prefetch=prefetch))
+    assert [b[:3] for b in ahead] == [b[:3] for b in here]
+    for (*_, got), (*_, want) in zip(ahead, here):
+        assert got.tobytes() == want.tobytes()
+    assert np.concatenate([b[3] for b in ahead]).tobytes() == X.tobytes()
+    assert reader_threads() == []
+
+
+def test_the_block_held_is_not_overwritten_and_its_spare_row_is_free(data):
+    path, X = data
+    prefetch = 2
+    source = NpyRows(path, block_rows=BLOCK, prefetch=prefetch)
+    filled = []  # (start, buffer) in the order the reader fills them
+    real_fill = source._fill
+
+    def fill(fh, view, start, stop):
+        real_fill(fh, view, start, stop)
+        filled.append((start, view.base))
+
+    source._fill = fill
+    n_blocks = -(-X.shape[0] // BLOCK)
+    for i, (start, stop, view) in enumerate(source.iter_blocks()):
+        # let the reader get as far ahead as it may, then look at the block held
+        last = min(i + prefetch, n_blocks - 1) * BLOCK
+        assert wait_for(lambda last=last: any(s == last for s, _ in list(filled)))
+        assert all(s <= last for s, _ in filled), "the reader got too far ahead"
+        view[0] = -1.0  # the spare row is the consumer's
+        assert view[1:].tobytes() == X[start:stop].tobytes()
+        assert not any(buf is view.base and s > start for s, buf in filled), (
+            "the buffer in use was filled again"
+        )
+
+
+def test_buffers_are_allocated_once_and_reused_by_the_next_passes(data):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=2)
+    first = {id(v.base) for _, _, v in source.iter_blocks()}
+    assert len(first) == 3
+    for _ in range(3):
+        again = {id(v.base) for _, _, v in source.iter_blocks()}
+        assert again == first
+    assert len(source._spare) == 3
+    assert reader_threads() == []
+
+
+def test_two_passes_at_once_do_not_share_buffers(data):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=1)
+    outer = source.iter_blocks()
+    a = next(outer)
+    for start, stop, view in source.iter_blocks():  # a nested pass, to the end
+        assert view[1:].tobytes() == X[start:stop].tobytes()
+    assert a[2][1:].tobytes() == X[a[0] : a[1]].tobytes()
+    first = a[2][1:].copy()  # valid until the outer pass moves on
+    rest = [v[1:].copy() for _, _, v in outer]
+    assert np.concatenate([first, *rest]).tobytes() == X.tobytes()
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_file_cut_short_after_opening_is_named_at_its_block(data, prefetch):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=prefetch)
+    size = os.path.getsize(path)
+    os.truncate(path, size - 10 * X.shape[1] * 8)  # rows lost in the last block
+    got = []
+    with pytest.raises(DataError) as info:
+        for _, _, view in source.iter_blocks():
+            got.append(view[1:].copy())
+    last = 5 * BLOCK
+    assert str(info.value) == (
+        f"{path}: truncated while reading rows {last + 1}..{X.shape[0]}"
+    )
+    assert np.concatenate(got).tobytes() == X[:last].tobytes()  # all blocks before
+    assert reader_threads() == []
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_nan_on_the_first_pass_is_named_at_its_block(tmp_path, prefetch):
+    X = np.random.default_rng(1).normal(size=(4 * BLOCK, 2))
+    X[2 * BLOCK + 3, 1] = np.inf
+    np.save(tmp_path / "bad.npy", X)
+    source = NpyRows(tmp_path / "bad.npy", block_rows=BLOCK, prefetch=prefetch)
+    seen = []
+    with pytest.raises(DataError) as info:
+        for start, _, _ in source.iter_blocks():
+            seen.append(start)
+    assert str(info.value) == (
+        f"{tmp_path / 'bad.npy'}: row {2 * BLOCK + 4}, column 2: value inf is not "
+        "finite"
+    )
+    assert seen == [0, BLOCK]
+    assert reader_threads() == []
+
+
+def test_an_os_error_of_the_reader_is_raised_in_the_caller(data, monkeypatch):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=2)
+    real_fill = source._fill
+
+    def fill(fh, view, start, stop):
+        if start == 2 * BLOCK:
+            raise OSError(5, "Input/output error")
+        real_fill(fh, view, start, stop)
+
+    source._fill = fill
+    seen = []
+    with pytest.raises(OSError, match="Input/output error"):
+        for start, _, _ in source.iter_blocks():
+            seen.append(start)
+    assert seen == [0, BLOCK]
+    assert reader_threads() == []
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["close", "exception", "keyboard", "dropped"])
+def test_a_pass_ended_early_stops_the_reader_and_returns_its_buffers(data, how):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=2)
+    blocks = source.iter_blocks()
+    next(blocks)
+    assert len(reader_threads()) == 1
+    if how == "close":
+        blocks.close()
+    elif how == "dropped":
+        del blocks
+    else:
+        error = Stop if how == "exception" else KeyboardInterrupt
+        with pytest.raises(error):
+            for start, _, _ in blocks:
+                if start == 2 * BLOCK:
+                    raise error()
+        del blocks
+    assert reader_threads() == []
+    assert len(source._spare) == 3  # back in the source, for its next pass
+    assert blocks_of(source)[-1][3].tobytes() == X[5 * BLOCK :].tobytes()
+
+
+def test_ctrl_c_while_waiting_for_a_block_stops_the_reader(data, monkeypatch):
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=2)
+    entered, release = threading.Event(), threading.Event()
+    real_fill = source._fill
+
+    def fill(fh, view, start, stop):
+        if start == BLOCK:  # a slow read: the caller waits for this block
+            entered.set()
+            release.wait(WAIT)
+        real_fill(fh, view, start, stop)
+
+    source._fill = fill
+    main = threading.get_ident()
+
+    def waiting():  # the caller is blocked in the wait for a block
+        frame = sys._current_frames().get(main)
+        return frame is not None and frame.f_code.co_name == "next_block"
+
+    def interrupt():
+        entered.wait(WAIT)
+        if wait_for(waiting):
+            signal.pthread_kill(main, signal.SIGINT)
+        release.set()
+
+    blocks = source.iter_blocks()
+    next(blocks)
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        next(blocks)
+    helper.join()
+    assert reader_threads() == []
+    assert len(source._spare) == 3
+
+
+def test_prefetch_must_not_be_negative(data):
+    with pytest.raises(ValueError, match="prefetch must be 0 or more"):
+        NpyRows(data[0], prefetch=-1)
