@@ -243,7 +243,9 @@ def _in_one_buffer(pieces):
         yield view, piece.copy()
 
 
-@pytest.mark.parametrize("shape", [(), (1,), (3,), (2, 3), (2, 0, 3), (2, 3, 3)])
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (2,), (3,), (2, 3), (2, 0, 3), (2, 3, 3), (32, 16, 16)]
+)
 def test_fold_in_order_is_numpys_sum_of_the_concatenation(shape):
     rng = np.random.default_rng(7)
     parts = _stacked(rng, 300, shape)
