@@ -117,7 +117,10 @@ def make_estimator(
 
 def final_bound(model, X):
     """The bound of the fitted factors with optimal responsibilities (one pass)."""
-    return float(model._svi_bound(model._prepare(X)))
+    from fastvi.mixture import _Data
+    from fastvi.rows import ArrayRows
+
+    return float(model._svi_bound(_Data(ArrayRows(X), X)))
 
 
 _REFERENCES = {}

@@ -67,12 +67,16 @@ def _worker_threads(default):
         return default
 
 
-def _run_block(fn, block, start, shared, local, n_jobs):
-    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock."""
+def _run_block(fn, block, start, shared, local, n_jobs, ordered=False):
+    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock; its
+    stacked partials summed over their first axis when ``ordered``."""
     from ._threads import thread_limits
 
     with _KERNEL_LOCK, thread_limits(_worker_threads(n_jobs)):
-        return fn(block, start, *shared, *local)
+        out = fn(block, start, *shared, *local)
+    if ordered:
+        out = tuple(p.sum(axis=0) for p in out) if type(out) is tuple else out.sum(0)
+    return out
 
 
 def _run_rows(block, fn, args, n_jobs):
@@ -161,13 +165,15 @@ class DaskRows(Rows):
         for start, block in zip(self.starts, self._blocks):
             yield int(start), self._dask.compute(block)[0]
 
-    def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
+    def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
         """Run ``fn`` on every chunk, sum its results in a fixed tree, compute.
 
         ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
         floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
         to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count).
+        scheduler (distributed workers use their own thread count). ``ordered``:
+        ``fn`` returns stacked partials, summed on the worker, then in the tree
+        (equal to the in-order sum of the other sources to rounding).
         """
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
@@ -176,7 +182,7 @@ class DaskRows(Rows):
             mine = () if local is None else tuple(local[i])
             tasks.append(
                 delayed(_run_block, pure=True)(
-                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
+                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs, ordered
                 )
             )
         total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))

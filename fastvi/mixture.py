@@ -27,10 +27,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
-from ._dask import is_dask_collection
 from ._numerics import check_squares_overflow, max_abs
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
+from .rows import ArrayRows, predict_rows, source_rows
 
 __all__ = ["BayesianGaussianMixture"]
 
@@ -58,239 +58,126 @@ def _gmm_kernels():
     return gmm
 
 
-class _Stats:
-    """Sufficient statistics of one pass, summed over chunks in chunk order.
+class _Stats(NamedTuple):
+    """Sufficient statistics of one pass, summed over the rows.
 
     ``nk`` are the raw responsibility sums, ``sx``/``sq`` the first and second moments
-    about ``shift`` (see ``fastvi.kernels.gmm``), ``entropy`` is -sum r log r and
-    ``norm`` the sum over rows of log-sum-exp.
+    about ``shift`` (see ``fastvi.kernels.gmm``), ``norm`` the sum over rows of
+    log-sum-exp and ``entropy`` -sum r log r.
     """
 
-    __slots__ = ("nk", "sx", "sq", "shift", "entropy", "norm")
-
-    def __init__(self, parts, shift, summed=False):
-        nk, sx, sq, norm, ent = parts
-        if summed:  # already reduced over chunks (streamed passes)
-            self.nk, self.sx, self.sq = nk, sx, sq
-            self.norm, self.entropy = float(norm), float(ent)
-        else:
-            self.nk = nk.sum(axis=0)
-            self.sx = sx.sum(axis=0)
-            self.sq = sq.sum(axis=0)
-            self.norm = float(norm.sum())
-            self.entropy = float(ent.sum())
-        self.shift = shift
+    nk: np.ndarray
+    sx: np.ndarray
+    sq: np.ndarray
+    norm: float
+    entropy: float
+    shift: np.ndarray
 
 
-class _OrderedSum:
-    """``np.concatenate(parts).sum(axis=0)`` for parts fed in order, bitwise.
+class _Data:
+    """The rows of one fit (:mod:`fastvi.rows`) and their moments, each computed once.
 
-    NumPy reduces over axis 0 sequentially (row after row) when the trailing size is
-    above one, so a running sum that restarts each part from the previous total
-    reproduces it while holding one row; 1-D parts and parts whose rows hold one
-    value (NumPy sums those pairwise) are kept and summed at the end (they are
-    small: one value per chunk).
+    ``array`` is the validated array when the data were given in memory (in its own
+    dtype: an initialization that needs every row at once and the minibatches of
+    online fits read it), else None. ``total`` and ``center`` are bitwise
+    ``X.sum(axis=0)`` and ``X.mean(axis=0)`` of the float64 rows (``map_reduce`` in
+    order), and ``mean`` is the mean in the dtype of the data given (scikit-learn's
+    default mean prior).
     """
 
-    __slots__ = ("_acc", "_parts")
-
-    def __init__(self):
-        self._acc = None
-        self._parts = []
-
-    def add(self, part):
-        if part.shape[0] == 0:
-            return
-        if part.ndim == 1 or math.prod(part.shape[1:]) <= 1:
-            self._parts.append(np.array(part))
-        elif self._acc is None:
-            self._acc = part.sum(axis=0)
-        else:
-            self._acc = np.concatenate((self._acc[np.newaxis], part)).sum(axis=0)
-
-    def total(self):
-        if self._acc is not None:
-            return self._acc
-        return np.concatenate(self._parts).sum(axis=0)
-
-
-def _is_source(X):
-    return hasattr(X, "iter_blocks") and hasattr(X, "block_rows")
-
-
-class _Streamed:
-    """A row-block source plus the data moments a fit needs, each streamed once.
-
-    ``blocks()`` yields ``(start, stop, rows)`` with ``rows`` a float64 C-contiguous
-    view into the source's reused buffer. The column sums follow NumPy's order for
-    ``X.sum(axis=0)`` (sequential over rows): each block's sum restarts from the
-    running total, which the source's spare leading buffer row holds.
-    """
-
-    def __init__(self, source, tied):
-        self.source = source
-        self.shape = tuple(source.shape)
-        self._tied = tied
-        self._cache = {}
-
-    def blocks(self):
-        for start, stop, view in self.source.iter_blocks():
-            yield start, stop, view[1:]
-
-    def _column_sum(self):
-        """sum_n x_n in NumPy's axis-0 order (so the mean is bitwise X.mean(axis=0))."""
-        if self.shape[1] == 1:  # NumPy sums a single column pairwise: gather it
-            column = np.concatenate([rows[:, 0] for _, _, rows in self._copies()])
-            return column[:, np.newaxis].sum(axis=0)
-        total = None
-        for _, _, view in self.source.iter_blocks():
-            if total is None:
-                total = view[1:].sum(axis=0)
-            else:  # the spare leading row carries the running total
-                view[0] = total
-                total = view.sum(axis=0)
-        return total
-
-    def _copies(self):
-        for start, stop, rows in self.blocks():
-            yield start, stop, rows.copy()
-
-    def mean_(self):
-        """The data mean, bitwise ``X.mean(axis=0)``."""
-        if "mean" not in self._cache:
-            self._cache["sum"] = self._column_sum()
-            self._cache["mean"] = self._cache["sum"] / self.shape[0]
-        return self._cache["mean"]
+    def __init__(self, rows, array=None, n_jobs=None):
+        self.rows, self.array, self.n_jobs = rows, array, n_jobs
+        self.total = rows.map_reduce(_block_rows, n_jobs=n_jobs, ordered=True)
+        self.center = self.total / rows.shape[0]
+        self.mean = self.center
+        if array is not None and array.dtype != np.float64:
+            self.mean = array.mean(axis=0)
+        self._gram = None
 
     def gram(self):
-        """``_CenteredGram`` about the mean (tied covariances), else None."""
-        if not self._tied:
-            return None
-        center = self.mean_()
-        return _CenteredGram(
-            matrix=self._gram_matrix(),
-            dev_sum=self._cache["sum"] - self.shape[0] * center,
-        )
-
-    def _gram_matrix(self):
-        """sum_n (x_n - c)(x_n - c)^T about the mean c, as ``_prepare`` computes it."""
-        if "gram" not in self._cache:
-            center = _kernel_array(self.mean_())
-            acc = _OrderedSum()
-            for _, _, rows in self.blocks():
-                acc.add(_centered_gram(rows, center))
-            self._cache["gram"] = _symmetrize_upper(acc.total())
-        return self._cache["gram"]
-
-    def covariance_prior(self, cov_type):
-        """Default covariance prior, the same expression as for in-memory data."""
-        return _default_covariance_prior(self._gram_matrix(), self.shape[0], cov_type)
+        """sum_n (x_n - c)(x_n - c)^T about the mean c: chunk partials in order."""
+        if self._gram is None:
+            self._gram = _symmetrize_upper(
+                self.rows.map_reduce(
+                    _block_gram,
+                    shared=(_kernel_array(self.center),),
+                    n_jobs=self.n_jobs,
+                    ordered=True,
+                )
+            )
+        return self._gram
 
 
-class _Distributed(_Streamed):
-    """Rows of a dask array: every pass runs on the workers, partials tree-summed.
+class _PerBlock:
+    """``local`` of a pass: ``make(start, size)`` of block i, made when the pass
+    reaches the block (:meth:`fastvi.rows.Rows.map_reduce` asks in block order)."""
 
-    Same interface as :class:`_Streamed` (the data moments, the covariance prior and
-    the per-iteration statistics) but nothing is read on the client: each row chunk
-    goes through the fused kernel where it lives and returns its summed partials
-    (see :mod:`fastvi._dask`). The first pass also checks that every value is
-    finite.
-    """
+    def __init__(self, rows, make):
+        self.sizes = np.asarray(rows.block_sizes())
+        self.starts = np.cumsum(self.sizes) - self.sizes
+        self.make = make
 
-    def __init__(self, rows, tied, n_jobs):
-        super().__init__(rows, tied)
-        self.rows = rows
-        self.n_jobs = n_jobs
-
-    def blocks(self):  # pragma: no cover - rows never come to the client
-        raise AssertionError("a Dask fit must not read rows on the client")
-
-    def _column_sum(self):
-        from ._dask import raise_if_nonfinite
-
-        total, n_nan, n_inf = self.rows.map_reduce(_dask_column_sum, n_jobs=self.n_jobs)
-        raise_if_nonfinite("X", n_nan, n_inf)
-        return total
-
-    def _gram_matrix(self):
-        if "gram" not in self._cache:
-            total = self.rows.map_reduce(
-                _dask_centered_gram,
-                shared=(_kernel_array(self.mean_()),),
-                n_jobs=self.n_jobs,
-            )[0]
-            self._cache["gram"] = _symmetrize_upper(total)
-        return self._cache["gram"]
-
-    def statistics(self, kind, params, shift, init=None):
-        """``_Stats`` of one pass; ``init=(init_params, random_state)`` as streamed."""
-        K = params[2].shape[0]
-        init_kind, marks, local = "", np.empty(0, dtype=np.int64), None
-        if init is not None and init[0] == "random":
-            init_kind, local = "random", []
-            for size in self.rows.sizes:  # the in-memory draws, chunk by chunk
-                resp = init[1].uniform(size=(int(size), K))
-                local.append((resp / resp.sum(axis=1)[:, np.newaxis],))
-        elif init is not None:  # 'random_from_data'
-            init_kind = "labels"
-            marks = init[1].choice(self.shape[0], size=K, replace=False)
-        parts = self.rows.map_reduce(
-            _dask_mixture_pass,
-            shared=(kind, *params, shift, init_kind, marks),
-            local=local,
-            n_jobs=self.n_jobs,
-        )
-        return _Stats(parts, shift, summed=True)
+    def __getitem__(self, i):
+        return self.make(int(self.starts[i]), int(self.sizes[i]))
 
 
-def _dask_column_sum(block, start):
-    """Task: column sums of one chunk and its NaN / infinity counts."""
-    rows = np.asarray(block, dtype=np.float64)
-    n_nan = int(np.isnan(rows).sum())
-    n_inf = int(np.isinf(rows).sum())
-    return rows.sum(axis=0), n_nan, n_inf
+# Block functions (:mod:`fastvi.rows`): the model's work on one block of rows.
+def _block_rows(rows, start):
+    """The rows themselves: summed in order, their column sums (NumPy's order)."""
+    return rows
 
 
-def _dask_centered_gram(block, start, center):
-    """Task: the chunk's centered Gram matrix (upper triangle)."""
-    rows = _kernel_array(block)
-    return (_centered_gram(rows, center).sum(axis=0),)
+def _block_gram(rows, start, center):
+    """Per-chunk partials of the centered Gram matrix (upper triangles)."""
+    return _centered_gram(_kernel_array(rows), center)
 
 
-def _dask_score_block(rows, estimator, want):
-    """Task: labels, log-responsibilities or log-densities of one chunk."""
-    return estimator._score_pass(rows, want)
-
-
-def _dask_mixture_pass(
-    block, start, kind, means, prec, const, shift, init_kind, marks, resp=None
+def _block_statistics(
+    rows, start, kind, means, prec, const, shift, marks, resp=None, labels=None
 ):
-    """Task: one chunk through ``_mixture_pass``; its partial statistics, summed."""
-    rows = _kernel_array(block)
-    K = const.shape[0]
-    labels = _NO_LABELS
-    if init_kind == "labels":
-        labels = np.full(rows.shape[0], -1, dtype=np.int64)
-        inside = (marks >= start) & (marks < start + rows.shape[0])
+    """Per-chunk partial statistics ``(nk, sx, sq, norm, entropy)`` of one block.
+
+    The responsibilities are computed under the global factors (``means``, ``prec``,
+    ``const``: :meth:`BayesianGaussianMixture._kernel_params`) or given: ``resp``
+    (soft), ``labels`` (a component per row, -1 for none) or ``marks`` (the row
+    index, in the whole data, of each component's one-hot row).
+    """
+    n = rows.shape[0]
+    if marks.size:
+        labels = np.full(n, -1, dtype=np.int64)
+        inside = (marks >= start) & (marks < start + n)
         labels[marks[inside] - start] = np.flatnonzero(inside)
-    parts = _mixture_pass(
-        rows,
+    return _mixture_pass(
+        _kernel_array(rows),
         kind,
         means,
         prec,
         const,
         shift,
-        np.empty((0, K)) if resp is None else _kernel_array(resp),
-        labels,
+        np.empty((0, const.shape[0])) if resp is None else resp,
+        _NO_LABELS if labels is None else labels,
     )
-    return tuple(part.sum(axis=0) for part in parts)
 
 
-class _CenteredGram(NamedTuple):
-    """sum_n (x_n - c)(x_n - c)^T and sum_n (x_n - c) about the data mean c."""
-
-    matrix: np.ndarray
-    dev_sum: np.ndarray
+def _score_block(rows, kind, means, prec, const, want):
+    """Labels, log-responsibilities or log-densities (``want``) of one block."""
+    N, D = rows.shape
+    K = const.shape[0]
+    log_resp = np.empty((N, K) if want == "log_resp" else (0, K))
+    norm = np.empty(N if want == "norm" else 0)
+    labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
+    _mixture_pass(
+        _kernel_array(rows),
+        kind,
+        means,
+        prec,
+        const,
+        np.empty((0, D)),
+        np.empty((0, K)),
+        _NO_LABELS,
+        outs=(log_resp, norm, labels),
+    )
+    return {"labels": labels, "log_resp": log_resp, "norm": norm}[want]
 
 
 class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
@@ -575,107 +462,112 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), or a row-block source
+        X : array-like of shape (n_samples, n_features), a row-block source or a \
+dask array
             A source (such as :class:`fastvi.batch.io.NpyRows`, a float64 ``.npy``
             file read in fixed row blocks) fits out of core: memory does not grow
-            with the number of rows and the model is bitwise the in-memory one (see
-            :meth:`_fit_source`).
+            with the number of rows and the model is bitwise the in-memory one. A
+            dask array or DataFrame fits where its chunks live; the model equals the
+            in-memory one to rounding (:mod:`fastvi.rows`). Out of memory,
+            ``init_params`` must be 'random' or 'random_from_data' (the others need
+            all the rows at once), ``learning_method`` 'batch', and a source's
+            ``block_rows`` a multiple of 4096 (the kernels' chunk).
         y : Ignored
 
         Returns
         -------
         self : BayesianGaussianMixture
         """
-        if _is_source(X):
-            return self._fit_source(X)
-        if is_dask_collection(X):
-            return self._fit_dask(X)
-        self.fit_predict(X, y)
+        self._fit(X)
         return self
 
-    def _fit_source(self, source):
-        """Fit from fixed row blocks of a source that is read again every iteration.
+    @announces("mixture")
+    def fit_predict(self, X, y=None):
+        """Fit the mixture and return the most probable component of each sample.
 
-        Every pass runs the same kernel on each block and combines the per-chunk
-        partials in chunk order exactly as the in-memory pass does (blocks are a
-        multiple of ``CHUNK_ROWS`` rows, so the chunk boundaries are the same), so
-        the model is bitwise the in-memory model. The data mean is streamed in NumPy's
-        summation order for ``mean`` over axis 0, and the default covariance prior
-        comes from the centered Gram matrix, chunk by chunk, as in memory.
-        Initializations:
-        'random' and 'random_from_data' stream (same draws as in memory); 'kmeans'
-        and 'k-means++' need all the data at once and are refused.
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or as for :meth:`fit`
+        y : Ignored
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        data = self._fit(X)
+        # labels from a final local step, so fit_predict(X) == fit(X).predict(X)
+        with thread_limits(self.n_jobs):
+            return self._score(data.rows, "labels")
+
+    def _fit(self, X):
+        """Validate ``X``, wrap it in rows, run the CAVI driver; the fit's data.
+
+        Every pass over the data is one ``map_reduce`` of a block function of
+        :mod:`fastvi.rows`, summed in the kernels' chunk order, so the model is the
+        same for any number of threads and, bitwise, in memory and out of core.
         """
         self._validate_params()
-        if source.block_rows % CHUNK_ROWS:
-            raise ValueError(
-                f"block_rows={source.block_rows} must be a multiple of {CHUNK_ROWS}"
+        with all_or_nothing(self):
+            rows, array = self._fit_rows(X)
+            if rows.shape[0] < self.n_components:
+                raise ValueError(
+                    "Expected n_samples >= n_components "
+                    f"but got n_components = {self.n_components}, "
+                    f"n_samples = {rows.shape[0]}"
+                )
+            with thread_limits(self.n_jobs):
+                data = _Data(rows, array, self.n_jobs)
+                self._check_parameters(data)
+                self._cavi_fit(data, check_random_state(self.random_state))
+                self._set_derived()
+        return data
+
+    def _fit_rows(self, X):
+        """``(rows, array)``: in memory, scikit-learn's validation (the array keeps
+        a float32 dtype, as scikit-learn's fit does); otherwise the source's shape
+        and values are checked here (a file's values on its first pass)."""
+        rows = source_rows(X)
+        if rows is None:
+            X = validate_data(
+                self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
-        tied = self.covariance_type == "tied"
-        return self._fit_outside(
-            source.shape, lambda: _Streamed(source, tied), "out-of-core fits"
-        )
-
-    def _fit_dask(self, X):
-        """Fit on a dask array or DataFrame: the passes run where the chunks live.
-
-        Each iteration maps the fused kernel over the row chunks on the workers (or
-        dask's local scheduler) and sums the per-chunk statistics in a fixed tree
-        (:mod:`fastvi._dask`); only K x D x D numbers per chunk reach the client.
-        The model equals the in-memory fit to rounding, with the same iterations.
-        Initializations as for out-of-core fits: 'random' (the draws travel to the
-        workers once: N x K numbers) and 'random_from_data' (K row indices).
-        """
-        from ._dask import DaskRows
-
-        self._validate_params()
-        rows = DaskRows(X)
-        tied = self.covariance_type == "tied"
-        return self._fit_outside(
-            rows.shape,
-            lambda: _Distributed(rows, tied, self.n_jobs),
-            "fits on Dask arrays",
-        )
-
-    def _fit_outside(self, shape, make_data, what):
-        """The fit of data that is not in memory (``make_data()``: a ``_Streamed``)."""
-        n_samples, n_features = shape
+            # scatter matrices sum N squares (and a trace D of them)
+            check_squares_overflow("X", max_abs(X), X.shape[0] * X.shape[1])
+            return ArrayRows(_kernel_array(X)), X
+        where = "fits of a file or a dask array"
         if self.learning_method == "online":
             raise ValueError(
                 "learning_method='online' draws minibatches in random order and "
-                f"needs the data in memory; {what} are batch fits"
+                f"needs the data in memory; {where} are batch fits"
             )
         if self.init_params not in ("random", "random_from_data") and not (
             self.warm_start and hasattr(self, "converged_")
         ):
             raise ValueError(
                 f"init_params={self.init_params!r} needs all the data in memory; "
-                f"{what} support 'random' and 'random_from_data'"
+                f"{where} support 'random' and 'random_from_data'"
             )
-        if n_samples < max(2, self.n_components):
+        if rows.block_rows % CHUNK_ROWS:
             raise ValueError(
-                "Expected n_samples >= max(2, n_components) "
-                f"but got n_components = {self.n_components}, "
-                f"n_samples = {n_samples}"
+                f"block_rows={rows.block_rows} must be a multiple of {CHUNK_ROWS}"
             )
-        with all_or_nothing(self):
-            if self.warm_start and hasattr(self, "n_features_in_"):
-                if n_features != self.n_features_in_:
-                    raise ValueError(
-                        f"X has {n_features} features, but BayesianGaussianMixture "
-                        f"is expecting {self.n_features_in_} features as input."
-                    )
-            self.n_features_in_ = n_features
-            if hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            with thread_limits(self.n_jobs):
-                data = make_data()
-                self._check_parameters(data)
-                random_state = check_random_state(self.random_state)
-                data = self._prepare(data)
-                self._cavi_fit(data, random_state)
-                self._set_derived()
-        return self
+        n_samples, n_features = rows.shape
+        if n_samples < 2:
+            raise ValueError(
+                f"Found array with {n_samples} sample(s) (shape={rows.shape}) while "
+                "a minimum of 2 is required by BayesianGaussianMixture."
+            )
+        if self.warm_start and getattr(self, "n_features_in_", n_features) != (
+            n_features
+        ):
+            raise ValueError(
+                f"X has {n_features} features, but BayesianGaussianMixture "
+                f"is expecting {self.n_features_in_} features as input."
+            )
+        rows.check_finite(self.n_jobs)
+        self.n_features_in_ = n_features
+        self.__dict__.pop("feature_names_in_", None)
+        return rows, None
 
     @announces("mixture")
     def partial_fit(self, X, y=None):
@@ -724,59 +616,21 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
                     "expected n_samples >= n_components but got n_components = "
                     f"{self.n_components}, n_samples = {X.shape[0]}"
                 )
+            scale = self.total_samples / X.shape[0]
             # one kernel work item runs on one thread (see _svi_epoch_step)
             n_jobs = 1 if X.shape[0] <= CHUNK_ROWS else self.n_jobs
             with thread_limits(n_jobs):
+                batch = _Data(ArrayRows(_kernel_array(X)), X)
                 if first:
-                    self._check_parameters(X)
-                    data = self._prepare(X)
+                    self._check_parameters(batch)
                     random_state = check_random_state(self.random_state)
-                    self._initialize_from(
-                        data, random_state, self.total_samples / X.shape[0]
-                    )
+                    self._initialize_from(batch, random_state, scale)
                     self.n_batch_iter_ = 1
                 elif not hasattr(self, "n_batch_iter_"):  # after a batch fit
                     self.n_batch_iter_ = 1
-                X64 = np.ascontiguousarray(X, dtype=np.float64)
-                self._svi_update(X64, self.total_samples / X64.shape[0])
+                self._svi_update(batch, scale)
                 self._set_derived()
         return self
-
-    @announces("mixture")
-    def fit_predict(self, X, y=None):
-        """Fit the mixture and return the most probable component of each sample.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : Ignored
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        self._validate_params()
-        with all_or_nothing(self):
-            X = validate_data(
-                self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
-            )
-            # scatter matrices sum N squares (and a trace D of them)
-            check_squares_overflow("X", max_abs(X), X.shape[0] * X.shape[1])
-            if X.shape[0] < self.n_components:
-                raise ValueError(
-                    "Expected n_samples >= n_components "
-                    f"but got n_components = {self.n_components}, "
-                    f"n_samples = {X.shape[0]}"
-                )
-            self._check_parameters(X)
-            random_state = check_random_state(self.random_state)
-            with thread_limits(self.n_jobs):
-                data = self._prepare(X)
-                self._cavi_fit(data, random_state)
-                self._set_derived()
-                # labels from a final local step, so fit_predict(X) == fit(X).predict(X)
-                labels = self._score_pass(data[0], want="labels")
-        return labels
 
     def predict(self, X):
         """Most probable component of each sample.
@@ -874,9 +728,9 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         return np.vstack(draws), labels
 
     # ------------------------------------------------------------ parameter checks
-    def _check_parameters(self, X):
+    def _check_parameters(self, data):
         """Resolve the priors (trailing-underscore attributes), scikit-learn's rules."""
-        n_features = X.shape[1]
+        n_samples, n_features = data.rows.shape
         self.weight_concentration_prior_ = (
             1.0 / self.n_components
             if self.weight_concentration_prior is None
@@ -886,7 +740,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             1.0 if self.mean_precision_prior is None else self.mean_precision_prior
         )
         if self.mean_prior is None:
-            self.mean_prior_ = X.mean_() if isinstance(X, _Streamed) else X.mean(axis=0)
+            self.mean_prior_ = data.mean
         else:
             self.mean_prior_ = check_array(
                 self.mean_prior, dtype=[np.float64, np.float32], ensure_2d=False
@@ -905,15 +759,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             )
 
         cov_type = self.covariance_type
-        if self.covariance_prior is None and isinstance(X, _Streamed):
-            self.covariance_prior_ = X.covariance_prior(cov_type)
-        elif self.covariance_prior is None:
+        if self.covariance_prior is None:
             # scikit-learn's np.cov / np.var, from the centered Gram matrix: one pass
-            # and no N x D temporary (equal to rounding; bitwise the streamed value)
-            X64 = np.ascontiguousarray(X, dtype=np.float64)
-            gram = _centered_gram_matrix(X64, X64.mean(axis=0))
+            # and no N x D temporary (equal to rounding)
             self.covariance_prior_ = _default_covariance_prior(
-                gram, X64.shape[0], cov_type
+                data.gram(), n_samples, cov_type
             )
         elif cov_type in ("full", "tied"):
             prior = check_array(
@@ -941,20 +791,6 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             self.covariance_prior_ = self.covariance_prior
 
     # --------------------------------------------------------------- CAVI hooks
-    def _prepare(self, X):
-        """Per-fit constants: float64 data, the data mean, the centered Gram (tied)."""
-        if isinstance(X, _Streamed):
-            return X, X, X.mean_(), X.gram()
-        X64 = np.ascontiguousarray(X, dtype=np.float64)
-        center = X64.mean(axis=0)
-        gram = None
-        if self.covariance_type == "tied":
-            gram = _CenteredGram(
-                matrix=_centered_gram_matrix(X64, center),
-                dev_sum=X64.sum(axis=0) - X64.shape[0] * center,
-            )
-        return X64, X, center, gram
-
     def _cavi_initialize(self, data, random_state):
         self._initialize_from(data, random_state)
         if self.learning_method == "online":
@@ -966,29 +802,24 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
     def _initialize_from(self, data, random_state, scale=1.0):
         """Global factors from the initial responsibilities (statistics scaled)."""
-        X64, X_orig, center, _ = data
-        shift = np.broadcast_to(center, (self.n_components, center.size)).copy()
-        if isinstance(X64, _Streamed):
-            stats = self._stream_pass(X64, shift, init=(self.init_params, random_state))
-            self._update_globals(stats, data)
-            return
-        resp, labels = self._initial_resp(X_orig, random_state)
-        stats = self._pass(X64, shift, resp_in=resp, labels_in=labels)
+        shift = np.broadcast_to(data.center, (self.n_components, data.center.size))
+        init = self._initial_resp(data, random_state)
+        stats = self._statistics(data, shift.copy(), init=init)
         self._update_globals(stats, data, scale=scale)
 
     def _cavi_step(self, data):
         if self.learning_method == "online":
             return self._svi_epoch_step(data)
         # local step: responsibilities and their statistics in one pass; then global
-        stats = self._pass(data[0], self.means_)
+        stats = self._statistics(data, self.means_)
         self._update_globals(stats, data)
         return self._bound(stats.entropy)
 
     # ------------------------------------------------------ stochastic steps
     def _svi_epoch_step(self, data):
         """One epoch of stochastic steps over shuffled minibatches, then the bound."""
-        X64 = data[0]
-        n_samples = X64.shape[0]
+        X = data.array
+        n_samples = X.shape[0]
         if not hasattr(self, "_svi_seed"):  # warm start from a batch or partial fit
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             self._svi_seed, self._svi_epoch = int(seed), 0
@@ -1003,18 +834,18 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             for rows in np.array_split(order, n_batches):
                 # sorted: the gather reads X forward (the order of the rows within
                 # a minibatch changes the step only by rounding)
-                batch = X64[np.sort(rows)]
-                self._svi_update(batch, n_samples / batch.shape[0])
+                batch = _kernel_array(X[np.sort(rows)])
+                batch = _Data(ArrayRows(batch), batch)
+                self._svi_update(batch, n_samples / batch.rows.shape[0])
         self._svi_epoch += 1
         return self._svi_bound(data)
 
     def _svi_update(self, batch, scale):
-        """One natural-gradient step from the float64 C-contiguous minibatch."""
+        """One natural-gradient step from the minibatch's ``_Data``."""
         rho = (self.learning_offset + self.n_batch_iter_) ** -self.learning_decay
-        stats = self._pass(batch, self.means_)
+        stats = self._statistics(batch, self.means_)
         # the tied update needs the minibatch's centered Gram matrix
-        batch_data = self._prepare(batch)
-        self._update_globals(stats, batch_data, scale=scale, rho=rho)
+        self._update_globals(stats, batch, scale=scale, rho=rho)
         self.n_batch_iter_ += 1
 
     def _svi_bound(self, data):
@@ -1027,9 +858,8 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         constants are dropped, so after a converged CAVI fit this is its
         ``lower_bound_`` up to the last iteration's change.
         """
-        X64 = data[0]
-        n_samples, n_features = X64.shape
-        stats = self._pass(X64, self.means_)
+        n_samples, n_features = data.rows.shape
+        stats = self._statistics(data, self.means_)
         # the kernel's log rho_nk holds -D/2 log(2 pi), which scikit-learn drops
         data_term = stats.norm + 0.5 * n_samples * n_features * math.log(2.0 * math.pi)
         return data_term + self._global_bound()
@@ -1132,32 +962,39 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             self.n_batch_iter_, self._svi_epoch, self._svi_seed = state[6:]
 
     # ---------------------------------------------------------- initialization
-    def _initial_resp(self, X, random_state):
-        """Initial responsibilities, drawing from ``random_state`` as scikit-learn.
+    def _initial_resp(self, data, random_state):
+        """``(marks, local)`` of the first pass: the initial responsibilities,
+        drawing from ``random_state`` as scikit-learn does.
 
-        Returns ``(resp, None)`` for soft ('random') and ``(None, labels)`` for hard
-        initializations: one-hot responsibilities travel as labels (-1: no component),
-        so no N x K array is built for them.
+        Hard initializations give no N x K array: ``marks``, the row of each
+        component (the other rows have none), or for 'kmeans' a label per row, each
+        block's slice in ``local``. 'random' draws each block's responsibilities
+        when the pass reaches it (the stream of one draw of them all).
         """
-        n_samples, K = X.shape[0], self.n_components
+        X, K = data.array, self.n_components
         if self.init_params == "random":
-            resp = random_state.uniform(size=(n_samples, K)).astype(X.dtype)
-            resp /= resp.sum(axis=1)[:, np.newaxis]
-            return _kernel_array(resp), None
+            dtype = np.float64 if X is None else X.dtype
+
+            def draw(start, size):
+                resp = random_state.uniform(size=(size, K)).astype(dtype)
+                resp /= resp.sum(axis=1)[:, np.newaxis]
+                return _kernel_array(resp), None
+
+            return _NO_LABELS, _PerBlock(data.rows, draw)
         if self.init_params == "kmeans":
             from sklearn.cluster import KMeans
 
             km = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(X)
-            return None, km.labels_.astype(np.int64)
+            labels = km.labels_.astype(np.int64)
+            return _NO_LABELS, _PerBlock(
+                data.rows, lambda start, size: (None, labels[start : start + size])
+            )
         if self.init_params == "random_from_data":
-            indices = random_state.choice(n_samples, size=K, replace=False)
-        else:  # "k-means++"
-            from sklearn.cluster import kmeans_plusplus
+            n_samples = data.rows.shape[0]
+            return random_state.choice(n_samples, size=K, replace=False), None
+        from sklearn.cluster import kmeans_plusplus  # "k-means++"
 
-            _, indices = kmeans_plusplus(X, K, random_state=random_state)
-        labels = np.full(n_samples, -1, dtype=np.int64)
-        labels[indices] = np.arange(K)
-        return None, labels
+        return kmeans_plusplus(X, K, random_state=random_state)[1], None
 
     # ---------------------------------------------------------------- the pass
     def _kernel_params(self):
@@ -1185,110 +1022,44 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         const = np.broadcast_to(const, (K,))
         return _kernel_array(means), _kernel_array(prec), _kernel_array(const)
 
-    def _pass(self, X64, shift, resp_in=None, labels_in=None):
-        """One fused pass: statistics of the responsibilities (computed or given)."""
-        if isinstance(X64, _Streamed):
-            return self._stream_pass(X64, shift)
-        K, D = self.n_components, X64.shape[1]
-        if resp_in is None and labels_in is None:
-            means, prec, const = self._kernel_params()
+    def _statistics(self, data, shift, init=None):
+        """One pass: statistics of the responsibilities under the current factors,
+        or of the initial ones (``init``: ``(marks, local)`` of
+        :meth:`_initial_resp`), moments about ``shift``."""
+        K, D = self.n_components, data.rows.shape[1]
+        if init is None:
+            params, (marks, local) = self._kernel_params(), (_NO_LABELS, None)
         else:  # only the statistics are computed; the parameters are unused
-            means, prec, const = np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)
-        shift = _kernel_array(shift)
-        parts = _mixture_pass(
-            X64,
-            _KIND[self.covariance_type],
-            means,
-            prec,
-            const,
-            shift,
-            np.empty((0, K)) if resp_in is None else resp_in,
-            _NO_LABELS if labels_in is None else labels_in,
-        )
-        return _Stats(parts, shift)
-
-    def _stream_pass(self, data, shift, init=None):
-        """``_pass`` over the blocks of a source, partials combined in chunk order.
-
-        ``init=(init_params, random_state)`` draws the initial responsibilities
-        block by block, consuming the random stream exactly as the in-memory
-        initialization does.
-        """
-        N = data.shape[0]
-        K = self.n_components
-        D = data.shape[1]
-        zeros = (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K))
-        params = self._kernel_params() if init is None else zeros
-        shift = _kernel_array(shift)
-        if isinstance(data, _Distributed):
-            return data.statistics(_KIND[self.covariance_type], params, shift, init)
-        marks = None
-        if init is not None and init[0] == "random_from_data":
-            marks = init[1].choice(N, size=K, replace=False)
-        sums = [_OrderedSum() for _ in range(5)]
-        for start, stop, rows in data.blocks():
-            resp_in, labels_in = np.empty((0, K)), _NO_LABELS
-            if init is not None and init[0] == "random":
-                resp_in = init[1].uniform(size=(stop - start, K))
-                resp_in /= resp_in.sum(axis=1)[:, np.newaxis]
-            elif marks is not None:
-                labels_in = np.full(stop - start, -1, dtype=np.int64)
-                inside = (marks >= start) & (marks < stop)
-                labels_in[marks[inside] - start] = np.flatnonzero(inside)
-            parts = _mixture_pass(
-                rows,
-                _KIND[self.covariance_type],
-                *params,
-                shift,
-                resp_in,
-                labels_in,
+            params, (marks, local) = (
+                (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)),
+                init,
             )
-            for acc, part in zip(sums, parts):
-                acc.add(part)
-        return _Stats([acc.total() for acc in sums], shift, summed=True)
-
-    def _score_pass(self, X64, want):
-        """One pass without statistics; ``want``: 'labels', 'log_resp' or 'norm'."""
-        N, D = X64.shape
-        K = self.n_components
-        means, prec, const = self._kernel_params()
-        log_resp = np.empty((N, K) if want == "log_resp" else (0, K))
-        norm = np.empty(N if want == "norm" else 0)
-        labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
-        _mixture_pass(
-            X64,
-            _KIND[self.covariance_type],
-            means,
-            prec,
-            const,
-            np.empty((0, D)),
-            np.empty((0, K)),
-            _NO_LABELS,
-            outs=(log_resp, norm, labels),
+        shift = _kernel_array(shift)
+        nk, sx, sq, norm, entropy = data.rows.map_reduce(
+            _block_statistics,
+            shared=(_KIND[self.covariance_type], *params, shift, marks),
+            local=local,
+            n_jobs=self.n_jobs,
+            ordered=True,
         )
-        return {"labels": labels, "log_resp": log_resp, "norm": norm}[want]
+        return _Stats(nk, sx, sq, float(norm), float(entropy), shift)
 
-    @announces("mixture", complete=False)
-    def _score_arrays(self, X, want):
-        check_is_fitted(self)
-        if is_dask_collection(X):
-            return self._score_dask(X, want)
-        X = validate_data(self, X, reset=False)
-        X64 = np.ascontiguousarray(X, dtype=np.float64)
-        with thread_limits(self.n_jobs):
-            return self._score_pass(X64, want)
-
-    def _score_dask(self, X, want):
-        """``_score_arrays`` of a dask collection: a lazy dask array, chunk by chunk."""
-        from ._dask import fitted_rows
-
-        return fitted_rows(X, self).map_rows(
-            _dask_score_block,
-            (self, want),
+    def _score(self, rows, want):
+        """Labels, log-responsibilities or log-densities (``want``) of every row."""
+        return rows.map_rows(
+            _score_block,
+            (_KIND[self.covariance_type], *self._kernel_params(), want),
             n_columns=self.n_components if want == "log_resp" else None,
             dtype=np.int64 if want == "labels" else np.float64,
             n_jobs=self.n_jobs,
         )
+
+    @announces("mixture", complete=False)
+    def _score_arrays(self, X, want):
+        check_is_fitted(self)
+        rows = predict_rows(self, X)
+        with thread_limits(self.n_jobs):
+            return self._score(rows, want)
 
     # ------------------------------------------------------------- global step
     def _update_globals(self, stats, data, scale=1.0, rho=None):
@@ -1364,13 +1135,13 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             # the data mean c so that it does not cancel catastrophically. X^T X runs
             # over all rows even when the responsibilities of some rows are all zero
             # (hard initializations); the c-terms below keep that exactly.
-            _, _, center, gram = data
-            n_rows = data[0].shape[0]
+            center, n_rows = data.center, data.rows.shape[0]
             dc = xk - center
-            excess = gram.dev_sum - (nk[:, np.newaxis] * dc).sum(axis=0)
+            dev_sum = data.total - n_rows * center
+            excess = dev_sum - (nk[:, np.newaxis] * dc).sum(axis=0)
             cc = np.outer(center, center)
             sk = (
-                gram.matrix
+                data.gram()
                 - (nk[:, np.newaxis] * dc).T @ dc
                 + np.outer(excess, center)
                 + np.outer(center, excess)
@@ -1741,11 +1512,6 @@ def _check_shape(param, shape, name):
             "The parameter '%s' should have the shape of %s, but got %s"
             % (name, shape, param.shape)
         )
-
-
-def _centered_gram_matrix(X64, center):
-    """sum_n (x_n - c)(x_n - c)^T, per-chunk partials summed in chunk order."""
-    return _symmetrize_upper(_centered_gram(X64, _kernel_array(center)).sum(axis=0))
 
 
 def _centered_gram(X64, center):

@@ -3,13 +3,18 @@
 A model never reads its data itself. It hands a *block function* to its ``Rows``, which
 calls it on fixed blocks of rows wherever they are and adds up what it returns:
 
-``map_reduce(fn, shared=(), local=None, n_jobs=None)``
+``map_reduce(fn, shared=(), local=None, n_jobs=None, ordered=False)``
     ``fn(block, start, *shared, *local[i])`` for every block ``i``: ``block`` holds the
     rows (float64, C-contiguous, writable; valid only during the call), or
     ``(rows, targets)`` when the source carries targets, and ``start`` is the index
     of its first row. The results are *block statistics*: values that add with ``+``
     (plain tuples element by element). They are summed in a binary tree fixed by the
     block order (:func:`tree_sum`), never in the order blocks happen to finish.
+    With ``ordered=True`` ``fn`` returns partial sums stacked on a first axis (an
+    array, or a tuple of them) and the result is, bitwise, NumPy's
+    ``np.concatenate(partials of every block).sum(axis=0)`` (:func:`fold_in_order`),
+    whatever the block size; a source whose blocks run elsewhere (Dask) sums each
+    block's partials where it runs and adds the blocks in its tree (to rounding).
 ``map_rows(fn, args=(), n_columns=None, dtype=float64, n_jobs=None)``
     Per-row results of ``fn(rows, *args)`` (predictions), block by block: an array,
     or a lazy dask array for data on Dask.
@@ -29,6 +34,8 @@ array's blocks are its row chunks: chunks of ``block_rows`` rows give the bits o
 in-memory fit, other chunkings agree to rounding.
 """
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "Max",
     "Rows",
     "fit_rows",
+    "fold_in_order",
     "is_block_source",
     "predict_rows",
     "source_rows",
@@ -78,6 +86,37 @@ def tree_sum(parts, add=add):
     return total
 
 
+def fold_in_order(parts):
+    """``np.concatenate(parts).sum(axis=0)`` of stacked partials fed in order, bitwise.
+
+    ``parts`` yields arrays (or tuples of arrays, summed element by element) whose
+    first axis stacks partial sums. NumPy adds rows of more than one value one after
+    another, so a running total that restarts each part from the previous total
+    gives its bits while holding one row; parts whose rows hold one value (NumPy
+    sums those pairwise) are kept and summed at the end. Parts are copied or reduced
+    as they arrive: they may be views of a reused buffer.
+    """
+    sums = None
+    for part in parts:
+        tup = type(part) is tuple
+        part = part if tup else (part,)
+        if sums is None:
+            sums = [[None, []] for _ in part]
+        for acc, p in zip(sums, part):
+            if p.ndim > 1 and math.prod(p.shape[1:]) > 1:
+                stack = p if acc[0] is None else np.concatenate((acc[0], p))
+                acc[0] = stack.sum(axis=0, keepdims=True)
+            else:
+                acc[1].append(np.array(p))
+    if sums is None:
+        raise ValueError("no rows to reduce")
+    out = tuple(
+        acc[0][0] if acc[0] is not None else np.concatenate(acc[1]).sum(axis=0)
+        for acc in sums
+    )
+    return out if tup else out[0]
+
+
 class Max:
     """A block statistic whose ``+`` keeps the larger value (a maximum in a sum tree)."""
 
@@ -109,17 +148,20 @@ class Rows:
         n, size = self.shape[0], self.block_rows
         return [min(size, n - start) for start in range(0, n, size)]
 
-    def map_reduce(self, fn, shared=(), local=None, n_jobs=None):
-        """``fn`` on every block, results summed in a fixed tree (module doc).
+    def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
+        """``fn`` on every block, results summed in a fixed tree, or in order
+        (``ordered``; module doc).
 
         Runs in the calling thread, with its thread settings (``n_jobs`` is for
-        sources whose blocks run elsewhere).
+        sources whose blocks run elsewhere). ``local[i]`` is asked for in block
+        order, once, as the block is reached.
         """
         mine = (lambda i: ()) if local is None else (lambda i: tuple(local[i]))
-        return tree_sum(
+        parts = (
             fn(block, start, *shared, *mine(i))
             for i, (start, block) in enumerate(self.blocks())
         )
+        return fold_in_order(parts) if ordered else tree_sum(parts)
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
         """``fn(rows, *args)`` of every block, concatenated (per-row results)."""

@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_is_fitted
 
 import fastvi
 from fastvi import BayesianGaussianMixture
-from fastvi.mixture import _from_natural, _natural_blend, _natural_parameters
+from fastvi.mixture import _Data, _from_natural, _natural_blend, _natural_parameters
+from fastvi.rows import ArrayRows
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 PRIORS = ["dirichlet_process", "dirichlet_distribution"]
@@ -47,6 +48,11 @@ def quiet_fit(est, X):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return est.fit(X)
+
+
+def fit_data(X):
+    """The per-fit data of in-memory rows (what a fit's passes read)."""
+    return _Data(ArrayRows(np.ascontiguousarray(X, dtype=np.float64)), X)
 
 
 def flat(value):
@@ -100,8 +106,8 @@ def test_rho_one_step_from_given_statistics_is_the_m_step(covariance_type):
         ),
         X,
     )
-    data = est._prepare(X)
-    stats = est._pass(data[0], est.means_)
+    data = fit_data(X)
+    stats = est._statistics(data, est.means_)
     batch = BayesianGaussianMixture(**est.get_params())
     batch.__dict__.update(est.__dict__)
     batch._update_globals(stats, data)
@@ -262,11 +268,11 @@ def test_online_bound_is_the_cavi_bound_at_a_cavi_optimum(covariance_type, prior
         random_state=0,
     ).fit(X)
     assert est.converged_
-    bound = est._svi_bound(est._prepare(X))
+    bound = est._svi_bound(fit_data(X))
     assert_allclose(bound, est.lower_bound_, rtol=1e-11, atol=1e-8)
     # and away from the optimum it is a lower bound that CAVI steps raise
     early = quiet_fit(BayesianGaussianMixture(**{**est.get_params(), "max_iter": 1}), X)
-    assert early._svi_bound(early._prepare(X)) < bound
+    assert early._svi_bound(fit_data(X)) < bound
 
 
 # ------------------------------------------------------------- online fits
@@ -297,12 +303,12 @@ def test_online_fit_reaches_the_batch_bound_within_one_percent(covariance_type):
     assert online.n_iter_ == 3 and len(online.lower_bounds_) == 3
     assert online.n_batch_iter_ == 1 + 3 * 100
     # both on the same footing: the bound of the final factors over all the data
-    final_batch = batch._svi_bound(batch._prepare(X))
+    final_batch = batch._svi_bound(fit_data(X))
     assert (final_batch - batch.lower_bounds_[0]) / abs(final_batch) > 0.05
     gap = (final_batch - online.lower_bound_) / abs(final_batch)
     assert gap < 0.01
     assert online.lower_bound_ == online.lower_bounds_[-1]
-    assert_allclose(online.lower_bound_, online._svi_bound(online._prepare(X)))
+    assert_allclose(online.lower_bound_, online._svi_bound(fit_data(X)))
     # and the fitted model finds the same clusters (up to their order)
     assert adjusted_rand_score(batch.predict(X), online.predict(X)) > 0.99
 
@@ -389,8 +395,8 @@ def test_partial_fit_over_a_stream(covariance_type):
     assert_allclose(a.weights_.sum(), 1.0)
     # a stream of 24 minibatches gets close to the batch optimum
     batch = BayesianGaussianMixture(**common, max_iter=500, tol=1e-4).fit(X)
-    final_batch = batch._svi_bound(batch._prepare(X))
-    gap = (final_batch - a._svi_bound(a._prepare(X))) / abs(final_batch)
+    final_batch = batch._svi_bound(fit_data(X))
+    gap = (final_batch - a._svi_bound(fit_data(X))) / abs(final_batch)
     assert gap < 0.02
     assert adjusted_rand_score(a.predict(X), batch.predict(X)) > 0.98
 
@@ -410,7 +416,7 @@ def test_partial_fit_continues_a_batch_fit_and_float32():
 def test_online_warm_start_from_a_batch_fit():
     X = blobs(seed=14)
     est = quiet_fit(BayesianGaussianMixture(n_components=3, max_iter=4), X)
-    batch_bound = est._svi_bound(est._prepare(X))
+    batch_bound = est._svi_bound(fit_data(X))
     est.set_params(learning_method="online", warm_start=True, batch_size=100)
     quiet_fit(est, X)
     assert est.n_iter_ == 4 and est.n_batch_iter_ == 1 + 4 * 6

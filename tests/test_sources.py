@@ -1,10 +1,12 @@
-"""Every conjugate estimator on every data source (``fastvi.rows``).
+"""Every conjugate estimator and the mixture on every data source (``fastvi.rows``).
 
 The matrix: estimator x source (in memory, a ``.npy`` file read block by block, a dask
 array). Out-of-core fits are bitwise the in-memory fits, and so are Dask fits whose
 row chunks are the blocks (other chunkings agree to 1e-10: tests/test_dask.py);
 1 and 2 threads give the same bits. The data span three blocks (the last partial),
-so the sums go through the block tree.
+so the sums go through the block tree. The mixture sums in order (``map_reduce(...,
+ordered=True)``): its out-of-core fits are bitwise the in-memory fits for any block
+size that is a multiple of the kernels' chunk, and its Dask fits agree to 1e-10.
 """
 
 import warnings
@@ -17,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from fastvi import UnivariateGaussian, VBLinearRegression, VBLogisticRegression
 from fastvi.batch.io import DataError, NpyRows
-from fastvi.rows import BLOCK_ROWS, ArrayRows, FileRows, Max, tree_sum
+from fastvi.rows import BLOCK_ROWS, ArrayRows, FileRows, Max, fold_in_order, tree_sum
 
 N = 2 * BLOCK_ROWS + 1234  # three blocks, the last one partial
 
@@ -225,3 +227,116 @@ def test_sums_that_overflow_are_refused_without_a_warning(tmp_path):
             UnivariateGaussian().fit(X)
         with pytest.raises(ValueError, match="X has values as large as 1e"):
             VBLinearRegression().fit(X, np.arange(40.0))
+
+
+# ------------------------------------------------------- sums in order (the mixture)
+def _stacked(rng, n, shape):
+    return rng.normal(size=(n, *shape)) * 10.0 ** rng.integers(-8, 9, size=(n, *shape))
+
+
+def _in_one_buffer(pieces):
+    """Each piece as a view of one reused buffer (as a file's blocks), and a copy."""
+    buffer = np.empty((max(map(len, pieces)), *pieces[0].shape[1:]))
+    for piece in pieces:
+        view = buffer[: len(piece)]
+        view[...] = piece
+        yield view, piece.copy()
+
+
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (2,), (3,), (2, 3), (2, 0, 3), (2, 3, 3), (32, 16, 16)]
+)
+def test_fold_in_order_is_numpys_sum_of_the_concatenation(shape):
+    rng = np.random.default_rng(7)
+    parts = _stacked(rng, 300, shape)
+    for cuts in ([150], [1, 2, 3, 200], list(range(7, 300, 7))):
+        got = fold_in_order(_in_one_buffer(np.split(parts, cuts)))
+        want = parts.sum(axis=0)
+        for g in got:
+            np.testing.assert_array_equal(g, want)
+    with pytest.raises(ValueError, match="no rows"):
+        fold_in_order([])
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_ordered_map_reduce_has_numpys_bits_for_any_block_size(d, tmp_path):
+    rng = np.random.default_rng(8)
+    X = _stacked(rng, BLOCK_ROWS + 3 * 4096 + 17, (d,))
+    np.save(tmp_path / "x.npy", X)
+    sources = [
+        ArrayRows(X),
+        ArrayRows(X, block_rows=3 * 4096),
+        FileRows(NpyRows(tmp_path / "x.npy", block_rows=4096)),
+    ]
+    for rows in sources:
+        total = rows.map_reduce(lambda block, start: block, ordered=True)
+        np.testing.assert_array_equal(total, X.sum(axis=0))
+    assert list(sources[1].block_sizes()) == [3 * 4096] * 6 + [4113]
+    assert sum(sources[2].block_sizes()) == X.shape[0]
+
+
+def test_ordered_map_reduce_on_dask_sums_each_chunk_where_it_runs():
+    da = pytest.importorskip("dask.array")
+    from fastvi._dask import DaskRows
+
+    X = np.random.default_rng(9).normal(size=(1000, 3))
+    rows = DaskRows(da.from_array(X, chunks=(300, 3)))
+    assert list(rows.block_sizes()) == [300, 300, 300, 100]
+    total = rows.map_reduce(lambda block, start: (block, block[:, :1]), ordered=True)
+    np.testing.assert_allclose(total[0], X.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total[1], X[:, :1].sum(axis=0), rtol=1e-13)
+
+
+@cache
+def _mixture_data():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(0.0, 4.0, size=(3, 3)) + 20.0
+    return centers[rng.integers(0, 3, N)] + rng.normal(size=(N, 3))
+
+
+def _mixture(X, covariance_type, init_params):
+    from fastvi import BayesianGaussianMixture
+
+    est = BayesianGaussianMixture(
+        n_components=3,
+        covariance_type=covariance_type,
+        init_params=init_params,
+        random_state=0,
+        max_iter=4,
+        tol=0.0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X)
+
+
+@pytest.mark.parametrize("source", ["file", "file 3 chunks", "dask"])
+@pytest.mark.parametrize(
+    ("covariance_type", "init_params"),
+    [("full", "random_from_data"), ("tied", "random"), ("diag", "random")],
+)
+def test_matrix_mixture_every_source(source, covariance_type, init_params, tmp_path):
+    X = _mixture_data()
+    a = _mixture(X, covariance_type, init_params)
+    if source == "dask":  # its chunks are summed where they live: rounding
+        da = pytest.importorskip("dask.array")
+        Xs = da.from_array(X, chunks=(BLOCK_ROWS, 3))
+    else:  # in order: any multiple of the kernels' 4096-row chunk gives the bits
+        np.save(tmp_path / "x.npy", X)
+        block_rows = 3 * 4096 if source == "file 3 chunks" else BLOCK_ROWS
+        Xs = NpyRows(tmp_path / "x.npy", block_rows=block_rows)
+    b = _mixture(Xs, covariance_type, init_params)
+    names = ("means_", "covariances_", "precisions_cholesky_", "weights_")
+    if source == "dask":
+        np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-10)
+        for name in names:
+            np.testing.assert_allclose(
+                getattr(b, name), getattr(a, name), rtol=1e-10, atol=1e-12
+            )
+        proba = b.predict_proba(Xs).compute()
+        np.testing.assert_allclose(proba, a.predict_proba(X), rtol=1e-9, atol=1e-12)
+        return
+    assert b.lower_bounds_ == a.lower_bounds_
+    for name in (*names, "mean_prior_", "covariance_prior_"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), name)
+    np.testing.assert_array_equal(b.score_samples(Xs), a.score_samples(X))
