@@ -86,6 +86,12 @@ def test_a_funnel_hands_over_to_stochastic_steps():
         res = SGVI(POSTERIORS[EIGHT](), family="fullrank").run(seed=1)
     assert res.method == "fixed+sgd" and res.converged
     assert res.elbo.shape == (res.n_iter,)
+    # the stochastic steps are those of method='sgd' exactly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSISWarning)
+        sgd = SGVI(POSTERIORS[EIGHT](), family="fullrank", method="sgd").run(seed=1)
+    assert_allclose(res.state.params, sgd.state.params, rtol=0, atol=0)
+    assert_allclose(res.elbo[-sgd.n_iter :], sgd.elbo, rtol=0, atol=0)
 
 
 def test_method_resolution_and_errors():

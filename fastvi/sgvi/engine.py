@@ -1573,19 +1573,20 @@ class SGVI:
             fixed = self._run_fixed(state, max_iter, progress_bar, callback)
             if fixed.converged or fixed.n_iter >= max_iter:
                 return fixed
-            # the fixed draws' sampling error is too large: stochastic steps from
-            # the Laplace start, as with method='sgd' (from the fixed-draw q they
-            # ended farther off on eight schools: its tau was too wide), the step
-            # counter going on so that their draws are new
-            state = state._replace(step=fixed.state.step)
+            # the fixed draws' sampling error is too large: the stochastic steps
+            # of method='sgd' exactly (from the Laplace start, the same draws;
+            # from the fixed-draw q they ended farther off on eight schools, whose
+            # tau it had too wide)
+            later = None
+            if callback is not None:
+
+                def later(n, elbo, s):  # numbered after the fixed-draw iterations
+                    seen = np.concatenate([fixed.elbo, elbo])
+                    seen.flags.writeable = False
+                    callback(fixed.n_iter + n, seen, s)
+
             rest = self._run(
-                None,
-                max_iter - fixed.n_iter,
-                None,
-                state,
-                progress_bar,
-                None,
-                callback,
+                None, max_iter - fixed.n_iter, None, state, progress_bar, None, later
             )
             return rest._replace(
                 elbo=np.concatenate([fixed.elbo, rest.elbo]),
