@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from fastvi.sgvi import SGVI, Adam, Model, Param, PSISWarning
+from fastvi.sgvi import SGVI, Adam, Model, Param, PSISWarning, fixed
 from fastvi.sgvi.fixed import cubature_draws
 
 from .posteriordb_models import POSTERIORS
@@ -55,11 +55,16 @@ def test_cubature_draws_match_the_first_three_moments_exactly():
         cubature_draws(np.random.default_rng(0), 4, 3)
 
 
+@pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("family", ["fullrank", "meanfield"])
-def test_a_gaussian_posterior_is_fitted_exactly_in_a_few_iterations(family):
+def test_a_gaussian_posterior_is_fitted_exactly_in_a_few_iterations(
+    family, dense, monkeypatch
+):
     """The draws integrate quadratics exactly, so on a Gaussian posterior the
     fixed-draw optimum is the exact best q of the family: the posterior itself
     (full-rank) or N(m, diag(1 / diag H)) (mean-field)."""
+    if not dense:  # the L-BFGS-B branch (large q)
+        monkeypatch.setattr(fixed, "_DENSE_MAX", 1)
     model = _Gaussian()
     with warnings.catch_warnings():
         # mean-field on a correlation of 0.95: warned, rightly
@@ -125,3 +130,15 @@ def test_callback_and_max_iter():
     assert all(n == size for n, size, _ in seen)
     short = SGVI(model, family="fullrank").run(seed=0, max_iter=2)
     assert short.n_iter == 2 and not short.converged and short.method == "fixed"
+
+
+def test_the_limited_memory_branch_finds_the_same_optimum(monkeypatch):
+    """Above _DENSE_MAX parameters BFGS's dense inverse Hessian is not kept:
+    L-BFGS-B, whose inverse-Hessian operator the replicate check uses."""
+    warnings.simplefilter("ignore", PSISWarning)
+    dense = SGVI(_Skewed(), family="fullrank").run(seed=2)
+    monkeypatch.setattr(fixed, "_DENSE_MAX", 1)
+    limited = SGVI(_Skewed(), family="fullrank").run(seed=2)
+    assert dense.method == limited.method == "fixed" and limited.converged
+    assert limited.n_iter > 2
+    assert_allclose(limited.state.params, dense.state.params, rtol=0, atol=1e-4)

@@ -109,7 +109,7 @@ def fixed_draw_fit(engine, frame, phi_u, E, max_iter, gtol=1e-5, callback=None):
     if method == "BFGS":
         options["gtol"] = gtol
     else:
-        options["pgtol"] = gtol  # pragma: no cover
+        options["pgtol"] = gtol
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with np.errstate(all="ignore"):
@@ -123,9 +123,9 @@ def fixed_draw_fit(engine, frame, phi_u, E, max_iter, gtol=1e-5, callback=None):
             )
     x = np.asarray(res.x, dtype=np.float64)
     converged = bool(res.success) and math.isfinite(res.fun) and np.all(np.isfinite(x))
+    # BFGS: a dense matrix; L-BFGS-B: an operator (never made dense: it would
+    # hold size^2 numbers)
     hess_inv = getattr(res, "hess_inv", None)
-    if hess_inv is not None and not isinstance(hess_inv, np.ndarray):
-        hess_inv = hess_inv.todense()  # pragma: no cover (L-BFGS-B)
     trace = np.asarray(trace, dtype=np.float64)
     return x, converged, int(res.nit), trace, evals[0], hess_inv
 
@@ -142,7 +142,7 @@ def replicate_gap(engine, frame, phi_u, hess_inv, E):
     if not math.isfinite(value):
         return math.inf, math.inf, evals[0]
     with np.errstate(all="ignore"):
-        delta = -(hess_inv @ g)
+        delta = -np.asarray(hess_inv.dot(g)).reshape(-1)
         moved = phi_u + delta
         sd0, sd1 = fam.std(phi_u), fam.std(moved)
         mean_gap = np.abs(fam.mean(moved) - fam.mean(phi_u)) / sd0
