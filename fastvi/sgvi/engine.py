@@ -101,6 +101,9 @@ _FIXED_TOL_MEAN = 0.05
 _FIXED_TOL_SD = 0.035
 _FIXED_REPLICATES = 2
 _FIXED_DOUBLE_MAX = 2.0
+# before the fit, the gap between two sets of draws at the Laplace start
+# (fixed.start_gap) above this many tolerances skips it (eight schools: 25-200)
+_FIXED_SCREEN = 4.0
 _FIXED_ROUNDS = 1
 # A full-rank q whitens by the full Cholesky factor of the Laplace covariance up to
 # this many coordinates (an O(P^3) change of coordinates per step), by its
@@ -934,13 +937,16 @@ class SGVI:
         the stopping rule fires. ``'fixed'``: first the ELBO on one fixed set of
         draws, maximized by BFGS from the Laplace start (DADVI; see
         :mod:`fastvi.sgvi.fixed`), accepted when its estimated sampling error is
-        below 0.05 (q's sds for the means, log sd for the sds; the draws are
-        doubled up to twice to get there); when it is not, the stochastic steps
-        go on from that q. It applies to fresh runs (no ``init_state``) with the
-        default stopping rule (``convergence=None``), all rows and a Laplace
-        start; other runs take stochastic steps. ``'auto'``: ``'fixed'`` when
-        no optimizer is given, ``batch_size`` is None, ``estimator`` is not
-        ``'score'`` and ``qmc`` is False, else ``'sgd'``.
+        below 0.05 of q's sds in the means and 0.035 in log sd (from two fresh
+        sets of draws; the draws are doubled once to get there when that may
+        help); when it is not (or two sets of draws already disagree far beyond
+        that at the start), the run takes exactly the stochastic steps of
+        ``'sgd'`` from the Laplace start. It applies to fresh runs (no
+        ``init_state``) with the default stopping rule (``convergence=None``),
+        all rows and a Laplace start; other runs take stochastic steps.
+        ``'auto'``: ``'fixed'`` when no optimizer is given, ``batch_size`` is
+        None, ``estimator`` is not ``'score'`` and ``qmc`` is False, else
+        ``'sgd'``.
     """
 
     def __init__(
@@ -1646,7 +1652,13 @@ class SGVI:
         estimated sampling error is above the tolerance. Returns an
         :class:`SGVIResult` (``n_iter``: BFGS iterations; ``elbo``: F after each)
         with ``converged`` when the error is within it."""
-        from .fixed import cubature_draws, fixed_draw_fit, replicate_gap
+        from .fixed import (
+            cubature_draws,
+            fixed_draw_fit,
+            objective,
+            replicate_gap,
+            start_gap,
+        )
 
         fam, frame = self.family, state.frame
         P = self.model.size
@@ -1678,8 +1690,16 @@ class SGVI:
             for r in range(_FIXED_ROUNDS + 1):
                 rng = np.random.default_rng([state.key, _TAG_FIXED, r])
                 E = cubature_draws(rng, P, M)
+                f_E, _ = objective(self, frame, E)
+                if r == 0:
+                    # screen: do two sets of draws already disagree at the start?
+                    gm, gs, _ = start_gap(
+                        self, frame, phi_u, f_E, cubature_draws(rng, P, M)
+                    )
+                    if max(gm / _FIXED_TOL_MEAN, gs / _FIXED_TOL_SD) > _FIXED_SCREEN:
+                        break
                 x, ok, it, trace, _, hess_inv = fixed_draw_fit(
-                    self, frame, phi_u, E, max_iter - n, callback=cb
+                    self, frame, phi_u, E, max_iter - n, callback=cb, f=f_E
                 )
                 n += it
                 traces.append(trace)
