@@ -6,6 +6,10 @@ state, random key, step count); :meth:`SGVI.step` is a pure function of a state;
 :meth:`SGVI.run` loops (with a tqdm progress bar when asked and installed) and can
 resume from any state (``init_state``).
 
+By default (``method='auto'``) :meth:`SGVI.run` first fits q on one fixed set of
+draws by BFGS from the Laplace start (DADVI: :mod:`fastvi.sgvi.fixed`) and takes
+the stochastic steps below only when that fit's sampling error is too large.
+
 One step, for draws eps_s ~ N(0, I), s = 1..S (Kucukelbir et al. 2017, eq. 7-8):
 
     z_s = mu + L eps_s                (mean-field: L = diag(exp(omega)))
