@@ -6,9 +6,13 @@ reference summaries), written with fastvi's model API in
 timed in the same run:
 
 * ``fastvi`` (role ``fastvi``): ``SGVI(model, family=...)`` with default settings
-  (Laplace start, whitened Adam, 8 draws per step, the default stopping rule and the
-  built-in PSIS check), ``run(seed=0)``, after one untimed warm-up run (compilation);
-* ``numpyro`` (role ``anchor``, only when ``numpyro`` and ``jax`` are importable):
+  (Laplace start; the fixed-draw BFGS fit, or where its replicate check fails the
+  whitened Adam steps with 8 draws and the default stopping rule; the built-in PSIS
+  check), ``run(seed=0)``, after one untimed warm-up run (compilation);
+* ``fastvi_sgd`` (role ``fastvi_sgd``): the same with ``method='sgd'``, the
+  stochastic steps alone (the default before the fixed-draw fit);
+* ``numpyro`` (role ``anchor``, the same number of timed rounds; only when
+  ``numpyro`` and ``jax`` are importable):
   ``SVI`` with ``AutoMultivariateNormal`` (full-rank) or ``AutoNormal`` (mean-field),
   ``Adam(0.01)``, ``Trace_ELBO()`` (one draw per step, NumPyro's default), JAX on the
   CPU in float32 (its default). The NumPyro programs below are the Stan programs:
@@ -26,9 +30,13 @@ the checks and the compilation). A run that never met the measure is timed over
 ``extra_info`` of every entry: ``max_abs_z`` (largest |mean - reference mean| /
 reference sd), ``sd_ratio_min`` / ``sd_ratio_max`` (q's sd / reference sd), ``right``,
 ``grad_evals`` (log-density gradient evaluations: for fastvi every row passed to the
-model's ``log_joint`` in the timed run, so the Laplace start and the PSIS check count;
-for NumPyro steps x draws per step), ``steps``, ``converged`` and ``psis_khat``
-(fastvi).
+model's ``log_joint`` in the timed run outside the PSIS check, so the Laplace start
+(L-BFGS and the finite-difference Hessians), the fixed-draw BFGS with its line
+searches and the replicate checks all count; for NumPyro steps x draws per step),
+``density_evals`` (fastvi: the draws of the built-in PSIS check, log density only),
+``cpu_s`` (median ``time.process_time`` of the timed rounds: all threads' CPU
+time), ``steps`` (fastvi: BFGS iterations plus stochastic steps), ``method``,
+``converged`` and ``psis_khat`` (fastvi).
 
 Environment: ``FASTVI_BENCH_PROFILE`` = ``full`` (3 timed rounds of fastvi; NumPyro
 checked every 250 steps up to 20,000) or ``smoke`` (each case once; NumPyro 200
@@ -37,6 +45,7 @@ steps, checked once).
 
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -102,30 +111,49 @@ class Counting:
         model.log_joint = log_joint
 
 
-def fastvi_case(benchmark, name, family):
+def fastvi_case(benchmark, name, family, method="auto"):
     from fastvi.sgvi import SGVI, PSISWarning
 
     model = POSTERIORS[name]()
     counter = Counting(model)
-    engine = SGVI(model, family=family)
+    engine = SGVI(model, family=family, method=method)
+    diagnose = engine.diagnose
+    psis_rows = [0]
+    cpu = []
+
+    def counted_diagnose(*args, **kwargs):  # the built-in PSIS check's draws
+        before = counter.rows
+        out = diagnose(*args, **kwargs)
+        psis_rows[0] += counter.rows - before
+        return out
+
+    engine.diagnose = counted_diagnose
 
     def run():
         counter.rows = 0
+        psis_rows[0] = 0
+        start = time.process_time()
         with warnings.catch_warnings():
             # the built-in k-hat check's advice is recorded as psis_khat instead
             warnings.simplefilter("ignore", PSISWarning)
-            return engine.run(seed=0)
+            res = engine.run(seed=0)
+        cpu.append(time.process_time() - start)
+        return res
 
     run()  # warm-up: compile
+    cpu.clear()
     res = benchmark.pedantic(
         run, rounds=PROFILE["rounds"], iterations=1, warmup_rounds=0
     )
     theta = model.constrain(engine.sample(res.state, EVAL_DRAWS, seed=1))
     benchmark.extra_info.update(
-        role="fastvi",
-        library="fastvi",
+        role="fastvi" if method == "auto" else f"fastvi_{method}",
+        library="fastvi" if method == "auto" else f"fastvi method={method!r}",
+        method=res.method,
         steps=int(res.n_iter),
-        grad_evals=int(counter.rows),
+        grad_evals=int(counter.rows - psis_rows[0]),
+        density_evals=int(psis_rows[0]),
+        cpu_s=float(np.median(cpu)),
         converged=bool(res.converged),
         psis_khat=float(res.psis_khat),
         **quality(summaries(model, theta), reference(name)),
@@ -307,14 +335,20 @@ def numpyro_case(benchmark, name, family):
         if found["right"]:
             break
 
+    cpu = []
+
     def run():
+        t = time.process_time()
         s = start
         for _ in range(steps // check):
             s = chunk(s)
         jax.block_until_ready(s)
+        cpu.append(time.process_time() - t)
         return s
 
-    final = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    final = benchmark.pedantic(
+        run, rounds=PROFILE["rounds"], iterations=1, warmup_rounds=0
+    )
     got = evaluate(final)
     assert got == found  # the timed run repeated the probe's steps exactly
     benchmark.extra_info.update(
@@ -322,6 +356,8 @@ def numpyro_case(benchmark, name, family):
         library=f"numpyro {guide_class.__name__}",
         steps=steps,
         grad_evals=steps,  # one draw per step
+        density_evals=0,
+        cpu_s=float(np.median(cpu)),
         **got,
     )
 
@@ -330,12 +366,14 @@ def summaries_of(draws):
     return {k: (float(v.mean()), float(v.std(ddof=1))) for k, v in draws.items()}
 
 
-@pytest.mark.parametrize("library", ["fastvi", "numpyro"])
+@pytest.mark.parametrize("library", ["fastvi", "fastvi_sgd", "numpyro"])
 @pytest.mark.parametrize("family", ["fullrank", "meanfield"])
 @pytest.mark.parametrize("name", NAMES, ids=[short(n) for n in NAMES])
 def test_posteriordb(benchmark, name, family, library):
     benchmark.group = f"posteriordb {short(name)} {family}"
     if library == "numpyro":
         numpyro_case(benchmark, name, family)
+    elif library == "fastvi_sgd":
+        fastvi_case(benchmark, name, family, method="sgd")
     else:
         fastvi_case(benchmark, name, family)

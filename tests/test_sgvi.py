@@ -689,7 +689,7 @@ def test_window_rule_decreases_the_step_size_in_stages_then_stops():
     first = next(m for m in range(1, 3001) if no_decay(flat, m))
     assert first >= 400
     # the engine applies them through the state
-    engine = SGVI(_Toy(), n_samples=2)
+    engine = SGVI(_Toy(), n_samples=2, method="sgd")
     res = engine.run(seed=0, max_iter=3000)
     assert res.converged and res.state.lr_scale == pytest.approx(0.1)
     with pytest.raises(ValueError, match="decay"):

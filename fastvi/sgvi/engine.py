@@ -6,6 +6,10 @@ state, random key, step count); :meth:`SGVI.step` is a pure function of a state;
 :meth:`SGVI.run` loops (with a tqdm progress bar when asked and installed) and can
 resume from any state (``init_state``).
 
+By default (``method='auto'``) :meth:`SGVI.run` first fits q on one fixed set of
+draws by BFGS from the Laplace start (DADVI: :mod:`fastvi.sgvi.fixed`) and takes
+the stochastic steps below only when that fit's sampling error is too large.
+
 One step, for draws eps_s ~ N(0, I), s = 1..S (Kucukelbir et al. 2017, eq. 7-8):
 
     z_s = mu + L eps_s                (mean-field: L = diag(exp(omega)))
@@ -90,6 +94,21 @@ _DRAW_BATCH = 64
 _TAG_ADAPT = 2**62 + 1
 _TAG_QMC = 2**62 + 2
 _TAG_PSIS = 2**62 + 3
+_TAG_FIXED = 2**62 + 4
+METHODS = ("auto", "fixed", "sgd")
+# The fixed-draw fit (fastvi.sgvi.fixed): pairs of draws per coordinate (at least
+# _FIXED_MIN_PAIRS), the largest estimated sampling error it accepts (in q's sds
+# for the means, in log sd for the sds), and how many times it may double its
+# draws to get there before the stochastic steps take over.
+_FIXED_MIN_PAIRS = 8
+_FIXED_TOL_MEAN = 0.05
+_FIXED_TOL_SD = 0.035
+_FIXED_REPLICATES = 2
+_FIXED_DOUBLE_MAX = 2.0
+# before the fit, the gap between two sets of draws at the Laplace start
+# (fixed.start_gap) above this many tolerances skips it (eight schools: 25-200)
+_FIXED_SCREEN = 4.0
+_FIXED_ROUNDS = 1
 # A full-rank q whitens by the full Cholesky factor of the Laplace covariance up to
 # this many coordinates (an O(P^3) change of coordinates per step), by its
 # diagonal above.
@@ -844,6 +863,10 @@ class SGVIResult(NamedTuple):
     converged: bool
     n_iter: int
     psis_khat: float | None = None
+    #: how q was fitted: ``"fixed"`` (fixed draws and BFGS), ``"sgd"``
+    #: (stochastic steps) or ``"fixed+sgd"`` (stochastic steps from the fixed-draw
+    #: fit, whose sampling error was too large)
+    method: str = "sgd"
 
 
 class Posterior(NamedTuple):
@@ -913,6 +936,21 @@ class SGVI:
         A step whose log density, gradient or update is not finite is discarded and
         redrawn this many times before :class:`FloatingPointError` is raised naming
         the parameter (NumPyro's ``stable_update`` keeps the old state instead).
+    method : {'auto', 'fixed', 'sgd'}, default 'auto'
+        How :meth:`run` fits q. ``'sgd'``: stochastic steps (:meth:`step`) until
+        the stopping rule fires. ``'fixed'``: first the ELBO on one fixed set of
+        draws, maximized by BFGS from the Laplace start (DADVI; see
+        :mod:`fastvi.sgvi.fixed`), accepted when its estimated sampling error is
+        below 0.05 of q's sds in the means and 0.035 in log sd (from two fresh
+        sets of draws; the draws are doubled once to get there when that may
+        help); when it is not (or two sets of draws already disagree far beyond
+        that at the start), the run takes exactly the stochastic steps of
+        ``'sgd'`` from the Laplace start. It applies to fresh runs (no
+        ``init_state``) with the default stopping rule (``convergence=None``),
+        all rows and a Laplace start; other runs take stochastic steps.
+        ``'auto'``: ``'fixed'`` when no optimizer is given, ``batch_size`` is
+        None, ``estimator`` is not ``'score'`` and ``qmc`` is False, else
+        ``'sgd'``.
     """
 
     def __init__(
@@ -927,7 +965,15 @@ class SGVI:
         max_retries=10,
         n_jobs=None,
         qmc=False,
+        method="auto",
     ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        if method == "fixed" and (batch_size is not None or estimator == "score"):
+            raise ValueError(
+                "method='fixed' needs all rows (batch_size=None) and the gradient "
+                "of the log density (estimator 'stl' or 'reparam')."
+            )
         if family not in FAMILIES:
             raise ValueError(
                 f"family must be one of {sorted(FAMILIES)}, got {family!r}."
@@ -969,6 +1015,16 @@ class SGVI:
         self.model = model
         self.family = FAMILIES[family](model.size)
         self.estimator = estimator
+        if method == "auto":
+            method = (
+                "fixed"
+                if optimizer is None
+                and batch_size is None
+                and estimator != "score"
+                and not qmc
+                else "sgd"
+            )
+        self.method = method
         self.optimizer = Adam() if optimizer is None else optimizer
         self.n_samples = int(n_samples)
         self.batch_size = None if batch_size is None else int(batch_size)
@@ -1516,7 +1572,38 @@ class SGVI:
         init_params,
         callback=None,
     ):
-        state = self.init(seed, init_params) if init_state is None else init_state
+        fresh = init_state is None
+        state = self.init(seed, init_params) if fresh else init_state
+        if (
+            self.method == "fixed"
+            and fresh
+            and convergence is None
+            and state.frame is not None
+            and self.batch_size is None
+        ):
+            fixed = self._run_fixed(state, max_iter, progress_bar, callback)
+            if fixed.converged or fixed.n_iter >= max_iter:
+                return fixed
+            # the fixed draws' sampling error is too large: the stochastic steps
+            # of method='sgd' exactly (from the Laplace start, the same draws;
+            # from the fixed-draw q they ended farther off on eight schools, whose
+            # tau it had too wide)
+            later = None
+            if callback is not None:
+
+                def later(n, elbo, s):  # numbered after the fixed-draw iterations
+                    seen = np.concatenate([fixed.elbo, elbo])
+                    seen.flags.writeable = False
+                    callback(fixed.n_iter + n, seen, s)
+
+            rest = self._run(
+                None, max_iter - fixed.n_iter, None, state, progress_bar, None, later
+            )
+            return rest._replace(
+                elbo=np.concatenate([fixed.elbo, rest.elbo]),
+                n_iter=fixed.n_iter + rest.n_iter,
+                method="fixed+sgd",
+            )
         convergence = WindowConvergence() if convergence is None else convergence
         window = getattr(convergence, "window", None) or getattr(
             convergence, "eval_elbo", 100
@@ -1562,6 +1649,96 @@ class SGVI:
         if converged and observe is not None and average is not None:
             state = self._averaged(state, average())
         return SGVIResult(state, elbo[:n].copy(), converged, n)
+
+    def _run_fixed(self, state, max_iter, progress_bar, callback):
+        """The fixed-draw fit (see ``method``) from a fresh state with a frame:
+        BFGS on 2M cubature draws (M = max(8, P) pairs), doubled while the
+        estimated sampling error is above the tolerance. Returns an
+        :class:`SGVIResult` (``n_iter``: BFGS iterations; ``elbo``: F after each)
+        with ``converged`` when the error is within it."""
+        from .fixed import (
+            cubature_draws,
+            fixed_draw_fit,
+            objective,
+            replicate_gap,
+            start_gap,
+        )
+
+        fam, frame = self.family, state.frame
+        P = self.model.size
+        phi_u = fam.to_frame(state.params, frame)
+        M = max(_FIXED_MIN_PAIRS, P)
+        traces = []
+        n = 0
+        bar = _progress(max_iter) if progress_bar else None
+        converged = False
+        cb = None
+        if callback is not None or bar is not None:
+            seen = []
+
+            def cb(p, value):
+                seen.append(value)
+                if bar is not None:
+                    bar.update(1)
+                if callback is not None:
+                    trace = np.array(seen)
+                    trace.flags.writeable = False
+                    s = state._replace(
+                        params=fam.from_frame(p, frame),
+                        params_u=p.copy(),
+                        step=state.step + len(seen),
+                    )
+                    callback(len(seen), trace, s)
+
+        try:
+            for r in range(_FIXED_ROUNDS + 1):
+                rng = np.random.default_rng([state.key, _TAG_FIXED, r])
+                E = cubature_draws(rng, P, M)
+                f_E, _ = objective(self, frame, E)
+                if r == 0:
+                    # screen: do two sets of draws already disagree at the start?
+                    gm, gs, _ = start_gap(
+                        self, frame, phi_u, f_E, cubature_draws(rng, P, M)
+                    )
+                    if max(gm / _FIXED_TOL_MEAN, gs / _FIXED_TOL_SD) > _FIXED_SCREEN:
+                        break
+                x, ok, it, trace, _, hess_inv = fixed_draw_fit(
+                    self, frame, phi_u, E, max_iter - n, callback=cb, f=f_E
+                )
+                n += it
+                traces.append(trace)
+                if not ok:
+                    break
+                phi_u = x
+                gaps = [
+                    replicate_gap(
+                        self, frame, phi_u, hess_inv, cubature_draws(rng, P, M)
+                    )[:2]
+                    for _ in range(_FIXED_REPLICATES)
+                ]
+                gap_mean, gap_sd = np.max(gaps, axis=0)
+                if gap_mean <= _FIXED_TOL_MEAN and gap_sd <= _FIXED_TOL_SD:
+                    converged = True
+                    break
+                # doubling the draws shrinks the gap by about sqrt(2): a gap far
+                # above the tolerance (eight schools': 2-3 times) is not worth it
+                if (
+                    n >= max_iter
+                    or max(gap_mean / _FIXED_TOL_MEAN, gap_sd / _FIXED_TOL_SD)
+                    > _FIXED_DOUBLE_MAX
+                ):
+                    break
+                M *= 2
+        finally:
+            if bar is not None:
+                bar.close()
+        phi = fam.from_frame(phi_u, frame)
+        if not np.all(np.isfinite(phi)):
+            phi_u = fam.to_frame(state.params, frame)
+            phi = state.params
+        new = state._replace(params=phi, params_u=phi_u, step=state.step + n)
+        elbo = np.concatenate(traces) if traces else np.empty(0)
+        return SGVIResult(new, elbo, converged, n, method="fixed")
 
     def _averaged(self, state, x):
         """The state with q's parameters set to their average ``x`` (as observed)."""
