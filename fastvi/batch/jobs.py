@@ -3,7 +3,7 @@
 ``fit_cavi`` runs the ``fit`` of a CAVI model (``BayesianGaussianMixture``,
 ``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression`` with two
 classes: any estimator whose ``fit`` runs the driver of ``fastvi._cavi`` once)
-unchanged, with a per-iteration monitor that
+unchanged, with a per-iteration monitor (:class:`fastvi._cavi.Monitor`) that
 
 * reports the iteration, bound, change and rows/s to a :class:`Progress`;
 * every ``checkpoint_every`` iterations (and at the last one) saves the fit state
@@ -31,7 +31,8 @@ restart: ``n_init=1``). One-vs-rest logistic fits (more than two classes) run on
 CAVI fit per class and are not checkpointed: refused with a message.
 
 ``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
-own epoch loop calls a per-epoch hook. Its unit is the epoch (a pass over the
+own epoch loop calls the monitor's callback after every epoch and starts from its
+``resume`` state. Its unit is the epoch (a pass over the
 documents); the progress shows the training perplexity in the epochs that evaluate it
 (``evaluate_every``) and documents per second. An LDA fit is not deterministic given
 the topics alone: every epoch's E-step draws its starting values from
@@ -54,7 +55,7 @@ import warnings
 import numpy as np
 from sklearn.base import is_classifier
 
-from .._cavi import all_or_nothing
+from .._cavi import Monitor, all_or_nothing, monitoring
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
@@ -447,14 +448,13 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         if stop:
             raise Interrupted(iteration, checkpoint)
 
-    est._iteration_callback = callback
     try:
-        if y is None:
-            est.fit(X)
-        else:
-            est.fit(X, y)
+        with monitoring(est, Monitor(callback=callback)):
+            if y is None:
+                est.fit(X)
+            else:
+                est.fit(X, y)
     finally:
-        est.__dict__.pop("_iteration_callback", None)
         est.set_params(max_iter=max_iter, warm_start=warm_start)
     if done:
         est.n_iter_ = done + est.n_iter_
@@ -590,12 +590,6 @@ def fit_lda(
         if stop:
             raise Interrupted(epoch, checkpoint)
 
-    est._epoch_callback = callback
-    if state is not None:
-        est._fit_resume = state
-    try:
+    with monitoring(est, Monitor(callback=callback, resume=state)):
         est.fit(X)
-    finally:
-        est.__dict__.pop("_epoch_callback", None)
-        est.__dict__.pop("_fit_resume", None)
     return est
