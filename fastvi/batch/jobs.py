@@ -247,12 +247,6 @@ class _HashedRows:
             self.check(self.fingerprint)
 
 
-def _check_every(checkpoint_every):
-    if int(checkpoint_every) < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    return int(checkpoint_every)
-
-
 def fit_mixture(
     est,
     X,
@@ -263,32 +257,10 @@ def fit_mixture(
     resume=False,
     should_stop=None,
 ):
-    """Fit a ``BayesianGaussianMixture`` with progress, checkpoints and resume.
-
-    The CAVI job of :func:`fit_cavi`, with one restart.
-
-    Parameters
-    ----------
-    est : BayesianGaussianMixture
-    X : array-like or :class:`fastvi.batch.io.NpyRows`
-    progress : Progress, optional
-    checkpoint : str, optional
-        Path of the checkpoint file (written atomically).
-    checkpoint_every : int, default=1
-        Iterations between checkpoints (the last iteration is always saved).
-    resume : bool, default=False
-        Continue from ``checkpoint`` when it exists (else start afresh).
-    should_stop : callable, optional
-        Polled after every iteration; when it returns True the fit stops there with
-        :class:`Interrupted` (after writing a checkpoint, if any).
-
-    Returns
-    -------
-    est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit(X)``)
-    """
-    if checkpoint is not None and est.n_init != 1:
-        raise ValueError("checkpoints need n_init=1 (restarts are not checkpointed)")
-    every = _check_every(checkpoint_every)
+    """Fit a ``BayesianGaussianMixture`` with progress, checkpoints and resume: the
+    job of :func:`fit_cavi` (same parameters, no targets); checkpoints need
+    ``n_init=1``."""
+    every = _check_job(est, None, checkpoint, checkpoint_every)
     with all_or_nothing(est):
         return _cavi_job(est, X, None, progress, checkpoint, every, resume, should_stop)
 
@@ -322,7 +294,8 @@ def fit_cavi(
     Parameters
     ----------
     est : estimator
-        Its ``fit`` runs the CAVI driver (:mod:`fastvi._cavi`) once.
+        Its ``fit`` runs the CAVI driver (:mod:`fastvi._cavi`) once; checkpoints
+        need ``n_init=1`` (restarts are not checkpointed).
     X : array-like or a row-block source (:class:`fastvi.batch.io.NpyRows`)
         A block source is fitted out of core and fingerprinted as the fit's first
         pass reads it.
@@ -343,7 +316,17 @@ def fit_cavi(
     -------
     est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit``)
     """
-    every = _check_every(checkpoint_every)
+    every = _check_job(est, y, checkpoint, checkpoint_every)
+    with all_or_nothing(est):
+        return _cavi_job(est, X, y, progress, checkpoint, every, resume, should_stop)
+
+
+def _check_job(est, y, checkpoint, checkpoint_every):
+    """Refuse what a CAVI job cannot checkpoint; ``checkpoint_every`` as an int."""
+    if checkpoint is not None and getattr(est, "n_init", 1) != 1:
+        raise ValueError("checkpoints need n_init=1 (restarts are not checkpointed)")
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if checkpoint is not None and y is not None and is_classifier(est):
         labels = np.unique(np.asarray(y))
         if labels.shape[0] > 2:
@@ -352,8 +335,7 @@ def fit_cavi(
                 f"{labels.shape[0]}, fitted one-vs-rest (one CAVI fit per class), "
                 "which is not checkpointed: fit without a checkpoint"
             )
-    with all_or_nothing(est):
-        return _cavi_job(est, X, y, progress, checkpoint, every, resume, should_stop)
+    return int(checkpoint_every)
 
 
 def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
@@ -526,8 +508,7 @@ def fit_lda(
     """
     from .._dask import is_dask_collection
 
-    if int(checkpoint_every) < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    checkpoint_every = _check_job(est, None, checkpoint, checkpoint_every)
     if is_dask_collection(X) and (
         checkpoint is not None or progress is not None or should_stop is not None
     ):
