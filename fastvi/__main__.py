@@ -917,11 +917,14 @@ def _fit(args):
 def _fit_in_memory(est, X, y, progress, bar):
     """Fit a model without checkpoints: progress from the CAVI driver's iteration
     hook, or (``bar``) the SGVI estimator's own progress bar when tqdm is there."""
-    from ._cavi import CAVIMixin
+    from ._cavi import CAVIMixin, Monitor, monitoring
 
+    monitor = Monitor()
     if isinstance(est, CAVIMixin):
-        est._iteration_callback = lambda model, n_iter, bound, change: progress.update(
-            n_iter, bound, change
+        monitor = Monitor(
+            callback=lambda model, n_iter, bound, change: progress.update(
+                n_iter, bound, change
+            )
         )
     elif bar:
         try:
@@ -931,12 +934,12 @@ def _fit_in_memory(est, X, y, progress, bar):
         else:
             est.set_params(progress_bar=True)
     try:
-        if y is None:
-            est.fit(X)
-        else:
-            est.fit(X, y)
+        with monitoring(est, monitor):
+            if y is None:
+                est.fit(X)
+            else:
+                est.fit(X, y)
     finally:
-        est.__dict__.pop("_iteration_callback", None)
         if "progress_bar" in est.get_params():
             est.set_params(progress_bar=False)  # not saved with the model
 

@@ -24,15 +24,24 @@ Hooks a model implements
 Parameters read from the estimator: ``n_init``, ``max_iter``, ``tol`` (absolute change of
 the bound), ``warm_start``, ``verbose``, ``verbose_interval``.
 
-An optional private attribute ``_iteration_callback(estimator, n_iter, bound, change)``
-is called after every round with the fitted state of that round (``fastvi.batch`` sets it
-for progress bars and checkpoints for the duration of one fit).
+A caller watches a fit through a :class:`Monitor` handed to the driver for the duration
+of one fit, never through attributes of the estimator::
+
+    with monitoring(est, Monitor(callback=report)):
+        est.fit(X)
+
+Its ``callback(estimator, n_iter, bound, change)`` is called after every round with the
+fitted state of that round and may raise to stop the fit (``fastvi.batch`` reports
+progress, writes checkpoints and stops on request there). The driver keeps its clocks
+and position in local variables, so a fit leaves nothing transient on the estimator.
 
 Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``.
 """
 
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from numbers import Integral, Real
 from time import perf_counter
 
@@ -40,7 +49,14 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
-__all__ = ["CAVI_PARAMETER_CONSTRAINTS", "CAVIMixin", "all_or_nothing"]
+__all__ = [
+    "CAVI_PARAMETER_CONSTRAINTS",
+    "CAVIMixin",
+    "Monitor",
+    "all_or_nothing",
+    "monitor_of",
+    "monitoring",
+]
 
 # scikit-learn constraints of the loop parameters the driver reads (``n_init`` is left
 # to each model: some have only one sensible start)
@@ -51,6 +67,56 @@ CAVI_PARAMETER_CONSTRAINTS = {
     "verbose": ["verbose"],
     "verbose_interval": [Interval(Integral, 1, None, closed="left")],
 }
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """What a caller watches and supplies in one fit (see :func:`monitoring`).
+
+    Parameters
+    ----------
+    callback : callable, optional
+        Called after every round of the fit's driver. The CAVI driver calls
+        ``callback(estimator, n_iter, bound, change)``; LDA's epoch loop calls
+        ``callback(estimator, epoch, perplexity, state)`` (``state()`` returns the fit
+        state at the end of the epoch). It may raise to stop the fit.
+    resume : object, optional
+        A fit state to continue from, in the form the driver documents (LDA: the
+        ``state()`` of an earlier epoch); the CAVI driver resumes by ``warm_start``
+        and reads none.
+    """
+
+    callback: object = None
+    resume: object = None
+
+
+# the monitors of the fits running in this thread (or task): (estimator, monitor) pairs
+_MONITORS = ContextVar("fastvi_monitors", default=())
+
+
+@contextmanager
+def monitoring(estimator, monitor):
+    """Hand ``monitor`` to the driver of ``estimator``'s fits inside the block.
+
+    Only fits of that very estimator see it (a model fitting inner estimators, such
+    as one-vs-rest classes, does not pass it on); the estimator itself is not touched.
+    """
+    token = _MONITORS.set(_MONITORS.get() + ((estimator, monitor),))
+    try:
+        yield monitor
+    finally:
+        _MONITORS.reset(token)
+
+
+def monitor_of(estimator):
+    """The :class:`Monitor` of ``estimator``'s current fit (an empty one if none)."""
+    for watched, monitor in reversed(_MONITORS.get()):
+        if watched is estimator:
+            return monitor
+    return _NO_MONITOR
+
+
+_NO_MONITOR = Monitor()
 
 
 @contextmanager
@@ -102,9 +168,10 @@ class CAVIMixin:
         best_history = []
         best_n_iter = 0
         best_converged = False
+        callback = monitor_of(self).callback
 
         for init in range(n_init):
-            self._cavi_verbose_init_begin(init)
+            clock = self._cavi_verbose_init_begin(init)
             if do_init:
                 self._cavi_initialize(data, random_state)
             bound = -np.inf if do_init else self.lower_bound_
@@ -122,8 +189,7 @@ class CAVIMixin:
                 bound = float(self._cavi_step(data))
                 history.append(bound)
                 change = bound - previous
-                self._cavi_verbose_iter_end(n_iter, change)
-                callback = getattr(self, "_iteration_callback", None)
+                self._cavi_verbose_iter_end(n_iter, change, clock)
                 if callback is not None:
                     callback(self, n_iter, bound, change)
                 if not np.isfinite(bound):
@@ -134,7 +200,7 @@ class CAVIMixin:
                 if abs(change) < self.tol:
                     converged = True
                     break
-            self._cavi_verbose_init_end(bound, converged)
+            self._cavi_verbose_init_end(bound, converged, clock)
 
             if bound > best_bound or best_bound == -np.inf:
                 best_bound = bound
@@ -152,15 +218,15 @@ class CAVIMixin:
         self.lower_bound_ = best_bound
         self.lower_bounds_ = best_history
 
-    # verbose output, in scikit-learn's format
+    # verbose output, in scikit-learn's format; ``clock`` is [start of the restart,
+    # end of the last printed iteration] (a local of the loop, not an attribute)
     def _cavi_verbose_init_begin(self, init):
         if self.verbose >= 1:
             print("Initialization %d" % init)
-        if self.verbose >= 2:
-            self._init_prev_time = perf_counter()
-            self._iter_prev_time = self._init_prev_time
+        now = perf_counter()
+        return [now, now]
 
-    def _cavi_verbose_iter_end(self, n_iter, change):
+    def _cavi_verbose_iter_end(self, n_iter, change, clock):
         if n_iter % self.verbose_interval != 0:
             return
         if self.verbose == 1:
@@ -169,16 +235,16 @@ class CAVIMixin:
             now = perf_counter()
             print(
                 "  Iteration %d\t time lapse %.5fs\t ll change %.5f"
-                % (n_iter, now - self._iter_prev_time, change)
+                % (n_iter, now - clock[1], change)
             )
-            self._iter_prev_time = now
+            clock[1] = now
 
-    def _cavi_verbose_init_end(self, bound, converged):
+    def _cavi_verbose_init_end(self, bound, converged, clock):
         message = "converged" if converged else "did not converge"
         if self.verbose == 1:
             print(f"Initialization {message}.")
         elif self.verbose >= 2:
-            elapsed = perf_counter() - self._init_prev_time
+            elapsed = perf_counter() - clock[0]
             print(
                 f"Initialization {message}. time lapse {elapsed:.5f}s\t lower bound"
                 f" {bound:.5f}."

@@ -68,7 +68,7 @@ from sklearn.utils.validation import (
 )
 
 from . import _schema
-from ._cavi import all_or_nothing
+from ._cavi import all_or_nothing, monitor_of
 from ._compile import announces
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
@@ -668,7 +668,7 @@ class LatentDirichletAllocation(
                 # the topics live in ``topics`` during the fit and become
                 # ``components_`` at its end (no second copy meanwhile)
                 topics = self._init_latent_vars(rows.shape[1], dtype, store=False)
-                resume = getattr(self, "_fit_resume", None)
+                resume = monitor_of(self).resume
                 if resume is None:
                     self._fit_epochs(rows, topics, dtype)
                 else:
@@ -909,13 +909,14 @@ class LatentDirichletAllocation(
         documents in row order, across block boundaries, so they are the
         in-memory minibatches wherever the documents live. ``start`` epochs are
         already done and ``last_bound`` is the last perplexity evaluated (a resumed
-        fit, see :meth:`_set_epoch_state`). After every epoch the private hook
-        ``self._epoch_callback(self, n_epochs, perplexity, state)`` is called when
-        the attribute exists: ``perplexity`` is the one evaluated in that epoch (NaN
-        if none was) and ``state()`` returns the fit state at the end of the epoch
-        (:meth:`_epoch_state`). The hook may raise to stop the fit.
+        fit, see :meth:`_set_epoch_state`). After every epoch the callback of the
+        fit's monitor (:func:`fastvi._cavi.monitoring`), if any, is called as
+        ``callback(self, n_epochs, perplexity, state)``: ``perplexity`` is the one
+        evaluated in that epoch (NaN if none was) and ``state()`` returns the fit
+        state at the end of the epoch (:meth:`_epoch_state`). It may raise to stop
+        the fit.
         """
-        callback = getattr(self, "_epoch_callback", None)
+        callback = monitor_of(self).callback
         for i in range(start, self.max_iter):
             if self.learning_method == "batch":
                 self._batch_round(rows, topics, dtype)

@@ -108,18 +108,6 @@ _TUPLES = {
     },
 }
 
-# Per-fit bookkeeping that is not part of a fitted model.
-_TRANSIENT = frozenset(
-    {
-        "_init_prev_time",
-        "_iter_prev_time",
-        "_iteration_callback",
-        "_cavi_last_bound",
-        "_epoch_callback",
-        "_fit_resume",
-    }
-)
-
 
 class ModelFileError(ValueError):
     """A model file that cannot be read: the message names the file and the problem."""
@@ -218,7 +206,7 @@ class _Encoder:
         attrs = {
             k: self.encode(v, f"{prefix}attr.{k}")
             for k, v in vars(est).items()
-            if k not in _TRANSIENT and k not in params
+            if k not in params
         }
         return {"class": type(est).__name__, "params": params, "attributes": attrs}
 
@@ -322,13 +310,8 @@ class _Decoder:
             self.fail(f"parameters {unknown} are not parameters of {name}")
         for key in attrs:
             # never an instance's internals, a method or property of the class
-            # (that would shadow it), a parameter or per-fit bookkeeping
-            if (
-                key.startswith("__")
-                or key in _TRANSIENT
-                or key in valid
-                or hasattr(cls, key)
-            ):
+            # (that would shadow it) or a parameter
+            if key.startswith("__") or key in valid or hasattr(cls, key):
                 self.fail(f"bad attribute name {key!r} for a {name}")
         params = {k: self.decode(v) for k, v in params.items()}
         try:

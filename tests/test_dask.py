@@ -15,6 +15,7 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
+from fastvi._cavi import Monitor, monitoring  # noqa: E402
 from fastvi._dask import DaskRows, is_dask_collection  # noqa: E402
 
 
@@ -242,8 +243,8 @@ def test_mixture_survives_a_killed_worker(client):
             killed.append(victim)
 
     b = _gmm(covariance_type="diag", tol=0.0, max_iter=12)
-    b._iteration_callback = kill_one
-    _fit(b, Xd)
+    with monitoring(b, Monitor(callback=kill_one)):
+        _fit(b, Xd)
     assert killed
     _assert_same_model(a, b)
 

@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fastvi import BayesianGaussianMixture
+from fastvi._cavi import Monitor, monitoring
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 PRIORS = ["dirichlet_process", "dirichlet_distribution"]
@@ -265,8 +266,8 @@ def test_bound_falls_at_most_by_the_reg_covar_term_on_1000_problems():
             n_jobs=1,  # tiny problems: waking threads would cost more than the work
         )
         rounds = []
-        est._iteration_callback = functools.partial(_record_round, rounds)
-        with warnings.catch_warnings():
+        monitor = Monitor(callback=functools.partial(_record_round, rounds))
+        with warnings.catch_warnings(), monitoring(est, monitor):
             warnings.simplefilter("ignore", ConvergenceWarning)
             est.fit(X)
         for (before, nk_before, trace), (after, nk_after, _) in itertools.pairwise(

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from fastvi._cavi import Monitor, monitoring
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import BayesianGaussianMixture
 from fastvi.persist import atomic_write, save
@@ -78,8 +79,9 @@ def test_overlapping_fits_in_threads_restore_blas_and_numba(blas_at_two, first_o
             est = BayesianGaussianMixture(
                 n_components=2, max_iter=3, tol=1e10, random_state=0, n_jobs=2
             )
-            est._iteration_callback = lambda m, n, b, c: hold(name, n)
-            est.fit(X)
+            monitor = Monitor(callback=lambda m, n, b, c: hold(name, n))
+            with monitoring(est, monitor):
+                est.fit(X)
             seen[name + " numba"] = numba.get_num_threads()
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

@@ -1,7 +1,9 @@
 """Fitting as a batch job: progress, checkpoints, resume, stop on request.
 
-``fit_mixture`` runs ``BayesianGaussianMixture.fit`` unchanged (the CAVI loop of
-``fastvi._cavi``) with a per-iteration callback that
+``fit_cavi`` runs the ``fit`` of a CAVI model (``BayesianGaussianMixture``,
+``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression`` with two
+classes: any estimator whose ``fit`` runs the driver of ``fastvi._cavi`` once)
+unchanged, with a per-iteration monitor (:class:`fastvi._cavi.Monitor`) that
 
 * reports the iteration, bound, change and rows/s to a :class:`Progress`;
 * every ``checkpoint_every`` iterations (and at the last one) saves the fit state
@@ -11,30 +13,26 @@
 * raises :class:`Interrupted` after the current iteration when ``should_stop()`` is
   true (the command line sets it on Ctrl-C), having written a checkpoint.
 
-Resume (``resume=True`` and the checkpoint exists): the saved global factors are put
-back and the fit continues with ``warm_start=True`` for the remaining iterations; the
-CAVI updates are deterministic given the factors, so the final model is bitwise the
-one of an uninterrupted run (``n_iter_`` and ``lower_bounds_`` are stitched together).
-A checkpoint written for other data or other parameters is refused. The data is
-identified by its shape and a SHA-256 hash of every value
-(:func:`fastvi.batch.io.fingerprint`): in-memory data is hashed before the fit, from
-its buffer; out-of-core data as the fit's first pass (the data mean) reads its blocks,
-so a resume on other data stops with an error naming the checkpoint when that pass
-ends: before the restored state is used and before anything is written. If
-``fit_mixture`` raises, the estimator is left as it was.
-
-``fit_cavi`` does the same for the other CAVI models (``UnivariateGaussian``,
-``VBLinearRegression``, ``VBLogisticRegression`` with two classes): any estimator
-whose ``fit`` runs the CAVI driver once, in memory or out of core (a block source
-such as :class:`~fastvi.batch.io.NpyRows`, with the targets ``y`` in memory). The
-model after every round is complete (its private factors included: the logistic
-model's Newton proposal and bound), so its checkpoint is that model, saved as it
-stands, and a resume is a warm start from it; the targets are fingerprinted beside
-the rows. One-vs-rest logistic fits (more than two classes) run one CAVI fit per
-class and are not checkpointed: refused with a message.
+The model after every round is complete (its private factors included: the logistic
+model's Newton proposal and bound), so its checkpoint is that model as a fit of that
+many rounds leaves it. Resume (``resume=True`` and the checkpoint exists) is a warm
+start from it for the remaining iterations; the CAVI updates are deterministic given
+the factors, so the final model is bitwise the one of an uninterrupted run
+(``n_iter_`` and ``lower_bounds_`` are stitched together). A checkpoint written for
+other data, targets or parameters is refused. The data is identified by its shape and
+a SHA-256 hash of every value (:func:`fastvi.batch.io.fingerprint`): in-memory data
+is hashed before the fit, from its buffer; out-of-core data (a block source such as
+:class:`~fastvi.batch.io.NpyRows`, with the targets ``y`` in memory) as the fit's
+first pass reads its blocks, so a resume on other data stops with an error naming the
+checkpoint when that pass ends: before the restored state is used and before anything
+is written. The targets are fingerprinted beside the rows. If the job raises, the
+estimator is left as it was. ``fit_mixture`` is this job for the mixture (one
+restart: ``n_init=1``). One-vs-rest logistic fits (more than two classes) run one
+CAVI fit per class and are not checkpointed: refused with a message.
 
 ``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
-own epoch loop calls a per-epoch hook. Its unit is the epoch (a pass over the
+own epoch loop calls the monitor's callback after every epoch and starts from its
+``resume`` state. Its unit is the epoch (a pass over the
 documents); the progress shows the training perplexity in the epochs that evaluate it
 (``evaluate_every``) and documents per second. An LDA fit is not deterministic given
 the topics alone: every epoch's E-step draws its starting values from
@@ -57,7 +55,7 @@ import warnings
 import numpy as np
 from sklearn.base import is_classifier
 
-from .._cavi import all_or_nothing
+from .._cavi import Monitor, all_or_nothing, monitoring
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
@@ -217,22 +215,6 @@ def _load_checkpoint(est, checkpoint, data_print):
     return ck, extra
 
 
-def _restore_from(est, checkpoint, data_print):
-    ck, extra = _load_checkpoint(est, checkpoint, data_print)
-    try:
-        done = int(extra["iteration"])
-        history = [float(b) for b in extra["history"]]
-        bound = float(extra["bound"])
-        converged = bool(extra["converged"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{checkpoint}: not a checkpoint (no fit position)") from None
-    params = set(est.get_params(deep=False))
-    for key, value in vars(ck).items():
-        if key not in params:
-            setattr(est, key, value)
-    return done, history, bound, converged, extra["data"]
-
-
 class _HashedRows:
     """A row source passed through unchanged, fingerprinted by the fit's first pass.
 
@@ -275,131 +257,12 @@ def fit_mixture(
     resume=False,
     should_stop=None,
 ):
-    """Fit a ``BayesianGaussianMixture`` with progress, checkpoints and resume.
-
-    Parameters
-    ----------
-    est : BayesianGaussianMixture
-    X : array-like or :class:`fastvi.batch.io.NpyRows`
-    progress : Progress, optional
-    checkpoint : str, optional
-        Path of the checkpoint file (written atomically).
-    checkpoint_every : int, default=1
-        Iterations between checkpoints (the last iteration is always saved).
-    resume : bool, default=False
-        Continue from ``checkpoint`` when it exists (else start afresh).
-    should_stop : callable, optional
-        Polled after every iteration; when it returns True the fit stops there with
-        :class:`Interrupted` (after writing a checkpoint, if any).
-
-    Returns
-    -------
-    est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit(X)``)
-    """
-    if checkpoint is not None and est.n_init != 1:
-        raise ValueError("checkpoints need n_init=1 (restarts are not checkpointed)")
-    if int(checkpoint_every) < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    """Fit a ``BayesianGaussianMixture`` with progress, checkpoints and resume: the
+    job of :func:`fit_cavi` (same parameters, no targets); checkpoints need
+    ``n_init=1``."""
+    every = _check_job(est, None, checkpoint, checkpoint_every)
     with all_or_nothing(est):
-        return _fit_mixture(
-            est, X, progress, checkpoint, int(checkpoint_every), resume, should_stop
-        )
-
-
-def _fit_mixture(est, X, progress, checkpoint, checkpoint_every, resume, should_stop):
-    """The body of :func:`fit_mixture` (which restores ``est`` if this raises)."""
-    max_iter, warm_start = est.max_iter, est.warm_start
-    hashed = None
-    data_print = None
-    if checkpoint is not None:
-        if hasattr(X, "iter_blocks") and hasattr(X, "block_rows"):
-            # out of core: hashed as the fit's first pass reads the blocks
-            X = hashed = _HashedRows(X)
-            data_print = {"shape": [int(v) for v in X.shape]}
-        else:
-            data_print = fingerprint(X)
-    signature = _param_signature(est) if checkpoint is not None else None
-    done, history = 0, []
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        done, history, bound, converged, saved = _restore_from(
-            est, checkpoint, data_print
-        )
-        if hashed is not None:
-            hashed.check = lambda now: _check_data(checkpoint, saved, now)
-        if converged or done >= max_iter:
-            if hashed is not None:  # no fit pass follows: read the blocks once here
-                _check_data(checkpoint, saved, fingerprint(hashed.source))
-            # the checkpointed run had finished: what fit() would have set
-            est.converged_ = converged
-            est.n_iter_ = done
-            est.lower_bound_ = bound
-            est.lower_bounds_ = list(history)
-            est._set_derived()
-            if not converged and max_iter > 0:
-                from sklearn.exceptions import ConvergenceWarning
-
-                warnings.warn(
-                    est._convergence_message, ConvergenceWarning, stacklevel=3
-                )
-            return est
-        est.set_params(warm_start=True, max_iter=max_iter - done)
-        est.lower_bound_ = bound
-        est.converged_ = False
-    if progress is not None:
-        progress.start_at(done)
-    segment = []
-
-    def write_checkpoint(model, iteration, bound, converged):
-        data = data_print if hashed is None else hashed.fingerprint
-        if data is None or "sha256" not in data:  # cannot happen: a pass came first
-            raise RuntimeError("no data fingerprint before the first checkpoint")
-        running = {"max_iter": model.max_iter, "warm_start": model.warm_start}
-        model.set_params(max_iter=max_iter, warm_start=warm_start)
-        try:
-            save(
-                model,
-                checkpoint,
-                kind="checkpoint",
-                extra={
-                    "iteration": iteration,
-                    "bound": bound,
-                    "history": history + segment,
-                    "converged": converged,
-                    "data": data,
-                    "params": signature,
-                },
-            )
-        finally:
-            model.set_params(**running)
-
-    def callback(model, n_iter, bound, change):
-        iteration = done + n_iter
-        segment.append(bound)
-        if progress is not None:
-            progress.update(iteration, bound, change)
-        stop = should_stop is not None and should_stop()
-        if checkpoint is not None:
-            converged = abs(change) < model.tol
-            if (
-                stop
-                or converged
-                or iteration % checkpoint_every == 0
-                or iteration >= max_iter
-            ):
-                write_checkpoint(model, iteration, bound, converged)
-        if stop:
-            raise Interrupted(iteration, checkpoint)
-
-    est._iteration_callback = callback
-    try:
-        est.fit(X)
-    finally:
-        est.__dict__.pop("_iteration_callback", None)
-        est.set_params(max_iter=max_iter, warm_start=warm_start)
-    if done:
-        est.n_iter_ = done + est.n_iter_
-        est.lower_bounds_ = history + list(est.lower_bounds_)
-    return est
+        return _cavi_job(est, X, None, progress, checkpoint, every, resume, should_stop)
 
 
 def _target_print(y):
@@ -425,12 +288,14 @@ def fit_cavi(
     should_stop=None,
 ):
     """Fit a CAVI model (``UnivariateGaussian``, ``VBLinearRegression``,
-    ``VBLogisticRegression``) with progress, checkpoints and resume.
+    ``VBLogisticRegression``, ``BayesianGaussianMixture``) with progress,
+    checkpoints and resume.
 
     Parameters
     ----------
     est : estimator
-        Its ``fit`` runs the CAVI driver (:mod:`fastvi._cavi`) once.
+        Its ``fit`` runs the CAVI driver (:mod:`fastvi._cavi`) once; checkpoints
+        need ``n_init=1`` (restarts are not checkpointed).
     X : array-like or a row-block source (:class:`fastvi.batch.io.NpyRows`)
         A block source is fitted out of core and fingerprinted as the fit's first
         pass reads it.
@@ -451,6 +316,15 @@ def fit_cavi(
     -------
     est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit``)
     """
+    every = _check_job(est, y, checkpoint, checkpoint_every)
+    with all_or_nothing(est):
+        return _cavi_job(est, X, y, progress, checkpoint, every, resume, should_stop)
+
+
+def _check_job(est, y, checkpoint, checkpoint_every):
+    """Refuse what a CAVI job cannot checkpoint; ``checkpoint_every`` as an int."""
+    if checkpoint is not None and getattr(est, "n_init", 1) != 1:
+        raise ValueError("checkpoints need n_init=1 (restarts are not checkpointed)")
     if int(checkpoint_every) < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if checkpoint is not None and y is not None and is_classifier(est):
@@ -461,15 +335,17 @@ def fit_cavi(
                 f"{labels.shape[0]}, fitted one-vs-rest (one CAVI fit per class), "
                 "which is not checkpointed: fit without a checkpoint"
             )
-    with all_or_nothing(est):
-        return _fit_cavi(
-            est, X, y, progress, checkpoint, int(checkpoint_every), resume, should_stop
-        )
+    return int(checkpoint_every)
 
 
-def _fit_cavi(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
-    """The body of :func:`fit_cavi` (which restores ``est`` if this raises)."""
+def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
+    """The one CAVI job loop (the callers restore ``est`` if this raises).
 
+    The model after every round is complete, so its checkpoint is that model as a
+    fit of that many rounds leaves it, and a resume is a warm start from it. A
+    resumed run that had finished makes only the fit's passes over the data (which
+    check the data's hash) and its final state (``max_iter=0``).
+    """
     max_iter, warm_start = est.max_iter, est.warm_start
     hashed = data_print = target_print = signature = None
     if checkpoint is not None:
@@ -505,8 +381,6 @@ def _fit_cavi(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         for key, value in vars(ck).items():
             if key not in params:
                 setattr(est, key, value)
-        # a warm start from the checkpoint's model; none left: only its passes
-        # over the data (which check the data's hash) and the final state
         remaining = 0 if converged else max(max_iter - done, 0)
         est.set_params(warm_start=True, max_iter=remaining)
         est.lower_bound_ = bound
@@ -525,20 +399,17 @@ def _fit_cavi(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         ck.set_params(max_iter=max_iter, warm_start=warm_start)
         ck.n_iter_, ck.converged_ = iteration, converged
         ck.lower_bound_, ck.lower_bounds_ = bound, history + segment
-        save(
-            ck,
-            checkpoint,
-            kind="checkpoint",
-            extra={
-                "iteration": iteration,
-                "bound": bound,
-                "history": history + segment,
-                "converged": converged,
-                "data": data,
-                "target": target_print,
-                "params": signature,
-            },
-        )
+        extra = {
+            "iteration": iteration,
+            "bound": bound,
+            "history": history + segment,
+            "converged": converged,
+            "data": data,
+        }
+        if y is not None:
+            extra["target"] = target_print
+        extra["params"] = signature
+        save(ck, checkpoint, kind="checkpoint", extra=extra)
 
     def callback(model, n_iter, bound, change):
         iteration = done + n_iter
@@ -559,14 +430,13 @@ def _fit_cavi(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         if stop:
             raise Interrupted(iteration, checkpoint)
 
-    est._iteration_callback = callback
     try:
-        if y is None:
-            est.fit(X)
-        else:
-            est.fit(X, y)
+        with monitoring(est, Monitor(callback=callback)):
+            if y is None:
+                est.fit(X)
+            else:
+                est.fit(X, y)
     finally:
-        est.__dict__.pop("_iteration_callback", None)
         est.set_params(max_iter=max_iter, warm_start=warm_start)
     if done:
         est.n_iter_ = done + est.n_iter_
@@ -638,8 +508,7 @@ def fit_lda(
     """
     from .._dask import is_dask_collection
 
-    if int(checkpoint_every) < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    checkpoint_every = _check_job(est, None, checkpoint, checkpoint_every)
     if is_dask_collection(X) and (
         checkpoint is not None or progress is not None or should_stop is not None
     ):
@@ -702,12 +571,6 @@ def fit_lda(
         if stop:
             raise Interrupted(epoch, checkpoint)
 
-    est._epoch_callback = callback
-    if state is not None:
-        est._fit_resume = state
-    try:
+    with monitoring(est, Monitor(callback=callback, resume=state)):
         est.fit(X)
-    finally:
-        est.__dict__.pop("_epoch_callback", None)
-        est.__dict__.pop("_fit_resume", None)
     return est
