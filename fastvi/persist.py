@@ -61,6 +61,7 @@ import re
 import secrets
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from numbers import Integral, Real
@@ -678,6 +679,9 @@ _READ_ERRORS = (
     ValueError,
     KeyError,
     OSError,
+    # a mangled .npy header: numpy parses its dict as a Python literal
+    SyntaxError,
+    tokenize.TokenError,
 )
 
 
