@@ -208,7 +208,10 @@ def _pointwise(E, yt, T, family, tau, ll, ss):
 def _gradient(Xt, T, R, gw, gb, zero):
     """gw[s, d] += sum_t R[s, t] Xt[d, t] and gb[s] += sum_t R[s, t].
 
-    Blocked 2 draws x 4 features: eight independent dot products per sweep.
+    Blocked 4 draws x 4 features: sixteen independent dot products per sweep, eight
+    loads for sixteen multiply-adds (2 x 4 took six loads for eight; 4 x 4 measured
+    5-15% faster, AVX-512 and AVX2 code, N = 1e5, D = 50, S = 8). Leftover draws go
+    in pairs, then singly.
     """
     S, D = gw.shape
     for s in range(S):
@@ -217,6 +220,84 @@ def _gradient(Xt, T, R, gw, gb, zero):
             a += R[s, t]
         gb[s] += a
     s = 0
+    while s + 4 <= S:
+        d = 0
+        while d + 4 <= D:
+            a00 = zero
+            a01 = zero
+            a02 = zero
+            a03 = zero
+            a10 = zero
+            a11 = zero
+            a12 = zero
+            a13 = zero
+            a20 = zero
+            a21 = zero
+            a22 = zero
+            a23 = zero
+            a30 = zero
+            a31 = zero
+            a32 = zero
+            a33 = zero
+            for t in range(T):
+                r0 = R[s, t]
+                r1 = R[s + 1, t]
+                r2 = R[s + 2, t]
+                r3 = R[s + 3, t]
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                x2 = Xt[d + 2, t]
+                x3 = Xt[d + 3, t]
+                a00 += r0 * x0
+                a01 += r0 * x1
+                a02 += r0 * x2
+                a03 += r0 * x3
+                a10 += r1 * x0
+                a11 += r1 * x1
+                a12 += r1 * x2
+                a13 += r1 * x3
+                a20 += r2 * x0
+                a21 += r2 * x1
+                a22 += r2 * x2
+                a23 += r2 * x3
+                a30 += r3 * x0
+                a31 += r3 * x1
+                a32 += r3 * x2
+                a33 += r3 * x3
+            gw[s, d] += a00
+            gw[s, d + 1] += a01
+            gw[s, d + 2] += a02
+            gw[s, d + 3] += a03
+            gw[s + 1, d] += a10
+            gw[s + 1, d + 1] += a11
+            gw[s + 1, d + 2] += a12
+            gw[s + 1, d + 3] += a13
+            gw[s + 2, d] += a20
+            gw[s + 2, d + 1] += a21
+            gw[s + 2, d + 2] += a22
+            gw[s + 2, d + 3] += a23
+            gw[s + 3, d] += a30
+            gw[s + 3, d + 1] += a31
+            gw[s + 3, d + 2] += a32
+            gw[s + 3, d + 3] += a33
+            d += 4
+        while d < D:
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            for t in range(T):
+                x0 = Xt[d, t]
+                a0 += R[s, t] * x0
+                a1 += R[s + 1, t] * x0
+                a2 += R[s + 2, t] * x0
+                a3 += R[s + 3, t] * x0
+            gw[s, d] += a0
+            gw[s + 1, d] += a1
+            gw[s + 2, d] += a2
+            gw[s + 3, d] += a3
+            d += 1
+        s += 4
     while s + 2 <= S:
         d = 0
         while d + 4 <= D:
