@@ -11,8 +11,19 @@ Groups ``"sgvi N=<N> S=<S> <full|mb1024>"`` hold, timed in the same run:
 
 Each timed round runs a fixed number of steps (``steps`` of the profile for full
 batches, ``mb_steps`` for minibatches) after a warm-up (compilation) of the same
-length; ``extra_info`` records ``ms_per_step``, the mean ELBO of the last steps
-(``final_elbo``; NumPyro's is minus its loss) and the role in the group.
+length (fastvi's runs skip the end-of-run PSIS k-hat, a diagnostic NumPyro's steps
+do not compute either); ``extra_info`` records ``ms_per_step``, the mean ELBO of the
+last steps (``final_elbo``; NumPyro's is minus its loss) and the role in the group,
+and beside the time the machine's limits measured in the same run (``limits``, from
+``bench/limits.py``): ``gflop_per_iter``, the arithmetic of one step's data pass,
+4 M D S flops for M rows (the S linear predictors X w_s, 2 M D S, and the gradients
+X^T r_s, 2 M D S; the link terms and the optimizer are left out), ``bound_ms``, that
+work at the GEMM peak of the step's precision (DGEMM for float64, SGEMM for float32,
+NumPyro's included), and ``fraction_of_bound`` = bound_ms / ms_per_step (the
+median round; ``ms_per_step_min`` and ``fraction_of_bound_min`` take the fastest:
+on a shared machine a parallel step waits for a descheduled thread now and then).
+``seconds_per_iter`` and ``dtype`` let ``bench/report.py`` put the fraction in its
+limits table.
 
 Groups ``"sgvi-to-elbo N=<N> S=<S> <full|mb>"`` time the run to a fixed ELBO, the same
 for both libraries: ``target = ref - 0.01 (ref - init)`` (99 % of the way), where
@@ -93,7 +104,11 @@ def logistic_data(n):
     return _DATA[n]
 
 
-def fastvi_runner(X, y, S, batch, dtype):
+def fastvi_runner(X, y, S, batch, dtype, psis_draws=None):
+    """``run(steps)`` continues the fit for ``steps`` steps. ``psis_draws`` goes to
+    ``SGVI.run``: None keeps its end-of-run PSIS k-hat (at least 256 draws on all
+    rows, as a fit pays it), 0 leaves it out (the step benchmark: at 50 steps of 8
+    draws it would add the work of 32 more full-batch steps to every round)."""
     from fastvi.sgvi import GLM, SGVI, Adam, WindowConvergence
 
     model = GLM(X.astype(dtype), y, minibatch=batch is not None)
@@ -105,7 +120,10 @@ def fastvi_runner(X, y, S, batch, dtype):
 
     def run(steps):
         res = engine.run(
-            max_iter=steps, convergence=WindowConvergence(tol=0), init_state=state["s"]
+            max_iter=steps,
+            convergence=WindowConvergence(tol=0),
+            init_state=state["s"],
+            psis_draws=psis_draws,
         )
         state["s"] = res.state
         return res.elbo
@@ -194,7 +212,7 @@ CASES = [
         f"N={short(n)}-S={S}-{'full' if b is None else f'mb{b}'}" for n, S, b in CASES
     ],
 )
-def test_sgvi_step(benchmark, library, n, S, batch):
+def test_sgvi_step(benchmark, machine_limits, library, n, S, batch):
     X, y = logistic_data(n)
     # minibatch steps take a millisecond or less: more of them per timed round
     steps = PROFILE["steps"] if batch is None else PROFILE["mb_steps"]
@@ -202,7 +220,7 @@ def test_sgvi_step(benchmark, library, n, S, batch):
         run = numpyro_runner(X, y, S, batch)
     else:
         dtype = np.float32 if library.endswith("32") else np.float64
-        run = fastvi_runner(X, y, S, batch, dtype)
+        run = fastvi_runner(X, y, S, batch, dtype, psis_draws=0)
     benchmark.group = f"sgvi N={short(n)} S={S} {'full' if batch is None else 'mb'}"
     run(steps)  # warm-up: compile and leave the start-up transient
     elbo = benchmark.pedantic(
@@ -214,8 +232,31 @@ def test_sgvi_step(benchmark, library, n, S, batch):
         final_elbo=float(np.mean(elbo[-min(10, len(elbo)) :])),
         steps=steps,
     )
+    dtype = "float64" if library == "fastvi-float64" else "float32"
+    gflop = step_flops(n if batch is None else batch, S) / 1e9
+    peak = machine_limits["dgemm_gflops" if dtype == "float64" else "sgemm_gflops"]
+    benchmark.extra_info.update(
+        dtype=dtype,
+        gflop_per_iter=gflop,
+        limits=machine_limits,
+        bound_ms=1e3 * gflop / peak,
+    )
     if benchmark.stats is not None:  # None under --benchmark-disable (CI smoke)
-        benchmark.extra_info["ms_per_step"] = 1e3 * benchmark.stats.stats.median / steps
+        seconds = benchmark.stats.stats.median / steps
+        best = benchmark.stats.stats.min / steps
+        benchmark.extra_info.update(
+            ms_per_step=1e3 * seconds,
+            ms_per_step_min=1e3 * best,
+            seconds_per_iter=seconds,
+            fraction_of_bound=gflop / peak / seconds,
+            fraction_of_bound_min=gflop / peak / best,
+        )
+
+
+def step_flops(rows, S):
+    """Flops of one step's data pass over ``rows`` rows with S draws: the forward
+    products X w_s and the gradients X^T r_s, 2 rows D S each (see the module docs)."""
+    return 4.0 * rows * D * S
 
 
 # ------------------------------------------------------------------ time to an ELBO

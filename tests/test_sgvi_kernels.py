@@ -132,6 +132,27 @@ def test_glm_pass_rows_matches_reference(family, serial):
         assert_allclose(g, w, rtol=1e-11, atol=1e-9 * max(1.0, np.abs(w).max()))
 
 
+@pytest.mark.parametrize("family", [0, 1, 2])
+def test_glm_pass_tiled_every_block_shape(family):
+    # every combination of the products' register blocks and their leftovers
+    # (draws: 4, 2, 1; features: 4, 2, 1): float64 within 1e-12 of the reference,
+    # relative to the largest entry of each output, and the parallel pass bitwise the
+    # serial one
+    N, tile, chunk_tiles = 200, 64, 2
+    for D in (1, 2, 3, 4, 5, 6, 7, 9, 50):
+        for S in range(1, 10):
+            X, y, W, b, tau = _problem(N, D, S, family, np.float64, seed=D * 10 + S)
+            Xt = _tiled(X, tile)
+            parts = k.glm_pass_tiled(Xt, y, N, W, b, tau, family, chunk_tiles)
+            serial = k.glm_pass_tiled_serial(Xt, y, N, W, b, tau, family, chunk_tiles)
+            want = ref.glm_pass(X, y, W, b, tau, family)
+            for p, q, w in zip(parts, serial, want):
+                assert_array_equal(p, q)
+                scale = max(np.abs(w).max(), 1e-300)
+                err = np.abs(p.sum(axis=0) - w).max() / scale
+                assert err <= 1e-12, (D, S, err)
+
+
 def test_serial_and_parallel_rows_agree_bitwise():
     X, y, W, b, tau = _problem(3000, 9, 5, 0, np.float64, seed=3)
     rows = np.random.default_rng(4).choice(3000, 2000, replace=False)

@@ -82,7 +82,8 @@ def _linear_predictor(Xt, T, W, b, E):
     """E[s, t] = b[s] + sum_d W[s, d] Xt[d, t].
 
     Register-blocked 4 draws x 4 features: each sweep over the tile's rows loads four
-    feature rows and four accumulator rows for sixteen multiply-adds.
+    feature rows and four accumulator rows for sixteen multiply-adds. Two or three
+    leftover features take one 4 x 2 sweep (and a 4 x 1), not one sweep each.
     """
     S, D = W.shape
     for s in range(S):
@@ -119,7 +120,24 @@ def _linear_predictor(Xt, T, W, b, E):
                 E[s + 2, t] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
                 E[s + 3, t] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
             d += 4
-        while d < D:
+        if d + 2 <= D:  # two features left over (D = 50): one sweep, not two
+            w00 = W[s, d]
+            w01 = W[s, d + 1]
+            w10 = W[s + 1, d]
+            w11 = W[s + 1, d + 1]
+            w20 = W[s + 2, d]
+            w21 = W[s + 2, d + 1]
+            w30 = W[s + 3, d]
+            w31 = W[s + 3, d + 1]
+            for t in range(T):
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                E[s, t] += w00 * x0 + w01 * x1
+                E[s + 1, t] += w10 * x0 + w11 * x1
+                E[s + 2, t] += w20 * x0 + w21 * x1
+                E[s + 3, t] += w30 * x0 + w31 * x1
+            d += 2
+        if d < D:
             w0 = W[s, d]
             w1 = W[s + 1, d]
             w2 = W[s + 2, d]
@@ -130,7 +148,6 @@ def _linear_predictor(Xt, T, W, b, E):
                 E[s + 1, t] += w1 * x0
                 E[s + 2, t] += w2 * x0
                 E[s + 3, t] += w3 * x0
-            d += 1
         s += 4
     while s < S:
         d = 0
@@ -208,7 +225,10 @@ def _pointwise(E, yt, T, family, tau, ll, ss):
 def _gradient(Xt, T, R, gw, gb, zero):
     """gw[s, d] += sum_t R[s, t] Xt[d, t] and gb[s] += sum_t R[s, t].
 
-    Blocked 2 draws x 4 features: eight independent dot products per sweep.
+    Blocked 4 draws x 4 features: sixteen independent dot products per sweep, eight
+    loads for sixteen multiply-adds (2 x 4 took six loads for eight; 4 x 4 measured
+    5-15% faster, AVX-512 and AVX2 code, N = 1e5, D = 50, S = 8). Leftover features
+    go in a pair, then singly; leftover draws in pairs, then singly.
     """
     S, D = gw.shape
     for s in range(S):
@@ -217,6 +237,116 @@ def _gradient(Xt, T, R, gw, gb, zero):
             a += R[s, t]
         gb[s] += a
     s = 0
+    while s + 4 <= S:
+        d = 0
+        while d + 4 <= D:
+            a00 = zero
+            a01 = zero
+            a02 = zero
+            a03 = zero
+            a10 = zero
+            a11 = zero
+            a12 = zero
+            a13 = zero
+            a20 = zero
+            a21 = zero
+            a22 = zero
+            a23 = zero
+            a30 = zero
+            a31 = zero
+            a32 = zero
+            a33 = zero
+            for t in range(T):
+                r0 = R[s, t]
+                r1 = R[s + 1, t]
+                r2 = R[s + 2, t]
+                r3 = R[s + 3, t]
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                x2 = Xt[d + 2, t]
+                x3 = Xt[d + 3, t]
+                a00 += r0 * x0
+                a01 += r0 * x1
+                a02 += r0 * x2
+                a03 += r0 * x3
+                a10 += r1 * x0
+                a11 += r1 * x1
+                a12 += r1 * x2
+                a13 += r1 * x3
+                a20 += r2 * x0
+                a21 += r2 * x1
+                a22 += r2 * x2
+                a23 += r2 * x3
+                a30 += r3 * x0
+                a31 += r3 * x1
+                a32 += r3 * x2
+                a33 += r3 * x3
+            gw[s, d] += a00
+            gw[s, d + 1] += a01
+            gw[s, d + 2] += a02
+            gw[s, d + 3] += a03
+            gw[s + 1, d] += a10
+            gw[s + 1, d + 1] += a11
+            gw[s + 1, d + 2] += a12
+            gw[s + 1, d + 3] += a13
+            gw[s + 2, d] += a20
+            gw[s + 2, d + 1] += a21
+            gw[s + 2, d + 2] += a22
+            gw[s + 2, d + 3] += a23
+            gw[s + 3, d] += a30
+            gw[s + 3, d + 1] += a31
+            gw[s + 3, d + 2] += a32
+            gw[s + 3, d + 3] += a33
+            d += 4
+        if d + 2 <= D:  # two features left over: one sweep, not two
+            a00 = zero
+            a01 = zero
+            a10 = zero
+            a11 = zero
+            a20 = zero
+            a21 = zero
+            a30 = zero
+            a31 = zero
+            for t in range(T):
+                x0 = Xt[d, t]
+                x1 = Xt[d + 1, t]
+                r0 = R[s, t]
+                r1 = R[s + 1, t]
+                r2 = R[s + 2, t]
+                r3 = R[s + 3, t]
+                a00 += r0 * x0
+                a01 += r0 * x1
+                a10 += r1 * x0
+                a11 += r1 * x1
+                a20 += r2 * x0
+                a21 += r2 * x1
+                a30 += r3 * x0
+                a31 += r3 * x1
+            gw[s, d] += a00
+            gw[s, d + 1] += a01
+            gw[s + 1, d] += a10
+            gw[s + 1, d + 1] += a11
+            gw[s + 2, d] += a20
+            gw[s + 2, d + 1] += a21
+            gw[s + 3, d] += a30
+            gw[s + 3, d + 1] += a31
+            d += 2
+        if d < D:
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            for t in range(T):
+                x0 = Xt[d, t]
+                a0 += R[s, t] * x0
+                a1 += R[s + 1, t] * x0
+                a2 += R[s + 2, t] * x0
+                a3 += R[s + 3, t] * x0
+            gw[s, d] += a0
+            gw[s + 1, d] += a1
+            gw[s + 2, d] += a2
+            gw[s + 3, d] += a3
+        s += 4
     while s + 2 <= S:
         d = 0
         while d + 4 <= D:
