@@ -547,7 +547,9 @@ dask array
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
             # scatter matrices sum N squares (and a trace D of them)
-            check_squares_overflow("X", max_abs(X), X.shape[0] * X.shape[1])
+            largest = max_abs(X)
+            check_squares_overflow("X", largest, X.shape[0] * X.shape[1])
+            self._check_float32_range(largest, X.shape[1])
             return ArrayRows(_kernel_array(X, self._kernel_dtype())), X
         where = "fits of a file or a dask array"
         if self.learning_method == "online":
@@ -624,7 +626,9 @@ dask array
             )
             # a minibatch's statistics are scaled up to total_samples rows
             n_rows = max(X.shape[0], int(min(self.total_samples, 2**62)))
-            check_squares_overflow("X", max_abs(X), n_rows * X.shape[1])
+            largest = max_abs(X)
+            check_squares_overflow("X", largest, n_rows * X.shape[1])
+            self._check_float32_range(largest, X.shape[1])
             if first and X.shape[0] < self.n_components:
                 raise ValueError(
                     "The first partial_fit call initializes from its minibatch: "
@@ -1047,6 +1051,21 @@ dask array
     def _float32(self):
         return self.compute_dtype == "float32"
 
+    def _check_float32_range(self, largest, n_features):
+        """float32 computation: refuse values whose squares, summed in float32 over a
+        tile's rows and the features, overflow float32 (deviations up to 2x)."""
+        if not self._float32():
+            return
+        big = float(np.finfo(np.float32).max)
+        limit = math.sqrt(big / (4.0 * TILE_ROWS * n_features))
+        if largest > limit:
+            raise ValueError(
+                f"X has values as large as {largest:.3g} in magnitude: with "
+                "compute_dtype='float32' their squares, summed over a tile of "
+                f"{TILE_ROWS} rows, overflow float32 (the limit here is about "
+                f"{limit:.3g}). Rescale X or use compute_dtype='float64'."
+            )
+
     def _kernel_dtype(self):
         """dtype of the rows and parameters of the passes (``compute_dtype``)."""
         return np.float32 if self._float32() else np.float64
@@ -1073,6 +1092,14 @@ dask array
             n_jobs=self.n_jobs,
             ordered=True,
         )
+        if init is not None and self._float32():
+            # data out of memory were not range-checked (_check_float32_range)
+            if not (np.isfinite(sx).all() and np.isfinite(sq).all()):
+                raise ValueError(
+                    "The sums of squares of X overflow float32 with "
+                    "compute_dtype='float32': its values are too large. Rescale X "
+                    "or use compute_dtype='float64'."
+                )
         return _Stats(nk, sx, sq, float(norm), float(entropy), shift)
 
     def _score(self, rows, want):

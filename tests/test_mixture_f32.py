@@ -217,3 +217,54 @@ def test_a_float64_fit_does_not_compile_the_float32_kernels():
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "['float64']"
+
+
+def test_values_too_large_for_float32_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(5000, 3)) * 1e19).astype(np.float32)
+    params = dict(n_components=2, init_params="random", compute_dtype="float32")
+    with pytest.raises(ValueError, match="compute_dtype='float32'"):
+        BayesianGaussianMixture(**params).fit(X)
+    with pytest.raises(ValueError, match="compute_dtype='float32'"):
+        BayesianGaussianMixture(**params).partial_fit(X)
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(ValueError, match="overflow float32"):
+        BayesianGaussianMixture(**params).fit(NpyRows(tmp_path / "x.npy"))
+    # the same values are fine in float64
+    _fit(X, n_components=2, init_params="random", max_iter=2)
+
+
+def test_online_and_partial_fit_in_float32_follow_float64():
+    X = blobs(n=6000, d=4)
+    params = dict(n_components=3, random_state=0, max_iter=3, tol=0.0)
+    online = dict(params, learning_method="online", batch_size=1000)
+    a = _fit(X.astype(np.float32), compute_dtype="float32", **online)
+    b = _fit(X, **online)
+    _assert_float32_close(a, b, *X.shape)
+    c = BayesianGaussianMixture(compute_dtype="float32", **params)
+    d = BayesianGaussianMixture(**params)
+    for batch in np.array_split(X, 4):
+        c.partial_fit(batch.astype(np.float32))
+        d.partial_fit(batch)
+    for name in PARAMS:
+        x, y = getattr(c, name), getattr(d, name)
+        assert np.abs(x - y).max() <= 256 * EPS * np.abs(y).max(), name
+
+
+def test_dask_float32_is_the_in_memory_fit_to_rounding():
+    da = pytest.importorskip("dask.array")
+    X = blobs(n=3 * 4096 + 5, d=4).astype(np.float32)
+    params = dict(
+        n_components=3,
+        init_params="random_from_data",
+        random_state=0,
+        max_iter=3,
+        tol=0.0,
+        compute_dtype="float32",
+    )
+    memory = _fit(X, **params)
+    distributed = _fit(da.from_array(X, chunks=(8192, 4)), **params)
+    for name in FITTED:
+        np.testing.assert_allclose(
+            getattr(distributed, name), getattr(memory, name), rtol=1e-9, atol=1e-12
+        )

@@ -42,6 +42,8 @@ at most ``tile`` points. float64 data keep the float64 code unchanged.
 """
 
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from ._config import jit
 from ._math import EXP_LO_32, exp_neg32, exp_nonpos
@@ -97,6 +99,28 @@ def _logprob_diag(Xt, T, means, prec, const, LP, acc):
             LP[k, t] = c - half * acc[t]
 
 
+def _exp_lanes(x):
+    """exp(x) for x <= ~0 in the dtype of x (compiled code only, see below)."""
+    raise NotImplementedError("only callable from compiled kernels")
+
+
+@overload(_exp_lanes)
+def _exp_lanes_impl(x):
+    # chosen when the caller is typed, so a float64 kernel never compiles the
+    # float32 polynomial and a float32 kernel never compiles the float64 one
+    if x == types.float32:
+        lo, zero = EXP_LO_32, np.float32(0.0)
+
+        def exp32(x):
+            # flushed to 0 below exp(-87), as exp_nonpos is below exp(-708): the
+            # clamped value (~1e-38) times a deviation below 1 is subnormal, and
+            # subnormal arithmetic made the float32 statistics 3x slower
+            return zero if x < lo else exp_neg32(x)  # NaN stays NaN
+
+        return exp32
+    return lambda x: exp_nonpos(x)
+
+
 @jit
 def _normalize(T, K, LP, R, mx, s):
     """R <- softmax over k of LP; returns sum_t lse_t and the entropy -sum r log r.
@@ -112,22 +136,10 @@ def _normalize(T, K, LP, R, mx, s):
     for t in range(T):
         s[t] = 0.0
     for k in range(K):
-        if LP.itemsize == 4:  # float32 lanes: the float32 polynomial
-            lo = like(EXP_LO_32, LP)
-            zero = like(0.0, LP)
-            for t in range(T):
-                x = LP[k, t] - mx[t]
-                # flushed to 0 below exp(-87), as exp_nonpos below exp(-708): the
-                # clamped value (~1e-38) times a deviation below 1 is subnormal,
-                # and subnormal arithmetic made the statistics 3x slower
-                e = zero if x < lo else exp_neg32(x)  # NaN stays NaN
-                R[k, t] = e
-                s[t] += e
-        else:
-            for t in range(T):
-                e = exp_nonpos(LP[k, t] - mx[t])
-                R[k, t] = e
-                s[t] += e
+        for t in range(T):
+            e = _exp_lanes(LP[k, t] - mx[t])
+            R[k, t] = e
+            s[t] += e
     one = like(1.0, s)
     for t in range(T):
         s[t] = one / s[t]
