@@ -260,9 +260,10 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         Precision of the passes over the data. 'float64' is scikit-learn's fit (the
         same numbers). 'float32' holds the rows in float32 and computes the
         responsibilities and their statistics on float32 lanes (twice the vector
-        width; about half the time per iteration), while every sum leaving a tile of
-        256 rows, the global updates and the bound are float64: the model is within
-        float32 precision of scikit-learn's fit on float32 input. Its default mean
+        width; 1.7-1.9x faster per iteration, measured), while every sum leaving a
+        tile of 512 rows, the global updates and the bound are float64: the model is
+        within float32 precision of scikit-learn's fit on float32 input. Values
+        whose squares overflow float32 are refused. Its default mean
         prior is the float64 mean of the rows (scikit-learn's float32 fit takes a
         float32 mean), so a fit of a float32 file out of core is bitwise the fit in
         memory. The float32 kernels are compiled the first time a fit asks for them.
@@ -1057,12 +1058,13 @@ dask array
         if not self._float32():
             return
         big = float(np.finfo(np.float32).max)
-        limit = math.sqrt(big / (4.0 * TILE_ROWS * n_features))
+        tile = _tile_rows(np.float32)
+        limit = math.sqrt(big / (4.0 * tile * n_features))
         if largest > limit:
             raise ValueError(
                 f"X has values as large as {largest:.3g} in magnitude: with "
                 "compute_dtype='float32' their squares, summed over a tile of "
-                f"{TILE_ROWS} rows, overflow float32 (the limit here is about "
+                f"{tile} rows, overflow float32 (the limit here is about "
                 f"{limit:.3g}). Rescale X or use compute_dtype='float64'."
             )
 
@@ -1564,6 +1566,12 @@ def _kernel_array(a, dtype=np.float64):
     return np.require(a, dtype=dtype, requirements=["C", "W"])
 
 
+def _tile_rows(dtype):
+    """Rows per tile: ``TILE_ROWS`` float64 rows, twice as many float32 rows (the
+    same bytes; measured ~10% faster for 'diag' than 256 float32 rows, N=1e6)."""
+    return TILE_ROWS * 8 // np.dtype(dtype).itemsize
+
+
 def _check_shape(param, shape, name):
     if param.shape != shape:
         raise ValueError(
@@ -1619,7 +1627,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
         resp_in,
         labels_in,
         CHUNK_ROWS,
-        TILE_ROWS,
+        _tile_rows(dt),
         *outs,
         *parts,
     )

@@ -38,7 +38,8 @@ separate specialization (only when a fit asks for it) whose tiles, Mahalanobis a
 Gram microkernels, exp and per-tile sums are float32, twice the vector width of
 float64. Every sum leaving a tile (the per-chunk partials ``nk``, ``sx``, ``sq``,
 ``norm``, ``ent``) is float64, so the rounding of a float32 pass is that of sums over
-at most ``tile`` points. float64 data keep the float64 code unchanged.
+at most ``tile`` points (the caller passes 512 float32 rows, the
+bytes of 256 float64 rows). float64 data keep the float64 code unchanged.
 """
 
 import numpy as np
