@@ -5,7 +5,11 @@ read off one file (``bench/report.py``, ``bench/check_regression.py``):
 
 * ``"<covariance_type> N=<N>"``: fastvi (all threads) vs scikit-learn, for 'full' and
   'diag' covariances;
-* ``"threads full N=<N>"``: fastvi with ``n_jobs=2`` vs fastvi with ``n_jobs=1``.
+* ``"threads full N=<N>"``: fastvi with ``n_jobs=2`` vs fastvi with ``n_jobs=1``;
+* ``"float32 <covariance_type> N=<N>"``: fastvi with ``compute_dtype='float32'`` vs
+  fastvi's default float64 path, both on the float32 copy of the data. The float32
+  entry carries ``dtype='float32'`` in ``extra_info``, so ``bench/report.py`` holds it
+  against the SGEMM peak measured in the same run (the float64 one against DGEMM).
 
 Each fit is ``n_components=32`` on blobs of 32 well-separated centres in 16 dimensions,
 ``init_params='random_from_data'`` (cheap, identical in both libraries for the same
@@ -94,7 +98,9 @@ def make_blobs(n_samples, seed=SEED):
     return X
 
 
-def make_estimator(library, covariance_type, max_iter, n_jobs=None):
+def make_estimator(
+    library, covariance_type, max_iter, n_jobs=None, compute_dtype="float64"
+):
     """An unfitted mixture of ``library`` (``"fastvi"`` or ``"sklearn"``)."""
     params = dict(
         n_components=N_COMPONENTS,
@@ -107,7 +113,9 @@ def make_estimator(library, covariance_type, max_iter, n_jobs=None):
     if library == "fastvi":
         from fastvi import BayesianGaussianMixture
 
-        return BayesianGaussianMixture(n_jobs=n_jobs, **params)
+        return BayesianGaussianMixture(
+            n_jobs=n_jobs, compute_dtype=compute_dtype, **params
+        )
     from sklearn.mixture import BayesianGaussianMixture
 
     return BayesianGaussianMixture(**params)
@@ -153,7 +161,9 @@ def rounds_for(n_samples, library):
     return 1 if library == "sklearn" and n_samples >= LARGE else 3
 
 
-def measure_memory(library, covariance_type, n_samples, n_jobs=None):
+def measure_memory(
+    library, covariance_type, n_samples, n_jobs=None, compute_dtype="float64", x32=False
+):
     """Peak memory of one fit beyond X, in MB (1e6 bytes), from a fresh subprocess.
 
     Returns ``peak_mem_mb``, the tracemalloc peak (NumPy buffers, Python objects and
@@ -169,6 +179,8 @@ def measure_memory(library, covariance_type, n_samples, n_jobs=None):
         covariance_type=covariance_type,
         n_samples=n_samples,
         n_jobs=n_jobs,
+        compute_dtype=compute_dtype,
+        x32=x32,
     )
     proc = subprocess.run(
         [sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True
@@ -192,11 +204,14 @@ def _memory_child(spec):
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     library, cov, n_jobs = spec["library"], spec["covariance_type"], spec["n_jobs"]
+    compute_dtype = spec.get("compute_dtype", "float64")
     X = make_blobs(spec["n_samples"])
+    if spec.get("x32"):
+        X = X.astype(np.float32)
     # compile (or load) kernels and start threads first: that memory is not the fit's
     with blas_limit(library):
-        make_estimator(library, cov, 1, n_jobs).fit(X[:WARMUP_ROWS])
-        estimator = make_estimator(library, cov, MEMORY_MAX_ITER, n_jobs)
+        make_estimator(library, cov, 1, n_jobs, compute_dtype).fit(X[:WARMUP_ROWS])
+        estimator = make_estimator(library, cov, MEMORY_MAX_ITER, n_jobs, compute_dtype)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # reset the peak RSS (VmHWM) to the current RSS
@@ -224,6 +239,12 @@ def blobs():
 
 
 @pytest.fixture(scope="session")
+def blobs32(blobs):
+    """``blobs32(n)``: the float32 copy of ``blobs(n)``."""
+    return lru_cache(maxsize=2)(lambda n: blobs(n).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
 def warmed_up():
     """Fit both libraries once on a small slice: compiles (or loads) fastvi's kernels
     and starts its threads, so no timed round pays for that."""
@@ -234,6 +255,10 @@ def warmed_up():
             for cov in ("full", "diag"):
                 with blas_limit(library):
                     make_estimator(library, cov, max_iter=1).fit(X)
+        for cov in ("full", "diag"):  # the float32 kernels (float32 group)
+            make_estimator("fastvi", cov, 1, compute_dtype="float32").fit(
+                X.astype(np.float32)
+            )
 
 
 def seconds_per_iteration(benchmark, fit_once, rounds, max_iter):
@@ -252,15 +277,28 @@ def seconds_per_iteration(benchmark, fit_once, rounds, max_iter):
     return max(stats.stats.median - float(np.median(times)), 0.0) / (max_iter - 1)
 
 
-def run_case(benchmark, X, library, covariance_type, n_jobs, role, limits):
+def run_case(
+    benchmark,
+    X,
+    library,
+    covariance_type,
+    n_jobs,
+    role,
+    limits,
+    compute_dtype="float64",
+):
     """Time ``fit`` with ``benchmark.pedantic`` and record quality, memory, the
-    seconds per iteration and the work of one iteration beside the machine limits."""
+    seconds per iteration and the work of one iteration beside the machine limits.
+    ``dtype`` in ``extra_info`` is the precision of the computation (the GEMM peak
+    the entry is held against)."""
     n_samples = X.shape[0]
     max_iter = PROFILE["max_iter"]
     rounds = rounds_for(n_samples, library)
 
     def fit(iterations=max_iter):
-        return make_estimator(library, covariance_type, iterations, n_jobs).fit(X)
+        return make_estimator(
+            library, covariance_type, iterations, n_jobs, compute_dtype
+        ).fit(X)
 
     with blas_limit(library):
         model = benchmark.pedantic(fit, rounds=rounds, iterations=1, warmup_rounds=0)
@@ -282,8 +320,17 @@ def run_case(benchmark, X, library, covariance_type, n_jobs, role, limits):
         n_jobs=n_jobs,
         lower_bound=float(model.lower_bound_),
         n_iter=int(model.n_iter_),
+        dtype=compute_dtype,
+        x_dtype=str(X.dtype),
         **info,
-        **measure_memory(library, covariance_type, n_samples, n_jobs),
+        **measure_memory(
+            library,
+            covariance_type,
+            n_samples,
+            n_jobs,
+            compute_dtype,
+            x32=X.dtype == np.float32,
+        ),
     )
 
 
@@ -314,6 +361,34 @@ def test_threads(benchmark, warmed_up, blobs, machine_limits, n_samples, n_jobs)
     role = "anchor" if n_jobs == 1 else "fastvi"
     X = blobs(n_samples)
     run_case(benchmark, X, "fastvi", "full", n_jobs, role, machine_limits)
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+@pytest.mark.parametrize("n_samples", SIZES)
+def test_float32(
+    benchmark,
+    warmed_up,
+    blobs32,
+    machine_limits,
+    n_samples,
+    covariance_type,
+    compute_dtype,
+):
+    """fastvi's float32 computation against its float64 path, on float32 data."""
+    benchmark.group = f"float32 {covariance_type} N={short(n_samples)}"
+    role = "fastvi" if compute_dtype == "float32" else "anchor"
+    X = blobs32(n_samples)
+    run_case(
+        benchmark,
+        X,
+        "fastvi",
+        covariance_type,
+        None,
+        role,
+        machine_limits,
+        compute_dtype,
+    )
 
 
 if __name__ == "__main__":

@@ -171,6 +171,14 @@ def _warm_mixture(rng):
             BayesianGaussianMixture(
                 n_components=3, covariance_type=cov, max_iter=3, random_state=0
             ).fit(data).score_samples(data)
+        # compute_dtype='float32': separate float32 kernels (always writable rows)
+        BayesianGaussianMixture(
+            n_components=3,
+            covariance_type=cov,
+            max_iter=3,
+            random_state=0,
+            compute_dtype="float32",
+        ).fit(X).score_samples(X)
 
 
 def _warm_lda(rng):

@@ -123,8 +123,9 @@ class _PerBlock:
 
 # Block functions (:mod:`fastvi.rows`): the model's work on one block of rows.
 def _block_rows(rows, start):
-    """The rows themselves: summed in order, their column sums (NumPy's order)."""
-    return rows
+    """The rows themselves (as float64): summed in order, their column sums (NumPy's
+    order)."""
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _block_gram(rows, start, center):
@@ -148,7 +149,7 @@ def _block_statistics(
         inside = (marks >= start) & (marks < start + n)
         labels[marks[inside] - start] = np.flatnonzero(inside)
     return _mixture_pass(
-        _kernel_array(rows),
+        rows,
         kind,
         means,
         prec,
@@ -163,11 +164,12 @@ def _score_block(rows, kind, means, prec, const, want):
     """Labels, log-responsibilities or log-densities (``want``) of one block."""
     N, D = rows.shape
     K = const.shape[0]
-    log_resp = np.empty((N, K) if want == "log_resp" else (0, K))
-    norm = np.empty(N if want == "norm" else 0)
+    dt = const.dtype  # the outputs come in the dtype of the pass
+    log_resp = np.empty((N, K) if want == "log_resp" else (0, K), dt)
+    norm = np.empty(N if want == "norm" else 0, dt)
     labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
     _mixture_pass(
-        _kernel_array(rows),
+        rows,
         kind,
         means,
         prec,
@@ -254,6 +256,17 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         Number of rows N in the whole data set a :meth:`partial_fit` minibatch of B
         rows stands for: its statistics are scaled by N / B. An online :meth:`fit`
         uses the number of rows of its ``X`` instead.
+    compute_dtype : {'float64', 'float32'}, default='float64'
+        Precision of the passes over the data. 'float64' is scikit-learn's fit (the
+        same numbers). 'float32' holds the rows in float32 and computes the
+        responsibilities and their statistics on float32 lanes (twice the vector
+        width; 1.7-1.9x faster per iteration, measured), while every sum leaving a
+        tile of 512 rows, the global updates and the bound are float64: the model is
+        within float32 precision of scikit-learn's fit on float32 input. Values
+        whose squares overflow float32 are refused. Its default mean
+        prior is the float64 mean of the rows (scikit-learn's float32 fit takes a
+        float32 mean), so a fit of a float32 file out of core is bitwise the fit in
+        memory. The float32 kernels are compiled the first time a fit asks for them.
 
     Attributes
     ----------
@@ -336,6 +349,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         "learning_offset": [Interval(Real, 0.0, None, closed="left")],
         "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
         "total_samples": [Interval(Real, 0.0, None, closed="neither")],
+        "compute_dtype": [StrOptions({"float64", "float32"})],
     }
 
     def __init__(
@@ -364,6 +378,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         learning_offset=1.0,
         learning_decay=0.51,
         total_samples=1e6,
+        compute_dtype="float64",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -388,6 +403,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         self.learning_offset = learning_offset
         self.learning_decay = learning_decay
         self.total_samples = total_samples
+        self.compute_dtype = compute_dtype
 
     def _fitted_schema(self, attrs):
         """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`;
@@ -532,8 +548,10 @@ dask array
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
             # scatter matrices sum N squares (and a trace D of them)
-            check_squares_overflow("X", max_abs(X), X.shape[0] * X.shape[1])
-            return ArrayRows(_kernel_array(X)), X
+            largest = max_abs(X)
+            check_squares_overflow("X", largest, X.shape[0] * X.shape[1])
+            self._check_float32_range(largest, X.shape[1])
+            return ArrayRows(_kernel_array(X, self._kernel_dtype())), X
         where = "fits of a file or a dask array"
         if self.learning_method == "online":
             raise ValueError(
@@ -609,7 +627,9 @@ dask array
             )
             # a minibatch's statistics are scaled up to total_samples rows
             n_rows = max(X.shape[0], int(min(self.total_samples, 2**62)))
-            check_squares_overflow("X", max_abs(X), n_rows * X.shape[1])
+            largest = max_abs(X)
+            check_squares_overflow("X", largest, n_rows * X.shape[1])
+            self._check_float32_range(largest, X.shape[1])
             if first and X.shape[0] < self.n_components:
                 raise ValueError(
                     "The first partial_fit call initializes from its minibatch: "
@@ -620,7 +640,7 @@ dask array
             # one kernel work item runs on one thread (see _svi_epoch_step)
             n_jobs = 1 if X.shape[0] <= CHUNK_ROWS else self.n_jobs
             with thread_limits(n_jobs):
-                batch = _Data(ArrayRows(_kernel_array(X)), X)
+                batch = _Data(ArrayRows(_kernel_array(X, self._kernel_dtype())), X)
                 if first:
                     self._check_parameters(batch)
                     random_state = check_random_state(self.random_state)
@@ -740,7 +760,8 @@ dask array
             1.0 if self.mean_precision_prior is None else self.mean_precision_prior
         )
         if self.mean_prior is None:
-            self.mean_prior_ = data.mean
+            # float32 computation: the float64 mean, as out of core
+            self.mean_prior_ = data.center if self._float32() else data.mean
         else:
             self.mean_prior_ = check_array(
                 self.mean_prior, dtype=[np.float64, np.float32], ensure_2d=False
@@ -834,7 +855,7 @@ dask array
             for rows in np.array_split(order, n_batches):
                 # sorted: the gather reads X forward (the order of the rows within
                 # a minibatch changes the step only by rounding)
-                batch = _kernel_array(X[np.sort(rows)])
+                batch = _kernel_array(X[np.sort(rows)], self._kernel_dtype())
                 batch = _Data(ArrayRows(batch), batch)
                 self._svi_update(batch, n_samples / batch.rows.shape[0])
         self._svi_epoch += 1
@@ -973,7 +994,8 @@ dask array
         """
         X, K = data.array, self.n_components
         if self.init_params == "random":
-            dtype = np.float64 if X is None else X.dtype
+            # out of core, and for float32 computation, float64 (as out of core)
+            dtype = np.float64 if X is None or self._float32() else X.dtype
 
             def draw(start, size):
                 resp = random_state.uniform(size=(size, K)).astype(dtype)
@@ -1020,21 +1042,51 @@ dask array
             + 0.5 * (self._expected_log_det_lambda() - D / self.mean_precision_)
         )
         const = np.broadcast_to(const, (K,))
-        return _kernel_array(means), _kernel_array(prec), _kernel_array(const)
+        dt = self._kernel_dtype()
+        return (
+            _kernel_array(means, dt),
+            _kernel_array(prec, dt),
+            _kernel_array(const, dt),
+        )
+
+    def _float32(self):
+        return self.compute_dtype == "float32"
+
+    def _check_float32_range(self, largest, n_features):
+        """float32 computation: refuse values whose squares, summed in float32 over a
+        tile's rows and the features, overflow float32 (deviations up to 2x)."""
+        if not self._float32():
+            return
+        big = float(np.finfo(np.float32).max)
+        tile = _tile_rows(np.float32)
+        limit = math.sqrt(big / (4.0 * tile * n_features))
+        if largest > limit:
+            raise ValueError(
+                f"X has values as large as {largest:.3g} in magnitude: with "
+                "compute_dtype='float32' their squares, summed over a tile of "
+                f"{tile} rows, overflow float32 (the limit here is about "
+                f"{limit:.3g}). Rescale X or use compute_dtype='float64'."
+            )
+
+    def _kernel_dtype(self):
+        """dtype of the rows and parameters of the passes (``compute_dtype``)."""
+        return np.float32 if self._float32() else np.float64
 
     def _statistics(self, data, shift, init=None):
         """One pass: statistics of the responsibilities under the current factors,
         or of the initial ones (``init``: ``(marks, local)`` of
         :meth:`_initial_resp`), moments about ``shift``."""
         K, D = self.n_components, data.rows.shape[1]
+        dt = self._kernel_dtype()
         if init is None:
             params, (marks, local) = self._kernel_params(), (_NO_LABELS, None)
         else:  # only the statistics are computed; the parameters are unused
             params, (marks, local) = (
-                (np.zeros((K, D)), np.zeros((K, D, D)), np.zeros(K)),
+                (np.zeros((K, D), dt), np.zeros((K, D, D), dt), np.zeros(K, dt)),
                 init,
             )
-        shift = _kernel_array(shift)
+        # float32 computation: the moments are about the float32 shift
+        shift = _kernel_array(shift, dt)
         nk, sx, sq, norm, entropy = data.rows.map_reduce(
             _block_statistics,
             shared=(_KIND[self.covariance_type], *params, shift, marks),
@@ -1042,6 +1094,14 @@ dask array
             n_jobs=self.n_jobs,
             ordered=True,
         )
+        if init is not None and self._float32():
+            # data out of memory were not range-checked (_check_float32_range)
+            if not (np.isfinite(sx).all() and np.isfinite(sq).all()):
+                raise ValueError(
+                    "The sums of squares of X overflow float32 with "
+                    "compute_dtype='float32': its values are too large. Rescale X "
+                    "or use compute_dtype='float64'."
+                )
         return _Stats(nk, sx, sq, float(norm), float(entropy), shift)
 
     def _score(self, rows, want):
@@ -1050,7 +1110,7 @@ dask array
             _score_block,
             (_KIND[self.covariance_type], *self._kernel_params(), want),
             n_columns=self.n_components if want == "log_resp" else None,
-            dtype=np.int64 if want == "labels" else np.float64,
+            dtype=np.int64 if want == "labels" else self._kernel_dtype(),
             n_jobs=self.n_jobs,
         )
 
@@ -1497,13 +1557,19 @@ def _check_pass_shapes(X, kind, means, prec, const, shift, resp_in, labels_in):
         )
 
 
-def _kernel_array(a):
-    """float64, C-contiguous and writable: one kernel signature, one compile.
+def _kernel_array(a, dtype=np.float64):
+    """``dtype``, C-contiguous and writable: one kernel signature, one compile.
 
     (numba types read-only arrays separately, so a read-only view such as a
     ``np.broadcast_to`` result would compile the kernel a second time.)
     """
-    return np.require(a, dtype=np.float64, requirements=["C", "W"])
+    return np.require(a, dtype=dtype, requirements=["C", "W"])
+
+
+def _tile_rows(dtype):
+    """Rows per tile: ``TILE_ROWS`` float64 rows, twice as many float32 rows (the
+    same bytes; measured ~10% faster for 'diag' than 256 float32 rows, N=1e6)."""
+    return TILE_ROWS * 8 // np.dtype(dtype).itemsize
 
 
 def _check_shape(param, shape, name):
@@ -1526,8 +1592,16 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
     """One pass of ``kernels.gmm.mixture_chunks`` over all of X, on the fit's threads.
 
     ``outs``: ``(log_resp, norm, labels)`` arrays to fill, or None for statistics
-    only. Returns the per-chunk partials ``(nk, sx, sq, norm, ent)``.
+    only. Returns the per-chunk partials ``(nk, sx, sq, norm, ent)`` (float64).
+    The pass runs in the dtype of ``const`` (float64, or float32 lanes): ``X``, the
+    other parameters and given responsibilities are converted to it.
     """
+    dt = const.dtype
+    X, means, prec, shift = (_kernel_array(a, dt) for a in (X, means, prec, shift))
+    if resp_in.shape[0]:
+        resp_in = _kernel_array(resp_in, dt)
+    else:
+        resp_in = np.empty((0, const.shape[0]), dt)
     _check_pass_shapes(X, kind, means, prec, const, shift, resp_in, labels_in)
     N, D = X.shape
     K = const.shape[0]
@@ -1541,7 +1615,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
         np.empty(C),
     )
     if outs is None:
-        outs = (np.empty((0, K)), np.empty(0), _NO_LABELS)
+        outs = (np.empty((0, K), dt), np.empty(0, dt), _NO_LABELS)
     map_chunks(
         _gmm_kernels().mixture_chunks(kind),
         C,
@@ -1553,7 +1627,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
         resp_in,
         labels_in,
         CHUNK_ROWS,
-        TILE_ROWS,
+        _tile_rows(dt),
         *outs,
         *parts,
     )

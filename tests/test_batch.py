@@ -153,9 +153,9 @@ def test_out_of_core_refusals(npy_file, tmp_path):
         BayesianGaussianMixture(init_params="random").fit(
             NpyRows(path, block_rows=1000)
         )
-    np.save(tmp_path / "f32.npy", np.zeros((10, 2), np.float32))
-    with pytest.raises(DataError, match="float64 C-order"):
-        NpyRows(tmp_path / "f32.npy")
+    np.save(tmp_path / "f16.npy", np.zeros((10, 2), np.float16))
+    with pytest.raises(DataError, match="float64 or float32 C-order"):
+        NpyRows(tmp_path / "f16.npy")
     np.save(tmp_path / "one.npy", np.zeros(10))
     with pytest.raises(DataError, match="2-D"):
         NpyRows(tmp_path / "one.npy")

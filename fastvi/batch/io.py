@@ -398,7 +398,8 @@ def read_data(path, fmt="auto", header=False, check=True):
 
 
 class NpyRows:
-    """Fixed row blocks of a float64 C-order ``.npy`` file, read into fixed buffers.
+    """Fixed row blocks of a float64 (or float32) C-order ``.npy`` file, read into
+    fixed float64 buffers.
 
     An out-of-core data source for ``BayesianGaussianMixture.fit``: each pass reads
     the file block by block with ``readinto`` into buffers that are allocated once,
@@ -419,6 +420,11 @@ class NpyRows:
 
     Notes
     -----
+    A float32 file (``file_dtype``) is read as its bytes and widened to float64 in
+    the block buffer, exactly: the blocks hold the same values as for a float64 file
+    of the same numbers (the mixture's ``compute_dtype='float32'`` narrows them
+    back, also exactly).
+
     ``iter_blocks()`` yields ``(start, stop, view)`` where ``view`` has shape
     ``(1 + stop - start, n_features)``: rows ``start:stop`` are ``view[1:]`` and
     ``view[0]`` is a spare row the consumer may use (the mixture keeps its running
@@ -459,9 +465,10 @@ class NpyRows:
             raise DataError(f"{self.path}: no such file") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.path}: not a .npy file ({exc})") from None
-        if dtype != np.dtype("<f8") or fortran:
+        if dtype not in (np.dtype("<f8"), np.dtype("<f4")) or fortran:
             raise DataError(
-                f"{self.path}: out-of-core reading needs a float64 C-order array, "
+                f"{self.path}: out-of-core reading needs a float64 or float32 "
+                "C-order array, "
                 f"got dtype {dtype}{' (Fortran order)' if fortran else ''}"
             )
         if len(shape) != 2 or 0 in shape:
@@ -469,8 +476,9 @@ class NpyRows:
                 f"{self.path}: expected a 2-D array (rows x columns), got shape {shape}"
             )
         self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = np.dtype(np.float64)
-        self._row_bytes = self.shape[1] * 8
+        self.dtype = np.dtype(np.float64)  # of the blocks
+        self.file_dtype = np.dtype(dtype)
+        self._row_bytes = self.shape[1] * self.file_dtype.itemsize
         expected = self._offset + self.shape[0] * self._row_bytes
         if size < expected:
             raise DataError(
@@ -492,12 +500,21 @@ class NpyRows:
             out = np.empty((n, self.shape[1]))
         with open(self.path, "rb") as fh:
             fh.seek(self._offset + start * self._row_bytes)
-            got = fh.readinto(memoryview(out).cast("B"))
+            got = fh.readinto(memoryview(out).cast("B")[: n * self._row_bytes])
         if got != n * self._row_bytes:
             raise DataError(
                 f"{self.path}: truncated while reading rows {start + 1}..{stop}"
             )
+        self._widen(out, n)
         return out
+
+    def _widen(self, rows, n):
+        """float32 files: the bytes read into the start of ``rows`` (n rows of the
+        file) become float64 values in place (exact; NumPy copies the overlap)."""
+        if self.file_dtype.itemsize == 8:
+            return
+        raw = rows.reshape(-1).view(self.file_dtype)[: n * self.shape[1]]
+        rows[:n] = raw.reshape(n, self.shape[1])
 
     def _spans(self):
         N = self.shape[0]
@@ -523,7 +540,7 @@ class NpyRows:
         """Read rows ``start:stop`` (the next ones in ``fh``) into ``view[1:]`` and
         check them for NaN/infinity on the first pass."""
         want = (stop - start) * self._row_bytes
-        target = memoryview(view[1:]).cast("B")
+        target = memoryview(view[1:]).cast("B")[:want]
         got = 0
         while got < want:  # readinto may return less than asked
             more = fh.readinto(target[got:])
@@ -532,6 +549,7 @@ class NpyRows:
                     f"{self.path}: truncated while reading rows {start + 1}..{stop}"
                 )
             got += more
+        self._widen(view[1:], stop - start)
         if stop > self._checked:
             check_finite(view[1:], self.path, row_offset=start)
             self._checked = max(self._checked, stop)

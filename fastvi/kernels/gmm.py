@@ -30,13 +30,25 @@ keeps the second moments well conditioned when the data sit far from the origin.
 The expected log-density of x under component k is ``const[k] - 0.5 * maha_k(x)`` with
 ``maha_k(x) = || (x - m_k) @ prec[k] ||**2``; ``const`` carries everything that does not
 depend on x (E[log pi_k], log-determinants, digamma terms) and is computed by the caller.
+
+float32 lanes
+-------------
+The kernels run in the dtype of ``X``: float32 data with float32 parameters compile a
+separate specialization (only when a fit asks for it) whose tiles, Mahalanobis and
+Gram microkernels, exp and per-tile sums are float32, twice the vector width of
+float64. Every sum leaving a tile (the per-chunk partials ``nk``, ``sx``, ``sq``,
+``norm``, ``ent``) is float64, so the rounding of a float32 pass is that of sums over
+at most ``tile`` points (the caller passes 512 float32 rows, the
+bytes of 256 float64 rows). float64 data keep the float64 code unchanged.
 """
 
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from ._config import jit
-from ._math import exp_nonpos
-from .tiles import gram_upper, load_tile, maha_upper, tri_column, weighted_sq_dist
+from ._math import EXP_LO_32, exp_neg32, exp_nonpos
+from .tiles import gram_upper, like, load_tile, maha_upper, tri_column, weighted_sq_dist
 
 KIND_FULL = 0
 KIND_TIED = 1
@@ -54,8 +66,9 @@ def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
         # maha = || (x - m_k) @ U_k ||^2
         maha_upper(prec[k], Y, T, acc, acc2, maha)
         c = const[k]
+        half = like(0.5, LP)
         for t in range(T):
-            LP[k, t] = c - 0.5 * maha[t]
+            LP[k, t] = c - half * maha[t]
 
 
 @jit
@@ -67,29 +80,54 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
         tri_column(U, j, Xt, T, acc)
         for t in range(T):
             Y[j, t] = acc[t]
-    ones = np.ones(D)
+    ones = np.ones(D, dtype=Y.dtype)
+    half = like(0.5, LP)
     for k in range(K):
         weighted_sq_dist(Y, T, proj[k], ones, acc)
         c = const[k]
         for t in range(T):
-            LP[k, t] = c - 0.5 * acc[t]
+            LP[k, t] = c - half * acc[t]
 
 
 @jit
 def _logprob_diag(Xt, T, means, prec, const, LP, acc):
     K = means.shape[0]
+    half = like(0.5, LP)
     for k in range(K):
         weighted_sq_dist(Xt, T, means[k], prec[k, 0], acc)
         c = const[k]
         for t in range(T):
-            LP[k, t] = c - 0.5 * acc[t]
+            LP[k, t] = c - half * acc[t]
+
+
+def _exp_lanes(x):
+    """exp(x) for x <= ~0 in the dtype of x (compiled code only, see below)."""
+    raise NotImplementedError("only callable from compiled kernels")
+
+
+@overload(_exp_lanes)
+def _exp_lanes_impl(x):
+    # chosen when the caller is typed, so a float64 kernel never compiles the
+    # float32 polynomial and a float32 kernel never compiles the float64 one
+    if x == types.float32:
+        lo, zero = EXP_LO_32, np.float32(0.0)
+
+        def exp32(x):
+            # flushed to 0 below exp(-87), as exp_nonpos is below exp(-708): the
+            # clamped value (~1e-38) times a deviation below 1 is subnormal, and
+            # subnormal arithmetic made the float32 statistics 3x slower
+            return zero if x < lo else exp_neg32(x)  # NaN stays NaN
+
+        return exp32
+    return lambda x: exp_nonpos(x)
 
 
 @jit
 def _normalize(T, K, LP, R, mx, s):
     """R <- softmax over k of LP; returns sum_t lse_t and the entropy -sum r log r.
 
-    On return ``mx[t]`` holds log-sum-exp of column t.
+    On return ``mx[t]`` holds log-sum-exp of column t. The two sums are in the dtype
+    of ``LP`` (float32 tiles: over this tile's points only).
     """
     for t in range(T):
         mx[t] = LP[0, t]
@@ -100,14 +138,15 @@ def _normalize(T, K, LP, R, mx, s):
         s[t] = 0.0
     for k in range(K):
         for t in range(T):
-            e = exp_nonpos(LP[k, t] - mx[t])
+            e = _exp_lanes(LP[k, t] - mx[t])
             R[k, t] = e
             s[t] += e
+    one = like(1.0, s)
     for t in range(T):
-        s[t] = 1.0 / s[t]
+        s[t] = one / s[t]
         mx[t] = mx[t] - np.log(s[t])  # mx <- lse = max + log(sum)
-    norm = 0.0
-    ent = 0.0
+    norm = like(0.0, LP)
+    ent = like(0.0, LP)
     for k in range(K):
         for t in range(T):
             r = R[k, t] * s[t]
@@ -120,10 +159,13 @@ def _normalize(T, K, LP, R, mx, s):
 
 @jit
 def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
-    """Add this tile's sufficient statistics into one chunk's partials (nk, sx, sq)."""
+    """Add this tile's sufficient statistics into one chunk's partials (nk, sx, sq).
+
+    Sums over the tile's points run in the tile's dtype; the partials are float64.
+    """
     K, D = shift.shape
     for k in range(K):
-        tot = 0.0
+        tot = like(0.0, R)
         for t in range(T):
             tot += R[k, t]
         nk[k] += tot
@@ -131,8 +173,8 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
             # fused, store-free: sum r y and (diag) sum r y^2 with y = x - shift
             for d in range(D):
                 m = shift[k, d]
-                a = 0.0
-                b = 0.0
+                a = like(0.0, R)
+                b = like(0.0, R)
                 for t in range(T):
                     y = Xt[d, t] - m
                     ry = R[k, t] * y
@@ -146,7 +188,7 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
         # W Y^T
         for d in range(D):
             m = shift[k, d]
-            a = 0.0
+            a = like(0.0, R)
             for t in range(T):
                 y = Xt[d, t] - m
                 Y[d, t] = y
@@ -191,7 +233,9 @@ def _specialize(kind, name):
 
         Parameters
         ----------
-        X : (N, D) float64, C-contiguous
+        X : (N, D) float64 or float32, C-contiguous; ``means``, ``prec``, ``const``,
+            ``shift``, ``resp_in``, ``out_log_resp`` and ``out_norm`` in its dtype (the
+            partials ``nk`` .. ``ent`` are float64 for both)
         means : (K, D) component means (for KIND_TIED: ``means @ prec[0]``)
         prec : (K, D, D) for full, (1, D, D) for tied, (K, 1, D) for diag
         const : (K,) the x-independent part of each expected log-density
@@ -219,16 +263,17 @@ def _specialize(kind, name):
         want_lr = out_log_resp.shape[0] == N
         want_norm = out_norm.shape[0] == N
         want_labels = out_labels.shape[0] == N
-        Xt = np.empty((D, tile))
-        Y = np.empty((D, tile))
-        W = np.empty((D, tile))
-        LP = np.empty((K, tile))
-        R = np.empty((K, tile))
-        acc = np.empty(tile)
-        maha = np.empty(tile)
-        mx = np.empty(tile)
-        s = np.empty(tile)
-        acc2 = np.empty(tile)
+        # scratch in the dtype of X: float32 data run on float32 lanes
+        Xt = np.empty((D, tile), dtype=X.dtype)
+        Y = np.empty((D, tile), dtype=X.dtype)
+        W = np.empty((D, tile), dtype=X.dtype)
+        LP = np.empty((K, tile), dtype=X.dtype)
+        R = np.empty((K, tile), dtype=X.dtype)
+        acc = np.empty(tile, dtype=X.dtype)
+        maha = np.empty(tile, dtype=X.dtype)
+        mx = np.empty(tile, dtype=X.dtype)
+        s = np.empty(tile, dtype=X.dtype)
+        acc2 = np.empty(tile, dtype=X.dtype)
         for c in range(c0, c1):
             start = c * chunk
             stop = min(N, start + chunk)
@@ -259,8 +304,8 @@ def _specialize(kind, name):
                     else:
                         _logprob_diag(Xt, T, means, prec, const, LP, acc)
                     tn, te = _normalize(T, K, LP, R, mx, s)
-                    c_norm += tn
-                    c_ent += te
+                    c_norm += np.float64(tn)
+                    c_ent += np.float64(te)
                     if want_lr:
                         for t in range(T):
                             for k in range(K):

@@ -15,9 +15,32 @@ every load or store of a tile row feeds several multiply-adds.
     sum_d w_d (a_d - c_d)^2 per point (diagonal precisions, projected means).
 ``gram_upper``
     the upper triangle of a weighted Gram matrix W Y^T of two tiles.
+``like``
+    a scalar in the dtype of an array, so a float32 tile's arithmetic stays float32
+    (a float64 literal such as ``0.5`` or ``0.0`` would promote it to float64 and
+    halve the vector width).
+
+The microkernels run in the dtype of their tiles (float64, or float32 for the float32
+mixture lanes: twice the vector width); sums over a tile's points are kept in that
+dtype and added into the caller's (float64) outputs.
 """
 
+from numba.core import types
+from numba.extending import intrinsic
+
 from ._config import jit
+
+
+@intrinsic
+def like(typingctx, x, arr):
+    """``x`` converted to the dtype of the array ``arr`` (a no-op for the same dtype)."""
+    if not isinstance(arr, types.Array) or not isinstance(x, types.Number):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], signature.return_type)
+
+    return arr.dtype(x, arr), codegen
 
 
 @jit
@@ -186,14 +209,14 @@ def gram_upper(W, Y, T, out, k):
             j1 = min(j + 1, D - 1)
             j2 = min(j + 2, D - 1)
             j3 = min(j + 3, D - 1)
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            b0 = 0.0
-            b1 = 0.0
-            b2 = 0.0
-            b3 = 0.0
+            a0 = like(0.0, W)
+            a1 = like(0.0, W)
+            a2 = like(0.0, W)
+            a3 = like(0.0, W)
+            b0 = like(0.0, W)
+            b1 = like(0.0, W)
+            b2 = like(0.0, W)
+            b3 = like(0.0, W)
             for t in range(T):
                 w0 = W[i, t]
                 w1 = W[i1, t]
