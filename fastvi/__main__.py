@@ -33,13 +33,14 @@ output path.
 A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
 or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
 the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm. The
-SGVI models show their own progress bar and have no checkpoints (see the README).
+(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm; the
+SGVI models (sgvi-logistic, sgvi-poisson) the step and its ELBO estimate.
 
 Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
-classes, through :func:`fastvi.batch.jobs.fit_cavi`): ``--checkpoint FILE`` saves the fit
-state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
-last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
+classes, through :func:`fastvi.batch.jobs.fit_cavi`; sgvi-logistic and sgvi-poisson,
+through :func:`fastvi.batch.jobs.fit_sgvi`): ``--checkpoint FILE`` saves the fit
+state atomically every ``--checkpoint-every`` iterations (epochs for lda, steps for
+SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
 afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
 the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
 written for other data (a SHA-256 hash of every value tells) or other model
@@ -406,11 +407,13 @@ def main(argv=None):
 
 
 # --------------------------------------------------------------------- batch jobs
-# models whose fit driver takes progress, checkpoints, resume and stop requests
-# (fastvi.batch.jobs); every other model (SGVI) fits in memory, with progress only
-_CHECKPOINTED = ("gmm", "lda", "gaussian", "linear", "logistic")
 # the CAVI models of fastvi.conjugate (fastvi.batch.jobs.fit_cavi)
 _CONJUGATE = ("gaussian", "linear", "logistic")
+# the SGVI models (fastvi.batch.jobs.fit_sgvi)
+_SGVI = ("sgvi-logistic", "sgvi-poisson")
+# models whose fit driver takes progress, checkpoints, resume and stop requests
+# (fastvi.batch.jobs): every model
+_CHECKPOINTED = ("gmm", "lda", *_CONJUGATE, *_SGVI)
 # models that fit a float64 C-order .npy file out of core, block by block
 _OUT_OF_CORE = ("gmm", *_CONJUGATE)
 
@@ -914,41 +917,18 @@ def _fit(args):
     )
 
 
-def _fit_in_memory(est, X, y, progress, bar):
-    """Fit a model without checkpoints: progress from the CAVI driver's iteration
-    hook, or (``bar``) the SGVI estimator's own progress bar when tqdm is there."""
-    from ._cavi import CAVIMixin, Monitor, monitoring
-
-    monitor = Monitor()
-    if isinstance(est, CAVIMixin):
-        monitor = Monitor(
-            callback=lambda model, n_iter, bound, change: progress.update(
-                n_iter, bound, change
-            )
-        )
-    elif bar:
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            est.set_params(progress_bar=True)
-    try:
-        with monitoring(est, monitor):
-            if y is None:
-                est.fit(X)
-            else:
-                est.fit(X, y)
-    finally:
-        if "progress_bar" in est.get_params():
-            est.set_params(progress_bar=False)  # not saved with the model
-
-
 def _run_fit(args, est, X, y, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .batch.jobs import Interrupted, Progress, fit_cavi, fit_lda, fit_mixture
+    from .batch.jobs import (
+        Interrupted,
+        Progress,
+        fit_cavi,
+        fit_lda,
+        fit_mixture,
+        fit_sgvi,
+    )
     from .persist import save
 
     entry = args.entry
@@ -958,30 +938,27 @@ def _run_fit(args, est, X, y, out_of_core):
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        # the SGVI estimators draw their own progress bar (progress_bar=True)
-        own_bar = "progress_bar" in est.get_params()
-        progress = Progress(est.max_iter, n_rows, quiet=quiet or own_bar)
+        progress = Progress(est.max_iter, n_rows, quiet=quiet)
         stop = _StopFlag()
         previous = None
         if checkpoint:
             previous = signal.signal(signal.SIGINT, stop.handler)
         try:
-            if entry.command in _CHECKPOINTED:
-                if entry.command in _CONJUGATE:
-                    driver = functools.partial(fit_cavi, y=y)
-                else:
-                    driver = fit_mixture if entry.command == "gmm" else fit_lda
-                driver(
-                    est,
-                    X,
-                    progress=progress,
-                    checkpoint=checkpoint,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    should_stop=stop,
-                )
+            if entry.command in _CONJUGATE:
+                driver = functools.partial(fit_cavi, y=y)
+            elif entry.command in _SGVI:
+                driver = functools.partial(fit_sgvi, y=y)
             else:
-                _fit_in_memory(est, X, y, progress, bar=own_bar and not quiet)
+                driver = fit_mixture if entry.command == "gmm" else fit_lda
+            driver(
+                est,
+                X,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
+                should_stop=stop,
+            )
         except Interrupted as exc:
             progress.close()
             print(f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr)
