@@ -40,9 +40,10 @@ Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with t
 classes, through :func:`fastvi.batch.jobs.fit_cavi`; sgvi-logistic and sgvi-poisson,
 through :func:`fastvi.batch.jobs.fit_sgvi`): ``--checkpoint FILE`` saves the fit
 state atomically every ``--checkpoint-every`` iterations (epochs for lda, steps for
-SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
-afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
-the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
+SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or
+``--overwrite`` (start afresh); ``--resume`` continues from it when it exists, and the
+model is then bitwise the one of an uninterrupted run, also after a SIGKILL at any
+moment. A checkpoint
 written for other data (a SHA-256 hash of every value tells) or other model
 parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
 during a checkpointed fit stops after the current iteration (epoch), writes the

@@ -12,11 +12,11 @@ from fastvi.sgvi import (
     SGVI,
     EightSchools,
     RobbinsMonro,
+    SGVIRun,
     StanAdaptive,
     StanConvergence,
 )
 from fastvi.sgvi.diagnostics import ELBODivergenceWarning, PSISWarning
-from fastvi.sgvi.engine import SGVIRun
 
 EIGHT_Y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 EIGHT_SIGMA = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])

@@ -42,6 +42,11 @@ random state (persisted as its Mersenne Twister key array and position), ``n_ite
 evaluated perplexity (the stopping rule's reference) and digamma of the topic totals
 as the loop had them; a resumed fit starts from exactly that state and is bitwise the
 uninterrupted one.
+
+``fit_sgvi`` does the same for the SGVI estimators (``BayesianLogisticRegression``,
+``BayesianPoissonRegression``), step by step: the engine hands its monitor a snapshot
+of the run (:class:`fastvi.sgvi.SGVIRun`), which the checkpoint keeps beside the model
+after that step, and a resume hands it back to :meth:`fastvi.sgvi.SGVI.run`.
 """
 
 from __future__ import annotations
