@@ -15,6 +15,7 @@ from fastvi.sgvi import (
     SGVIRun,
     StanAdaptive,
     StanConvergence,
+    WindowConvergence,
 )
 from fastvi.sgvi.diagnostics import ELBODivergenceWarning, PSISWarning
 
@@ -148,6 +149,11 @@ def test_resume_refuses_what_is_not_a_run_of_this_q():
         SGVI(model).run(resume=snap, max_iter=30, convergence=StanConvergence())
     bad = snap._replace(rule={**snap.rule, "_sum": np.zeros(3)})
     with pytest.raises(ValueError, match="does not fit q"):
+        SGVI(model).run(resume=bad, max_iter=30)
+    with pytest.raises(ValueError, match="with other settings"):
+        SGVI(model).run(resume=snap, max_iter=30, convergence=WindowConvergence(0.1))
+    bad = snap._replace(rule={**snap.rule, "observe": None})
+    with pytest.raises(ValueError, match="not one of a WindowConvergence"):
         SGVI(model).run(resume=bad, max_iter=30)
 
 

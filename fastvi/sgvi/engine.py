@@ -54,6 +54,7 @@ one would. (Philox needs no seed hashing: a step's generator costs ~13 µs, a th
 
 import copy
 import functools
+import inspect
 import math
 import threading
 import warnings
@@ -932,10 +933,18 @@ def _snapshot_run(run):
     )
 
 
+def _same(a, b):
+    try:
+        return bool(np.array_equal(a, b))
+    except (TypeError, ValueError):
+        return False
+
+
 def _restore(obj, saved, size):
     """Set ``obj``'s attributes to ``saved`` (from :func:`_snapshot`), refused
     unless they include those ``obj`` has (some are made as the run goes), shadow
-    nothing of its class, and its arrays have ``size`` numbers."""
+    nothing of its class, keep its settings (its constructor's parameters) and its
+    arrays have ``size`` numbers."""
 
     def arrays(v):
         if isinstance(v, np.ndarray):
@@ -954,6 +963,14 @@ def _restore(obj, saved, size):
     ):
         raise ValueError(
             f"resume: the saved state is not one of a {type(obj).__name__}"
+        )
+    settings = inspect.signature(type(obj)).parameters
+    if any(
+        k in settings and k in vars(obj) and not _same(saved[k], vars(obj)[k])
+        for k in saved
+    ):
+        raise ValueError(
+            f"resume: the saved state is of a {type(obj).__name__} with other settings"
         )
     if any(a.shape != (size,) for a in arrays(list(saved.values()))):
         raise ValueError(

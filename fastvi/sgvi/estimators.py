@@ -42,8 +42,8 @@ _OPTIMIZERS = ("adam", "robbins-monro", "stan")
 
 class _Kept(_schema.Spec):
     """What a stopping rule or monitor has kept of a run (``SGVIRun.rule`` and
-    ``.watch``): a dict of numbers, strings, finite float arrays and lists or
-    tuples of them (the engine checks the names and sizes when it resumes)."""
+    ``.watch``): a dict of numbers, finite float arrays and lists or tuples of
+    them (the engine checks the names and sizes when it resumes)."""
 
     def check(self, value, dims):
         def plain(v):
@@ -51,7 +51,7 @@ class _Kept(_schema.Spec):
                 return v.dtype == np.float64 and bool(np.all(np.isfinite(v)))
             if isinstance(v, (list, tuple)):
                 return all(plain(x) for x in v)
-            return v is None or isinstance(v, (bool, str, Integral, Real))
+            return v is None or isinstance(v, (bool, Integral, Real))
 
         if not (
             isinstance(value, dict)
