@@ -46,9 +46,17 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
-from ._config import jit
+from ._config import jit, wide_vectors
 from ._math import EXP_LO_32, exp_neg32, exp_nonpos
-from .tiles import gram_upper, like, load_tile, maha_upper, tri_column, weighted_sq_dist
+from .tiles import (
+    gram_upper,
+    like,
+    load_tile,
+    maha_upper,
+    scratch,
+    tri_column,
+    weighted_sq_dist,
+)
 
 KIND_FULL = 0
 KIND_TIED = 1
@@ -57,6 +65,7 @@ KIND_DIAG = 2
 
 @jit
 def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
+    wide_vectors()
     K, D = means.shape
     for k in range(K):
         for d in range(D):
@@ -73,6 +82,7 @@ def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
 
 @jit
 def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
+    wide_vectors()
     K, D = proj.shape
     # Y <- (x @ U)^T for the tile, shared by all components
     U = prec[0]
@@ -91,6 +101,7 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
 
 @jit
 def _logprob_diag(Xt, T, means, prec, const, LP, acc):
+    wide_vectors()
     K = means.shape[0]
     half = like(0.5, LP)
     for k in range(K):
@@ -129,6 +140,7 @@ def _normalize(T, K, LP, R, mx, s):
     On return ``mx[t]`` holds log-sum-exp of column t. The two sums are in the dtype
     of ``LP`` (float32 tiles: over this tile's points only).
     """
+    wide_vectors()
     for t in range(T):
         mx[t] = LP[0, t]
     for k in range(1, K):
@@ -163,6 +175,7 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
 
     Sums over the tile's points run in the tile's dtype; the partials are float64.
     """
+    wide_vectors()
     K, D = shift.shape
     for k in range(K):
         tot = like(0.0, R)
@@ -254,6 +267,7 @@ def _specialize(kind, name):
             the sum of log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when
             resp_in or labels_in is given).
         """
+        wide_vectors()
         D = X.shape[1]
         K = const.shape[0]
         N = X.shape[0]
@@ -264,16 +278,17 @@ def _specialize(kind, name):
         want_norm = out_norm.shape[0] == N
         want_labels = out_labels.shape[0] == N
         # scratch in the dtype of X: float32 data run on float32 lanes
-        Xt = np.empty((D, tile), dtype=X.dtype)
-        Y = np.empty((D, tile), dtype=X.dtype)
-        W = np.empty((D, tile), dtype=X.dtype)
-        LP = np.empty((K, tile), dtype=X.dtype)
-        R = np.empty((K, tile), dtype=X.dtype)
-        acc = np.empty(tile, dtype=X.dtype)
-        maha = np.empty(tile, dtype=X.dtype)
-        mx = np.empty(tile, dtype=X.dtype)
-        s = np.empty(tile, dtype=X.dtype)
-        acc2 = np.empty(tile, dtype=X.dtype)
+        Xt = scratch(D, tile, X)
+        Y = scratch(D, tile, X)
+        W = scratch(D, tile, X)
+        LP = scratch(K, tile, X)
+        R = scratch(K, tile, X)
+        rows = scratch(5, tile, X)
+        acc = rows[0]
+        maha = rows[1]
+        mx = rows[2]
+        s = rows[3]
+        acc2 = rows[4]
         for c in range(c0, c1):
             start = c * chunk
             stop = min(N, start + chunk)
