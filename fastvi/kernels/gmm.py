@@ -52,7 +52,7 @@ from .tiles import (
     gram_upper,
     like,
     load_tile,
-    maha_upper,
+    maha_blocked,
     scratch,
     tri_column,
     weighted_sq_dist,
@@ -64,20 +64,36 @@ KIND_DIAG = 2
 
 
 @jit
-def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
+def _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha):
     wide_vectors()
-    K, D = means.shape
+    K = Up.shape[0]
+    half = like(0.5, LP)
     for k in range(K):
-        for d in range(D):
-            m = means[k, d]
-            for t in range(T):
-                Y[d, t] = Xt[d, t] - m
-        # maha = || (x - m_k) @ U_k ||^2
-        maha_upper(prec[k], Y, T, acc, acc2, maha)
+        # maha = || x @ U_k - m_k @ U_k ||^2
+        maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
         c = const[k]
-        half = like(0.5, LP)
         for t in range(T):
             LP[k, t] = c - half * maha[t]
+
+
+@jit
+def _padded_factors(means, prec, dtype_like):
+    """(Up, Bp): the upper triangles of ``prec`` zero-padded to (K, Dp, Dp), Dp the
+    next multiple of 8, and ``Bp[k] = means[k] @ prec[k]`` (summed in float64), in the
+    dtype of ``dtype_like`` (``tiles.maha_blocked``)."""
+    K, D = means.shape
+    Dp = -(-D // 8) * 8
+    Up = np.zeros((K, Dp, Dp), dtype=dtype_like.dtype)
+    Bp = np.zeros((K, Dp), dtype=dtype_like.dtype)
+    for k in range(K):
+        for j in range(D):
+            acc = 0.0
+            for i in range(j + 1):
+                u = prec[k, i, j]
+                Up[k, i, j] = u
+                acc += np.float64(means[k, i]) * np.float64(u)
+            Bp[k, j] = acc
+    return Up, Bp
 
 
 @jit
@@ -278,17 +294,25 @@ def _specialize(kind, name):
         want_norm = out_norm.shape[0] == N
         want_labels = out_labels.shape[0] == N
         # scratch in the dtype of X: float32 data run on float32 lanes
-        Xt = scratch(D, tile, X)
+        # full: the tile's features padded with zero rows to a multiple of 8
+        # (tiles.maha_blocked)
+        Dp = -(-D // 8) * 8 if kind == KIND_FULL else D
+        Xt = scratch(Dp, tile, X)
+        Xt[D:] = 0.0
+        if kind == KIND_FULL:
+            Up, Bp = _padded_factors(means, prec, X)
+        else:
+            Up, Bp = np.empty((0, 0, 0), X.dtype), np.empty((0, 0), X.dtype)
+        Z = scratch(8, tile, X)
         Y = scratch(D, tile, X)
         W = scratch(D, tile, X)
         LP = scratch(K, tile, X)
         R = scratch(K, tile, X)
-        rows = scratch(5, tile, X)
+        rows = scratch(4, tile, X)
         acc = rows[0]
         maha = rows[1]
         mx = rows[2]
         s = rows[3]
-        acc2 = rows[4]
         for c in range(c0, c1):
             start = c * chunk
             stop = min(N, start + chunk)
@@ -313,7 +337,7 @@ def _specialize(kind, name):
                             R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
                 else:
                     if kind == KIND_FULL:
-                        _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha)
+                        _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha)
                     elif kind == KIND_TIED:
                         _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
                     else:

@@ -272,3 +272,126 @@ def gram_upper(W, Y, T, out, k):
                     out[k, i + 1, j + 3] += b3
             j += 4
         i += 2
+
+
+@jit
+def _tri_rows4x8(U, i0, j0, X, T, Z):
+    """Z[c, t] += sum_{r < 4} U[i0 + r, j0 + c] * X[i0 + r, t] for c < 8: a 4 x 8
+    register block (each load of X feeds 8 FMAs, each load and store of Z 4)."""
+    wide_vectors()
+    a0, a1, a2, a3 = U[i0, j0], U[i0 + 1, j0], U[i0 + 2, j0], U[i0 + 3, j0]
+    b0, b1, b2, b3 = (
+        U[i0, j0 + 1],
+        U[i0 + 1, j0 + 1],
+        U[i0 + 2, j0 + 1],
+        U[i0 + 3, j0 + 1],
+    )
+    c0, c1, c2, c3 = (
+        U[i0, j0 + 2],
+        U[i0 + 1, j0 + 2],
+        U[i0 + 2, j0 + 2],
+        U[i0 + 3, j0 + 2],
+    )
+    d0, d1, d2, d3 = (
+        U[i0, j0 + 3],
+        U[i0 + 1, j0 + 3],
+        U[i0 + 2, j0 + 3],
+        U[i0 + 3, j0 + 3],
+    )
+    e0, e1, e2, e3 = (
+        U[i0, j0 + 4],
+        U[i0 + 1, j0 + 4],
+        U[i0 + 2, j0 + 4],
+        U[i0 + 3, j0 + 4],
+    )
+    f0, f1, f2, f3 = (
+        U[i0, j0 + 5],
+        U[i0 + 1, j0 + 5],
+        U[i0 + 2, j0 + 5],
+        U[i0 + 3, j0 + 5],
+    )
+    g0, g1, g2, g3 = (
+        U[i0, j0 + 6],
+        U[i0 + 1, j0 + 6],
+        U[i0 + 2, j0 + 6],
+        U[i0 + 3, j0 + 6],
+    )
+    h0, h1, h2, h3 = (
+        U[i0, j0 + 7],
+        U[i0 + 1, j0 + 7],
+        U[i0 + 2, j0 + 7],
+        U[i0 + 3, j0 + 7],
+    )
+    for t in range(T):
+        x0 = X[i0, t]
+        x1 = X[i0 + 1, t]
+        x2 = X[i0 + 2, t]
+        x3 = X[i0 + 3, t]
+        Z[0, t] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+        Z[1, t] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+        Z[2, t] += c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+        Z[3, t] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+        Z[4, t] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+        Z[5, t] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
+        Z[6, t] += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+        Z[7, t] += h0 * x0 + h1 * x1 + h2 * x2 + h3 * x3
+
+
+@jit
+def _tri_corner4(U, j0, X, T, Z):
+    """The lower-right 4 x 4 corner of an 8 x 8 diagonal block of upper-triangular U:
+    Z[4 + c, t] += sum_{r <= c} U[j0 + 4 + r, j0 + 4 + c] * X[j0 + 4 + r, t]."""
+    wide_vectors()
+    i = j0 + 4
+    a0 = U[i, i]
+    b0, b1 = U[i, i + 1], U[i + 1, i + 1]
+    c0, c1, c2 = U[i, i + 2], U[i + 1, i + 2], U[i + 2, i + 2]
+    d0, d1, d2, d3 = U[i, i + 3], U[i + 1, i + 3], U[i + 2, i + 3], U[i + 3, i + 3]
+    for t in range(T):
+        x0 = X[i, t]
+        x1 = X[i + 1, t]
+        x2 = X[i + 2, t]
+        x3 = X[i + 3, t]
+        Z[4, t] += a0 * x0
+        Z[5, t] += b0 * x0 + b1 * x1
+        Z[6, t] += c0 * x0 + c1 * x1 + c2 * x2
+        Z[7, t] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+
+
+@jit
+def maha_blocked(U, b, X, T, Z, maha):
+    """maha[t] <- || X[:, t]^T U - b ||^2 for upper-triangular U (Dp, Dp).
+
+    ``Dp`` is a multiple of 8: U and ``b`` zero-padded beyond the D features (U also
+    exactly zero below its diagonal), and ``X`` (Dp, >= T) has zero rows beyond them
+    too. ``Z`` (8, >= T) is scratch. Columns of U go eight at a time: z = x^T U[:, j0:j0
+    + 8] - b[j0:j0 + 8] is built in ``Z`` from 4 x 8 register blocks of the rows above
+    and in the diagonal block (each load of Z feeds 4 FMAs, each of X 8; maha_upper's
+    sweeps: 2 and 2) and the diagonal block's last triangle, then its squares are added
+    to ``maha``. (x - m)^T U is computed as x^T U - m^T U with ``b = m^T U``, as
+    scikit-learn does, so no centred copy of the tile is stored.
+    """
+    wide_vectors()
+    Dp = U.shape[0]
+    for t in range(T):
+        maha[t] = 0.0
+    for j0 in range(0, Dp, 8):
+        for c in range(8):
+            bc = b[j0 + c]
+            for t in range(T):
+                Z[c, t] = -bc
+        for i0 in range(0, j0 + 4, 4):  # the first half of the diagonal block too
+            _tri_rows4x8(U, i0, j0, X, T, Z)
+        _tri_corner4(U, j0, X, T, Z)
+        for t in range(T):
+            z0 = Z[0, t]
+            z1 = Z[1, t]
+            z2 = Z[2, t]
+            z3 = Z[3, t]
+            z4 = Z[4, t]
+            z5 = Z[5, t]
+            z6 = Z[6, t]
+            z7 = Z[7, t]
+            maha[t] += (z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3) + (
+                z4 * z4 + z5 * z5 + z6 * z6 + z7 * z7
+            )
