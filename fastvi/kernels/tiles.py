@@ -376,10 +376,17 @@ def maha_blocked(U, b, X, T, Z, maha):
     for t in range(T):
         maha[t] = 0.0
     for j0 in range(0, Dp, 8):
-        for c in range(8):
-            bc = b[j0 + c]
-            for t in range(T):
-                Z[c, t] = -bc
+        b0, b1, b2, b3 = -b[j0], -b[j0 + 1], -b[j0 + 2], -b[j0 + 3]
+        b4, b5, b6, b7 = -b[j0 + 4], -b[j0 + 5], -b[j0 + 6], -b[j0 + 7]
+        for t in range(T):  # one sweep, not eight short ones
+            Z[0, t] = b0
+            Z[1, t] = b1
+            Z[2, t] = b2
+            Z[3, t] = b3
+            Z[4, t] = b4
+            Z[5, t] = b5
+            Z[6, t] = b6
+            Z[7, t] = b7
         for i0 in range(0, j0 + 4, 4):  # the first half of the diagonal block too
             _tri_rows4x8(U, i0, j0, X, T, Z)
         _tri_corner4(U, j0, X, T, Z)
