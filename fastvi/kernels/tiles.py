@@ -6,11 +6,15 @@ vectorizes along the points (see ``shared/PERFORMANCE.md``: tiling took the mixt
 kernel from 3-5x to 16-23x scikit-learn). The microkernels below are register blocked:
 every load or store of a tile row feeds several multiply-adds.
 
+``scratch``
+    a tile-shaped scratch array on 64-byte boundaries (whole 512-bit loads).
 ``load_tile``, ``gather_tile``, ``tile_rows``
     copy rows into tiles: a range, rows by index, or all of X at once.
-``tri_column``, ``maha_upper``
+``tri_column``, ``maha_upper``, ``maha_blocked``
     x^T U products with an upper-triangular U (precision Cholesky factors, covariance
-    factors): one column of it, or the squared norm ||x^T U||^2 per point.
+    factors): one column of it, or the squared norm ||x^T U||^2 per point
+    (``maha_blocked``: ||x^T U - b||^2 on a factor zero-padded to a multiple of 8, in
+    4 x 8 register blocks).
 ``weighted_sq_dist``
     sum_d w_d (a_d - c_d)^2 per point (diagonal precisions, projected means).
 ``gram_upper``
