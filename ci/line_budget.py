@@ -15,6 +15,7 @@ Usage (from the repository root)::
     python ci/line_budget.py            # the working tree (uncommitted lines: issue 15)
     python ci/line_budget.py --rev HEAD # a commit
     python ci/line_budget.py --files    # also the counted lines per file
+    python ci/line_budget.py --moves    # moved lines to their writers (less strict)
 
 How a commit is placed, first rule that applies:
 
@@ -177,9 +178,10 @@ def commit_issues(rev: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def blame(path: str, rev: str | None) -> list[str]:
-    """The commit that last touched each line of path."""
-    args = ["blame", "--line-porcelain"]
+def blame(path: str, rev: str | None, moves: bool = False) -> list[str]:
+    """The commit that last touched each line of path (``moves``: the commit that
+    wrote a line that was later moved or copied, within or between files)."""
+    args = ["blame", "--line-porcelain", *(["-M", "-C", "-C"] if moves else [])]
     if rev:
         args.append(rev)
     text = git(*args, "--", path)
@@ -194,6 +196,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", help="blame this commit instead of the working tree")
     ap.add_argument("--files", action="store_true", help="counted lines per file")
+    ap.add_argument(
+        "--moves",
+        action="store_true",
+        help="give a moved or copied line to the commit that wrote it (git blame "
+        "-M -C -C); not the default, which counts a move as its mover's line",
+    )
     ap.add_argument("--commits", action="store_true", help="how each commit was placed")
     args = ap.parse_args()
     rev = args.rev
@@ -211,7 +219,7 @@ def main() -> int:
     per_file: dict[str, Counter[str]] = defaultdict(Counter)
     per_rule: Counter[str] = Counter()  # how issue 15's lines were placed
     for path in files:
-        for sha in blame(path, rev):
+        for sha in blame(path, rev, args.moves):
             if set(sha) == {"0"}:
                 issue = "15"  # not committed yet
                 per_rule["uncommitted"] += 1
