@@ -675,15 +675,13 @@ def dask_rows(path, block_rows=DEFAULT_BLOCK_ROWS):
     import dask.array as da
 
     rows = NpyRows(path, block_rows=block_rows)  # validates the header here
-    N, D = rows.shape
+    D = rows.shape[1]
     read = dask.delayed(_read_checked_rows, pure=True)
     chunks = [
         da.from_delayed(
-            read(rows.path, start, min(N, start + rows.block_rows)),
-            shape=(min(N, start + rows.block_rows) - start, D),
-            dtype=np.float64,
+            read(rows.path, start, stop), shape=(stop - start, D), dtype=np.float64
         )
-        for start in range(0, N, rows.block_rows)
+        for start, stop in rows._spans()
     ]
     return da.concatenate(chunks, axis=0)
 
