@@ -206,49 +206,37 @@ def _add_demo_command(sub, argv):
         "kernels first (once; see 'fastvi warmup').",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument(
-        "--n-samples", type=int, default=20_000, help="number of generated points"
-    )
-    demo.add_argument(
-        "--n-features", type=int, default=8, help="dimension of the points"
-    )
-    demo.add_argument(
+    add = demo.add_argument
+    add("--n-samples", type=int, default=20_000, help="number of generated points")
+    add("--n-features", type=int, default=8, help="dimension of the points")
+    add(
         "--true-clusters",
         type=int,
         default=6,
         help="clusters the points are drawn from",
     )
-    demo.add_argument(
+    add(
         "--n-components",
         type=int,
         default=12,
         help="mixture components fitted (unneeded ones get ~0 weight)",
     )
-    demo.add_argument(
+    add(
         "--covariance-type",
         default="full",
         choices=["full", "tied", "diag", "spherical"],
         help="form of the components' covariances",
     )
-    demo.add_argument(
-        "--max-iter", type=int, default=500, help="CAVI iterations at most"
-    )
-    demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the data and of the fits"
-    )
-    demo.add_argument(
-        "--n-jobs",
-        type=int,
-        default=None,
-        help="fastvi's threads (default: all cores)",
-    )
-    demo.add_argument(
+    add("--max-iter", type=int, default=500, help="CAVI iterations at most")
+    add("--seed", type=int, default=0, help="seed of the data and of the fits")
+    add("--n-jobs", type=int, help="fastvi's threads (default: all cores)")
+    add(
         "--threshold",
         type=float,
         default=0.01,
         help="weight above which a component counts as effective",
     )
-    demo.add_argument(
+    add(
         "--no-compare",
         action="store_true",
         help="skip the scikit-learn fit (the slow part of the demo)",
@@ -450,13 +438,10 @@ def _add_fit_model(models, entry, with_options=True):
         "--output", "-o", required=True, metavar="MODEL.npz", help="model file"
     )
     if entry.supervised:
-        model.add_argument(
-            "--target",
-            type=_column_number,
-            default=None,
-            metavar="COLUMN",
-            help="the column of INPUT that holds y, counted from 1 (default: the "
-            "last); the other columns are the features",
+        _add_target(
+            model,
+            "the column of INPUT that holds y, counted from 1 (default: the last); "
+            "the other columns are the features",
         )
     names = []
     if with_options:
@@ -584,13 +569,10 @@ def _add_predict_command(sub, argv):
         help="probabilities: of the components (gmm) or classes (logistic, "
         "sgvi-logistic)",
     )
-    predict.add_argument(
-        "--target",
-        type=_column_number,
-        default=None,
-        metavar="COLUMN",
-        help="regressions and classifiers: drop this column of INPUT (counted from "
-        "1), the target of a training file; by default every column is a feature",
+    _add_target(
+        predict,
+        "regressions and classifiers: drop this column of INPUT (counted from 1), "
+        "the target of a training file; by default every column is a feature",
     )
     _add_common(predict)
     predict.set_defaults(func=_predict, _parser=predict)
@@ -607,13 +589,10 @@ def _add_score_command(sub, argv):
     )
     score.add_argument("model_file")
     score.add_argument("input")
-    score.add_argument(
-        "--target",
-        type=_column_number,
-        default=None,
-        metavar="COLUMN",
-        help="regressions and classifiers: the column of INPUT holding y, counted "
-        "from 1 (default: the last)",
+    _add_target(
+        score,
+        "regressions and classifiers: the column of INPUT holding y, counted from 1 "
+        "(default: the last)",
     )
     _add_common(score)
     score.set_defaults(func=_score, _parser=score)
@@ -628,22 +607,14 @@ def _add_info_command(sub, argv):
         "checkpoint, where the fit stands; for data, its format and shape.",
     )
     info.add_argument("file")
-    info.add_argument(
-        "--format",
-        dest="fmt",
-        default="auto",
-        choices=_FORMATS,
-        help="data format (default: from the file name)",
-    )
-    info.add_argument("--header", action="store_true", help="CSV has a header line")
-    info.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(info, quiet=False)
     info.set_defaults(func=_info, _parser=info)
 
 
 _FORMATS = ["auto", "npy", "npz", "csv", "tsv", "parquet", "docword"]
 
 
-def _add_common(parser):
+def _add_common(parser, quiet=True):
     parser.add_argument(
         "--format",
         dest="fmt",
@@ -652,10 +623,17 @@ def _add_common(parser):
         help="input format (default: from the file name)",
     )
     parser.add_argument("--header", action="store_true", help="CSV has a header line")
-    parser.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress and no summary line"
-    )
+    if quiet:
+        parser.add_argument(
+            "--quiet", "-q", action="store_true", help="no progress and no summary line"
+        )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _add_target(parser, help):
+    parser.add_argument(
+        "--target", type=_column_number, default=None, metavar="COLUMN", help=help
+    )
 
 
 def _add_report_command(sub, argv):
