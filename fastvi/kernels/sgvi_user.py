@@ -284,8 +284,16 @@ def _lin_tile(Xt, yt, T, W, b, phi, hyper, step, with_grad, E, out, work, ll, gw
         elif K == 0:
             for t in range(T):
                 eta = E[s, t]
-                acc += _eta_ll(eta, yt[t], ph, hyper)
-                E[s, t] = _eta_d(eta, yt[t], ph, hyper, out)
+                yv = yt[t]
+                acc += _eta_ll(eta, yv, ph, hyper)
+                if _FD:
+                    h = _FD_STEP * max(abs(eta), 1.0)
+                    up = eta + h
+                    down = eta - h
+                    f_up = _eta_ll(up, yv, ph, hyper)
+                    E[s, t] = (f_up - _eta_ll(down, yv, ph, hyper)) / (up - down)
+                else:
+                    E[s, t] = _eta_d(eta, yv, ph, hyper, out)
         else:
             st = step[s]
             for t in range(T):
@@ -294,8 +302,15 @@ def _lin_tile(Xt, yt, T, W, b, phi, hyper, step, with_grad, E, out, work, ll, gw
                 acc += _eta_ll(eta, yv, ph, hyper)
                 for k in range(K):
                     out[k] = 0.0
-                E[s, t] = _eta_d(eta, yv, ph, hyper, out)
-                _phi_d(eta, yv, ph, hyper, out, st, work)
+                if _FD:
+                    h = _FD_STEP * max(abs(eta), 1.0)
+                    up = eta + h
+                    down = eta - h
+                    f_up = _eta_ll(up, yv, ph, hyper)
+                    E[s, t] = (f_up - _eta_ll(down, yv, ph, hyper)) / (up - down)
+                    _phi_d(eta, yv, ph, hyper, out, st, work)
+                else:
+                    E[s, t] = _eta_d(eta, yv, ph, hyper, out)
                 for k in range(K):
                     gphi[s, k] += out[k]
         ll[s] += acc
@@ -350,15 +365,17 @@ def linear_pass(X, Xtiles, y, rows, W, b, phi, hyper, step, chunk, with_grad):
 linear_pass, linear_pass_serial = twins(linear_pass)
 """
 
-# d loglik / d eta and d loglik / d phi (into out) by central differences, for a
-# likelihood given without its gradient
+# A likelihood given without its gradient: d/d eta by central differences in the
+# kernel's loop itself (``_FD``; behind one more inlined function, the arrays passed
+# through it cost reference counts per row: 15 times slower, measured), d/d phi here.
 _LINEAR_FD = """
+_FD = True
+_FD_STEP = {step!r}
+
+
 @jit(inline="always")
 def _eta_d(eta, y, phi, hyper, out):
-    h = {step!r} * max(abs(eta), 1.0)
-    up = eta + h
-    down = eta - h
-    return (_eta_ll(up, y, phi, hyper) - _eta_ll(down, y, phi, hyper)) / (up - down)
+    return 0.0
 
 
 @jit(inline="always")
@@ -381,10 +398,12 @@ def _phi_d(eta, y, phi, hyper, out, step, work):
 
 def linear_adapters(forms, fd_step):
     """Source of the adapters of a likelihood of eta: ``_eta_ll(eta, y, phi, hyper)``,
-    ``_eta_d(eta, y, phi, hyper, out)`` (returns d/d eta, writes d/d phi into out)
-    and ``_phi_d(..., out, step, work)`` (d/d phi by central differences with steps
-    ``step``, or nothing when ``_eta_d`` wrote it). ``forms`` as for
-    :func:`adapters`, for the roles ``"loglik"`` and ``"loglik_grad"``."""
+    ``_eta_d(eta, y, phi, hyper, out)`` (returns d/d eta, writes d/d phi into out),
+    ``_phi_d(..., out, step, work)`` (d/d phi by central differences with steps
+    ``step``, or nothing when ``_eta_d`` wrote it) and the constants ``_FD`` (no
+    gradient function: the kernel differentiates in eta itself) and ``_FD_STEP``.
+    ``forms`` as for :func:`adapters`, for the roles ``"loglik"`` and
+    ``"loglik_grad"``."""
     hyper = ", hyper" if forms["loglik"] == "hyper" else ""
     text = (
         '\n@jit(inline="always")\ndef _eta_ll(eta, y, phi, hyper):\n'
@@ -394,6 +413,7 @@ def linear_adapters(forms, fd_step):
         return text + _LINEAR_FD.format(step=fd_step)
     hyper = ", hyper" if forms["loglik_grad"] == "hyper" else ""
     return text + (
+        "\n_FD = False\n_FD_STEP = 0.0\n\n"
         '\n@jit(inline="always")\ndef _eta_d(eta, y, phi, hyper, out):\n'
         f"    return _u_loglik_grad(eta, y, phi{hyper}, out)\n\n\n"
         '@jit(inline="always")\ndef _phi_d(eta, y, phi, hyper, out, step, work):\n'
