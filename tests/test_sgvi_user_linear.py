@@ -81,6 +81,21 @@ USER_MODULE = textwrap.dedent(
         )
 
 
+    # normal errors with scale phi[0] around eta + phi[1] (two other parameters)
+    @numba.njit(cache=True)
+    def gauss2(eta, y, phi):
+        r = (y - eta - phi[1]) / phi[0]
+        return -0.5 * r * r - vmath.log(phi[0])
+
+
+    @numba.njit(cache=True)
+    def gauss2_grad(eta, y, phi, out):
+        r = (y - eta - phi[1]) / phi[0]
+        out[0] = (r * r - 1.0) / phi[0]
+        out[1] = r / phi[0]
+        return r / phi[0]
+
+
     # coef ~ N(0, 1), intercept ~ N(0, 10^2), the rest ~ N(0, 1)
     @numba.njit(cache=True)
     def prior(theta, hyper):
@@ -289,6 +304,36 @@ def test_negative_binomial_by_finite_differences(um):
         [d_eta @ X, d_eta.sum(1, keepdims=True), d_a.sum(1, keepdims=True)], axis=1
     )
     assert_allclose(grad, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+
+
+def test_two_other_parameters(um):
+    X, y = _data("student", N=1500, D=3)
+    params = [Param("sigma", (), "positive"), Param("shift")]
+    exact = LinearModel(X, y, um.gauss2, um.gauss2_grad, params=params)
+    fd = LinearModel(X, y, um.gauss2, params=params)
+    theta = _draws(exact)
+    lp, grad = exact.log_joint(theta, None, 1.0)
+    eta = theta[:, :3] @ X.T + theta[:, 3:4]
+    sigma, shift = theta[:, 4:5], theta[:, 5:6]
+    r = (y - eta - shift) / sigma
+    assert_allclose(lp, (-0.5 * r * r - np.log(sigma)).sum(axis=1), rtol=1e-12)
+    d = r / sigma
+    want = np.concatenate(
+        [
+            d @ X,
+            d.sum(1, keepdims=True),
+            ((r * r - 1) / sigma).sum(1, keepdims=True),
+            d.sum(1, keepdims=True),
+        ],
+        axis=1,
+    )
+    assert_allclose(grad, want, rtol=1e-11, atol=1e-12 * np.abs(want).max())
+    assert_allclose(
+        fd.log_joint(theta, None, 1.0)[1],
+        want,
+        rtol=1e-7,
+        atol=1e-8 * np.abs(want).max(),
+    )
 
 
 def test_bitwise_identical_for_any_thread_count(um):
