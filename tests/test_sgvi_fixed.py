@@ -73,7 +73,10 @@ def test_a_gaussian_posterior_is_fitted_exactly_in_a_few_iterations(
     assert res.converged and res.method == "fixed"
     assert res.n_iter <= 20 and res.state.step == res.n_iter
     fam = SGVI(model, family=family).family
-    assert_allclose(fam.mean(res.state.params), model.m, rtol=0, atol=1e-6)
+    # BFGS stops at a gradient of 1e-5 in the whitened coordinates: the means
+    # are exact to ~1e-5 posterior sds
+    sd_post = np.sqrt(np.diag(model.C))
+    assert_allclose((fam.mean(res.state.params) - model.m) / sd_post, 0, atol=1e-5)
     if family == "fullrank":
         assert_allclose(fam.cov(res.state.params), model.C, rtol=1e-6, atol=1e-9)
     else:
