@@ -917,8 +917,9 @@ class SGVI:
         scaled by N / batch_size. None: all rows.
     init_scale : float or None, default None
         None: :meth:`init` finds the mode of the log density in the
-        unconstrained space (L-BFGS from the initial point) and its curvature
-        (central differences of the gradient), starts q at that Laplace
+        unconstrained space (Newton's method from the initial point, L-BFGS
+        above 64 coordinates or where Newton fails) and its curvature
+        (differences of the gradient), starts q at that Laplace
         approximation (mean-field: sds 1 / sqrt(diag H), the best mean-field
         Gaussian of a Gaussian posterior) and steps in the coordinates it
         whitens (:class:`Frame`): steps are then scale-free, so far-from-zero,
@@ -1118,7 +1119,8 @@ class SGVI:
 
     def laplace(self, z0, max_iter=1000):
         """``(frame, phi)``: the whitening :class:`Frame` at the mode of the log
-        density found by L-BFGS from ``z0``, and q's packed parameters there (the
+        density found from ``z0`` (:meth:`_newton`, else L-BFGS and central
+        differences of the gradient), and q's packed parameters there (the
         Laplace approximation N(mode, H^{-1}); mean-field: sds 1 / sqrt(H_ii)).
         None when no usable mode is found (a non-finite optimum or a curvature
         that is not positive definite)."""
