@@ -1115,7 +1115,8 @@ class SGVI:
             with thread_limits(self.n_jobs):
                 eta, _ = self.adapt_eta(phi, key, frame)
             return SGVIState(phi, opt.init(phi_u, eta), key, 0, 1.0, frame)
-        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame)
+        kept_u = None if frame is None else phi_u
+        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame, kept_u)
 
     def laplace(self, z0, max_iter=1000):
         """``(frame, phi)``: the whitening :class:`Frame` at the mode of the log
@@ -1411,11 +1412,12 @@ class SGVI:
         return float(lp.mean()) + self.family.entropy(phi)
 
     def _log_density_values(self, z):
+        # draws per call: _DRAW_BATCH, or more while draws x rows stay below
+        # 2^16 (a small model's call costs about as much for 1 as for 256 draws)
+        n = max(_DRAW_BATCH, 2**16 // max(self.model.n_rows, 1))
         out = np.empty(z.shape[0])
-        for i in range(0, z.shape[0], _DRAW_BATCH):
-            out[i : i + _DRAW_BATCH] = self.model.log_density(
-                z[i : i + _DRAW_BATCH], None, grad=False
-            )
+        for i in range(0, z.shape[0], n):
+            out[i : i + n] = self.model.log_density(z[i : i + n], None, grad=False)
         return out
 
     def adapt_eta(self, phi, key, frame=None):
@@ -1720,7 +1722,9 @@ class SGVI:
 
         fam, frame = self.family, state.frame
         P = self.model.size
-        phi_u = fam.to_frame(state.params, frame)
+        phi_u = state.params_u
+        if phi_u is None:
+            phi_u = fam.to_frame(state.params, frame)
         M = max(_FIXED_MIN_PAIRS, P)
         traces = []
         n = 0
@@ -1751,7 +1755,7 @@ class SGVI:
                 f_E, _ = objective(self, frame, E)
                 if r == 0:
                     # screen: do two sets of draws already disagree at the start?
-                    gm, gs, _ = start_gap(
+                    gm, gs = start_gap(
                         self, frame, phi_u, f_E, cubature_draws(rng, P, M)
                     )
                     if max(gm / _FIXED_TOL_MEAN, gs / _FIXED_TOL_SD) > _FIXED_SCREEN:
@@ -1764,13 +1768,8 @@ class SGVI:
                 if not ok:
                     break
                 phi_u = x
-                gaps = [
-                    replicate_gap(
-                        self, frame, phi_u, hess_inv, cubature_draws(rng, P, M)
-                    )[:2]
-                    for _ in range(_FIXED_REPLICATES)
-                ]
-                gap_mean, gap_sd = np.max(gaps, axis=0)
+                sets = [cubature_draws(rng, P, M) for _ in range(_FIXED_REPLICATES)]
+                gap_mean, gap_sd = replicate_gap(self, frame, phi_u, hess_inv, sets)
                 if gap_mean <= _FIXED_TOL_MEAN and gap_sd <= _FIXED_TOL_SD:
                     converged = True
                     break
