@@ -1412,9 +1412,11 @@ class SGVI:
         return float(lp.mean()) + self.family.entropy(phi)
 
     def _log_density_values(self, z):
-        # draws per call: _DRAW_BATCH, or more while draws x rows stay below
-        # 2^16 (a small model's call costs about as much for 1 as for 256 draws)
-        n = max(_DRAW_BATCH, 2**16 // max(self.model.n_rows, 1))
+        # draws per call: _DRAW_BATCH, or more while draws x rows stay below 2^16
+        # for a model that says its rows (a small model's call costs about as
+        # much for 1 as for 256 draws)
+        rows = self.model.n_rows
+        n = _DRAW_BATCH if rows < 1 else max(_DRAW_BATCH, 2**16 // rows)
         out = np.empty(z.shape[0])
         for i in range(0, z.shape[0], n):
             out[i : i + n] = self.model.log_density(z[i : i + n], None, grad=False)
