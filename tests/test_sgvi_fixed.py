@@ -172,3 +172,21 @@ def test_the_newton_laplace_start_matches_lbfgs(model, monkeypatch):
     assert_allclose((frame.a - frame2.a) / sd, 0, atol=1e-3)
     assert_allclose(eng.family.cov(phi), eng.family.cov(phi2), rtol=1e-3, atol=0)
     assert n_newton < len(calls) - n_newton
+
+
+def test_sets_of_draws_in_one_call_give_each_set_its_own_values():
+    """The screen and the replicate check evaluate their sets of draws in one
+    call of the model: each set's -F and gradient are those of its own call."""
+    model = _Skewed()
+    eng = SGVI(model, family="fullrank")
+    state = eng.init(0)
+    rng = np.random.default_rng(5)
+    sets = [cubature_draws(rng, 2, 8) for _ in range(2)]
+    p = state.params_u + 0.1 * rng.standard_normal(state.params_u.shape)
+    together = fixed.values(eng, state.frame, p, sets)
+    for E, (value, grad) in zip(sets, together):
+        f, _ = fixed.objective(eng, state.frame, E)
+        alone = f(p)
+        assert_allclose(value, alone[0], rtol=1e-12)
+        assert_allclose(grad, alone[1], rtol=1e-10, atol=1e-12)
+    assert together[0][0] != together[1][0]
