@@ -117,6 +117,9 @@ _FIXED_ROUNDS = 1
 # this many coordinates (an O(P^3) change of coordinates per step), by its
 # diagonal above.
 _FULL_FRAME_MAX = 200
+# The Laplace start finds the mode by Newton's method (one call of the model on
+# P + 1 points per iteration) up to this many coordinates, by L-BFGS above.
+_NEWTON_MAX = 64
 
 
 def _step_rng(key, step, retry):
@@ -1000,8 +1003,9 @@ class SGVI:
         scaled by N / batch_size. None: all rows.
     init_scale : float or None, default None
         None: :meth:`init` finds the mode of the log density in the
-        unconstrained space (L-BFGS from the initial point) and its curvature
-        (central differences of the gradient), starts q at that Laplace
+        unconstrained space (Newton's method from the initial point, L-BFGS
+        above 64 coordinates or where Newton fails) and its curvature
+        (differences of the gradient), starts q at that Laplace
         approximation (mean-field: sds 1 / sqrt(diag H), the best mean-field
         Gaussian of a Gaussian posterior) and steps in the coordinates it
         whitens (:class:`Frame`): steps are then scale-free, so far-from-zero,
@@ -1197,11 +1201,13 @@ class SGVI:
             with thread_limits(self.n_jobs):
                 eta, _ = self.adapt_eta(phi, key, frame)
             return SGVIState(phi, opt.init(phi_u, eta), key, 0, 1.0, frame)
-        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame)
+        kept_u = None if frame is None else phi_u
+        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame, kept_u)
 
     def laplace(self, z0, max_iter=1000):
         """``(frame, phi)``: the whitening :class:`Frame` at the mode of the log
-        density found by L-BFGS from ``z0``, and q's packed parameters there (the
+        density found from ``z0`` (:meth:`_newton`, else L-BFGS and central
+        differences of the gradient), and q's packed parameters there (the
         Laplace approximation N(mode, H^{-1}); mean-field: sds 1 / sqrt(H_ii)).
         None when no usable mode is found (a non-finite optimum or a curvature
         that is not positive definite)."""
@@ -1222,29 +1228,33 @@ class SGVI:
 
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                minimize(
-                    objective,
-                    best[1],
-                    jac=True,
-                    method="L-BFGS-B",
-                    options={"maxiter": int(max_iter), "maxcor": 20},
-                )
-            except (ValueError, FloatingPointError, OverflowError):
-                pass
-            a = best[1]
-            if not (math.isfinite(best[0]) and np.all(np.isfinite(a))):
-                return None
-            # curvature: central differences of the gradient, first with steps on
-            # the scale of a, then with steps of 1/100 of the sds found
-            h = 1e-4 * np.maximum(np.abs(a), 1.0)
-            H = self._hessian(a, h)
-            if H is None:
-                return None
-            d = np.diag(H)
-            if np.all(np.isfinite(d)) and np.all(d > 0):
-                H2 = self._hessian(a, 1e-2 / np.sqrt(d))
-                H = H if H2 is None else H2
+            found = self._newton(best[1]) if P <= _NEWTON_MAX else None
+            if found is not None:
+                a, H = found
+            else:
+                try:
+                    minimize(
+                        objective,
+                        best[1],
+                        jac=True,
+                        method="L-BFGS-B",
+                        options={"maxiter": int(max_iter), "maxcor": 20},
+                    )
+                except (ValueError, FloatingPointError, OverflowError):
+                    pass
+                a = best[1]
+                if not (math.isfinite(best[0]) and np.all(np.isfinite(a))):
+                    return None
+                # curvature: central differences of the gradient, first with
+                # steps on the scale of a, then with steps of 1/100 of the sds
+                h = 1e-4 * np.maximum(np.abs(a), 1.0)
+                H = self._hessian(a, h)
+                if H is None:
+                    return None
+                d = np.diag(H)
+                if np.all(np.isfinite(d)) and np.all(d > 0):
+                    H2 = self._hessian(a, 1e-2 / np.sqrt(d))
+                    H = H if H2 is None else H2
             try:
                 w, V = np.linalg.eigh(H)
             except np.linalg.LinAlgError:
@@ -1272,6 +1282,51 @@ class SGVI:
             if not np.all(np.isfinite(phi)):
                 return None
         return frame, phi
+
+    def _newton(self, z, max_iter=100):
+        """``(mode, H)`` by Newton's method on -log p with backtracking, H (-d^2
+        log p / dz^2) from forward differences of the gradient along the P axes
+        (steps of 1/1000 of the last iterate's sds), so that an iteration is one
+        call of the model on P + 1 points; None when H is not positive definite
+        or an iteration fails (the caller falls back to L-BFGS). Stops when the
+        Newton decrement g' H^-1 g is below 1e-6 (the mode within ~1e-3 sds)."""
+        h = 1e-4 * np.maximum(np.abs(z), 1.0)
+        best = None
+        t = 1.0
+        for _ in range(max_iter):
+            pts = np.concatenate([z[None, :], z + np.diag(h)])
+            lp, g = self.model.log_density(pts, None)
+            if not np.all(np.isfinite(g[1:])):
+                return None
+            if not (math.isfinite(lp[0]) and np.all(np.isfinite(g[0]))) or (
+                best is not None and lp[0] < best[1] + 1e-4 * t * best[2]
+            ):
+                if best is None or t < 1e-6:
+                    return None
+                t *= 0.25  # backtrack
+                z = best[0] + t * best[3]
+                continue
+            H = -(g[1:] - g[0]) / h[:, None]
+            H = 0.5 * (H + H.T)
+            try:
+                w, V = np.linalg.eigh(H)
+            except np.linalg.LinAlgError:
+                return None
+            if not (np.all(np.isfinite(w)) and w[-1] > 0):
+                return None
+            # away from the mode log p need not be concave: step by |H|
+            # (saddle-free Newton, Dauphin et al. 2014)
+            w_abs = np.maximum(np.abs(w), 1e-10 * w[-1])
+            d = V @ ((V.T @ g[0]) / w_abs)
+            dec = float(g[0] @ d)
+            if dec < 1e-6 and w[0] > 0:
+                return z, H
+            best = (z, float(lp[0]), dec, d)
+            sd = np.sqrt((V * V) @ (1.0 / w_abs))
+            h = np.minimum(1e-3 * sd, 1e-2 * np.maximum(np.abs(z), 1.0))
+            t = 1.0
+            z = z + d
+        return None
 
     def _hessian(self, z, h):
         """-d^2 log p / dz^2 at z by central differences of the gradient (steps h)."""
@@ -1443,11 +1498,14 @@ class SGVI:
         return float(lp.mean()) + self.family.entropy(phi)
 
     def _log_density_values(self, z):
+        # draws per call: _DRAW_BATCH, or more while draws x rows stay below 2^16
+        # for a model that says its rows (a small model's call costs about as
+        # much for 1 as for 256 draws)
+        rows = self.model.n_rows
+        n = _DRAW_BATCH if rows < 1 else max(_DRAW_BATCH, 2**16 // rows)
         out = np.empty(z.shape[0])
-        for i in range(0, z.shape[0], _DRAW_BATCH):
-            out[i : i + _DRAW_BATCH] = self.model.log_density(
-                z[i : i + _DRAW_BATCH], None, grad=False
-            )
+        for i in range(0, z.shape[0], n):
+            out[i : i + n] = self.model.log_density(z[i : i + n], None, grad=False)
         return out
 
     def adapt_eta(self, phi, key, frame=None):
@@ -1816,7 +1874,9 @@ class SGVI:
 
         fam, frame = self.family, state.frame
         P = self.model.size
-        phi_u = fam.to_frame(state.params, frame)
+        phi_u = state.params_u
+        if phi_u is None:
+            phi_u = fam.to_frame(state.params, frame)
         M = max(_FIXED_MIN_PAIRS, P)
         traces = []
         n = 0
@@ -1849,7 +1909,7 @@ class SGVI:
                 f_E, _ = objective(self, frame, E)
                 if r == 0:
                     # screen: do two sets of draws already disagree at the start?
-                    gm, gs, _ = start_gap(
+                    gm, gs = start_gap(
                         self, frame, phi_u, f_E, cubature_draws(rng, P, M)
                     )
                     if max(gm / _FIXED_TOL_MEAN, gs / _FIXED_TOL_SD) > _FIXED_SCREEN:
@@ -1862,13 +1922,8 @@ class SGVI:
                 if not ok:
                     break
                 phi_u = x
-                gaps = [
-                    replicate_gap(
-                        self, frame, phi_u, hess_inv, cubature_draws(rng, P, M)
-                    )[:2]
-                    for _ in range(_FIXED_REPLICATES)
-                ]
-                gap_mean, gap_sd = np.max(gaps, axis=0)
+                sets = [cubature_draws(rng, P, M) for _ in range(_FIXED_REPLICATES)]
+                gap_mean, gap_sd = replicate_gap(self, frame, phi_u, hess_inv, sets)
                 if gap_mean <= _FIXED_TOL_MEAN and gap_sd <= _FIXED_TOL_SD:
                     converged = True
                     break
