@@ -22,7 +22,11 @@ from fastvi.sgvi import (
     StanConvergence,
     WindowConvergence,
 )
-from fastvi.sgvi.diagnostics import ELBODivergenceWarning, PSISWarning
+from fastvi.sgvi.diagnostics import (
+    CorrelationWarning,
+    ELBODivergenceWarning,
+    PSISWarning,
+)
 from fastvi.sgvi.engine import DivergenceMonitor, FullRank
 
 from . import reference_sgvi as ref
@@ -460,8 +464,11 @@ def test_warm_start_continues_the_trace():
 
 def test_convergence_warning_and_stan_rule():
     X, y = _logistic_data()
-    with pytest.warns(ConvergenceWarning):
-        BayesianLogisticRegression(max_iter=20, random_state=0).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match="still rising"):
+        BayesianLogisticRegression(max_iter=20, random_state=0, method="sgd").fit(X, y)
+    with pytest.warns(ConvergenceWarning, match=r"fixed-draw fit \(BFGS\)"):
+        est = BayesianLogisticRegression(max_iter=2, random_state=0).fit(X, y)
+    assert (est.fit_method_, est.n_iter_, est.converged_) == ("fixed", 2, False)
     est = BayesianLogisticRegression(
         convergence="stan", eval_elbo=50, max_iter=5000, random_state=0
     ).fit(X, y)
@@ -550,8 +557,11 @@ def _expected_failures(est):
     expected_failed_checks=_expected_failures,
 )
 def test_scikit_learn_estimator_checks(estimator, check):
+    # the checks' small random data: the default fit converges, and its PSIS
+    # check rightly flags mean-field fits of correlated posteriors
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        for category in (ConvergenceWarning, PSISWarning, CorrelationWarning):
+            warnings.simplefilter("ignore", category)
         check(estimator)
 
 
@@ -616,7 +626,12 @@ def _laplace_sds(X, y, prior_scale, intercept_prior_scale):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"n_samples": 8, "intercept_prior_scale": 100.0}]
+    "kwargs",
+    [
+        {"method": "sgd"},
+        {"method": "sgd", "n_samples": 8, "intercept_prior_scale": 100.0},
+        {},  # the fixed-draw fit
+    ],
 )
 def test_fullrank_default_learning_rate_is_stable_on_50_features(kwargs):
     """Was: LinAlgError ("the fitted covariance is singular") after the off-diagonal
@@ -634,7 +649,11 @@ def test_fullrank_default_learning_rate_is_stable_on_50_features(kwargs):
     assert np.all((ratio > 0.6) & (ratio < 1.5)), (ratio.min(), ratio.max())
     assert_allclose(draws[:, :D].std(axis=0), est.coef_std_, rtol=0.1)
     h = est.elbo_history_
-    assert h[-100:].mean() > h[:100].mean()
+    assert est.fit_method_ == kwargs.get("method", "fixed")
+    if est.fit_method_ == "fixed":  # BFGS: F rises at every iteration
+        assert est.converged_ and np.all(np.diff(h) > 0)
+    else:
+        assert h[-100:].mean() > h[:100].mean()
 
 
 @pytest.mark.parametrize("family", ["fullrank", "meanfield"])
