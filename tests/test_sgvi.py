@@ -475,6 +475,19 @@ def test_convergence_warning_and_stan_rule():
     assert est.converged_ and est.n_iter_ % 50 == 0 and est.n_iter_ < 5000
 
 
+def test_a_warm_start_continues_a_fixed_draw_fit_by_steps():
+    X, y = _logistic_data(N=400)
+    est = BayesianLogisticRegression(family="fullrank", random_state=0).fit(X, y)
+    first = (est.n_iter_, est.elbo_history_.copy(), est.state_.step)
+    assert est.fit_method_ == "fixed" and est.converged_ and first[2] == first[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.set_params(warm_start=True, max_iter=50).fit(X, y)
+    assert est.fit_method_ == "sgd" and est.state_.step == first[2] + est.n_iter_
+    assert_array_equal(est.elbo_history_[: first[0]], first[1])
+    assert est.elbo_history_.shape == (first[0] + est.n_iter_,)
+
+
 @pytest.mark.parametrize(
     "X, y, match",
     [
