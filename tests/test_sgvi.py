@@ -806,6 +806,18 @@ def test_verbose_output_of_the_estimators(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "start: resumed at step 300" in lines[0]
     assert "time lapse" in lines[1] and "time lapse" in lines[2]
+    # the fixed-draw fit (the default) reports its BFGS iterations
+    est = BayesianPoissonRegression(verbose=1, verbose_interval=1, random_state=0)
+    est.fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    n = est.n_iter_
+    assert est.fit_method_ == "fixed" and len(lines) == n + 2
+    assert [line.split()[:2] for line in lines[1:-1]] == [
+        ["Iteration", str(k)] for k in range(1, n + 1)
+    ]
+    assert lines[-1].startswith(
+        f"SGVI converged after {n} BFGS iterations on fixed draws; PSIS k-hat"
+    )
 
 
 def test_step_generator_is_philox_at_the_step_counter():

@@ -528,7 +528,8 @@ class _Report:
             )
         if n % self.interval:
             return
-        line = f"  Step {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
+        unit = "Iteration" if self.engine.method == "fixed" else "Step"
+        line = f"  {unit} {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
         if self.verbose >= 2:
             now = perf_counter()
             line += f"\t time lapse {now - self.last:.5f}s"
