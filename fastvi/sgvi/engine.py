@@ -52,6 +52,9 @@ one would. (Philox needs no seed hashing: a step's generator costs ~13 µs, a th
 ``default_rng([key, t, r])``'s, which matters for millisecond minibatch steps.)
 """
 
+import copy
+import functools
+import inspect
 import math
 import threading
 import warnings
@@ -74,6 +77,7 @@ __all__ = [
     "RobbinsMonro",
     "SGVI",
     "SGVIResult",
+    "SGVIRun",
     "SGVIState",
     "StanAdaptive",
     "StanConvergence",
@@ -869,6 +873,28 @@ class SGVIResult(NamedTuple):
     method: str = "sgd"
 
 
+class SGVIRun(NamedTuple):
+    """Where a run of stochastic steps stands: all :meth:`SGVI.run` needs to go on
+    (``resume=``) and end bitwise as the run would have without the stop.
+
+    ``state``: the engine's state after the last step; ``elbo``: the ELBO trace so
+    far (the fixed-draw iterations of a ``'fixed+sgd'`` run first, ``n_fixed`` of
+    them); ``rule`` and ``watch``: what the stopping rule and the
+    :class:`DivergenceMonitor` have kept of the trace (their attributes: window
+    sums and means for iterate averaging, the stage of the step-size decays, ...);
+    ``converged``: the rule fired at the last step. A snapshot: nothing in it is
+    changed by the run that made it.
+    """
+
+    state: SGVIState
+    elbo: np.ndarray
+    rule: dict
+    watch: dict
+    converged: bool = False
+    n_fixed: int = 0
+    method: str = "sgd"
+
+
 class Posterior(NamedTuple):
     """Draws of q mapped to the constrained space, with their means and sds.
 
@@ -892,6 +918,66 @@ class Posterior(NamedTuple):
         from .output import to_arviz
 
         return to_arviz(self)
+
+
+def _snapshot(obj):
+    """A copy of the attributes of a stopping rule or monitor (what it has kept)."""
+    return copy.deepcopy(vars(obj))
+
+
+def _snapshot_run(run):
+    """``run`` (an :class:`SGVIRun` holding the live rule and monitor) as a
+    snapshot: copies of the trace and of their attributes."""
+    return run._replace(
+        elbo=run.elbo.copy(), rule=_snapshot(run.rule), watch=_snapshot(run.watch)
+    )
+
+
+def _same(a, b):
+    try:
+        return bool(np.array_equal(a, b))
+    except (TypeError, ValueError):
+        return False
+
+
+def _restore(obj, saved, size):
+    """Set ``obj``'s attributes to ``saved`` (from :func:`_snapshot`), refused
+    unless they include those ``obj`` has (some are made as the run goes), shadow
+    nothing of its class, keep its settings (its constructor's parameters) and its
+    arrays have ``size`` numbers."""
+
+    def arrays(v):
+        if isinstance(v, np.ndarray):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                yield from arrays(item)
+
+    if (
+        not isinstance(saved, dict)
+        or not set(vars(obj)) <= set(saved)
+        or any(
+            not isinstance(k, str) or k.startswith("__") or hasattr(type(obj), k)
+            for k in saved
+        )
+    ):
+        raise ValueError(
+            f"resume: the saved state is not one of a {type(obj).__name__}"
+        )
+    settings = inspect.signature(type(obj)).parameters
+    if any(
+        k in settings and k in vars(obj) and not _same(saved[k], vars(obj)[k])
+        for k in saved
+    ):
+        raise ValueError(
+            f"resume: the saved state is of a {type(obj).__name__} with other settings"
+        )
+    if any(a.shape != (size,) for a in arrays(list(saved.values()))):
+        raise ValueError(
+            f"resume: the saved state of the {type(obj).__name__} does not fit q "
+            f"({size} parameters)"
+        )
+    vars(obj).update(copy.deepcopy(saved))
 
 
 class SGVI:
@@ -1421,6 +1507,8 @@ class SGVI:
         init_params=None,
         psis_draws=None,
         callback=None,
+        resume=None,
+        monitor=None,
     ):
         """Run up to ``max_iter`` steps from ``init_state`` (or a fresh state).
 
@@ -1448,6 +1536,17 @@ class SGVI:
         ``callback(n, elbo, state)``, when given, is called after every step with
         the number of steps of this run, their ELBO values (a read-only view) and
         the state (verbose output; it must not change the state).
+
+        ``monitor(n, elbo, snapshot)``, when given, is called likewise (``n``: the
+        steps of the run so far, fixed-draw iterations included); ``snapshot()``,
+        called during the call, returns the :class:`SGVIRun` where the run stands
+        (None in the fixed-draw iterations: they are deterministic, and a run
+        stopped among them is rerun from the start). ``resume``: such an
+        :class:`SGVIRun` to go on from, with ``max_iter`` and a ``convergence`` rule
+        as the run had (a fresh one: it gets the saved rule's state); ``seed``,
+        ``init_state`` and ``init_params`` are then not used, and the result is
+        bitwise the one of the run that made the snapshot had it not stopped (its
+        parameters, ELBO trace, ``n_iter``, ``converged`` and k-hat).
         """
         with thread_limits(self.n_jobs):
             result = self._run(
@@ -1458,6 +1557,8 @@ class SGVI:
                 progress_bar,
                 init_params,
                 callback,
+                resume,
+                monitor,
             )
             if psis_draws is None:
                 psis_draws = min(1000, max(256, result.n_iter * self.n_samples // 2))
@@ -1571,7 +1672,20 @@ class SGVI:
         progress_bar,
         init_params,
         callback=None,
+        resume=None,
+        monitor=None,
     ):
+        if resume is not None:
+            self._check_resume(resume, max_iter)
+            return self._steps(
+                resume.state,
+                max_iter,
+                convergence,
+                progress_bar,
+                callback,
+                monitor,
+                resume,
+            )
         fresh = init_state is None
         state = self.init(seed, init_params) if fresh else init_state
         if (
@@ -1581,43 +1695,73 @@ class SGVI:
             and state.frame is not None
             and self.batch_size is None
         ):
-            fixed = self._run_fixed(state, max_iter, progress_bar, callback)
+            fixed = self._run_fixed(state, max_iter, progress_bar, callback, monitor)
             if fixed.converged or fixed.n_iter >= max_iter:
                 return fixed
             # the fixed draws' sampling error is too large: the stochastic steps
             # of method='sgd' exactly (from the Laplace start, the same draws;
             # from the fixed-draw q they ended farther off on eight schools, whose
-            # tau it had too wide)
-            later = None
-            if callback is not None:
-
-                def later(n, elbo, s):  # numbered after the fixed-draw iterations
-                    seen = np.concatenate([fixed.elbo, elbo])
-                    seen.flags.writeable = False
-                    callback(fixed.n_iter + n, seen, s)
-
-            rest = self._run(
-                None, max_iter - fixed.n_iter, None, state, progress_bar, None, later
+            # tau it had too wide), numbered after the fixed-draw iterations
+            start = SGVIRun(state, fixed.elbo, None, None, False, fixed.n_iter)
+            return self._steps(
+                state,
+                max_iter,
+                None,
+                progress_bar,
+                callback,
+                monitor,
+                start._replace(method="fixed+sgd"),
             )
-            return rest._replace(
-                elbo=np.concatenate([fixed.elbo, rest.elbo]),
-                n_iter=fixed.n_iter + rest.n_iter,
-                method="fixed+sgd",
+        return self._steps(
+            state, max_iter, convergence, progress_bar, callback, monitor
+        )
+
+    def _check_resume(self, run, max_iter):
+        """Refuse a ``resume`` that is no :class:`SGVIRun` of this engine's q."""
+        if not isinstance(run, SGVIRun) or not isinstance(run.state, SGVIState):
+            raise TypeError(f"resume must be an SGVIRun, got {type(run).__name__}.")
+        if np.shape(run.state.params) != (self.family.size,):
+            raise ValueError(
+                f"resume: the run's q has {np.size(run.state.params)} parameters, "
+                f"this engine's {self.family.size}."
             )
+        n = np.shape(run.elbo)[0] if np.ndim(run.elbo) == 1 else -1
+        if not 0 <= run.n_fixed <= n <= max_iter:
+            raise ValueError(
+                f"resume: the run has {n} steps ({run.n_fixed} fixed-draw "
+                f"iterations), more than max_iter={max_iter} or not a trace."
+            )
+
+    def _steps(
+        self, state, max_iter, convergence, progress_bar, callback, monitor, start=None
+    ):
+        """The stochastic steps from ``state`` until the stopping rule fires or the
+        run has ``max_iter`` steps; ``start``: an :class:`SGVIRun` to go on from
+        (its trace, rule and monitor; a rule of None: a fresh one)."""
         convergence = WindowConvergence() if convergence is None else convergence
         window = getattr(convergence, "window", None) or getattr(
             convergence, "eval_elbo", 100
         )
         observe = getattr(convergence, "observe", None)
-        monitor = DivergenceMonitor(window)
-        offset = state.step
-        elbo = np.empty(max_iter)
-        bar = _progress(max_iter) if progress_bar else None
-        converged = False
+        watch = DivergenceMonitor(window)
+        n_fixed, method, converged = 0, "sgd", False
+        trace = np.empty(max_iter)
         n = 0
+        if start is not None:
+            n_fixed, method, converged = start.n_fixed, start.method, start.converged
+            n = start.elbo.shape[0] - n_fixed
+            trace[: n_fixed + n] = start.elbo
+            if start.rule is not None:
+                _restore(convergence, start.rule, self.family.size)
+                _restore(watch, start.watch, self.family.size)
+        elbo = trace[n_fixed:]  # the steps' own trace, as the rule and monitor see it
+        offset = state.step - n
+        bar = _progress(max_iter - n_fixed) if progress_bar else None
+        if bar is not None and n:
+            bar.update(n)
         step = self._step
         try:
-            while n < max_iter:
+            while n < max_iter - n_fixed and not converged:
                 state, elbo[n], phi_u = step(state)
                 n += 1
                 if observe is not None:
@@ -1630,27 +1774,33 @@ class SGVI:
                     bar.update(1)
                     if n % 50 == 0:
                         bar.set_postfix(elbo=f"{elbo[n - 1]:.4g}")
-                monitor(elbo, n, offset, stacklevel=4)
-                if callback is not None:
-                    seen = elbo[:n]
-                    seen.flags.writeable = False
-                    callback(n, seen, state)
-                if convergence(elbo, n):
-                    converged = True
-                    break
+                watch(elbo, n, offset, stacklevel=5)
+                converged = bool(convergence(elbo, n))
                 factor = getattr(convergence, "pending_decay", None)
-                if factor is not None:
+                if factor is not None and not converged:
                     convergence.pending_decay = None
                     state = state._replace(lr_scale=state.lr_scale * factor)
+                if callback is not None or monitor is not None:
+                    seen = trace[: n_fixed + n]
+                    seen.flags.writeable = False
+                if callback is not None:
+                    callback(n_fixed + n, seen, state)
+                if monitor is not None:
+                    run = SGVIRun(
+                        state, seen, convergence, watch, converged, n_fixed, method
+                    )
+                    monitor(n_fixed + n, seen, functools.partial(_snapshot_run, run))
         finally:
             if bar is not None:
                 bar.close()
         average = getattr(convergence, "average", None)
         if converged and observe is not None and average is not None:
             state = self._averaged(state, average())
-        return SGVIResult(state, elbo[:n].copy(), converged, n)
+        return SGVIResult(
+            state, trace[: n_fixed + n].copy(), converged, n_fixed + n, method=method
+        )
 
-    def _run_fixed(self, state, max_iter, progress_bar, callback):
+    def _run_fixed(self, state, max_iter, progress_bar, callback, monitor=None):
         """The fixed-draw fit (see ``method``) from a fresh state with a frame:
         BFGS on 2M cubature draws (M = max(8, P) pairs), doubled while the
         estimated sampling error is above the tolerance. Returns an
@@ -1673,16 +1823,18 @@ class SGVI:
         bar = _progress(max_iter) if progress_bar else None
         converged = False
         cb = None
-        if callback is not None or bar is not None:
+        if callback is not None or bar is not None or monitor is not None:
             seen = []
 
             def cb(p, value):
                 seen.append(value)
                 if bar is not None:
                     bar.update(1)
+                trace = np.array(seen)
+                trace.flags.writeable = False
+                if monitor is not None:  # no snapshot: a resume reruns these
+                    monitor(len(seen), trace, None)
                 if callback is not None:
-                    trace = np.array(seen)
-                    trace.flags.writeable = False
                     s = state._replace(
                         params=fam.from_frame(p, frame),
                         params_u=p.copy(),
