@@ -23,10 +23,11 @@ The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
 command is one more such function.
 
 Inputs: .npy (a float64 C-order file is fitted out of core, block by block, by
-gaussian, linear and logistic, and by gmm when its initialization streams; y is then
-read from the file's --target column and the features are the other columns, block
-by block; --in-memory loads it whole), .npz (dense, or SciPy sparse for LDA), .csv/.tsv
-(``--header`` to skip a header line), .parquet (with pyarrow), docword.*.txt (LDA).
+gaussian, linear, logistic, sgvi-logistic and sgvi-poisson, and by gmm when its
+initialization streams; y is then read from the file's --target column and the
+features are the other columns, block by block; --in-memory loads it whole), .npz
+(dense, or SciPy sparse for LDA), .csv/.tsv (``--header`` to skip a header line),
+.parquet (with pyarrow), docword.*.txt (LDA).
 Errors print one line on stderr and exit with status 2; nothing is written to the
 output path.
 
@@ -404,7 +405,7 @@ _SGVI = ("sgvi-logistic", "sgvi-poisson")
 # (fastvi.batch.jobs): every model
 _CHECKPOINTED = ("gmm", "lda", *_CONJUGATE, *_SGVI)
 # models that fit a float64 C-order .npy file out of core, block by block
-_OUT_OF_CORE = ("gmm", *_CONJUGATE)
+_OUT_OF_CORE = ("gmm", *_CONJUGATE, *_SGVI)
 
 
 def _add_fit_command(sub, argv):

@@ -188,6 +188,12 @@ class Rows:
         """Raise if a value is NaN or infinite (in memory: checked on validation;
         a block source checks its blocks as it reads them)."""
 
+    def in_memory(self):
+        """The rows as one dense array in memory, or None (a model may run its
+        kernels over the whole array at once where that gives the bits of the
+        blocks)."""
+        return None
+
 
 def _only_rows(block):
     return block[0] if type(block) is tuple else block
@@ -201,6 +207,9 @@ class ArrayRows(Rows):
         self.X, self.y = X, y
         self.shape = tuple(int(s) for s in X.shape)
         self.block_rows = int(block_rows)
+
+    def in_memory(self):
+        return None if hasattr(self.X, "tocsr") else self.X
 
     def blocks(self):
         n = self.shape[0]
@@ -253,10 +262,13 @@ def source_rows(X, y=None, ensure_2d=True):
     return None
 
 
-def fit_rows(estimator, X, y=None, *, y_numeric=False, supervised=True):
+def fit_rows(
+    estimator, X, y=None, *, y_numeric=False, supervised=True, dtype=np.float64
+):
     """Validate ``X`` (and ``y``) as scikit-learn does and wrap them in ``Rows``.
 
-    In memory: ``validate_data`` (float64, at least 2 samples). A block source or a
+    In memory: ``validate_data`` (``dtype``: float64, or a list of dtypes to keep,
+    the first for other input; at least 2 samples). A block source or a
     dask collection stays where it is: its shape, ``y`` and (on Dask) every value
     are checked here, a source's values on its first pass. Sets
     ``n_features_in_`` (and ``feature_names_in_`` for in-memory data with names).
@@ -287,14 +299,13 @@ def fit_rows(estimator, X, y=None, *, y_numeric=False, supervised=True):
                 estimator,
                 X,
                 y,
-                dtype=np.float64,
+                dtype=dtype,
                 y_numeric=y_numeric,
                 ensure_min_samples=2,
             )
         else:
-            X = validate_data(estimator, X, dtype=np.float64, ensure_min_samples=2)
-        X = np.require(X, dtype=np.float64, requirements=["C", "W"])
-        return ArrayRows(X, y)
+            X = validate_data(estimator, X, dtype=dtype, ensure_min_samples=2)
+        return ArrayRows(np.require(X, requirements=["C", "W"]), y)
     n, d = rows.shape
     if n < 2:
         raise ValueError(

@@ -149,8 +149,8 @@ def test_fit_help_shows_help_defaults_and_choices(capsys):
         ("gaussian", True, True),
         ("linear", True, True),
         ("logistic", True, True),
-        ("sgvi-logistic", True, False),
-        ("sgvi-poisson", True, False),
+        ("sgvi-logistic", True, True),
+        ("sgvi-poisson", True, True),
     ],
 )
 def test_fit_help_offers_checkpoints_and_blocks_where_the_driver_has_them(
@@ -381,6 +381,45 @@ def test_predict_streams_an_out_of_core_file_to_csv(tmp_path, capsys):
     np.testing.assert_array_equal(
         np.loadtxt(tmp_path / "p.csv", delimiter=","), est.predict_proba(X)
     )
+
+
+@pytest.mark.parametrize("command", ["sgvi-logistic", "sgvi-poisson"])
+def test_sgvi_fits_a_npy_file_out_of_core_with_the_in_memory_bits(
+    command, tmp_path, capsys
+):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(5000, 3))
+    eta = X @ [0.5, -1.0, 0.25]
+    if command == "sgvi-poisson":
+        y = rng.poisson(np.exp(eta))
+    else:
+        y = eta + rng.logistic(size=5000) > 0
+    np.save(tmp_path / "x.npy", np.column_stack([X, y]))
+    models = []
+    for how in ("--block-rows", "--in-memory"):
+        model = tmp_path / f"{how[2:]}.npz"
+        extra = [how, 2048] if how == "--block-rows" else [how]
+        status, out, err = run(
+            capsys,
+            "fit",
+            command,
+            tmp_path / "x.npy",
+            "-o",
+            model,
+            *extra,
+            "--json",
+            "--random-state",
+            0,
+            "--family",
+            "fullrank",
+        )
+        assert status == 0, err
+        assert json.loads(out)["out_of_core"] == (how == "--block-rows")
+        models.append(load(model))
+    a, b = models
+    assert a.fit_method_ == b.fit_method_ == "fixed" and a.converged_
+    for name in ("posterior_mean_", "posterior_cov_", "elbo_history_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), name)
 
 
 @pytest.mark.parametrize(

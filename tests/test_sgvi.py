@@ -22,7 +22,11 @@ from fastvi.sgvi import (
     StanConvergence,
     WindowConvergence,
 )
-from fastvi.sgvi.diagnostics import ELBODivergenceWarning, PSISWarning
+from fastvi.sgvi.diagnostics import (
+    CorrelationWarning,
+    ELBODivergenceWarning,
+    PSISWarning,
+)
 from fastvi.sgvi.engine import DivergenceMonitor, FullRank
 
 from . import reference_sgvi as ref
@@ -460,12 +464,28 @@ def test_warm_start_continues_the_trace():
 
 def test_convergence_warning_and_stan_rule():
     X, y = _logistic_data()
-    with pytest.warns(ConvergenceWarning):
-        BayesianLogisticRegression(max_iter=20, random_state=0).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match="still rising"):
+        BayesianLogisticRegression(max_iter=20, random_state=0, method="sgd").fit(X, y)
+    with pytest.warns(ConvergenceWarning, match=r"fixed-draw fit \(BFGS\)"):
+        est = BayesianLogisticRegression(max_iter=2, random_state=0).fit(X, y)
+    assert (est.fit_method_, est.n_iter_, est.converged_) == ("fixed", 2, False)
     est = BayesianLogisticRegression(
         convergence="stan", eval_elbo=50, max_iter=5000, random_state=0
     ).fit(X, y)
     assert est.converged_ and est.n_iter_ % 50 == 0 and est.n_iter_ < 5000
+
+
+def test_a_warm_start_continues_a_fixed_draw_fit_by_steps():
+    X, y = _logistic_data(N=400)
+    est = BayesianLogisticRegression(family="fullrank", random_state=0).fit(X, y)
+    first = (est.n_iter_, est.elbo_history_.copy(), est.state_.step)
+    assert est.fit_method_ == "fixed" and est.converged_ and first[2] == first[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.set_params(warm_start=True, max_iter=50).fit(X, y)
+    assert est.fit_method_ == "sgd" and est.state_.step == first[2] + est.n_iter_
+    assert_array_equal(est.elbo_history_[: first[0]], first[1])
+    assert est.elbo_history_.shape == (first[0] + est.n_iter_,)
 
 
 @pytest.mark.parametrize(
@@ -550,8 +570,11 @@ def _expected_failures(est):
     expected_failed_checks=_expected_failures,
 )
 def test_scikit_learn_estimator_checks(estimator, check):
+    # the checks' small random data: the default fit converges, and its PSIS
+    # check rightly flags mean-field fits of correlated posteriors
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        for category in (ConvergenceWarning, PSISWarning, CorrelationWarning):
+            warnings.simplefilter("ignore", category)
         check(estimator)
 
 
@@ -616,7 +639,12 @@ def _laplace_sds(X, y, prior_scale, intercept_prior_scale):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"n_samples": 8, "intercept_prior_scale": 100.0}]
+    "kwargs",
+    [
+        {"method": "sgd"},
+        {"method": "sgd", "n_samples": 8, "intercept_prior_scale": 100.0},
+        {},  # the fixed-draw fit
+    ],
 )
 def test_fullrank_default_learning_rate_is_stable_on_50_features(kwargs):
     """Was: LinAlgError ("the fitted covariance is singular") after the off-diagonal
@@ -634,14 +662,19 @@ def test_fullrank_default_learning_rate_is_stable_on_50_features(kwargs):
     assert np.all((ratio > 0.6) & (ratio < 1.5)), (ratio.min(), ratio.max())
     assert_allclose(draws[:, :D].std(axis=0), est.coef_std_, rtol=0.1)
     h = est.elbo_history_
-    assert h[-100:].mean() > h[:100].mean()
+    assert est.fit_method_ == kwargs.get("method", "fixed")
+    if est.fit_method_ == "fixed":  # BFGS: F rises at every iteration
+        assert est.converged_ and np.all(np.diff(h) > 0)
+    else:
+        assert h[-100:].mean() > h[:100].mean()
 
 
+@pytest.mark.parametrize("method", ["sgd", "auto"])
 @pytest.mark.parametrize("family", ["fullrank", "meanfield"])
-def test_default_stopping_rule_matches_a_long_run_on_breast_cancer(family):
+def test_default_stopping_rule_matches_a_long_run_on_breast_cancer(family, method):
     """The default rule stopped a full-rank fit at the noise floor of the initial step
     size; with one step-size decrease at the first stall its sds are those of a long
-    low-noise run."""
+    low-noise run. So are those of the default method's fit."""
     from sklearn.datasets import load_breast_cancer
     from sklearn.preprocessing import StandardScaler
 
@@ -655,7 +688,7 @@ def test_default_stopping_rule_matches_a_long_run_on_breast_cancer(family):
         n_samples=8,
         random_state=1,
     ).fit(X, y)
-    est = BayesianLogisticRegression(family=family, random_state=0)
+    est = BayesianLogisticRegression(family=family, method=method, random_state=0)
     if family == "meanfield":
         # the posterior is correlated (0.74 between two coefficients): the fit's
         # built-in k-hat check says so and names the remedy
@@ -664,6 +697,8 @@ def test_default_stopping_rule_matches_a_long_run_on_breast_cancer(family):
     else:
         est.fit(X, y)
     assert est.converged_ and est.n_iter_ < 2000
+    # here the fixed draws' sampling error is too large: steps follow
+    assert est.fit_method_ == {"sgd": "sgd", "auto": "fixed+sgd"}[method]
     ratio = est.coef_std_ / long.coef_std_
     assert abs(np.median(ratio) - 1.0) < 0.1
     assert np.all((ratio > 0.65) & (ratio < 1.35)), (ratio.min(), ratio.max())
@@ -774,6 +809,18 @@ def test_verbose_output_of_the_estimators(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "start: resumed at step 300" in lines[0]
     assert "time lapse" in lines[1] and "time lapse" in lines[2]
+    # the fixed-draw fit (the default) reports its BFGS iterations
+    est = BayesianPoissonRegression(verbose=1, verbose_interval=1, random_state=0)
+    est.fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    n = est.n_iter_
+    assert est.fit_method_ == "fixed" and len(lines) == n + 2
+    assert [line.split()[:2] for line in lines[1:-1]] == [
+        ["Iteration", str(k)] for k in range(1, n + 1)
+    ]
+    assert lines[-1].startswith(
+        f"SGVI converged after {n} BFGS iterations on fixed draws; PSIS k-hat"
+    )
 
 
 def test_step_generator_is_philox_at_the_step_counter():

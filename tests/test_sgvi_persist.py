@@ -110,7 +110,9 @@ def test_warm_start_from_a_loaded_model_continues_the_saved_fit(
     tmp_path, data, family, optimizer
 ):
     X, y, _ = data
-    params = dict(family=family, optimizer=optimizer, max_iter=200, random_state=5)
+    params = dict(
+        family=family, optimizer=optimizer, max_iter=200, random_state=5, method="sgd"
+    )
     est = _fit(BayesianLogisticRegression(**params), X, y)
     est.save(tmp_path / "m.npz")
     back = load(tmp_path / "m.npz")
@@ -178,6 +180,7 @@ def test_only_the_fitted_model_is_saved(tmp_path, data):
         "elbo_history_",
         "n_iter_",
         "converged_",
+        "fit_method_",
         "_predictive_draws",
     }
     assert attributes <= set(est._fitted_schema({}))

@@ -14,6 +14,7 @@ from .. import _schema
 from .._cavi import all_or_nothing, monitor_of
 from .._compile import announces
 from ..persist import SaveMixin
+from ..rows import fit_rows, predict_rows
 from .diagnostics import warn_user
 from .engine import (
     FAMILIES,
@@ -72,6 +73,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         "fit_intercept": ["boolean"],
         "family": [StrOptions({"meanfield", "fullrank"})],
         "estimator": [StrOptions({"stl", "reparam", "score"})],
+        "method": [StrOptions({"auto", "sgd"})],
         "optimizer": [StrOptions(set(_OPTIMIZERS))],
         "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
@@ -102,6 +104,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         fit_intercept=True,
         family="meanfield",
         estimator="stl",
+        method="auto",
         optimizer="adam",
         learning_rate=0.05,
         n_samples=1,
@@ -128,6 +131,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self.fit_intercept = fit_intercept
         self.family = family
         self.estimator = estimator
+        self.method = method
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.n_samples = n_samples
@@ -247,6 +251,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             "elbo_history_": S.Array(("T",), finite=False, required=True),
             "n_iter_": S.Int(0, required=True),
             "converged_": S.Bool(required=True),
+            "fit_method_": S.Choice(("fixed", "sgd", "fixed+sgd")),
             "psis_khat_": S.Real(),
             # a checkpoint's run state (fastvi.batch.jobs.fit_sgvi), never a model's
             "run_": run,
@@ -272,9 +277,11 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or a row-block source
             float32 input is kept in float32 for the data pass (faster); everything
-            else is float64.
+            else is float64. A source such as :class:`fastvi.batch.io.NpyRows` (a
+            float64 ``.npy`` file) fits out of core, a dask array on its workers
+            (:mod:`fastvi.rows`; full passes only: ``batch_size=None``).
         y : array-like of shape (n_samples,)
 
         Returns
@@ -283,11 +290,9 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         """
         self._validate_params()
         with all_or_nothing(self):
-            X, y = validate_data(
-                self, X, y, dtype=[np.float64, np.float32], order="C", y_numeric=False
-            )
-            y = self._encode_target(y)
-            self._fit(X, y)
+            rows = fit_rows(self, X, y, dtype=[np.float64, np.float32])
+            y = rows.y.compute() if hasattr(rows.y, "compute") else rows.y
+            self._fit(rows, self._encode_target(y))
         return self
 
     def _make_model(self, X, y, minibatch):
@@ -303,16 +308,17 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             minibatch=minibatch,
         )
 
-    def _fit(self, X, y):
-        model = self._make_model(
-            X, y, self.batch_size is not None and self.batch_size < X.shape[0]
-        )
+    def _fit(self, rows, y):
+        N, D = rows.shape
+        minibatch = self.batch_size is not None and self.batch_size < N
+        model = self._make_model(rows, y, minibatch)
         if self.optimizer == "adam":
             opt = Adam(self.learning_rate)
         elif self.optimizer == "stan":
             opt = StanAdaptive()
         else:
             opt = RobbinsMonro(self.learning_rate)
+        fixed = self._fixed_draws(minibatch)
         engine = SGVI(
             model,
             family=self.family,
@@ -323,8 +329,11 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             init_scale=self.init_scale,
             n_jobs=self.n_jobs,
             qmc=self.qmc,
+            method="fixed" if fixed else "sgd",
         )
-        if self.convergence == "window":
+        if fixed:  # SGVI.run's default rule: the one the fixed-draw fit needs
+            rule = None
+        elif self.convergence == "window":
             rule = WindowConvergence(self.tol, self.window)
         else:
             rule = StanConvergence(self.tol_rel_obj, self.eval_elbo, self.max_iter)
@@ -371,11 +380,31 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
                 and self.tol_rel_obj > 0
             )
         ):
+            why = {
+                "fixed": "the fixed-draw fit (BFGS) did not reach its tolerance in "
+                "max_iter={} iterations",
+                "fixed+sgd": "the fixed draws' sampling error was too large, and "
+                "the stochastic steps that followed did not converge in the rest "
+                "of max_iter={}",
+                "sgd": "the ELBO was still rising or q's means still moving after "
+                "max_iter={} steps",
+            }[result.method]
             warn_user(
-                f"SGVI did not converge in max_iter={self.max_iter} steps: the ELBO "
-                "was still rising or q's means still moving. Increase max_iter.",
+                f"SGVI did not converge: {why.format(self.max_iter)}. Increase "
+                "max_iter.",
                 ConvergenceWarning,
             )
+
+    def _fixed_draws(self, minibatch):
+        """Whether ``method='auto'`` fits by fixed draws (see the class doc)."""
+        return (
+            self.method == "auto"
+            and not minibatch
+            and self.estimator != "score"
+            and not self.qmc
+            and (self.optimizer, self.learning_rate) == ("adam", 0.05)
+            and (self.convergence, self.tol, self.window) == ("window", 1e-3, 100)
+        )
 
     def _store(self, result):
         """Set the fitted attributes from the engine's ``result`` (an
@@ -403,6 +432,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self.elbo_history_ = result.elbo
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        self.fit_method_ = result.method
         pred_rng = np.random.default_rng([result.state.key, result.state.step, 1 << 30])
         self._predictive_draws = self._draws(N_PREDICTIVE_DRAWS, pred_rng)
 
@@ -503,22 +533,42 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         loglik = logistic_loglik if self._family == "logistic" else poisson_loglik
         return loo_from_loglik(loglik(self, X, y, draws))
 
-    def _linear_draws(self, X):
-        """X @ coef_s + intercept_s for the stored predictive draws: (n, draws)."""
+    def _predictive(self, X, what, n_columns=None, dtype=np.float64):
+        """``what`` (:func:`_predictive_rows`) of every row of ``X``: an array, or
+        a lazy dask array for a dask ``X``."""
         check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        draws = self._predictive_draws
-        D = X.shape[1]
-        eta = np.asarray(X, dtype=np.float64) @ draws[:, :D].T
-        if self.fit_intercept:
-            eta += draws[:, D]
-        return eta
+        args = (what, self._predictive_draws, self.fit_intercept)
+        args += (getattr(self, "classes_", None),)
+        return predict_rows(self, X).map_rows(
+            _predictive_rows, args, n_columns=n_columns, dtype=dtype
+        )
+
+
+def _predictive_rows(X, what, draws, fit_intercept, classes):
+    """Per-row posterior predictive of the 200 stored draws of q: the mean count
+    (``'mean'``), the class probabilities (``'proba'``), their log-odds
+    (``'decision'``) or the more probable class (``'predict'``)."""
+    D = X.shape[1]
+    eta = X @ draws[:, :D].T
+    if fit_intercept:
+        eta += draws[:, D]
+    if what == "mean":
+        return np.mean(np.exp(np.minimum(eta, 700.0)), axis=1)
+    # mean over draws of sigmoid(eta), computed stably
+    p1 = np.mean(0.5 * (1.0 + np.tanh(0.5 * eta)), axis=1)
+    if what == "proba":
+        return np.column_stack([1.0 - p1, p1])
+    if what == "decision":
+        with np.errstate(divide="ignore"):
+            return np.log(p1) - np.log1p(-p1)
+    return classes[(p1 > 0.5).astype(int)]
 
 
 class _Report:
     """Verbose output of a fit, in the manner of scikit-learn's mixtures: how q
-    starts, every ``verbose_interval`` steps the mean ELBO of those steps (with
-    ``verbose >= 2`` the time they took), and how the fit ended."""
+    starts, every ``verbose_interval`` steps (BFGS iterations, for the fixed-draw
+    fit) the mean ELBO of those steps (with ``verbose >= 2`` the time they took),
+    and how the fit ended."""
 
     def __init__(self, est, engine, init_state):
         self.verbose = est.verbose
@@ -541,7 +591,8 @@ class _Report:
             )
         if n % self.interval:
             return
-        line = f"  Step {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
+        unit = "Iteration" if self.engine.method == "fixed" else "Step"
+        line = f"  {unit} {n}\t mean ELBO {np.mean(elbo[-self.interval :]):.6g}"
         if self.verbose >= 2:
             now = perf_counter()
             line += f"\t time lapse {now - self.last:.5f}s"
@@ -553,7 +604,12 @@ class _Report:
         khat = (
             "" if result.psis_khat is None else f"; PSIS k-hat {result.psis_khat:.2f}"
         )
-        print(f"SGVI {how} after {result.n_iter} steps{khat}")
+        unit = {
+            "fixed": "BFGS iterations on fixed draws",
+            "fixed+sgd": "BFGS iterations on fixed draws and stochastic steps",
+            "sgd": "steps",
+        }[result.method]
+        print(f"SGVI {how} after {result.n_iter} {unit}{khat}")
 
 
 def _seed_from(random_state):
@@ -567,12 +623,15 @@ def _seed_from(random_state):
 
 
 class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
-    """Bayesian logistic regression fitted by stochastic-gradient VI.
+    """Bayesian logistic regression fitted by variational inference (SGVI).
 
     ``y ~ Bernoulli(sigmoid(X coef + intercept))``, ``coef_d ~ coef_prior``
     (default ``N(0, prior_scale^2)``), ``intercept ~ intercept_prior`` (default
     ``N(0, intercept_prior_scale^2)``); q is a mean-field or full-rank Gaussian
-    fitted by SGVI (:mod:`fastvi.sgvi.engine`).
+    fitted by :class:`fastvi.sgvi.SGVI`: by default the ELBO on one fixed set of
+    draws maximized by BFGS from the Laplace start (``method='auto'``), else by
+    stochastic gradient steps. X may be in memory, a row-block source read out
+    of core (:class:`fastvi.batch.io.NpyRows`) or a dask array (full passes).
 
     Parameters
     ----------
@@ -601,6 +660,16 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         reparameterization gradient with closed-form entropy (Stan's ADVI), or the
         score-function gradient with a control variate (Ranganath et al. 2014;
         needs ``n_samples >= 2``, far noisier: for comparison).
+    method : {'auto', 'sgd'}, default='auto'
+        ``'auto'``: when the fit uses every row (``batch_size`` None) with the
+        default optimizer and stopping settings (``optimizer``, ``learning_rate``,
+        ``convergence``, ``tol``, ``window``), ``estimator`` is not ``'score'``
+        and ``qmc`` is False, q is fitted on one fixed set of draws by BFGS from
+        the Laplace start (DADVI, :mod:`fastvi.sgvi.fixed`: a few dozen data
+        passes) and accepted when its estimated sampling error is small; when it
+        is not, or there is no Laplace start, stochastic steps follow exactly as
+        :meth:`fastvi.sgvi.SGVI.run` takes them. Other settings, and ``'sgd'``:
+        stochastic steps only, with the settings below.
     optimizer : {'adam', 'robbins-monro', 'stan'}, default='adam'
         ``'stan'``: Stan ADVI's adaptive step-size sequence with its search for
         eta over {100, 10, 1, 0.1, 0.01} (50 steps each; ``learning_rate`` is
@@ -639,7 +708,9 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
         Draw eps from a scrambled Sobol' sequence (randomized quasi-Monte Carlo;
         lower-variance gradients when ``n_samples`` is a power of 2 above 1).
     warm_start : bool, default=False
-        Continue from the previous fit's state (same data shape and family).
+        Continue from the previous fit's state (same data shape and family) by
+        stochastic steps (also after a fixed-draw fit: the fixed-draw fit only
+        starts afresh).
     random_state : int, RandomState, Generator or None, default=None
         Seeds every draw; a fixed seed gives bitwise-identical fits for any
         ``n_jobs``.
@@ -665,10 +736,19 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
     posterior_mean_, posterior_cov_ : ndarray
         Mean and covariance of q over ``[coef..., intercept]``.
     elbo_history_ : ndarray
-        ELBO estimate at every step (mean over the S draws plus q's entropy).
+        ELBO estimate at every step (mean over the S draws plus q's entropy); for
+        the fixed-draw fit the ELBO on its fixed draws after every BFGS
+        iteration. Warm starts append to it.
     n_iter_ : int
-        Steps taken by the last fit.
+        Iterations of the last fit: stochastic steps, or BFGS iterations of the
+        fixed-draw fit (plus the stochastic steps after it, when they followed);
+        ``max_iter`` bounds the sum.
     converged_ : bool
+        Stochastic steps: the stopping rule fired. Fixed draws: the optimizer
+        converged and two fresh sets of draws agree with the fit to 0.05 of
+        q's sds in the means and 0.035 in log sd.
+    fit_method_ : {'fixed', 'sgd', 'fixed+sgd'}
+        How the last fit went (:attr:`fastvi.sgvi.SGVIResult.method`).
     state_ : SGVIState
         The engine's state (resume with ``warm_start=True`` or
         ``fastvi.sgvi.SGVI.run(init_state=...)``).
@@ -718,10 +798,7 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
 
     def predict_proba(self, X):
         """Posterior predictive class probabilities, shape (n_samples, 2)."""
-        eta = self._linear_draws(X)
-        # mean over draws of sigmoid(eta), computed stably
-        p1 = np.mean(0.5 * (1.0 + np.tanh(0.5 * eta)), axis=1)
-        return np.column_stack([1.0 - p1, p1])
+        return self._predictive(X, "proba", 2)
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`."""
@@ -730,14 +807,12 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
 
     def decision_function(self, X):
         """Log-odds of the posterior predictive probability of ``classes_[1]``."""
-        p = self.predict_proba(X)[:, 1]
-        with np.errstate(divide="ignore"):
-            return np.log(p) - np.log1p(-p)
+        return self._predictive(X, "decision")
 
     def predict(self, X):
         """The class with the larger posterior predictive probability."""
-        p = self.predict_proba(X)[:, 1]
-        return self.classes_[(p > 0.5).astype(int)]
+        check_is_fitted(self)
+        return self._predictive(X, "predict", dtype=self.classes_.dtype)
 
     def predictive_proba(self, X, method="mc", n_draws=1000, random_state=None):
         """Predictive class probabilities by Monte Carlo or the probit approximation.
@@ -805,8 +880,7 @@ class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):
 
     def predict(self, X):
         """Posterior predictive mean of the counts, shape (n_samples,)."""
-        eta = self._linear_draws(X)
-        return np.mean(np.exp(np.minimum(eta, 700.0)), axis=1)
+        return self._predictive(X, "mean")
 
     def score(self, X, y, sample_weight=None):
         """D^2: 1 - Poisson deviance / deviance of the mean of y."""

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import expit, gammaln, log_expit
 
+from ..rows import Max
 from . import priors as _priors
 from . import supports as _vec
 
@@ -53,11 +54,14 @@ __all__ = [
 
 # Rows per parallel work item of the GLM kernels (fixed: results do not depend on the
 # thread count) and bytes per transposed tile: a tile sits in L2, and long tiles
-# amortize the per-tile reductions of the gradient's dot products (measured at
-# N = 1e5, D = 50, S = 8: 512-row float32 tiles 7% faster than 80-row ones (16 KB, in
-# L1), 320-row float64 ones 20% faster than 40-row ones).
+# amortize the per-tile reductions of the gradient's dot products. Tiles hold a power
+# of 2 rows, so that a chunk holds whole tiles and a block of fastvi.rows (65536
+# rows) whole chunks: a pass block by block (out of core) sums the very chunk
+# partials of a pass over the whole array. (CPU time per pass, N = 1e5, S = 8, one
+# thread: 512-row float64 tiles at D = 50 6-20% faster than 320-row ones, 256 at
+# D = 100 5% faster than 160, 128 at D = 200 10% faster than 80.)
 CHUNK_ROWS = 2048
-_TILE_BYTES = 131072
+_TILE_BYTES = 262144
 _TILE_MAX_ROWS = 512
 # Minibatch rows are gathered into a tile: there, L1-sized tiles of at most 128 rows
 # win (the scattered reads and the transposing writes; 512-row tiles cost 35% more).
@@ -385,7 +389,31 @@ def _tile_rows_for(n_features, itemsize, gather=False):
         else (_TILE_BYTES, _TILE_MAX_ROWS)
     )
     tile = size // max(1, n_features * itemsize)
+    if not gather:  # a power of 2 (see CHUNK_ROWS)
+        return max(16, min(most, 1 << max(0, tile.bit_length() - 1)))
     return max(16, min(most, tile - tile % 16))
+
+
+def _largest(block, start):
+    """Block statistic: the largest |x| of the rows (inf when one is not finite)."""
+    x = block[0] if type(block) is tuple else block
+    big = float(np.max(np.abs(x))) if x.size else 0.0
+    return Max(big if math.isfinite(big) else math.inf)
+
+
+def _glm_block(block, start, W, b, tau, family, tile, chunk_tiles, y):
+    """Block statistic of the GLM pass: the kernel's per-chunk partials of the rows
+    ``block`` (transposed into tiles here) with their targets ``y``, stacked in
+    chunk order (``ll, gw, gb, ss``; summed in order by ``map_reduce``)."""
+    k = _glm_kernels()
+    X = block[0] if type(block) is tuple else block
+    n, D = X.shape
+    tiles = np.empty(((n + tile - 1) // tile, D, tile))
+    k.tile_rows(X, tile, tiles)
+    serial = _serial(tiles.shape[0], chunk_tiles, n * D * W.shape[0])
+    kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    return kernel(tiles, y, n, W, b, tau, family, chunk_tiles)
 
 
 class GLM(Model):
@@ -399,7 +427,12 @@ class GLM(Model):
 
     Parameters
     ----------
-    X : (N, D) array, float64 or float32 (float32 runs the products in float32)
+    X : (N, D) array, float64 or float32 (float32 runs the products in float32), or
+        a :mod:`fastvi.rows` source (a file read block by block, a dask array): its
+        every data pass is then a block statistic (``map_reduce``), bitwise the
+        pass over the array in memory when the source's blocks hold a multiple of
+        ``CHUNK_ROWS`` rows (to rounding on Dask). Such a model takes no
+        minibatches and no flat prior (its check needs every row at once).
     y : (N,) responses: 0/1 for ``"logistic"``, counts for ``"poisson"``, reals for
         ``"gaussian"``.
     family : {"logistic", "poisson", "gaussian"}
@@ -460,25 +493,42 @@ class GLM(Model):
             raise ValueError(
                 f"family must be one of {sorted(_FAMILIES)}, got {family!r}."
             )
-        X = np.asarray(X)
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float64)
-        X = np.ascontiguousarray(X)
+        rows = None
+        if hasattr(X, "map_reduce"):  # rows of fastvi.rows: in memory or not
+            rows = X
+            X = rows.in_memory()
+        if X is not None:
+            rows = None
+            X = np.asarray(X)
+            if X.dtype not in (np.float32, np.float64):
+                X = X.astype(np.float64)
+            X = np.ascontiguousarray(X)
+        shape = X.shape if rows is None else rows.shape
         y = np.ascontiguousarray(y, dtype=np.float64)
-        if X.ndim != 2 or y.shape != (X.shape[0],):
+        if len(shape) != 2 or y.shape != (shape[0],):
             raise ValueError(
-                f"X must be 2-D and y 1-D of matching length; got X {X.shape}, "
+                f"X must be 2-D and y 1-D of matching length; got X {shape}, "
                 f"y {y.shape}."
             )
-        if X.size and (not np.all(np.isfinite(X)) or not np.all(np.isfinite(y))):
+        if rows is not None and minibatch:
+            raise ValueError(
+                "Minibatches need the rows in memory (each step reads rows drawn "
+                "at random from all of them); fit a source read block by block "
+                "with full passes (batch_size=None)."
+            )
+        dtype = X.dtype if rows is None else np.dtype(np.float64)
+        if rows is not None:  # the source checks its values as it reads them
+            big = rows.map_reduce(_largest).value if shape[0] else 0.0
+        else:
+            big = float(np.max(np.abs(X))) if X.size else 0.0
+        if not (math.isfinite(big) and np.all(np.isfinite(y))):
             raise ValueError("X and y must be finite (no NaN or infinity).")
-        limit = _X_LIMIT[X.dtype.type]
-        big = float(np.max(np.abs(X))) if X.size else 0.0
+        limit = _X_LIMIT[dtype.type]
         if big > limit:
             raise ValueError(
                 f"X has values as large as {big:.3g}: beyond {limit:.0e} the "
                 "products of the fit (x . coef, the curvature x x^T) overflow "
-                f"{X.dtype}. Rescale the features (e.g. "
+                f"{dtype}. Rescale the features (e.g. "
                 "sklearn.preprocessing.StandardScaler)."
             )
         for name, value in (
@@ -498,7 +548,7 @@ class GLM(Model):
         self.infer_noise = family == "gaussian" and noise_scale is None
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.noise_prior_scale = float(noise_prior_scale)
-        N, D = X.shape
+        N, D = shape
         if intercept_prior is not None and not self.fit_intercept:
             raise ValueError(
                 "intercept_prior was given, but fit_intercept=False: the model has "
@@ -555,6 +605,12 @@ class GLM(Model):
             isinstance(p, _priors.Flat)
             for p in (self.coef_prior, self.intercept_prior, self.sigma_prior)
         ):
+            if rows is not None:
+                raise ValueError(
+                    "A flat prior needs the rows in memory: whether the posterior "
+                    "is proper is a linear program over all of them. Give every "
+                    "parameter a proper prior, or load X into memory."
+                )
             reason = _priors.improper_reason(
                 X, y, family, self.coef_prior, self.intercept_prior, self.sigma_prior
             )
@@ -569,7 +625,7 @@ class GLM(Model):
         self.n_rows = N
         self.n_features = D
         self.y = y
-        self.dtype = X.dtype
+        self.dtype = dtype
         params = [Param("coef", (D,), "real")]
         if self.fit_intercept:
             params.append(Param("intercept", (), "real"))
@@ -581,16 +637,20 @@ class GLM(Model):
         self._const_total = (
             float(self._const_rows.sum()) if family == "poisson" else 0.0
         )
-        self.X = X
+        self.X, self.rows = X, rows
         self.minibatch = bool(minibatch)
         k = _glm_kernels()
+        self._Xtiles = None
         if self.minibatch:
-            self.tile = _tile_rows_for(D, X.itemsize, gather=True)
-            self._Xtiles = None
+            self.tile = _tile_rows_for(D, dtype.itemsize, gather=True)
         else:
-            self.tile = _tile_rows_for(D, X.itemsize)
+            self.tile = _tile_rows_for(D, dtype.itemsize)
+        if rows is not None:  # the targets of every block, in block order
+            ends = np.cumsum(rows.block_sizes())
+            self._y_blocks = [(y[e - n : e],) for e, n in zip(ends, rows.block_sizes())]
+        elif not self.minibatch:
             n_tiles = (N + self.tile - 1) // self.tile
-            self._Xtiles = np.empty((n_tiles, D, self.tile), dtype=X.dtype)
+            self._Xtiles = np.empty((n_tiles, D, self.tile), dtype=dtype)
             k.tile_rows(X, self.tile, self._Xtiles)
         self._chunk_tiles = max(1, CHUNK_ROWS // self.tile)
         self._all_rows = np.arange(N, dtype=np.int64) if self.minibatch else None
@@ -608,6 +668,16 @@ class GLM(Model):
         if rows is None and self._Xtiles is None:
             rows = self._all_rows  # a full pass of a model kept row-major
         S = W.shape[0]
+        if rows is None and self.rows is not None:
+            shared = (W, b, tau, self.family_code, self.tile, self._chunk_tiles)
+            return self.rows.map_reduce(
+                _glm_block, shared, local=self._y_blocks, ordered=True
+            )
+        if rows is not None and self.X is None:
+            raise ValueError(
+                "Minibatches need the rows in memory; this GLM reads its rows "
+                "block by block (use batch_size=None)."
+            )
         if rows is None:
             serial = _serial(
                 self._Xtiles.shape[0],
