@@ -30,9 +30,12 @@ estimator is left as it was. ``fit_mixture`` is this job for the mixture (one
 restart: ``n_init=1``). One-vs-rest logistic fits (more than two classes) run one
 CAVI fit per class and are not checkpointed: refused with a message.
 
-``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
-own epoch loop calls the monitor's callback after every epoch and starts from its
-``resume`` state. Its unit is the epoch (a pass over the
+An online mixture fit runs the epochs of the stochastic driver
+(:mod:`fastvi._stochastic`) inside the same restarts; the job is the same.
+
+``fit_lda`` does the same for ``LatentDirichletAllocation``, whose fit runs the
+stochastic driver: it calls the monitor's callback after every epoch and starts
+from its ``resume`` state. Its unit is the epoch (a pass over the
 documents); the progress shows the training perplexity in the epochs that evaluate it
 (``evaluate_every``) and documents per second. An LDA fit is not deterministic given
 the topics alone: every epoch's E-step draws its starting values from
@@ -56,6 +59,7 @@ import numpy as np
 from sklearn.base import is_classifier
 
 from .._cavi import Monitor, all_or_nothing, monitoring
+from .._stochastic import State
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
@@ -430,8 +434,11 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         if stop:
             raise Interrupted(iteration, checkpoint)
 
+    monitor = Monitor(callback=callback)
+    if getattr(est, "learning_method", None) == "online":  # the stochastic driver
+        monitor = Monitor(lambda m, e, v, snap: callback(m, e, v, snap().change))
     try:
-        with monitoring(est, Monitor(callback=callback)):
+        with monitoring(est, monitor):
             if y is None:
                 est.fit(X)
             else:
@@ -453,21 +460,22 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
 
 
 def _lda_checkpoint_state(ck, extra, checkpoint):
-    """The fit state (as ``_epoch_state`` returns it) stored in an LDA checkpoint."""
+    """The fit state (a :class:`fastvi._stochastic.State`) an LDA checkpoint holds."""
     try:
         last = extra["last_perplexity"]
-        return {
-            "epoch": int(extra["iteration"]),
-            "stopped": bool(extra["converged"]),
-            "last_perplexity": None if last is None else float(last),
-            "components": np.asarray(ck.components_, dtype=np.float64),
-            "psi_sums": np.asarray(extra["psi_sums"], dtype=np.float64),
-            "stale": bool(extra["stale"]),
-            "n_iter_": int(ck.n_iter_),
-            "n_batch_iter_": int(ck.n_batch_iter_),
-            "perplexity_history_": [float(v) for v in ck.perplexity_history_],
-            "random_state": ck.random_state_.get_state(legacy=True),
-        }
+        return State(
+            epoch=int(extra["iteration"]),
+            stopped=bool(extra["converged"]),
+            last=None if last is None else float(last),
+            history=[float(v) for v in ck.perplexity_history_],
+            params={
+                "components": np.asarray(ck.components_, dtype=np.float64),
+                "psi_sums": np.asarray(extra["psi_sums"], dtype=np.float64),
+                "stale": bool(extra["stale"]),
+                "n_batch_iter_": int(ck.n_batch_iter_),
+                "random_state": ck.random_state_.get_state(legacy=True),
+            },
+        )
     except (KeyError, AttributeError, TypeError, ValueError):
         raise ValueError(f"{checkpoint}: not a checkpoint (no fit position)") from None
 
@@ -523,9 +531,9 @@ def fit_lda(
         ck, extra = _load_checkpoint(est, checkpoint, data_print)
         state = _lda_checkpoint_state(ck, extra, checkpoint)
     if progress is not None:
-        progress.start_at(0 if state is None else min(state["epoch"], est.max_iter))
+        progress.start_at(0 if state is None else min(state.epoch, est.max_iter))
 
-    def write_checkpoint(model, epoch_state):
+    def write_checkpoint(model, state):
         ck = type(model)(**model.get_params(deep=False))
         for key, value in vars(model).items():
             if not key.startswith("_") and key not in (
@@ -534,40 +542,41 @@ def fit_lda(
                 "bound_",
             ):
                 setattr(ck, key, value)
-        ck.n_iter_ = epoch_state["n_iter_"]
-        ck.n_batch_iter_ = epoch_state["n_batch_iter_"]
-        ck.perplexity_history_ = epoch_state["perplexity_history_"]
+        params = state.params
+        ck.n_iter_ = state.epoch - state.stopped
+        ck.n_batch_iter_ = params["n_batch_iter_"]
+        ck.perplexity_history_ = state.history
         ck.random_state_ = np.random.RandomState()
-        ck.random_state_.set_state(epoch_state["random_state"])
-        ck.components_ = epoch_state["components"]
+        ck.random_state_.set_state(params["random_state"])
+        ck.components_ = params["components"]
         save(
             ck,
             checkpoint,
             kind="checkpoint",
             extra={
-                "iteration": epoch_state["epoch"],
-                "converged": epoch_state["stopped"],
-                "last_perplexity": epoch_state["last_perplexity"],
-                "psi_sums": epoch_state["psi_sums"].tolist(),
-                "stale": epoch_state["stale"],
+                "iteration": state.epoch,
+                "converged": state.stopped,
+                "last_perplexity": state.last,
+                "psi_sums": params["psi_sums"].tolist(),
+                "stale": params["stale"],
                 "data": data_print,
                 "params": signature,
             },
         )
 
-    def callback(model, epoch, perplexity, get_state):
+    def callback(model, epoch, perplexity, snapshot):
         if progress is not None:
             progress.update_epoch(epoch, perplexity)
         stop = should_stop is not None and should_stop()
         if checkpoint is not None:
-            epoch_state = get_state()
+            state = snapshot()
             if (
                 stop
-                or epoch_state["stopped"]
+                or state.stopped
                 or epoch % checkpoint_every == 0
                 or epoch >= model.max_iter
             ):
-                write_checkpoint(model, epoch_state)
+                write_checkpoint(model, state)
         if stop:
             raise Interrupted(epoch, checkpoint)
 
