@@ -1,29 +1,16 @@
 """The stochastic driver: epochs of natural-gradient steps (mixture and LDA fits).
 
-A fit is a run of epochs; each epoch takes the model's steps over its rows (online:
-one natural-gradient step per minibatch, rho_t = (offset + t)^-decay; LDA's 'batch'
-method: one full step), and every ``every`` epochs the :class:`StopRule` evaluates
-its value (a bound, a perplexity) on all the rows and stops when it moved by less than
-``tol``. Unlike a CAVI bound (:mod:`fastvi._cavi`) the value may fall between epochs:
-the steps are noisy.
-
-Hooks a model implements (``data`` is what the model's fit passes to :func:`run`)
-------------------------------------------------------------------------------------
-``_sgd_epoch(data)``
-    The steps of one epoch (they advance the model's step count and generators).
-``_sgd_evaluate(data) -> float``
-    The stop rule's value at the current global parameters.
-``_sgd_params(data)`` / ``_sgd_set_params(data, params)``
-    Copy and restore what the next epochs read besides :class:`State`'s position:
-    the global parameters, the step count and the random states the epochs draw
-    from. With them a fit resumes bitwise.
-
-The driver owns the loop, the stop rule, verbose output (scikit-learn's LDA format),
-the non-finite check and the fit's :class:`fastvi._cavi.Monitor`: its ``resume`` (a
-:class:`State` with ``params``) is where the fit starts, and its callback is called
-after every epoch as ``callback(estimator, epoch, value, snapshot)``, ``value`` being
-NaN in an epoch that evaluated none and ``snapshot()`` the :class:`State` at the end
-of the epoch with the model's ``params``. It may raise to stop the fit.
+Each epoch takes the model's steps (online: one per minibatch, rho_t = (offset +
+t)^-decay; LDA's 'batch': one full step); every ``every`` epochs the :class:`StopRule`
+evaluates its value (a bound, a perplexity), which unlike a CAVI bound may fall.
+A model implements ``_sgd_epoch(data)`` (one epoch's steps), ``_sgd_evaluate(data)``
+(the value) and ``_sgd_params(data)`` / ``_sgd_set_params(data, params)`` (copy and
+restore the global parameters, step count and random states: with them and the
+:class:`State`, a fit resumes bitwise). The driver owns the loop, the stop rule,
+verbose lines (scikit-learn's LDA format), the non-finite check and the fit's
+:class:`fastvi._cavi.Monitor`: it starts from its ``resume`` (a ``snapshot()``) and
+calls ``callback(estimator, epoch, value, snapshot)`` after every epoch (``value``
+NaN when none was evaluated; ``snapshot()`` the State with the model's params).
 """
 
 from dataclasses import dataclass, field, replace
@@ -67,9 +54,8 @@ class StopRule:
 
 
 def run(model, data, stop, state=None):
-    """Epochs from ``state`` (the monitor's resume first; else a fresh
-    :class:`State`) until ``model.max_iter`` epochs or the stop rule; the final
-    state. The position lives here, in local variables: nothing on the model."""
+    """Epochs from the monitor's resume, else ``state`` (else a fresh one), until
+    ``model.max_iter`` epochs or the stop rule; the final :class:`State`."""
     monitor = monitor_of(model)
     if monitor.resume is not None:
         state = monitor.resume.copy()

@@ -8,14 +8,11 @@ over documents.
 
 The fit's loop: the stochastic driver
 ------------------------------------
-Every learning method runs its epochs through :mod:`fastvi._stochastic` (an epoch of
-'batch' is one full step; of 'online' and 'scvb0', a step per minibatch), with
-scikit-learn's stop rule: the training perplexity (a separate E-step from ones, not
-a round's own bound) every ``evaluate_every`` epochs (by default never), stopping when
-it moved by less than ``perp_tol``. Not the CAVI driver (:mod:`fastvi._cavi`): its
-bound every round would cost an extra E-step per epoch (measured: about 80% of the
-epoch's own), and scikit-learn's LDA has no ``tol``, ``n_init`` or ``warm_start``,
-never warns, and does not count the epoch whose check stopped the fit in ``n_iter_``.
+Every learning method runs its epochs through :mod:`fastvi._stochastic` with
+scikit-learn's stop rule: the training perplexity (a separate E-step from ones)
+every ``evaluate_every`` epochs (by default never), stopping when it moved by less
+than ``perp_tol``, the stopping epoch not counted in ``n_iter_``. The CAVI driver's
+bound every round would cost an extra E-step per epoch (about 80% of the epoch's).
 
 Where the documents live
 ------------------------
@@ -43,7 +40,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     check_array,
@@ -741,13 +738,8 @@ class LatentDirichletAllocation(
             dtype = self.components_.dtype
             with thread_limits(self.n_jobs):
                 topics = _Topics(self.components_)
-                for batch in gen_batches(corpus.n_docs, self.batch_size):
-                    self._round(
-                        corpus.rows(batch.start, batch.stop),
-                        topics,
-                        dtype,
-                        total_samples=self.total_samples,
-                    )
+                for batch in _minibatches(_CorpusRows(corpus), self.batch_size):
+                    self._round(batch, topics, dtype, self.total_samples)
                 self._store_topics(topics, dtype)
                 _check_finite_fit(self.components_)
         return self
@@ -904,11 +896,9 @@ class LatentDirichletAllocation(
         return self._rows_perplexity(*data)
 
     def _sgd_params(self, data):
-        """Copies of what the next epochs read: ``components`` (lambda, float64),
-        ``psi_sums`` (digamma of its topic totals as the loop computed them:
-        recomputing them from ``components`` could differ in the last bit),
-        ``stale`` (exp(E[log beta]) awaits a refresh), ``n_batch_iter_`` and
-        ``random_state`` (every epoch's E-step draws its starting values)."""
+        """Copies of what the next epochs read: lambda, digamma of its topic totals
+        as computed (recomputing may differ in the last bit), whether exp(E[log
+        beta]) awaits a refresh, the step count and the E-steps' random state."""
         topics = data[1]
         return {
             "components": np.array(topics.lam_t.T, dtype=np.float64, order="C"),

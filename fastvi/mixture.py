@@ -640,7 +640,7 @@ dask array
                     f"{self.n_components}, n_samples = {X.shape[0]}"
                 )
             scale = self.total_samples / X.shape[0]
-            # one kernel work item runs on one thread (see _svi_epoch_step)
+            # one kernel work item runs on one thread (see _sgd_epoch)
             n_jobs = 1 if X.shape[0] <= CHUNK_ROWS else self.n_jobs
             with thread_limits(n_jobs):
                 batch = _Data(ArrayRows(_kernel_array(X, self._kernel_dtype())), X)
