@@ -33,15 +33,17 @@ output path.
 A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
 or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
 the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm. The
-SGVI models show their own progress bar and have no checkpoints (see the README).
+(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm; the
+SGVI models (sgvi-logistic, sgvi-poisson) the step and its ELBO estimate.
 
 Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
-classes, through :func:`fastvi.batch.jobs.fit_cavi`): ``--checkpoint FILE`` saves the fit
-state atomically every ``--checkpoint-every`` iterations (epochs for lda) and at the
-last; an existing FILE needs ``--resume`` (continue) or ``--overwrite`` (start
-afresh); ``--resume`` continues from it when it exists, and the model is then bitwise
-the one of an uninterrupted run, also after a SIGKILL at any moment. A checkpoint
+classes, through :func:`fastvi.batch.jobs.fit_cavi`; sgvi-logistic and sgvi-poisson,
+through :func:`fastvi.batch.jobs.fit_sgvi`): ``--checkpoint FILE`` saves the fit
+state atomically every ``--checkpoint-every`` iterations (epochs for lda, steps for
+SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or
+``--overwrite`` (start afresh); ``--resume`` continues from it when it exists, and the
+model is then bitwise the one of an uninterrupted run, also after a SIGKILL at any
+moment. A checkpoint
 written for other data (a SHA-256 hash of every value tells) or other model
 parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
 during a checkpointed fit stops after the current iteration (epoch), writes the
@@ -204,49 +206,37 @@ def _add_demo_command(sub, argv):
         "kernels first (once; see 'fastvi warmup').",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument(
-        "--n-samples", type=int, default=20_000, help="number of generated points"
-    )
-    demo.add_argument(
-        "--n-features", type=int, default=8, help="dimension of the points"
-    )
-    demo.add_argument(
+    add = demo.add_argument
+    add("--n-samples", type=int, default=20_000, help="number of generated points")
+    add("--n-features", type=int, default=8, help="dimension of the points")
+    add(
         "--true-clusters",
         type=int,
         default=6,
         help="clusters the points are drawn from",
     )
-    demo.add_argument(
+    add(
         "--n-components",
         type=int,
         default=12,
         help="mixture components fitted (unneeded ones get ~0 weight)",
     )
-    demo.add_argument(
+    add(
         "--covariance-type",
         default="full",
         choices=["full", "tied", "diag", "spherical"],
         help="form of the components' covariances",
     )
-    demo.add_argument(
-        "--max-iter", type=int, default=500, help="CAVI iterations at most"
-    )
-    demo.add_argument(
-        "--seed", type=int, default=0, help="seed of the data and of the fits"
-    )
-    demo.add_argument(
-        "--n-jobs",
-        type=int,
-        default=None,
-        help="fastvi's threads (default: all cores)",
-    )
-    demo.add_argument(
+    add("--max-iter", type=int, default=500, help="CAVI iterations at most")
+    add("--seed", type=int, default=0, help="seed of the data and of the fits")
+    add("--n-jobs", type=int, help="fastvi's threads (default: all cores)")
+    add(
         "--threshold",
         type=float,
         default=0.01,
         help="weight above which a component counts as effective",
     )
-    demo.add_argument(
+    add(
         "--no-compare",
         action="store_true",
         help="skip the scikit-learn fit (the slow part of the demo)",
@@ -406,11 +396,13 @@ def main(argv=None):
 
 
 # --------------------------------------------------------------------- batch jobs
-# models whose fit driver takes progress, checkpoints, resume and stop requests
-# (fastvi.batch.jobs); every other model (SGVI) fits in memory, with progress only
-_CHECKPOINTED = ("gmm", "lda", "gaussian", "linear", "logistic")
 # the CAVI models of fastvi.conjugate (fastvi.batch.jobs.fit_cavi)
 _CONJUGATE = ("gaussian", "linear", "logistic")
+# the SGVI models (fastvi.batch.jobs.fit_sgvi)
+_SGVI = ("sgvi-logistic", "sgvi-poisson")
+# models whose fit driver takes progress, checkpoints, resume and stop requests
+# (fastvi.batch.jobs): every model
+_CHECKPOINTED = ("gmm", "lda", *_CONJUGATE, *_SGVI)
 # models that fit a float64 C-order .npy file out of core, block by block
 _OUT_OF_CORE = ("gmm", *_CONJUGATE)
 
@@ -446,13 +438,10 @@ def _add_fit_model(models, entry, with_options=True):
         "--output", "-o", required=True, metavar="MODEL.npz", help="model file"
     )
     if entry.supervised:
-        model.add_argument(
-            "--target",
-            type=_column_number,
-            default=None,
-            metavar="COLUMN",
-            help="the column of INPUT that holds y, counted from 1 (default: the "
-            "last); the other columns are the features",
+        _add_target(
+            model,
+            "the column of INPUT that holds y, counted from 1 (default: the last); "
+            "the other columns are the features",
         )
     names = []
     if with_options:
@@ -580,13 +569,10 @@ def _add_predict_command(sub, argv):
         help="probabilities: of the components (gmm) or classes (logistic, "
         "sgvi-logistic)",
     )
-    predict.add_argument(
-        "--target",
-        type=_column_number,
-        default=None,
-        metavar="COLUMN",
-        help="regressions and classifiers: drop this column of INPUT (counted from "
-        "1), the target of a training file; by default every column is a feature",
+    _add_target(
+        predict,
+        "regressions and classifiers: drop this column of INPUT (counted from 1), "
+        "the target of a training file; by default every column is a feature",
     )
     _add_common(predict)
     predict.set_defaults(func=_predict, _parser=predict)
@@ -603,13 +589,10 @@ def _add_score_command(sub, argv):
     )
     score.add_argument("model_file")
     score.add_argument("input")
-    score.add_argument(
-        "--target",
-        type=_column_number,
-        default=None,
-        metavar="COLUMN",
-        help="regressions and classifiers: the column of INPUT holding y, counted "
-        "from 1 (default: the last)",
+    _add_target(
+        score,
+        "regressions and classifiers: the column of INPUT holding y, counted from 1 "
+        "(default: the last)",
     )
     _add_common(score)
     score.set_defaults(func=_score, _parser=score)
@@ -624,22 +607,14 @@ def _add_info_command(sub, argv):
         "checkpoint, where the fit stands; for data, its format and shape.",
     )
     info.add_argument("file")
-    info.add_argument(
-        "--format",
-        dest="fmt",
-        default="auto",
-        choices=_FORMATS,
-        help="data format (default: from the file name)",
-    )
-    info.add_argument("--header", action="store_true", help="CSV has a header line")
-    info.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(info, quiet=False)
     info.set_defaults(func=_info, _parser=info)
 
 
 _FORMATS = ["auto", "npy", "npz", "csv", "tsv", "parquet", "docword"]
 
 
-def _add_common(parser):
+def _add_common(parser, quiet=True):
     parser.add_argument(
         "--format",
         dest="fmt",
@@ -648,10 +623,17 @@ def _add_common(parser):
         help="input format (default: from the file name)",
     )
     parser.add_argument("--header", action="store_true", help="CSV has a header line")
-    parser.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress and no summary line"
-    )
+    if quiet:
+        parser.add_argument(
+            "--quiet", "-q", action="store_true", help="no progress and no summary line"
+        )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _add_target(parser, help):
+    parser.add_argument(
+        "--target", type=_column_number, default=None, metavar="COLUMN", help=help
+    )
 
 
 def _add_report_command(sub, argv):
@@ -914,41 +896,18 @@ def _fit(args):
     )
 
 
-def _fit_in_memory(est, X, y, progress, bar):
-    """Fit a model without checkpoints: progress from the CAVI driver's iteration
-    hook, or (``bar``) the SGVI estimator's own progress bar when tqdm is there."""
-    from ._cavi import CAVIMixin, Monitor, monitoring
-
-    monitor = Monitor()
-    if isinstance(est, CAVIMixin):
-        monitor = Monitor(
-            callback=lambda model, n_iter, bound, change: progress.update(
-                n_iter, bound, change
-            )
-        )
-    elif bar:
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            est.set_params(progress_bar=True)
-    try:
-        with monitoring(est, monitor):
-            if y is None:
-                est.fit(X)
-            else:
-                est.fit(X, y)
-    finally:
-        if "progress_bar" in est.get_params():
-            est.set_params(progress_bar=False)  # not saved with the model
-
-
 def _run_fit(args, est, X, y, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .batch.jobs import Interrupted, Progress, fit_cavi, fit_lda, fit_mixture
+    from .batch.jobs import (
+        Interrupted,
+        Progress,
+        fit_cavi,
+        fit_lda,
+        fit_mixture,
+        fit_sgvi,
+    )
     from .persist import save
 
     entry = args.entry
@@ -958,30 +917,27 @@ def _run_fit(args, est, X, y, out_of_core):
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        # the SGVI estimators draw their own progress bar (progress_bar=True)
-        own_bar = "progress_bar" in est.get_params()
-        progress = Progress(est.max_iter, n_rows, quiet=quiet or own_bar)
+        progress = Progress(est.max_iter, n_rows, quiet=quiet)
         stop = _StopFlag()
         previous = None
         if checkpoint:
             previous = signal.signal(signal.SIGINT, stop.handler)
         try:
-            if entry.command in _CHECKPOINTED:
-                if entry.command in _CONJUGATE:
-                    driver = functools.partial(fit_cavi, y=y)
-                else:
-                    driver = fit_mixture if entry.command == "gmm" else fit_lda
-                driver(
-                    est,
-                    X,
-                    progress=progress,
-                    checkpoint=checkpoint,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    should_stop=stop,
-                )
+            if entry.command in _CONJUGATE:
+                driver = functools.partial(fit_cavi, y=y)
+            elif entry.command in _SGVI:
+                driver = functools.partial(fit_sgvi, y=y)
             else:
-                _fit_in_memory(est, X, y, progress, bar=own_bar and not quiet)
+                driver = fit_mixture if entry.command == "gmm" else fit_lda
+            driver(
+                est,
+                X,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
+                should_stop=stop,
+            )
         except Interrupted as exc:
             progress.close()
             print(f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr)

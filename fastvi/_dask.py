@@ -28,7 +28,7 @@ import numpy as np
 
 from .rows import Rows, add, tree_sum
 
-__all__ = ["DaskRows", "fitted_rows", "is_dask_collection", "raise_if_nonfinite"]
+__all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
 _INSTALL = (
     'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
@@ -225,16 +225,6 @@ class DaskRows(Rows):
         """Sorted distinct targets, computed on the workers."""
         return np.unique(self.y.map_blocks(np.unique).compute())
 
-    def map_method(self, estimator, method, n_columns=None, dtype=np.float64):
-        """Lazy ``getattr(estimator, method)(rows)`` of every chunk (predictions)."""
-        return self.map_rows(
-            _call_method,
-            (estimator, method),
-            n_columns=n_columns,
-            dtype=dtype,
-            n_jobs=getattr(estimator, "n_jobs", None),
-        )
-
     def check_finite(self, n_jobs=None):
         """Raise scikit-learn's message if any value (of X, then y) is NaN or inf."""
         counts = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
@@ -251,21 +241,6 @@ def raise_if_nonfinite(name, n_nan, n_inf, dtype=np.float64):
             f"Input {name} contains infinity or a value too large for "
             f"{np.dtype(dtype)!r}."
         )
-
-
-def fitted_rows(X, estimator):
-    """``DaskRows(X)`` for a fitted estimator, with scikit-learn's feature check."""
-    rows = DaskRows(X)
-    if rows.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"X has {rows.shape[1]} features, but {type(estimator).__name__} "
-            f"is expecting {estimator.n_features_in_} features as input."
-        )
-    return rows
-
-
-def _call_method(rows, estimator, method):
-    return getattr(estimator, method)(rows)
 
 
 def _count_nonfinite(block, start):

@@ -476,6 +476,16 @@ def _schema_classes(count):
     )
 
 
+def _attrs(est, names):
+    """The attributes ``names`` (a space-separated string) of ``est``, as a tuple."""
+    return tuple(getattr(est, name) for name in names.split())
+
+
+def _set_attrs(est, names, values):
+    """Set the attributes ``names`` of ``est`` (the inverse of :func:`_attrs`)."""
+    est.__dict__.update(zip(names.split(), values, strict=True))
+
+
 class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     """Mean-field VI for a Gaussian with unknown mean and precision (PRML §10.1.3).
 
@@ -613,12 +623,15 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             self.exact_posterior_ = self._exact(n, xbar, spread)
         return self
 
-    @classmethod
-    def _rows(cls, X):
+    @staticmethod
+    def _rows(X):
         """One column of rows, wherever they are."""
         rows = source_rows(X, ensure_2d=False)
         if rows is None:
-            return ArrayRows(np.require(cls._check_x(X)[:, None], requirements="W"))
+            x = check_array(X, ensure_2d=False, dtype=np.float64, input_name="X")
+            rows = ArrayRows(
+                np.require(x[:, None] if x.ndim == 1 else x, requirements="W")
+            )
         if rows.shape[1] != 1:
             raise ValueError(
                 "UnivariateGaussian needs X of shape (n_samples,) or "
@@ -630,24 +643,6 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             )
         rows.check_finite()
         return rows
-
-    @staticmethod
-    def _check_x(X):
-        x = check_array(X, ensure_2d=False, dtype=np.float64, input_name="X")
-        if x.ndim == 2:
-            if x.shape[1] != 1:
-                raise ValueError(
-                    "UnivariateGaussian needs X of shape (n_samples,) or "
-                    f"(n_samples, 1); got shape {x.shape}."
-                )
-            x = x[:, 0]
-        if x.ndim != 1:
-            raise ValueError(f"Expected 1D or 2D X, got {x.ndim}D.")
-        if x.shape[0] < 1:
-            raise ValueError(
-                "Found array with 0 sample(s); a minimum of 1 is required."
-            )
-        return x
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -685,11 +680,13 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         entropy_tau = _gamma_entropy(a, b)
         return loglik + log_prior_mu + log_prior_tau + entropy_mu + entropy_tau
 
+    _STATE = "mu_mean_ mu_precision_ tau_shape_ tau_rate_"
+
     def _cavi_get_state(self):
-        return (self.mu_mean_, self.mu_precision_, self.tau_shape_, self.tau_rate_)
+        return _attrs(self, self._STATE)
 
     def _cavi_set_state(self, state):
-        self.mu_mean_, self.mu_precision_, self.tau_shape_, self.tau_rate_ = state
+        _set_attrs(self, self._STATE, state)
         self.mu_var_ = 1.0 / self.mu_precision_
         self.tau_mean_ = self.tau_shape_ / self.tau_rate_
 
@@ -1147,27 +1144,16 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             else 0.0
         )
 
+    _STATE = (
+        "coef_ sigma_ _log_det_sigma alpha_shape_ alpha_rate_ lambda_shape_ "
+        "lambda_rate_"
+    )
+
     def _cavi_get_state(self):
-        return (
-            self.coef_,
-            self.sigma_,
-            self._log_det_sigma,
-            self.alpha_shape_,
-            self.alpha_rate_,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        )
+        return _attrs(self, self._STATE)
 
     def _cavi_set_state(self, state):
-        (
-            self.coef_,
-            self.sigma_,
-            self._log_det_sigma,
-            self.alpha_shape_,
-            self.alpha_rate_,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        ) = state
+        _set_attrs(self, self._STATE, state)
         self._set_means()
 
     def predict(self, X, return_std=False):
@@ -1693,25 +1679,13 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     # q(w, b) q(λ) travels as one tuple: (mean, cov, upper factor of cov, log det cov,
     # shape, rate)
+    _FACTORS = "_mean _cov _factor _log_det lambda_shape_ lambda_rate_"
+
     def _factors(self):
-        return (
-            self._mean,
-            self._cov,
-            self._factor,
-            self._log_det,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        )
+        return _attrs(self, self._FACTORS)
 
     def _set_factors(self, q):
-        (
-            self._mean,
-            self._cov,
-            self._factor,
-            self._log_det,
-            self.lambda_shape_,
-            self.lambda_rate_,
-        ) = q
+        _set_attrs(self, self._FACTORS, q)
 
     def _local(self, rows, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""

@@ -29,7 +29,7 @@ with a ``"type"`` tag: ``"float"`` (non-finite), ``"array"`` (``{"array": name}`
 ``"dict"`` (string keys), ``"str_array"`` (an object array of strings, such as
 ``feature_names_in_``), ``"random_state"`` (a ``numpy.random.RandomState``: its
 Mersenne Twister key array and position), ``"posterior"`` (a fastvi named tuple: a
-posterior, an SGVI state, or a prior of :mod:`fastvi.sgvi.priors`) and
+posterior, an SGVI state or run state, or a prior of :mod:`fastvi.sgvi.priors`) and
 ``"estimator"`` (a nested fastvi estimator, for example the per-class models of
 ``VBLogisticRegression``). Only the fastvi classes of the registry
 (:mod:`fastvi._registry`) can be loaded: the class name selects one of them, it is
@@ -92,6 +92,7 @@ _CLASSES = {entry.name: entry.module for entry in ESTIMATORS}
 _TUPLES = {
     "NormalGammaPosterior": "fastvi.conjugate",
     "SGVIState": "fastvi.sgvi.engine",
+    "SGVIRun": "fastvi.sgvi.engine",  # a checkpoint's (fastvi.batch.jobs.fit_sgvi)
     "Frame": "fastvi.sgvi.engine",
     # priors, the values of the SGVI estimators' coef_prior / intercept_prior
     **{

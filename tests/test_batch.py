@@ -18,7 +18,14 @@ from sklearn.exceptions import ConvergenceWarning
 
 from fastvi.__main__ import main as cli_main
 from fastvi.batch.io import DataError, NpyRows, fingerprint, read_data
-from fastvi.batch.jobs import Interrupted, Progress, fit_cavi, fit_lda, fit_mixture
+from fastvi.batch.jobs import (
+    Interrupted,
+    Progress,
+    fit_cavi,
+    fit_lda,
+    fit_mixture,
+    fit_sgvi,
+)
 from fastvi.conjugate import (
     UnivariateGaussian,
     VBLinearRegression,
@@ -26,7 +33,8 @@ from fastvi.conjugate import (
 )
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import CHUNK_ROWS, BayesianGaussianMixture
-from fastvi.persist import is_model_file, load, read_metadata
+from fastvi.persist import is_model_file, load, read_metadata, save
+from fastvi.sgvi.estimators import BayesianLogisticRegression, BayesianPoissonRegression
 
 FITTED = (
     "weight_concentration_",
@@ -823,7 +831,8 @@ def test_cli_write_errors_name_the_file(tmp_path, npy_file, capsys, monkeypatch)
 #   written: the temporary file is complete and synced, not yet renamed
 #   renamed: the temporary file replaced the checkpoint, the folder is not synced yet
 #   running: the checkpoint is in place and the next iteration (epoch) has begun: at
-#            its second data block (gmm, out of core) or minibatch (lda, online)
+#            its second data block (gmm, out of core) or minibatch (lda, online),
+#            or in the first SGVI step after it
 # Usage: python -c _FAULT WHEN ITERATION SIGNAL fit ...
 _FAULT = r"""
 import io, os, signal, sys
@@ -832,6 +841,7 @@ import fastvi.batch.jobs as jobs
 from fastvi.__main__ import main
 from fastvi.batch.io import NpyRows
 from fastvi.lda import LatentDirichletAllocation
+from fastvi.sgvi.engine import SGVI
 
 when, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
 assert when in ("writing", "written", "renamed", "running"), when
@@ -880,6 +890,12 @@ def em_round(self, *args, **kwargs):
     return real_round(self, *args, **kwargs)
 
 
+def sgvi_step(self, state):
+    if armed and not fired:
+        fire()
+    return real_sgvi_step(self, state)
+
+
 def savez(file, *args, **kwargs):
     if due("writing"):
         buffer = io.BytesIO()
@@ -904,6 +920,7 @@ real_blocks, NpyRows.iter_blocks = NpyRows.iter_blocks, iter_blocks
 real_round, LatentDirichletAllocation._em_round = (
     LatentDirichletAllocation._em_round, em_round
 )
+real_sgvi_step, SGVI._step = SGVI._step, sgvi_step
 real_savez, np.savez = np.savez, savez
 real_replace, os.replace = os.replace, replace
 sys.exit(main(sys.argv[4:]))
@@ -1600,3 +1617,165 @@ def test_cavi_ctrl_c_stops_after_the_iteration_with_a_valid_checkpoint(tmp_path)
     run = subprocess.run(job, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert_same_cavi(load(tmp_path / "ref.npz"), load(out))
+
+
+# ------------------------------------------------------ SGVI: checkpoints, resume
+# minibatches, the window rule's decays and iterate averaging, Adam's moments: a
+# resume must restore all of them (and the random stream, by its step counter)
+SGVI_MODELS = {
+    "logistic": (
+        lambda: BayesianLogisticRegression(random_state=4, batch_size=512, window=50),
+        2,
+    ),
+    "poisson": (
+        lambda: BayesianPoissonRegression(
+            random_state=4, family="fullrank", n_samples=2, window=50
+        ),
+        0,
+    ),
+}
+SGVI_FITTED = (
+    "coef_",
+    "coef_std_",
+    "intercept_",
+    "intercept_std_",
+    "posterior_mean_",
+    "posterior_cov_",
+    "_posterior_chol",
+    "_predictive_draws",
+    "elbo_history_",
+    "n_iter_",
+    "converged_",
+)
+
+
+def sgvi_data(name, n=3000):
+    X, linear, label = cavi_data(n)
+    X = (X - X.mean(axis=0)) / 2.0
+    if name == "poisson":
+        rng = np.random.default_rng(8)
+        return X, rng.poisson(np.exp(X @ [0.4, -0.3, 0.2, 0.5])).astype(float)
+    return X, label
+
+
+def assert_same_sgvi(a, b):
+    """Bitwise equality of the fitted q, its draws and the fit's history and state."""
+    assert type(a) is type(b) and sorted(vars(a)) == sorted(vars(b))
+    for name in SGVI_FITTED:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), name)
+    for x, y in zip(a.state_, b.state_):
+        if isinstance(x, tuple):  # the optimizer's state, the frame
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", list(SGVI_MODELS))
+def test_sgvi_stop_and_resume_in_process_gives_the_uninterrupted_model(tmp_path, name):
+    make, _ = SGVI_MODELS[name]
+    X, y = sgvi_data(name)
+    reference = quiet(make().fit, X, y)
+    assert reference.converged_ and reference.state_.lr_scale < 1.0  # decayed
+    checkpoint = str(tmp_path / "ck.npz")
+    # stops at 50 (a window's end), 117, 201 and 351 (the fit takes 400 steps):
+    # checkpoints every 100 and where it stops
+    stops = (50, 67, 84, 150)
+    for stop_at in stops:
+        with pytest.raises(Interrupted) as info:
+            quiet(
+                fit_sgvi,
+                make(),
+                X,
+                y,
+                checkpoint=checkpoint,
+                checkpoint_every=100,
+                resume=True,
+                should_stop=stop_after(stop_at),
+            )
+        assert read_metadata(checkpoint)["extra"]["iteration"] == info.value.iteration
+    assert info.value.iteration == sum(stops) < reference.n_iter_
+    ck = load(checkpoint)  # a checkpoint is the model after those steps ...
+    assert ck.n_iter_ == sum(stops) and not ck.converged_
+    assert ck.run_.elbo.shape == (sum(stops),)
+    progress = Progress(reference.max_iter, X.shape[0], quiet=True)
+    resumed = quiet(
+        fit_sgvi, make(), X, y, progress=progress, checkpoint=checkpoint, resume=True
+    )
+    assert_same_sgvi(reference, resumed)
+    assert resumed.get_params() == make().get_params()
+    # ... and no model holds the run state: the fitted model, its file
+    assert not hasattr(resumed, "run_")
+    save(resumed, tmp_path / "m.npz")
+    assert "run_" not in read_metadata(tmp_path / "m.npz")["attributes"]
+    assert_same_sgvi(reference, load(tmp_path / "m.npz"))
+
+
+def test_sgvi_resume_refuses_other_data_targets_parameters_or_states(tmp_path):
+    X, y = sgvi_data("logistic", 1000)
+    make = lambda **kw: BayesianLogisticRegression(random_state=0, **kw)  # noqa: E731
+    checkpoint = str(tmp_path / "ck.npz")
+    with pytest.raises(Interrupted):
+        fit_sgvi(make(), X, y, checkpoint=checkpoint, should_stop=stop_after(30))
+    other = y.copy()
+    other[17] = 1.0 - other[17]
+    with pytest.raises(DataError, match="other targets y"):
+        fit_sgvi(make(), X, other, checkpoint=checkpoint, resume=True)
+    with pytest.raises(DataError, match="other data"):
+        fit_sgvi(make(), one_ulp_up(X, 7, 2), y, checkpoint=checkpoint, resume=True)
+    with pytest.raises(ValueError, match="other model parameters"):
+        fit_sgvi(make(window=50), X, y, checkpoint=checkpoint, resume=True)
+    with pytest.raises(ValueError, match="not a BayesianPoissonRegression"):
+        fit_sgvi(
+            BayesianPoissonRegression(random_state=0),
+            X,
+            y,
+            checkpoint=checkpoint,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="more than max_iter=20"):
+        fit_sgvi(make(max_iter=20), X, y, checkpoint=checkpoint, resume=True)
+    est = make(warm_start=True)
+    with pytest.raises(ValueError, match="warm_start=False"):
+        fit_sgvi(est, X, y, checkpoint=str(tmp_path / "c2.npz"))
+    # a run state whose rule state does not fit q is refused when loaded
+    ck = load(checkpoint)
+    ck.run_ = ck.run_._replace(rule={**ck.run_.rule, "_sum": np.array([np.nan])})
+    save(ck, tmp_path / "bad.npz", kind="checkpoint")
+    with pytest.raises(ValueError, match="run_.*not a dict of numbers"):
+        load(tmp_path / "bad.npz")
+
+
+def test_sgvi_sigkill_at_each_step_of_a_checkpoint_then_resume_gives_the_same_model(
+    tmp_path,
+):
+    X, y = sgvi_data("logistic")
+    path = tmp_path / "x.npy"
+    np.save(path, np.column_stack([X, y]))
+    options = ("--random-state", 4, "--batch-size", 512, "--window", 50)
+    cli("fit", "sgvi-logistic", path, "-o", tmp_path / "ref.npz", "-q", *options)
+    reference = load(tmp_path / "ref.npz")
+    assert reference.converged_ and reference.n_iter_ == 400
+    out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
+    job = [sys.executable, "-m", "fastvi", "fit", "sgvi-logistic", str(path)]
+    job += ["-o", str(out), "--checkpoint", str(ck), "--resume", "--quiet"]
+    job += list(map(str, options))
+    # killed in step 41 (after checkpoint 40), while writing checkpoint 90,
+    # before the folder sync after checkpoint 130, before the rename of 200
+    left = []
+    for when, iteration in (
+        ("running", 40),
+        ("writing", 90),
+        ("renamed", 130),
+        ("written", 200),
+    ):
+        left += kill_and_check(job, out, ck, when, iteration)
+    # Ctrl-C in step 301: it stops after that step, with its checkpoint
+    run = run_with_fault(job, "running", 300, "SIGINT")
+    assert run.returncode == 130, run.stderr
+    assert "rerun with --resume" in run.stderr
+    assert checkpoint_iteration(ck) == 301 and not out.exists()
+    run = subprocess.run(job, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert_same_sgvi(reference, load(out))
+    assert not ck.exists() and temp_files(tmp_path) == sorted(left)

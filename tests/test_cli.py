@@ -149,8 +149,8 @@ def test_fit_help_shows_help_defaults_and_choices(capsys):
         ("gaussian", True, True),
         ("linear", True, True),
         ("logistic", True, True),
-        ("sgvi-logistic", False, False),
-        ("sgvi-poisson", False, False),
+        ("sgvi-logistic", True, False),
+        ("sgvi-poisson", True, False),
     ],
 )
 def test_fit_help_offers_checkpoints_and_blocks_where_the_driver_has_them(
@@ -401,10 +401,9 @@ def test_predict_streams_an_out_of_core_file_to_csv(tmp_path, capsys):
             ["--perp-tol is not an option of 'gmm' (it is one of lda)"],
         ),
         (
-            ("fit", "sgvi-logistic", "x.csv", "-o", "m.npz", "--checkpoint", "c.npz"),
+            ("fit", "sgvi-logistic", "x.csv", "-o", "m.npz", "--n-components", "3"),
             [
-                "--checkpoint is not an option of 'sgvi-logistic' (it is one of gmm, "
-                "lda, gaussian, linear, logistic)"
+                "--n-components is not an option of 'sgvi-logistic' (it is one of gmm, lda)"
             ],
         ),
         (("predcit", "m.npz", "x.npy"), ["did you mean 'predict'?"]),
@@ -453,11 +452,14 @@ def test_rows_and_columns_count_from_one(tmp_path):
             pass
 
 
-def test_an_existing_checkpoint_needs_resume_or_overwrite(data, tmp_path, capsys):
-    path, options = data["gmm"]
+@pytest.mark.parametrize("command", ["gmm", "sgvi-poisson"])
+def test_an_existing_checkpoint_needs_resume_or_overwrite(
+    command, data, tmp_path, capsys
+):
+    path, options = data[command]
     out, ck = tmp_path / "m.npz", tmp_path / "ck.npz"
     ck.write_bytes(b"an earlier run's checkpoint")
-    fit = ["fit", "gmm", path, "-o", out, *options, "--checkpoint", ck, "-q"]
+    fit = ["fit", command, path, "-o", out, *options, "--checkpoint", ck, "-q"]
     status, _, err = run(capsys, *fit)
     assert status == 2
     one_line_error(err, str(ck), "exists", "--resume", "--overwrite")
@@ -467,7 +469,7 @@ def test_an_existing_checkpoint_needs_resume_or_overwrite(data, tmp_path, capsys
     status, _, err = run(capsys, *fit, "--overwrite")
     assert status == 0, err
     assert out.exists() and not ck.exists()  # the model replaced the checkpoint
-    status, _, err = run(capsys, "fit", "gmm", path, "-o", out, "--overwrite")
+    status, _, err = run(capsys, "fit", command, path, "-o", out, "--overwrite")
     one_line_error(err, "--overwrite needs --checkpoint")
 
 

@@ -9,10 +9,11 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from fastvi._cavi import Monitor, monitor_of, monitoring
-from fastvi.batch.jobs import Progress, fit_cavi, fit_lda, fit_mixture
+from fastvi.batch.jobs import Progress, fit_cavi, fit_lda, fit_mixture, fit_sgvi
 from fastvi.conjugate import UnivariateGaussian, VBLinearRegression
 from fastvi.lda import LatentDirichletAllocation
 from fastvi.mixture import BayesianGaussianMixture
+from fastvi.sgvi.estimators import BayesianLogisticRegression
 
 
 def _quietly(fn, *args, **kwargs):
@@ -87,6 +88,14 @@ def test_jobs_leave_nothing_transient_on_the_estimator(tmp_path, verbose):
         ),
         fit_mixture,
         X,
+    )
+    job(
+        lambda: BayesianLogisticRegression(
+            max_iter=40, random_state=0, verbose=verbose
+        ),
+        fit_sgvi,
+        X,
+        y > 0,
     )
     counts = rng.poisson(1.0, size=(40, 30)).astype(float)
     job(

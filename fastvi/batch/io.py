@@ -397,7 +397,31 @@ def read_data(path, fmt="auto", header=False, check=True):
     return X
 
 
-class NpyRows:
+class _BlockSource:
+    """``path`` and ``block_rows`` of a source read block by block, and its repr."""
+
+    def _init_blocks(self, path, block_rows):
+        self.path = os.fspath(path)
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self.block_rows = int(block_rows)
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self.path!r}, shape={self.shape}, "
+            f"block_rows={self.block_rows})"
+        )
+
+
+def _npy_header(fh):
+    """(shape, fortran_order, dtype) of the .npy stream ``fh``, left after it."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+class NpyRows(_BlockSource):
     """Fixed row blocks of a float64 (or float32) C-order ``.npy`` file, read into
     fixed float64 buffers.
 
@@ -443,22 +467,13 @@ class NpyRows:
     """
 
     def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS, prefetch=2):
-        self.path = os.fspath(path)
-        if int(block_rows) < 1:
-            raise ValueError(f"block_rows must be positive, got {block_rows}")
+        self._init_blocks(path, block_rows)
         if int(prefetch) < 0:
             raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
-        self.block_rows = int(block_rows)
         self.prefetch = int(prefetch)
         try:
             with open(self.path, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(fh)
+                shape, fortran, dtype = _npy_header(fh)
                 self._offset = fh.tell()
                 size = os.fstat(fh.fileno()).st_size
         except FileNotFoundError:
@@ -487,11 +502,6 @@ class NpyRows:
         self._spare = []  # block buffers not in use by a pass, kept for the next
         self._spare_lock = threading.Lock()
         self._checked = 0  # rows [0, _checked) have been checked for NaN/inf
-
-    def __repr__(self):
-        return (
-            f"NpyRows({self.path!r}, shape={self.shape}, block_rows={self.block_rows})"
-        )
 
     def read_rows(self, start, stop, out=None):
         """Rows ``start:stop`` (a copy, or into ``out``)."""
@@ -665,15 +675,13 @@ def dask_rows(path, block_rows=DEFAULT_BLOCK_ROWS):
     import dask.array as da
 
     rows = NpyRows(path, block_rows=block_rows)  # validates the header here
-    N, D = rows.shape
+    D = rows.shape[1]
     read = dask.delayed(_read_checked_rows, pure=True)
     chunks = [
         da.from_delayed(
-            read(rows.path, start, min(N, start + rows.block_rows)),
-            shape=(min(N, start + rows.block_rows) - start, D),
-            dtype=np.float64,
+            read(rows.path, start, stop), shape=(stop - start, D), dtype=np.float64
         )
-        for start in range(0, N, rows.block_rows)
+        for start, stop in rows._spans()
     ]
     return da.concatenate(chunks, axis=0)
 
@@ -804,7 +812,7 @@ def fingerprint(X):
 _TEXT_BYTES = 1 << 22  # a docword file is parsed 4 MiB of text at a time
 
 
-class _SparseBlocks:
+class _SparseBlocks(_BlockSource):
     """What the sparse block sources share: ``shape``, ``block_rows``, ``dtype`` and
     ``spare_row = False`` (``iter_blocks()`` yields ``(start, stop, csr)``: the rows
     ``start:stop`` as a float64 CSR matrix of their own, checked for NaN/infinity).
@@ -812,18 +820,6 @@ class _SparseBlocks:
 
     spare_row = False
     dtype = np.dtype(np.float64)
-
-    def _init_blocks(self, path, block_rows):
-        self.path = os.fspath(path)
-        if int(block_rows) < 1:
-            raise ValueError(f"block_rows must be positive, got {block_rows}")
-        self.block_rows = int(block_rows)
-
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}({self.path!r}, shape={self.shape}, "
-            f"block_rows={self.block_rows})"
-        )
 
     def _block(self, start, stop, indptr, indices, data):
         import scipy.sparse as sp
@@ -898,23 +894,12 @@ class SparseNpzRows(_SparseBlocks):
     def _member_header(self, zf, name):
         """(number of values, dtype) of the 1-D array ``name`` of the archive."""
         with zf.open(name + ".npy") as fh:
-            shape, dtype = self._read_header(fh)
+            shape, _, dtype = _npy_header(fh)
         if len(shape) != 1 or dtype.kind not in ("iuf" if name == "data" else "iu"):
             raise DataError(
                 f"{self.path}: {name} is not a 1-D numeric array ({shape}, {dtype})"
             )
         return shape[0], dtype
-
-    @staticmethod
-    def _read_header(fh):
-        version = np.lib.format.read_magic(fh)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = read_header(fh)
-        return shape, dtype
 
     def _read(self, fh, name, n):
         dtype = self._members[name][1]
@@ -930,7 +915,7 @@ class SparseNpzRows(_SparseBlocks):
                 streams = {}
                 for name in ("indptr", "indices", "data"):
                     streams[name] = zf.open(name + ".npy")
-                    self._read_header(streams[name])
+                    _npy_header(streams[name])
                 try:
                     yield from self._blocks(streams, N, W)
                 finally:

@@ -38,6 +38,11 @@ epochs that evaluate it and documents per second. Every epoch's E-step draws fro
 random state, ``n_iter_``, ``n_batch_iter_``, ``perplexity_history_`` and, in
 ``extra``, the epoch, the stop rule's reference perplexity and digamma of the topic
 totals as the loop had them: a resumed fit is bitwise the uninterrupted one.
+
+``fit_sgvi`` does the same for the SGVI estimators (``BayesianLogisticRegression``,
+``BayesianPoissonRegression``), step by step: the engine hands its monitor a snapshot
+of the run (:class:`fastvi.sgvi.SGVIRun`), which the checkpoint keeps beside the model
+after that step, and a resume hands it back to :meth:`fastvi.sgvi.SGVI.run`.
 """
 
 from __future__ import annotations
@@ -57,10 +62,17 @@ from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
 
-__all__ = ["Interrupted", "Progress", "fit_cavi", "fit_lda", "fit_mixture"]
+__all__ = ["Interrupted", "Progress", "fit_cavi", "fit_lda", "fit_mixture", "fit_sgvi"]
 
 # parameters that may differ between the run that wrote a checkpoint and the resume
-_FREE_PARAMS = ("max_iter", "warm_start", "verbose", "verbose_interval", "n_jobs")
+_FREE_PARAMS = (
+    "max_iter",
+    "warm_start",
+    "verbose",
+    "verbose_interval",
+    "n_jobs",
+    "progress_bar",
+)
 
 
 class Interrupted(Exception):
@@ -554,4 +566,75 @@ def fit_lda(
 
     with monitoring(est, Monitor(callback=callback, resume=state)):
         est.fit(X)
+    return est
+
+
+def fit_sgvi(
+    est,
+    X,
+    y,
+    *,
+    progress=None,
+    checkpoint=None,
+    checkpoint_every=1,
+    resume=False,
+    should_stop=None,
+):
+    """Fit ``BayesianLogisticRegression`` or ``BayesianPoissonRegression`` with
+    progress, checkpoints and resume: the parameters of :func:`fit_cavi`, counted
+    in SGVI steps (the progress shows each step's ELBO estimate).
+
+    A checkpoint is the model as a fit stopped at that step leaves it, holding the
+    run's state (``run_``, a :class:`fastvi.sgvi.engine.SGVIRun`: the engine's
+    state with its counter-based random key, the stopping rule's windows and
+    averaging sums, the divergence monitor's, the ELBO trace); the job's model
+    never holds it. A resume goes on from that state and ends bitwise as the
+    uninterrupted fit. The fixed-draw fit (``method='fixed'``: a few
+    deterministic BFGS iterations) writes no checkpoint: a job stopped there
+    starts again on resume, with the same result. Needs ``warm_start=False``.
+    """
+    every = _check_job(est, None, checkpoint, checkpoint_every)
+    if checkpoint is not None and est.warm_start:
+        raise ValueError("checkpoints need warm_start=False")
+    with all_or_nothing(est):
+        data_print = target_print = signature = run = None
+        if checkpoint is not None:
+            data_print, target_print = fingerprint(X), _target_print(y)
+            signature = _param_signature(est)
+        if resume and checkpoint is not None and os.path.exists(checkpoint):
+            ck, extra = _load_checkpoint(est, checkpoint, data_print)
+            if extra.get("target") != target_print:
+                raise DataError(
+                    f"{checkpoint}: the checkpoint was written for other targets y; "
+                    "delete it to start afresh"
+                )
+            run = getattr(ck, "run_", None)
+            if run is None:
+                raise ValueError(f"{checkpoint}: not a checkpoint (no run state)")
+        if progress is not None:
+            progress.start_at(0 if run is None else run.elbo.shape[0])
+
+        def callback(model, n, elbo, snapshot):
+            if progress is not None:
+                change = elbo[-1] - elbo[-2] if n > 1 else np.inf
+                progress.update(n, elbo[-1], change)
+            stop = should_stop is not None and should_stop()
+            written = None
+            due = stop or n % every == 0 or n >= model.max_iter
+            if checkpoint is not None and snapshot is not None and due:
+                at = snapshot()
+                extra = {
+                    "iteration": n,
+                    "converged": at.converged,
+                    "data": data_print,
+                    "target": target_print,
+                    "params": signature,
+                }
+                save(model._checkpoint(at), checkpoint, kind="checkpoint", extra=extra)
+                written = checkpoint
+            if stop:
+                raise Interrupted(n, written)
+
+        with monitoring(est, Monitor(callback=callback, resume=run)):
+            est.fit(X, y)
     return est

@@ -15,6 +15,10 @@ selects compile to blends) after a Cody–Waite range reduction:
                  :func:`atanh2_estrin`.
 ``log_ge1``      log(y) for finite y >= 1 (digamma's asymptotic series), mantissa and
                  exponent split by bit operations, atanh series in Horner form.
+``softplus``, ``sigmoid``, ``log_pos``, ``log1p``
+                 log(1 + e^x), 1 / (1 + e^-x), log(y) for y >= 0 and log(1 + x) on
+                 their whole domains, branch-free: for users' likelihoods of a linear
+                 predictor (``fastvi.sgvi.vmath``).
 ``exp_neg32``, ``atanh2_32``
                  float32 versions for float32 data (twice the vector width).
 
@@ -202,6 +206,39 @@ def log_ge1(y):
     log_m = 2.0 * s + 2.0 * s * s2 * p
     fe = float(e)
     return fe * LN2_HI + (fe * LN2_LO + log_m)
+
+
+@jit
+def softplus(x):
+    """log(1 + exp(x)), branch-free and vectorizable (a few ulp); NaN gives NaN."""
+    return max(x, 0.0) + log1p_unit(exp_clamped(-abs(x)))
+
+
+@jit
+def sigmoid(x):
+    """1 / (1 + exp(-x)), branch-free and vectorizable; NaN gives NaN."""
+    e = exp_clamped(-abs(x))
+    return (1.0 if x >= 0.0 else e) / (1.0 + e)
+
+
+@jit
+def log_pos(y):
+    """log(y) for y >= 0 (-inf at 0, inf at inf, subnormals scaled into range), NaN
+    below 0 and for NaN; branch-free and vectorizable."""
+    tiny = y < 2.2250738585072014e-308
+    r = log_ge1(y * 4503599627370496.0 if tiny else y)  # 2**52
+    r = r - 52.0 * LN2 if tiny else r
+    r = -np.inf if y == 0.0 else r
+    r = np.inf if y == np.inf else r
+    return r if y >= 0.0 else np.nan
+
+
+@jit
+def log1p(x):
+    """log(1 + x) for x >= -1 (NaN below), branch-free and vectorizable: the atanh
+    series near 0, where 1 + x would round away x's low bits, else :func:`log_pos`."""
+    near = x >= -0.25 and x <= SQRT2M1
+    return atanh2_estrin(x / (x + 2.0)) if near else log_pos(1.0 + x)
 
 
 # ---------------------------------------------------------------- float32

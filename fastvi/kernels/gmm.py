@@ -46,9 +46,17 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
-from ._config import jit
+from ._config import jit, wide_vectors
 from ._math import EXP_LO_32, exp_neg32, exp_nonpos
-from .tiles import gram_upper, like, load_tile, maha_upper, tri_column, weighted_sq_dist
+from .tiles import (
+    gram_upper,
+    like,
+    load_tile,
+    maha_blocked,
+    scratch,
+    tri_column,
+    weighted_sq_dist,
+)
 
 KIND_FULL = 0
 KIND_TIED = 1
@@ -56,23 +64,41 @@ KIND_DIAG = 2
 
 
 @jit
-def _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha):
-    K, D = means.shape
+def _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha):
+    wide_vectors()
+    K = Up.shape[0]
+    half = like(0.5, LP)
     for k in range(K):
-        for d in range(D):
-            m = means[k, d]
-            for t in range(T):
-                Y[d, t] = Xt[d, t] - m
-        # maha = || (x - m_k) @ U_k ||^2
-        maha_upper(prec[k], Y, T, acc, acc2, maha)
+        # maha = || x @ U_k - m_k @ U_k ||^2
+        maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
         c = const[k]
-        half = like(0.5, LP)
         for t in range(T):
             LP[k, t] = c - half * maha[t]
 
 
 @jit
+def _padded_factors(means, prec, dtype_like):
+    """(Up, Bp): the upper triangles of ``prec`` zero-padded to (K, Dp, Dp), Dp the
+    next multiple of 8, and ``Bp[k] = means[k] @ prec[k]`` (summed in float64), in the
+    dtype of ``dtype_like`` (``tiles.maha_blocked``)."""
+    K, D = means.shape
+    Dp = -(-D // 8) * 8
+    Up = np.zeros((K, Dp, Dp), dtype=dtype_like.dtype)
+    Bp = np.zeros((K, Dp), dtype=dtype_like.dtype)
+    for k in range(K):
+        for j in range(D):
+            acc = 0.0
+            for i in range(j + 1):
+                u = prec[k, i, j]
+                Up[k, i, j] = u
+                acc += np.float64(means[k, i]) * np.float64(u)
+            Bp[k, j] = acc
+    return Up, Bp
+
+
+@jit
 def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
+    wide_vectors()
     K, D = proj.shape
     # Y <- (x @ U)^T for the tile, shared by all components
     U = prec[0]
@@ -91,6 +117,7 @@ def _logprob_tied(Xt, T, proj, prec, const, LP, Y, acc):
 
 @jit
 def _logprob_diag(Xt, T, means, prec, const, LP, acc):
+    wide_vectors()
     K = means.shape[0]
     half = like(0.5, LP)
     for k in range(K):
@@ -129,6 +156,7 @@ def _normalize(T, K, LP, R, mx, s):
     On return ``mx[t]`` holds log-sum-exp of column t. The two sums are in the dtype
     of ``LP`` (float32 tiles: over this tile's points only).
     """
+    wide_vectors()
     for t in range(T):
         mx[t] = LP[0, t]
     for k in range(1, K):
@@ -163,6 +191,7 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
 
     Sums over the tile's points run in the tile's dtype; the partials are float64.
     """
+    wide_vectors()
     K, D = shift.shape
     for k in range(K):
         tot = like(0.0, R)
@@ -254,6 +283,7 @@ def _specialize(kind, name):
             the sum of log-sum-exp and ``ent`` of -r log r over the chunk's rows (0 when
             resp_in or labels_in is given).
         """
+        wide_vectors()
         D = X.shape[1]
         K = const.shape[0]
         N = X.shape[0]
@@ -264,16 +294,25 @@ def _specialize(kind, name):
         want_norm = out_norm.shape[0] == N
         want_labels = out_labels.shape[0] == N
         # scratch in the dtype of X: float32 data run on float32 lanes
-        Xt = np.empty((D, tile), dtype=X.dtype)
-        Y = np.empty((D, tile), dtype=X.dtype)
-        W = np.empty((D, tile), dtype=X.dtype)
-        LP = np.empty((K, tile), dtype=X.dtype)
-        R = np.empty((K, tile), dtype=X.dtype)
-        acc = np.empty(tile, dtype=X.dtype)
-        maha = np.empty(tile, dtype=X.dtype)
-        mx = np.empty(tile, dtype=X.dtype)
-        s = np.empty(tile, dtype=X.dtype)
-        acc2 = np.empty(tile, dtype=X.dtype)
+        # full: the tile's features padded with zero rows to a multiple of 8
+        # (tiles.maha_blocked)
+        Dp = -(-D // 8) * 8 if kind == KIND_FULL else D
+        Xt = scratch(Dp, tile, X)
+        Xt[D:] = 0.0
+        if kind == KIND_FULL:
+            Up, Bp = _padded_factors(means, prec, X)
+        else:
+            Up, Bp = np.empty((0, 0, 0), X.dtype), np.empty((0, 0), X.dtype)
+        Z = scratch(8, tile, X)
+        Y = scratch(D, tile, X)
+        W = scratch(D, tile, X)
+        LP = scratch(K, tile, X)
+        R = scratch(K, tile, X)
+        rows = scratch(4, tile, X)
+        acc = rows[0]
+        maha = rows[1]
+        mx = rows[2]
+        s = rows[3]
         for c in range(c0, c1):
             start = c * chunk
             stop = min(N, start + chunk)
@@ -298,7 +337,7 @@ def _specialize(kind, name):
                             R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
                 else:
                     if kind == KIND_FULL:
-                        _logprob_full(Xt, T, means, prec, const, LP, Y, acc, acc2, maha)
+                        _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha)
                     elif kind == KIND_TIED:
                         _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
                     else:

@@ -33,6 +33,10 @@ branch-free polynomial ``exp``/``log1p`` (numba from PyPI has no vector libm): i
 float64, except the logistic terms of float32 data, which run in float32 (twice the
 vector width; summed in float32 over a tile's rows only). Every sum leaving a tile is
 float64.
+
+``linear_predictor`` and ``gradient_tile`` (the two products of a tile) are public: the
+kernels that :class:`fastvi.sgvi.LinearModel` generates around a user's likelihood of
+eta (``fastvi.kernels.sgvi_user``) run the same products.
 """
 
 import numpy as np
@@ -78,7 +82,7 @@ def _logistic_terms32(eta, yv):
 
 
 @jit
-def _linear_predictor(Xt, T, W, b, E):
+def linear_predictor(Xt, T, W, b, E):
     """E[s, t] = b[s] + sum_d W[s, d] Xt[d, t].
 
     Register-blocked 4 draws x 4 features: each sweep over the tile's rows loads four
@@ -222,7 +226,7 @@ def _pointwise(E, yt, T, family, tau, ll, ss):
 
 
 @jit
-def _gradient(Xt, T, R, gw, gb, zero):
+def gradient_tile(Xt, T, R, gw, gb, zero):
     """gw[s, d] += sum_t R[s, t] Xt[d, t] and gb[s] += sum_t R[s, t].
 
     Blocked 4 draws x 4 features: sixteen independent dot products per sweep, eight
@@ -422,9 +426,9 @@ def _gradient(Xt, T, R, gw, gb, zero):
 
 @jit
 def _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss):
-    _linear_predictor(Xt, T, W, b, E)
+    linear_predictor(Xt, T, W, b, E)
     _pointwise(E, yt, T, family, tau, ll, ss)
-    _gradient(Xt, T, E, gw, gb, zero)
+    gradient_tile(Xt, T, E, gw, gb, zero)
 
 
 @jit

@@ -6,11 +6,15 @@ vectorizes along the points (see ``shared/PERFORMANCE.md``: tiling took the mixt
 kernel from 3-5x to 16-23x scikit-learn). The microkernels below are register blocked:
 every load or store of a tile row feeds several multiply-adds.
 
+``scratch``
+    a tile-shaped scratch array on 64-byte boundaries (whole 512-bit loads).
 ``load_tile``, ``gather_tile``, ``tile_rows``
     copy rows into tiles: a range, rows by index, or all of X at once.
-``tri_column``, ``maha_upper``
+``tri_column``, ``maha_upper``, ``maha_blocked``
     x^T U products with an upper-triangular U (precision Cholesky factors, covariance
-    factors): one column of it, or the squared norm ||x^T U||^2 per point.
+    factors): one column of it, or the squared norm ||x^T U||^2 per point
+    (``maha_blocked``: ||x^T U - b||^2 on a factor zero-padded to a multiple of 8, in
+    4 x 8 register blocks).
 ``weighted_sq_dist``
     sum_d w_d (a_d - c_d)^2 per point (diagonal precisions, projected means).
 ``gram_upper``
@@ -25,10 +29,11 @@ mixture lanes: twice the vector width); sums over a tile's points are kept in th
 dtype and added into the caller's (float64) outputs.
 """
 
+import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-from ._config import jit
+from ._config import jit, wide_vectors
 
 
 @intrinsic
@@ -44,8 +49,24 @@ def like(typingctx, x, arr):
 
 
 @jit
+def scratch(rows, cols, like_array):
+    """An uninitialized (rows, >= cols) scratch array in the dtype of ``like_array``
+    whose rows start on 64-byte boundaries.
+
+    numba's ``np.empty`` aligns to 32 bytes: a 512-bit load from such a row splits two
+    cache lines every other time, and the tiled loops ran about 1.4x slower.
+    """
+    lanes = 64 // like_array.itemsize
+    width = -(-cols // lanes) * lanes
+    buf = np.empty(rows * width + lanes, dtype=like_array.dtype)
+    off = (lanes - (buf.ctypes.data // like_array.itemsize) % lanes) % lanes
+    return buf[off : off + rows * width].reshape((rows, width))
+
+
+@jit
 def load_tile(X, t0, T, intercept, Xt):
     """Xt[d, t] = X[t0 + t, d] for t < T; with ``intercept`` also Xt[D, t] = 1."""
+    wide_vectors()
     D = X.shape[1]
     for t in range(T):
         for d in range(D):
@@ -84,6 +105,7 @@ def tri_column(U, j, Y, T, acc):
     Four rows per sweep so each load/store of ``acc`` feeds four FMAs: the sweep is
     bound by memory operations otherwise.
     """
+    wide_vectors()
     for t in range(T):
         acc[t] = 0.0
     n = j + 1
@@ -112,6 +134,7 @@ def maha_upper(U, Y, T, acc, acc2, maha):
     Columns go in pairs (j, j + 1) that share the loads of rows 0..j, and rows in
     blocks of four, so every load or store feeds more than one FMA.
     """
+    wide_vectors()
     D = Y.shape[0]
     for t in range(T):
         maha[t] = 0.0
@@ -161,6 +184,7 @@ def maha_upper(U, Y, T, acc, acc2, maha):
 @jit
 def weighted_sq_dist(A, T, centre, weight, acc):
     """acc[t] <- sum_d weight[d] * (A[d, t] - centre[d])^2, four features a sweep."""
+    wide_vectors()
     D = A.shape[0]
     for t in range(T):
         acc[t] = 0.0
@@ -200,6 +224,7 @@ def gram_upper(W, Y, T, out, k):
     fit measured ~15% slower with the view (N=5e5, K=32, D=16); indexed, it is as fast
     as the inline copy it replaced (thread CPU time of a 'full' pass, same run).
     """
+    wide_vectors()
     D = Y.shape[0]
     i = 0
     while i < D:
@@ -251,3 +276,133 @@ def gram_upper(W, Y, T, out, k):
                     out[k, i + 1, j + 3] += b3
             j += 4
         i += 2
+
+
+@jit
+def _tri_rows4x8(U, i0, j0, X, T, Z):
+    """Z[c, t] += sum_{r < 4} U[i0 + r, j0 + c] * X[i0 + r, t] for c < 8: a 4 x 8
+    register block (each load of X feeds 8 FMAs, each load and store of Z 4)."""
+    wide_vectors()
+    a0, a1, a2, a3 = U[i0, j0], U[i0 + 1, j0], U[i0 + 2, j0], U[i0 + 3, j0]
+    b0, b1, b2, b3 = (
+        U[i0, j0 + 1],
+        U[i0 + 1, j0 + 1],
+        U[i0 + 2, j0 + 1],
+        U[i0 + 3, j0 + 1],
+    )
+    c0, c1, c2, c3 = (
+        U[i0, j0 + 2],
+        U[i0 + 1, j0 + 2],
+        U[i0 + 2, j0 + 2],
+        U[i0 + 3, j0 + 2],
+    )
+    d0, d1, d2, d3 = (
+        U[i0, j0 + 3],
+        U[i0 + 1, j0 + 3],
+        U[i0 + 2, j0 + 3],
+        U[i0 + 3, j0 + 3],
+    )
+    e0, e1, e2, e3 = (
+        U[i0, j0 + 4],
+        U[i0 + 1, j0 + 4],
+        U[i0 + 2, j0 + 4],
+        U[i0 + 3, j0 + 4],
+    )
+    f0, f1, f2, f3 = (
+        U[i0, j0 + 5],
+        U[i0 + 1, j0 + 5],
+        U[i0 + 2, j0 + 5],
+        U[i0 + 3, j0 + 5],
+    )
+    g0, g1, g2, g3 = (
+        U[i0, j0 + 6],
+        U[i0 + 1, j0 + 6],
+        U[i0 + 2, j0 + 6],
+        U[i0 + 3, j0 + 6],
+    )
+    h0, h1, h2, h3 = (
+        U[i0, j0 + 7],
+        U[i0 + 1, j0 + 7],
+        U[i0 + 2, j0 + 7],
+        U[i0 + 3, j0 + 7],
+    )
+    for t in range(T):
+        x0 = X[i0, t]
+        x1 = X[i0 + 1, t]
+        x2 = X[i0 + 2, t]
+        x3 = X[i0 + 3, t]
+        Z[0, t] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+        Z[1, t] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+        Z[2, t] += c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3
+        Z[3, t] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+        Z[4, t] += e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+        Z[5, t] += f0 * x0 + f1 * x1 + f2 * x2 + f3 * x3
+        Z[6, t] += g0 * x0 + g1 * x1 + g2 * x2 + g3 * x3
+        Z[7, t] += h0 * x0 + h1 * x1 + h2 * x2 + h3 * x3
+
+
+@jit
+def _tri_corner4(U, j0, X, T, Z):
+    """The lower-right 4 x 4 corner of an 8 x 8 diagonal block of upper-triangular U:
+    Z[4 + c, t] += sum_{r <= c} U[j0 + 4 + r, j0 + 4 + c] * X[j0 + 4 + r, t]."""
+    wide_vectors()
+    i = j0 + 4
+    a0 = U[i, i]
+    b0, b1 = U[i, i + 1], U[i + 1, i + 1]
+    c0, c1, c2 = U[i, i + 2], U[i + 1, i + 2], U[i + 2, i + 2]
+    d0, d1, d2, d3 = U[i, i + 3], U[i + 1, i + 3], U[i + 2, i + 3], U[i + 3, i + 3]
+    for t in range(T):
+        x0 = X[i, t]
+        x1 = X[i + 1, t]
+        x2 = X[i + 2, t]
+        x3 = X[i + 3, t]
+        Z[4, t] += a0 * x0
+        Z[5, t] += b0 * x0 + b1 * x1
+        Z[6, t] += c0 * x0 + c1 * x1 + c2 * x2
+        Z[7, t] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3
+
+
+@jit
+def maha_blocked(U, b, X, T, Z, maha):
+    """maha[t] <- || X[:, t]^T U - b ||^2 for upper-triangular U (Dp, Dp).
+
+    ``Dp`` is a multiple of 8: U and ``b`` zero-padded beyond the D features (U also
+    exactly zero below its diagonal), and ``X`` (Dp, >= T) has zero rows beyond them
+    too. ``Z`` (8, >= T) is scratch. Columns of U go eight at a time: z = x^T U[:, j0:j0
+    + 8] - b[j0:j0 + 8] is built in ``Z`` from 4 x 8 register blocks of the rows above
+    and in the diagonal block (each load of Z feeds 4 FMAs, each of X 8; maha_upper's
+    sweeps: 2 and 2) and the diagonal block's last triangle, then its squares are added
+    to ``maha``. (x - m)^T U is computed as x^T U - m^T U with ``b = m^T U``, as
+    scikit-learn does, so no centred copy of the tile is stored.
+    """
+    wide_vectors()
+    Dp = U.shape[0]
+    for t in range(T):
+        maha[t] = 0.0
+    for j0 in range(0, Dp, 8):
+        b0, b1, b2, b3 = -b[j0], -b[j0 + 1], -b[j0 + 2], -b[j0 + 3]
+        b4, b5, b6, b7 = -b[j0 + 4], -b[j0 + 5], -b[j0 + 6], -b[j0 + 7]
+        for t in range(T):  # one sweep, not eight short ones
+            Z[0, t] = b0
+            Z[1, t] = b1
+            Z[2, t] = b2
+            Z[3, t] = b3
+            Z[4, t] = b4
+            Z[5, t] = b5
+            Z[6, t] = b6
+            Z[7, t] = b7
+        for i0 in range(0, j0 + 4, 4):  # the first half of the diagonal block too
+            _tri_rows4x8(U, i0, j0, X, T, Z)
+        _tri_corner4(U, j0, X, T, Z)
+        for t in range(T):
+            z0 = Z[0, t]
+            z1 = Z[1, t]
+            z2 = Z[2, t]
+            z3 = Z[3, t]
+            z4 = Z[4, t]
+            z5 = Z[5, t]
+            z6 = Z[6, t]
+            z7 = Z[7, t]
+            maha[t] += (z0 * z0 + z1 * z1 + z2 * z2 + z3 * z3) + (
+                z4 * z4 + z5 * z5 + z6 * z6 + z7 * z7
+            )

@@ -3,7 +3,8 @@
 See :mod:`fastvi.sgvi.engine` for the engine, :mod:`fastvi.sgvi.models` for models,
 :mod:`fastvi.sgvi.estimators` for the scikit-learn-style estimators,
 :mod:`fastvi.sgvi.user` for models from user-written numba functions
-(:class:`NumbaModel`) and :mod:`fastvi.sgvi.diagnostics` for the PSIS k-hat
+(:class:`NumbaModel`, :class:`LinearModel`; :mod:`fastvi.sgvi.vmath` for their
+vectorizable exp and log) and :mod:`fastvi.sgvi.diagnostics` for the PSIS k-hat
 diagnostic.
 """
 
@@ -24,6 +25,7 @@ from .engine import (
     Posterior,
     RobbinsMonro,
     SGVIResult,
+    SGVIRun,
     SGVIState,
     StanAdaptive,
     StanConvergence,
@@ -31,7 +33,7 @@ from .engine import (
     select_eta,
 )
 from .models import GLM, EightSchools, Interval, Model, Param
-from .user import NumbaModel
+from .user import LinearModel, NumbaModel
 
 __all__ = [
     "Adam",
@@ -42,6 +44,7 @@ __all__ = [
     "FullRank",
     "GLM",
     "Interval",
+    "LinearModel",
     "MeanField",
     "Model",
     "NumbaModel",
@@ -52,6 +55,7 @@ __all__ = [
     "RobbinsMonro",
     "SGVI",
     "SGVIResult",
+    "SGVIRun",
     "SGVIState",
     "StanAdaptive",
     "StanConvergence",

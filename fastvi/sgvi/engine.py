@@ -52,6 +52,9 @@ one would. (Philox needs no seed hashing: a step's generator costs ~13 µs, a th
 ``default_rng([key, t, r])``'s, which matters for millisecond minibatch steps.)
 """
 
+import copy
+import functools
+import inspect
 import math
 import threading
 import warnings
@@ -74,6 +77,7 @@ __all__ = [
     "RobbinsMonro",
     "SGVI",
     "SGVIResult",
+    "SGVIRun",
     "SGVIState",
     "StanAdaptive",
     "StanConvergence",
@@ -113,6 +117,9 @@ _FIXED_ROUNDS = 1
 # this many coordinates (an O(P^3) change of coordinates per step), by its
 # diagonal above.
 _FULL_FRAME_MAX = 200
+# The Laplace start finds the mode by Newton's method (one call of the model on
+# P + 1 points per iteration) up to this many coordinates, by L-BFGS above.
+_NEWTON_MAX = 64
 
 
 def _step_rng(key, step, retry):
@@ -869,6 +876,28 @@ class SGVIResult(NamedTuple):
     method: str = "sgd"
 
 
+class SGVIRun(NamedTuple):
+    """Where a run of stochastic steps stands: all :meth:`SGVI.run` needs to go on
+    (``resume=``) and end bitwise as the run would have without the stop.
+
+    ``state``: the engine's state after the last step; ``elbo``: the ELBO trace so
+    far (the fixed-draw iterations of a ``'fixed+sgd'`` run first, ``n_fixed`` of
+    them); ``rule`` and ``watch``: what the stopping rule and the
+    :class:`DivergenceMonitor` have kept of the trace (their attributes: window
+    sums and means for iterate averaging, the stage of the step-size decays, ...);
+    ``converged``: the rule fired at the last step. A snapshot: nothing in it is
+    changed by the run that made it.
+    """
+
+    state: SGVIState
+    elbo: np.ndarray
+    rule: dict
+    watch: dict
+    converged: bool = False
+    n_fixed: int = 0
+    method: str = "sgd"
+
+
 class Posterior(NamedTuple):
     """Draws of q mapped to the constrained space, with their means and sds.
 
@@ -894,6 +923,66 @@ class Posterior(NamedTuple):
         return to_arviz(self)
 
 
+def _snapshot(obj):
+    """A copy of the attributes of a stopping rule or monitor (what it has kept)."""
+    return copy.deepcopy(vars(obj))
+
+
+def _snapshot_run(run):
+    """``run`` (an :class:`SGVIRun` holding the live rule and monitor) as a
+    snapshot: copies of the trace and of their attributes."""
+    return run._replace(
+        elbo=run.elbo.copy(), rule=_snapshot(run.rule), watch=_snapshot(run.watch)
+    )
+
+
+def _same(a, b):
+    try:
+        return bool(np.array_equal(a, b))
+    except (TypeError, ValueError):
+        return False
+
+
+def _restore(obj, saved, size):
+    """Set ``obj``'s attributes to ``saved`` (from :func:`_snapshot`), refused
+    unless they include those ``obj`` has (some are made as the run goes), shadow
+    nothing of its class, keep its settings (its constructor's parameters) and its
+    arrays have ``size`` numbers."""
+
+    def arrays(v):
+        if isinstance(v, np.ndarray):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                yield from arrays(item)
+
+    if (
+        not isinstance(saved, dict)
+        or not set(vars(obj)) <= set(saved)
+        or any(
+            not isinstance(k, str) or k.startswith("__") or hasattr(type(obj), k)
+            for k in saved
+        )
+    ):
+        raise ValueError(
+            f"resume: the saved state is not one of a {type(obj).__name__}"
+        )
+    settings = inspect.signature(type(obj)).parameters
+    if any(
+        k in settings and k in vars(obj) and not _same(saved[k], vars(obj)[k])
+        for k in saved
+    ):
+        raise ValueError(
+            f"resume: the saved state is of a {type(obj).__name__} with other settings"
+        )
+    if any(a.shape != (size,) for a in arrays(list(saved.values()))):
+        raise ValueError(
+            f"resume: the saved state of the {type(obj).__name__} does not fit q "
+            f"({size} parameters)"
+        )
+    vars(obj).update(copy.deepcopy(saved))
+
+
 class SGVI:
     """Stochastic-gradient variational inference for a :class:`~fastvi.sgvi.models.Model`.
 
@@ -914,8 +1003,9 @@ class SGVI:
         scaled by N / batch_size. None: all rows.
     init_scale : float or None, default None
         None: :meth:`init` finds the mode of the log density in the
-        unconstrained space (L-BFGS from the initial point) and its curvature
-        (central differences of the gradient), starts q at that Laplace
+        unconstrained space (Newton's method from the initial point, L-BFGS
+        above 64 coordinates or where Newton fails) and its curvature
+        (differences of the gradient), starts q at that Laplace
         approximation (mean-field: sds 1 / sqrt(diag H), the best mean-field
         Gaussian of a Gaussian posterior) and steps in the coordinates it
         whitens (:class:`Frame`): steps are then scale-free, so far-from-zero,
@@ -1111,11 +1201,13 @@ class SGVI:
             with thread_limits(self.n_jobs):
                 eta, _ = self.adapt_eta(phi, key, frame)
             return SGVIState(phi, opt.init(phi_u, eta), key, 0, 1.0, frame)
-        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame)
+        kept_u = None if frame is None else phi_u
+        return SGVIState(phi, opt.init(phi_u), key, 0, 1.0, frame, kept_u)
 
     def laplace(self, z0, max_iter=1000):
         """``(frame, phi)``: the whitening :class:`Frame` at the mode of the log
-        density found by L-BFGS from ``z0``, and q's packed parameters there (the
+        density found from ``z0`` (:meth:`_newton`, else L-BFGS and central
+        differences of the gradient), and q's packed parameters there (the
         Laplace approximation N(mode, H^{-1}); mean-field: sds 1 / sqrt(H_ii)).
         None when no usable mode is found (a non-finite optimum or a curvature
         that is not positive definite)."""
@@ -1136,29 +1228,33 @@ class SGVI:
 
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                minimize(
-                    objective,
-                    best[1],
-                    jac=True,
-                    method="L-BFGS-B",
-                    options={"maxiter": int(max_iter), "maxcor": 20},
-                )
-            except (ValueError, FloatingPointError, OverflowError):
-                pass
-            a = best[1]
-            if not (math.isfinite(best[0]) and np.all(np.isfinite(a))):
-                return None
-            # curvature: central differences of the gradient, first with steps on
-            # the scale of a, then with steps of 1/100 of the sds found
-            h = 1e-4 * np.maximum(np.abs(a), 1.0)
-            H = self._hessian(a, h)
-            if H is None:
-                return None
-            d = np.diag(H)
-            if np.all(np.isfinite(d)) and np.all(d > 0):
-                H2 = self._hessian(a, 1e-2 / np.sqrt(d))
-                H = H if H2 is None else H2
+            found = self._newton(best[1]) if P <= _NEWTON_MAX else None
+            if found is not None:
+                a, H = found
+            else:
+                try:
+                    minimize(
+                        objective,
+                        best[1],
+                        jac=True,
+                        method="L-BFGS-B",
+                        options={"maxiter": int(max_iter), "maxcor": 20},
+                    )
+                except (ValueError, FloatingPointError, OverflowError):
+                    pass
+                a = best[1]
+                if not (math.isfinite(best[0]) and np.all(np.isfinite(a))):
+                    return None
+                # curvature: central differences of the gradient, first with
+                # steps on the scale of a, then with steps of 1/100 of the sds
+                h = 1e-4 * np.maximum(np.abs(a), 1.0)
+                H = self._hessian(a, h)
+                if H is None:
+                    return None
+                d = np.diag(H)
+                if np.all(np.isfinite(d)) and np.all(d > 0):
+                    H2 = self._hessian(a, 1e-2 / np.sqrt(d))
+                    H = H if H2 is None else H2
             try:
                 w, V = np.linalg.eigh(H)
             except np.linalg.LinAlgError:
@@ -1186,6 +1282,51 @@ class SGVI:
             if not np.all(np.isfinite(phi)):
                 return None
         return frame, phi
+
+    def _newton(self, z, max_iter=100):
+        """``(mode, H)`` by Newton's method on -log p with backtracking, H (-d^2
+        log p / dz^2) from forward differences of the gradient along the P axes
+        (steps of 1/1000 of the last iterate's sds), so that an iteration is one
+        call of the model on P + 1 points; None when H is not positive definite
+        or an iteration fails (the caller falls back to L-BFGS). Stops when the
+        Newton decrement g' H^-1 g is below 1e-6 (the mode within ~1e-3 sds)."""
+        h = 1e-4 * np.maximum(np.abs(z), 1.0)
+        best = None
+        t = 1.0
+        for _ in range(max_iter):
+            pts = np.concatenate([z[None, :], z + np.diag(h)])
+            lp, g = self.model.log_density(pts, None)
+            if not np.all(np.isfinite(g[1:])):
+                return None
+            if not (math.isfinite(lp[0]) and np.all(np.isfinite(g[0]))) or (
+                best is not None and lp[0] < best[1] + 1e-4 * t * best[2]
+            ):
+                if best is None or t < 1e-6:
+                    return None
+                t *= 0.25  # backtrack
+                z = best[0] + t * best[3]
+                continue
+            H = -(g[1:] - g[0]) / h[:, None]
+            H = 0.5 * (H + H.T)
+            try:
+                w, V = np.linalg.eigh(H)
+            except np.linalg.LinAlgError:
+                return None
+            if not (np.all(np.isfinite(w)) and w[-1] > 0):
+                return None
+            # away from the mode log p need not be concave: step by |H|
+            # (saddle-free Newton, Dauphin et al. 2014)
+            w_abs = np.maximum(np.abs(w), 1e-10 * w[-1])
+            d = V @ ((V.T @ g[0]) / w_abs)
+            dec = float(g[0] @ d)
+            if dec < 1e-6 and w[0] > 0:
+                return z, H
+            best = (z, float(lp[0]), dec, d)
+            sd = np.sqrt((V * V) @ (1.0 / w_abs))
+            h = np.minimum(1e-3 * sd, 1e-2 * np.maximum(np.abs(z), 1.0))
+            t = 1.0
+            z = z + d
+        return None
 
     def _hessian(self, z, h):
         """-d^2 log p / dz^2 at z by central differences of the gradient (steps h)."""
@@ -1357,11 +1498,14 @@ class SGVI:
         return float(lp.mean()) + self.family.entropy(phi)
 
     def _log_density_values(self, z):
+        # draws per call: _DRAW_BATCH, or more while draws x rows stay below 2^16
+        # for a model that says its rows (a small model's call costs about as
+        # much for 1 as for 256 draws)
+        rows = self.model.n_rows
+        n = _DRAW_BATCH if rows < 1 else max(_DRAW_BATCH, 2**16 // rows)
         out = np.empty(z.shape[0])
-        for i in range(0, z.shape[0], _DRAW_BATCH):
-            out[i : i + _DRAW_BATCH] = self.model.log_density(
-                z[i : i + _DRAW_BATCH], None, grad=False
-            )
+        for i in range(0, z.shape[0], n):
+            out[i : i + n] = self.model.log_density(z[i : i + n], None, grad=False)
         return out
 
     def adapt_eta(self, phi, key, frame=None):
@@ -1421,6 +1565,8 @@ class SGVI:
         init_params=None,
         psis_draws=None,
         callback=None,
+        resume=None,
+        monitor=None,
     ):
         """Run up to ``max_iter`` steps from ``init_state`` (or a fresh state).
 
@@ -1448,6 +1594,17 @@ class SGVI:
         ``callback(n, elbo, state)``, when given, is called after every step with
         the number of steps of this run, their ELBO values (a read-only view) and
         the state (verbose output; it must not change the state).
+
+        ``monitor(n, elbo, snapshot)``, when given, is called likewise (``n``: the
+        steps of the run so far, fixed-draw iterations included); ``snapshot()``,
+        called during the call, returns the :class:`SGVIRun` where the run stands
+        (None in the fixed-draw iterations: they are deterministic, and a run
+        stopped among them is rerun from the start). ``resume``: such an
+        :class:`SGVIRun` to go on from, with ``max_iter`` and a ``convergence`` rule
+        as the run had (a fresh one: it gets the saved rule's state); ``seed``,
+        ``init_state`` and ``init_params`` are then not used, and the result is
+        bitwise the one of the run that made the snapshot had it not stopped (its
+        parameters, ELBO trace, ``n_iter``, ``converged`` and k-hat).
         """
         with thread_limits(self.n_jobs):
             result = self._run(
@@ -1458,6 +1615,8 @@ class SGVI:
                 progress_bar,
                 init_params,
                 callback,
+                resume,
+                monitor,
             )
             if psis_draws is None:
                 psis_draws = min(1000, max(256, result.n_iter * self.n_samples // 2))
@@ -1571,7 +1730,20 @@ class SGVI:
         progress_bar,
         init_params,
         callback=None,
+        resume=None,
+        monitor=None,
     ):
+        if resume is not None:
+            self._check_resume(resume, max_iter)
+            return self._steps(
+                resume.state,
+                max_iter,
+                convergence,
+                progress_bar,
+                callback,
+                monitor,
+                resume,
+            )
         fresh = init_state is None
         state = self.init(seed, init_params) if fresh else init_state
         if (
@@ -1581,43 +1753,73 @@ class SGVI:
             and state.frame is not None
             and self.batch_size is None
         ):
-            fixed = self._run_fixed(state, max_iter, progress_bar, callback)
+            fixed = self._run_fixed(state, max_iter, progress_bar, callback, monitor)
             if fixed.converged or fixed.n_iter >= max_iter:
                 return fixed
             # the fixed draws' sampling error is too large: the stochastic steps
             # of method='sgd' exactly (from the Laplace start, the same draws;
             # from the fixed-draw q they ended farther off on eight schools, whose
-            # tau it had too wide)
-            later = None
-            if callback is not None:
-
-                def later(n, elbo, s):  # numbered after the fixed-draw iterations
-                    seen = np.concatenate([fixed.elbo, elbo])
-                    seen.flags.writeable = False
-                    callback(fixed.n_iter + n, seen, s)
-
-            rest = self._run(
-                None, max_iter - fixed.n_iter, None, state, progress_bar, None, later
+            # tau it had too wide), numbered after the fixed-draw iterations
+            start = SGVIRun(state, fixed.elbo, None, None, False, fixed.n_iter)
+            return self._steps(
+                state,
+                max_iter,
+                None,
+                progress_bar,
+                callback,
+                monitor,
+                start._replace(method="fixed+sgd"),
             )
-            return rest._replace(
-                elbo=np.concatenate([fixed.elbo, rest.elbo]),
-                n_iter=fixed.n_iter + rest.n_iter,
-                method="fixed+sgd",
+        return self._steps(
+            state, max_iter, convergence, progress_bar, callback, monitor
+        )
+
+    def _check_resume(self, run, max_iter):
+        """Refuse a ``resume`` that is no :class:`SGVIRun` of this engine's q."""
+        if not isinstance(run, SGVIRun) or not isinstance(run.state, SGVIState):
+            raise TypeError(f"resume must be an SGVIRun, got {type(run).__name__}.")
+        if np.shape(run.state.params) != (self.family.size,):
+            raise ValueError(
+                f"resume: the run's q has {np.size(run.state.params)} parameters, "
+                f"this engine's {self.family.size}."
             )
+        n = np.shape(run.elbo)[0] if np.ndim(run.elbo) == 1 else -1
+        if not 0 <= run.n_fixed <= n <= max_iter:
+            raise ValueError(
+                f"resume: the run has {n} steps ({run.n_fixed} fixed-draw "
+                f"iterations), more than max_iter={max_iter} or not a trace."
+            )
+
+    def _steps(
+        self, state, max_iter, convergence, progress_bar, callback, monitor, start=None
+    ):
+        """The stochastic steps from ``state`` until the stopping rule fires or the
+        run has ``max_iter`` steps; ``start``: an :class:`SGVIRun` to go on from
+        (its trace, rule and monitor; a rule of None: a fresh one)."""
         convergence = WindowConvergence() if convergence is None else convergence
         window = getattr(convergence, "window", None) or getattr(
             convergence, "eval_elbo", 100
         )
         observe = getattr(convergence, "observe", None)
-        monitor = DivergenceMonitor(window)
-        offset = state.step
-        elbo = np.empty(max_iter)
-        bar = _progress(max_iter) if progress_bar else None
-        converged = False
+        watch = DivergenceMonitor(window)
+        n_fixed, method, converged = 0, "sgd", False
+        trace = np.empty(max_iter)
         n = 0
+        if start is not None:
+            n_fixed, method, converged = start.n_fixed, start.method, start.converged
+            n = start.elbo.shape[0] - n_fixed
+            trace[: n_fixed + n] = start.elbo
+            if start.rule is not None:
+                _restore(convergence, start.rule, self.family.size)
+                _restore(watch, start.watch, self.family.size)
+        elbo = trace[n_fixed:]  # the steps' own trace, as the rule and monitor see it
+        offset = state.step - n
+        bar = _progress(max_iter - n_fixed) if progress_bar else None
+        if bar is not None and n:
+            bar.update(n)
         step = self._step
         try:
-            while n < max_iter:
+            while n < max_iter - n_fixed and not converged:
                 state, elbo[n], phi_u = step(state)
                 n += 1
                 if observe is not None:
@@ -1630,27 +1832,33 @@ class SGVI:
                     bar.update(1)
                     if n % 50 == 0:
                         bar.set_postfix(elbo=f"{elbo[n - 1]:.4g}")
-                monitor(elbo, n, offset, stacklevel=4)
-                if callback is not None:
-                    seen = elbo[:n]
-                    seen.flags.writeable = False
-                    callback(n, seen, state)
-                if convergence(elbo, n):
-                    converged = True
-                    break
+                watch(elbo, n, offset, stacklevel=5)
+                converged = bool(convergence(elbo, n))
                 factor = getattr(convergence, "pending_decay", None)
-                if factor is not None:
+                if factor is not None and not converged:
                     convergence.pending_decay = None
                     state = state._replace(lr_scale=state.lr_scale * factor)
+                if callback is not None or monitor is not None:
+                    seen = trace[: n_fixed + n]
+                    seen.flags.writeable = False
+                if callback is not None:
+                    callback(n_fixed + n, seen, state)
+                if monitor is not None:
+                    run = SGVIRun(
+                        state, seen, convergence, watch, converged, n_fixed, method
+                    )
+                    monitor(n_fixed + n, seen, functools.partial(_snapshot_run, run))
         finally:
             if bar is not None:
                 bar.close()
         average = getattr(convergence, "average", None)
         if converged and observe is not None and average is not None:
             state = self._averaged(state, average())
-        return SGVIResult(state, elbo[:n].copy(), converged, n)
+        return SGVIResult(
+            state, trace[: n_fixed + n].copy(), converged, n_fixed + n, method=method
+        )
 
-    def _run_fixed(self, state, max_iter, progress_bar, callback):
+    def _run_fixed(self, state, max_iter, progress_bar, callback, monitor=None):
         """The fixed-draw fit (see ``method``) from a fresh state with a frame:
         BFGS on 2M cubature draws (M = max(8, P) pairs), doubled while the
         estimated sampling error is above the tolerance. Returns an
@@ -1666,23 +1874,27 @@ class SGVI:
 
         fam, frame = self.family, state.frame
         P = self.model.size
-        phi_u = fam.to_frame(state.params, frame)
+        phi_u = state.params_u
+        if phi_u is None:
+            phi_u = fam.to_frame(state.params, frame)
         M = max(_FIXED_MIN_PAIRS, P)
         traces = []
         n = 0
         bar = _progress(max_iter) if progress_bar else None
         converged = False
         cb = None
-        if callback is not None or bar is not None:
+        if callback is not None or bar is not None or monitor is not None:
             seen = []
 
             def cb(p, value):
                 seen.append(value)
                 if bar is not None:
                     bar.update(1)
+                trace = np.array(seen)
+                trace.flags.writeable = False
+                if monitor is not None:  # no snapshot: a resume reruns these
+                    monitor(len(seen), trace, None)
                 if callback is not None:
-                    trace = np.array(seen)
-                    trace.flags.writeable = False
                     s = state._replace(
                         params=fam.from_frame(p, frame),
                         params_u=p.copy(),
@@ -1697,7 +1909,7 @@ class SGVI:
                 f_E, _ = objective(self, frame, E)
                 if r == 0:
                     # screen: do two sets of draws already disagree at the start?
-                    gm, gs, _ = start_gap(
+                    gm, gs = start_gap(
                         self, frame, phi_u, f_E, cubature_draws(rng, P, M)
                     )
                     if max(gm / _FIXED_TOL_MEAN, gs / _FIXED_TOL_SD) > _FIXED_SCREEN:
@@ -1710,13 +1922,8 @@ class SGVI:
                 if not ok:
                     break
                 phi_u = x
-                gaps = [
-                    replicate_gap(
-                        self, frame, phi_u, hess_inv, cubature_draws(rng, P, M)
-                    )[:2]
-                    for _ in range(_FIXED_REPLICATES)
-                ]
-                gap_mean, gap_sd = np.max(gaps, axis=0)
+                sets = [cubature_draws(rng, P, M) for _ in range(_FIXED_REPLICATES)]
+                gap_mean, gap_sd = replicate_gap(self, frame, phi_u, hess_inv, sets)
                 if gap_mean <= _FIXED_TOL_MEAN and gap_sd <= _FIXED_TOL_SD:
                     converged = True
                     break

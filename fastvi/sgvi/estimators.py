@@ -11,7 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _schema
-from .._cavi import all_or_nothing
+from .._cavi import all_or_nothing, monitor_of
 from .._compile import announces
 from ..persist import SaveMixin
 from .diagnostics import warn_user
@@ -21,6 +21,8 @@ from .engine import (
     Adam,
     Frame,
     RobbinsMonro,
+    SGVIResult,
+    SGVIRun,
     SGVIState,
     StanAdaptive,
     StanConvergence,
@@ -36,6 +38,27 @@ N_PREDICTIVE_DRAWS = 200
 
 
 _OPTIMIZERS = ("adam", "robbins-monro", "stan")
+
+
+class _Kept(_schema.Spec):
+    """What a stopping rule or monitor has kept of a run (``SGVIRun.rule`` and
+    ``.watch``): a dict of numbers, finite float arrays and lists or tuples of
+    them (the engine checks the names and sizes when it resumes)."""
+
+    def check(self, value, dims):
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return v.dtype == np.float64 and bool(np.all(np.isfinite(v)))
+            if isinstance(v, (list, tuple)):
+                return all(plain(x) for x in v)
+            return v is None or isinstance(v, (bool, Integral, Real))
+
+        if not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) for k in value)
+            and all(plain(v) for v in value.values())
+        ):
+            raise _schema.SchemaMismatch("is not a dict of numbers and float arrays")
 
 
 class _SGVIRegressionBase(SaveMixin, BaseEstimator):
@@ -193,6 +216,18 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             },
             required=True,
         )
+        run = S.Record(
+            SGVIRun,
+            {
+                "state": state,
+                "elbo": S.Array(("T",), finite=False),
+                "rule": _Kept(),
+                "watch": _Kept(),
+                "converged": S.Bool(),
+                "n_fixed": S.Int(0),
+                "method": S.Choice(("sgd", "fixed+sgd")),
+            },
+        )
         return {
             "n_features_in_": S.Int(1, dim=D, required=True),
             "feature_names_in_": S.Names((D,)),
@@ -213,6 +248,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             "n_iter_": S.Int(0, required=True),
             "converged_": S.Bool(required=True),
             "psis_khat_": S.Real(),
+            # a checkpoint's run state (fastvi.batch.jobs.fit_sgvi), never a model's
+            "run_": run,
             **self._target_schema(),
         }
 
@@ -302,6 +339,12 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             init_state = previous
         seed = _seed_from(self.random_state)
         report = _Report(self, engine, init_state) if self.verbose else None
+        monitor, watch = monitor_of(self), None
+        if monitor.callback is not None:
+
+            def watch(n, elbo, snapshot):
+                monitor.callback(self, n, elbo, snapshot)
+
         result = engine.run(
             seed=seed,
             max_iter=self.max_iter,
@@ -309,37 +352,15 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             init_state=init_state,
             progress_bar=self.progress_bar,
             callback=report,
+            resume=monitor.resume,
+            monitor=watch,
         )
         if report is not None:
             report.end(result)
-        fam = engine.family
-        phi = result.state.params
-        mean = fam.mean(phi).copy()
-        D = X.shape[1]
-        self.state_ = result.state
-        self._engine_key = self._engine_signature(model)
-        self.posterior_mean_ = mean
-        # q's covariance factor, used for draws: taken from the parameters, never
-        # recomputed from posterior_cov_ (which may be singular to rounding).
-        if hasattr(fam, "chol"):
-            self._posterior_chol = fam.chol(phi)
-        else:
-            self._posterior_chol = np.diag(fam.std(phi))
-        self.posterior_cov_ = self._posterior_chol @ self._posterior_chol.T
-        std = np.sqrt(np.sum(self._posterior_chol**2, axis=1))
-        self.coef_ = mean[:D]
-        self.coef_std_ = std[:D]
-        self.intercept_ = float(mean[D]) if self.fit_intercept else 0.0
-        self.intercept_std_ = float(std[D]) if self.fit_intercept else 0.0
         history = getattr(self, "elbo_history_", None)
+        self._store(result)
         if init_state is not None and history is not None:
             self.elbo_history_ = np.concatenate([history, result.elbo])
-        else:
-            self.elbo_history_ = result.elbo
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        pred_rng = np.random.default_rng([result.state.key, result.state.step, 1 << 30])
-        self._predictive_draws = self._draws(N_PREDICTIVE_DRAWS, pred_rng)
         if (
             not result.converged
             and self.tol > 0
@@ -355,6 +376,47 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
                 "was still rising or q's means still moving. Increase max_iter.",
                 ConvergenceWarning,
             )
+
+    def _store(self, result):
+        """Set the fitted attributes from the engine's ``result`` (an
+        :class:`~fastvi.sgvi.engine.SGVIResult`); ``n_features_in_`` is set."""
+        D = self.n_features_in_
+        P = D + int(bool(self.fit_intercept))
+        fam = FAMILIES[self.family](P)
+        phi = result.state.params
+        mean = fam.mean(phi).copy()
+        self.state_ = result.state
+        self._engine_key = (self.family, self.optimizer, P)
+        self.posterior_mean_ = mean
+        # q's covariance factor, used for draws: taken from the parameters, never
+        # recomputed from posterior_cov_ (which may be singular to rounding).
+        if hasattr(fam, "chol"):
+            self._posterior_chol = fam.chol(phi)
+        else:
+            self._posterior_chol = np.diag(fam.std(phi))
+        self.posterior_cov_ = self._posterior_chol @ self._posterior_chol.T
+        std = np.sqrt(np.sum(self._posterior_chol**2, axis=1))
+        self.coef_ = mean[:D]
+        self.coef_std_ = std[:D]
+        self.intercept_ = float(mean[D]) if self.fit_intercept else 0.0
+        self.intercept_std_ = float(std[D]) if self.fit_intercept else 0.0
+        self.elbo_history_ = result.elbo
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        pred_rng = np.random.default_rng([result.state.key, result.state.step, 1 << 30])
+        self._predictive_draws = self._draws(N_PREDICTIVE_DRAWS, pred_rng)
+
+    def _checkpoint(self, run):
+        """The model as a fit stopped at ``run`` (an :class:`SGVIRun`) leaves it
+        (not converged: the run goes on), holding ``run`` as ``run_``: what a
+        checkpoint saves (:func:`fastvi.batch.jobs.fit_sgvi`)."""
+        ck = type(self)(**self.get_params(deep=False))
+        for name in ("n_features_in_", "feature_names_in_", "classes_"):
+            if hasattr(self, name):
+                setattr(ck, name, getattr(self, name))
+        ck._store(SGVIResult(run.state, run.elbo, False, run.elbo.shape[0]))
+        ck.run_ = run
+        return ck
 
     def _engine_signature(self, model):
         return (self.family, self.optimizer, model.size)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .models import Interval, Model, Param, _serial
 
-__all__ = ["NumbaModel", "kernel_cache_dir"]
+__all__ = ["LinearModel", "NumbaModel", "kernel_cache_dir"]
 
 # Rows per parallel work item (fixed: results do not depend on the thread count)
 CHUNK_ROWS = 512
@@ -48,6 +48,12 @@ _SIGNATURE = {
     "loglik_grad": "(theta, row[, hyper], out) -> None",
     "logprior": "(theta[, hyper]) -> float",
     "logprior_grad": "(theta[, hyper], out) -> None",
+}
+# LinearModel's likelihood of the linear predictor eta
+_LINEAR_ARITY = {"loglik": (3, 4), "loglik_grad": (4, 5)}
+_LINEAR_SIGNATURE = {
+    "loglik": "(eta, y, phi[, hyper]) -> float",
+    "loglik_grad": "(eta, y, phi[, hyper], out) -> float (d loglik / d eta)",
 }
 # Central-difference step relative to max(|theta|, 1): the cube root of the machine
 # epsilon balances rounding (eps |f| / h) against truncation (h^2 |f'''| / 6)
@@ -119,9 +125,13 @@ def _import_file(name, path):
     return module
 
 
-def _form(role, f, has_hyper):
+def _form(role, f, has_hyper, linear=False):
     """``"plain"`` or ``"hyper"``: whether ``f`` takes the ``hyper`` argument,
-    read from its number of positional parameters; a clear error otherwise."""
+    read from its number of positional parameters; a clear error otherwise.
+    ``linear``: the likelihood roles of :class:`LinearModel`."""
+    linear = linear and role in _LINEAR_ARITY
+    arity = _LINEAR_ARITY if linear else _ARITY
+    signature = _LINEAR_SIGNATURE if linear else _SIGNATURE
     try:
         sig = inspect.signature(f.py_func)
     except (TypeError, ValueError):  # pragma: no cover - a Python function
@@ -132,28 +142,29 @@ def _form(role, f, has_hyper):
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
     )
     n = sum(k in positional for k in kinds)
-    plain, with_hyper = _ARITY[role]
+    plain, with_hyper = arity[role]
     if inspect.Parameter.VAR_POSITIONAL not in kinds:
         if n == plain:
             return "plain"
         if n == with_hyper:
             if not has_hyper:
                 raise ValueError(
-                    f"{role} takes {n} arguments, {_SIGNATURE[role]} with hyper, "
+                    f"{role} takes {n} arguments, {signature[role]} with hyper, "
                     "but no hyper was given: pass NumbaModel(..., hyper=array)."
                 )
             return "hyper"
     raise TypeError(
         f"{role} must take {plain} arguments, or {with_hyper} with hyper: "
-        f"{role}{_SIGNATURE[role]}; it takes {sig}."
+        f"{role}{signature[role]}; it takes {sig}."
     )
 
 
-def build_kernels(functions, forms):
+def build_kernels(functions, forms, linear=False):
     """Import (writing it first if needed) the kernel module for ``functions``, a
     dict role -> numba dispatcher or None, with ``forms`` (role -> ``"plain"``,
     ``"hyper"``, ``"fd"`` or None, see :func:`fastvi.kernels.sgvi_user.adapters`).
-    Returns the module."""
+    ``linear``: ``loglik`` is a likelihood of eta (:class:`LinearModel`). Returns
+    the module."""
     from ..kernels import sgvi_user as src
 
     given = {r: f for r, f in functions.items() if f is not None}
@@ -173,7 +184,11 @@ def build_kernels(functions, forms):
             lines.append(f"_u_{role} = jit(_user_{role}.py_func, inline='always')")
         else:
             lines.append(f"_u_{role} = None  # set by fastvi after import")
-    body += "\n".join(lines) + "\n" + src.adapters(forms) + src.SOURCE
+    body += "\n".join(lines) + "\n"
+    if linear:
+        body += src.linear_adapters(forms, FD_STEP) + src.LINEAR
+        forms = dict(forms, loglik=None, loglik_grad=None)
+    body += src.adapters(forms) + src.SOURCE
     digest = hashlib.sha256()
     digest.update(f"{src.VERSION}\n{body}".encode())
     for role in _ROLES:
@@ -240,19 +255,16 @@ def _args(role, form, theta, row, hyper):
     return args
 
 
-def _value_of(role, value, takes_row):
+def _value_of(role, value, what):
     """``value`` as a float, or a clear error when it is not one number."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, float, np.integer, np.floating)
     ):
         shape = getattr(value, "shape", None)
-        what = (
+        kind = (
             f"an array of shape {shape}" if shape is not None else type(value).__name__
         )
-        raise TypeError(
-            f"{role} must return one float (the log density of "
-            f"{'one row' if takes_row else 'theta'}); it returned {what}."
-        )
+        raise TypeError(f"{role} must return one float ({what}); it returned {kind}.")
     return float(value)
 
 
@@ -289,7 +301,8 @@ def _probe_widths(functions, forms, theta, data, hyper):
         for fill in (np.nan, 0.5):
             with np.errstate(all="ignore"):
                 value = f(*inputs(role, fill))
-            values.append(_value_of(role, value, takes_row))
+            what = "the log density of " + ("one row" if takes_row else "theta")
+            values.append(_value_of(role, value, what))
         if not _same_value(*values):
             raise ValueError(
                 f"{role} reads past the end of its inputs: {where} ({role} gives "
@@ -443,17 +456,8 @@ class NumbaModel(Model):
             "logprior": logprior,
             "logprior_grad": logprior_grad,
         }
-        for role, f in functions.items():
-            if f is not None and not _is_numba_function(f):
-                raise TypeError(
-                    f"{role} must be a numba.njit function, got {type(f).__name__}."
-                )
         if loglik is None and logprior is None:
             raise ValueError("NumbaModel needs loglik, logprior or both.")
-        if loglik_grad is not None and loglik is None:
-            raise ValueError("loglik_grad was given without loglik.")
-        if logprior_grad is not None and logprior is None:
-            raise ValueError("logprior_grad was given without logprior.")
         if loglik is not None:
             if data is None:
                 raise ValueError("loglik needs data (an (N, K) array of rows).")
@@ -468,9 +472,31 @@ class NumbaModel(Model):
         elif data is not None:
             raise ValueError("data was given without loglik.")
         self.data = data
+        forms = self._setup(functions, hyper, finite_differences, initial_point)
+        z0 = self.initial_point()
+        _probe_widths(functions, forms, self.constrain(z0), data, self.hyper)
+        if check_gradient:
+            z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
+            self._check_gradients(functions, forms, self.constrain(np.stack([z0, z1])))
+        self.kernels = build_kernels(functions, forms)
+        if self._has_loglik and self.n_rows > 1:
+            self._probe_rows(self.constrain(z0), forms["loglik_grad"] != "fd")
+
+    def _setup(self, functions, hyper, finite_differences, initial_point, linear=False):
+        """Check the functions, ``hyper`` and ``initial_point`` and set the model's
+        attributes from them; returns the forms (role -> how the function is
+        called, see :func:`build_kernels`)."""
+        for role, f in functions.items():
+            if f is not None and not _is_numba_function(f):
+                raise TypeError(
+                    f"{role} must be a numba.njit function, got {type(f).__name__}."
+                )
+        for role in ("loglik", "logprior"):
+            if functions[role + "_grad"] is not None and functions[role] is None:
+                raise ValueError(f"{role}_grad was given without {role}.")
         self.hyper = self._checked_hyper(hyper)
         forms = {
-            r: None if f is None else _form(r, f, hyper is not None)
+            r: None if f is None else _form(r, f, hyper is not None, linear)
             for r, f in functions.items()
         }
         if hyper is not None and "hyper" not in forms.values():
@@ -499,8 +525,8 @@ class NumbaModel(Model):
             functions[r] is None or forms[r + "_grad"] is not None
             for r in ("loglik", "logprior")
         )
-        self._has_loglik = loglik is not None
-        self._has_prior = logprior is not None
+        self._has_loglik = functions["loglik"] is not None
+        self._has_prior = functions["logprior"] is not None
         self._all_rows = (
             np.arange(self.n_rows, dtype=np.int64) if self._has_loglik else None
         )
@@ -512,14 +538,7 @@ class NumbaModel(Model):
                     f"{initial_point.shape}."
                 )
         self._initial = initial_point
-        z0 = self.initial_point()
-        _probe_widths(functions, forms, self.constrain(z0), data, self.hyper)
-        if check_gradient:
-            z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
-            self._check_gradients(functions, forms, self.constrain(np.stack([z0, z1])))
-        self.kernels = build_kernels(functions, forms)
-        if self._has_loglik and self.n_rows > 1:
-            self._probe_rows(self.constrain(z0), forms["loglik_grad"] != "fd")
+        return forms
 
     @staticmethod
     def _checked_hyper(hyper):
@@ -682,12 +701,9 @@ class NumbaModel(Model):
         S, P = theta.shape
         lp = np.zeros(S)
         g = np.zeros((S, P))
-        k = self.kernels
         steps = self._fd_steps(theta) if with_grad and self._fd else np.zeros((S, 0))
         if self._has_loglik:
-            if rows is None:
-                rows = self._all_rows
-            else:
+            if rows is not None:
                 rows = np.ascontiguousarray(rows, dtype=np.int64)
                 if rows.ndim != 1 or rows.shape[0] == 0:
                     raise ValueError("rows must be a non-empty 1-D array of indices.")
@@ -696,28 +712,281 @@ class NumbaModel(Model):
                         f"row indices must lie in [0, {self.n_rows}); got "
                         f"{rows.min()} to {rows.max()}."
                     )
-            kernel = (
-                k.loglik_pass_serial
-                if self._serial_pass(rows.shape[0], S, with_grad)
-                else k.loglik_pass
-            )
-            ll, gl = kernel(
-                theta, self.data, rows, self.hyper, steps, CHUNK_ROWS, with_grad
-            )
-            lp += scale * ll.sum(axis=0)
+            ll, gl = self._loglik_pass(theta, rows, steps, with_grad)
+            lp += scale * ll
             if with_grad:
-                g += scale * gl.sum(axis=0)
+                g += scale * gl
         if self._has_prior:
             lp_p = np.empty(S)
             g_p = np.zeros((S, P if with_grad else 0))
-            k.prior_all(theta, self.hyper, steps, with_grad, lp_p, g_p)
+            self.kernels.prior_all(theta, self.hyper, steps, with_grad, lp_p, g_p)
             lp += lp_p
             if with_grad:
                 g += g_p
         return lp, g
+
+    def _loglik_pass(self, theta, rows, steps, with_grad):
+        """sum_n loglik(theta[s], data[n]) over ``rows`` (None: all) and its gradient
+        (S, P), per-chunk partials added in chunk order."""
+        if rows is None:
+            rows = self._all_rows
+        kernel = (
+            self.kernels.loglik_pass_serial
+            if self._serial_pass(rows.shape[0], theta.shape[0], with_grad)
+            else self.kernels.loglik_pass
+        )
+        ll, gl = kernel(
+            theta, self.data, rows, self.hyper, steps, CHUNK_ROWS, with_grad
+        )
+        return ll.sum(axis=0), gl.sum(axis=0)
 
     def log_joint(self, theta, rows, scale):
         return self._evaluate(theta, rows, scale, True)
 
     def log_joint_value(self, theta, rows, scale):
         return self._evaluate(theta, rows, scale, False)[0]
+
+
+def _probe_linear(functions, forms, eta, y, phi, hyper):
+    """:func:`_probe_widths` for a likelihood of eta: ``phi`` and ``hyper`` in front
+    of guard entries, ``out`` (K,) too; the value and d/d eta must be floats."""
+    K = phi.shape[0]
+    where = (
+        f"phi has K={K} entries (the params after coef and intercept), hyper has "
+        f"H={hyper.shape[0]}"
+    )
+
+    def args(role, fill):
+        a = [eta, y, _guarded(phi, fill)[1]]
+        return a + [_guarded(hyper, fill)[1]] if forms[role] == "hyper" else a
+
+    results = {"loglik": [], "loglik_grad": []}
+    for fill in (np.nan, 0.5):
+        with np.errstate(all="ignore"):
+            value = functions["loglik"](*args("loglik", fill))
+        results["loglik"].append(
+            [_value_of("loglik", value, "the log-likelihood of one row")]
+        )
+        g = functions["loglik_grad"]
+        if g is None:
+            continue
+        out_buf, out = _guarded(np.zeros(K), fill)
+        out[:] = 0.0
+        with np.errstate(all="ignore"):
+            d = g(*args("loglik_grad", fill), out)
+        d = _value_of("loglik_grad", d, "d loglik / d eta; d / d phi go into out")
+        tail = out_buf[K:]
+        if not np.array_equal(tail, np.full(tail.shape, fill), equal_nan=True):
+            raise ValueError(
+                f"loglik_grad writes past the end of out, which has K={K} entries "
+                "(one per entry of phi, the params after coef and intercept)."
+            )
+        results["loglik_grad"].append([d, *out])
+    for role, (a, b) in ((r, v) for r, v in results.items() if v):
+        if not all(map(_same_value, a, b)):
+            raise ValueError(
+                f"{role} reads past the end of its inputs: {where}. Check the "
+                "indices it uses against the params and hyper."
+            )
+
+
+class LinearModel(NumbaModel):
+    """A model whose rows enter through a linear predictor: a user's likelihood of
+    ``eta``, fitted with the built-in :class:`GLM`'s tiled kernel.
+
+    ``log p = logprior(theta) + sum_n loglik(eta_n, y_n, phi)`` with ``eta_n = X[n] .
+    coef + intercept``. ``theta = [coef (D), intercept, the entries of params]``
+    (constrained; ``model.slices`` places each); ``phi`` is the part of theta after
+    coef and intercept (a scale, a dispersion; empty for logistic or Poisson
+    regression). fastvi writes a kernel module around the functions, as for
+    :class:`NumbaModel`, that computes eta for a tile of rows and all draws at once
+    with the GLM's register-blocked products, calls ``loglik`` (compiled into the
+    kernel) for each eta, and forms the gradient in coef as X^T (d loglik / d eta)
+    with the same products. Written with :mod:`fastvi.sgvi.vmath`'s functions and
+    without other parameters, the function is vectorized across rows.
+
+    Parameters
+    ----------
+    X : (N, D) array
+    y : (N,) array
+        One number per row (a response; 0/1, a count, a real).
+    loglik : numba function ``(eta, y, phi) -> float`` or ``(eta, y, phi, hyper)``
+        Log-likelihood of one row given its linear predictor; ``phi`` is a 1-D view
+        of the draw's other parameters.
+    loglik_grad : numba function ``(eta, y, phi, out) -> float`` or ``(eta, y,
+        phi, hyper, out)``, or None
+        Returns d loglik / d eta and writes d loglik / d phi into ``out`` (zeroed,
+        one entry per entry of phi). None: central finite differences in eta and
+        phi inside the kernel (2 K + 3 calls of ``loglik`` per row and draw).
+    params : sequence of Param
+        The other parameters (phi), e.g. ``[Param("sigma", (), "positive")]``.
+    fit_intercept : bool
+    logprior, logprior_grad, hyper, initial_point, finite_differences,
+    check_gradient
+        As for :class:`NumbaModel`; ``logprior`` sees the whole theta (None: flat).
+    minibatch : bool
+        Keep X row-major only, for minibatch steps (no transposed copy).
+    """
+
+    def __init__(
+        self,
+        X,
+        y,
+        loglik,
+        loglik_grad=None,
+        *,
+        params=(),
+        fit_intercept=True,
+        logprior=None,
+        logprior_grad=None,
+        hyper=None,
+        minibatch=False,
+        initial_point=None,
+        finite_differences=True,
+        check_gradient=True,
+    ):
+        from ..kernels.tiles import tile_rows
+        from .models import _tile_rows_for
+
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0 or y.shape != (X.shape[0],):
+            raise ValueError(
+                "X must be a non-empty 2-D array (N, D) and y 1-D with one entry "
+                f"per row; got X {X.shape}, y {y.shape}."
+            )
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+            raise ValueError("X and y must be finite (no NaN or infinity).")
+        if isinstance(params, (str, Param)):
+            raise TypeError("params must be a list of Param, e.g. [Param('sigma')].")
+        N, D = X.shape
+        self.params = (
+            [Param("coef", D)]
+            + ([Param("intercept")] if fit_intercept else [])
+            + [p if isinstance(p, Param) else Param(*p) for p in params]
+        )
+        Model.__init__(self)
+        if loglik is None:
+            raise ValueError("LinearModel needs loglik(eta, y, phi).")
+        functions = {
+            "loglik": loglik,
+            "loglik_grad": loglik_grad,
+            "logprior": logprior,
+            "logprior_grad": logprior_grad,
+        }
+        self.n_rows, self.n_features = N, D
+        self.fit_intercept = bool(fit_intercept)
+        self.X, self.y, self.data = X, y, None
+        forms = self._setup(functions, hyper, finite_differences, initial_point, True)
+        self._phi = slice(D + self.fit_intercept, self.theta_size)
+        self.tile = _tile_rows_for(D, 8)
+        self._gather = np.empty((0, D, _tile_rows_for(D, 8, gather=True)))
+        self._Xtiles = np.empty((0, D, self.tile))
+        if not minibatch:
+            self._Xtiles = np.empty(((N + self.tile - 1) // self.tile, D, self.tile))
+            tile_rows(X, self.tile, self._Xtiles)
+        z0 = self.initial_point()
+        z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
+        thetas = self.constrain(np.stack([z0, z1]))
+        eta = thetas[:, :D] @ X[[0, N - 1]].T  # (2 draws, 2 rows)
+        if self.fit_intercept:
+            eta += thetas[:, D : D + 1]
+        phi = thetas[:, self._phi]
+        _probe_linear(functions, forms, eta[0, 0], y[0], phi[0], self.hyper)
+        prior = dict(functions, loglik=None, loglik_grad=None)
+        _probe_widths(prior, forms, thetas[0], None, self.hyper)
+        if check_gradient:
+            self._check_gradients(prior, forms, thetas)
+            self._check_linear_gradient(functions, forms, eta, phi, thetas)
+        self.kernels = build_kernels(functions, forms, linear=True)
+
+    def _check_linear_gradient(self, functions, forms, eta, phi, thetas):
+        """loglik_grad (d/d eta, d/d phi) against central differences of loglik at
+        the first and last rows, at the initial point and beside it."""
+        g = functions["loglik_grad"]
+        if g is None:
+            return
+        f = functions["loglik"]
+        h_phi = self._fd_steps(thetas)[:, self._phi]
+        names = ["eta"] + _theta_names(self.params)[self._phi]
+        extra = [self.hyper] if forms["loglik"] == "hyper" else []
+        extra_g = [self.hyper] if forms["loglik_grad"] == "hyper" else []
+        for i in range(2):
+            for j, n in enumerate((0, self.n_rows - 1)):
+                x = np.concatenate([[eta[i, j]], phi[i]])
+                h = np.concatenate([[FD_STEP * max(abs(x[0]), 1.0)], h_phi[i]])
+                yv = self.y[n]
+
+                def value(v, yv=yv):
+                    return float(f(v[0], yv, v[1:].copy(), *extra))
+
+                with np.errstate(all="ignore"):
+                    f0 = value(x)
+                    out = np.zeros(x.shape[0] - 1)
+                    ana = np.concatenate(
+                        [[g(x[0], yv, x[1:].copy(), *extra_g, out)], out]
+                    )
+                    num = np.empty_like(ana)
+                    for p in range(x.shape[0]):
+                        up, down = x.copy(), x.copy()
+                        up[p] += h[p]
+                        down[p] -= h[p]
+                        num[p] = (value(up) - value(down)) / (up[p] - down[p])
+                if not (np.isfinite(f0) and np.all(np.isfinite(num))):
+                    continue
+                tol = 1e-3 * (np.abs(ana) + np.abs(num)) + 1e-6 * (
+                    1.0 + abs(f0) + np.abs(num).max()
+                )
+                bad = np.flatnonzero(~(np.abs(ana - num) <= tol))
+                if bad.size:
+                    p = bad[0]
+                    raise ValueError(
+                        f"loglik_grad disagrees with central finite differences of "
+                        f"loglik in {names[p]}: {ana[p]!r} vs {num[p]!r} at eta = "
+                        f"{x[0]!r}, y = {yv!r} (data row {n}). Check loglik_grad; "
+                        "if loglik is not smooth there, pass check_gradient=False."
+                    )
+
+    def _loglik_pass(self, theta, rows, steps, with_grad):
+        from .models import CHUNK_ROWS as GLM_CHUNK
+        from .models import _serial
+
+        S, P = theta.shape
+        D = self.n_features
+        W = np.ascontiguousarray(theta[:, :D])
+        b = theta[:, D].copy() if self.fit_intercept else np.zeros(S)
+        phi = np.ascontiguousarray(theta[:, self._phi])
+        step = np.ascontiguousarray(
+            steps[:, self._phi] if steps.shape[1] else phi[:, :0]
+        )
+        if rows is None and self._Xtiles.shape[0] == 0:
+            rows = self._all_rows  # a full pass of a model kept row-major
+        tiles = self._Xtiles if rows is None else self._gather
+        tile = tiles.shape[2]
+        chunk = max(1, GLM_CHUNK // tile) * tile
+        M = self.n_rows if rows is None else rows.shape[0]
+        K = phi.shape[1]
+        fd = with_grad and self.gradients["loglik"] == "finite differences"
+        work = M * S * (D + 1 + (2 * K + 3 if fd else 1))
+        k = self.kernels
+        kernel = k.linear_pass_serial if _serial(M, chunk, work) else k.linear_pass
+        ll, gw, gb, gphi = kernel(
+            self.X,
+            tiles,
+            self.y,
+            np.empty(0, np.int64) if rows is None else rows,
+            W,
+            b,
+            phi,
+            self.hyper,
+            step,
+            chunk,
+            with_grad,
+        )
+        g = np.zeros((S, P))
+        if with_grad:
+            g[:, :D] = gw.sum(axis=0)
+            if self.fit_intercept:
+                g[:, D] = gb.sum(axis=0)
+            g[:, self._phi] = gphi.sum(axis=0)
+        return ll.sum(axis=0), g
