@@ -120,7 +120,7 @@ def final_bound(model, X):
     from fastvi.mixture import _Data
     from fastvi.rows import ArrayRows
 
-    return float(model._svi_bound(_Data(ArrayRows(X), X)))
+    return float(model._sgd_evaluate(_Data(ArrayRows(X), X)))
 
 
 _REFERENCES = {}

@@ -77,13 +77,12 @@ class Monitor:
     ----------
     callback : callable, optional
         Called after every round of the fit's driver. The CAVI driver calls
-        ``callback(estimator, n_iter, bound, change)``; LDA's epoch loop calls
-        ``callback(estimator, epoch, perplexity, state)`` (``state()`` returns the fit
-        state at the end of the epoch). It may raise to stop the fit.
+        ``callback(estimator, n_iter, bound, change)``; the stochastic driver
+        (:mod:`fastvi._stochastic`) ``callback(estimator, epoch, value, snapshot)``.
+        It may raise to stop the fit.
     resume : object, optional
-        A fit state to continue from, in the form the driver documents (LDA: the
-        ``state()`` of an earlier epoch); the CAVI driver resumes by ``warm_start``
-        and reads none.
+        A fit state to continue from: for the stochastic driver a ``snapshot()`` of
+        an earlier epoch; the CAVI driver resumes by ``warm_start`` and reads none.
     """
 
     callback: object = None
@@ -158,65 +157,57 @@ class CAVIMixin:
         "tol, or check for degenerate data."
     )
 
-    def _cavi_fit(self, data, random_state):
-        """Run the restarts and keep the best; returns nothing, sets fitted state."""
+    def _cavi_fit(self, data, random_state, rounds=None):
+        """Run the restarts and keep the best; returns nothing, sets fitted state.
+
+        ``rounds(data, bound, clock)``, the loop of one restart from the bound it
+        starts at, returns ``(bound, n_iter, history, converged)``: the CAVI rounds
+        by default; an online mixture passes epochs of :mod:`fastvi._stochastic`.
+        """
+        rounds = self._cavi_rounds if rounds is None else rounds
         do_init = not (self.warm_start and hasattr(self, "converged_"))
-        n_init = self.n_init if do_init else 1
-
-        best_bound = -np.inf
-        best_state = None
-        best_history = []
-        best_n_iter = 0
-        best_converged = False
-        callback = monitor_of(self).callback
-
-        for init in range(n_init):
+        best = None  # (bound, state, n_iter, history, converged) of the best restart
+        for init in range(self.n_init if do_init else 1):
             clock = self._cavi_verbose_init_begin(init)
             if do_init:
                 self._cavi_initialize(data, random_state)
-            bound = -np.inf if do_init else self.lower_bound_
-            history = []
-
             if self.max_iter == 0:
                 # 0 iterations means "just initialize"; the last restart's start is kept
-                best_state = self._cavi_get_state()
-                best_n_iter = 0
+                best = (-np.inf, self._cavi_get_state(), 0, [], False)
                 continue
-
-            converged = False
-            for n_iter in range(1, self.max_iter + 1):
-                previous = bound
-                bound = float(self._cavi_step(data))
-                history.append(bound)
-                change = bound - previous
-                self._cavi_verbose_iter_end(n_iter, change, clock)
-                if callback is not None:
-                    callback(self, n_iter, bound, change)
-                if not np.isfinite(bound):
-                    raise ValueError(
-                        f"The variational bound became {bound} at iteration {n_iter}; "
-                        f"{self._nonfinite_advice}."
-                    )
-                if abs(change) < self.tol:
-                    converged = True
-                    break
+            start = -np.inf if do_init else self.lower_bound_
+            bound, n_iter, history, converged = rounds(data, start, clock)
             self._cavi_verbose_init_end(bound, converged, clock)
+            if best is None or bound > best[0] or best[0] == -np.inf:
+                best = (bound, self._cavi_get_state(), n_iter, history, converged)
 
-            if bound > best_bound or best_bound == -np.inf:
-                best_bound = bound
-                best_state = self._cavi_get_state()
-                best_n_iter = n_iter
-                best_history = history
-                best_converged = converged
-
-        if not best_converged and self.max_iter > 0:
+        bound, state, n_iter, history, converged = best
+        if not converged and self.max_iter > 0:
             warnings.warn(self._convergence_message, ConvergenceWarning, stacklevel=3)
+        self._cavi_set_state(state)
+        self.converged_, self.n_iter_ = converged, n_iter
+        self.lower_bound_, self.lower_bounds_ = bound, history
 
-        self._cavi_set_state(best_state)
-        self.converged_ = best_converged
-        self.n_iter_ = best_n_iter
-        self.lower_bound_ = best_bound
-        self.lower_bounds_ = best_history
+    def _cavi_rounds(self, data, bound, clock):
+        """The CAVI loop of one restart (see :meth:`_cavi_fit`)."""
+        callback = monitor_of(self).callback
+        history = []
+        for n_iter in range(1, self.max_iter + 1):
+            previous = bound
+            bound = float(self._cavi_step(data))
+            history.append(bound)
+            change = bound - previous
+            self._cavi_verbose_iter_end(n_iter, change, clock)
+            if not np.isfinite(bound):
+                raise ValueError(
+                    f"The variational bound became {bound} at iteration {n_iter}; "
+                    f"{self._nonfinite_advice}."
+                )
+            if callback is not None:
+                callback(self, n_iter, bound, change)
+            if abs(change) < self.tol:
+                return bound, n_iter, history, True
+        return bound, n_iter, history, False
 
     # verbose output, in scikit-learn's format; ``clock`` is [start of the restart,
     # end of the last printed iteration] (a local of the loop, not an attribute)

@@ -6,31 +6,13 @@ numbers; the per-document E-step and the topic-word statistics run in parallel N
 kernels directly on the CSR arrays (``fastvi.kernels.lda``) instead of a Python loop
 over documents.
 
-Why this estimator has its own epoch loop instead of ``fastvi._cavi.CAVIMixin``
-------------------------------------------------------------------------------------
-Batch LDA is a CAVI model, and its kernels are shared; the engine's *loop* is not,
-because reproducing scikit-learn's fit through it would change observable results:
-
-* Stopping. The engine stops when ``abs(bound - previous) < tol`` for the bound
-  that every round returns. scikit-learn evaluates its criterion, the training
-  perplexity from a *separate* E-step started from ones (not the round's own bound),
-  only every ``evaluate_every`` epochs and by default (-1) never; the test is
-  ``last_perplexity and abs(last - new) < perp_tol``. A round returning a bound
-  every epoch would cost an extra E-step per epoch (measured: about 80% of the
-  epoch's own E-step) or change the stopping epoch.
-* ``n_iter_``. The engine counts the round whose check stopped the fit;
-  scikit-learn's ``n_iter_`` does not (it breaks before incrementing).
-* Warnings and parameters. The engine warns ``ConvergenceWarning`` when it did not
-  stop and reads ``tol``, ``n_init``, ``warm_start`` and ``verbose_interval``;
-  scikit-learn's LDA has none of these parameters (the constructor must match) and
-  never warns; its verbose lines have another format.
-* Online mode (the same loop in scikit-learn) is stochastic: its bound does not
-  rise monotonically, which the engine's contract (and its "a fall is a bug"
-  premise) assumes.
-
-What the engine would contribute, the stop test, is one line here. The bound
-history the engine keeps is kept here too: ``perplexity_history_`` holds every
-perplexity the loop evaluated.
+The fit's loop: the stochastic driver
+------------------------------------
+Every learning method runs its epochs through :mod:`fastvi._stochastic` with
+scikit-learn's stop rule: the training perplexity (a separate E-step from ones)
+every ``evaluate_every`` epochs (by default never), stopping when it moved by less
+than ``perp_tol``, the stopping epoch not counted in ``n_iter_``. The CAVI driver's
+bound every round would cost an extra E-step per epoch (about 80% of the epoch's).
 
 Where the documents live
 ------------------------
@@ -58,7 +40,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     check_array,
@@ -68,8 +50,9 @@ from sklearn.utils.validation import (
 )
 
 from . import _schema
-from ._cavi import all_or_nothing, monitor_of
+from ._cavi import all_or_nothing
 from ._compile import announces
+from ._stochastic import StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 from .rows import Rows, source_rows
@@ -555,6 +538,9 @@ class LatentDirichletAllocation(
     after every M-step, as scikit-learn stores them); the kernels compute in float64.
     """
 
+    # the remedy the stochastic driver's non-finite-perplexity error names
+    _nonfinite_advice = "rescale the counts (for example divide X by a constant)"
+
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 0, None, closed="neither")],
         "doc_topic_prior": [None, Interval(Real, 0, 1, closed="both")],
@@ -668,13 +654,11 @@ class LatentDirichletAllocation(
                 # the topics live in ``topics`` during the fit and become
                 # ``components_`` at its end (no second copy meanwhile)
                 topics = self._init_latent_vars(rows.shape[1], dtype, store=False)
-                resume = monitor_of(self).resume
-                if resume is None:
-                    self._fit_epochs(rows, topics, dtype)
-                else:
-                    start, last_bound, stopped = self._set_epoch_state(topics, resume)
-                    if not stopped:
-                        self._fit_epochs(rows, topics, dtype, start, last_bound)
+                stop = StopRule(self.perp_tol, self.evaluate_every, "perplexity")
+                state = run(self, (rows, topics, dtype), stop)
+                # scikit-learn does not count the epoch whose check stopped the fit
+                self.n_iter_ = state.epoch - state.stopped
+                self.perplexity_history_ = state.history
                 self._store_topics(topics, dtype)
                 self.bound_ = self._rows_perplexity(rows, topics, dtype)
                 _check_finite_fit(self.components_, self.bound_)
@@ -754,13 +738,8 @@ class LatentDirichletAllocation(
             dtype = self.components_.dtype
             with thread_limits(self.n_jobs):
                 topics = _Topics(self.components_)
-                for batch in gen_batches(corpus.n_docs, self.batch_size):
-                    self._round(
-                        corpus.rows(batch.start, batch.stop),
-                        topics,
-                        dtype,
-                        total_samples=self.total_samples,
-                    )
+                for batch in _minibatches(_CorpusRows(corpus), self.batch_size):
+                    self._round(batch, topics, dtype, self.total_samples)
                 self._store_topics(topics, dtype)
                 _check_finite_fit(self.components_)
         return self
@@ -901,88 +880,38 @@ class LatentDirichletAllocation(
             topics.exp_beta_t.T
         ).astype(dtype, copy=False)
 
-    def _fit_epochs(self, rows, topics, dtype, start=0, last_bound=None):
-        """scikit-learn's epoch loop: EM rounds, optional perplexity check.
+    # ------------------------------------------- hooks of fastvi._stochastic
+    def _sgd_epoch(self, data):
+        """One epoch: a batch EM round, or online rounds over minibatches of
+        ``batch_size`` documents in row order, across block boundaries (the
+        in-memory minibatches wherever the documents live)."""
+        rows, topics, dtype = data
+        if self.learning_method == "batch":
+            self._batch_round(rows, topics, dtype)
+        else:
+            for batch in _minibatches(rows, self.batch_size):
+                self._round(batch, topics, dtype, total_samples=rows.shape[0])
 
-        ``rows`` is the corpus (:class:`fastvi.rows.Rows`): a batch round maps the
-        E-step over its blocks; online rounds take minibatches of ``batch_size``
-        documents in row order, across block boundaries, so they are the
-        in-memory minibatches wherever the documents live. ``start`` epochs are
-        already done and ``last_bound`` is the last perplexity evaluated (a resumed
-        fit, see :meth:`_set_epoch_state`). After every epoch the callback of the
-        fit's monitor (:func:`fastvi._cavi.monitoring`), if any, is called as
-        ``callback(self, n_epochs, perplexity, state)``: ``perplexity`` is the one
-        evaluated in that epoch (NaN if none was) and ``state()`` returns the fit
-        state at the end of the epoch (:meth:`_epoch_state`). It may raise to stop
-        the fit.
-        """
-        callback = monitor_of(self).callback
-        for i in range(start, self.max_iter):
-            if self.learning_method == "batch":
-                self._batch_round(rows, topics, dtype)
-            else:
-                for batch in _minibatches(rows, self.batch_size):
-                    self._round(batch, topics, dtype, total_samples=rows.shape[0])
-            bound, stopped = float("nan"), False
-            if self.evaluate_every > 0 and (i + 1) % self.evaluate_every == 0:
-                bound = self._rows_perplexity(rows, topics, dtype)
-                self.perplexity_history_.append(bound)
-                if self.verbose:
-                    print(
-                        "iteration: %d of max_iter: %d, perplexity: %.4f"
-                        % (i + 1, self.max_iter, bound)
-                    )
-                # scikit-learn stops here without counting the epoch in n_iter_
-                stopped = bool(last_bound and abs(last_bound - bound) < self.perp_tol)
-                if not stopped:
-                    last_bound = bound
-            elif self.verbose:
-                print("iteration: %d of max_iter: %d" % (i + 1, self.max_iter))
-            if not stopped:
-                self.n_iter_ += 1
-            if callback is not None:
-                callback(
-                    self,
-                    i + 1,
-                    bound,
-                    lambda i=i, b=last_bound, s=stopped: self._epoch_state(
-                        topics, i + 1, b, s
-                    ),
-                )
-            if stopped:
-                break
+    def _sgd_evaluate(self, data):
+        return self._rows_perplexity(*data)
 
-    def _epoch_state(self, topics, epoch, last_bound, stopped):
-        """The fit state after ``epoch`` epochs, enough to resume it bitwise.
-
-        A dict of copies: ``epoch``, ``stopped`` (the perplexity check ended the fit),
-        ``last_perplexity`` (the stopping rule's reference, None before the first
-        evaluation), ``components`` (lambda, float64 (K, V)), ``psi_sums`` (digamma
-        of lambda's topic totals as the loop computed them: recomputing them from
-        ``components`` could differ in the last bit), ``stale`` (whether
-        exp(E[log beta]) awaits a refresh), ``n_iter_``, ``n_batch_iter_``,
-        ``perplexity_history_`` and ``random_state`` (``random_state_.get_state()``:
-        every epoch's E-step draws its starting values from it).
-        """
+    def _sgd_params(self, data):
+        """Copies of what the next epochs read: lambda, digamma of its topic totals
+        as computed (recomputing may differ in the last bit), whether exp(E[log
+        beta]) awaits a refresh, the step count and the E-steps' random state."""
+        topics = data[1]
         return {
-            "epoch": int(epoch),
-            "stopped": bool(stopped),
-            "last_perplexity": None if last_bound is None else float(last_bound),
             "components": np.array(topics.lam_t.T, dtype=np.float64, order="C"),
             "psi_sums": np.array(topics.psi_sums, dtype=np.float64),
             "stale": bool(topics.stale),
-            "n_iter_": int(self.n_iter_),
             "n_batch_iter_": int(self.n_batch_iter_),
-            "perplexity_history_": [float(v) for v in self.perplexity_history_],
             "random_state": self.random_state_.get_state(legacy=True),
         }
 
-    def _set_epoch_state(self, topics, state):
-        """Put back a state of :meth:`_epoch_state` (a fit started from it continues
-        bitwise as the fit that saved it); returns ``(epoch, last_perplexity,
-        stopped)``."""
-        components = np.asarray(state["components"], dtype=np.float64)
-        psi_sums = np.asarray(state["psi_sums"], dtype=np.float64)
+    def _sgd_set_params(self, data, params):
+        topics = data[1]
+        components = np.asarray(params["components"], dtype=np.float64)
+        psi_sums = np.asarray(params["psi_sums"], dtype=np.float64)
         if components.shape != topics.lam_t.T.shape or psi_sums.shape != (
             components.shape[0],
         ):
@@ -993,18 +922,10 @@ class LatentDirichletAllocation(
         topics.lam_t[...] = components.T
         topics.psi_sums = psi_sums.copy()
         topics.stale = True
-        if not state["stale"]:
+        if not params["stale"]:
             topics.refresh()
-        self.random_state_.set_state(tuple(state["random_state"]))
-        self.n_iter_ = int(state["n_iter_"])
-        self.n_batch_iter_ = int(state["n_batch_iter_"])
-        self.perplexity_history_ = [float(v) for v in state["perplexity_history_"]]
-        last = state["last_perplexity"]
-        return (
-            int(state["epoch"]),
-            None if last is None else float(last),
-            bool(state["stopped"]),
-        )
+        self.random_state_.set_state(tuple(params["random_state"]))
+        self.n_batch_iter_ = int(params["n_batch_iter_"])
 
     def _e_step_args(self, topics, dtype, statistic, bound):
         """The ``shared`` arguments of :func:`_block_stats` (after the block)."""

@@ -28,6 +28,7 @@ from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
 from ._numerics import check_squares_overflow, max_abs
+from ._stochastic import State, StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
 from .rows import ArrayRows, predict_rows, source_rows
@@ -534,7 +535,9 @@ dask array
             with thread_limits(self.n_jobs):
                 data = _Data(rows, array, self.n_jobs)
                 self._check_parameters(data)
-                self._cavi_fit(data, check_random_state(self.random_state))
+                online = self.learning_method == "online"
+                rounds = self._sgd_rounds if online else None
+                self._cavi_fit(data, check_random_state(self.random_state), rounds)
                 self._set_derived()
         return data
 
@@ -637,7 +640,7 @@ dask array
                     f"{self.n_components}, n_samples = {X.shape[0]}"
                 )
             scale = self.total_samples / X.shape[0]
-            # one kernel work item runs on one thread (see _svi_epoch_step)
+            # one kernel work item runs on one thread (see _sgd_epoch)
             n_jobs = 1 if X.shape[0] <= CHUNK_ROWS else self.n_jobs
             with thread_limits(n_jobs):
                 batch = _Data(ArrayRows(_kernel_array(X, self._kernel_dtype())), X)
@@ -829,16 +832,26 @@ dask array
         self._update_globals(stats, data, scale=scale)
 
     def _cavi_step(self, data):
-        if self.learning_method == "online":
-            return self._svi_epoch_step(data)
         # local step: responsibilities and their statistics in one pass; then global
         stats = self._statistics(data, self.means_)
         self._update_globals(stats, data)
         return self._bound(stats.entropy)
 
     # ------------------------------------------------------ stochastic steps
-    def _svi_epoch_step(self, data):
-        """One epoch of stochastic steps over shuffled minibatches, then the bound."""
+    def _sgd_rounds(self, data, bound, clock):
+        """One restart of an online fit: the epochs of the stochastic driver, its
+        stop rule ``tol`` on the bound after every epoch (see :meth:`_cavi_fit`)."""
+        state = run(self, data, StopRule(self.tol), State(last=bound))
+        return state.history[-1], state.epoch, state.history, state.stopped
+
+    def _sgd_params(self, data):
+        return self._cavi_get_state()
+
+    def _sgd_set_params(self, data, params):
+        self._cavi_set_state(params)
+
+    def _sgd_epoch(self, data):
+        """One epoch of stochastic steps over shuffled minibatches."""
         X = data.array
         n_samples = X.shape[0]
         if not hasattr(self, "_svi_seed"):  # warm start from a batch or partial fit
@@ -859,7 +872,6 @@ dask array
                 batch = _Data(ArrayRows(batch), batch)
                 self._svi_update(batch, n_samples / batch.rows.shape[0])
         self._svi_epoch += 1
-        return self._svi_bound(data)
 
     def _svi_update(self, batch, scale):
         """One natural-gradient step from the minibatch's ``_Data``."""
@@ -869,7 +881,7 @@ dask array
         self._update_globals(stats, batch, scale=scale, rho=rho)
         self.n_batch_iter_ += 1
 
-    def _svi_bound(self, data):
+    def _sgd_evaluate(self, data):
         """Evidence lower bound at the current global factors, over all the data.
 
         With the optimal responsibilities (PRML eqs. 10.46-10.49) the data terms of

@@ -268,11 +268,11 @@ def test_online_bound_is_the_cavi_bound_at_a_cavi_optimum(covariance_type, prior
         random_state=0,
     ).fit(X)
     assert est.converged_
-    bound = est._svi_bound(fit_data(X))
+    bound = est._sgd_evaluate(fit_data(X))
     assert_allclose(bound, est.lower_bound_, rtol=1e-11, atol=1e-8)
     # and away from the optimum it is a lower bound that CAVI steps raise
     early = quiet_fit(BayesianGaussianMixture(**{**est.get_params(), "max_iter": 1}), X)
-    assert early._svi_bound(fit_data(X)) < bound
+    assert early._sgd_evaluate(fit_data(X)) < bound
 
 
 # ------------------------------------------------------------- online fits
@@ -303,12 +303,12 @@ def test_online_fit_reaches_the_batch_bound_within_one_percent(covariance_type):
     assert online.n_iter_ == 3 and len(online.lower_bounds_) == 3
     assert online.n_batch_iter_ == 1 + 3 * 100
     # both on the same footing: the bound of the final factors over all the data
-    final_batch = batch._svi_bound(fit_data(X))
+    final_batch = batch._sgd_evaluate(fit_data(X))
     assert (final_batch - batch.lower_bounds_[0]) / abs(final_batch) > 0.05
     gap = (final_batch - online.lower_bound_) / abs(final_batch)
     assert gap < 0.01
     assert online.lower_bound_ == online.lower_bounds_[-1]
-    assert_allclose(online.lower_bound_, online._svi_bound(fit_data(X)))
+    assert_allclose(online.lower_bound_, online._sgd_evaluate(fit_data(X)))
     # and the fitted model finds the same clusters (up to their order)
     assert adjusted_rand_score(batch.predict(X), online.predict(X)) > 0.99
 
@@ -355,6 +355,56 @@ def test_online_fit_is_deterministic_thread_invariant_and_resumable():
         assert_array_equal(flat(getattr(fits[0], name)), flat(getattr(fits[1], name)))
 
 
+def test_online_fit_job_stops_and_resumes_to_the_uninterrupted_model(tmp_path):
+    # the job's monitor reaches the stochastic driver: progress, a checkpoint at the
+    # stop, and a resume (a warm start) that gives the uninterrupted model bitwise
+    from fastvi.batch.jobs import Interrupted, Progress, fit_mixture
+
+    X = blobs(n=3000, d=2, k=3, seed=3)
+
+    def make():
+        return BayesianGaussianMixture(
+            n_components=3, learning_method="online", batch_size=500, max_iter=5,
+            tol=0.0, random_state=4,
+        )  # fmt: skip
+
+    reference = quiet_fit(make(), X)
+    checkpoint = str(tmp_path / "ck.npz")
+    with pytest.raises(Interrupted) as info:
+        fit_mixture(make(), X, checkpoint=checkpoint, should_stop=lambda: True)
+    assert info.value.iteration == 1
+    lines = []
+    progress = Progress(5, len(X), quiet=True)
+    progress.update = lambda *args: lines.append(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        resumed = fit_mixture(
+            make(), X, checkpoint=checkpoint, resume=True, progress=progress
+        )
+    assert [n for n, _, _ in lines] == [2, 3, 4, 5]
+    assert [b for _, b, _ in lines] == reference.lower_bounds_[1:]
+    assert resumed.lower_bounds_ == reference.lower_bounds_
+    assert resumed.n_iter_ == 5 and resumed.n_batch_iter_ == reference.n_batch_iter_
+    for name in PARAMS:
+        assert_array_equal(flat(getattr(reference, name)), flat(getattr(resumed, name)))
+
+
+def test_online_verbose_and_stop_rule(capsys):
+    # the stochastic driver prints one line per epoch with the bound, and its stop
+    # rule (|change| < tol) counts the stopping epoch, which the bounds list holds
+    X = blobs(n=1200, d=2, k=3, seed=5)
+    est = BayesianGaussianMixture(
+        n_components=3, learning_method="online", batch_size=300, max_iter=50,
+        tol=1e9, verbose=1, random_state=0,
+    ).fit(X)  # fmt: skip
+    assert est.converged_ and est.n_iter_ == 2 == len(est.lower_bounds_)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Initialization 0" and out[-1] == "Initialization converged."
+    for epoch, line in enumerate(out[1:-1], 1):
+        bound = est.lower_bounds_[epoch - 1]
+        assert line == f"iteration: {epoch} of max_iter: 50, bound: {bound:.4f}"
+
+
 def test_online_fit_with_restarts_keeps_the_best():
     X = blobs(seed=9)
     common = dict(
@@ -395,8 +445,8 @@ def test_partial_fit_over_a_stream(covariance_type):
     assert_allclose(a.weights_.sum(), 1.0)
     # a stream of 24 minibatches gets close to the batch optimum
     batch = BayesianGaussianMixture(**common, max_iter=500, tol=1e-4).fit(X)
-    final_batch = batch._svi_bound(fit_data(X))
-    gap = (final_batch - a._svi_bound(fit_data(X))) / abs(final_batch)
+    final_batch = batch._sgd_evaluate(fit_data(X))
+    gap = (final_batch - a._sgd_evaluate(fit_data(X))) / abs(final_batch)
     assert gap < 0.02
     assert adjusted_rand_score(a.predict(X), batch.predict(X)) > 0.98
 
@@ -416,7 +466,7 @@ def test_partial_fit_continues_a_batch_fit_and_float32():
 def test_online_warm_start_from_a_batch_fit():
     X = blobs(seed=14)
     est = quiet_fit(BayesianGaussianMixture(n_components=3, max_iter=4), X)
-    batch_bound = est._svi_bound(fit_data(X))
+    batch_bound = est._sgd_evaluate(fit_data(X))
     est.set_params(learning_method="online", warm_start=True, batch_size=100)
     quiet_fit(est, X)
     assert est.n_iter_ == 4 and est.n_batch_iter_ == 1 + 4 * 6

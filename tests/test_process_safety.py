@@ -209,7 +209,7 @@ CASES = [
         "lda fit",
         lambda rs: LatentDirichletAllocation(n_components=3, random_state=rs),
         lambda est, tmp: est.fit(counts()),
-        (LatentDirichletAllocation, "_fit_epochs"),
+        (LatentDirichletAllocation, "_sgd_epoch"),
     ),
     (
         "lda partial_fit",

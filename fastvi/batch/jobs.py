@@ -30,18 +30,14 @@ estimator is left as it was. ``fit_mixture`` is this job for the mixture (one
 restart: ``n_init=1``). One-vs-rest logistic fits (more than two classes) run one
 CAVI fit per class and are not checkpointed: refused with a message.
 
-``fit_lda`` does the same for ``LatentDirichletAllocation`` (batch and online), whose
-own epoch loop calls the monitor's callback after every epoch and starts from its
-``resume`` state. Its unit is the epoch (a pass over the
-documents); the progress shows the training perplexity in the epochs that evaluate it
-(``evaluate_every``) and documents per second. An LDA fit is not deterministic given
-the topics alone: every epoch's E-step draws its starting values from
+``fit_lda`` does the same for ``LatentDirichletAllocation``, whose fit runs the
+stochastic driver (:mod:`fastvi._stochastic`, as online mixture restarts do), after
+every epoch, from its ``resume`` state. Progress shows the training perplexity of the
+epochs that evaluate it and documents per second. Every epoch's E-step draws from
 ``random_state_``, so a checkpoint holds the topics (``components_``, float64), the
-random state (persisted as its Mersenne Twister key array and position), ``n_iter_``,
-``n_batch_iter_``, ``perplexity_history_`` and, in ``extra``, the epoch, the last
-evaluated perplexity (the stopping rule's reference) and digamma of the topic totals
-as the loop had them; a resumed fit starts from exactly that state and is bitwise the
-uninterrupted one.
+random state, ``n_iter_``, ``n_batch_iter_``, ``perplexity_history_`` and, in
+``extra``, the epoch, the stop rule's reference perplexity and digamma of the topic
+totals as the loop had them: a resumed fit is bitwise the uninterrupted one.
 
 ``fit_sgvi`` does the same for the SGVI estimators (``BayesianLogisticRegression``,
 ``BayesianPoissonRegression``), step by step: the engine hands its monitor a snapshot
@@ -61,6 +57,7 @@ import numpy as np
 from sklearn.base import is_classifier
 
 from .._cavi import Monitor, all_or_nothing, monitoring
+from .._stochastic import State
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
@@ -259,24 +256,6 @@ class _HashedRows:
             self.check(self.fingerprint)
 
 
-def fit_mixture(
-    est,
-    X,
-    *,
-    progress=None,
-    checkpoint=None,
-    checkpoint_every=1,
-    resume=False,
-    should_stop=None,
-):
-    """Fit a ``BayesianGaussianMixture`` with progress, checkpoints and resume: the
-    job of :func:`fit_cavi` (same parameters, no targets); checkpoints need
-    ``n_init=1``."""
-    every = _check_job(est, None, checkpoint, checkpoint_every)
-    with all_or_nothing(est):
-        return _cavi_job(est, X, None, progress, checkpoint, every, resume, should_stop)
-
-
 def _target_print(y):
     """Shape and SHA-256 hash of the targets ``y`` (numbers, or labels of any kind)."""
     y = np.asarray(y)
@@ -348,6 +327,21 @@ def _check_job(est, y, checkpoint, checkpoint_every):
                 "which is not checkpointed: fit without a checkpoint"
             )
     return int(checkpoint_every)
+
+
+# the job of a BayesianGaussianMixture (batch or online) is the CAVI job, without y
+fit_mixture = fit_cavi
+
+
+def _end_of_round(n, last, every, should_stop, checkpoint, write):
+    """A job's policy after round ``n``: ``write()`` a checkpoint every ``every``
+    rounds, at the ``last()`` one and at a stop on request, then raise
+    :class:`Interrupted` on request."""
+    stop = should_stop is not None and should_stop()
+    if checkpoint is not None and (stop or last() or n % every == 0):
+        write()
+    if stop:
+        raise Interrupted(n, checkpoint)
 
 
 def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
@@ -428,22 +422,18 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         segment.append(bound)
         if progress is not None:
             progress.update(iteration, bound, change)
-        stop = should_stop is not None and should_stop()
-        # a non-finite bound is never saved: the driver raises right after this
-        if checkpoint is not None and np.isfinite(bound):
-            converged = abs(change) < model.tol
-            if (
-                stop
-                or converged
-                or iteration % checkpoint_every == 0
-                or iteration >= max_iter
-            ):
-                write_checkpoint(model, iteration, bound, converged)
-        if stop:
-            raise Interrupted(iteration, checkpoint)
+        converged = abs(change) < model.tol  # (a non-finite bound never gets here)
+        _end_of_round(
+            iteration, lambda: converged or iteration >= max_iter, checkpoint_every,
+            should_stop, checkpoint,
+            lambda: write_checkpoint(model, iteration, bound, converged),
+        )  # fmt: skip
 
+    monitor = Monitor(callback=callback)
+    if getattr(est, "learning_method", None) == "online":  # the stochastic driver
+        monitor = Monitor(lambda m, e, v, snap: callback(m, e, v, snap().change))
     try:
-        with monitoring(est, Monitor(callback=callback)):
+        with monitoring(est, monitor):
             if y is None:
                 est.fit(X)
             else:
@@ -465,21 +455,22 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
 
 
 def _lda_checkpoint_state(ck, extra, checkpoint):
-    """The fit state (as ``_epoch_state`` returns it) stored in an LDA checkpoint."""
+    """The fit state (a :class:`fastvi._stochastic.State`) an LDA checkpoint holds."""
     try:
         last = extra["last_perplexity"]
-        return {
-            "epoch": int(extra["iteration"]),
-            "stopped": bool(extra["converged"]),
-            "last_perplexity": None if last is None else float(last),
-            "components": np.asarray(ck.components_, dtype=np.float64),
-            "psi_sums": np.asarray(extra["psi_sums"], dtype=np.float64),
-            "stale": bool(extra["stale"]),
-            "n_iter_": int(ck.n_iter_),
-            "n_batch_iter_": int(ck.n_batch_iter_),
-            "perplexity_history_": [float(v) for v in ck.perplexity_history_],
-            "random_state": ck.random_state_.get_state(legacy=True),
-        }
+        return State(
+            epoch=int(extra["iteration"]),
+            stopped=bool(extra["converged"]),
+            last=None if last is None else float(last),
+            history=[float(v) for v in ck.perplexity_history_],
+            params={
+                "components": np.asarray(ck.components_, dtype=np.float64),
+                "psi_sums": np.asarray(extra["psi_sums"], dtype=np.float64),
+                "stale": bool(extra["stale"]),
+                "n_batch_iter_": int(ck.n_batch_iter_),
+                "random_state": ck.random_state_.get_state(legacy=True),
+            },
+        )
     except (KeyError, AttributeError, TypeError, ValueError):
         raise ValueError(f"{checkpoint}: not a checkpoint (no fit position)") from None
 
@@ -535,53 +526,43 @@ def fit_lda(
         ck, extra = _load_checkpoint(est, checkpoint, data_print)
         state = _lda_checkpoint_state(ck, extra, checkpoint)
     if progress is not None:
-        progress.start_at(0 if state is None else min(state["epoch"], est.max_iter))
+        progress.start_at(0 if state is None else min(state.epoch, est.max_iter))
 
-    def write_checkpoint(model, epoch_state):
+    def write_checkpoint(model, state):
         ck = type(model)(**model.get_params(deep=False))
+        skip = ("components_", "exp_dirichlet_component_", "bound_")
         for key, value in vars(model).items():
-            if not key.startswith("_") and key not in (
-                "components_",
-                "exp_dirichlet_component_",
-                "bound_",
-            ):
+            if not key.startswith("_") and key not in skip:
                 setattr(ck, key, value)
-        ck.n_iter_ = epoch_state["n_iter_"]
-        ck.n_batch_iter_ = epoch_state["n_batch_iter_"]
-        ck.perplexity_history_ = epoch_state["perplexity_history_"]
+        params = state.params
+        ck.n_iter_ = state.epoch - state.stopped
+        ck.n_batch_iter_ = params["n_batch_iter_"]
+        ck.perplexity_history_, ck.components_ = state.history, params["components"]
         ck.random_state_ = np.random.RandomState()
-        ck.random_state_.set_state(epoch_state["random_state"])
-        ck.components_ = epoch_state["components"]
+        ck.random_state_.set_state(params["random_state"])
         save(
             ck,
             checkpoint,
             kind="checkpoint",
             extra={
-                "iteration": epoch_state["epoch"],
-                "converged": epoch_state["stopped"],
-                "last_perplexity": epoch_state["last_perplexity"],
-                "psi_sums": epoch_state["psi_sums"].tolist(),
-                "stale": epoch_state["stale"],
+                "iteration": state.epoch,
+                "converged": state.stopped,
+                "last_perplexity": state.last,
+                "psi_sums": params["psi_sums"].tolist(),
+                "stale": params["stale"],
                 "data": data_print,
                 "params": signature,
             },
         )
 
-    def callback(model, epoch, perplexity, get_state):
+    def callback(model, epoch, perplexity, snapshot):
         if progress is not None:
             progress.update_epoch(epoch, perplexity)
-        stop = should_stop is not None and should_stop()
-        if checkpoint is not None:
-            epoch_state = get_state()
-            if (
-                stop
-                or epoch_state["stopped"]
-                or epoch % checkpoint_every == 0
-                or epoch >= model.max_iter
-            ):
-                write_checkpoint(model, epoch_state)
-        if stop:
-            raise Interrupted(epoch, checkpoint)
+        state = None if checkpoint is None else snapshot()
+        _end_of_round(
+            epoch, lambda: state.stopped or epoch >= model.max_iter, checkpoint_every,
+            should_stop, checkpoint, lambda: write_checkpoint(model, state),
+        )  # fmt: skip
 
     with monitoring(est, Monitor(callback=callback, resume=state)):
         est.fit(X)
