@@ -366,6 +366,11 @@ def test_partial_fit_same_numbers_as_scikit_learn():
     )
 
 
+# scikit-learn's float32 reference fit (its _lda.py, np.dot of float32 rows through
+# OpenBLAS) now and then raises a spurious "invalid value" flag on this machine (seen
+# once in ~10 runs, never reproduced alone); our fit's values are compared below, so a
+# NaN of ours still fails the test
+@pytest.mark.filterwarnings("ignore:invalid value encountered in dot:RuntimeWarning")
 def test_float32_input_stays_float32():
     X = corpus().astype(np.float32)
     ours, theirs = fit_both(X, n_components=5, max_iter=5, random_state=0)
