@@ -2071,9 +2071,7 @@ def _logistic_rows(X, what, coef, intercept, sigmas, classes):
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _jj_pass(
-    kernels, X, U, mean, intercept, grams, hessian, hstride, row0, out_xi=None
-):
+def _jj_pass(kernels, X, U, mean, intercept, grams, hessian, hstride, row0):
     """All chunks of ``kernels.jj_chunks`` on the fit's threads: per-chunk partials
     ``(G, H, c, gv)`` (see that kernel)."""
     N = X.shape[0]
@@ -2100,7 +2098,6 @@ def _jj_pass(
         row0,
         CHUNK_ROWS,
         TILE_ROWS,
-        np.empty(0) if out_xi is None else out_xi,
         *parts,
     )
     return parts

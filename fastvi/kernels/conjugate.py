@@ -70,18 +70,6 @@ def jj_local(q, a2):
 
 
 @jit
-def jj_lambda(xi):
-    """λ(ξ) = tanh(ξ/2) / (4ξ) for ξ >= 0, as the pass computes it."""
-    return 0.5 * jj_local(xi * xi, 0.0)[1]
-
-
-@jit
-def log_sigmoid_nonneg(x):
-    """log σ(x) = −log(1 + exp(−x)) for x >= 0, as the pass computes it."""
-    return -log1p_unit(exp_clamped(-x))
-
-
-@jit
 def jj_chunks(
     c0,
     c1,
@@ -95,7 +83,6 @@ def jj_chunks(
     row0,
     chunk,
     tile,
-    out_xi,
     G,
     H,
     c,
@@ -105,8 +92,8 @@ def jj_chunks(
     module docstring).
 
     Chunk ``k`` is rows ``[k * chunk, min(N, (k + 1) * chunk))`` and writes only
-    ``G[k], H[k], c[k], gv[k]`` (and its rows of ``out_xi``), so chunks can run on any
-    thread in any order (``fastvi._threads.map_chunks``).
+    ``G[k], H[k], c[k], gv[k]``, so chunks can run on any thread in any order
+    (``fastvi._threads.map_chunks``).
 
     Parameters
     ----------
@@ -120,7 +107,6 @@ def jj_chunks(
         subsample fixed by the rows' global indices (``row0`` is the index of X's
         first row in the whole data), so blocks of one data set agree with one call
     chunk, tile : rows per chunk (the unit of work) / per transposed tile
-    out_xi : (N,) to receive ξ_n, or (0,) for none
     G : (C, D̃, D̃) or (C, 0, 0), H : (C, D̃, D̃) or (C, 0, 0), c : (C, 2), gv : (C, D̃)
         Per-chunk partial sums (C = ceil(N / chunk)), written, upper triangles only,
         of Σ 2 λ(ξ_n) x_n x_nᵀ and of the Hessian weights' Σ w_n x_n x_nᵀ (over the
@@ -130,7 +116,6 @@ def jj_chunks(
         gradient in m).
     """
     Dt = U.shape[0]
-    want_xi = out_xi.shape[0] == X.shape[0]
     Xt = np.empty((Dt, tile))
     W = np.empty((Dt, tile))
     Xh = np.empty((Dt, tile)) if hstride > 1 else Xt
@@ -164,13 +149,11 @@ def jj_chunks(
             for t in range(T):
                 a2 = a[t] * a[t]
                 q = maha[t] + a2
-                xi, w, term, hw = jj_local(q, a2)
+                _, w, term, hw = jj_local(q, a2)
                 total += term
                 collapsed += term - 0.5 * w * q
                 w1[t] = w
                 w2[t] = hw
-                if want_xi:
-                    out_xi[t0 + t] = xi
             for t in range(T):
                 a[t] *= w1[t]
             for d in range(Dt):

@@ -483,43 +483,6 @@ def csc_order(indptr, indices, n_words):
 
 
 @jit
-def _update_block(
-    col_ptr,
-    entry,
-    doc,
-    ratio,
-    exp_theta,
-    exp_beta_t,
-    lam_t,
-    decay,
-    weight,
-    eta,
-    scale,
-    w0,
-    w1,
-    sums,
-):
-    K = lam_t.shape[1]
-    acc = np.empty(K)
-    for k in range(K):
-        sums[k] = 0.0
-    for w in range(w0, w1):
-        for k in range(K):
-            acc[k] = 0.0
-        for p in range(col_ptr[w], col_ptr[w + 1]):
-            r = ratio[entry[p]]
-            d = doc[p]
-            for k in range(K):
-                acc[k] += r * exp_theta[d, k]
-        for k in range(K):
-            v = decay * lam_t[w, k] + weight * (
-                eta + scale * (acc[k] * exp_beta_t[w, k])
-            )
-            lam_t[w, k] = v
-            sums[k] += v
-
-
-@jit
 def topic_word_blocks(
     b0,
     b1,
@@ -545,43 +508,25 @@ def topic_word_blocks(
     Block ``b`` is words ``[b * block, min(V, (b + 1) * block))`` and writes ``sums[b]``
     (K,), the partial sums over its words of the new lam_t.
     """
-    V = lam_t.shape[0]
+    V, K = lam_t.shape
+    acc = np.empty(K)
     for b in range(b0, b1):
-        _update_block(
-            col_ptr,
-            entry,
-            doc,
-            ratio,
-            exp_theta,
-            exp_beta_t,
-            lam_t,
-            decay,
-            weight,
-            eta,
-            scale,
-            b * block,
-            min(V, (b + 1) * block),
-            sums[b],
-        )
-
-
-@jit
-def _expectation_row(lam_t, psi_sums, w, ps, out):
-    exp_psi_minus(lam_t[w], psi_sums, out[w], lam_t.shape[1])
-
-
-@jit
-def _expectation_block(lam_t, psi_sums, w0, w1, out):
-    ps = np.empty(lam_t.shape[1])
-    for w in range(w0, w1):
-        _expectation_row(lam_t, psi_sums, w, ps, out)
-
-
-@jit
-def _expectation_rows_block(lam_t, psi_sums, words, i0, i1, out):
-    ps = np.empty(lam_t.shape[1])
-    for i in range(i0, i1):
-        _expectation_row(lam_t, psi_sums, words[i], ps, out)
+        for k in range(K):
+            sums[b, k] = 0.0
+        for w in range(b * block, min(V, (b + 1) * block)):
+            for k in range(K):
+                acc[k] = 0.0
+            for p in range(col_ptr[w], col_ptr[w + 1]):
+                r = ratio[entry[p]]
+                d = doc[p]
+                for k in range(K):
+                    acc[k] += r * exp_theta[d, k]
+            for k in range(K):
+                v = decay * lam_t[w, k] + weight * (
+                    eta + scale * (acc[k] * exp_beta_t[w, k])
+                )
+                lam_t[w, k] = v
+                sums[b, k] += v
 
 
 @jit
@@ -590,7 +535,8 @@ def dirichlet_expectation_blocks(b0, b1, lam_t, psi_sums, block, out):
     psi_sums[k] = psi(sum_w lam)."""
     V = lam_t.shape[0]
     for b in range(b0, b1):
-        _expectation_block(lam_t, psi_sums, b * block, min(V, (b + 1) * block), out)
+        for w in range(b * block, min(V, (b + 1) * block)):
+            exp_psi_minus(lam_t[w], psi_sums, out[w], lam_t.shape[1])
 
 
 @jit
@@ -603,30 +549,8 @@ def dirichlet_expectation_rows_blocks(b0, b1, lam_t, psi_sums, words, block, out
     """
     n = words.shape[0]
     for b in range(b0, b1):
-        _expectation_rows_block(
-            lam_t, psi_sums, words, b * block, min(n, (b + 1) * block), out
-        )
-
-
-@jit
-def _doc_terms_block(gamma, alpha, d0, d1):
-    K = gamma.shape[1]
-    ps = np.empty(K)
-    lg_alpha = math.lgamma(alpha)
-    lg_total_prior = math.lgamma(alpha * K)
-    score = 0.0
-    for d in range(d0, d1):
-        g = gamma[d]
-        total = 0.0
-        for k in range(K):
-            total += g[k]
-        psi_total = digamma(total)
-        digamma_array(g, ps, K)
-        for k in range(K):
-            score += (alpha - g[k]) * (ps[k] - psi_total)
-            score += math.lgamma(g[k]) - lg_alpha
-        score += lg_total_prior - math.lgamma(total)
-    return score
+        for i in range(b * block, min(n, (b + 1) * block)):
+            exp_psi_minus(lam_t[words[i]], psi_sums, out[words[i]], lam_t.shape[1])
 
 
 @jit
@@ -638,24 +562,24 @@ def doc_terms_blocks(b0, b1, gamma, alpha, block, out):
     E[log q(theta_d | g)] = sum_k (alpha - g_k) E[log theta_dk] + log Gamma(g_k) -
     log Gamma(alpha) + log Gamma(K alpha) - log Gamma(sum_k g_k).
     """
-    N = gamma.shape[0]
-    for b in range(b0, b1):
-        out[b] = _doc_terms_block(gamma, alpha, b * block, min(N, (b + 1) * block))
-
-
-@jit
-def _topic_terms_block(lam_t, eta, psi_sums, w0, w1):
-    K = lam_t.shape[1]
+    N, K = gamma.shape
     ps = np.empty(K)
-    lg_eta = math.lgamma(eta)
-    score = 0.0
-    for w in range(w0, w1):
-        row = lam_t[w]
-        digamma_array(row, ps, K)
-        for k in range(K):
-            score += (eta - row[k]) * (ps[k] - psi_sums[k])
-            score += math.lgamma(row[k]) - lg_eta
-    return score
+    lg_alpha = math.lgamma(alpha)
+    lg_total_prior = math.lgamma(alpha * K)
+    for b in range(b0, b1):
+        score = 0.0
+        for d in range(b * block, min(N, (b + 1) * block)):
+            g = gamma[d]
+            total = 0.0
+            for k in range(K):
+                total += g[k]
+            psi_total = digamma(total)
+            digamma_array(g, ps, K)
+            for k in range(K):
+                score += (alpha - g[k]) * (ps[k] - psi_total)
+                score += math.lgamma(g[k]) - lg_alpha
+            score += lg_total_prior - math.lgamma(total)
+        out[b] = score
 
 
 @jit
@@ -667,8 +591,15 @@ def topic_terms_blocks(b0, b1, lam_t, eta, psi_sums, block, out):
     E[log beta_kw] = psi(lam_wk) - psi_sums[k]; the caller adds the per-topic part
     sum_k log Gamma(V eta) - log Gamma(sum_w lam_wk).
     """
-    V = lam_t.shape[0]
+    V, K = lam_t.shape
+    ps = np.empty(K)
+    lg_eta = math.lgamma(eta)
     for b in range(b0, b1):
-        out[b] = _topic_terms_block(
-            lam_t, eta, psi_sums, b * block, min(V, (b + 1) * block)
-        )
+        score = 0.0
+        for w in range(b * block, min(V, (b + 1) * block)):
+            row = lam_t[w]
+            digamma_array(row, ps, K)
+            for k in range(K):
+                score += (eta - row[k]) * (ps[k] - psi_sums[k])
+                score += math.lgamma(row[k]) - lg_eta
+        out[b] = score

@@ -923,17 +923,11 @@ class Posterior(NamedTuple):
         return to_arviz(self)
 
 
-def _snapshot(obj):
-    """A copy of the attributes of a stopping rule or monitor (what it has kept)."""
-    return copy.deepcopy(vars(obj))
-
-
 def _snapshot_run(run):
     """``run`` (an :class:`SGVIRun` holding the live rule and monitor) as a
-    snapshot: copies of the trace and of their attributes."""
-    return run._replace(
-        elbo=run.elbo.copy(), rule=_snapshot(run.rule), watch=_snapshot(run.watch)
-    )
+    snapshot: copies of the trace and of their attributes (what they have kept)."""
+    rule, watch = (copy.deepcopy(vars(obj)) for obj in (run.rule, run.watch))
+    return run._replace(elbo=run.elbo.copy(), rule=rule, watch=watch)
 
 
 def _same(a, b):
@@ -944,7 +938,7 @@ def _same(a, b):
 
 
 def _restore(obj, saved, size):
-    """Set ``obj``'s attributes to ``saved`` (from :func:`_snapshot`), refused
+    """Set ``obj``'s attributes to ``saved`` (from :func:`_snapshot_run`), refused
     unless they include those ``obj`` has (some are made as the run goes), shadow
     nothing of its class, keep its settings (its constructor's parameters) and its
     arrays have ``size`` numbers."""

@@ -1,5 +1,6 @@
 """Bayesian logistic and Poisson regression fitted by SGVI, with scikit-learn's API."""
 
+from functools import partial
 from numbers import Integral, Real
 from time import perf_counter
 
@@ -348,12 +349,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             init_state = previous
         seed = _seed_from(self.random_state)
         report = _Report(self, engine, init_state) if self.verbose else None
-        monitor, watch = monitor_of(self), None
-        if monitor.callback is not None:
-
-            def watch(n, elbo, snapshot):
-                monitor.callback(self, n, elbo, snapshot)
-
+        monitor = monitor_of(self)
+        watch = None if monitor.callback is None else partial(monitor.callback, self)
         result = engine.run(
             seed=seed,
             max_iter=self.max_iter,
@@ -370,16 +367,8 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self._store(result)
         if init_state is not None and history is not None:
             self.elbo_history_ = np.concatenate([history, result.elbo])
-        if (
-            not result.converged
-            and self.tol > 0
-            and self.convergence == "window"
-            or (
-                not result.converged
-                and self.convergence == "stan"
-                and self.tol_rel_obj > 0
-            )
-        ):
+        stan = self.convergence == "stan"
+        if not result.converged and (self.tol_rel_obj if stan else self.tol) > 0:
             why = {
                 "fixed": "the fixed-draw fit (BFGS) did not reach its tolerance in "
                 "max_iter={} iterations",

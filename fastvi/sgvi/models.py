@@ -405,14 +405,20 @@ def _glm_block(block, start, W, b, tau, family, tile, chunk_tiles, y):
     """Block statistic of the GLM pass: the kernel's per-chunk partials of the rows
     ``block`` (transposed into tiles here) with their targets ``y``, stacked in
     chunk order (``ll, gw, gb, ss``; summed in order by ``map_reduce``)."""
-    k = _glm_kernels()
     X = block[0] if type(block) is tuple else block
     n, D = X.shape
     tiles = np.empty(((n + tile - 1) // tile, D, tile))
-    k.tile_rows(X, tile, tiles)
-    serial = _serial(tiles.shape[0], chunk_tiles, n * D * W.shape[0])
-    kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
+    _glm_kernels().tile_rows(X, tile, tiles)
     y = np.ascontiguousarray(y, dtype=np.float64)
+    return _glm_tiles(tiles, y, n, W, b, tau, family, chunk_tiles)
+
+
+def _glm_tiles(tiles, y, n, W, b, tau, family, chunk_tiles):
+    """The GLM kernel's per-chunk partials over ``tiles`` (``n`` rows transposed a
+    tile at a time), on the calling thread when the pass is small."""
+    k = _glm_kernels()
+    serial = _serial(tiles.shape[0], chunk_tiles, n * tiles.shape[1] * W.shape[0])
+    kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
     return kernel(tiles, y, n, W, b, tau, family, chunk_tiles)
 
 
@@ -679,22 +685,8 @@ class GLM(Model):
                 "block by block (use batch_size=None)."
             )
         if rows is None:
-            serial = _serial(
-                self._Xtiles.shape[0],
-                self._chunk_tiles,
-                self.n_rows * self.n_features * S,
-            )
-            kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
-            parts = kernel(
-                self._Xtiles,
-                self.y,
-                self.n_rows,
-                W,
-                b,
-                tau,
-                self.family_code,
-                self._chunk_tiles,
-            )
+            fixed = (self.n_rows, W, b, tau, self.family_code, self._chunk_tiles)
+            parts = _glm_tiles(self._Xtiles, self.y, *fixed)
         else:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
             chunk = self._chunk_tiles * self.tile

@@ -117,14 +117,6 @@ def _write_module(directory, name, text):
     return path
 
 
-def _import_file(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _form(role, f, has_hyper, linear=False):
     """``"plain"`` or ``"hyper"``: whether ``f`` takes the ``hyper`` argument,
     read from its number of positional parameters; a clear error otherwise.
@@ -215,14 +207,13 @@ def build_kernels(functions, forms, linear=False):
             path = _write_module(directory, name, text)
         except OSError:
             path = _write_module(tempfile.mkdtemp("fastvi"), name, text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
         if cacheable:
-            module = _import_file(name, path)
             _LOADED[name] = module
         else:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
             # numba reads the globals when it first compiles a kernel: now
             for role, f in given.items():
                 setattr(module, f"_u_{role}", module.jit(f.py_func, inline="always"))
