@@ -33,7 +33,8 @@ of one fit, never through attributes of the estimator::
 Its ``callback(estimator, n_iter, bound, change)`` is called after every round with the
 fitted state of that round and may raise to stop the fit (``fastvi.batch`` reports
 progress, writes checkpoints and stops on request there). The driver keeps its clocks
-and position in local variables, so a fit leaves nothing transient on the estimator.
+and position (a :class:`Fit`) in local variables, so a fit leaves nothing transient on
+the estimator; a monitor's ``resume`` (a checkpoint's ``Fit``) continues that fit.
 
 Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``.
 """
@@ -41,7 +42,7 @@ Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 from time import perf_counter
 
@@ -52,6 +53,7 @@ from sklearn.utils._param_validation import Interval
 __all__ = [
     "CAVI_PARAMETER_CONSTRAINTS",
     "CAVIMixin",
+    "Fit",
     "Monitor",
     "all_or_nothing",
     "monitor_of",
@@ -82,11 +84,22 @@ class Monitor:
         It may raise to stop the fit.
     resume : object, optional
         A fit state to continue from: for the stochastic driver a ``snapshot()`` of
-        an earlier epoch; the CAVI driver resumes by ``warm_start`` and reads none.
+        an earlier epoch; for the CAVI driver a :class:`Fit`.
     """
 
     callback: object = None
     resume: object = None
+
+
+@dataclass
+class Fit:
+    """Where one CAVI restart stands: rounds done, the bound after the last one and
+    after each, and whether the stopping rule was met (not the model's factors)."""
+
+    n_iter: int = 0
+    bound: float = -np.inf
+    history: list = field(default_factory=list)
+    converged: bool = False
 
 
 # the monitors of the fits running in this thread (or task): (estimator, monitor) pairs
@@ -160,54 +173,53 @@ class CAVIMixin:
     def _cavi_fit(self, data, random_state, rounds=None):
         """Run the restarts and keep the best; returns nothing, sets fitted state.
 
-        ``rounds(data, bound, clock)``, the loop of one restart from the bound it
-        starts at, returns ``(bound, n_iter, history, converged)``: the CAVI rounds
-        by default; an online mixture passes epochs of :mod:`fastvi._stochastic`.
+        ``rounds(data, fit, clock)``, the loop of one restart from the :class:`Fit`
+        it starts at, returns the restart's :class:`Fit`: the CAVI rounds by default;
+        an online mixture passes epochs of :mod:`fastvi._stochastic`.
         """
         rounds = self._cavi_rounds if rounds is None else rounds
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        best = None  # (bound, state, n_iter, history, converged) of the best restart
-        for init in range(self.n_init if do_init else 1):
+        resume = monitor_of(self).resume  # a checkpoint's Fit, continued
+        warm = resume is not None or (self.warm_start and hasattr(self, "converged_"))
+        start = resume or Fit(bound=self.lower_bound_ if warm else -np.inf)
+        best = None  # (Fit, state) of the best restart
+        for init in range(1 if warm else self.n_init):
             clock = self._cavi_verbose_init_begin(init)
-            if do_init:
+            if not warm:
                 self._cavi_initialize(data, random_state)
             if self.max_iter == 0:
                 # 0 iterations means "just initialize"; the last restart's start is kept
-                best = (-np.inf, self._cavi_get_state(), 0, [], False)
+                best = (resume or Fit(), self._cavi_get_state())
                 continue
-            start = -np.inf if do_init else self.lower_bound_
-            bound, n_iter, history, converged = rounds(data, start, clock)
-            self._cavi_verbose_init_end(bound, converged, clock)
-            if best is None or bound > best[0] or best[0] == -np.inf:
-                best = (bound, self._cavi_get_state(), n_iter, history, converged)
+            fit = rounds(data, replace(start, history=list(start.history)), clock)
+            self._cavi_verbose_init_end(fit.bound, fit.converged, clock)
+            if best is None or fit.bound > best[0].bound or best[0].bound == -np.inf:
+                best = (fit, self._cavi_get_state())
 
-        bound, state, n_iter, history, converged = best
-        if not converged and self.max_iter > 0:
+        fit, state = best
+        if not fit.converged and self.max_iter > 0:
             warnings.warn(self._convergence_message, ConvergenceWarning, stacklevel=3)
         self._cavi_set_state(state)
-        self.converged_, self.n_iter_ = converged, n_iter
-        self.lower_bound_, self.lower_bounds_ = bound, history
+        self.converged_, self.n_iter_ = fit.converged, fit.n_iter
+        self.lower_bound_, self.lower_bounds_ = fit.bound, fit.history
 
-    def _cavi_rounds(self, data, bound, clock):
+    def _cavi_rounds(self, data, fit, clock):
         """The CAVI loop of one restart (see :meth:`_cavi_fit`)."""
         callback = monitor_of(self).callback
-        history = []
-        for n_iter in range(1, self.max_iter + 1):
-            previous = bound
-            bound = float(self._cavi_step(data))
-            history.append(bound)
-            change = bound - previous
-            self._cavi_verbose_iter_end(n_iter, change, clock)
-            if not np.isfinite(bound):
+        while fit.n_iter < self.max_iter and not fit.converged:
+            previous, fit.bound = fit.bound, float(self._cavi_step(data))
+            fit.n_iter += 1
+            fit.history.append(fit.bound)
+            change = fit.bound - previous
+            self._cavi_verbose_iter_end(fit.n_iter, change, clock)
+            if not np.isfinite(fit.bound):
                 raise ValueError(
-                    f"The variational bound became {bound} at iteration {n_iter}; "
-                    f"{self._nonfinite_advice}."
+                    f"The variational bound became {fit.bound} at iteration "
+                    f"{fit.n_iter}; {self._nonfinite_advice}."
                 )
+            fit.converged = abs(change) < self.tol
             if callback is not None:
-                callback(self, n_iter, bound, change)
-            if abs(change) < self.tol:
-                return bound, n_iter, history, True
-        return bound, n_iter, history, False
+                callback(self, fit.n_iter, fit.bound, change)
+        return fit
 
     # verbose output, in scikit-learn's format; ``clock`` is [start of the restart,
     # end of the last printed iteration] (a local of the loop, not an attribute)

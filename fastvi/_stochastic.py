@@ -54,10 +54,10 @@ class StopRule:
 
 
 def run(model, data, stop, state=None):
-    """Epochs from the monitor's resume, else ``state`` (else a fresh one), until
+    """Epochs from ``state``, else the monitor's resume (else a fresh one), until
     ``model.max_iter`` epochs or the stop rule; the final :class:`State`."""
     monitor = monitor_of(model)
-    if monitor.resume is not None:
+    if state is None and monitor.resume is not None:
         state = monitor.resume.copy()
         model._sgd_set_params(data, monitor.resume.params)
     state = State() if state is None else state

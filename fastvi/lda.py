@@ -836,7 +836,15 @@ class LatentDirichletAllocation(
         lam_t = np.ascontiguousarray(self.components_.T, dtype=np.float64)
         with thread_limits(self.n_jobs):
             gamma, ll = self._transform_corpus(corpus)
-            return self._perplexity_from(corpus, gamma, ll, lam_t, sub_sampling)
+            bound = self._bound(corpus, gamma, ll, lam_t, sub_sampling)
+        word_count = corpus.word_count()
+        if sub_sampling:
+            word_count *= float(self.total_samples) / corpus.n_docs
+        # no words: the per-word bound is undefined; huge counts: it overflows
+        _check_word_total(
+            word_count, np.float64, "LatentDirichletAllocation.perplexity"
+        )
+        return float(np.exp(-bound / word_count))
 
     # ------------------------------------------------------------------ internals
     def _check_non_neg_array(self, X, reset, whom):
@@ -1096,27 +1104,20 @@ class LatentDirichletAllocation(
         )
         return float(ll.sum())
 
-    def _dtype(self):
-        return self.components_.dtype if hasattr(self, "components_") else np.float64
-
-    def _e_step(self, corpus, exp_beta_t, random_init, dtype=None):
-        """gamma and the likelihood term of the bound (non-random start by default)."""
-        dtype = self._dtype() if dtype is None else dtype
-        gamma = self._initial_gamma(corpus.n_docs, dtype, random_init)
-        exp_theta = np.empty_like(gamma)
-        ratio = np.empty_like(corpus.data)
-        ll = self._run_e_step(corpus, exp_beta_t, gamma, exp_theta, ratio, True, dtype)
-        return gamma, ll
-
     def _transform_corpus(self, corpus):
+        """gamma and the likelihood term of the bound (non-random start)."""
         if not hasattr(self, "exp_dirichlet_component_"):
             raise NotFittedError(
                 "this LatentDirichletAllocation has no exp_dirichlet_component_ "
                 "(a fit checkpoint, not a fitted model): fit or resume it first"
             )
         exp_beta_t = np.array(self.exp_dirichlet_component_.T, np.float64, order="C")
+        dtype = getattr(self, "components_", np.empty(0)).dtype
         with thread_limits(self.n_jobs):
-            return self._e_step(corpus, exp_beta_t, random_init=False)
+            gamma = self._initial_gamma(corpus.n_docs, dtype, False)
+            args = (gamma, np.empty_like(gamma), np.empty_like(corpus.data), True)
+            ll = self._run_e_step(corpus, exp_beta_t, *args, dtype)
+        return gamma, ll
 
     def _unnormalized_transform(self, X):
         gamma, _ = self._transform_corpus(_Corpus.from_matrix(X))
@@ -1129,17 +1130,6 @@ class LatentDirichletAllocation(
             score *= float(self.total_samples) / corpus.n_docs
         score += _topic_bound(lam_t, float(self.topic_word_prior_))
         return float(score)
-
-    def _perplexity_from(self, corpus, gamma, ll, lam_t, sub_sampling):
-        bound = self._bound(corpus, gamma, ll, lam_t, sub_sampling)
-        word_count = corpus.word_count()
-        if sub_sampling:
-            word_count *= float(self.total_samples) / corpus.n_docs
-        # no words: the per-word bound is undefined; huge counts: it overflows
-        _check_word_total(
-            word_count, np.float64, "LatentDirichletAllocation.perplexity"
-        )
-        return float(np.exp(-bound / word_count))
 
     # ------------------------------------------- held-out criticism and draws
     @announces("lda", complete=False)

@@ -25,7 +25,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _schema
-from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
+from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, Fit, all_or_nothing
 from ._compile import announces
 from ._numerics import check_squares_overflow, max_abs
 from ._stochastic import State, StopRule, run
@@ -838,11 +838,12 @@ dask array
         return self._bound(stats.entropy)
 
     # ------------------------------------------------------ stochastic steps
-    def _sgd_rounds(self, data, bound, clock):
+    def _sgd_rounds(self, data, fit, clock):
         """One restart of an online fit: the epochs of the stochastic driver, its
         stop rule ``tol`` on the bound after every epoch (see :meth:`_cavi_fit`)."""
-        state = run(self, data, StopRule(self.tol), State(last=bound))
-        return state.history[-1], state.epoch, state.history, state.stopped
+        start = State(fit.n_iter, fit.bound, fit.converged, fit.history)
+        state = run(self, data, StopRule(self.tol), start)
+        return Fit(state.epoch, state.history[-1], state.history, state.stopped)
 
     def _sgd_params(self, data):
         return self._cavi_get_state()

@@ -18,7 +18,8 @@ model's Newton proposal and bound), so its checkpoint is that model as a fit of 
 many rounds leaves it. Resume (``resume=True`` and the checkpoint exists) is a warm
 start from it for the remaining iterations; the CAVI updates are deterministic given
 the factors, so the final model is bitwise the one of an uninterrupted run
-(``n_iter_`` and ``lower_bounds_`` are stitched together). A checkpoint written for
+(the driver goes on from the checkpoint's :class:`fastvi._cavi.Fit`: its rounds,
+bound history and convergence). A checkpoint written for
 other data, targets or parameters is refused. The data is identified by its shape and
 a SHA-256 hash of every value (:func:`fastvi.batch.io.fingerprint`): in-memory data
 is hashed before the fit, from its buffer; out-of-core data (a block source such as
@@ -51,12 +52,11 @@ import json
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 from sklearn.base import is_classifier
 
-from .._cavi import Monitor, all_or_nothing, monitoring
+from .._cavi import Fit, Monitor, all_or_nothing, monitoring
 from .._stochastic import State
 from ..persist import load, save
 from ..rows import is_block_source
@@ -212,16 +212,30 @@ def _check_data(checkpoint, saved, now):
         )
 
 
-def _load_checkpoint(est, checkpoint, data_print):
-    """The checkpoint's estimator and extra, refused for other data or parameters."""
+def _open(est, data_print, y, checkpoint, resume):
+    """``(target_print, signature, found)``: the targets' fingerprint and parameter
+    signature a checkpoint holds (None without a checkpoint) and, on a resume from
+    an existing one, its ``(estimator, extra)`` (else None), refused for other
+    data, targets or parameters."""
+    if checkpoint is None:
+        return None, None, None
+    target_print = None if y is None else _target_print(y)
+    signature = _param_signature(est)
+    if not (resume and os.path.exists(checkpoint)):
+        return target_print, signature, None
     ck, extra = load(checkpoint, expected_class=type(est).__name__, return_extra=True)
     _check_data(checkpoint, extra.get("data"), data_print)
-    if extra.get("params") != _param_signature(est):
+    if extra.get("params") != signature:
         raise ValueError(
             f"{checkpoint}: the checkpoint was written with other model parameters; "
             "delete it to start afresh"
         )
-    return ck, extra
+    if extra.get("target") != target_print:
+        raise DataError(
+            f"{checkpoint}: the checkpoint was written for other targets y; "
+            "delete it to start afresh"
+        )
+    return target_print, signature, (ck, extra)
 
 
 class _HashedRows:
@@ -348,12 +362,12 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
     """The one CAVI job loop (the callers restore ``est`` if this raises).
 
     The model after every round is complete, so its checkpoint is that model as a
-    fit of that many rounds leaves it, and a resume is a warm start from it. A
-    resumed run that had finished makes only the fit's passes over the data (which
-    check the data's hash) and its final state (``max_iter=0``).
+    fit of that many rounds leaves it, and a resume is a warm start from it and its
+    :class:`~fastvi._cavi.Fit`. A resumed run that had finished makes only the
+    fit's passes over the data (which check the data's hash) and its final state.
     """
     max_iter, warm_start = est.max_iter, est.warm_start
-    hashed = data_print = target_print = signature = None
+    hashed = data_print = None
     if checkpoint is not None:
         if is_block_source(X):
             # out of core: hashed as the fit's first pass reads the blocks
@@ -361,21 +375,17 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
             data_print = {"shape": [int(v) for v in X.shape]}
         else:
             data_print = fingerprint(X)
-        target_print = None if y is None else _target_print(y)
-        signature = _param_signature(est)
-    done, history, remaining = 0, [], max_iter
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        ck, extra = _load_checkpoint(est, checkpoint, data_print)
-        if extra.get("target") != target_print:
-            raise DataError(
-                f"{checkpoint}: the checkpoint was written for other targets y; "
-                "delete it to start afresh"
-            )
+    target_print, signature, found = _open(est, data_print, y, checkpoint, resume)
+    start = None
+    if found is not None:
+        ck, extra = found
         try:
-            done = int(extra["iteration"])
-            history = [float(b) for b in extra["history"]]
-            bound = float(extra["bound"])
-            converged = bool(extra["converged"])
+            start = Fit(
+                int(extra["iteration"]),
+                history=[float(b) for b in extra["history"]],
+                bound=float(extra["bound"]),
+                converged=bool(extra["converged"]),
+            )
         except (KeyError, TypeError, ValueError):
             raise ValueError(
                 f"{checkpoint}: not a checkpoint (no fit position)"
@@ -387,13 +397,10 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         for key, value in vars(ck).items():
             if key not in params:
                 setattr(est, key, value)
-        remaining = 0 if converged else max(max_iter - done, 0)
-        est.set_params(warm_start=True, max_iter=remaining)
-        est.lower_bound_ = bound
-        est.converged_ = False
+        est.set_params(warm_start=True)
     if progress is not None:
-        progress.start_at(done)
-    segment = []
+        progress.start_at(0 if start is None else start.n_iter)
+    bounds = [] if start is None else list(start.history)
 
     def write_checkpoint(model, iteration, bound, converged):
         data = data_print if hashed is None else hashed.fingerprint
@@ -402,13 +409,13 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         # the model after this round, as a fit of ``iteration`` rounds leaves it
         ck = object.__new__(type(model))
         ck.__dict__.update(model.__dict__)
-        ck.set_params(max_iter=max_iter, warm_start=warm_start)
+        ck.set_params(warm_start=warm_start)
         ck.n_iter_, ck.converged_ = iteration, converged
-        ck.lower_bound_, ck.lower_bounds_ = bound, history + segment
+        ck.lower_bound_, ck.lower_bounds_ = bound, list(bounds)
         extra = {
             "iteration": iteration,
             "bound": bound,
-            "history": history + segment,
+            "history": list(bounds),
             "converged": converged,
             "data": data,
         }
@@ -417,9 +424,8 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         extra["params"] = signature
         save(ck, checkpoint, kind="checkpoint", extra=extra)
 
-    def callback(model, n_iter, bound, change):
-        iteration = done + n_iter
-        segment.append(bound)
+    def callback(model, iteration, bound, change):
+        bounds.append(bound)
         if progress is not None:
             progress.update(iteration, bound, change)
         converged = abs(change) < model.tol  # (a non-finite bound never gets here)
@@ -429,9 +435,9 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
             lambda: write_checkpoint(model, iteration, bound, converged),
         )  # fmt: skip
 
-    monitor = Monitor(callback=callback)
+    monitor = Monitor(callback, start)
     if getattr(est, "learning_method", None) == "online":  # the stochastic driver
-        monitor = Monitor(lambda m, e, v, snap: callback(m, e, v, snap().change))
+        monitor = Monitor(lambda m, e, v, s: callback(m, e, v, s().change), start)
     try:
         with monitoring(est, monitor):
             if y is None:
@@ -439,18 +445,7 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
             else:
                 est.fit(X, y)
     finally:
-        est.set_params(max_iter=max_iter, warm_start=warm_start)
-    if done:
-        est.n_iter_ = done + est.n_iter_
-        est.lower_bounds_ = history + list(est.lower_bounds_)
-        if remaining == 0:  # the checkpointed run had finished
-            est.converged_, est.lower_bound_ = converged, bound
-            if not converged and max_iter > 0:
-                from sklearn.exceptions import ConvergenceWarning
-
-                warnings.warn(
-                    est._convergence_message, ConvergenceWarning, stacklevel=3
-                )
+        est.set_params(warm_start=warm_start)
     return est
 
 
@@ -520,11 +515,8 @@ def fit_lda(
             "Dask array"
         )
     data_print = fingerprint(X) if checkpoint is not None else None
-    signature = _param_signature(est) if checkpoint is not None else None
-    state = None
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        ck, extra = _load_checkpoint(est, checkpoint, data_print)
-        state = _lda_checkpoint_state(ck, extra, checkpoint)
+    _, signature, found = _open(est, data_print, None, checkpoint, resume)
+    state = None if found is None else _lda_checkpoint_state(*found, checkpoint)
     if progress is not None:
         progress.start_at(0 if state is None else min(state.epoch, est.max_iter))
 
@@ -597,20 +589,11 @@ def fit_sgvi(
     if checkpoint is not None and est.warm_start:
         raise ValueError("checkpoints need warm_start=False")
     with all_or_nothing(est):
-        data_print = target_print = signature = run = None
-        if checkpoint is not None:
-            data_print, target_print = fingerprint(X), _target_print(y)
-            signature = _param_signature(est)
-        if resume and checkpoint is not None and os.path.exists(checkpoint):
-            ck, extra = _load_checkpoint(est, checkpoint, data_print)
-            if extra.get("target") != target_print:
-                raise DataError(
-                    f"{checkpoint}: the checkpoint was written for other targets y; "
-                    "delete it to start afresh"
-                )
-            run = getattr(ck, "run_", None)
-            if run is None:
-                raise ValueError(f"{checkpoint}: not a checkpoint (no run state)")
+        data_print = None if checkpoint is None else fingerprint(X)
+        target_print, signature, found = _open(est, data_print, y, checkpoint, resume)
+        run = None if found is None else getattr(found[0], "run_", None)
+        if found is not None and run is None:
+            raise ValueError(f"{checkpoint}: not a checkpoint (no run state)")
         if progress is not None:
             progress.start_at(0 if run is None else run.elbo.shape[0])
 
@@ -618,10 +601,8 @@ def fit_sgvi(
             if progress is not None:
                 change = elbo[-1] - elbo[-2] if n > 1 else np.inf
                 progress.update(n, elbo[-1], change)
-            stop = should_stop is not None and should_stop()
-            written = None
-            due = stop or n % every == 0 or n >= model.max_iter
-            if checkpoint is not None and snapshot is not None and due:
+
+            def write():
                 at = snapshot()
                 extra = {
                     "iteration": n,
@@ -631,9 +612,11 @@ def fit_sgvi(
                     "params": signature,
                 }
                 save(model._checkpoint(at), checkpoint, kind="checkpoint", extra=extra)
-                written = checkpoint
-            if stop:
-                raise Interrupted(n, written)
+
+            written = None if snapshot is None else checkpoint  # none in 'fixed' fits
+            _end_of_round(
+                n, lambda: n >= model.max_iter, every, should_stop, written, write
+            )
 
         with monitoring(est, Monitor(callback=callback, resume=run)):
             est.fit(X, y)
