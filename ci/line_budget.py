@@ -130,6 +130,7 @@ COMMITS = {
     "8a5720a": "16",  # bench_batch
     "31570ea": "16",  # NumbaModel inlined kernels (ISSUE16.md: users pay 10x)
     "3661eb4": "14",  # thread_limits reuse (in sgvi-cheap: SGVI fit cost)
+    "bb2ad04": "14",  # SGVI k-hat alarm confirmed on 1000 draws (right-or-loud)
 }
 
 MENTION = re.compile(r"\bissue (1[2-7])\b", re.IGNORECASE)
