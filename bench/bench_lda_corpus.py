@@ -139,7 +139,9 @@ def warmed_up():
     X = corpus()[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = fastvi_lda("online", 1, None).fit(X[:300])
+        for method in ("online", "scvb0", "batch"):  # every method and thread
+            for n_jobs in (None, 1):  # setting timed below (serial twins too)
+                model = fastvi_lda(method, 1, n_jobs).fit(X[:300])
     heldout(model.components_)
 
 
