@@ -246,6 +246,31 @@ def test_gpd_fit_matches_scipy_maximum_likelihood(k):
     assert_allclose(k_prior, (x.size * k_zs + 5.0) / (x.size + 10.0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("units", [1e-310, 1e-200, 1e200])
+def test_gpd_fit_is_the_same_in_any_units(units):
+    # near-constant log weights give exceedances of 1e-310 (seen at N = 1e6): the fit
+    # overflowed in 1 / x; it is scale-free, and exact for a power of 2
+    x = stats.genpareto.rvs(0.4, scale=2.0, size=500, random_state=3)
+    x = x[x > 0]
+    k, sigma = gpd_fit(x)
+    xu = x * units
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        k_u, sigma_u = gpd_fit(xu)
+    assert_allclose(k_u, k, rtol=1e-6)
+    assert_allclose(sigma_u, sigma * units, rtol=1e-6)
+    assert gpd_fit(x * 2.0**-20) == (k, sigma * 2.0**-20)
+
+
+def test_psis_khat_of_weights_hundreds_of_nats_apart_is_the_worst_case():
+    # seen in a short SGVI run at N = 1e6: the tail's exceedances from 6e-317 to 1
+    lw = np.zeros(64)
+    lw[-1] = 0.0
+    lw[:-1] = -np.linspace(720.0, 760.0, 63)
+    lw[-5:-1] = [-729.0, -728.0, -727.5, -727.0]
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        assert psis_khat(lw)[0] == np.inf
+
+
 def test_psis_khat_of_known_tails():
     rng = np.random.default_rng(2)
     light = rng.standard_normal(4000) * 0.1  # log-normal ratios with tiny spread

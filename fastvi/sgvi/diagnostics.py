@@ -125,9 +125,18 @@ def gpd_fit(x, prior=True):
     n = x.shape[0]
     if n < 2 or not np.all(np.isfinite(x)) or x[0] <= 0:
         raise ValueError("gpd_fit needs at least 2 finite, positive exceedances.")
+    # the fit does not depend on x's units: x in units of a power of 2 near its
+    # largest value (exact), so exceedances of 1e-310 do not overflow 1 / x
+    scale = math.ldexp(1.0, math.frexp(x[-1])[1])
+    x = x / scale
     m = 30 + int(math.sqrt(n))
     j = np.arange(1, m + 1)
     quartile = x[int(n / 4.0 + 0.5) - 1]
+    with np.errstate(over="ignore"):
+        if not math.isfinite(1.0 / (3.0 * quartile)):
+            # the first quartile lies some 300 orders of magnitude below the largest
+            # exceedance: a tail too heavy for the fit to resolve, the worst case
+            return math.inf, math.inf
     b = 1.0 / x[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * quartile)
     k_of_b = np.log1p(-b[:, None] * x).mean(axis=1)
     profile = n * (np.log(-b / k_of_b) - k_of_b - 1.0)
@@ -138,7 +147,7 @@ def gpd_fit(x, prior=True):
     w = w[keep] / w[keep].sum()
     b_hat = float(np.sum(b[keep] * w))
     k = float(np.log1p(-b_hat * x).mean())
-    sigma = -k / b_hat
+    sigma = -k / b_hat * scale
     if prior:
         k = (n * k + 10 * 0.5) / (n + 10)
     return k, sigma
@@ -148,7 +157,8 @@ def psis_khat(log_weights):
     """Pareto k-hat of importance ratios given on the log scale, shape (M,).
 
     Returns ``(khat, n_tail)``; ``khat`` is ``inf`` when a weight is not finite
-    (log p - log q = NaN or +inf: the worst case) and NaN when the tail holds
+    (log p - log q = NaN or +inf: the worst case) or the tail's weights span
+    some 300 orders of magnitude (:func:`gpd_fit`), and NaN when the tail holds
     fewer than 5 distinct values.
     """
     lw = np.asarray(log_weights, dtype=np.float64)
