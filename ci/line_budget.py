@@ -90,6 +90,13 @@ BRANCHES = {
     "resume": "15",  # checkpoints/--resume for every iterating driver
     "stoch": "15",  # one stochastic driver
     "lines": "15",
+    # round 3, second day
+    "eight": "14",  # eight schools: cheaper fixed-draw / stopping
+    "daskbits": "15",  # SGVI Dask fits to the in-memory bits
+    "shrink": "15",  # the line cap
+    "gmm2": "16",  # mixture kernels toward the DGEMM peak
+    "sgvik": "16",  # SGVI GLM kernel vs NumPyro and the bound
+    "ooc": "16",  # out-of-core within 1.15x of in memory
 }
 
 # Commits made on main directly (no branch), and branch commits placed apart
@@ -131,6 +138,7 @@ COMMITS = {
     "31570ea": "16",  # NumbaModel inlined kernels (ISSUE16.md: users pay 10x)
     "3661eb4": "14",  # thread_limits reuse (in sgvi-cheap: SGVI fit cost)
     "bb2ad04": "14",  # SGVI k-hat alarm confirmed on 1000 draws (right-or-loud)
+    "5931f29": "14",  # PSIS k-hat: GPD fit crash at N=1e6 (SGVI.run's k-hat check)
 }
 
 MENTION = re.compile(r"\bissue (1[2-7])\b", re.IGNORECASE)
