@@ -23,8 +23,10 @@ Every entry's ``extra_info`` holds ``heldout_ll`` (log-likelihood per held-out t
 higher is better), ``cpu_seconds`` (the fit's CPU time, every thread of the process
 summed: ``time.process_time``, which covers VW's and tomotopy's threads too, as they
 run in this process), the passes or sweeps, the threads and the corpus' size and
-hash. CPU time is the per-core comparison with VW's single thread, and the one to
-read on a shared machine; wall time (the benchmark's own figure) needs a quiet one.
+hash, and ``limits``: the machine's DGEMM/SGEMM peaks and read bandwidth measured in
+the same run (``bench/limits.py``). CPU time is the per-core comparison with VW's
+single thread, and the one to read on a shared machine; wall time (the benchmark's
+own figure) needs a quiet one.
 The time of a group's ratio is the fit alone: building the corpus, writing VW's input
 file, loading tomotopy's documents and the held-out evaluation are untimed. The
 anchors are optional (``pip install vowpalwabbit tomotopy``): without them their
@@ -78,6 +80,9 @@ def corpus():
         n_words=len(vocabulary),
         n_train_tokens=int(X_train.sum()),
         corpus_hash=manpages.fingerprint(X_train),
+        corpus_bytes=X_train.data.nbytes
+        + X_train.indices.nbytes
+        + X_train.indptr.nbytes,
         n_topics=N_TOPICS,
     )
     return X_train, observed, scored, vocabulary, info
@@ -105,8 +110,18 @@ def timed(benchmark, fit):
     return result
 
 
+_LIMITS = {}
+
+
+@pytest.fixture(autouse=True)
+def _limits(machine_limits):
+    """The machine's limits, measured once per run, go into every entry."""
+    _LIMITS.update(machine_limits)
+
+
 def record(benchmark, role, library, threads, passes, topic_word, **extra):
     benchmark.extra_info.update(
+        limits=dict(_LIMITS),
         role=role,
         library=library,
         n_jobs=threads,
@@ -282,7 +297,12 @@ def print_table(path):
     held-out quality, then the per-core ratios the issue's targets are stated in.
 
     Per pass is fit(2 passes) - fit(1 pass) of the same library, method and threads:
-    set-up, parsing and fastvi's final bound evaluation cancel."""
+    set-up, parsing and fastvi's final bound evaluation cancel. The machine's limit
+    beside it (measured in the same run, ``bench/limits.py``): the time one read of
+    the corpus' CSR arrays takes at the measured read bandwidth, as a fraction of the
+    wall time per pass; every pass reads the corpus at least once, so it is the
+    memory roofline's floor (a small fraction: these passes are bound by the
+    per-token exp/digamma arithmetic, not by reading the corpus)."""
     import json
 
     data = json.loads(Path(path).read_text())
@@ -300,22 +320,32 @@ def print_table(path):
         one, two = seconds.get((*key, 1)), seconds.get((*key, 2))
         return None if one is None or two is None else two - one
 
+    from report import limits_line
+
+    print("\n".join(limits_line(data)))
     print(
         "| group | library | method | threads | passes/sweeps | wall s | CPU s "
-        "| wall s/pass | CPU s/pass | held-out ll/token |"
+        "| wall s/pass | CPU s/pass | read bound / wall s/pass | held-out ll/token |"
     )
-    print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for bench in entries:
         info = bench["extra_info"]
         key = (info["library"], info.get("method"), info["n_jobs"])
         w, c = per_pass(wall, key), per_pass(cpu, key)
         if "gibbs" in bench["group"]:
             w = c = None
+        gbs = info.get("limits", {}).get("read_gbs")
+        bound = (
+            info["corpus_bytes"] / (gbs * 1e9)
+            if gbs and "corpus_bytes" in info
+            else None
+        )
         print(
             f"| {bench['group']} | {info['library']} | {info.get('method', '?')} "
             f"| {info['n_jobs']} | {info['passes']} | {bench['stats']['median']:.2f} "
             f"| {info.get('cpu_seconds', float('nan')):.2f} "
             f"| {'–' if w is None else f'{w:.2f}'} | {'–' if c is None else f'{c:.2f}'} "
+            f"| {'–' if w is None or bound is None else f'{bound / w:.2%}'} "
             f"| {info['heldout_ll']:.4f} |"
         )
     vw = per_pass(cpu, ("vowpalwabbit", "online", 1))

@@ -11,8 +11,9 @@ latest saved run of this machine is checked; without ``BASE`` it is compared wit
 saved run before it. The compared quantity is each group's ratio anchor median / fastvi
 median (``bench/report.py``), measured within one run, so a machine that is slower or
 busier overall moves both sides; where the runs carry them, also the per-iteration
-speed-up (``"<group> per iter"``) and fastvi's fraction of the GEMM peak measured in the
-same run (``"<group> of peak"``). Exit status 1 when any common group's ratio fell by
+speed-up (``"<group> per iter"``), fastvi's fraction of the GEMM peak measured in the
+same run (``"<group> of peak"``) and the ratio of CPU times (``"<group> cpu"``: the LDA
+corpus groups' per-core comparison). Exit status 1 when any common group's ratio fell by
 more than ``threshold`` (0.2: new < 0.8 × old); 2 when a run is not found or the two
 share no group.
 """
@@ -57,7 +58,8 @@ def previous_run(new, storage):
 def ratios(path):
     """``{group: ratio}`` of one file: anchor median / fastvi median for every group,
     and, where the entries carry them, the per-iteration speed-up (``"<group> per
-    iter"``) and fastvi's fraction of the run's GEMM peak (``"<group> of peak"``)."""
+    iter"``), fastvi's fraction of the run's GEMM peak (``"<group> of peak"``) and
+    anchor / fastvi CPU seconds (``"<group> cpu"``)."""
     out = {}
     for g, (f, a) in pairs(load(path)).items():
         out[g] = speedup(f, a)
@@ -67,6 +69,9 @@ def ratios(path):
         peak = fraction_of_peak(f)
         if peak:
             out[f"{g} of peak"] = peak
+        cpu = [e["extra_info"].get("cpu_seconds") for e in (a, f)]
+        if all(cpu):
+            out[f"{g} cpu"] = cpu[0] / cpu[1]
     return out
 
 
