@@ -271,6 +271,15 @@ def test_psis_khat_of_weights_hundreds_of_nats_apart_is_the_worst_case():
         assert psis_khat(lw)[0] == np.inf
 
 
+def test_gpd_fit_of_a_subnormal_quartile_is_the_worst_case():
+    # seen in bench_sgvi's minibatch run at N = 1e6: the first quartile (7e-309) was
+    # finite and so was 1 / (3 x_q), but the grid's (1 - sqrt(m / (j - 1/2))) / (3 x_q)
+    # overflowed
+    x = np.array([3.9e-319, 7.44e-309, 1.8e-299, 1.6e-254, 2.1e-208, 2.1e-95, 0.2, 0.5])
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        assert gpd_fit(x) == (np.inf, np.inf)
+
+
 def test_psis_khat_of_known_tails():
     rng = np.random.default_rng(2)
     light = rng.standard_normal(4000) * 0.1  # log-normal ratios with tiny spread

@@ -132,12 +132,12 @@ def gpd_fit(x, prior=True):
     m = 30 + int(math.sqrt(n))
     j = np.arange(1, m + 1)
     quartile = x[int(n / 4.0 + 0.5) - 1]
-    with np.errstate(over="ignore"):
-        if not math.isfinite(1.0 / (3.0 * quartile)):
-            # the first quartile lies some 300 orders of magnitude below the largest
-            # exceedance: a tail too heavy for the fit to resolve, the worst case
-            return math.inf, math.inf
-    b = 1.0 / x[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * quartile)
+    with np.errstate(over="ignore", divide="ignore"):
+        b = 1.0 / x[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * quartile)
+    if not np.all(np.isfinite(b)):
+        # the first quartile lies some 300 orders of magnitude below the largest
+        # exceedance: a tail too heavy for the fit to resolve, the worst case
+        return math.inf, math.inf
     k_of_b = np.log1p(-b[:, None] * x).mean(axis=1)
     profile = n * (np.log(-b / k_of_b) - k_of_b - 1.0)
     # weights exp(l_j) / sum exp(l_i), computed as 1 / sum_i exp(l_i - l_j)
