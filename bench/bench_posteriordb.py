@@ -27,6 +27,14 @@ many steps from the same seed (jitted chunks of ``check`` steps, so the time exc
 the checks and the compilation). A run that never met the measure is timed over
 ``max_steps`` and recorded with ``right=False``.
 
+That stop takes NumPyro's fit as soon as it is right, even where fastvi's fit is
+more accurate, so a second NumPyro figure (``extra_info["match"]``) is the cost at
+fastvi's own accuracy in the cell: the first check at which NumPyro's max |z| is at
+most fastvi's (its default fit, ``seed=0``) and its sd-ratio band no wider (every
+ratio within [1 / w, w], w = max(fastvi's largest ratio, 1 / its smallest)), up to
+``max_steps`` (``steps`` None: not reached), timed (``time.process_time``, median of
+the rounds) for exactly that many steps.
+
 ``extra_info`` of every entry: ``max_abs_z`` (largest |mean - reference mean| /
 reference sd), ``sd_ratio_min`` / ``sd_ratio_max`` (q's sd / reference sd), ``right``,
 ``grad_evals`` (log-density gradient evaluations: for fastvi every row passed to the
@@ -145,7 +153,9 @@ def fastvi_case(benchmark, name, family, method="auto"):
     res = benchmark.pedantic(
         run, rounds=PROFILE["rounds"], iterations=1, warmup_rounds=0
     )
-    theta = model.constrain(engine.sample(res.state, EVAL_DRAWS, seed=1))
+    got = fit_quality(name, model, engine, res)
+    if method == "auto":
+        FASTVI_QUALITY[name, family] = got
     benchmark.extra_info.update(
         role="fastvi" if method == "auto" else f"fastvi_{method}",
         library="fastvi" if method == "auto" else f"fastvi method={method!r}",
@@ -156,7 +166,42 @@ def fastvi_case(benchmark, name, family, method="auto"):
         cpu_s=float(np.median(cpu)),
         converged=bool(res.converged),
         psis_khat=float(res.psis_khat),
-        **quality(summaries(model, theta), reference(name)),
+        **got,
+    )
+
+
+def fit_quality(name, model, engine, res):
+    theta = model.constrain(engine.sample(res.state, EVAL_DRAWS, seed=1))
+    return quality(summaries(model, theta), reference(name))
+
+
+#: (posterior, family) -> quality of fastvi's default fit (seed 0)
+FASTVI_QUALITY = {}
+
+
+def fastvi_quality(name, family):
+    """The accuracy of fastvi's default fit of the cell, NumPyro's second target
+    (fitted here, untimed, when the cell's fastvi case has not run)."""
+    from fastvi.sgvi import SGVI, PSISWarning
+
+    if (name, family) not in FASTVI_QUALITY:
+        model = POSTERIORS[name]()
+        engine = SGVI(model, family=family)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PSISWarning)
+            res = engine.run(seed=0)
+        FASTVI_QUALITY[name, family] = fit_quality(name, model, engine, res)
+    return FASTVI_QUALITY[name, family]
+
+
+def as_accurate(got, target):
+    """``got``'s max |z| at most ``target``'s and its sd ratios within the band
+    [1 / w, w] of ``target``'s (w: its largest ratio or 1 / its smallest)."""
+    width = max(target["sd_ratio_max"], 1.0 / target["sd_ratio_min"])
+    return (
+        got["max_abs_z"] <= target["max_abs_z"]
+        and got["sd_ratio_max"] <= width
+        and got["sd_ratio_min"] >= 1.0 / width
     )
 
 
@@ -325,40 +370,56 @@ def numpyro_case(benchmark, name, family):
         draws = {k: np.asarray(v) for k, v in draws.items()}
         return quality(summaries_of(to_stan(draws)), ref)
 
-    # untimed probe: the first check at which the fit is right
+    # untimed probe: the first check at which the fit is right, and the first at
+    # which it is as accurate as fastvi's fit of the cell
+    target = fastvi_quality(name, family)
     state, steps = start, 0
-    found = None
-    while steps < PROFILE["max_steps"]:
+    right = match = None
+    while steps < PROFILE["max_steps"] and (right is None or match is None):
         state = chunk(state)
         steps += check
-        found = evaluate(state)
-        if found["right"]:
-            break
+        got = evaluate(state)
+        if right is None and got["right"]:
+            right = steps, got
+        if match is None and as_accurate(got, target):
+            match = steps, got
+    steps, found = right if right is not None else (steps, got)
 
     cpu = []
 
-    def run():
+    def run(n_steps):
         t = time.process_time()
         s = start
-        for _ in range(steps // check):
+        for _ in range(n_steps // check):
             s = chunk(s)
         jax.block_until_ready(s)
         cpu.append(time.process_time() - t)
         return s
 
     final = benchmark.pedantic(
-        run, rounds=PROFILE["rounds"], iterations=1, warmup_rounds=0
+        run, args=(steps,), rounds=PROFILE["rounds"], iterations=1, warmup_rounds=0
     )
-    got = evaluate(final)
-    assert got == found  # the timed run repeated the probe's steps exactly
+    assert evaluate(final) == found  # the timed run repeated the probe's steps
+    right_cpu = float(np.median(cpu))
+    cpu.clear()
+    if match is not None:
+        for _ in range(PROFILE["rounds"]):
+            run(match[0])
     benchmark.extra_info.update(
         role="anchor",
         library=f"numpyro {guide_class.__name__}",
         steps=steps,
         grad_evals=steps,  # one draw per step
         density_evals=0,
-        cpu_s=float(np.median(cpu)),
-        **got,
+        cpu_s=right_cpu,
+        **found,
+        match={
+            "target": target,
+            "steps": None if match is None else match[0],
+            "grad_evals": None if match is None else match[0],
+            "cpu_s": float(np.median(cpu)) if cpu else None,
+            **({} if match is None else match[1]),
+        },
     )
 
 
