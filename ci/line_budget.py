@@ -97,6 +97,7 @@ BRANCHES = {
     "gmm2": "16",  # mixture kernels toward the DGEMM peak
     "sgvik": "16",  # SGVI GLM kernel vs NumPyro and the bound
     "ooc": "16",  # out-of-core within 1.15x of in memory
+    "psis": "14",  # the end-of-fit PSIS check's cost on large N (value-only pass)
 }
 
 # Commits made on main directly (no branch), and branch commits placed apart
