@@ -64,12 +64,12 @@ import warnings
 
 import numpy as np
 
+from .batch.options import positive_int as _positive_int
+
 __all__ = ["main"]
 
 
 def _make_blobs(n_samples, n_features, n_clusters, seed):
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     centers = rng.normal(0.0, 6.0, size=(n_clusters, n_features))
     scales = rng.uniform(0.5, 1.5, size=(n_clusters, 1))
@@ -87,7 +87,6 @@ def _summary(est, seconds, threshold):
 
 
 def _demo(args):
-    import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture as SkBGM
 
@@ -401,9 +400,6 @@ def main(argv=None):
 _CONJUGATE = ("gaussian", "linear", "logistic")
 # the SGVI models (fastvi.batch.jobs.fit_sgvi)
 _SGVI = ("sgvi-logistic", "sgvi-poisson")
-# models whose fit driver takes progress, checkpoints, resume and stop requests
-# (fastvi.batch.jobs): every model
-_CHECKPOINTED = ("gmm", "lda", *_CONJUGATE, *_SGVI)
 # models that fit a float64 C-order .npy file out of core, block by block
 _OUT_OF_CORE = ("gmm", *_CONJUGATE, *_SGVI)
 
@@ -479,32 +475,31 @@ def _add_fit_model(models, entry, with_options=True):
             help=".npy input: fit on this Dask cluster (tcp://host:8786); the "
             "workers read the file at the same path",
         )
-    if entry.command in _CHECKPOINTED:
-        unit = entry.iterations
-        model.add_argument(
-            "--checkpoint",
-            default=None,
-            metavar="FILE",
-            help="save the fit state to FILE (atomically) as the fit goes",
-        )
-        model.add_argument(
-            "--checkpoint-every",
-            type=_positive_int,
-            default=1,
-            metavar="N",
-            help=f"{unit} between checkpoints (default 1)",
-        )
-        model.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue from --checkpoint FILE if it exists (bitwise the "
-            "uninterrupted model)",
-        )
-        model.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="start afresh over an existing --checkpoint FILE",
-        )
+    # every model's fit driver (fastvi.batch.jobs) takes checkpoints
+    model.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="save the fit state to FILE (atomically) as the fit goes",
+    )
+    model.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"{entry.iterations} between checkpoints (default 1)",
+    )
+    model.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint FILE if it exists (bitwise the "
+        "uninterrupted model)",
+    )
+    model.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over an existing --checkpoint FILE",
+    )
     _add_common(model)
     model.set_defaults(func=_fit, entry=entry, _params=names, _parser=model)
     return model
@@ -520,19 +515,6 @@ def _models_with_option(flag):
         for entry in ESTIMATORS
         if flag in _add_fit_model(scratch, entry)._option_string_actions
     ]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-_positive_int.__name__ = "int"
 
 
 def _column_number(text):
@@ -702,13 +684,8 @@ def _open_data(args, model, allow_stream):
 
     if model != "lda" and sp.issparse(X):
         raise DataError(f"{args.input}: {model} needs dense data, got a sparse matrix")
-    if model == "lda":
-        if sp.issparse(X):
-            bad = X.data < 0
-        else:
-            bad = np.asarray(X) < 0
-        if bad.any():
-            raise DataError(f"{args.input}: lda needs non-negative counts")
+    if model == "lda" and np.any((X.data if sp.issparse(X) else np.asarray(X)) < 0):
+        raise DataError(f"{args.input}: lda needs non-negative counts")
     return X
 
 
@@ -866,8 +843,7 @@ def _fit(args):
 
     entry = args.entry
     _check_output(args.output, args.input)
-    if entry.command in _CHECKPOINTED:
-        _check_checkpoint(args)
+    _check_checkpoint(args)
     est = _estimator(args)
     # a job runs on kernels loaded from numba's cache, never on ones it compiled
     # itself (the two may round differently: a resumed job must give the same bits)
@@ -881,17 +857,12 @@ def _fit(args):
             return _run_fit(args, est, X, None, out_of_core=True)
         finally:
             client.close()
-    if entry.command == "gmm":
-        streams = not args.in_memory and est.init_params in (
-            "random",
-            "random_from_data",
-        )
-        X = _open_data(args, "gmm", allow_stream=streams)
-    else:
-        streams = entry.command in _OUT_OF_CORE and not args.in_memory
-        X = _open_data(args, entry.command, allow_stream=streams)
-        if entry.supervised:
-            X, y = _split_target(args, X, args.target)
+    streams = entry.command in _OUT_OF_CORE and not args.in_memory
+    if entry.command == "gmm":  # the other initializations need all rows at once
+        streams = streams and est.init_params in ("random", "random_from_data")
+    X = _open_data(args, entry.command, allow_stream=streams)
+    if entry.supervised:
+        X, y = _split_target(args, X, args.target)
     return _run_fit(
         args, est, X, y, out_of_core=isinstance(X, (NpyRows, _WithoutColumn))
     )

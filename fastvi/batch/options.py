@@ -140,6 +140,10 @@ def _make_parser(cast, allow_none, minimum):
     return parse
 
 
+# a count of at least 1 (the command line's --block-rows, --checkpoint-every)
+positive_int = _make_parser(int, False, 1)
+
+
 def _numbers(text):
     """A number, or comma-separated numbers as a 1-D float64 array."""
     parts = [p for p in text.split(",") if p.strip()]
