@@ -2,9 +2,8 @@
 
 ``fastvi demo`` fits BayesianGaussianMixture on generated data with fastvi and with
 scikit-learn (same data, parameters and seed) and prints what each found and how long
-it took.
-
-Batch jobs::
+it took; ``fastvi warmup`` compiles the kernels; ``fastvi report`` is
+:mod:`fastvi.report`'s. Batch jobs::
 
     fastvi fit MODEL INPUT --output MODEL.npz [model options] [--target COLUMN]
         [--checkpoint FILE --checkpoint-every N --resume|--overwrite] [--quiet] [--json]
@@ -12,44 +11,15 @@ Batch jobs::
     fastvi score MODEL.npz INPUT [--json]
     fastvi info FILE [--json]
 
-MODEL is one of the estimators of :mod:`fastvi._registry` (gmm, lda, gaussian,
-linear, logistic, sgvi-logistic, sgvi-poisson); its options are made from its class's
-parameters and docstring (:mod:`fastvi.batch.options`), so ``fastvi fit MODEL
---help`` lists that model's options with their help, defaults and choices.
-Regressions and classifiers take y from column ``--target`` (default: the last).
-Rows and columns in messages count from 1.
+MODEL is one of the estimators of :mod:`fastvi._registry`; its options are made from
+its class's parameters and docstring (:mod:`fastvi.batch.options`). A fit runs through
+the job drivers of :mod:`fastvi.batch.jobs` (progress, checkpoints, resume, Ctrl-C).
+What each command and option does is in its ``--help`` and in the README ("Batch
+jobs": inputs, out-of-core fits, outputs, checkpoints, progress). Errors print one
+line on stderr and exit with status 2; nothing is written to the output path.
 
 The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
 command is one more such function.
-
-Inputs: .npy (a float64 C-order file is fitted out of core, block by block, by
-gaussian, linear, logistic, sgvi-logistic and sgvi-poisson, and by gmm when its
-initialization streams; y is then read from the file's --target column and the
-features are the other columns, block by block; --in-memory loads it whole), .npz
-(dense, or SciPy sparse for LDA), .csv/.tsv (``--header`` to skip a header line),
-.parquet (with pyarrow), docword.*.txt (LDA).
-Errors print one line on stderr and exit with status 2; nothing is written to the
-output path.
-
-A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
-or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
-the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm; the
-SGVI models (sgvi-logistic, sgvi-poisson) the step and its ELBO estimate.
-
-Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
-classes, through :func:`fastvi.batch.jobs.fit_cavi`; sgvi-logistic and sgvi-poisson,
-through :func:`fastvi.batch.jobs.fit_sgvi`): ``--checkpoint FILE`` saves the fit
-state atomically every ``--checkpoint-every`` iterations (epochs for lda, steps for
-SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or
-``--overwrite`` (start afresh); ``--resume`` continues from it when it exists, and the
-model is then bitwise the one of an uninterrupted run, also after a SIGKILL at any
-moment. A checkpoint
-written for other data (a SHA-256 hash of every value tells) or other model
-parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
-during a checkpointed fit stops after the current iteration (epoch), writes the
-checkpoint and exits with status 130; the checkpoint is deleted once the model file
-is written.
 """
 
 import argparse
