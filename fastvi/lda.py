@@ -980,7 +980,7 @@ class LatentDirichletAllocation(
             shared=self._e_step_args(topics.exp_beta_t, dtype, False, True),
             n_jobs=self.n_jobs,
         )
-        # as _bound: sum n log phinorm + the documents' and the topics' terms
+        # as _score: sum n log phinorm + the documents' and the topics' terms
         bound = float(ll) + float(doc_terms)
         bound += _topic_bound(topics.lam_t, float(self.topic_word_prior_))
         _check_word_total(n_tokens, np.float64, "LatentDirichletAllocation.perplexity")
