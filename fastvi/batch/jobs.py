@@ -359,13 +359,9 @@ def _end_of_round(n, last, every, should_stop, checkpoint, write):
 
 
 def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
-    """The one CAVI job loop (the callers restore ``est`` if this raises).
-
-    The model after every round is complete, so its checkpoint is that model as a
-    fit of that many rounds leaves it, and a resume is a warm start from it and its
-    :class:`~fastvi._cavi.Fit`. A resumed run that had finished makes only the
-    fit's passes over the data (which check the data's hash) and its final state.
-    """
+    """The one CAVI job loop, as the module docstring describes it (the callers
+    restore ``est`` if this raises). A resumed run that had finished makes only the
+    fit's passes over the data (which check the data's hash) and its final state."""
     max_iter, warm_start = est.max_iter, est.warm_start
     hashed = data_print = None
     if checkpoint is not None:
