@@ -789,30 +789,24 @@ dask array
             self.covariance_prior_ = _default_covariance_prior(
                 data.gram(), n_samples, cov_type
             )
-        elif cov_type in ("full", "tied"):
+        elif cov_type == "spherical":
+            self.covariance_prior_ = self.covariance_prior
+        else:  # scikit-learn's checks of a matrix ('full', 'tied') or a diagonal
             prior = check_array(
                 self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
             )
-            _check_shape(
-                prior, (n_features, n_features), f"{cov_type} covariance_prior"
-            )
-            if not (
+            matrix = cov_type != "diag"
+            shape = (n_features, n_features) if matrix else (n_features,)
+            _check_shape(prior, shape, f"{cov_type} covariance_prior")
+            if matrix and not (
                 np.allclose(prior, prior.T) and np.all(np.linalg.eigvalsh(prior) > 0.0)
             ):
                 raise ValueError(
                     f"'{cov_type} precision' should be symmetric, positive-definite"
                 )
-            self.covariance_prior_ = prior
-        elif cov_type == "diag":
-            prior = check_array(
-                self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
-            )
-            _check_shape(prior, (n_features,), f"{cov_type} covariance_prior")
-            if np.any(prior <= 0.0):
+            if not matrix and np.any(prior <= 0.0):
                 raise ValueError(f"'{cov_type} precision' should be positive")
             self.covariance_prior_ = prior
-        else:
-            self.covariance_prior_ = self.covariance_prior
 
     # --------------------------------------------------------------- CAVI hooks
     def _cavi_initialize(self, data, random_state):
