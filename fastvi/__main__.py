@@ -2,9 +2,8 @@
 
 ``fastvi demo`` fits BayesianGaussianMixture on generated data with fastvi and with
 scikit-learn (same data, parameters and seed) and prints what each found and how long
-it took.
-
-Batch jobs::
+it took; ``fastvi warmup`` compiles the kernels; ``fastvi report`` is
+:mod:`fastvi.report`'s. Batch jobs::
 
     fastvi fit MODEL INPUT --output MODEL.npz [model options] [--target COLUMN]
         [--checkpoint FILE --checkpoint-every N --resume|--overwrite] [--quiet] [--json]
@@ -12,44 +11,15 @@ Batch jobs::
     fastvi score MODEL.npz INPUT [--json]
     fastvi info FILE [--json]
 
-MODEL is one of the estimators of :mod:`fastvi._registry` (gmm, lda, gaussian,
-linear, logistic, sgvi-logistic, sgvi-poisson); its options are made from its class's
-parameters and docstring (:mod:`fastvi.batch.options`), so ``fastvi fit MODEL
---help`` lists that model's options with their help, defaults and choices.
-Regressions and classifiers take y from column ``--target`` (default: the last).
-Rows and columns in messages count from 1.
+MODEL is one of the estimators of :mod:`fastvi._registry`; its options are made from
+its class's parameters and docstring (:mod:`fastvi.batch.options`). A fit runs through
+the job drivers of :mod:`fastvi.batch.jobs` (progress, checkpoints, resume, Ctrl-C).
+What each command and option does is in its ``--help`` and in the README ("Batch
+jobs": inputs, out-of-core fits, outputs, checkpoints, progress). Errors print one
+line on stderr and exit with status 2; nothing is written to the output path.
 
 The commands are the ``_add_*_command`` functions listed in ``_COMMANDS``: a new
 command is one more such function.
-
-Inputs: .npy (a float64 C-order file is fitted out of core, block by block, by
-gaussian, linear, logistic, sgvi-logistic and sgvi-poisson, and by gmm when its
-initialization streams; y is then read from the file's --target column and the
-features are the other columns, block by block; --in-memory loads it whole), .npz
-(dense, or SciPy sparse for LDA), .csv/.tsv (``--header`` to skip a header line),
-.parquet (with pyarrow), docword.*.txt (LDA).
-Errors print one line on stderr and exit with status 2; nothing is written to the
-output path.
-
-A progress bar on stderr (tqdm; one line per step without it; none with ``--quiet``
-or ``--json``) shows, for gmm, the iteration, bound, change and rows/s and, for lda,
-the epoch, the training perplexity in the epochs that evaluate it
-(``--evaluate-every``) and documents/s; gaussian, linear and logistic as gmm; the
-SGVI models (sgvi-logistic, sgvi-poisson) the step and its ELBO estimate.
-
-Checkpoints (gmm; lda, 'batch' or 'online'; gaussian, linear and logistic with two
-classes, through :func:`fastvi.batch.jobs.fit_cavi`; sgvi-logistic and sgvi-poisson,
-through :func:`fastvi.batch.jobs.fit_sgvi`): ``--checkpoint FILE`` saves the fit
-state atomically every ``--checkpoint-every`` iterations (epochs for lda, steps for
-SGVI) and at the last; an existing FILE needs ``--resume`` (continue) or
-``--overwrite`` (start afresh); ``--resume`` continues from it when it exists, and the
-model is then bitwise the one of an uninterrupted run, also after a SIGKILL at any
-moment. A checkpoint
-written for other data (a SHA-256 hash of every value tells) or other model
-parameters is refused, and so is a checkpoint path that is the output file. Ctrl-C
-during a checkpointed fit stops after the current iteration (epoch), writes the
-checkpoint and exits with status 130; the checkpoint is deleted once the model file
-is written.
 """
 
 import argparse
@@ -64,12 +34,12 @@ import warnings
 
 import numpy as np
 
+from .batch.options import positive_int as _positive_int
+
 __all__ = ["main"]
 
 
 def _make_blobs(n_samples, n_features, n_clusters, seed):
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     centers = rng.normal(0.0, 6.0, size=(n_clusters, n_features))
     scales = rng.uniform(0.5, 1.5, size=(n_clusters, 1))
@@ -87,7 +57,6 @@ def _summary(est, seconds, threshold):
 
 
 def _demo(args):
-    import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture as SkBGM
 
@@ -401,9 +370,6 @@ def main(argv=None):
 _CONJUGATE = ("gaussian", "linear", "logistic")
 # the SGVI models (fastvi.batch.jobs.fit_sgvi)
 _SGVI = ("sgvi-logistic", "sgvi-poisson")
-# models whose fit driver takes progress, checkpoints, resume and stop requests
-# (fastvi.batch.jobs): every model
-_CHECKPOINTED = ("gmm", "lda", *_CONJUGATE, *_SGVI)
 # models that fit a float64 C-order .npy file out of core, block by block
 _OUT_OF_CORE = ("gmm", *_CONJUGATE, *_SGVI)
 
@@ -479,32 +445,31 @@ def _add_fit_model(models, entry, with_options=True):
             help=".npy input: fit on this Dask cluster (tcp://host:8786); the "
             "workers read the file at the same path",
         )
-    if entry.command in _CHECKPOINTED:
-        unit = entry.iterations
-        model.add_argument(
-            "--checkpoint",
-            default=None,
-            metavar="FILE",
-            help="save the fit state to FILE (atomically) as the fit goes",
-        )
-        model.add_argument(
-            "--checkpoint-every",
-            type=_positive_int,
-            default=1,
-            metavar="N",
-            help=f"{unit} between checkpoints (default 1)",
-        )
-        model.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue from --checkpoint FILE if it exists (bitwise the "
-            "uninterrupted model)",
-        )
-        model.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="start afresh over an existing --checkpoint FILE",
-        )
+    # every model's fit driver (fastvi.batch.jobs) takes checkpoints
+    model.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="save the fit state to FILE (atomically) as the fit goes",
+    )
+    model.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=f"{entry.iterations} between checkpoints (default 1)",
+    )
+    model.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint FILE if it exists (bitwise the "
+        "uninterrupted model)",
+    )
+    model.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over an existing --checkpoint FILE",
+    )
     _add_common(model)
     model.set_defaults(func=_fit, entry=entry, _params=names, _parser=model)
     return model
@@ -520,19 +485,6 @@ def _models_with_option(flag):
         for entry in ESTIMATORS
         if flag in _add_fit_model(scratch, entry)._option_string_actions
     ]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-_positive_int.__name__ = "int"
 
 
 def _column_number(text):
@@ -702,13 +654,8 @@ def _open_data(args, model, allow_stream):
 
     if model != "lda" and sp.issparse(X):
         raise DataError(f"{args.input}: {model} needs dense data, got a sparse matrix")
-    if model == "lda":
-        if sp.issparse(X):
-            bad = X.data < 0
-        else:
-            bad = np.asarray(X) < 0
-        if bad.any():
-            raise DataError(f"{args.input}: lda needs non-negative counts")
+    if model == "lda" and np.any((X.data if sp.issparse(X) else np.asarray(X)) < 0):
+        raise DataError(f"{args.input}: lda needs non-negative counts")
     return X
 
 
@@ -866,8 +813,7 @@ def _fit(args):
 
     entry = args.entry
     _check_output(args.output, args.input)
-    if entry.command in _CHECKPOINTED:
-        _check_checkpoint(args)
+    _check_checkpoint(args)
     est = _estimator(args)
     # a job runs on kernels loaded from numba's cache, never on ones it compiled
     # itself (the two may round differently: a resumed job must give the same bits)
@@ -881,17 +827,12 @@ def _fit(args):
             return _run_fit(args, est, X, None, out_of_core=True)
         finally:
             client.close()
-    if entry.command == "gmm":
-        streams = not args.in_memory and est.init_params in (
-            "random",
-            "random_from_data",
-        )
-        X = _open_data(args, "gmm", allow_stream=streams)
-    else:
-        streams = entry.command in _OUT_OF_CORE and not args.in_memory
-        X = _open_data(args, entry.command, allow_stream=streams)
-        if entry.supervised:
-            X, y = _split_target(args, X, args.target)
+    streams = entry.command in _OUT_OF_CORE and not args.in_memory
+    if entry.command == "gmm":  # the other initializations need all rows at once
+        streams = streams and est.init_params in ("random", "random_from_data")
+    X = _open_data(args, entry.command, allow_stream=streams)
+    if entry.supervised:
+        X, y = _split_target(args, X, args.target)
     return _run_fit(
         args, est, X, y, out_of_core=isinstance(X, (NpyRows, _WithoutColumn))
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
-__all__ = ["ESTIMATORS", "Entry", "by_class", "by_command", "estimator_class"]
+__all__ = ["ESTIMATORS", "Entry", "by_class", "estimator_class"]
 
 
 class Entry(NamedTuple):
@@ -120,17 +120,11 @@ ESTIMATORS = (
 )
 
 _BY_CLASS = {entry.name: entry for entry in ESTIMATORS}
-_BY_COMMAND = {entry.command: entry for entry in ESTIMATORS}
 
 
 def by_class(name):
     """The :class:`Entry` of class ``name``, or None."""
     return _BY_CLASS.get(name)
-
-
-def by_command(command):
-    """The :class:`Entry` of command-line model ``command``, or None."""
-    return _BY_COMMAND.get(command)
 
 
 def estimator_class(name):

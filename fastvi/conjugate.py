@@ -1564,23 +1564,19 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             )
             n, d = rows.shape
             check_squares_overflow("X", largest.value, n * (d + 1))
-            self._fit_problems(
-                [(rows, c, hk) for c, hk in zip(classes, h)], classes, warm
-            )
+            # the CAVI data of each class k against the rest: (rows, k, its h);
+            # classes_ set first: the model after any round is complete (a checkpoint)
+            problems = [(rows, c, hk) for c, hk in zip(classes, h)]
+            self.classes_ = classes
+            with thread_limits(self.n_jobs):
+                if classes.shape[0] == 2:
+                    if not warm and hasattr(self, "converged_"):
+                        del self.converged_
+                    self.__dict__.pop("estimators_", None)
+                    self._cavi_fit(problems[1], None)
+                else:
+                    self._fit_ovr(problems, warm)
         return self
-
-    def _fit_problems(self, problems, classes, warm):
-        """One binary fit, or one-vs-rest; ``problems[k]``: (data, 0/1 targets)."""
-        # set first: the model after any round is complete (a checkpoint)
-        self.classes_ = classes
-        with thread_limits(self.n_jobs):
-            if classes.shape[0] == 2:
-                if not warm and hasattr(self, "converged_"):
-                    del self.converged_
-                self.__dict__.pop("estimators_", None)
-                self._fit_binary(*problems[1])
-            else:
-                self._fit_ovr(problems, warm)
 
     def decision_function(self, X):
         """Log-odds of :meth:`predict_proba`: κ(s²) μ per sample (see Notes).
@@ -1659,7 +1655,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         for est, problem in zip(estimators, problems):
             est.n_features_in_ = self.n_features_in_
             est.classes_ = np.array([0, 1])
-            est._fit_binary(*problem)
+            est._cavi_fit(problem, None)
         self.estimators_ = estimators
         self.coef_ = np.vstack([est.coef_ for est in estimators])
         self.intercept_ = np.concatenate([est.intercept_ for est in estimators])
@@ -1671,11 +1667,6 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self.lower_bounds_ = [est.lower_bounds_ for est in estimators]
         self.n_iter_ = np.array([est.n_iter_ for est in estimators])
         self.converged_ = all(est.converged_ for est in estimators)
-
-    def _fit_binary(self, rows, positive, h):
-        """CAVI on one binary problem: class ``positive`` (h: its target statistic)
-        against the rest."""
-        self._cavi_fit((rows, positive, h), None)
 
     # q(w, b) q(λ) travels as one tuple: (mean, cov, upper factor of cov, log det cov,
     # shape, rate)

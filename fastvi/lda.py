@@ -273,17 +273,6 @@ class _Topics:
             _dirichlet_expectation(self.lam_t, self.psi_sums, self.exp_beta_t, words)
 
 
-def _doc_bound(gamma, ll, alpha):
-    """The documents' part of the bound: ``ll`` plus their Dirichlet terms.
-
-    ``ll`` = sum_dw n_dw log phinorm_dw; the Dirichlet terms are E[log p(theta_d |
-    alpha)] - E[log q(theta_d | gamma_d)] summed over the rows of ``gamma``, computed
-    in parallel blocks added in block order.
-    """
-    terms = _doc_terms(gamma, alpha)
-    return float(ll) + float(terms.sum())
-
-
 def _topic_bound(lam_t, eta):
     """The topics' Dirichlet terms of the bound from lambda^T (V, K)."""
     lam_t = np.ascontiguousarray(lam_t, dtype=np.float64)
@@ -808,13 +797,7 @@ class LatentDirichletAllocation(
         -------
         score : float
         """
-        check_is_fitted(self)
-        X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.score")
-        corpus = _Corpus.from_matrix(X)
-        lam_t = np.ascontiguousarray(self.components_.T, dtype=np.float64)
-        with thread_limits(self.n_jobs):
-            gamma, ll = self._transform_corpus(corpus)
-            return self._bound(corpus, gamma, ll, lam_t, sub_sampling=False)
+        return self._score(X, "score", sub_sampling=False)[0]
 
     @announces("lda", complete=False)
     def perplexity(self, X, sub_sampling=False):
@@ -830,13 +813,7 @@ class LatentDirichletAllocation(
         -------
         perplexity : float
         """
-        check_is_fitted(self)
-        X = self._check_non_neg_array(X, False, "LatentDirichletAllocation.perplexity")
-        corpus = _Corpus.from_matrix(X)
-        lam_t = np.ascontiguousarray(self.components_.T, dtype=np.float64)
-        with thread_limits(self.n_jobs):
-            gamma, ll = self._transform_corpus(corpus)
-            bound = self._bound(corpus, gamma, ll, lam_t, sub_sampling)
+        bound, corpus = self._score(X, "perplexity", sub_sampling)
         word_count = corpus.word_count()
         if sub_sampling:
             word_count *= float(self.total_samples) / corpus.n_docs
@@ -847,6 +824,18 @@ class LatentDirichletAllocation(
         return float(np.exp(-bound / word_count))
 
     # ------------------------------------------------------------------ internals
+    def _score(self, X, method, sub_sampling):
+        """``(bound, corpus)``: the variational bound of X (``method``: the caller)."""
+        check_is_fitted(self)
+        whom = f"LatentDirichletAllocation.{method}"
+        corpus = _Corpus.from_matrix(self._check_non_neg_array(X, False, whom))
+        with thread_limits(self.n_jobs):
+            score = self._transform_corpus(corpus, bound=True)[1]
+            if sub_sampling:
+                score *= float(self.total_samples) / corpus.n_docs
+            score += _topic_bound(self.components_.T, float(self.topic_word_prior_))
+        return float(score), corpus
+
     def _check_non_neg_array(self, X, reset, whom):
         dtype = [np.float64, np.float32] if reset else self.components_.dtype
         X = validate_data(self, X, reset=reset, accept_sparse="csr", dtype=dtype)
@@ -935,10 +924,10 @@ class LatentDirichletAllocation(
         self.random_state_.set_state(tuple(params["random_state"]))
         self.n_batch_iter_ = int(params["n_batch_iter_"])
 
-    def _e_step_args(self, topics, dtype, statistic, bound):
+    def _e_step_args(self, exp_beta_t, dtype, statistic, bound):
         """The ``shared`` arguments of :func:`_block_stats` (after the block)."""
         return (
-            topics.exp_beta_t,
+            exp_beta_t,
             float(self.doc_topic_prior_),
             int(self.max_doc_update_iter),
             float(self.mean_change_tol),
@@ -955,7 +944,7 @@ class LatentDirichletAllocation(
         topics.refresh()
         acc = rows.map_reduce(
             _block_stats,
-            shared=self._e_step_args(topics, dtype, True, False),
+            shared=self._e_step_args(topics.exp_beta_t, dtype, True, False),
             local=_Draws(self, rows.block_sizes(), dtype),
             n_jobs=self.n_jobs,
         )[0]
@@ -988,10 +977,10 @@ class LatentDirichletAllocation(
         topics.refresh()
         _, ll, doc_terms, n_tokens = rows.map_reduce(
             _block_stats,
-            shared=self._e_step_args(topics, dtype, False, True),
+            shared=self._e_step_args(topics.exp_beta_t, dtype, False, True),
             n_jobs=self.n_jobs,
         )
-        # as _bound: sum n log phinorm + the documents' and the topics' terms
+        # as _score: sum n log phinorm + the documents' and the topics' terms
         bound = float(ll) + float(doc_terms)
         bound += _topic_bound(topics.lam_t, float(self.topic_word_prior_))
         _check_word_total(n_tokens, np.float64, "LatentDirichletAllocation.perplexity")
@@ -1104,8 +1093,10 @@ class LatentDirichletAllocation(
         )
         return float(ll.sum())
 
-    def _transform_corpus(self, corpus):
-        """gamma and the likelihood term of the bound (non-random start)."""
+    def _transform_corpus(self, corpus, bound=False):
+        """gamma from ones (:func:`_block_e_step`) and, with ``bound``, the
+        documents' part of the bound, sum n_dw log phinorm_dw + their Dirichlet
+        terms (scikit-learn's ``_approx_bound`` less the topics' terms)."""
         if not hasattr(self, "exp_dirichlet_component_"):
             raise NotFittedError(
                 "this LatentDirichletAllocation has no exp_dirichlet_component_ "
@@ -1113,23 +1104,15 @@ class LatentDirichletAllocation(
             )
         exp_beta_t = np.array(self.exp_dirichlet_component_.T, np.float64, order="C")
         dtype = getattr(self, "components_", np.empty(0)).dtype
+        gamma = self._initial_gamma(corpus.n_docs, dtype, False)
+        args = self._e_step_args(exp_beta_t, dtype, False, bound)
         with thread_limits(self.n_jobs):
-            gamma = self._initial_gamma(corpus.n_docs, dtype, False)
-            args = (gamma, np.empty_like(gamma), np.empty_like(corpus.data), True)
-            ll = self._run_e_step(corpus, exp_beta_t, *args, dtype)
-        return gamma, ll
+            _, ll, terms, _ = _block_e_step(corpus, exp_beta_t, gamma, *args[1:])
+        return gamma, ll + terms
 
     def _unnormalized_transform(self, X):
         gamma, _ = self._transform_corpus(_Corpus.from_matrix(X))
         return gamma
-
-    def _bound(self, corpus, gamma, ll, lam_t, sub_sampling):
-        """scikit-learn's ``_approx_bound``; ``ll`` = sum n_dw log phinorm_dw."""
-        score = _doc_bound(gamma, ll, float(self.doc_topic_prior_))
-        if sub_sampling:
-            score *= float(self.total_samples) / corpus.n_docs
-        score += _topic_bound(lam_t, float(self.topic_word_prior_))
-        return float(score)
 
     # ------------------------------------------- held-out criticism and draws
     @announces("lda", complete=False)

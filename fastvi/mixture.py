@@ -789,30 +789,24 @@ dask array
             self.covariance_prior_ = _default_covariance_prior(
                 data.gram(), n_samples, cov_type
             )
-        elif cov_type in ("full", "tied"):
+        elif cov_type == "spherical":
+            self.covariance_prior_ = self.covariance_prior
+        else:  # scikit-learn's checks of a matrix ('full', 'tied') or a diagonal
             prior = check_array(
                 self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
             )
-            _check_shape(
-                prior, (n_features, n_features), f"{cov_type} covariance_prior"
-            )
-            if not (
+            matrix = cov_type != "diag"
+            shape = (n_features, n_features) if matrix else (n_features,)
+            _check_shape(prior, shape, f"{cov_type} covariance_prior")
+            if matrix and not (
                 np.allclose(prior, prior.T) and np.all(np.linalg.eigvalsh(prior) > 0.0)
             ):
                 raise ValueError(
                     f"'{cov_type} precision' should be symmetric, positive-definite"
                 )
-            self.covariance_prior_ = prior
-        elif cov_type == "diag":
-            prior = check_array(
-                self.covariance_prior, dtype=[np.float64, np.float32], ensure_2d=False
-            )
-            _check_shape(prior, (n_features,), f"{cov_type} covariance_prior")
-            if np.any(prior <= 0.0):
+            if not matrix and np.any(prior <= 0.0):
                 raise ValueError(f"'{cov_type} precision' should be positive")
             self.covariance_prior_ = prior
-        else:
-            self.covariance_prior_ = self.covariance_prior
 
     # --------------------------------------------------------------- CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -934,13 +928,7 @@ dask array
         e_log_det = (
             self._expected_log_det_lambda() + 2.0 * log_det_chol - D * np.log(nu)
         )
-        log_wishart_norm = -(
-            nu * (log_det_chol - 0.5 * D * np.log(nu))
-            + nu * D * 0.5 * math.log(2.0)
-            + gammaln(0.5 * (np.atleast_1d(nu) - np.arange(D)[:, np.newaxis])).sum(
-                axis=0
-            )
-        )
+        log_wishart_norm = self._log_wishart_norm()
         gauss = (
             -0.5 * D * np.log(beta)
             + 0.5 * D * (1.0 - beta0 / beta)
@@ -970,30 +958,19 @@ dask array
             )
         return float(np.sum(gauss) + wishart + weights)
 
+    # the global factors (weight concentration, beta_k, m_k, nu_k, covariances) and
+    # their precisions' Cholesky factors, then an online fit's step, epoch and seed
+    _STATE = (
+        "weight_concentration_ mean_precision_ means_ degrees_of_freedom_ "
+        "covariances_ precisions_cholesky_ n_batch_iter_ _svi_epoch _svi_seed"
+    ).split()
+
     def _cavi_get_state(self):
-        state = (
-            self.weight_concentration_,
-            self.mean_precision_,
-            self.means_,
-            self.degrees_of_freedom_,
-            self.covariances_,
-            self.precisions_cholesky_,
-        )
-        if self.learning_method == "online":
-            state += (self.n_batch_iter_, self._svi_epoch, self._svi_seed)
-        return state
+        online = self.learning_method == "online"
+        return tuple(getattr(self, name) for name in self._STATE[: 9 if online else 6])
 
     def _cavi_set_state(self, state):
-        (
-            self.weight_concentration_,
-            self.mean_precision_,
-            self.means_,
-            self.degrees_of_freedom_,
-            self.covariances_,
-            self.precisions_cholesky_,
-        ) = state[:6]
-        if len(state) > 6:
-            self.n_batch_iter_, self._svi_epoch, self._svi_seed = state[6:]
+        self.__dict__.update(zip(self._STATE, state))  # 6 or 9 values
 
     # ---------------------------------------------------------- initialization
     def _initial_resp(self, data, random_state):
@@ -1156,28 +1133,17 @@ dask array
         ) / self.mean_precision_[:, np.newaxis]
         self._update_wishart(nk, xk, sk)
         if rho is not None:
-            (
-                self.weight_concentration_,
-                self.mean_precision_,
-                self.means_,
-                self.degrees_of_freedom_,
-                self.covariances_,
-            ) = _natural_blend(
+            blend = _natural_blend(
                 current, self._variational_parameters(), rho, self.covariance_type
             )
+            self.__dict__.update(zip(self._STATE[:5], blend, strict=True))
         self.precisions_cholesky_ = _precision_cholesky(
             self.covariances_, self.covariance_type, self.means_
         )
 
     def _variational_parameters(self):
         """(weight concentration, beta_k, m_k, nu_k, covariances) of the factors."""
-        return (
-            self.weight_concentration_,
-            self.mean_precision_,
-            self.means_,
-            self.degrees_of_freedom_,
-            self.covariances_,
-        )
+        return tuple(getattr(self, name) for name in self._STATE[:5])
 
     def _gaussian_statistics(self, stats, data):
         """N_k, weighted means and (regularized) covariances from shifted moments."""
@@ -1315,18 +1281,22 @@ dask array
         out = D * math.log(2.0) + dg
         return out if np.ndim(self.degrees_of_freedom_) else out[0]
 
-    def _bound(self, entropy):
-        """scikit-learn's lower bound (constants dropped) after a CAVI round."""
+    def _log_wishart_norm(self):
+        """log of each Wishart factor's normalizer B(W_k, nu_k) (PRML eq. B.79)."""
         D = self.means_.shape[1]
         nu = self.degrees_of_freedom_
-        log_det_chol = self._log_det_cholesky() - 0.5 * D * np.log(nu)
-        log_wishart_norm = -(
-            nu * log_det_chol
+        return -(
+            nu * (self._log_det_cholesky() - 0.5 * D * np.log(nu))
             + nu * D * 0.5 * math.log(2.0)
             + gammaln(0.5 * (np.atleast_1d(nu) - np.arange(D)[:, np.newaxis])).sum(
                 axis=0
             )
         )
+
+    def _bound(self, entropy):
+        """scikit-learn's lower bound (constants dropped) after a CAVI round."""
+        D = self.means_.shape[1]
+        log_wishart_norm = self._log_wishart_norm()
         if self.covariance_type == "tied":
             log_wishart = self.n_components * float(log_wishart_norm[0])
         else:

@@ -359,13 +359,9 @@ def _end_of_round(n, last, every, should_stop, checkpoint, write):
 
 
 def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_stop):
-    """The one CAVI job loop (the callers restore ``est`` if this raises).
-
-    The model after every round is complete, so its checkpoint is that model as a
-    fit of that many rounds leaves it, and a resume is a warm start from it and its
-    :class:`~fastvi._cavi.Fit`. A resumed run that had finished makes only the
-    fit's passes over the data (which check the data's hash) and its final state.
-    """
+    """The one CAVI job loop, as the module docstring describes it (the callers
+    restore ``est`` if this raises). A resumed run that had finished makes only the
+    fit's passes over the data (which check the data's hash) and its final state."""
     max_iter, warm_start = est.max_iter, est.warm_start
     hashed = data_print = None
     if checkpoint is not None:
@@ -480,29 +476,11 @@ def fit_lda(
     resume=False,
     should_stop=None,
 ):
-    """Fit a ``LatentDirichletAllocation`` with progress, checkpoints and resume.
-
-    Parameters
-    ----------
-    est : LatentDirichletAllocation
-    X : {array-like, sparse matrix} of shape (n_documents, n_words)
-        In-memory counts (not a Dask array).
-    progress : Progress, optional
-        Updated after every epoch (:meth:`Progress.update_epoch`).
-    checkpoint : str, optional
-        Path of the checkpoint file (written atomically).
-    checkpoint_every : int, default=1
-        Epochs between checkpoints (the last epoch is always saved).
-    resume : bool, default=False
-        Continue from ``checkpoint`` when it exists (else start afresh).
-    should_stop : callable, optional
-        Polled after every epoch; when it returns True the fit stops there with
-        :class:`Interrupted` (after writing a checkpoint, if any).
-
-    Returns
-    -------
-    est : the fitted estimator (bitwise the model of an uninterrupted ``est.fit(X)``,
-        for 'batch' and 'online' learning)
+    """Fit a ``LatentDirichletAllocation`` with progress, checkpoints and resume:
+    the parameters of :func:`fit_cavi` without ``y``, counted in epochs (the
+    progress shows the training perplexity, :meth:`Progress.update_epoch`). ``X``
+    holds the counts in memory (not a Dask array). The fitted model is bitwise the
+    one of an uninterrupted ``est.fit(X)``, for 'batch' and 'online' learning.
     """
     from .._dask import is_dask_collection
 

@@ -140,6 +140,10 @@ def _make_parser(cast, allow_none, minimum):
     return parse
 
 
+# a count of at least 1 (the command line's --block-rows, --checkpoint-every)
+positive_int = _make_parser(int, False, 1)
+
+
 def _numbers(text):
     """A number, or comma-separated numbers as a 1-D float64 array."""
     parts = [p for p in text.split(",") if p.strip()]
@@ -154,12 +158,6 @@ def _numbers(text):
     return values[0] if len(values) == 1 and "," not in text else np.array(values)
 
 
-def _show(value):
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
 def add_model_options(parser, cls, docs_from=None, title=None):
     """Add one option per offered parameter of ``cls`` to ``parser``.
 
@@ -171,7 +169,8 @@ def add_model_options(parser, cls, docs_from=None, title=None):
     for name, default, kind, text in model_parameters(cls, docs_from):
         flag = "--" + name.replace("_", "-")
         help_text = _plain(text) or "(not documented)"
-        help_text += f" (default: {_plain(_show(default))})"
+        shown = repr(default) if isinstance(default, str) else str(default)
+        help_text += f" (default: {_plain(shown)})"
         options = {"default": argparse.SUPPRESS, "dest": name, "help": help_text}
         lowered = kind.lower()
         choices = re.findall(r"'([^']*)'", kind.split("}")[0]) if "{" in kind else []
