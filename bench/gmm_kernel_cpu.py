@@ -10,6 +10,12 @@ and alternating them exposes both to the same load. The fraction is the kernel's
 
     python bench/gmm_kernel_cpu.py                    # float64, 'full' and 'diag'
     python bench/gmm_kernel_cpu.py --dtype float32 --repeats 300
+    python bench/gmm_kernel_cpu.py --split            # + E-step alone, M-step alone
+    python bench/gmm_kernel_cpu.py --parts            # 'full': each microkernel alone
+
+``--parts`` times the pieces of a 'full' pass one at a time on a tile already in
+cache (the kernel module's private helpers, in loops compiled here), in ns per point
+and component: where the pass's time goes.
 """
 
 import argparse
@@ -28,7 +34,19 @@ def main():
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--repeats", type=int, default=150)
     parser.add_argument("--kinds", default="full,diag")
+    parser.add_argument("--tile", type=int, help="rows per tile (default: the fit's)")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also time the E-step alone (no statistics) and the M-step alone "
+        "(responsibilities given)",
+    )
+    parser.add_argument(
+        "--parts", action="store_true", help="time each piece of a 'full' pass alone"
+    )
     args = parser.parse_args()
+    if args.parts:
+        return parts(np.dtype(args.dtype), args.repeats)
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -38,7 +56,7 @@ def main():
     threadpool_limits(1, "blas")
     dt = np.dtype(args.dtype)
     rows, D, K = 4096, 16, 32
-    tile = 256 * 8 // dt.itemsize  # fastvi.mixture._tile_rows
+    tile = args.tile or 256 * 8 // dt.itemsize  # fastvi.mixture._tile_rows
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 5, (K, D))
     X = (centers[rng.integers(0, K, rows)] + rng.normal(0, 1, (rows, D))).astype(dt)
@@ -55,16 +73,22 @@ def main():
         else:
             prec, Dq = rng.uniform(0.5, 2, (K, 1, D)).astype(dt), 1
         out = (np.empty((1, K)), np.empty((1, K, D)), np.empty((1, K, Dq, D)))
-        call = (
-            X, means, prec, const, means, np.empty((0, K), dt), np.empty(0, np.int64),
-            rows, tile, np.empty((0, K), dt), np.empty(0, dt), np.empty(0, np.int64),
-            *out, np.empty(1), np.empty(1),
-        )  # fmt: skip
+        resp = rng.dirichlet(np.ones(K), rows).astype(dt)
+        variants = {"": (means, np.empty((0, K), dt))}
+        if args.split:  # E: no shift, so no statistics; M: given responsibilities
+            variants.update(E=(np.empty((0, D), dt), variants[""][1]), M=(means, resp))
         kernel = gmm.mixture_chunks(
             {"full": gmm.KIND_FULL, "diag": gmm.KIND_DIAG}[kind]
         )
-        flops = mixture_flops(kind, rows, D, K)
-        cases.append((kind, lambda k=kernel, a=call: k(0, 1, *a), flops))
+        for part, (shift, resp_in) in variants.items():
+            call = (
+                X, means, prec, const, shift, resp_in, np.empty(0, np.int64), rows,
+                tile, np.empty((0, K), dt), np.empty(0, dt), np.empty(0, np.int64),
+                *out, np.empty(1), np.empty(1),
+            )  # fmt: skip
+            flops = mixture_flops(kind, rows, D, K)  # of a whole pass, for E and M too
+            fn = lambda k=kernel, a=call: k(0, 1, *a)  # noqa: E731
+            cases.append((kind + part, fn, flops))
     for _, fn, _ in cases:
         fn()  # compile, warm up
     times = [[] for _ in cases]
@@ -79,10 +103,55 @@ def main():
         for (name, _, flops), ts in zip(cases, times):
             t = stat(ts)
             print(
-                f"{stat.__name__:6s} {name:5s} {t * 1e3:7.3f} ms/call "
+                f"{stat.__name__:6s} {name:6s} {t * 1e3:7.3f} ms/call "
                 f"{t * 1e6 / rows if name != 'gemm' else float('nan'):6.3f} s per 1e6 rows "
                 f"{flops / t / 1e9:6.1f} GFLOP/s  {flops / t / peak:6.1%} of the GEMM"
             )
+
+
+def parts(dt, repeats, D=16, K=32):
+    """ns per point and component of each piece of a 'full' pass (see the doc)."""
+    from fastvi.kernels import gmm, tiles
+    from fastvi.kernels._config import jit
+
+    @jit
+    def loop(piece, n, Xt, T, Up, Bp, const, LP, Z, rows, R, shift, Y, nk, sx, sq, X):
+        for _ in range(n):
+            if piece == 0:
+                tiles.load_tile(X, 0, T, False, Xt)
+            elif piece == 1:
+                gmm._logprob_full(Xt, T, Up, Bp, const, LP, Z, rows[0])
+            elif piece == 2:
+                gmm._normalize(T, K, LP, Z, rows[1], rows[2])
+            elif piece == 3:
+                for k in range(K):
+                    tiles.gram_upper(R[k], Y, T, sq, k)
+            else:
+                gmm._accumulate(Xt, T, shift, R, gmm.KIND_FULL, Y, nk, sx, sq)
+
+    rng = np.random.default_rng(0)
+    T = 256 * 8 // dt.itemsize
+    Xt, Y, LP, R, Z = (tiles.scratch(m, T, np.zeros(1, dt)) for m in (D, D, K, K, K))
+    rows = tiles.scratch(3, T, Xt)
+    Xt[:], Y[:], R[:] = (rng.normal(size=a.shape) for a in (Xt, Y, R))
+    U = np.triu(rng.normal(size=(K, D, D))).astype(dt)
+    args = (Xt, T, U, rng.normal(size=(K, D)).astype(dt), np.zeros(K, dt), LP, Z)
+    args += (rows, R, rng.normal(size=(K, D)).astype(dt), Y, np.zeros(K))
+    args += (np.zeros((K, D)), np.zeros((K, D, D)), rng.normal(size=(T, D)).astype(dt))
+    names = ["copy rows", "maha + LP", "normalize", "gram", "x-m + gram"]
+    n = 16
+    for piece in range(len(names)):
+        loop(piece, 1, *args)  # compile, warm up
+    times = [[] for _ in names]
+    for _ in range(repeats):
+        for piece, ts in enumerate(times):
+            start = time.thread_time()
+            loop(piece, n, *args)
+            ts.append(time.thread_time() - start)
+    print(f"{dt}, one thread, T={T}, ns per point and component")
+    for name, ts in zip(names, times):
+        per = 1e9 / (n * T * K)
+        print(f"{name:11s} min {min(ts) * per:6.3f}  median {np.median(ts) * per:6.3f}")
 
 
 if __name__ == "__main__":

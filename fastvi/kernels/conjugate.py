@@ -117,7 +117,6 @@ def jj_chunks(
     """
     Dt = U.shape[0]
     Xt = np.empty((Dt, tile))
-    W = np.empty((Dt, tile))
     Xh = np.empty((Dt, tile)) if hstride > 1 else Xt
     acc = np.empty(tile)
     acc2 = np.empty(tile)
@@ -163,27 +162,22 @@ def jj_chunks(
                 gvk[d] += s
             if not grams:
                 continue
-            for d in range(Dt):
-                for t in range(T):
-                    W[d, t] = w1[t] * Xt[d, t]
-            gram_upper(W, Xt, T, G, k)
+            gram_upper(w1, Xt, T, G, k)
             if not hessian:
                 continue
             if hstride == 1:
-                for d in range(Dt):
-                    for t in range(T):
-                        W[d, t] = w2[t] * Xt[d, t]
-                gram_upper(W, Xt, T, H, k)
+                gram_upper(w2, Xt, T, H, k)
                 continue
-            # the rows of the Hessian subsample, packed into the first columns
+            # the rows of the Hessian subsample and their weights, packed into the
+            # first columns (w1 is free again)
             first = (hstride - (row0 + t0) % hstride) % hstride
             n_h = 0
             for t in range(first, T, hstride):
                 for d in range(Dt):
                     Xh[d, n_h] = Xt[d, t]
-                    W[d, n_h] = w2[t] * Xt[d, t]
+                w1[n_h] = w2[t]
                 n_h += 1
             if n_h > 0:
-                gram_upper(W, Xh, n_h, H, k)
+                gram_upper(w1, Xh, n_h, H, k)
         c[k, 0] = total
         c[k, 1] = collapsed

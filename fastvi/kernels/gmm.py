@@ -186,7 +186,7 @@ def _normalize(T, K, LP, R, mx, s):
 
 
 @jit
-def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
+def _accumulate(Xt, T, shift, R, kind, Y, nk, sx, sq):
     """Add this tile's sufficient statistics into one chunk's partials (nk, sx, sq).
 
     Sums over the tile's points run in the tile's dtype; the partials are float64.
@@ -213,19 +213,16 @@ def _accumulate(Xt, T, shift, R, kind, Y, W, nk, sx, sq):
                 if kind == KIND_DIAG:
                     sq[k, 0, d] += b
             continue
-        # full: Y = x - shift and W = r * Y for the tile, then the upper triangle of
-        # W Y^T
+        # full: Y = x - shift for the tile, then the upper triangle of sum r y y^T
         for d in range(D):
             m = shift[k, d]
             a = like(0.0, R)
             for t in range(T):
                 y = Xt[d, t] - m
                 Y[d, t] = y
-                ry = R[k, t] * y
-                W[d, t] = ry
-                a += ry
+                a += R[k, t] * y
             sx[k, d] += a
-        gram_upper(W, Y, T, sq, k)
+        gram_upper(R[k], Y, T, sq, k)
 
 
 def _specialize(kind, name):
@@ -305,7 +302,6 @@ def _specialize(kind, name):
             Up, Bp = np.empty((0, 0, 0), X.dtype), np.empty((0, 0), X.dtype)
         Z = scratch(8, tile, X)
         Y = scratch(D, tile, X)
-        W = scratch(D, tile, X)
         LP = scratch(K, tile, X)
         R = scratch(K, tile, X)
         rows = scratch(4, tile, X)
@@ -362,7 +358,7 @@ def _specialize(kind, name):
                                     best = k
                             out_labels[t0 + t] = best
                 if want_stats:
-                    _accumulate(Xt, T, shift, R, kind, Y, W, nk[c], sx[c], sq[c])
+                    _accumulate(Xt, T, shift, R, kind, Y, nk[c], sx[c], sq[c])
             norm[c] = c_norm
             ent[c] = c_ent
 

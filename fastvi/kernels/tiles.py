@@ -18,7 +18,7 @@ every load or store of a tile row feeds several multiply-adds.
 ``weighted_sq_dist``
     sum_d w_d (a_d - c_d)^2 per point (diagonal precisions, projected means).
 ``gram_upper``
-    the upper triangle of a weighted Gram matrix W Y^T of two tiles.
+    the upper triangle of a weighted Gram matrix sum_t r_t y_t y_t^T of a tile.
 ``like``
     a scalar in the dtype of an array, so a float32 tile's arithmetic stays float32
     (a float64 literal such as ``0.5`` or ``0.0`` would promote it to float64 and
@@ -215,13 +215,16 @@ def weighted_sq_dist(A, T, centre, weight, acc):
 
 
 @jit
-def gram_upper(W, Y, T, out, k):
-    """out[k, i, j] += sum_t W[i, t] Y[j, t] for j >= i, in 2 x 4 register blocks.
+def gram_upper(r, Y, T, out, k):
+    """out[k, i, j] += sum_t r[t] Y[i, t] Y[j, t] for j >= i, in 2 x 4 register blocks.
 
-    Each load of a W or Y element feeds two or four FMAs; entries below the diagonal
-    are never written. ``out`` is indexed with ``k`` rather than passed as the view
-    ``out[k]``: the mixture kernel calls this per component and tile, and its 'full'
-    fit measured ~15% slower with the view (N=5e5, K=32, D=16); indexed, it is as fast
+    The weighted rows r Y[i] are formed in registers, not read from a weighted copy
+    of the tile: storing that copy cost more than the multiplies (a 'full' mixture
+    pass ran ~8% faster without it, thread CPU time, D=16, K=32). Each load of a Y
+    element feeds two or four FMAs; entries below the diagonal are never written.
+    ``out`` is indexed with ``k`` rather than passed as the view ``out[k]``: the
+    mixture kernel calls this per component and tile, and its 'full' fit measured ~15%
+    slower with the view (N=5e5, K=32, D=16); indexed, it is as fast
     as the inline copy it replaced (thread CPU time of a 'full' pass, same run).
     """
     wide_vectors()
@@ -234,17 +237,18 @@ def gram_upper(W, Y, T, out, k):
             j1 = min(j + 1, D - 1)
             j2 = min(j + 2, D - 1)
             j3 = min(j + 3, D - 1)
-            a0 = like(0.0, W)
-            a1 = like(0.0, W)
-            a2 = like(0.0, W)
-            a3 = like(0.0, W)
-            b0 = like(0.0, W)
-            b1 = like(0.0, W)
-            b2 = like(0.0, W)
-            b3 = like(0.0, W)
+            a0 = like(0.0, Y)
+            a1 = like(0.0, Y)
+            a2 = like(0.0, Y)
+            a3 = like(0.0, Y)
+            b0 = like(0.0, Y)
+            b1 = like(0.0, Y)
+            b2 = like(0.0, Y)
+            b3 = like(0.0, Y)
             for t in range(T):
-                w0 = W[i, t]
-                w1 = W[i1, t]
+                rt = r[t]
+                w0 = rt * Y[i, t]
+                w1 = rt * Y[i1, t]
                 y0 = Y[j, t]
                 y1 = Y[j1, t]
                 y2 = Y[j2, t]
