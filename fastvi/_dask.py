@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-from .rows import Rows, add, tree_sum
+from .rows import Rows, add, fold_step, fold_total, tree_sum
 
 __all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
@@ -67,16 +67,12 @@ def _worker_threads(default):
         return default
 
 
-def _run_block(fn, block, start, shared, local, n_jobs, ordered=False):
-    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock; its
-    stacked partials summed over their first axis when ``ordered``."""
+def _run_block(fn, block, start, shared, local, n_jobs):
+    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock."""
     from ._threads import thread_limits
 
     with _KERNEL_LOCK, thread_limits(_worker_threads(n_jobs)):
-        out = fn(block, start, *shared, *local)
-    if ordered:
-        out = tuple(p.sum(axis=0) for p in out) if type(out) is tuple else out.sum(0)
-    return out
+        return fn(block, start, *shared, *local)
 
 
 def _run_rows(block, fn, args, n_jobs):
@@ -166,14 +162,15 @@ class DaskRows(Rows):
             yield int(start), self._dask.compute(block)[0]
 
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
-        """Run ``fn`` on every chunk, sum its results in a fixed tree, compute.
+        """Run ``fn`` on every chunk, sum its results in a fixed tree (or fold them
+        in chunk order: ``ordered``), compute.
 
         ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
         floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
         to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count). ``ordered``:
-        ``fn`` returns stacked partials, summed on the worker, then in the tree
-        (equal to the in-order sum of the other sources to rounding).
+        scheduler (distributed workers use their own thread count). The sums are
+        the other sources' when the chunks are their blocks (``ordered``: when
+        every chunk but the last holds a multiple of ``fn``'s partials' rows).
         """
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
@@ -182,10 +179,16 @@ class DaskRows(Rows):
             mine = () if local is None else tuple(local[i])
             tasks.append(
                 delayed(_run_block, pure=True)(
-                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs, ordered
+                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
                 )
             )
-        total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
+        if ordered:  # the kernels run in parallel, the small folds in a chain
+            acc = None
+            for task in tasks:
+                acc = delayed(fold_step, pure=True)(acc, task)
+            total = delayed(fold_total, pure=True)(acc)
+        else:
+            total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
         return self._dask.compute(total)[0]
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):

@@ -34,6 +34,7 @@ array's blocks are its row chunks: chunks of ``block_rows`` rows give the bits o
 in-memory fit, other chunkings agree to rounding.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -93,28 +94,34 @@ def fold_in_order(parts):
     first axis stacks partial sums. NumPy adds rows of more than one value one after
     another, so a running total that restarts each part from the previous total
     gives its bits while holding one row; parts whose rows hold one value (NumPy
-    sums those pairwise) are kept and summed at the end. Parts are copied or reduced
-    as they arrive: they may be views of a reused buffer.
+    sums those pairwise) are kept and summed at the end. A step (:func:`fold_step`)
+    changes and keeps neither its total nor its part (a view of a reused buffer),
+    so the steps may also run on Dask.
     """
-    sums = None
-    for part in parts:
-        tup = type(part) is tuple
-        part = part if tup else (part,)
-        if sums is None:
-            sums = [[None, []] for _ in part]
-        for acc, p in zip(sums, part):
-            if p.ndim > 1 and math.prod(p.shape[1:]) > 1:
-                stack = p if acc[0] is None else np.concatenate((acc[0], p))
-                acc[0] = stack.sum(axis=0, keepdims=True)
-            else:
-                acc[1].append(np.array(p))
-    if sums is None:
+    return fold_total(functools.reduce(fold_step, parts, None))
+
+
+def fold_step(acc, part):
+    """``acc`` (None at first) with the next stacked ``part`` folded in."""
+    tup, out = type(part) is tuple, []
+    for i, p in enumerate(part if tup else (part,)):
+        old = None if acc is None else acc[1][i]
+        if p.ndim > 1 and math.prod(p.shape[1:]) > 1:
+            stack = p if old is None else np.concatenate((old, p))
+            out.append(stack.sum(axis=0, keepdims=True))
+        else:
+            out.append([*(old or ()), np.array(p)])
+    return tup, out
+
+
+def fold_total(acc):
+    """The sum of the parts folded into ``acc`` by :func:`fold_step`."""
+    if acc is None:
         raise ValueError("no rows to reduce")
     out = tuple(
-        acc[0][0] if acc[0] is not None else np.concatenate(acc[1]).sum(axis=0)
-        for acc in sums
+        s[0] if type(s) is np.ndarray else np.concatenate(s).sum(0) for s in acc[1]
     )
-    return out if tup else out[0]
+    return out if acc[0] else out[0]
 
 
 class Max:
