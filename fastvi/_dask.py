@@ -7,8 +7,9 @@ rows); the partials are summed in a fixed binary tree over the chunk index, and 
 client updates the global factors from the total. The data never moves to the client.
 
 The tree's shape depends only on the number of chunks, never on which worker finished
-first, so a fit is deterministic for a given chunking; it equals the in-memory fit to
-rounding (the in-memory pass sums the same per-row terms in another order).
+first, so a fit is deterministic for a given chunking; chunks of the in-memory blocks
+give the in-memory bits. Sums in order are folded in a chain of small tasks: bitwise
+for chunks of any multiple of the kernels' chunk (to rounding otherwise).
 
 ``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
 local threaded scheduler otherwise. Numba's parallel regions are not meant to be
@@ -21,12 +22,13 @@ dask is an optional dependency (``pip install "fastvi[dask]"``); nothing here im
 it before a dask collection is seen.
 """
 
+import functools
 import sys
 import threading
 
 import numpy as np
 
-from .rows import Rows, add, fold_step, fold_total, tree_sum
+from .rows import Rows, add, fold_step, fold_total, one_values, tree_sum
 
 __all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
@@ -168,9 +170,7 @@ class DaskRows(Rows):
         ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
         floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
         to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count). The sums are
-        the other sources' when the chunks are their blocks (``ordered``: when
-        every chunk but the last holds a multiple of ``fn``'s partials' rows).
+        scheduler (distributed workers use their own thread count).
         """
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
@@ -183,10 +183,9 @@ class DaskRows(Rows):
                 )
             )
         if ordered:  # the kernels run in parallel, the small folds in a chain
-            acc = None
-            for task in tasks:
-                acc = delayed(fold_step, pure=True)(acc, task)
-            total = delayed(fold_total, pure=True)(acc)
+            acc = functools.reduce(delayed(fold_step, pure=True), tasks, None)
+            ones = [delayed(one_values, pure=True)(task) for task in tasks]
+            total = delayed(fold_total, pure=True)(acc, ones)
         else:
             total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
         return self._dask.compute(total)[0]

@@ -13,8 +13,8 @@ calls it on fixed blocks of rows wherever they are and adds up what it returns:
     With ``ordered=True`` ``fn`` returns partial sums stacked on a first axis (an
     array, or a tuple of them) and the result is, bitwise, NumPy's
     ``np.concatenate(partials of every block).sum(axis=0)`` (:func:`fold_in_order`),
-    whatever the block size; a source whose blocks run elsewhere (Dask) sums each
-    block's partials where it runs and adds the blocks in its tree (to rounding).
+    whatever the block size (on Dask too: the blocks run in parallel, and small
+    tasks fold their partials into the running total one after another).
 ``map_rows(fn, args=(), n_columns=None, dtype=float64, n_jobs=None)``
     Per-row results of ``fn(rows, *args)`` (predictions), block by block: an array,
     or a lazy dask array for data on Dask.
@@ -31,10 +31,10 @@ live). Blocks have ``block_rows`` rows (65536 by default, the same in memory and
 file), and the kernels split every block into chunks of their own fixed size, so a
 fit gives the same bits in memory and out of core, for any number of threads. A dask
 array's blocks are its row chunks: chunks of ``block_rows`` rows give the bits of the
-in-memory fit, other chunkings agree to rounding.
+in-memory fit (and, for sums in order, chunks of whole kernel chunks), other
+chunkings agree to rounding.
 """
 
-import functools
 import math
 
 import numpy as np
@@ -93,33 +93,49 @@ def fold_in_order(parts):
     ``parts`` yields arrays (or tuples of arrays, summed element by element) whose
     first axis stacks partial sums. NumPy adds rows of more than one value one after
     another, so a running total that restarts each part from the previous total
-    gives its bits while holding one row; parts whose rows hold one value (NumPy
-    sums those pairwise) are kept and summed at the end. A step (:func:`fold_step`)
-    changes and keeps neither its total nor its part (a view of a reused buffer),
-    so the steps may also run on Dask.
+    gives its bits while holding one row (:func:`fold_step`); parts whose rows hold
+    one value (NumPy sums those pairwise) are copied (:func:`one_values`) and summed
+    at the end. Parts may be views of a reused buffer; on Dask the steps are tasks.
     """
-    return fold_total(functools.reduce(fold_step, parts, None))
+    acc, ones = None, []
+    for part in parts:
+        acc = fold_step(acc, part)
+        ones.append(one_values(part))
+    return fold_total(acc, ones)
+
+
+def _many(p):
+    return p.ndim > 1 and math.prod(p.shape[1:]) > 1
 
 
 def fold_step(acc, part):
-    """``acc`` (None at first) with the next stacked ``part`` folded in."""
-    tup, out = type(part) is tuple, []
-    for i, p in enumerate(part if tup else (part,)):
-        old = None if acc is None else acc[1][i]
-        if p.ndim > 1 and math.prod(p.shape[1:]) > 1:
-            stack = p if old is None else np.concatenate((old, p))
-            out.append(stack.sum(axis=0, keepdims=True))
-        else:
-            out.append([*(old or ()), np.array(p)])
-    return tup, out
+    """``acc`` (None at first) with ``part``'s arrays of rows of many values added."""
+    tup = type(part) is tuple
+    part = part if tup else (part,)
+    old = acc[1] if acc else (None,) * len(part)
+    return tup, [
+        (p if o is None else np.concatenate((o, p))).sum(0, keepdims=True)
+        if _many(p)
+        else None
+        for o, p in zip(old, part)
+    ]
 
 
-def fold_total(acc):
-    """The sum of the parts folded into ``acc`` by :func:`fold_step`."""
+def one_values(part):
+    """Copies of ``part``'s arrays of rows of one value (None for the others)."""
+    return [
+        None if _many(p) else np.array(p)
+        for p in (part if type(part) is tuple else (part,))
+    ]
+
+
+def fold_total(acc, ones):
+    """The total of the parts: ``acc`` of :func:`fold_step`, ``ones`` of every part."""
     if acc is None:
         raise ValueError("no rows to reduce")
     out = tuple(
-        s[0] if type(s) is np.ndarray else np.concatenate(s).sum(0) for s in acc[1]
+        np.concatenate([o[i] for o in ones]).sum(0) if s is None else s[0]
+        for i, s in enumerate(acc[1])
     )
     return out if acc[0] else out[0]
 
