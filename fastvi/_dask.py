@@ -2,14 +2,10 @@
 
 A CAVI round over data held in a ``dask.array.Array`` is a map and a reduce: every row
 chunk goes through the same numba kernel as in-memory data, on the worker that holds
-it, and returns its partial sufficient statistics (a few K x D x D numbers, never
-rows); the partials are summed in a fixed binary tree over the chunk index, and the
-client updates the global factors from the total. The data never moves to the client.
-
-The tree's shape depends only on the number of chunks, never on which worker finished
-first, so a fit is deterministic for a given chunking; chunks of the in-memory blocks
-give the in-memory bits. Sums in order are folded in a chain of small tasks: bitwise
-for chunks of any multiple of the kernels' chunk (to rounding otherwise).
+it, and returns its partial sufficient statistics (never rows), summed as in memory
+(:mod:`fastvi.rows`): in a binary tree fixed by the chunk order (the in-memory bits
+when the chunks are its blocks), or in order by a chain of small tasks (the bits for
+chunks of any multiple of the kernels' chunk), never in the order chunks finish.
 
 ``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
 local threaded scheduler otherwise. Numba's parallel regions are not meant to be

@@ -104,29 +104,28 @@ def fold_in_order(parts):
     return fold_total(acc, ones)
 
 
-def _many(p):
+def _many(p):  # rows of more than one value (else NumPy sums them pairwise)
     return p.ndim > 1 and math.prod(p.shape[1:]) > 1
+
+
+def _arrays(part):
+    return part if type(part) is tuple else (part,)
 
 
 def fold_step(acc, part):
     """``acc`` (None at first) with ``part``'s arrays of rows of many values added."""
-    tup = type(part) is tuple
-    part = part if tup else (part,)
-    old = acc[1] if acc else (None,) * len(part)
-    return tup, [
-        (p if o is None else np.concatenate((o, p))).sum(0, keepdims=True)
-        if _many(p)
-        else None
-        for o, p in zip(old, part)
+    old = acc[1] if acc else [None] * len(_arrays(part))
+    sums = [
+        p if o is None else np.concatenate((o, p)) for o, p in zip(old, _arrays(part))
+    ]
+    return type(part) is tuple, [
+        s.sum(0, keepdims=True) if _many(s) else None for s in sums
     ]
 
 
 def one_values(part):
     """Copies of ``part``'s arrays of rows of one value (None for the others)."""
-    return [
-        None if _many(p) else np.array(p)
-        for p in (part if type(part) is tuple else (part,))
-    ]
+    return [None if _many(p) else np.array(p) for p in _arrays(part)]
 
 
 def fold_total(acc, ones):
