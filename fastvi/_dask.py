@@ -2,13 +2,10 @@
 
 A CAVI round over data held in a ``dask.array.Array`` is a map and a reduce: every row
 chunk goes through the same numba kernel as in-memory data, on the worker that holds
-it, and returns its partial sufficient statistics (a few K x D x D numbers, never
-rows); the partials are summed in a fixed binary tree over the chunk index, and the
-client updates the global factors from the total. The data never moves to the client.
-
-The tree's shape depends only on the number of chunks, never on which worker finished
-first, so a fit is deterministic for a given chunking; it equals the in-memory fit to
-rounding (the in-memory pass sums the same per-row terms in another order).
+it, and returns its partial sufficient statistics (never rows), summed as in memory
+(:mod:`fastvi.rows`): in a binary tree fixed by the chunk order (the in-memory bits
+when the chunks are its blocks), or in order by a chain of small tasks (the bits for
+chunks of any multiple of the kernels' chunk), never in the order chunks finish.
 
 ``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
 local threaded scheduler otherwise. Numba's parallel regions are not meant to be
@@ -21,12 +18,13 @@ dask is an optional dependency (``pip install "fastvi[dask]"``); nothing here im
 it before a dask collection is seen.
 """
 
+import functools
 import sys
 import threading
 
 import numpy as np
 
-from .rows import Rows, add, tree_sum
+from .rows import Rows, add, fold_step, fold_total, one_values, tree_sum
 
 __all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
@@ -67,16 +65,12 @@ def _worker_threads(default):
         return default
 
 
-def _run_block(fn, block, start, shared, local, n_jobs, ordered=False):
-    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock; its
-    stacked partials summed over their first axis when ``ordered``."""
+def _run_block(fn, block, start, shared, local, n_jobs):
+    """Task body: ``fn(rows, start, *shared, *local)`` under the kernel lock."""
     from ._threads import thread_limits
 
     with _KERNEL_LOCK, thread_limits(_worker_threads(n_jobs)):
-        out = fn(block, start, *shared, *local)
-    if ordered:
-        out = tuple(p.sum(axis=0) for p in out) if type(out) is tuple else out.sum(0)
-    return out
+        return fn(block, start, *shared, *local)
 
 
 def _run_rows(block, fn, args, n_jobs):
@@ -166,14 +160,13 @@ class DaskRows(Rows):
             yield int(start), self._dask.compute(block)[0]
 
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
-        """Run ``fn`` on every chunk, sum its results in a fixed tree, compute.
+        """Run ``fn`` on every chunk, sum its results in a fixed tree (or fold them
+        in chunk order: ``ordered``), compute.
 
         ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
         floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
         to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count). ``ordered``:
-        ``fn`` returns stacked partials, summed on the worker, then in the tree
-        (equal to the in-order sum of the other sources to rounding).
+        scheduler (distributed workers use their own thread count).
         """
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
@@ -182,10 +175,15 @@ class DaskRows(Rows):
             mine = () if local is None else tuple(local[i])
             tasks.append(
                 delayed(_run_block, pure=True)(
-                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs, ordered
+                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
                 )
             )
-        total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
+        if ordered:  # the kernels run in parallel, the small folds in a chain
+            acc = functools.reduce(delayed(fold_step, pure=True), tasks, None)
+            ones = [delayed(one_values, pure=True)(task) for task in tasks]
+            total = delayed(fold_total, pure=True)(acc, ones)
+        else:
+            total = tree_sum(tasks, add=lambda a, b: delayed(add, pure=True)(a, b))
         return self._dask.compute(total)[0]
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):

@@ -13,8 +13,8 @@ calls it on fixed blocks of rows wherever they are and adds up what it returns:
     With ``ordered=True`` ``fn`` returns partial sums stacked on a first axis (an
     array, or a tuple of them) and the result is, bitwise, NumPy's
     ``np.concatenate(partials of every block).sum(axis=0)`` (:func:`fold_in_order`),
-    whatever the block size; a source whose blocks run elsewhere (Dask) sums each
-    block's partials where it runs and adds the blocks in its tree (to rounding).
+    whatever the block size (on Dask too: the blocks run in parallel, and small
+    tasks fold their partials into the running total one after another).
 ``map_rows(fn, args=(), n_columns=None, dtype=float64, n_jobs=None)``
     Per-row results of ``fn(rows, *args)`` (predictions), block by block: an array,
     or a lazy dask array for data on Dask.
@@ -31,7 +31,8 @@ live). Blocks have ``block_rows`` rows (65536 by default, the same in memory and
 file), and the kernels split every block into chunks of their own fixed size, so a
 fit gives the same bits in memory and out of core, for any number of threads. A dask
 array's blocks are its row chunks: chunks of ``block_rows`` rows give the bits of the
-in-memory fit, other chunkings agree to rounding.
+in-memory fit (and, for sums in order, chunks of whole kernel chunks), other
+chunkings agree to rounding.
 """
 
 import math
@@ -92,29 +93,50 @@ def fold_in_order(parts):
     ``parts`` yields arrays (or tuples of arrays, summed element by element) whose
     first axis stacks partial sums. NumPy adds rows of more than one value one after
     another, so a running total that restarts each part from the previous total
-    gives its bits while holding one row; parts whose rows hold one value (NumPy
-    sums those pairwise) are kept and summed at the end. Parts are copied or reduced
-    as they arrive: they may be views of a reused buffer.
+    gives its bits while holding one row (:func:`fold_step`); parts whose rows hold
+    one value (NumPy sums those pairwise) are copied (:func:`one_values`) and summed
+    at the end. Parts may be views of a reused buffer; on Dask the steps are tasks.
     """
-    sums = None
+    acc, ones = None, []
     for part in parts:
-        tup = type(part) is tuple
-        part = part if tup else (part,)
-        if sums is None:
-            sums = [[None, []] for _ in part]
-        for acc, p in zip(sums, part):
-            if p.ndim > 1 and math.prod(p.shape[1:]) > 1:
-                stack = p if acc[0] is None else np.concatenate((acc[0], p))
-                acc[0] = stack.sum(axis=0, keepdims=True)
-            else:
-                acc[1].append(np.array(p))
-    if sums is None:
+        acc = fold_step(acc, part)
+        ones.append(one_values(part))
+    return fold_total(acc, ones)
+
+
+def _many(p):  # rows of more than one value (else NumPy sums them pairwise)
+    return p.ndim > 1 and math.prod(p.shape[1:]) > 1
+
+
+def _arrays(part):
+    return part if type(part) is tuple else (part,)
+
+
+def fold_step(acc, part):
+    """``acc`` (None at first) with ``part``'s arrays of rows of many values added."""
+    old = acc[1] if acc else [None] * len(_arrays(part))
+    sums = [
+        p if o is None else np.concatenate((o, p)) for o, p in zip(old, _arrays(part))
+    ]
+    return type(part) is tuple, [
+        s.sum(0, keepdims=True) if _many(s) else None for s in sums
+    ]
+
+
+def one_values(part):
+    """Copies of ``part``'s arrays of rows of one value (None for the others)."""
+    return [None if _many(p) else np.array(p) for p in _arrays(part)]
+
+
+def fold_total(acc, ones):
+    """The total of the parts: ``acc`` of :func:`fold_step`, ``ones`` of every part."""
+    if acc is None:
         raise ValueError("no rows to reduce")
     out = tuple(
-        acc[0][0] if acc[0] is not None else np.concatenate(acc[1]).sum(axis=0)
-        for acc in sums
+        np.concatenate([o[i] for o in ones]).sum(0) if s is None else s[0]
+        for i, s in enumerate(acc[1])
     )
-    return out if tup else out[0]
+    return out if acc[0] else out[0]
 
 
 class Max:

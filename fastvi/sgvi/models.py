@@ -436,8 +436,8 @@ class GLM(Model):
     X : (N, D) array, float64 or float32 (float32 runs the products in float32), or
         a :mod:`fastvi.rows` source (a file read block by block, a dask array): its
         every data pass is then a block statistic (``map_reduce``), bitwise the
-        pass over the array in memory when the source's blocks hold a multiple of
-        ``CHUNK_ROWS`` rows (to rounding on Dask). Such a model takes no
+        pass over the array in memory when the source's blocks (or dask chunks)
+        hold a multiple of ``CHUNK_ROWS`` rows. Such a model takes no
         minibatches and no flat prior (its check needs every row at once).
     y : (N,) responses: 0/1 for ``"logistic"``, counts for ``"poisson"``, reals for
         ``"gaussian"``.
