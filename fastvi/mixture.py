@@ -484,8 +484,9 @@ dask array
             A source (such as :class:`fastvi.batch.io.NpyRows`, a float64 ``.npy``
             file read in fixed row blocks) fits out of core: memory does not grow
             with the number of rows and the model is bitwise the in-memory one. A
-            dask array or DataFrame fits where its chunks live; the model equals the
-            in-memory one to rounding (:mod:`fastvi.rows`). Out of memory,
+            dask array or DataFrame fits where its chunks live; the model is bitwise
+            the in-memory one when every chunk but the last holds a multiple of 4096
+            rows, else equal to rounding (:mod:`fastvi.rows`). Out of memory,
             ``init_params`` must be 'random' or 'random_from_data' (the others need
             all the rows at once), ``learning_method`` 'batch', and a source's
             ``block_rows`` a multiple of 4096 (the kernels' chunk).
