@@ -3,8 +3,11 @@
 The reader thread must change nothing but the timing: the same blocks in the same
 order with the same values as reading in the caller (``prefetch=0``), the same errors
 at the same block, and no thread or buffer left behind by a pass that ends early.
+Every test runs on both ways of loading a block: a float64 file is mapped from the
+page cache (Linux), a float32 file is read into buffers and widened.
 """
 
+import mmap
 import os
 import signal
 import sys
@@ -13,7 +16,7 @@ import threading
 import numpy as np
 import pytest
 
-from fastvi.batch.io import DataError, NpyRows
+from fastvi.batch.io import _POPULATE_READ, DataError, NpyRows
 
 BLOCK = 64
 WAIT = 60.0  # seconds; only a broken reader ever waits this long
@@ -33,12 +36,19 @@ def reader_threads():
     return [t for t in threading.enumerate() if t.name.startswith("fastvi-read")]
 
 
-@pytest.fixture
-def data(tmp_path):
+def buffers_of(source):
+    """How many block buffers a pass takes: none where the file is mapped."""
+    mapped = _POPULATE_READ is not None and source.file_dtype == np.float64
+    return 0 if mapped else 1 + source.prefetch
+
+
+@pytest.fixture(params=[np.float64, np.float32])
+def data(tmp_path, request):
     X = np.random.default_rng(0).normal(size=(5 * BLOCK + 17, 3))
+    X = X.astype(request.param)
     path = tmp_path / "x.npy"
     np.save(path, X)
-    return path, X
+    return path, X.astype(np.float64)
 
 
 def blocks_of(source):
@@ -47,10 +57,11 @@ def blocks_of(source):
 
 @pytest.mark.parametrize("n_rows", [1, BLOCK - 1, BLOCK, 3 * BLOCK, 5 * BLOCK + 17])
 @pytest.mark.parametrize("prefetch", [1, 2, 7])
+@pytest.mark.parametrize("n_features", [4, 40])  # 40: a row longer than the header
 def test_prefetched_blocks_are_the_blocks_read_in_the_caller(
-    tmp_path, n_rows, prefetch
+    tmp_path, n_rows, prefetch, n_features
 ):
-    X = np.random.default_rng(n_rows).normal(size=(n_rows, 4))
+    X = np.random.default_rng(n_rows).normal(size=(n_rows, n_features))
     np.save(tmp_path / "x.npy", X)
     here = blocks_of(NpyRows(tmp_path / "x.npy", block_rows=BLOCK, prefetch=0))
     ahead = blocks_of(NpyRows(tmp_path / "x.npy", block_rows=BLOCK, prefetch=prefetch))
@@ -65,30 +76,77 @@ def test_the_block_held_is_not_overwritten_and_its_spare_row_is_free(data):
     path, X = data
     prefetch = 2
     source = NpyRows(path, block_rows=BLOCK, prefetch=prefetch)
-    filled = []  # (start, buffer) in the order the reader fills them
-    real_fill = source._fill
+    loaded, released = [], []  # (start, buffer) loaded; starts released, in order
+    real_load, real_release = source._load, source._release
 
-    def fill(fh, view, start, stop):
-        real_fill(fh, view, start, stop)
-        filled.append((start, view.base))
+    def load(fh, mapped, start, stop, buffer):
+        view = real_load(fh, mapped, start, stop, buffer)
+        loaded.append((start, buffer))
+        return view
 
-    source._fill = fill
+    def release(mapped, start, stop):
+        released.append(start)
+        real_release(mapped, start, stop)
+
+    source._load, source._release = load, release
     n_blocks = -(-X.shape[0] // BLOCK)
+    held = []
     for i, (start, stop, view) in enumerate(source.iter_blocks()):
         # let the reader get as far ahead as it may, then look at the block held
         last = min(i + prefetch, n_blocks - 1) * BLOCK
-        assert wait_for(lambda last=last: any(s == last for s, _ in list(filled)))
-        assert all(s <= last for s, _ in filled), "the reader got too far ahead"
+        assert wait_for(lambda last=last: any(s == last for s, _ in list(loaded)))
+        assert all(s <= last for s, _ in loaded), "the reader got too far ahead"
         view[0] = -1.0  # the spare row is the consumer's
         assert view[1:].tobytes() == X[start:stop].tobytes()
-        assert not any(buf is view.base and s > start for s, buf in filled), (
-            "the buffer in use was filled again"
-        )
+        assert start not in released, "the block held was released"
+        buffer = dict(loaded)[start]
+        assert buffer is None or not any(
+            b is buffer and s > start for s, b in loaded
+        ), "the buffer in use was filled again"
+        held.append(start)
+    assert released == held[: len(released)]  # the last ones go with the pass
+
+
+def test_mapped_blocks_are_views_of_the_file_and_few_stay_resident(tmp_path):
+    if _POPULATE_READ is None:
+        pytest.skip("blocks are mapped on Linux only")
+    X = np.random.default_rng(0).normal(size=(256 * 1024, 16))  # 256 blocks, 32 MiB
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    source = NpyRows(path, block_rows=1024, prefetch=2)
+    most = 0
+    for start, stop, view in source.iter_blocks():
+        owner = view
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        assert isinstance(getattr(owner, "obj", owner), mmap.mmap)  # no copy
+        assert view.flags.writeable and view.flags.c_contiguous
+        assert view[1:].tobytes() == X[start:stop].tobytes()
+        most = max(most, resident_kb(path) * 1024)
+    # the blocks held or read ahead (3 of 128 KiB), their neighbours' shared pages,
+    # and the page cache's large folios (up to 2 MiB, mapped whole) at either end
+    assert 0 < most <= 4 * 1024 * 16 * 8 + 2 * 2**21
+    assert source._spare == []
+
+
+def resident_kb(path):
+    """Resident kB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and first == "Rss:":
+                total += int(line.split()[1])
+    return total
 
 
 def test_buffers_are_allocated_once_and_reused_by_the_next_passes(data):
     path, X = data
     source = NpyRows(path, block_rows=BLOCK, prefetch=2)
+    if buffers_of(source) == 0:
+        pytest.skip("a mapped file takes no buffers")
     first = {id(v.base) for _, _, v in source.iter_blocks()}
     assert len(first) == 3
     for _ in range(3):
@@ -116,7 +174,7 @@ def test_a_file_cut_short_after_opening_is_named_at_its_block(data, prefetch):
     path, X = data
     source = NpyRows(path, block_rows=BLOCK, prefetch=prefetch)
     size = os.path.getsize(path)
-    os.truncate(path, size - 10 * X.shape[1] * 8)  # rows lost in the last block
+    os.truncate(path, size - 10 * source._row_bytes)  # rows lost in the last block
     got = []
     with pytest.raises(DataError) as info:
         for _, _, view in source.iter_blocks():
@@ -150,14 +208,14 @@ def test_nan_on_the_first_pass_is_named_at_its_block(tmp_path, prefetch):
 def test_an_os_error_of_the_reader_is_raised_in_the_caller(data, monkeypatch):
     path, X = data
     source = NpyRows(path, block_rows=BLOCK, prefetch=2)
-    real_fill = source._fill
+    real_load = source._load
 
-    def fill(fh, view, start, stop):
+    def load(fh, mapped, start, stop, buffer):
         if start == 2 * BLOCK:
             raise OSError(5, "Input/output error")
-        real_fill(fh, view, start, stop)
+        return real_load(fh, mapped, start, stop, buffer)
 
-    source._fill = fill
+    source._load = load
     seen = []
     with pytest.raises(OSError, match="Input/output error"):
         for start, _, _ in source.iter_blocks():
@@ -189,7 +247,7 @@ def test_a_pass_ended_early_stops_the_reader_and_returns_its_buffers(data, how):
                     raise error()
         del blocks
     assert reader_threads() == []
-    assert len(source._spare) == 3  # back in the source, for its next pass
+    assert len(source._spare) == buffers_of(source)  # back, for the next pass
     assert blocks_of(source)[-1][3].tobytes() == X[5 * BLOCK :].tobytes()
 
 
@@ -197,15 +255,15 @@ def test_ctrl_c_while_waiting_for_a_block_stops_the_reader(data, monkeypatch):
     path, X = data
     source = NpyRows(path, block_rows=BLOCK, prefetch=2)
     entered, release = threading.Event(), threading.Event()
-    real_fill = source._fill
+    real_load = source._load
 
-    def fill(fh, view, start, stop):
+    def load(fh, mapped, start, stop, buffer):
         if start == BLOCK:  # a slow read: the caller waits for this block
             entered.set()
             release.wait(WAIT)
-        real_fill(fh, view, start, stop)
+        return real_load(fh, mapped, start, stop, buffer)
 
-    source._fill = fill
+    source._load = load
     main = threading.get_ident()
 
     def waiting():  # the caller is blocked in the wait for a block
@@ -226,7 +284,7 @@ def test_ctrl_c_while_waiting_for_a_block_stops_the_reader(data, monkeypatch):
         next(blocks)
     helper.join()
     assert reader_threads() == []
-    assert len(source._spare) == 3
+    assert len(source._spare) == buffers_of(source)
 
 
 def test_prefetch_must_not_be_negative(data):
