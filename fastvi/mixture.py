@@ -1003,8 +1003,13 @@ dask array
                 data.rows, lambda start, size: (None, labels[start : start + size])
             )
         if self.init_params == "random_from_data":
+            # scikit-learn's choice(n, K, replace=False) shuffles all n row numbers;
+            # the same shuffle (the same draws) of int32 numbers takes half the
+            # memory out of core: 4 bytes a row, 80 MB at 2e7 rows
             n_samples = data.rows.shape[0]
-            return random_state.choice(n_samples, size=K, replace=False), None
+            order = np.arange(n_samples, dtype=np.int32 if n_samples < 2**31 else None)
+            random_state.shuffle(order)
+            return order[:K].astype(np.int64), None
         from sklearn.cluster import kmeans_plusplus  # "k-means++"
 
         return kmeans_plusplus(X, K, random_state=random_state)[1], None
