@@ -95,3 +95,21 @@ def test_model_values_bitwise_across_thread_counts(minibatch):
     finally:
         numba.set_num_threads(previous)
     assert_array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("family", [0, 1, 2])
+def test_float32_values_close_to_float64_reference(family, scale):
+    # float32 data (float32 logistic terms); scale 300: |eta| up to ~1e3 for the
+    # logistic family, where softplus is eta itself or 0
+    X, y, W, b, tau = _problem(700, 13, 5, family, np.float32, seed=13)
+    if family == 0:
+        W = (W * scale).astype(np.float32)
+    par = kv.glm_values_tiled(_tiled(X, 64), y, 700, W, b, tau, family, 2)
+    want = ref.glm_pass(X, y, W, b, tau, family)
+    for got, w in ((par[0].sum(axis=0), want[0]), (par[1].sum(axis=0), want[3])):
+        assert_allclose(got, w, rtol=2e-5, atol=2e-5 * np.abs(w).max())
+    nan = W.copy()
+    nan[1, 0] = np.nan
+    ll = kv.glm_values_tiled(_tiled(X, 64), y, 700, nan, b, tau, family, 2)[0]
+    assert np.isnan(ll.sum(axis=0)[1]) and np.isfinite(ll.sum(axis=0)[[0, 2]]).all()

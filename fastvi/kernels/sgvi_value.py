@@ -6,7 +6,7 @@ layout of :mod:`fastvi.kernels.sgvi`, whose gradient pass would spend half its
 multiply-adds on the X^T r product nobody reads. Here each tile takes the one
 product eta (S x T) = W (S x D) . Xt (D x T) (``linear_predictor``) and one sweep
 of the link, in float64 (``softplus``/``exp`` of ``_math``) from eta in the dtype
-of X.
+of X, except float32 logistic terms (``softplus32``, summed in float32 over a tile).
 
 Determinism: rows go in chunks of a caller-fixed size; ``prange`` runs over chunks,
 each writing its own row of the partials (``ll``, ``ss``: (C, S) float64), which
@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from ._config import jit, twins, wide_vectors
-from ._math import exp_clamped, softplus
+from ._math import exp_clamped, softplus, softplus32
 from .sgvi import FAMILY_LOGISTIC, FAMILY_POISSON, linear_predictor
 from .tiles import gather_tile, scratch
 
@@ -28,7 +28,15 @@ def _link_sums(E, yt, T, family, tau, ll, ss):
     wide_vectors()
     for s in range(E.shape[0]):
         acc = 0.0
-        if family == FAMILY_LOGISTIC:
+        if family == FAMILY_LOGISTIC and E.itemsize == 4:
+            # float32 data: float32 terms (twice the vector width), summed in
+            # float32 over the tile's rows only, as the gradient pass does
+            acc32 = np.float32(0.0)
+            for t in range(T):
+                eta = E[s, t]
+                acc32 += yt[t] * eta - softplus32(eta)
+            acc = np.float64(acc32)
+        elif family == FAMILY_LOGISTIC:
             for t in range(T):
                 eta = np.float64(E[s, t])
                 acc += yt[t] * eta - softplus(eta)
