@@ -19,7 +19,7 @@ selects compile to blends) after a Cody–Waite range reduction:
                  log(1 + e^x), 1 / (1 + e^-x), log(y) for y >= 0 and log(1 + x) on
                  their whole domains, branch-free: for users' likelihoods of a linear
                  predictor (``fastvi.sgvi.vmath``).
-``exp_neg32``, ``atanh2_32``
+``exp_neg32``, ``atanh2_32``, ``softplus32``
                  float32 versions for float32 data (twice the vector width).
 
 The two exps (and the two logs) differ in their last bits; both are kept so that every
@@ -267,3 +267,14 @@ def atanh2_32(s):
         (_A32[0] + _A32[1] * s2) + (_A32[2] + _A32[3] * s2) * s4 + _A32[4] * (s4 * s4)
     )
     return _F32(2.0) * s * series
+
+
+@jit
+def softplus32(x):
+    """float32 log(1 + e^x) for float32 x (a few ulp; NaN gives NaN): max(x, 0) plus
+    log1p(exp(-|x|)) split as in :func:`log1p_split`."""
+    one = _F32(1.0)
+    e = exp_neg32(-abs(x))
+    big = one if e > SQRT2M1_32 else _F32(0.0)
+    lg = atanh2_32((e - big) / (e + _F32(2.0) + big))
+    return max(x, _F32(0.0)) + lg + (LN2_32 if e > SQRT2M1_32 else _F32(0.0))

@@ -667,13 +667,15 @@ class GLM(Model):
             z[self.slices["sigma"]] = math.log(max(float(np.std(self.y)), 1e-3))
         return z
 
-    def _pass(self, W, b, tau, rows):
+    def _pass(self, W, b, tau, rows, grad=True):
         k = _glm_kernels()
         W = np.ascontiguousarray(W, dtype=self.dtype)
         b = np.ascontiguousarray(b, dtype=self.dtype)
         if rows is None and self._Xtiles is None:
             rows = self._all_rows  # a full pass of a model kept row-major
         S = W.shape[0]
+        if not grad and (rows is not None or self.rows is None):
+            return self._values(W, b, tau, rows)
         if rows is None and self.rows is not None:
             shared = (W, b, tau, self.family_code, self.tile, self._chunk_tiles)
             return self.rows.map_reduce(
@@ -699,7 +701,30 @@ class GLM(Model):
         ll, gw, gb, ss = (p.sum(axis=0) for p in parts)
         return ll, gw, gb, ss
 
-    def log_joint(self, theta, rows, scale):
+    def _values(self, W, b, tau, rows):
+        """``_pass`` without the gradient (the likelihood's product and link only):
+        ``(ll, 0, 0, ss)``, per-chunk partials of ``fastvi.kernels.sgvi_value``
+        summed in chunk order."""
+        from ..kernels import sgvi_value as kv
+
+        S, chunk = W.shape[0], self._chunk_tiles * self.tile
+        M = self.n_rows if rows is None else rows.shape[0]
+        serial = _serial(M, chunk, M * self.n_features * S)
+        if rows is None:
+            kernel = kv.glm_values_tiled_serial if serial else kv.glm_values_tiled
+            fixed = (self.n_rows, W, b, tau, self.family_code, self._chunk_tiles)
+            ll, ss = kernel(self._Xtiles, self.y, *fixed)
+        else:
+            kernel = kv.glm_values_rows_serial if serial else kv.glm_values_rows
+            rows = np.ascontiguousarray(rows, dtype=np.int64)
+            fixed = (W, b, tau, self.family_code, chunk, self.tile)
+            ll, ss = kernel(self.X, self.y, rows, *fixed)
+        return ll.sum(axis=0), 0.0, 0.0, ss.sum(axis=0)
+
+    def log_joint_value(self, theta, rows, scale):
+        return self.log_joint(theta, rows, scale, grad=False)[0]
+
+    def log_joint(self, theta, rows, scale, grad=True):
         S = theta.shape[0]
         D = self.n_features
         W = theta[:, :D]
@@ -713,7 +738,7 @@ class GLM(Model):
             tau = 1.0 / (sigma * sigma)
         else:
             tau = np.ones(S)
-        ll, gw, gb, ss = self._pass(W, b, tau, rows)
+        ll, gw, gb, ss = self._pass(W, b, tau, rows, grad)
         grad = np.zeros_like(theta)
         if self.family == "gaussian":
             # -M log sigma - M/2 log(2 pi) - ss / (2 sigma^2); ll already holds the last
