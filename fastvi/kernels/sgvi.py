@@ -214,7 +214,9 @@ def _pointwise(E, yt, T, family, tau, ll, ss, nxt, pf0, pf1):
     """
     wide_vectors()
     S = E.shape[0]
-    n_blocks = S * ((T + _PW_BLOCK - 1) // _PW_BLOCK)
+    # blocks only when there is something to prefetch (short loops cost remainders)
+    block = _PW_BLOCK if pf1 > pf0 else max(T, 1)
+    n_blocks = S * ((T + block - 1) // block)
     lanes = 64 // E.itemsize
     per_block = ((pf1 - pf0 + n_blocks - 1) // n_blocks + lanes - 1) // lanes * lanes
     pf = pf0
@@ -222,14 +224,14 @@ def _pointwise(E, yt, T, family, tau, ll, ss, nxt, pf0, pf1):
         acc = 0.0
         acc2 = 0.0
         ts = tau[s]
-        for t0 in range(0, T, _PW_BLOCK):
+        for t0 in range(0, T, block):
             stop = min(pf1, pf + per_block)
             while pf < stop:
                 prefetch_l2(nxt, pf)
                 pf += lanes
             # unsigned bounds: no negative-index wraparound, so the loops vectorize
             u0 = np.uint64(t0)
-            t1 = np.uint64(min(T, t0 + _PW_BLOCK))
+            t1 = np.uint64(min(T, t0 + block))
             if family == FAMILY_LOGISTIC and E.itemsize == 4:
                 # float32 data: float32 arithmetic, summed in float32 over a block of
                 # rows (a float64 sum would halve the vector width), then in float64
