@@ -99,7 +99,7 @@ def _logistic_terms32(eta, yv):
     big = one if e > SQRT2M1_32 else _F32(0.0)
     num = e - big
     den = e + _F32(2.0) + big
-    # one division serves both 1 / (1 + e) and log1p's ratio num / den
+    # one reciprocal serves both 1 / (1 + e) and log1p's ratio num / den
     q = recip_pos32((one + e) * den)
     lg = atanh2_32(num * (one + e) * q) + (LN2_32 if e > SQRT2M1_32 else _F32(0.0))
     sig = (one if eta >= _F32(0.0) else e) * den * q
