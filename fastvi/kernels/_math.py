@@ -21,6 +21,10 @@ selects compile to blends) after a Cody–Waite range reduction:
                  predictor (``fastvi.sgvi.vmath``).
 ``exp_neg32``, ``atanh2_32``, ``softplus32``
                  float32 versions for float32 data (twice the vector width).
+``recip_pos``, ``recip_pos32``
+                 1 / x for positive normal x without a divide (a 512-bit double divide
+                 issues once per 16 cycles): a bit-trick seed (5% error) refined by
+                 multiply-adds, within 1 ulp.
 
 The two exps (and the two logs) differ in their last bits; both are kept so that every
 kernel's results stay bitwise as they were (one exp for all would change fits at the
@@ -86,6 +90,35 @@ def _bitcast(src, dst):
 bits_as_float64 = _bitcast(types.int64, types.float64)
 bits_as_float32 = _bitcast(types.int32, types.float32)
 float64_bits = _bitcast(types.float64, types.int64)
+float32_bits = _bitcast(types.float32, types.int32)
+
+
+# ---------------------------------------------------------------- reciprocal
+@jit
+def recip_pos(x):
+    """1 / x for positive normal float64 x (NaN gives NaN), within 1 ulp, no divide.
+
+    The seed (magic constant minus the bits of x) is within 5.1% of 1 / x; two cubic
+    steps r (1 + e + e^2), e = 1 - x r, take that to 2e-12 and a Newton step to 1 ulp.
+    """
+    r = bits_as_float64(np.int64(0x7FDE623822FC16E6) - float64_bits(x))
+    e = 1.0 - x * r
+    r = r + r * (e + e * e)
+    e = 1.0 - x * r
+    r = r + r * (e + e * e)
+    return r + r * (1.0 - x * r)
+
+
+@jit
+def recip_pos32(x):
+    """float32 1 / x for positive normal x (NaN gives NaN), within 1 ulp, no divide:
+    the seed of :func:`recip_pos` for float32 and two cubic steps."""
+    one = _F32(1.0)
+    r = bits_as_float32(np.int32(0x7EF311C7) - float32_bits(x))
+    e = one - x * r
+    r = r + r * (e + e * e)
+    e = one - x * r
+    return r + r * (e + e * e)
 
 
 # ---------------------------------------------------------------- exp

@@ -40,9 +40,12 @@ eta (``fastvi.kernels.sgvi_user``) run the same products.
 """
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from ._config import jit, twins
+from ._config import jit, twins, wide_vectors
 from ._math import (
     LN2,
     LN2_32,
@@ -53,13 +56,35 @@ from ._math import (
     exp_clamped,
     exp_neg32,
     log1p_split,
+    recip_pos,
+    recip_pos32,
 )
-from .tiles import gather_tile, tile_rows  # noqa: F401  (tile_rows: fastvi.sgvi.models)
+from .tiles import gather_tile, scratch, tile_rows  # noqa: F401  (tile_rows: sgvi.models)
 
 FAMILY_LOGISTIC = 0
 FAMILY_POISSON = 1
 FAMILY_GAUSSIAN = 2
 _F32 = np.float32
+_PW_BLOCK = 64  # rows of a block of the pointwise loop (prefetches between blocks)
+
+
+@intrinsic
+def prefetch_l2(typingctx, arr, offset):
+    """Prefetch the cache line of element ``offset`` of ``arr``'s buffer into L2
+    (``prefetcht1``; never faults, so an offset past the end is harmless)."""
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = builder.bitcast(
+            builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer()
+        )
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
+        builder.call(fn, [i8p, i32(0), i32(2), i32(1)])  # read, locality 2, data
+        return context.get_dummy_value()
+
+    return types.none(arr, types.intp), codegen
 
 
 @jit
@@ -74,8 +99,8 @@ def _logistic_terms32(eta, yv):
     big = one if e > SQRT2M1_32 else _F32(0.0)
     num = e - big
     den = e + _F32(2.0) + big
-    # one division serves both 1 / (1 + e) and log1p's ratio num / den
-    q = one / ((one + e) * den)
+    # one reciprocal serves both 1 / (1 + e) and log1p's ratio num / den
+    q = recip_pos32((one + e) * den)
     lg = atanh2_32(num * (one + e) * q) + (LN2_32 if e > SQRT2M1_32 else _F32(0.0))
     sig = (one if eta >= _F32(0.0) else e) * den * q
     return yv * eta - (max(eta, _F32(0.0)) + lg), yv - sig
@@ -89,6 +114,7 @@ def linear_predictor(Xt, T, W, b, E):
     feature rows and four accumulator rows for sixteen multiply-adds. Two or three
     leftover features take one 4 x 2 sweep (and a 4 x 1), not one sweep each.
     """
+    wide_vectors()
     S, D = W.shape
     for s in range(S):
         bs = b[s]
@@ -119,10 +145,12 @@ def linear_predictor(Xt, T, W, b, E):
                 x1 = Xt[d + 1, t]
                 x2 = Xt[d + 2, t]
                 x3 = Xt[d + 3, t]
-                E[s, t] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-                E[s + 1, t] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-                E[s + 2, t] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
-                E[s + 3, t] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+                # a chain of four multiply-adds per draw (summing the products first
+                # takes a multiply and an add more)
+                E[s, t] = E[s, t] + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                E[s + 1, t] = E[s + 1, t] + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                E[s + 2, t] = E[s + 2, t] + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                E[s + 3, t] = E[s + 3, t] + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
             d += 4
         if d + 2 <= D:  # two features left over (D = 50): one sweep, not two
             w00 = W[s, d]
@@ -177,49 +205,70 @@ def linear_predictor(Xt, T, W, b, E):
 
 
 @jit
-def _pointwise(E, yt, T, family, tau, ll, ss):
-    """E[s, t] <- f'(y_t, eta) in place; adds sum_t f into ll[s] (and residuals**2)."""
+def _pointwise(E, yt, T, family, tau, ll, ss, nxt, pf0, pf1):
+    """E[s, t] <- f'(y_t, eta) in place; adds sum_t f into ll[s] (and residuals**2).
+
+    Meanwhile the elements [pf0, pf1) of ``nxt`` (the next tile) are prefetched into
+    L2, a few cache lines per block of rows: the products of a tile are compute bound
+    and this loop touches no memory, so here the read of the next tile overlaps.
+    """
+    wide_vectors()
     S = E.shape[0]
+    # blocks only when there is something to prefetch (short loops cost remainders)
+    block = _PW_BLOCK if pf1 > pf0 else max(T, 1)
+    n_blocks = S * ((T + block - 1) // block)
+    lanes = 64 // E.itemsize
+    per_block = ((pf1 - pf0 + n_blocks - 1) // n_blocks + lanes - 1) // lanes * lanes
+    pf = pf0
     for s in range(S):
         acc = 0.0
         acc2 = 0.0
-        if family == FAMILY_LOGISTIC and E.itemsize == 4:
-            # float32 data: float32 arithmetic, summed in float32 over the tile's
-            # rows (a float64 sum would halve the vector width), then in float64
-            acc32 = _F32(0.0)
-            for t in range(T):
-                term, r = _logistic_terms32(E[s, t], yt[t])
-                acc32 += term
-                E[s, t] = r
-            acc = np.float64(acc32)
-        elif family == FAMILY_LOGISTIC:
-            for t in range(T):
-                eta = np.float64(E[s, t])
-                yv = yt[t]
-                e = exp_clamped(-abs(eta))
-                # one division serves both 1 / (1 + e) and log1p's ratio num / den
-                num, den = log1p_split(e)
-                q = 1.0 / ((1.0 + e) * den)
-                lg = atanh2_estrin(num * (1.0 + e) * q)
-                lg += LN2 if e > SQRT2M1 else 0.0
-                # sigmoid(eta) = 1 / (1 + e) for eta >= 0, e / (1 + e) otherwise
-                sig = (1.0 if eta >= 0.0 else e) * den * q
-                # y eta - softplus(eta), softplus(eta) = max(eta, 0) + log1p(exp(-|eta|))
-                acc += yv * eta - (max(eta, 0.0) + lg)
-                E[s, t] = yv - sig
-        elif family == FAMILY_POISSON:
-            for t in range(T):
-                eta = np.float64(E[s, t])
-                yv = yt[t]
-                mu = exp_clamped(eta)
-                acc += yv * eta - mu
-                E[s, t] = yv - mu
-        else:
-            ts = tau[s]
-            for t in range(T):
-                r = yt[t] - np.float64(E[s, t])
-                acc2 += r * r
-                E[s, t] = ts * r
+        ts = tau[s]
+        for t0 in range(0, T, block):
+            stop = min(pf1, pf + per_block)
+            while pf < stop:
+                prefetch_l2(nxt, pf)
+                pf += lanes
+            # unsigned bounds: no negative-index wraparound, so the loops vectorize
+            u0 = np.uint64(t0)
+            t1 = np.uint64(min(T, t0 + block))
+            if family == FAMILY_LOGISTIC and E.itemsize == 4:
+                # float32 data: float32 arithmetic, summed in float32 over a block of
+                # rows (a float64 sum would halve the vector width), then in float64
+                acc32 = _F32(0.0)
+                for t in range(u0, t1):
+                    term, r = _logistic_terms32(E[s, t], yt[t])
+                    acc32 += term
+                    E[s, t] = r
+                acc += np.float64(acc32)
+            elif family == FAMILY_LOGISTIC:
+                for t in range(u0, t1):
+                    eta = np.float64(E[s, t])
+                    yv = yt[t]
+                    e = exp_clamped(-abs(eta))
+                    # one reciprocal serves both 1 / (1 + e) and log1p's num / den
+                    num, den = log1p_split(e)
+                    q = recip_pos((1.0 + e) * den)
+                    lg = atanh2_estrin(num * (1.0 + e) * q)
+                    lg += LN2 if e > SQRT2M1 else 0.0
+                    # sigmoid(eta) = 1 / (1 + e) for eta >= 0, e / (1 + e) otherwise
+                    sig = (1.0 if eta >= 0.0 else e) * den * q
+                    # y eta - softplus(eta), softplus = max(eta, 0) + log1p(exp(-|eta|))
+                    acc += yv * eta - (max(eta, 0.0) + lg)
+                    E[s, t] = yv - sig
+            elif family == FAMILY_POISSON:
+                for t in range(u0, t1):
+                    eta = np.float64(E[s, t])
+                    yv = yt[t]
+                    mu = exp_clamped(eta)
+                    acc += yv * eta - mu
+                    E[s, t] = yv - mu
+            else:
+                for t in range(u0, t1):
+                    r = yt[t] - np.float64(E[s, t])
+                    acc2 += r * r
+                    E[s, t] = ts * r
+        if family == FAMILY_GAUSSIAN:
             acc = -0.5 * ts * acc2
         ll[s] += acc
         ss[s] += acc2
@@ -234,6 +283,7 @@ def gradient_tile(Xt, T, R, gw, gb, zero):
     5-15% faster, AVX-512 and AVX2 code, N = 1e5, D = 50, S = 8). Leftover features
     go in a pair, then singly; leftover draws in pairs, then singly.
     """
+    wide_vectors()
     S, D = gw.shape
     for s in range(S):
         a = zero
@@ -425,9 +475,9 @@ def gradient_tile(Xt, T, R, gw, gb, zero):
 
 
 @jit
-def _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss):
+def _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss, nxt, pf0, pf1):
     linear_predictor(Xt, T, W, b, E)
-    _pointwise(E, yt, T, family, tau, ll, ss)
+    _pointwise(E, yt, T, family, tau, ll, ss, nxt, pf0, pf1)
     gradient_tile(Xt, T, E, gw, gb, zero)
 
 
@@ -436,15 +486,35 @@ def _tiled_chunk(Xtiles, y, N, c0, c1, W, b, tau, family, ll, gw, gb, ss):
     """Tiles [c0, c1) of the pre-transposed data; adds into this chunk's partials."""
     tile = Xtiles.shape[2]
     S = W.shape[0]
-    E = np.empty((S, tile), dtype=Xtiles.dtype)
+    E = scratch(S, tile, Xtiles)
     yt = np.empty(tile, dtype=Xtiles.dtype)
     zero = np.zeros(1, dtype=Xtiles.dtype)[0]
+    size = Xtiles.shape[1] * tile
     for i in range(c0, c1):
         t0 = i * tile
         T = min(tile, N - t0)
         for t in range(T):
             yt[t] = y[t0 + t]
-        _tile_pass(Xtiles[i], yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss)
+        # the next tile of this chunk is read while this one computes
+        pf1 = size * (i + 2) if i + 1 < c1 else 0
+        _tile_pass(
+            Xtiles[i],
+            yt,
+            T,
+            W,
+            b,
+            tau,
+            family,
+            E,
+            zero,
+            ll,
+            gw,
+            gb,
+            ss,
+            Xtiles,
+            size * (i + 1),
+            pf1,
+        )
 
 
 @jit
@@ -452,16 +522,16 @@ def _rows_chunk(X, y, rows, start, stop, tile, W, b, tau, family, ll, gw, gb, ss
     """Rows rows[start:stop] of X, gathered and transposed a tile at a time."""
     D = X.shape[1]
     S = W.shape[0]
-    Xt = np.empty((D, tile), dtype=X.dtype)
+    Xt = scratch(D, tile, X)
     yt = np.empty(tile, dtype=X.dtype)
-    E = np.empty((S, tile), dtype=X.dtype)
+    E = scratch(S, tile, X)
     zero = np.zeros(1, dtype=X.dtype)[0]
     for t0 in range(start, stop, tile):
         T = min(tile, stop - t0)
         gather_tile(X, rows, t0, T, Xt)
         for t in range(T):
             yt[t] = y[rows[t0 + t]]
-        _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss)
+        _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss, Xt, 0, 0)
 
 
 def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles):
