@@ -1,4 +1,4 @@
-"""The GLM's value-only pass (fastvi.kernels.sgvi_value): what PSIS k-hat and the
+"""The GLM's value-only pass (fastvi.kernels.sgvi, glm_values_*): what PSIS k-hat and the
 score-function estimator read, against the NumPy reference and the gradient pass."""
 
 import numba
@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from fastvi.kernels import sgvi as k
-from fastvi.kernels import sgvi_value as kv
+from fastvi.kernels import sgvi as kv
 from fastvi.sgvi import GLM
 
 from . import reference_sgvi as ref

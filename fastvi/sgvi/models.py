@@ -715,9 +715,9 @@ class GLM(Model):
 
     def _values(self, W, b, tau, rows):
         """``_pass`` without the gradient (the likelihood's product and link only):
-        ``(ll, 0, 0, ss)``, per-chunk partials of ``fastvi.kernels.sgvi_value``
-        summed in chunk order."""
-        from ..kernels import sgvi_value as kv
+        ``(ll, 0, 0, ss)``, the per-chunk partials of the kernels' value-only pass
+        (``glm_values_*``) summed in chunk order."""
+        from ..kernels import sgvi as kv
 
         S, chunk = W.shape[0], self._chunk_tiles * self.tile
         M = self.n_rows if rows is None else rows.shape[0]
