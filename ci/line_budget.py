@@ -140,6 +140,7 @@ COMMITS = {
     "3661eb4": "14",  # thread_limits reuse (in sgvi-cheap: SGVI fit cost)
     "bb2ad04": "14",  # SGVI k-hat alarm confirmed on 1000 draws (right-or-loud)
     "5931f29": "14",  # PSIS k-hat: GPD fit crash at N=1e6 (SGVI.run's k-hat check)
+    "5615c59": "14",  # branch psis's value-only pass moved into kernels/sgvi.py
 }
 
 MENTION = re.compile(r"\bissue (1[2-7])\b", re.IGNORECASE)
