@@ -187,6 +187,24 @@ def test_a_file_cut_short_after_opening_is_named_at_its_block(data, prefetch):
     assert reader_threads() == []
 
 
+def test_a_file_cut_short_during_a_pass_is_named_at_its_block(data):
+    # a float64 file is mapped for the pass before the cut: loading the lost pages
+    # fails (EFAULT), which is the truncation, not an operating-system error
+    path, X = data
+    source = NpyRows(path, block_rows=BLOCK, prefetch=0)
+    blocks = source.iter_blocks()
+    got = [next(blocks)[2][1:].copy()]
+    os.truncate(path, os.path.getsize(path) - 10 * source._row_bytes)
+    with pytest.raises(DataError) as info:
+        for _, _, view in blocks:
+            got.append(view[1:].copy())
+    last = 5 * BLOCK
+    assert str(info.value) == (
+        f"{path}: truncated while reading rows {last + 1}..{X.shape[0]}"
+    )
+    assert np.concatenate(got).tobytes() == X[:last].tobytes()
+
+
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_nan_on_the_first_pass_is_named_at_its_block(tmp_path, prefetch):
     X = np.random.default_rng(1).normal(size=(4 * BLOCK, 2))

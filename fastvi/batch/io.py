@@ -28,6 +28,7 @@ file's problems name the line of the file (the three header lines count).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -473,8 +474,11 @@ class NpyRows(_BlockSource):
     its pages unmapped.
 
     With ``prefetch > 0`` a reader thread loads the next blocks, in file order,
-    while the caller computes; it waits on the disk and in system calls that release
-    the GIL. The blocks, their order and their values are those of ``prefetch=0``.
+    while the caller computes; it waits on the disk and in system calls. Those of a
+    copied block (``readinto``) release the GIL; the page loads of a mapped one
+    (``madvise``) hold it in CPython, so on a cold file the caller's Python code
+    waits while a block is read from the disk (its kernels, which run without the
+    GIL, do not). The blocks, their order and their values are those of ``prefetch=0``.
     A problem met by the reader (a file cut short since it was opened, NaN or
     infinity on the first pass, an operating-system error) is raised in the
     caller, with the same message, when it asks for the block that has it.
@@ -593,7 +597,13 @@ class NpyRows(_BlockSource):
                 if end > len(mapped):  # cut short since it was opened
                     raise ValueError
                 mapped.madvise(_POPULATE_READ, page, end - page)
-            except (OSError, ValueError):  # EFAULT: cut short while mapped
+            except (OSError, ValueError) as error:  # EFAULT: cut short while mapped
+                if isinstance(error, OSError) and error.errno != errno.EFAULT:
+                    raise OSError(  # EIO, ENOMEM, ...: not a short file
+                        error.errno,
+                        f"{self.path}: reading rows {start + 1}..{stop}: "
+                        f"{error.strerror}",
+                    ) from error
                 raise DataError(
                     f"{self.path}: truncated while reading rows {start + 1}..{stop}"
                 ) from None
