@@ -45,7 +45,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._config import jit, twins, wide_vectors
+from ._config import FASTMATH, jit, twins, wide_vectors
 from ._math import (
     LN2,
     LN2_32,
@@ -616,34 +616,57 @@ glm_pass_rows, glm_pass_rows_serial = twins(glm_pass_rows)
 # the caller adds in chunk order, so the bits do not depend on the thread count.
 
 
+@jit(fastmath=set(FASTMATH - {"reassoc"}))
+def _sum_in_order(v, T):
+    """v[0] + ... + v[T-1] in one fixed order: eight running sums (v[t] goes to the
+    one of t % 8), added pairwise at the end. No reassociation here, so the bits do
+    not depend on how LLVM vectorizes or inlines the caller (with ``reassoc`` a
+    kernel loaded from the cache and its freshly compiled twin summed a tile's link
+    terms one ulp apart)."""
+    acc = np.zeros(8, dtype=v.dtype)
+    n8 = T - T % 8
+    for t0 in range(0, n8, 8):
+        for j in range(8):
+            acc[j] += v[t0 + j]
+    for t in range(n8, T):
+        acc[t - n8] += v[t]
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + (
+        (acc[4] + acc[5]) + (acc[6] + acc[7])
+    )
+
+
 @jit
 def _link_sums(E, yt, T, family, tau, ll, ss):
-    """Adds sum_t f(y_t, E[s, t]) into ll[s] (Gaussian: sum_t r^2 into ss[s])."""
+    """Adds sum_t f(y_t, E[s, t]) into ll[s] (Gaussian: sum_t r^2 into ss[s]); the
+    terms are formed elementwise (vectorized) and summed by :func:`_sum_in_order`."""
     wide_vectors()
+    terms = np.empty(T)
     for s in range(E.shape[0]):
-        acc = 0.0
         if family == FAMILY_LOGISTIC and E.itemsize == 4:
             # float32 data: float32 terms (twice the vector width), summed in
-            # float32 over the tile's rows only, as the gradient pass does
-            acc32 = np.float32(0.0)
+            # float32 over the tile's rows only, as the gradient pass does; E is
+            # scratch, so the terms go back into it
             for t in range(T):
                 eta = E[s, t]
-                acc32 += yt[t] * eta - softplus32(eta)
-            acc = np.float64(acc32)
-        elif family == FAMILY_LOGISTIC:
-            for t in range(T):
-                eta = np.float64(E[s, t])
-                acc += yt[t] * eta - softplus(eta)
-        elif family == FAMILY_POISSON:
-            for t in range(T):
-                eta = np.float64(E[s, t])
-                acc += yt[t] * eta - exp_clamped(eta)
+                E[s, t] = yt[t] * eta - softplus32(eta)
+            acc = np.float64(_sum_in_order(E[s], T))
         else:
-            for t in range(T):
-                r = yt[t] - np.float64(E[s, t])
-                acc += r * r
-            ss[s] += acc
-            acc = -0.5 * tau[s] * acc
+            if family == FAMILY_LOGISTIC:
+                for t in range(T):
+                    eta = np.float64(E[s, t])
+                    terms[t] = yt[t] * eta - softplus(eta)
+            elif family == FAMILY_POISSON:
+                for t in range(T):
+                    eta = np.float64(E[s, t])
+                    terms[t] = yt[t] * eta - exp_clamped(eta)
+            else:
+                for t in range(T):
+                    r = yt[t] - np.float64(E[s, t])
+                    terms[t] = r * r
+            acc = _sum_in_order(terms, T)
+            if family != FAMILY_LOGISTIC and family != FAMILY_POISSON:
+                ss[s] += acc
+                acc = -0.5 * tau[s] * acc
         ll[s] += acc
 
 
