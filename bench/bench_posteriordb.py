@@ -112,9 +112,9 @@ class Counting:
         self.rows = 0
         inner = model.log_joint
 
-        def log_joint(theta, rows, scale):
+        def log_joint(theta, rows, scale, **options):  # GLM's grad=False too
             self.rows += theta.shape[0]
-            return inner(theta, rows, scale)
+            return inner(theta, rows, scale, **options)
 
         model.log_joint = log_joint
 
