@@ -98,6 +98,11 @@ BRANCHES = {
     "sgvik": "16",  # SGVI GLM kernel vs NumPyro and the bound
     "ooc": "16",  # out-of-core within 1.15x of in memory
     "psis": "14",  # the end-of-fit PSIS check's cost on large N (value-only pass)
+    # round 3, third day
+    "shrinka": "15",  # the line cap: conjugate, persist, batch/io, rows, sgvi estimators
+    "shrinkb": "15",  # the line cap: mixture, lda, CLI, jobs, drivers
+    "bam": "14",  # eight schools: batch-and-match
+    "f32diag": "16",  # mixture float32 'diag' toward 1.7x
 }
 
 # Commits made on main directly (no branch), and branch commits placed apart
