@@ -23,7 +23,12 @@ NumPyro's included), and ``fraction_of_bound`` = bound_ms / ms_per_step (the
 median round; ``ms_per_step_min`` and ``fraction_of_bound_min`` take the fastest:
 on a shared machine a parallel step waits for a descheduled thread now and then).
 ``seconds_per_iter`` and ``dtype`` let ``bench/report.py`` put the fraction in its
-limits table.
+limits table. The other side of the roofline: ``read_ms``, the step's rows of X
+(M D values of the step's precision) at the read bandwidth measured in the same run,
+``roofline_ms`` = max(bound_ms, read_ms) and ``fraction_of_roofline`` =
+roofline_ms / ms_per_step. A full-batch step's X does not stay in cache between
+steps at N=1e5 and above (40 MB of float64 at D=50), so on a machine whose read
+bandwidth is low beside its GEMM peak the step cannot reach the arithmetic bound.
 
 Groups ``"sgvi-to-elbo N=<N> S=<S> <full|mb>"`` time the run to a fixed ELBO, the same
 for both libraries: ``target = ref - 0.01 (ref - init)`` (99 % of the way), where
@@ -249,11 +254,17 @@ def test_sgvi_step(benchmark, machine_limits, library, n, S, batch):
     dtype = "float64" if library == "fastvi-float64" else "float32"
     gflop = step_flops(n if batch is None else batch, S) / 1e9
     peak = machine_limits["dgemm_gflops" if dtype == "float64" else "sgemm_gflops"]
+    rows = n if batch is None else batch
+    read_ms = 1e3 * rows * D * (8 if dtype == "float64" else 4) / 1e9
+    read_ms /= machine_limits["read_gbs"]
+    roofline_ms = max(1e3 * gflop / peak, read_ms)
     benchmark.extra_info.update(
         dtype=dtype,
         gflop_per_iter=gflop,
         limits=machine_limits,
         bound_ms=1e3 * gflop / peak,
+        read_ms=read_ms,
+        roofline_ms=roofline_ms,
     )
     if benchmark.stats is not None:  # None under --benchmark-disable (CI smoke)
         seconds = benchmark.stats.stats.median / steps
@@ -264,6 +275,7 @@ def test_sgvi_step(benchmark, machine_limits, library, n, S, batch):
             seconds_per_iter=seconds,
             fraction_of_bound=gflop / peak / seconds,
             fraction_of_bound_min=gflop / peak / best,
+            fraction_of_roofline=roofline_ms / 1e3 / seconds,
         )
 
 
