@@ -1030,11 +1030,8 @@ class LatentDirichletAllocation(
         """One online E-step and M-step (Hoffman et al. 2010, eqs. 6-7)."""
         topics.refresh(corpus.words())
         gamma = self._initial_gamma(corpus.n_docs, dtype, random_init=True)
-        exp_theta = np.empty_like(gamma)
-        ratio = np.empty_like(corpus.data)
-        self._run_e_step(
-            corpus, topics.exp_beta_t, gamma, exp_theta, ratio, False, dtype
-        )
+        e_step = self._e_step_args(topics.exp_beta_t, dtype, False, False)[:5]
+        exp_theta, ratio, _ = _e_step(corpus, gamma, *e_step, False)
         weight = float(
             np.power(self.learning_offset + self.n_batch_iter_, -self.learning_decay)
         )
@@ -1061,37 +1058,6 @@ class LatentDirichletAllocation(
             return np.ones(shape)
         draws = self.random_state_.gamma(_INIT_SHAPE, _INIT_SCALE, shape)
         return draws.astype(dtype, copy=False).astype(np.float64, copy=False)
-
-    def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll, dtype):
-        # scikit-learn adds the machine epsilon of the input's dtype to phinorm
-        eps = float(np.finfo(dtype).eps)
-        # the kernel indexes exp_beta_t by word and topic: a model whose topics
-        # disagree with the data or with n_components must fail here, loud
-        if (
-            exp_beta_t.shape != (corpus.n_words, self.n_components)
-            or gamma.shape != (corpus.n_docs, self.n_components)
-            or exp_theta.shape != gamma.shape
-            or ratio.shape != corpus.data.shape
-        ):
-            raise ValueError(
-                f"the topics have shape {exp_beta_t.shape[::-1]}, expected "
-                f"({self.n_components}, {corpus.n_words}) for this data"
-            )
-        ll = _e_step_kernel(
-            corpus.indptr,
-            corpus.indices,
-            corpus.data,
-            exp_beta_t,
-            gamma,
-            exp_theta,
-            float(self.doc_topic_prior_),
-            int(self.max_doc_update_iter),
-            float(self.mean_change_tol),
-            eps,
-            ratio,
-            want_ll,
-        )
-        return float(ll.sum())
 
     def _transform_corpus(self, corpus, bound=False):
         """gamma from ones (:func:`_block_e_step`) and, with ``bound``, the
@@ -1220,6 +1186,26 @@ class _Draws:
         return (self.est._initial_gamma(int(self.sizes[i]), self.dtype, True),)
 
 
+def _e_step(corpus, gamma, exp_beta_t, alpha, max_iter, tol, eps, bound):
+    """The E-step of some documents, ``gamma`` updated in place: ``(exp_theta, ratio,
+    ll)`` (the kernel's outputs; ``ll`` per block, zeros unless ``bound``)."""
+    # the kernel indexes exp_beta_t by word and topic: a model whose topics disagree
+    # with the data or with n_components must fail here, loud
+    V, K = exp_beta_t.shape
+    if corpus.n_words != V or gamma.shape != (corpus.n_docs, K):
+        raise ValueError(
+            f"the topics have shape {(K, V)}, expected ({gamma.shape[1]}, "
+            f"{corpus.n_words}) for this data"
+        )
+    exp_theta = np.empty_like(gamma)
+    ratio = np.empty_like(corpus.data)
+    ll = _e_step_kernel(
+        corpus.indptr, corpus.indices, corpus.data, exp_beta_t, gamma, exp_theta,
+        alpha, max_iter, tol, eps, ratio, bound,
+    )  # fmt: skip
+    return exp_theta, ratio, ll
+
+
 def _block_e_step(corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statistic,
                   bound):  # fmt: skip
     """The E-step of one block of documents, ``gamma`` updated in place.
@@ -1229,17 +1215,9 @@ def _block_e_step(corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statisti
     factor exp E[log beta_kw]; 0.0 unless ``statistic``), and, when ``bound``,
     sum n_dw log phinorm_dw, the documents' Dirichlet terms and the word count.
     """
+    args = (exp_beta_t, alpha, max_iter, tol, eps, bound)
+    exp_theta, ratio, ll = _e_step(corpus, gamma, *args)
     V, K = exp_beta_t.shape
-    if corpus.n_words != V or gamma.shape != (corpus.n_docs, K):
-        raise ValueError(
-            f"the topics have shape {(K, V)}; the block has {corpus.n_words} words"
-        )
-    exp_theta = np.empty_like(gamma)
-    ratio = np.empty_like(corpus.data)
-    ll = _e_step_kernel(
-        corpus.indptr, corpus.indices, corpus.data, exp_beta_t, gamma, exp_theta,
-        alpha, max_iter, tol, eps, ratio, bound,
-    )  # fmt: skip
     acc = 0.0
     if statistic:
         col_ptr, entry, doc = corpus.entries()

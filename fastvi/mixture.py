@@ -710,7 +710,7 @@ dask array
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, n_samples=1):
-        """Draw samples from the fitted mixture (same draws as scikit-learn's).
+        """Draw samples from the fitted mixture: scikit-learn's ``sample`` (its draws).
 
         Parameters
         ----------
@@ -722,34 +722,15 @@ dask array
         y : ndarray of shape (n_samples,)
             Component of each sample.
         """
+        from sklearn.mixture import BayesianGaussianMixture as SkBGM
+
         check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(
                 "Invalid value for 'n_samples': %d . The sampling requires at "
                 "least one sample." % n_samples
             )
-        n_features = self.means_.shape[1]
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
-        if self.covariance_type == "full":
-            draws = [
-                rng.multivariate_normal(mean, cov, int(n))
-                for mean, cov, n in zip(self.means_, self.covariances_, counts)
-            ]
-        elif self.covariance_type == "tied":
-            draws = [
-                rng.multivariate_normal(mean, self.covariances_, int(n))
-                for mean, n in zip(self.means_, counts)
-            ]
-        else:
-            draws = [
-                mean + rng.standard_normal(size=(n, n_features)) * np.sqrt(cov)
-                for mean, cov, n in zip(self.means_, self.covariances_, counts)
-            ]
-        labels = np.concatenate(
-            [np.full(int(n), k, dtype=np.int64) for k, n in enumerate(counts)]
-        )
-        return np.vstack(draws), labels
+        return SkBGM.sample(self, n_samples)
 
     # ------------------------------------------------------------ parameter checks
     def _check_parameters(self, data):
@@ -1127,7 +1108,7 @@ dask array
         (Hoffman et al. 2013, eq. 26; :func:`_natural_blend`).
         """
         if rho is not None:
-            current = self._variational_parameters()
+            current = self._cavi_get_state()[:5]
         nk, xk, sk = self._gaussian_statistics(stats, data)
         if scale != 1.0:
             # xk and sk are averages and do not scale; the counts do
@@ -1140,16 +1121,12 @@ dask array
         self._update_wishart(nk, xk, sk)
         if rho is not None:
             blend = _natural_blend(
-                current, self._variational_parameters(), rho, self.covariance_type
+                current, self._cavi_get_state()[:5], rho, self.covariance_type
             )
             self.__dict__.update(zip(self._STATE[:5], blend, strict=True))
         self.precisions_cholesky_ = _precision_cholesky(
             self.covariances_, self.covariance_type, self.means_
         )
-
-    def _variational_parameters(self):
-        """(weight concentration, beta_k, m_k, nu_k, covariances) of the factors."""
-        return tuple(getattr(self, name) for name in self._STATE[:5])
 
     def _gaussian_statistics(self, stats, data):
         """N_k, weighted means and (regularized) covariances from shifted moments."""

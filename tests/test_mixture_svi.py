@@ -63,7 +63,7 @@ def flat(value):
 
 
 def parameters(est):
-    return est._variational_parameters()
+    return est._cavi_get_state()[:5]
 
 
 # ------------------------------------------------- rho = 1, the whole data

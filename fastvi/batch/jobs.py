@@ -61,18 +61,12 @@ from .._stochastic import State
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
+from .options import MANAGED
 
 __all__ = ["Interrupted", "Progress", "fit_cavi", "fit_lda", "fit_mixture", "fit_sgvi"]
 
 # parameters that may differ between the run that wrote a checkpoint and the resume
-_FREE_PARAMS = (
-    "max_iter",
-    "warm_start",
-    "verbose",
-    "verbose_interval",
-    "n_jobs",
-    "progress_bar",
-)
+_FREE_PARAMS = MANAGED | {"max_iter", "n_jobs"}
 
 
 class Interrupted(Exception):
