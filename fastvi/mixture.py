@@ -1108,7 +1108,7 @@ dask array
         (Hoffman et al. 2013, eq. 26; :func:`_natural_blend`).
         """
         if rho is not None:
-            current = self._cavi_get_state()[:5]
+            current = self._variational_parameters()
         nk, xk, sk = self._gaussian_statistics(stats, data)
         if scale != 1.0:
             # xk and sk are averages and do not scale; the counts do
@@ -1121,12 +1121,16 @@ dask array
         self._update_wishart(nk, xk, sk)
         if rho is not None:
             blend = _natural_blend(
-                current, self._cavi_get_state()[:5], rho, self.covariance_type
+                current, self._variational_parameters(), rho, self.covariance_type
             )
             self.__dict__.update(zip(self._STATE[:5], blend, strict=True))
         self.precisions_cholesky_ = _precision_cholesky(
             self.covariances_, self.covariance_type, self.means_
         )
+
+    def _variational_parameters(self):
+        """(weight concentration, beta_k, m_k, nu_k, covariances) of the factors."""
+        return tuple(getattr(self, name) for name in self._STATE[:5])
 
     def _gaussian_statistics(self, stats, data):
         """N_k, weighted means and (regularized) covariances from shifted moments."""

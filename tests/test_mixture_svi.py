@@ -63,7 +63,7 @@ def flat(value):
 
 
 def parameters(est):
-    return est._cavi_get_state()[:5]
+    return est._variational_parameters()
 
 
 # ------------------------------------------------- rho = 1, the whole data
