@@ -28,7 +28,6 @@ block gives the bits of the whole-corpus round. :func:`e_step_stats` is the same
 E-step as a public pure function.
 """
 
-from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
@@ -39,9 +38,10 @@ from sklearn.base import (
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
 )
+from sklearn.decomposition import LatentDirichletAllocation as SkLDA
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import (
     check_array,
     check_is_fitted,
@@ -531,22 +531,8 @@ class LatentDirichletAllocation(
     _nonfinite_advice = "rescale the counts (for example divide X by a constant)"
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 0, None, closed="neither")],
-        "doc_topic_prior": [None, Interval(Real, 0, 1, closed="both")],
-        "topic_word_prior": [None, Interval(Real, 0, 1, closed="both")],
+        **SkLDA._parameter_constraints,  # scikit-learn's, for the same parameters
         "learning_method": [StrOptions({"batch", "online", "scvb0"})],
-        "learning_decay": [Interval(Real, 0, 1, closed="both")],
-        "learning_offset": [Interval(Real, 1.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 0, None, closed="neither")],
-        "evaluate_every": [Interval(Integral, None, None, closed="neither")],
-        "total_samples": [Interval(Real, 0, None, closed="neither")],
-        "perp_tol": [Interval(Real, 0, None, closed="left")],
-        "mean_change_tol": [Interval(Real, 0, None, closed="left")],
-        "max_doc_update_iter": [Interval(Integral, 0, None, closed="left")],
-        "n_jobs": [None, Integral],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
     }
 
     def __init__(

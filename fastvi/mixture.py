@@ -20,12 +20,13 @@ import numpy as np
 from scipy import linalg
 from scipy.special import betaln, digamma, gammaln
 from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.mixture import BayesianGaussianMixture as SkBGM
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _schema
-from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, Fit, all_or_nothing
+from ._cavi import CAVIMixin, Fit, all_or_nothing
 from ._compile import announces
 from ._numerics import check_squares_overflow, max_abs
 from ._stochastic import State, StopRule, run
@@ -295,16 +296,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     not about the new means (scikit-learn's second pass); the two agree to rounding.
 
     Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013, JMLR 14,
-    Algorithm 1 and eqs. 24-26): each step computes the responsibilities of a
-    minibatch of B rows under the current global factors (the local step, the same
-    fused pass as a CAVI iteration), forms the intermediate global parameters
-    lambda_hat = prior + (N / B) * (minibatch statistics) (the CAVI M-step with the
-    statistics scaled), and moves the natural parameters of every global factor,
-    lambda <- (1 - rho_t) lambda + rho_t lambda_hat. The natural parameters are the
-    Dirichlet's alpha - 1, the stick-breaking Betas' (a - 1, b - 1) and, for each
-    Normal-Wishart factor, (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2,
-    (nu - D) / 2) (see :func:`_natural_parameters`); rho_t = 1 is exactly the CAVI
-    M-step. With ``learning_method='online'`` the bound after an epoch is the
+    Algorithm 1 and eqs. 24-26) takes the steps of :meth:`partial_fit` (the local
+    step is the fused pass of a CAVI iteration, the intermediate parameters its M-step
+    with the statistics scaled) in the natural parameters of every global factor
+    (:func:`_natural_parameters`); rho_t = 1 is exactly the CAVI M-step.
+    With ``learning_method='online'`` the bound after an epoch is the
     evidence lower bound at the current global factors with the optimal
     responsibilities (one extra pass over the data), in scikit-learn's convention
     (the same constants dropped), so it can be compared with a batch fit's
@@ -320,30 +316,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     _nonfinite_advice = "check the input scale or increase reg_covar"
 
     _parameter_constraints: dict = {
-        **CAVI_PARAMETER_CONSTRAINTS,
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [
-            StrOptions({"kmeans", "random", "random_from_data", "k-means++"})
-        ],
-        "random_state": ["random_state"],
-        "covariance_type": [StrOptions({"spherical", "tied", "diag", "full"})],
-        "weight_concentration_prior_type": [
-            StrOptions({"dirichlet_process", "dirichlet_distribution"})
-        ],
-        "weight_concentration_prior": [
-            None,
-            Interval(Real, 0.0, None, closed="neither"),
-        ],
-        "mean_precision_prior": [None, Interval(Real, 0.0, None, closed="neither")],
-        "mean_prior": [None, "array-like"],
-        "degrees_of_freedom_prior": [None, Interval(Real, 0.0, None, closed="neither")],
-        "covariance_prior": [
-            None,
-            "array-like",
-            Interval(Real, 0.0, None, closed="neither"),
-        ],
+        **SkBGM._parameter_constraints,  # scikit-learn's, for the same parameters
         "n_jobs": [None, Integral],
         "learning_method": [StrOptions({"batch", "online"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -722,8 +695,6 @@ dask array
         y : ndarray of shape (n_samples,)
             Component of each sample.
         """
-        from sklearn.mixture import BayesianGaussianMixture as SkBGM
-
         check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(
