@@ -17,38 +17,17 @@ __all__ = ["ESTIMATORS", "Entry", "by_class", "estimator_class"]
 
 
 class Entry(NamedTuple):
-    """One estimator class and how the command line presents it.
+    """One estimator class and how the command line presents it."""
 
-    Attributes
-    ----------
-    name : str
-        The class name (as exported by ``fastvi`` and written in model files).
-    module : str
-        The module that defines it.
-    command : str
-        Its name on the command line (``fastvi fit COMMAND``).
-    summary : str
-        One line for ``fastvi fit --help``.
-    supervised : bool
-        Whether ``fit`` takes a target ``y`` (a column of the input on the command
-        line).
-    iterations : str
-        What ``n_iter_`` counts ('iterations', 'epochs', 'steps').
-    score : tuple of (str, str)
-        ``(key, label)`` of what ``score`` returns: the JSON key and the words the
-        command line prints before the number.
-    docs_from : str or None
-        A class whose numpydoc "Parameters" section documents this one's parameters
-        where its own docstring does not.
-    """
-
-    name: str
-    module: str
-    command: str
-    summary: str
-    supervised: bool
-    iterations: str
-    score: tuple
+    name: str  # the class name (as exported by ``fastvi`` and written in model files)
+    module: str  # the module that defines it
+    command: str  # its name on the command line (``fastvi fit COMMAND``)
+    summary: str  # one line for ``fastvi fit --help``
+    supervised: bool  # whether ``fit`` takes a target y (a column of the input file)
+    iterations: str  # what ``n_iter_`` counts ('iterations', 'epochs', 'steps')
+    score: tuple  # (JSON key, printed label) of what ``score`` returns
+    # a class whose numpydoc "Parameters" section documents this one's parameters
+    # where its own docstring does not
     docs_from: str | None = None
 
 

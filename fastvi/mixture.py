@@ -8,7 +8,7 @@ components.
 
 Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013) runs on the same
 pass: ``partial_fit`` and ``learning_method='online'`` take natural-gradient steps of the
-global factors from the statistics of one minibatch (see :func:`_natural_parameters`).
+global factors from the statistics of one minibatch (see :func:`_natural_blend`).
 """
 
 import math
@@ -299,7 +299,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     Algorithm 1 and eqs. 24-26) takes the steps of :meth:`partial_fit` (the local
     step is the fused pass of a CAVI iteration, the intermediate parameters its M-step
     with the statistics scaled) in the natural parameters of every global factor
-    (:func:`_natural_parameters`); rho_t = 1 is exactly the CAVI M-step.
+    (:func:`_natural_blend`); rho_t = 1 is exactly the CAVI M-step.
     With ``learning_method='online'`` the bound after an epoch is the
     evidence lower bound at the current global factors with the optimal
     responsibilities (one extra pass over the data), in scikit-learn's convention
@@ -1392,11 +1392,12 @@ def _mean_outer(weight, means, cov_type):
     return weight * np.mean(means**2, axis=1)
 
 
-def _natural_parameters(params, cov_type):
-    """Natural parameters of the global variational factors.
+def _natural_blend(current, target, rho, cov_type):
+    """The global factors at the natural parameters (1 - rho) eta(current) +
+    rho eta(target), computed stably.
 
-    ``params`` is ``(weight_concentration, beta, m, nu, covariances)`` with
-    scikit-learn's normalized covariances W^{-1} / nu. Writing each Normal-Wishart
+    ``current`` and ``target`` are ``(weight_concentration, beta, m, nu, covariances)``
+    with scikit-learn's normalized covariances W^{-1} / nu. Writing each Normal-Wishart
     factor as exp(<eta, T(mu, Lambda)>) over the sufficient statistics
     T = (mu^T Lambda mu, Lambda mu, Lambda, log det Lambda) gives
     eta = (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2, (nu - D) / 2)
@@ -1405,44 +1406,6 @@ def _natural_parameters(params, cov_type):
     (a - 1, b - 1). 'tied' shares one Wishart whose W^{-1} + beta m m^T term and nu
     are the means over the components, as in scikit-learn's tied update; 'diag' and
     'spherical' keep the diagonal of W^{-1} + beta m m^T and its mean over features.
-
-    Returns
-    -------
-    (weights, eta1, eta2, eta3, eta4) : tuple of arrays
-    """
-    weights, beta, means, nu, covariances = params
-    D = means.shape[1]
-    if isinstance(weights, tuple):
-        eta_weights = (weights[0] - 1.0, weights[1] - 1.0)
-    else:
-        eta_weights = weights - 1.0
-    w_inv = covariances * _wishart_shape(nu, cov_type)
-    return (
-        eta_weights,
-        -0.5 * beta,
-        beta[:, np.newaxis] * means,
-        -0.5 * (w_inv + _mean_outer(beta, means, cov_type)),
-        0.5 * (nu - D),
-    )
-
-
-def _from_natural(natural, cov_type):
-    """Inverse of :func:`_natural_parameters`."""
-    eta_weights, eta1, eta2, eta3, eta4 = natural
-    D = eta2.shape[1]
-    if isinstance(eta_weights, tuple):
-        weights = (eta_weights[0] + 1.0, eta_weights[1] + 1.0)
-    else:
-        weights = eta_weights + 1.0
-    beta = -2.0 * eta1
-    means = eta2 / beta[:, np.newaxis]
-    nu = 2.0 * eta4 + D
-    w_inv = -2.0 * eta3 - _mean_outer(beta, means, cov_type)
-    return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
-
-
-def _natural_blend(current, target, rho, cov_type):
-    """``_from_natural((1 - rho) * eta(current) + rho * eta(target))``, stably.
 
     The Dirichlet/Beta parameters, beta, beta m and nu are affine in the natural
     parameters and are combined directly. W^{-1} + beta m m^T is combined about the
