@@ -425,7 +425,6 @@ def _add_fit_model(models, entry, with_options=True):
         model.add_argument(
             "--block-rows",
             type=_positive_int,
-            default=None,
             metavar="N",
             help="rows per block of an out-of-core .npy fit (default 65536: the "
             "blocks of an in-memory fit, so both give the same bits)",
@@ -438,7 +437,6 @@ def _add_fit_model(models, entry, with_options=True):
     if entry.command == "gmm":
         model.add_argument(
             "--scheduler",
-            default=None,
             metavar="ADDRESS",
             help=".npy input: fit on this Dask cluster (tcp://host:8786); the "
             "workers read the file at the same path",
@@ -446,7 +444,6 @@ def _add_fit_model(models, entry, with_options=True):
     # every model's fit driver (fastvi.batch.jobs) takes checkpoints
     model.add_argument(
         "--checkpoint",
-        default=None,
         metavar="FILE",
         help="save the fit state to FILE (atomically) as the fit goes",
     )
@@ -1132,15 +1129,8 @@ def _info(args):
     lines = None
     if is_model_file(path):
         meta = read_metadata(path)
-        summary = {
-            "file": path,
-            "kind": meta.get("kind"),
-            "class": meta.get("class"),
-            "format_version": meta.get("format_version"),
-            "fastvi_version": meta.get("fastvi_version"),
-            "params": meta.get("params"),
-            "arrays": meta.get("arrays"),
-        }
+        keys = ("kind", "class", "format_version", "fastvi_version", "params", "arrays")
+        summary = {"file": path, **{key: meta.get(key) for key in keys}}
         extra = meta.get("extra") or {}
         if "iteration" in extra:
             summary["iteration"] = extra["iteration"]

@@ -21,6 +21,11 @@ from scipy import linalg
 from scipy.special import betaln, digamma, gammaln
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.mixture import BayesianGaussianMixture as SkBGM
+from sklearn.mixture._gaussian_mixture import (  # the checks of scikit-learn's priors
+    _check_precision_matrix,
+    _check_precision_positivity,
+    _check_shape,
+)
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -751,14 +756,10 @@ dask array
             matrix = cov_type != "diag"
             shape = (n_features, n_features) if matrix else (n_features,)
             _check_shape(prior, shape, f"{cov_type} covariance_prior")
-            if matrix and not (
-                np.allclose(prior, prior.T) and np.all(np.linalg.eigvalsh(prior) > 0.0)
-            ):
-                raise ValueError(
-                    f"'{cov_type} precision' should be symmetric, positive-definite"
-                )
-            if not matrix and np.any(prior <= 0.0):
-                raise ValueError(f"'{cov_type} precision' should be positive")
+            if matrix:
+                _check_precision_matrix(prior, cov_type)
+            else:
+                _check_precision_positivity(prior, cov_type)
             self.covariance_prior_ = prior
 
     # --------------------------------------------------------------- CAVI hooks
@@ -1474,14 +1475,6 @@ def _tile_rows(dtype):
     """Rows per tile: ``TILE_ROWS`` float64 rows, twice as many float32 rows (the
     same bytes; measured ~10% faster for 'diag' than 256 float32 rows, N=1e6)."""
     return TILE_ROWS * 8 // np.dtype(dtype).itemsize
-
-
-def _check_shape(param, shape, name):
-    if param.shape != shape:
-        raise ValueError(
-            "The parameter '%s' should have the shape of %s, but got %s"
-            % (name, shape, param.shape)
-        )
 
 
 def _centered_gram(X64, center):

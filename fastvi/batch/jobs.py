@@ -413,10 +413,7 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         monitor = Monitor(lambda m, e, v, s: callback(m, e, v, s().change), start)
     try:
         with monitoring(est, monitor):
-            if y is None:
-                est.fit(X)
-            else:
-                est.fit(X, y)
+            est.fit(X, y)  # y=None: the unsupervised models' fit(X, y=None)
     finally:
         est.set_params(warm_start=warm_start)
     return est
