@@ -55,7 +55,7 @@ from ._compile import announces
 from ._stochastic import StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import Rows, source_rows
+from .rows import Rows, predict_rows, source_rows
 
 __all__ = ["BlockStats", "LatentDirichletAllocation", "e_step_stats"]
 
@@ -735,14 +735,8 @@ class LatentDirichletAllocation(
         doc_topic_distr : ndarray of shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        rows = source_rows(X)
-        if rows is not None:  # per block: an array, or a lazy dask array
-            if rows.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {rows.shape[1]} features, but LatentDirichletAllocation "
-                    f"is expecting {self.n_features_in_} features as input."
-                )
-            return rows.map_rows(
+        if source_rows(X) is not None:  # per block: an array, or a lazy dask array
+            return predict_rows(self, X).map_rows(
                 _transform_block,
                 (self, normalize),
                 n_columns=self.n_components,

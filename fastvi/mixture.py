@@ -37,7 +37,7 @@ from ._numerics import check_squares_overflow, max_abs
 from ._stochastic import State, StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import ArrayRows, predict_rows, source_rows
+from .rows import ArrayRows, fit_rows, predict_rows, source_rows
 
 __all__ = ["BayesianGaussianMixture"]
 
@@ -551,12 +551,7 @@ dask array
             raise ValueError(
                 f"block_rows={rows.block_rows} must be a multiple of {CHUNK_ROWS}"
             )
-        n_samples, n_features = rows.shape
-        if n_samples < 2:
-            raise ValueError(
-                f"Found array with {n_samples} sample(s) (shape={rows.shape}) while "
-                "a minimum of 2 is required by BayesianGaussianMixture."
-            )
+        n_features = rows.shape[1]
         if self.warm_start and getattr(self, "n_features_in_", n_features) != (
             n_features
         ):
@@ -564,10 +559,7 @@ dask array
                 f"X has {n_features} features, but BayesianGaussianMixture "
                 f"is expecting {self.n_features_in_} features as input."
             )
-        rows.check_finite(self.n_jobs)
-        self.n_features_in_ = n_features
-        self.__dict__.pop("feature_names_in_", None)
-        return rows, None
+        return fit_rows(self, X, supervised=False), None  # sets n_features_in_
 
     @announces("mixture")
     def partial_fit(self, X, y=None):
@@ -627,8 +619,7 @@ dask array
                     self._check_parameters(batch)
                     random_state = check_random_state(self.random_state)
                     self._initialize_from(batch, random_state, scale)
-                    self.n_batch_iter_ = 1
-                elif not hasattr(self, "n_batch_iter_"):  # after a batch fit
+                if first or not hasattr(self, "n_batch_iter_"):  # or after a batch fit
                     self.n_batch_iter_ = 1
                 self._svi_update(batch, scale)
                 self._set_derived()

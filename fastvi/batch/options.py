@@ -140,9 +140,8 @@ positive_int = _make_parser(int, False, 1)
 
 def _numbers(text):
     """A number, or comma-separated numbers as a 1-D float64 array."""
-    parts = [p for p in text.split(",") if p.strip()]
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number or comma-separated numbers, got {text!r}"
