@@ -779,10 +779,9 @@ class _StopFlag:
 
 def _check_checkpoint(args):
     """Refuse checkpoint options that cannot work, before any work."""
-    if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint FILE")
-    if args.overwrite and not args.checkpoint:
-        raise ValueError("--overwrite needs --checkpoint FILE")
+    for flag in ("resume", "overwrite"):
+        if getattr(args, flag) and not args.checkpoint:
+            raise ValueError(f"--{flag} needs --checkpoint FILE")
     if args.resume and args.overwrite:
         raise ValueError(
             "--resume continues the checkpoint, --overwrite replaces it: pass one"
@@ -1091,10 +1090,8 @@ def _score(args):
         for _, _, rows in _rows_of(X):
             total += float(np.sum(est.score_samples(rows)))
         value = total / X.shape[0]
-    elif y is not None:
+    else:  # y is None for the unsupervised models, whose score takes y=None
         value = float(est.score(X, y))
-    else:
-        value = float(est.score(X))
     summary[key] = value
     summary["metric"] = label
     lines.append(f"{label}: {value:.10g}")
