@@ -366,12 +366,10 @@ def main(argv=None):
 
 
 # --------------------------------------------------------------------- batch jobs
-# the CAVI models of fastvi.conjugate (fastvi.batch.jobs.fit_cavi)
-_CONJUGATE = ("gaussian", "linear", "logistic")
-# the SGVI models (fastvi.batch.jobs.fit_sgvi)
+# the SGVI models (fastvi.batch.jobs.fit_sgvi; lda: fit_lda; the others: fit_cavi)
 _SGVI = ("sgvi-logistic", "sgvi-poisson")
 # models that fit a float64 C-order .npy file out of core, block by block
-_OUT_OF_CORE = ("gmm", *_CONJUGATE, *_SGVI)
+_OUT_OF_CORE = ("gmm", "gaussian", "linear", "logistic", *_SGVI)
 
 
 def _add_fit_command(sub, argv):
@@ -427,7 +425,6 @@ def _add_fit_model(models, entry, with_options=True):
         model.add_argument(
             "--block-rows",
             type=_positive_int,
-            default=None,
             metavar="N",
             help="rows per block of an out-of-core .npy fit (default 65536: the "
             "blocks of an in-memory fit, so both give the same bits)",
@@ -440,7 +437,6 @@ def _add_fit_model(models, entry, with_options=True):
     if entry.command == "gmm":
         model.add_argument(
             "--scheduler",
-            default=None,
             metavar="ADDRESS",
             help=".npy input: fit on this Dask cluster (tcp://host:8786); the "
             "workers read the file at the same path",
@@ -448,7 +444,6 @@ def _add_fit_model(models, entry, with_options=True):
     # every model's fit driver (fastvi.batch.jobs) takes checkpoints
     model.add_argument(
         "--checkpoint",
-        default=None,
         metavar="FILE",
         help="save the fit state to FILE (atomically) as the fit goes",
     )
@@ -784,10 +779,9 @@ class _StopFlag:
 
 def _check_checkpoint(args):
     """Refuse checkpoint options that cannot work, before any work."""
-    if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint FILE")
-    if args.overwrite and not args.checkpoint:
-        raise ValueError("--overwrite needs --checkpoint FILE")
+    for flag in ("resume", "overwrite"):
+        if getattr(args, flag) and not args.checkpoint:
+            raise ValueError(f"--{flag} needs --checkpoint FILE")
     if args.resume and args.overwrite:
         raise ValueError(
             "--resume continues the checkpoint, --overwrite replaces it: pass one"
@@ -842,14 +836,7 @@ def _run_fit(args, est, X, y, out_of_core):
     """Fit ``est`` to ``X`` (progress, checkpoints, Ctrl-C), save it, report."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .batch.jobs import (
-        Interrupted,
-        Progress,
-        fit_cavi,
-        fit_lda,
-        fit_mixture,
-        fit_sgvi,
-    )
+    from .batch import jobs
     from .persist import save
 
     entry = args.entry
@@ -859,18 +846,17 @@ def _run_fit(args, est, X, y, out_of_core):
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        progress = Progress(est.max_iter, n_rows, quiet=quiet)
+        progress = jobs.Progress(est.max_iter, n_rows, quiet=quiet)
         stop = _StopFlag()
         previous = None
         if checkpoint:
             previous = signal.signal(signal.SIGINT, stop.handler)
         try:
-            if entry.command in _CONJUGATE:
-                driver = functools.partial(fit_cavi, y=y)
-            elif entry.command in _SGVI:
-                driver = functools.partial(fit_sgvi, y=y)
+            if entry.command == "lda":
+                driver = jobs.fit_lda
             else:
-                driver = fit_mixture if entry.command == "gmm" else fit_lda
+                job = jobs.fit_sgvi if entry.command in _SGVI else jobs.fit_cavi
+                driver = functools.partial(job, y=y)
             driver(
                 est,
                 X,
@@ -880,7 +866,7 @@ def _run_fit(args, est, X, y, out_of_core):
                 resume=args.resume,
                 should_stop=stop,
             )
-        except Interrupted as exc:
+        except jobs.Interrupted as exc:
             progress.close()
             print(f"fastvi: {exc}; rerun with --resume to continue", file=sys.stderr)
             return 130
@@ -1104,10 +1090,8 @@ def _score(args):
         for _, _, rows in _rows_of(X):
             total += float(np.sum(est.score_samples(rows)))
         value = total / X.shape[0]
-    elif y is not None:
+    else:  # y is None for the unsupervised models, whose score takes y=None
         value = float(est.score(X, y))
-    else:
-        value = float(est.score(X))
     summary[key] = value
     summary["metric"] = label
     lines.append(f"{label}: {value:.10g}")
@@ -1121,16 +1105,14 @@ def _score(args):
     return 0
 
 
-def _fit_lines(facts, entry):
-    """``facts`` (of :func:`_fit_facts`) as (label, value) lines for people."""
-    words = {
-        "n_iter": entry.iterations,
-        "converged": "converged",
-        "lower_bound": "final lower bound (ELBO)",
-        "elbo": "final ELBO (mean estimate of the last 100 steps)",
-        "perplexity": "final training perplexity",
-    }
-    return [(words[k], v) for k, v in facts.items()]
+# the labels of :func:`_fit_facts` for people (n_iter: the model's entry.iterations)
+_FACT_LABELS = {
+    "n_iter": None,
+    "converged": "converged",
+    "lower_bound": "final lower bound (ELBO)",
+    "elbo": "final ELBO (mean estimate of the last 100 steps)",
+    "perplexity": "final training perplexity",
+}
 
 
 def _info(args):
@@ -1144,15 +1126,8 @@ def _info(args):
     lines = None
     if is_model_file(path):
         meta = read_metadata(path)
-        summary = {
-            "file": path,
-            "kind": meta.get("kind"),
-            "class": meta.get("class"),
-            "format_version": meta.get("format_version"),
-            "fastvi_version": meta.get("fastvi_version"),
-            "params": meta.get("params"),
-            "arrays": meta.get("arrays"),
-        }
+        keys = ("kind", "class", "format_version", "fastvi_version", "params", "arrays")
+        summary = {"file": path, **{key: meta.get(key) for key in keys}}
         extra = meta.get("extra") or {}
         if "iteration" in extra:
             summary["iteration"] = extra["iteration"]
@@ -1161,7 +1136,7 @@ def _info(args):
         if meta.get("kind") == "model" and entry is not None:
             facts = _fit_facts(load(path))
             summary.update(model=entry.command, **facts)
-            lines = _fit_lines(facts, entry)
+            lines = [(_FACT_LABELS[k] or entry.iterations, v) for k, v in facts.items()]
     else:
         # a damaged model file is no model file (is_model_file): read_data then
         # says what is wrong with it as data
@@ -1178,7 +1153,7 @@ def _info(args):
     if args.json:
         print(json.dumps(summary))
         return 0
-    shown = {k for k in summary if lines is not None and k in _FACT_KEYS}
+    shown = {k for k in summary if lines is not None and k in _FACT_LABELS}
     for key, value in summary.items():
         if key in shown:
             continue
@@ -1190,9 +1165,6 @@ def _info(args):
     for label, value in lines or []:
         print(f"{label}: {value}")
     return 0
-
-
-_FACT_KEYS = ("n_iter", "converged", "lower_bound", "elbo", "perplexity")
 
 
 if __name__ == "__main__":

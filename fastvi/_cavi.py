@@ -25,16 +25,9 @@ Parameters read from the estimator: ``n_init``, ``max_iter``, ``tol`` (absolute 
 the bound), ``warm_start``, ``verbose``, ``verbose_interval``.
 
 A caller watches a fit through a :class:`Monitor` handed to the driver for the duration
-of one fit, never through attributes of the estimator::
-
-    with monitoring(est, Monitor(callback=report)):
-        est.fit(X)
-
-Its ``callback(estimator, n_iter, bound, change)`` is called after every round with the
-fitted state of that round and may raise to stop the fit (``fastvi.batch`` reports
-progress, writes checkpoints and stops on request there). The driver keeps its clocks
-and position (a :class:`Fit`) in local variables, so a fit leaves nothing transient on
-the estimator; a monitor's ``resume`` (a checkpoint's ``Fit``) continues that fit.
+of one fit (``with monitoring(est, Monitor(callback=report)): est.fit(X)``), never
+through attributes of the estimator: the driver keeps its clocks and position (a
+:class:`Fit`) in local variables, so a fit leaves nothing transient on the estimator.
 
 Attributes set: ``converged_``, ``n_iter_``, ``lower_bound_``, ``lower_bounds_``.
 """

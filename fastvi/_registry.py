@@ -17,38 +17,17 @@ __all__ = ["ESTIMATORS", "Entry", "by_class", "estimator_class"]
 
 
 class Entry(NamedTuple):
-    """One estimator class and how the command line presents it.
+    """One estimator class and how the command line presents it."""
 
-    Attributes
-    ----------
-    name : str
-        The class name (as exported by ``fastvi`` and written in model files).
-    module : str
-        The module that defines it.
-    command : str
-        Its name on the command line (``fastvi fit COMMAND``).
-    summary : str
-        One line for ``fastvi fit --help``.
-    supervised : bool
-        Whether ``fit`` takes a target ``y`` (a column of the input on the command
-        line).
-    iterations : str
-        What ``n_iter_`` counts ('iterations', 'epochs', 'steps').
-    score : tuple of (str, str)
-        ``(key, label)`` of what ``score`` returns: the JSON key and the words the
-        command line prints before the number.
-    docs_from : str or None
-        A class whose numpydoc "Parameters" section documents this one's parameters
-        where its own docstring does not.
-    """
-
-    name: str
-    module: str
-    command: str
-    summary: str
-    supervised: bool
-    iterations: str
-    score: tuple
+    name: str  # the class name (as exported by ``fastvi`` and written in model files)
+    module: str  # the module that defines it
+    command: str  # its name on the command line (``fastvi fit COMMAND``)
+    summary: str  # one line for ``fastvi fit --help``
+    score: tuple  # (JSON key, printed label) of what ``score`` returns
+    supervised: bool = False  # whether ``fit`` takes a target y (a column of the input)
+    iterations: str = "iterations"  # what ``n_iter_`` counts ('epochs', 'steps')
+    # a class whose numpydoc "Parameters" section documents this one's parameters
+    # where its own docstring does not
     docs_from: str | None = None
 
 
@@ -58,8 +37,6 @@ ESTIMATORS = (
         "fastvi.mixture",
         "gmm",
         "Bayesian Gaussian mixture (CAVI or online SVI; out of core for .npy)",
-        supervised=False,
-        iterations="iterations",
         score=("mean_log_likelihood", "mean log-likelihood per row"),
     ),
     Entry(
@@ -67,7 +44,6 @@ ESTIMATORS = (
         "fastvi.lda",
         "lda",
         "latent Dirichlet allocation topic model of document-word counts",
-        supervised=False,
         iterations="epochs",
         score=("log_likelihood_bound", "log-likelihood bound of the documents"),
     ),
@@ -76,8 +52,6 @@ ESTIMATORS = (
         "fastvi.conjugate",
         "gaussian",
         "Gaussian with unknown mean and precision (one column)",
-        supervised=False,
-        iterations="iterations",
         score=("mean_log_predictive", "mean log predictive density per row"),
     ),
     Entry(
@@ -86,7 +60,6 @@ ESTIMATORS = (
         "linear",
         "variational Bayesian linear regression (shared or ARD precisions)",
         supervised=True,
-        iterations="iterations",
         score=("r2", "R^2 (coefficient of determination)"),
     ),
     Entry(
@@ -95,7 +68,6 @@ ESTIMATORS = (
         "logistic",
         "variational Bayesian logistic regression (Jaakkola-Jordan bound)",
         supervised=True,
-        iterations="iterations",
         score=("accuracy", "accuracy (fraction of rows classified right)"),
     ),
     Entry(

@@ -28,7 +28,6 @@ block gives the bits of the whole-corpus round. :func:`e_step_stats` is the same
 E-step as a public pure function.
 """
 
-from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
@@ -39,9 +38,10 @@ from sklearn.base import (
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
 )
+from sklearn.decomposition import LatentDirichletAllocation as SkLDA
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import (
     check_array,
     check_is_fitted,
@@ -55,7 +55,7 @@ from ._compile import announces
 from ._stochastic import StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import Rows, source_rows
+from .rows import Rows, predict_rows, source_rows
 
 __all__ = ["BlockStats", "LatentDirichletAllocation", "e_step_stats"]
 
@@ -531,22 +531,8 @@ class LatentDirichletAllocation(
     _nonfinite_advice = "rescale the counts (for example divide X by a constant)"
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 0, None, closed="neither")],
-        "doc_topic_prior": [None, Interval(Real, 0, 1, closed="both")],
-        "topic_word_prior": [None, Interval(Real, 0, 1, closed="both")],
+        **SkLDA._parameter_constraints,  # scikit-learn's, for the same parameters
         "learning_method": [StrOptions({"batch", "online", "scvb0"})],
-        "learning_decay": [Interval(Real, 0, 1, closed="both")],
-        "learning_offset": [Interval(Real, 1.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 0, None, closed="neither")],
-        "evaluate_every": [Interval(Integral, None, None, closed="neither")],
-        "total_samples": [Interval(Real, 0, None, closed="neither")],
-        "perp_tol": [Interval(Real, 0, None, closed="left")],
-        "mean_change_tol": [Interval(Real, 0, None, closed="left")],
-        "max_doc_update_iter": [Interval(Integral, 0, None, closed="left")],
-        "n_jobs": [None, Integral],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -749,14 +735,8 @@ class LatentDirichletAllocation(
         doc_topic_distr : ndarray of shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        rows = source_rows(X)
-        if rows is not None:  # per block: an array, or a lazy dask array
-            if rows.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {rows.shape[1]} features, but LatentDirichletAllocation "
-                    f"is expecting {self.n_features_in_} features as input."
-                )
-            return rows.map_rows(
+        if source_rows(X) is not None:  # per block: an array, or a lazy dask array
+            return predict_rows(self, X).map_rows(
                 _transform_block,
                 (self, normalize),
                 n_columns=self.n_components,
@@ -1030,11 +1010,8 @@ class LatentDirichletAllocation(
         """One online E-step and M-step (Hoffman et al. 2010, eqs. 6-7)."""
         topics.refresh(corpus.words())
         gamma = self._initial_gamma(corpus.n_docs, dtype, random_init=True)
-        exp_theta = np.empty_like(gamma)
-        ratio = np.empty_like(corpus.data)
-        self._run_e_step(
-            corpus, topics.exp_beta_t, gamma, exp_theta, ratio, False, dtype
-        )
+        e_step = self._e_step_args(topics.exp_beta_t, dtype, False, False)[:5]
+        exp_theta, ratio, _ = _e_step(corpus, gamma, *e_step, False)
         weight = float(
             np.power(self.learning_offset + self.n_batch_iter_, -self.learning_decay)
         )
@@ -1061,37 +1038,6 @@ class LatentDirichletAllocation(
             return np.ones(shape)
         draws = self.random_state_.gamma(_INIT_SHAPE, _INIT_SCALE, shape)
         return draws.astype(dtype, copy=False).astype(np.float64, copy=False)
-
-    def _run_e_step(self, corpus, exp_beta_t, gamma, exp_theta, ratio, want_ll, dtype):
-        # scikit-learn adds the machine epsilon of the input's dtype to phinorm
-        eps = float(np.finfo(dtype).eps)
-        # the kernel indexes exp_beta_t by word and topic: a model whose topics
-        # disagree with the data or with n_components must fail here, loud
-        if (
-            exp_beta_t.shape != (corpus.n_words, self.n_components)
-            or gamma.shape != (corpus.n_docs, self.n_components)
-            or exp_theta.shape != gamma.shape
-            or ratio.shape != corpus.data.shape
-        ):
-            raise ValueError(
-                f"the topics have shape {exp_beta_t.shape[::-1]}, expected "
-                f"({self.n_components}, {corpus.n_words}) for this data"
-            )
-        ll = _e_step_kernel(
-            corpus.indptr,
-            corpus.indices,
-            corpus.data,
-            exp_beta_t,
-            gamma,
-            exp_theta,
-            float(self.doc_topic_prior_),
-            int(self.max_doc_update_iter),
-            float(self.mean_change_tol),
-            eps,
-            ratio,
-            want_ll,
-        )
-        return float(ll.sum())
 
     def _transform_corpus(self, corpus, bound=False):
         """gamma from ones (:func:`_block_e_step`) and, with ``bound``, the
@@ -1220,6 +1166,26 @@ class _Draws:
         return (self.est._initial_gamma(int(self.sizes[i]), self.dtype, True),)
 
 
+def _e_step(corpus, gamma, exp_beta_t, alpha, max_iter, tol, eps, bound):
+    """The E-step of some documents, ``gamma`` updated in place: ``(exp_theta, ratio,
+    ll)`` (the kernel's outputs; ``ll`` per block, zeros unless ``bound``)."""
+    # the kernel indexes exp_beta_t by word and topic: a model whose topics disagree
+    # with the data or with n_components must fail here, loud
+    V, K = exp_beta_t.shape
+    if corpus.n_words != V or gamma.shape != (corpus.n_docs, K):
+        raise ValueError(
+            f"the topics have shape {(K, V)}, expected ({gamma.shape[1]}, "
+            f"{corpus.n_words}) for this data"
+        )
+    exp_theta = np.empty_like(gamma)
+    ratio = np.empty_like(corpus.data)
+    ll = _e_step_kernel(
+        corpus.indptr, corpus.indices, corpus.data, exp_beta_t, gamma, exp_theta,
+        alpha, max_iter, tol, eps, ratio, bound,
+    )  # fmt: skip
+    return exp_theta, ratio, ll
+
+
 def _block_e_step(corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statistic,
                   bound):  # fmt: skip
     """The E-step of one block of documents, ``gamma`` updated in place.
@@ -1229,17 +1195,9 @@ def _block_e_step(corpus, exp_beta_t, gamma, alpha, max_iter, tol, eps, statisti
     factor exp E[log beta_kw]; 0.0 unless ``statistic``), and, when ``bound``,
     sum n_dw log phinorm_dw, the documents' Dirichlet terms and the word count.
     """
+    args = (exp_beta_t, alpha, max_iter, tol, eps, bound)
+    exp_theta, ratio, ll = _e_step(corpus, gamma, *args)
     V, K = exp_beta_t.shape
-    if corpus.n_words != V or gamma.shape != (corpus.n_docs, K):
-        raise ValueError(
-            f"the topics have shape {(K, V)}; the block has {corpus.n_words} words"
-        )
-    exp_theta = np.empty_like(gamma)
-    ratio = np.empty_like(corpus.data)
-    ll = _e_step_kernel(
-        corpus.indptr, corpus.indices, corpus.data, exp_beta_t, gamma, exp_theta,
-        alpha, max_iter, tol, eps, ratio, bound,
-    )  # fmt: skip
     acc = 0.0
     if statistic:
         col_ptr, entry, doc = corpus.entries()

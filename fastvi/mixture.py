@@ -8,7 +8,7 @@ components.
 
 Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013) runs on the same
 pass: ``partial_fit`` and ``learning_method='online'`` take natural-gradient steps of the
-global factors from the statistics of one minibatch (see :func:`_natural_parameters`).
+global factors from the statistics of one minibatch (see :func:`_natural_blend`).
 """
 
 import math
@@ -20,18 +20,24 @@ import numpy as np
 from scipy import linalg
 from scipy.special import betaln, digamma, gammaln
 from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.mixture import BayesianGaussianMixture as SkBGM
+from sklearn.mixture._gaussian_mixture import (  # the checks of scikit-learn's priors
+    _check_precision_matrix,
+    _check_precision_positivity,
+    _check_shape,
+)
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _schema
-from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, Fit, all_or_nothing
+from ._cavi import CAVIMixin, Fit, all_or_nothing
 from ._compile import announces
 from ._numerics import check_squares_overflow, max_abs
 from ._stochastic import State, StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import ArrayRows, predict_rows, source_rows
+from .rows import ArrayRows, fit_rows, predict_rows, source_rows
 
 __all__ = ["BayesianGaussianMixture"]
 
@@ -295,16 +301,11 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     not about the new means (scikit-learn's second pass); the two agree to rounding.
 
     Stochastic variational inference (Hoffman, Blei, Wang & Paisley 2013, JMLR 14,
-    Algorithm 1 and eqs. 24-26): each step computes the responsibilities of a
-    minibatch of B rows under the current global factors (the local step, the same
-    fused pass as a CAVI iteration), forms the intermediate global parameters
-    lambda_hat = prior + (N / B) * (minibatch statistics) (the CAVI M-step with the
-    statistics scaled), and moves the natural parameters of every global factor,
-    lambda <- (1 - rho_t) lambda + rho_t lambda_hat. The natural parameters are the
-    Dirichlet's alpha - 1, the stick-breaking Betas' (a - 1, b - 1) and, for each
-    Normal-Wishart factor, (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2,
-    (nu - D) / 2) (see :func:`_natural_parameters`); rho_t = 1 is exactly the CAVI
-    M-step. With ``learning_method='online'`` the bound after an epoch is the
+    Algorithm 1 and eqs. 24-26) takes the steps of :meth:`partial_fit` (the local
+    step is the fused pass of a CAVI iteration, the intermediate parameters its M-step
+    with the statistics scaled) in the natural parameters of every global factor
+    (:func:`_natural_blend`); rho_t = 1 is exactly the CAVI M-step.
+    With ``learning_method='online'`` the bound after an epoch is the
     evidence lower bound at the current global factors with the optimal
     responsibilities (one extra pass over the data), in scikit-learn's convention
     (the same constants dropped), so it can be compared with a batch fit's
@@ -320,30 +321,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
     _nonfinite_advice = "check the input scale or increase reg_covar"
 
     _parameter_constraints: dict = {
-        **CAVI_PARAMETER_CONSTRAINTS,
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [
-            StrOptions({"kmeans", "random", "random_from_data", "k-means++"})
-        ],
-        "random_state": ["random_state"],
-        "covariance_type": [StrOptions({"spherical", "tied", "diag", "full"})],
-        "weight_concentration_prior_type": [
-            StrOptions({"dirichlet_process", "dirichlet_distribution"})
-        ],
-        "weight_concentration_prior": [
-            None,
-            Interval(Real, 0.0, None, closed="neither"),
-        ],
-        "mean_precision_prior": [None, Interval(Real, 0.0, None, closed="neither")],
-        "mean_prior": [None, "array-like"],
-        "degrees_of_freedom_prior": [None, Interval(Real, 0.0, None, closed="neither")],
-        "covariance_prior": [
-            None,
-            "array-like",
-            Interval(Real, 0.0, None, closed="neither"),
-        ],
+        **SkBGM._parameter_constraints,  # scikit-learn's, for the same parameters
         "n_jobs": [None, Integral],
         "learning_method": [StrOptions({"batch", "online"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -573,12 +551,7 @@ dask array
             raise ValueError(
                 f"block_rows={rows.block_rows} must be a multiple of {CHUNK_ROWS}"
             )
-        n_samples, n_features = rows.shape
-        if n_samples < 2:
-            raise ValueError(
-                f"Found array with {n_samples} sample(s) (shape={rows.shape}) while "
-                "a minimum of 2 is required by BayesianGaussianMixture."
-            )
+        n_features = rows.shape[1]
         if self.warm_start and getattr(self, "n_features_in_", n_features) != (
             n_features
         ):
@@ -586,10 +559,7 @@ dask array
                 f"X has {n_features} features, but BayesianGaussianMixture "
                 f"is expecting {self.n_features_in_} features as input."
             )
-        rows.check_finite(self.n_jobs)
-        self.n_features_in_ = n_features
-        self.__dict__.pop("feature_names_in_", None)
-        return rows, None
+        return fit_rows(self, X, supervised=False), None  # sets n_features_in_
 
     @announces("mixture")
     def partial_fit(self, X, y=None):
@@ -649,8 +619,7 @@ dask array
                     self._check_parameters(batch)
                     random_state = check_random_state(self.random_state)
                     self._initialize_from(batch, random_state, scale)
-                    self.n_batch_iter_ = 1
-                elif not hasattr(self, "n_batch_iter_"):  # after a batch fit
+                if first or not hasattr(self, "n_batch_iter_"):  # or after a batch fit
                     self.n_batch_iter_ = 1
                 self._svi_update(batch, scale)
                 self._set_derived()
@@ -710,7 +679,7 @@ dask array
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, n_samples=1):
-        """Draw samples from the fitted mixture (same draws as scikit-learn's).
+        """Draw samples from the fitted mixture: scikit-learn's ``sample`` (its draws).
 
         Parameters
         ----------
@@ -728,28 +697,7 @@ dask array
                 "Invalid value for 'n_samples': %d . The sampling requires at "
                 "least one sample." % n_samples
             )
-        n_features = self.means_.shape[1]
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
-        if self.covariance_type == "full":
-            draws = [
-                rng.multivariate_normal(mean, cov, int(n))
-                for mean, cov, n in zip(self.means_, self.covariances_, counts)
-            ]
-        elif self.covariance_type == "tied":
-            draws = [
-                rng.multivariate_normal(mean, self.covariances_, int(n))
-                for mean, n in zip(self.means_, counts)
-            ]
-        else:
-            draws = [
-                mean + rng.standard_normal(size=(n, n_features)) * np.sqrt(cov)
-                for mean, cov, n in zip(self.means_, self.covariances_, counts)
-            ]
-        labels = np.concatenate(
-            [np.full(int(n), k, dtype=np.int64) for k, n in enumerate(counts)]
-        )
-        return np.vstack(draws), labels
+        return SkBGM.sample(self, n_samples)
 
     # ------------------------------------------------------------ parameter checks
     def _check_parameters(self, data):
@@ -799,14 +747,10 @@ dask array
             matrix = cov_type != "diag"
             shape = (n_features, n_features) if matrix else (n_features,)
             _check_shape(prior, shape, f"{cov_type} covariance_prior")
-            if matrix and not (
-                np.allclose(prior, prior.T) and np.all(np.linalg.eigvalsh(prior) > 0.0)
-            ):
-                raise ValueError(
-                    f"'{cov_type} precision' should be symmetric, positive-definite"
-                )
-            if not matrix and np.any(prior <= 0.0):
-                raise ValueError(f"'{cov_type} precision' should be positive")
+            if matrix:
+                _check_precision_matrix(prior, cov_type)
+            else:
+                _check_precision_positivity(prior, cov_type)
             self.covariance_prior_ = prior
 
     # --------------------------------------------------------------- CAVI hooks
@@ -1440,11 +1384,12 @@ def _mean_outer(weight, means, cov_type):
     return weight * np.mean(means**2, axis=1)
 
 
-def _natural_parameters(params, cov_type):
-    """Natural parameters of the global variational factors.
+def _natural_blend(current, target, rho, cov_type):
+    """The global factors at the natural parameters (1 - rho) eta(current) +
+    rho eta(target), computed stably.
 
-    ``params`` is ``(weight_concentration, beta, m, nu, covariances)`` with
-    scikit-learn's normalized covariances W^{-1} / nu. Writing each Normal-Wishart
+    ``current`` and ``target`` are ``(weight_concentration, beta, m, nu, covariances)``
+    with scikit-learn's normalized covariances W^{-1} / nu. Writing each Normal-Wishart
     factor as exp(<eta, T(mu, Lambda)>) over the sufficient statistics
     T = (mu^T Lambda mu, Lambda mu, Lambda, log det Lambda) gives
     eta = (-beta / 2, beta m, -(W^{-1} + beta m m^T) / 2, (nu - D) / 2)
@@ -1453,44 +1398,6 @@ def _natural_parameters(params, cov_type):
     (a - 1, b - 1). 'tied' shares one Wishart whose W^{-1} + beta m m^T term and nu
     are the means over the components, as in scikit-learn's tied update; 'diag' and
     'spherical' keep the diagonal of W^{-1} + beta m m^T and its mean over features.
-
-    Returns
-    -------
-    (weights, eta1, eta2, eta3, eta4) : tuple of arrays
-    """
-    weights, beta, means, nu, covariances = params
-    D = means.shape[1]
-    if isinstance(weights, tuple):
-        eta_weights = (weights[0] - 1.0, weights[1] - 1.0)
-    else:
-        eta_weights = weights - 1.0
-    w_inv = covariances * _wishart_shape(nu, cov_type)
-    return (
-        eta_weights,
-        -0.5 * beta,
-        beta[:, np.newaxis] * means,
-        -0.5 * (w_inv + _mean_outer(beta, means, cov_type)),
-        0.5 * (nu - D),
-    )
-
-
-def _from_natural(natural, cov_type):
-    """Inverse of :func:`_natural_parameters`."""
-    eta_weights, eta1, eta2, eta3, eta4 = natural
-    D = eta2.shape[1]
-    if isinstance(eta_weights, tuple):
-        weights = (eta_weights[0] + 1.0, eta_weights[1] + 1.0)
-    else:
-        weights = eta_weights + 1.0
-    beta = -2.0 * eta1
-    means = eta2 / beta[:, np.newaxis]
-    nu = 2.0 * eta4 + D
-    w_inv = -2.0 * eta3 - _mean_outer(beta, means, cov_type)
-    return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
-
-
-def _natural_blend(current, target, rho, cov_type):
-    """``_from_natural((1 - rho) * eta(current) + rho * eta(target))``, stably.
 
     The Dirichlet/Beta parameters, beta, beta m and nu are affine in the natural
     parameters and are combined directly. W^{-1} + beta m m^T is combined about the
@@ -1559,14 +1466,6 @@ def _tile_rows(dtype):
     """Rows per tile: ``TILE_ROWS`` float64 rows, twice as many float32 rows (the
     same bytes; measured ~10% faster for 'diag' than 256 float32 rows, N=1e6)."""
     return TILE_ROWS * 8 // np.dtype(dtype).itemsize
-
-
-def _check_shape(param, shape, name):
-    if param.shape != shape:
-        raise ValueError(
-            "The parameter '%s' should have the shape of %s, but got %s"
-            % (name, shape, param.shape)
-        )
 
 
 def _centered_gram(X64, center):

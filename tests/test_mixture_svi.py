@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 import fastvi
 from fastvi import BayesianGaussianMixture
-from fastvi.mixture import _Data, _from_natural, _natural_blend, _natural_parameters
+from fastvi.mixture import _Data, _mean_outer, _natural_blend, _wishart_shape
 from fastvi.rows import ArrayRows
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
@@ -60,6 +60,39 @@ def flat(value):
     if isinstance(value, tuple):
         return np.concatenate([np.ravel(v) for v in value])
     return np.ravel(np.asarray(value, dtype=np.float64))
+
+
+def _natural_parameters(params, cov_type):
+    """The natural parameters of the global factors (see ``_natural_blend``): the
+    Dirichlet's alpha - 1 (the Betas' (a - 1, b - 1)), and -beta / 2, beta m,
+    -(W^{-1} + beta m m^T) / 2, (nu - D) / 2 of the Normal-Wishart factors."""
+    weights, beta, means, nu, covariances = params
+    if isinstance(weights, tuple):
+        eta_weights = (weights[0] - 1.0, weights[1] - 1.0)
+    else:
+        eta_weights = weights - 1.0
+    w_inv = covariances * _wishart_shape(nu, cov_type)
+    return (
+        eta_weights,
+        -0.5 * beta,
+        beta[:, np.newaxis] * means,
+        -0.5 * (w_inv + _mean_outer(beta, means, cov_type)),
+        0.5 * (nu - means.shape[1]),
+    )
+
+
+def _from_natural(natural, cov_type):
+    """Inverse of :func:`_natural_parameters`."""
+    eta_weights, eta1, eta2, eta3, eta4 = natural
+    if isinstance(eta_weights, tuple):
+        weights = (eta_weights[0] + 1.0, eta_weights[1] + 1.0)
+    else:
+        weights = eta_weights + 1.0
+    beta = -2.0 * eta1
+    means = eta2 / beta[:, np.newaxis]
+    nu = 2.0 * eta4 + eta2.shape[1]
+    w_inv = -2.0 * eta3 - _mean_outer(beta, means, cov_type)
+    return weights, beta, means, nu, w_inv / _wishart_shape(nu, cov_type)
 
 
 def parameters(est):

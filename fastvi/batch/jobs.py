@@ -1,49 +1,32 @@
 """Fitting as a batch job: progress, checkpoints, resume, stop on request.
 
-``fit_cavi`` runs the ``fit`` of a CAVI model (``BayesianGaussianMixture``,
-``UnivariateGaussian``, ``VBLinearRegression``, ``VBLogisticRegression`` with two
-classes: any estimator whose ``fit`` runs the driver of ``fastvi._cavi`` once)
-unchanged, with a per-iteration monitor (:class:`fastvi._cavi.Monitor`) that
-
-* reports the iteration, bound, change and rows/s to a :class:`Progress`;
-* every ``checkpoint_every`` iterations (and at the last one) saves the fit state
-  atomically (the :mod:`fastvi.persist` format, ``kind='checkpoint'``; its ``extra``
-  metadata holds the iteration, the bound history, the data's fingerprint and the
-  parameters);
-* raises :class:`Interrupted` after the current iteration when ``should_stop()`` is
-  true (the command line sets it on Ctrl-C), having written a checkpoint.
+``fit_cavi`` runs the unchanged ``fit`` of a CAVI model (any estimator whose ``fit``
+runs the driver of ``fastvi._cavi`` once; ``fit_mixture`` is the same job) with a
+per-iteration monitor (:class:`fastvi._cavi.Monitor`) that reports to a
+:class:`Progress`, saves checkpoints atomically (the :mod:`fastvi.persist` format,
+``kind='checkpoint'``; its ``extra`` metadata holds the iteration, the bound history,
+the data's fingerprint and the parameters) and raises :class:`Interrupted` after the
+iteration in which ``should_stop()`` (the command line's Ctrl-C) became true.
 
 The model after every round is complete (its private factors included: the logistic
 model's Newton proposal and bound), so its checkpoint is that model as a fit of that
-many rounds leaves it. Resume (``resume=True`` and the checkpoint exists) is a warm
-start from it for the remaining iterations; the CAVI updates are deterministic given
-the factors, so the final model is bitwise the one of an uninterrupted run
-(the driver goes on from the checkpoint's :class:`fastvi._cavi.Fit`: its rounds,
-bound history and convergence). A checkpoint written for
-other data, targets or parameters is refused. The data is identified by its shape and
-a SHA-256 hash of every value (:func:`fastvi.batch.io.fingerprint`): in-memory data
-is hashed before the fit, from its buffer; out-of-core data (a block source such as
-:class:`~fastvi.batch.io.NpyRows`, with the targets ``y`` in memory) as the fit's
-first pass reads its blocks, so a resume on other data stops with an error naming the
-checkpoint when that pass ends: before the restored state is used and before anything
-is written. The targets are fingerprinted beside the rows. If the job raises, the
-estimator is left as it was. ``fit_mixture`` is this job for the mixture (one
-restart: ``n_init=1``). One-vs-rest logistic fits (more than two classes) run one
-CAVI fit per class and are not checkpointed: refused with a message.
+many rounds leaves it, and a resume is a warm start from it that goes on from the
+checkpoint's :class:`fastvi._cavi.Fit` (rounds, bound history, convergence): the CAVI
+updates are deterministic given the factors, so the final model is bitwise the one of
+an uninterrupted run. A checkpoint written for other data, targets or parameters is
+refused. The data is identified by its shape and a SHA-256 hash of every value
+(:func:`fastvi.batch.io.fingerprint`), the targets beside it: in-memory data before
+the fit, out-of-core data (a block source such as :class:`~fastvi.batch.io.NpyRows`)
+as the fit's first pass reads its blocks, so a resume on other data stops with an
+error when that pass ends, before the restored state is used and before anything is
+written. If the job raises, the estimator is left as it was. One-vs-rest logistic
+fits (more than two classes) are not checkpointed: refused with a message.
 
-``fit_lda`` does the same for ``LatentDirichletAllocation``, whose fit runs the
-stochastic driver (:mod:`fastvi._stochastic`, as online mixture restarts do), after
-every epoch, from its ``resume`` state. Progress shows the training perplexity of the
-epochs that evaluate it and documents per second. Every epoch's E-step draws from
-``random_state_``, so a checkpoint holds the topics (``components_``, float64), the
-random state, ``n_iter_``, ``n_batch_iter_``, ``perplexity_history_`` and, in
-``extra``, the epoch, the stop rule's reference perplexity and digamma of the topic
-totals as the loop had them: a resumed fit is bitwise the uninterrupted one.
-
-``fit_sgvi`` does the same for the SGVI estimators (``BayesianLogisticRegression``,
-``BayesianPoissonRegression``), step by step: the engine hands its monitor a snapshot
-of the run (:class:`fastvi.sgvi.SGVIRun`), which the checkpoint keeps beside the model
-after that step, and a resume hands it back to :meth:`fastvi.sgvi.SGVI.run`.
+``fit_lda`` does the same for ``LatentDirichletAllocation`` epoch by epoch (its fit
+runs the stochastic driver, :mod:`fastvi._stochastic`): a checkpoint holds the topics
+(float64), the random state, the counters, ``perplexity_history_`` and, in ``extra``,
+the stop rule's reference perplexity and digamma of the topic totals as the loop had
+them. ``fit_sgvi`` does it for the SGVI estimators, step by step.
 """
 
 from __future__ import annotations
@@ -61,18 +44,12 @@ from .._stochastic import State
 from ..persist import load, save
 from ..rows import is_block_source
 from .io import DataDigest, DataError, fingerprint
+from .options import MANAGED
 
 __all__ = ["Interrupted", "Progress", "fit_cavi", "fit_lda", "fit_mixture", "fit_sgvi"]
 
 # parameters that may differ between the run that wrote a checkpoint and the resume
-_FREE_PARAMS = (
-    "max_iter",
-    "warm_start",
-    "verbose",
-    "verbose_interval",
-    "n_jobs",
-    "progress_bar",
-)
+_FREE_PARAMS = MANAGED | {"max_iter", "n_jobs"}
 
 
 class Interrupted(Exception):
@@ -436,10 +413,7 @@ def _cavi_job(est, X, y, progress, checkpoint, checkpoint_every, resume, should_
         monitor = Monitor(lambda m, e, v, s: callback(m, e, v, s().change), start)
     try:
         with monitoring(est, monitor):
-            if y is None:
-                est.fit(X)
-            else:
-                est.fit(X, y)
+            est.fit(X, y)  # y=None: the unsupervised models' fit(X, y=None)
     finally:
         est.set_params(warm_start=warm_start)
     return est

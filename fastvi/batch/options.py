@@ -113,25 +113,19 @@ def model_parameters(cls, docs_from=None):
 
 
 # ------------------------------------------------------------------ value parsers
-def _number(text, cast, name):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-    if cast is int:
-        if not value.is_integer():
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-        return int(value)
-    return value
-
-
 def _make_parser(cast, allow_none, minimum):
     word = "an integer" if cast is int else "a number"
 
     def parse(text):
         if allow_none and text.strip().lower() == "none":
             return None
-        value = _number(text, cast, word)
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        if cast is int and not value.is_integer():
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        value = cast(value)
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
         return value
@@ -146,9 +140,8 @@ positive_int = _make_parser(int, False, 1)
 
 def _numbers(text):
     """A number, or comma-separated numbers as a 1-D float64 array."""
-    parts = [p for p in text.split(",") if p.strip()]
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number or comma-separated numbers, got {text!r}"
@@ -181,9 +174,7 @@ def add_model_options(parser, cls, docs_from=None, title=None):
             options["action"] = argparse.BooleanOptionalAction
         elif "array-like" in lowered:
             options.update(type=_numbers, metavar="X[,X...]")
-        elif lowered.startswith("int") or (
-            not kind and isinstance(default, int) and default is not None
-        ):
+        elif lowered.startswith("int") or (not kind and isinstance(default, int)):
             options.update(
                 type=_make_parser(int, allow_none, _MINIMUM.get(name)), metavar="INT"
             )

@@ -170,24 +170,17 @@ def exp_psi_minus_scalar(src, c, dst, n):
 
 
 @jit
-def digamma_fast(x):
-    """psi(x) for x > 0 (see the module doc); inaccurate only near ``PSI_ROOT``.
-
-    0 gives -inf, inf gives inf, NaN gives NaN.
+def digamma(x):
+    """psi(x) for x >= 0, within 1e-12 relative of scipy's everywhere (scalar): the
+    module doc's formula, scipy's psi near ``PSI_ROOT``; 0 gives -inf, inf inf, NaN NaN.
     """
+    if abs(x - PSI_ROOT) < PSI_ROOT_WINDOW:
+        return scipy_psi(x)
     if x != x or x == math.inf:
         return x
     if x == 0.0:
         return -math.inf
     return _psi_asymptotic(x) - _psi_shift(x)
-
-
-@jit
-def digamma(x):
-    """psi(x) for x >= 0, within 1e-12 relative of scipy's everywhere (scalar)."""
-    if abs(x - PSI_ROOT) < PSI_ROOT_WINDOW:
-        return scipy_psi(x)
-    return digamma_fast(x)
 
 
 @jit
