@@ -103,6 +103,7 @@ BRANCHES = {
     "shrinkb": "15",  # the line cap: mixture, lda, CLI, jobs, drivers
     "bam": "14",  # eight schools: batch-and-match
     "f32diag": "16",  # mixture float32 'diag' toward 1.7x
+    "inline": "13",  # kernels inlined: the same bits on fresh and cached code
 }
 
 # Commits made on main directly (no branch), and branch commits placed apart

@@ -9,12 +9,14 @@ compile of a kernel group on this machine it logs one line on the ``fastvi`` log
 command line shows the logger's lines. After a fit the group is marked as compiled in
 the cache folder, so the line is not repeated.
 
-Code numba has just compiled and the same code loaded from its cache can differ in the
-last bits of floating-point results (the two are not optimized alike; numba issue
-#10617): within a process results are always the same, but a job started on a machine
-whose cache was cold could differ from the same job resumed later. Batch jobs therefore
-compile in a child process first (:func:`compile_in_child`), so that every job loads
-its kernels from the cache.
+Code numba has just compiled and the same code loaded from its cache could differ in the
+last bits of floating-point results: a helper kernel that was not inlined ran as its own
+compiled copy in the compiling process and as the caller's linked copy in a process that
+loaded the caller (``kernels/_config.py``, where every kernel is now inlined for this
+reason; ``tests/test_package.py`` checks both processes give the same bits). Batch jobs
+still compile in a child process first (:func:`compile_in_child`) and run on cached
+kernels, so that numba code that fastvi does not decorate (NumPy functions numba
+implements) cannot bring the difference back into a job that is resumed later.
 
 The mark's name is a hash of everything numba's cache depends on: the kernel sources
 and the folder they are installed in, the numba, llvmlite and Python versions, and the

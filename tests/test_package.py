@@ -219,9 +219,61 @@ def test_command_line_reports_errors_in_one_line():
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+_FRESH_OR_CACHED = """
+import hashlib, warnings
+import numpy as np
+from fastvi import BayesianGaussianMixture, LatentDirichletAllocation
+from fastvi.kernels import gmm, lda
+warnings.simplefilter("ignore")
+rng = np.random.default_rng(0)
+X = rng.normal(size=(6000, 16)) * 3
+counts = rng.poisson(0.3, size=(400, 200)).astype(float)
+fits = [BayesianGaussianMixture(n_components=8, covariance_type=cov, max_iter=3,
+                                random_state=0).fit(X) for cov in ("diag", "spherical")]
+fits += [LatentDirichletAllocation(n_components=5, learning_method=m, max_iter=2,
+                                   random_state=0).fit(counts) for m in ("batch", "online")]
+digest = hashlib.sha1()
+for f in fits[:2]:
+    digest.update(f.means_.tobytes() + f.covariances_.tobytes())
+for f in fits[2:]:
+    digest.update(f.components_.tobytes())
+stats = gmm.mixture_chunks_diag.stats
+print(digest.hexdigest(), sum(stats.cache_misses.values()), sum(stats.cache_hits.values()))
+"""
+
+
+def test_fits_give_the_same_bits_on_fresh_and_on_cached_kernels(tmp_path):
+    """A kernel's helper that LLVM did not inline ran as its own compiled copy in the
+    process that compiled it, and as the copy inside the caller's machine code in a
+    process that loaded the caller from the cache; the two copies were optimized
+    apart and summed in different orders ('diag' and 'spherical' mixtures, LDA: last
+    bits). Every kernel is now inlined into its callers (``forceinline``), so both
+    processes run the same code."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
+    }
+    env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", _FRESH_OR_CACHED],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout.split())
+    (fresh, misses, hits), (cached, misses2, hits2) = runs
+    assert (misses, hits, misses2, hits2) == ("1", "0", "0", "1")  # compiled, loaded
+    assert fresh == cached
+
+
 def test_batch_jobs_on_a_cold_cache_give_the_bits_of_later_jobs(tmp_path):
-    """numba's freshly compiled code may round differently from the same code loaded
-    from its cache (numba issue #10617), so a job compiles in a child process first
+    """numba's freshly compiled code could round differently from the same code loaded
+    from its cache (the test above), so a job compiles in a child process first
     and runs on cached code: the job that found the cache cold and the next one give
     the same bits (a job killed on a cold machine resumes bitwise)."""
     env = {

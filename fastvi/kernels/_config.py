@@ -11,6 +11,13 @@ Every kernel takes its decorator from here; no other module passes numba options
   ``ninf``: NaN and inf checks inside kernels must keep working.
 * ``error_model="numpy"``: division by zero gives inf/NaN like NumPy instead of raising,
   which keeps the division out of the vectorized loops' way.
+* ``forceinline``: every kernel is inlined into its callers (LLVM ``alwaysinline``).
+  A helper left as a call ran, in the process that compiled it, as its own compiled
+  copy, and in a process that loaded the caller from the cache as the copy linked
+  into the caller's machine code; the two were optimized apart and could sum in
+  different orders (last bits of 'diag' mixtures and LDA differed between a cold and
+  a warm cache). Inlined, both processes run the caller's one code; it was also as
+  fast or faster (``bench/gmm_kernel_cpu.py``, ``bench/sgvi_kernel_cpu.py``).
 """
 
 import getpass
@@ -26,7 +33,9 @@ from numba.extending import intrinsic
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
-_COMMON = dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+_COMMON = dict(
+    fastmath=set(FASTMATH), error_model="numpy", nogil=True, forceinline=True
+)
 
 
 def cache_dir():
