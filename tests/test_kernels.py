@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from fastvi._threads import map_chunks
 from fastvi.kernels import gmm
 from fastvi.kernels._config import jit
-from fastvi.kernels._math import exp_nonpos
+from fastvi.kernels._math import exp_nonpos, log_ge1_32
 
 from . import reference as ref
 
@@ -42,6 +42,32 @@ def test_exp_nonpos_edges():
     got = _exp_array(x)
     assert_array_equal(got[:4], 0.0)
     assert np.isnan(got[4])
+
+
+@jit
+def _log32_array(a):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = log_ge1_32(a[i])
+    return out
+
+
+def test_log_ge1_32_matches_numpy():
+    rng = np.random.default_rng(0)
+    y = np.concatenate(
+        [
+            [1.0, np.nextafter(np.float32(1), np.float32(2)), np.sqrt(2.0), 64.0],
+            1.0 + rng.exponential(5.0, 20000),
+            2.0 ** rng.uniform(0, 127, 5000),
+            2.0 ** np.arange(128),
+        ]
+    ).astype(np.float32)
+    got = _log32_array(y)
+    assert got.dtype == np.float32 and got[0] == 0.0
+    want = np.log(y.astype(np.float64))
+    # within 4 float32 ulp of the value (or of 1e-7 near y = 1)
+    ulp = np.spacing(np.maximum(np.abs(want), 1e-7).astype(np.float32))
+    assert np.all(np.abs(got - want) <= 4 * ulp)
 
 
 def _random_params(rng, kind, K, D, scale=1.0):

@@ -47,7 +47,7 @@ from numba.core import types
 from numba.extending import overload
 
 from ._config import jit, wide_vectors
-from ._math import exp_neg32, exp_nonpos
+from ._math import exp_neg32, exp_nonpos, log_ge1_32
 from .tiles import (
     gram_upper,
     like,
@@ -154,6 +154,33 @@ def _exp_lanes_impl(x):
     return lambda x: exp_nonpos(x)
 
 
+def _lse_lanes(T, mx, s):
+    """mx[t] <- mx[t] + log(s[t]) and s[t] <- 1 / s[t] (compiled code only)."""
+    raise NotImplementedError("only callable from compiled kernels")
+
+
+@overload(_lse_lanes)
+def _lse_lanes_impl(T, mx, s):
+    if s.dtype == types.float32:
+
+        def lse32(T, mx, s):
+            # a polynomial log (s >= 1: the largest term is exp(0)): the loop
+            # vectorizes, where libm's logf left it one scalar call per point
+            wide_vectors()
+            for t in range(T):
+                mx[t] = mx[t] + log_ge1_32(s[t])
+                s[t] = np.float32(1.0) / s[t]
+
+        return lse32
+
+    def lse(T, mx, s):
+        for t in range(T):
+            s[t] = 1.0 / s[t]
+            mx[t] = mx[t] - np.log(s[t])  # mx <- lse = max + log(sum)
+
+    return lse
+
+
 @jit
 def _normalize(T, K, LP, R, mx, s):
     """R <- softmax over k of LP; returns sum_t lse_t and the entropy -sum r log r.
@@ -174,10 +201,7 @@ def _normalize(T, K, LP, R, mx, s):
             e = _exp_lanes(LP[k, t] - mx[t])
             R[k, t] = e
             s[t] += e
-    one = like(1.0, s)
-    for t in range(T):
-        s[t] = one / s[t]
-        mx[t] = mx[t] - np.log(s[t])  # mx <- lse = max + log(sum)
+    _lse_lanes(T, mx, s)
     norm = like(0.0, LP)
     ent = like(0.0, LP)
     for k in range(K):
