@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from fastvi._threads import map_chunks
 from fastvi.kernels import gmm
 from fastvi.kernels._config import jit
-from fastvi.kernels._math import exp_nonpos
+from fastvi.kernels._math import exp_nonpos, log_ge1_32
 
 from . import reference as ref
 
@@ -42,6 +42,32 @@ def test_exp_nonpos_edges():
     got = _exp_array(x)
     assert_array_equal(got[:4], 0.0)
     assert np.isnan(got[4])
+
+
+@jit
+def _log32_array(a):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = log_ge1_32(a[i])
+    return out
+
+
+def test_log_ge1_32_matches_numpy():
+    rng = np.random.default_rng(0)
+    y = np.concatenate(
+        [
+            [1.0, np.nextafter(np.float32(1), np.float32(2)), np.sqrt(2.0), 64.0],
+            1.0 + rng.exponential(5.0, 20000),
+            2.0 ** rng.uniform(0, 127, 5000),
+            2.0 ** np.arange(128),
+        ]
+    ).astype(np.float32)
+    got = _log32_array(y)
+    assert got.dtype == np.float32 and got[0] == 0.0
+    want = np.log(y.astype(np.float64))
+    # within 4 float32 ulp of the value (or of 1e-7 near y = 1)
+    ulp = np.spacing(np.maximum(np.abs(want), 1e-7).astype(np.float32))
+    assert np.all(np.abs(got - want) <= 4 * ulp)
 
 
 def _random_params(rng, kind, K, D, scale=1.0):
@@ -127,6 +153,33 @@ def test_mixture_pass_matches_reference(kind, N, K, D, chunk, tile):
     assert_allclose(ent.sum(), r_ent, rtol=1e-10, atol=1e-10)
     assert_allclose(lr, r_lr, rtol=1e-12, atol=1e-11)
     assert_allclose(lse, r_lse, rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "kind,offset", [(0, 0.0), (1, 0.0), (2, 0.0), (2, 1e4)], ids=str
+)
+def test_float32_pass_within_float32_precision_of_reference(kind, offset):
+    # float32 lanes (512-row tiles, float32 exp and log, the flush below exp(-64))
+    # against the float64 reference on the same float32 values
+    rng = np.random.default_rng(5)
+    N, K, D = 3000, 6, 7
+    X = (rng.normal(size=(N, D)) * 3.0 + offset).astype(np.float32)
+    means, prec, const = _random_params(rng, kind, K, D)
+    means = means + (offset * prec[0].sum(0) if kind == 1 else offset)
+    shift = means + rng.normal(size=(K, D)) if kind != 1 else X[:K].astype(float)
+    args = [a.astype(np.float32) for a in (means, prec, const, shift)]
+    lr = np.full((N, K), np.nan, np.float32)
+    lse = np.full(N, np.nan, np.float32)
+    no = np.empty(0, np.int64)
+    resp = np.empty((0, K), np.float32)
+    parts = _mixture_pass(X, kind, *args, resp, no, 1024, 512, lr, lse, no)
+    want = ref.mixture_pass(X.astype(float), kind, *(a.astype(float) for a in args))
+    for got, r in zip(parts[:3], want[:3]):  # nk, sx, sq
+        assert_allclose(got.sum(0), r, rtol=0, atol=1e-6 * np.abs(r).max(initial=1))
+    assert_allclose(parts[3].sum(), want[3], rtol=1e-6)  # sum of log-sum-exp
+    assert_allclose(parts[4].sum(), want[4], rtol=0, atol=1e-5 * N)  # entropy
+    assert_allclose(lr, want[5], rtol=0, atol=1e-6 * np.abs(want[5]).max())
+    assert_allclose(lse, want[6], rtol=2e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", [0, 1, 2], ids=["full", "tied", "diag"])

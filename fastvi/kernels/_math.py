@@ -19,7 +19,7 @@ selects compile to blends) after a Cody–Waite range reduction:
                  log(1 + e^x), 1 / (1 + e^-x), log(y) for y >= 0 and log(1 + x) on
                  their whole domains, branch-free: for users' likelihoods of a linear
                  predictor (``fastvi.sgvi.vmath``).
-``exp_neg32``, ``atanh2_32``, ``softplus32``
+``exp_neg32``, ``atanh2_32``, ``log_ge1_32``, ``softplus32``
                  float32 versions for float32 data (twice the vector width).
 ``recip_pos``, ``recip_pos32``
                  1 / x for positive normal x without a divide (a 512-bit double divide
@@ -63,6 +63,7 @@ LN2_HI_32 = _F32(0.693359375)
 LN2_LO_32 = _F32(-2.12194440e-4)
 LN2_32 = _F32(LN2)
 SQRT2M1_32 = _F32(SQRT2M1)
+SQRT2_32 = _F32(SQRT2)
 # the smallest normal float32 is exp(-87.3)
 EXP_LO_32 = _F32(-87.0)
 _C32 = tuple(_F32(c) for c in _C[:8])
@@ -300,6 +301,20 @@ def atanh2_32(s):
         (_A32[0] + _A32[1] * s2) + (_A32[2] + _A32[3] * s2) * s4 + _A32[4] * (s4 * s4)
     )
     return _F32(2.0) * s * series
+
+
+@jit
+def log_ge1_32(y):
+    """float32 log(y) for finite float32 y >= 1 (a few ulp), branch-free like
+    :func:`log_ge1`: mantissa and exponent split by bit operations, :func:`atanh2_32`."""
+    bits = float32_bits(y)
+    e = (bits >> np.int32(23)) - np.int32(127)
+    m = bits_as_float32((bits & np.int32(0x7FFFFF)) | np.int32(127 << 23))
+    big = m > SQRT2_32
+    m = m * _F32(0.5) if big else m
+    fe = _F32(e + np.int32(1)) if big else _F32(e)
+    f = m - _F32(1.0)
+    return fe * LN2_HI_32 + (fe * LN2_LO_32 + atanh2_32(f / (_F32(2.0) + f)))
 
 
 @jit
