@@ -104,13 +104,6 @@ INIT_VARIANCE = 1e-10
 _SMALLEST_SUM_OF_SQUARES = 1e4 * float(np.finfo(np.float64).tiny)
 
 
-def _hessian_stride(n_rows, d_tilde):
-    """Every how many rows the Newton curvature is summed (HESSIAN_ROWS_PER_COEF)."""
-    return int(
-        min(max(n_rows // (HESSIAN_ROWS_PER_COEF * d_tilde), 1), HESSIAN_MAX_STRIDE)
-    )
-
-
 # ---------------------------------------------------------------- Gamma helpers
 def _gamma_moments(shape, rate):
     """E[x] and E[log x] under Gamma(shape, rate)."""
@@ -665,10 +658,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         sq_prior = (mu - mu0) ** 2 + 1.0 / prec
         a = self.a0 + 0.5 * (n + 1)
         b = self.b0 + 0.5 * (sq_data + lam0 * sq_prior)
-        self.mu_mean_, self.mu_precision_ = float(mu), float(prec)
-        self.tau_shape_, self.tau_rate_ = float(a), float(b)
-        self.mu_var_ = 1.0 / self.mu_precision_
-        self.tau_mean_ = a / b
+        self._cavi_set_state((float(mu), float(prec), float(a), float(b)))
         # the full bound at the new factors
         e_tau, e_log_tau = _gamma_moments(a, b)
         loglik = 0.5 * n * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * sq_data
@@ -1009,10 +999,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
                 _linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
             )
         # the target's spread: its range with an intercept, else its largest |y|
-        spread = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
-        return self._finish_statistics(n, stats, x_off, y_off, spread, y_sum)
-
-    def _finish_statistics(self, n, stats, x_off, y_off, y_range, y_sum):
+        y_range = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
         check_finite_statistics("X and y", stats.gram, stats.xty, stats.yty)
         if y_range == 0.0:
             raise ValueError(
@@ -1037,7 +1024,6 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         root = _augmented_root(gram, stats.xty, stats.yty)
         # the rounds read XᵀX, Xᵀy, yᵀy from the root, so that the bound's residual
         # ‖R [m; −1]‖² and the updates describe one positive semi-definite problem
-        d = gram.shape[0]
         gram = root[:, :d].T @ root[:, :d]
         gram = 0.5 * (gram + gram.T)
         xty = root[:, :d].T @ root[:, d]
@@ -1089,10 +1075,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         else:
             a_lambda = self.lambda_1 + 0.5 * d
             b_lambda = self.lambda_2 + 0.5 * float(np.sum(e_w2))
-        self.coef_, self.sigma_, self._log_det_sigma = coef, sigma, log_det
-        self.alpha_shape_, self.alpha_rate_ = a_alpha, b_alpha
-        self.lambda_shape_, self.lambda_rate_ = a_lambda, b_lambda
-        self._set_means()
+        self._cavi_set_state(
+            (coef, sigma, log_det, a_alpha, b_alpha, a_lambda, b_lambda)
+        )
         return self._bound(n, e_sq_resid, e_w2)
 
     def _bound(self, n, e_sq_resid, e_w2):
@@ -1104,20 +1089,15 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             log_prior_w = 0.5 * (
                 np.sum(e_log_lambda) - d * _LOG_2PI - np.sum(e_lambda * e_w2)
             )
-            log_prior_lambda = np.sum(
-                _gamma_log_prior(self.lambda_1, self.lambda_2, e_lambda, e_log_lambda)
-            )
-            entropy_lambda = np.sum(
-                _gamma_entropy(self.lambda_shape_, self.lambda_rate_)
-            )
         else:
             log_prior_w = 0.5 * (
                 d * e_log_lambda - d * _LOG_2PI - e_lambda * np.sum(e_w2)
             )
-            log_prior_lambda = _gamma_log_prior(
-                self.lambda_1, self.lambda_2, e_lambda, e_log_lambda
-            )
-            entropy_lambda = _gamma_entropy(self.lambda_shape_, self.lambda_rate_)
+        # a sum over the ARD precisions (one term when shared)
+        log_prior_lambda = np.sum(
+            _gamma_log_prior(self.lambda_1, self.lambda_2, e_lambda, e_log_lambda)
+        )
+        entropy_lambda = np.sum(_gamma_entropy(self.lambda_shape_, self.lambda_rate_))
         log_prior_alpha = _gamma_log_prior(
             self.alpha_1, self.alpha_2, e_alpha, e_log_alpha
         )
@@ -1638,12 +1618,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         """``what`` of every row (:func:`_logistic_rows`); one column comes back 1-D."""
         sigmas = self.sigma_ if self.sigma_.ndim == 3 else self.sigma_[np.newaxis]
         args = (what, self.coef_, self.intercept_, sigmas, self.classes_)
-        return predict_rows(self, X).map_rows(
-            _logistic_rows,
-            args,
-            n_columns=None if n_columns == 1 else n_columns,
-            dtype=dtype,
-        )
+        n_columns = None if n_columns == 1 else n_columns
+        return predict_rows(self, X).map_rows(_logistic_rows, args, n_columns, dtype)
 
     def _fit_ovr(self, problems, warm):
         if warm and hasattr(self, "estimators_"):
@@ -1680,21 +1656,17 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _local(self, rows, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""
-        stride = _hessian_stride(rows.shape[0], q[0].shape[0])
+        per_stride = HESSIAN_ROWS_PER_COEF * q[0].shape[0]  # see the constant
+        stride = int(min(max(rows.shape[0] // per_stride, 1), HESSIAN_MAX_STRIDE))
         stats = rows.map_reduce(
             _logistic_stats,
             shared=(q[0], q[2], self.fit_intercept, grams, stride),
             n_jobs=self.n_jobs,
         )
-        if scale != 1.0:
-            stats = LogisticBlockStats(
-                stats.n_samples,
-                None if stats.gram is None else scale * stats.gram,
-                None if stats.hessian is None else scale * stats.hessian,
-                scale * stats.xi_terms,
-                scale * stats.collapsed_terms,
-                stats.hessian_rows,
-                scale * stats.gram_mean,
+        if scale != 1.0:  # the sums scaled, not the row counts
+            stats = stats._make(
+                v if v is None or k in ("n_samples", "hessian_rows") else scale * v
+                for k, v in stats._asdict().items()
             )
         return stats
 
@@ -1861,10 +1833,12 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             previous = bound
         # the full data start afresh from the subsample's factors, with its last
         # curvature for a first proposal (_first_full_round)
-        self._proposal = None
-        self._predicted_gain = np.inf
-        self._bound = -np.inf
-        self._warm_hessian = warm_hessian
+        self._restart(warm_hessian)
+
+    def _restart(self, warm_hessian=None):
+        """No pending proposal, no bound yet (and the curvature of a warm start)."""
+        self._proposal, self._predicted_gain = None, np.inf
+        self._bound, self._warm_hessian = -np.inf, warm_hessian
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -1876,10 +1850,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._log_det = d_tilde * math.log(INIT_VARIANCE)
         self.lambda_shape_ = self.lambda_1 + 0.5 * rows.shape[1]
         self.lambda_rate_ = self.lambda_shape_  # E[λ] = 1
-        self._proposal = None
-        self._predicted_gain = np.inf
-        self._bound = -np.inf
-        self._warm_hessian = None
+        self._restart()
         rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
         if rows.shape[0] >= rows_needed:
             self._subsample_start(rows, positive)
