@@ -94,11 +94,10 @@ class DaskRows(Rows):
         work); unknown chunk sizes (from a DataFrame) are computed once.
     y : dask or NumPy array of shape (n_samples,), optional
         Rechunked to the rows of ``X``; each task receives ``(rows, targets)``.
-    dtype : NumPy dtype, default float64
-        The dtype the blocks are cast to on the workers.
+        The blocks are cast to float64 on the workers.
     """
 
-    def __init__(self, X, y=None, dtype=np.float64):
+    def __init__(self, X, y=None):
         dask, da = _import_dask()
         if hasattr(X, "to_dask_array"):  # a dask DataFrame
             X = X.to_dask_array(lengths=True)
@@ -120,13 +119,10 @@ class DaskRows(Rows):
             )
         if X.numblocks[1] != 1:
             X = X.rechunk({1: -1})
-        X = X.astype(dtype)
-        self.array = X
+        self.array = X = X.astype(np.float64)
         self.shape = tuple(int(s) for s in X.shape)
-        self.dtype = np.dtype(dtype)
-        sizes = np.asarray(X.chunks[0], dtype=np.int64)
-        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        self.sizes = sizes
+        self.sizes = np.asarray(X.chunks[0], dtype=np.int64)
+        self.starts = np.cumsum(self.sizes) - self.sizes
         blocks = list(X.to_delayed().ravel())
         self.y = None
         if y is not None:
@@ -145,13 +141,9 @@ class DaskRows(Rows):
         self._blocks = blocks
         self._dask = dask
 
-    @property
-    def n_chunks(self):
-        return len(self._blocks)
-
     def block_sizes(self):
         """The number of rows of every chunk, in order."""
-        return [int(size) for size in self.sizes]
+        return self.sizes.tolist()
 
     def blocks(self):
         """``(start, chunk)`` computed and brought here one chunk at a time, in
@@ -226,8 +218,8 @@ class DaskRows(Rows):
     def check_finite(self, n_jobs=None):
         """Raise scikit-learn's message if any value (of X, then y) is NaN or inf."""
         counts = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
-        raise_if_nonfinite("X", *counts[:2], self.dtype)
-        raise_if_nonfinite("y", *counts[2:], self.dtype)
+        raise_if_nonfinite("X", *counts[:2])
+        raise_if_nonfinite("y", *counts[2:])
 
 
 def raise_if_nonfinite(name, n_nan, n_inf, dtype=np.float64):

@@ -301,15 +301,9 @@ def fit_rows(
     if supervised and y is None:
         raise ValueError(f"{name} requires y to be passed, but the target y is None.")
     if supervised and is_block_source(X):
-        y = column_or_1d(
-            check_array(
-                y,
-                ensure_2d=False,
-                dtype=np.float64 if y_numeric else None,
-                input_name="y",
-            ),
-            warn=True,
-        )
+        y_dtype = np.float64 if y_numeric else None
+        y = check_array(y, ensure_2d=False, dtype=y_dtype, input_name="y")
+        y = column_or_1d(y, warn=True)
         if y.shape[0] != X.shape[0]:
             raise ValueError(
                 f"y has shape {y.shape}; expected ({X.shape[0]},) to match X"
@@ -318,12 +312,7 @@ def fit_rows(
     if rows is None:
         if supervised:
             X, y = validate_data(
-                estimator,
-                X,
-                y,
-                dtype=dtype,
-                y_numeric=y_numeric,
-                ensure_min_samples=2,
+                estimator, X, y, dtype=dtype, y_numeric=y_numeric, ensure_min_samples=2
             )
         else:
             X = validate_data(estimator, X, dtype=dtype, ensure_min_samples=2)
