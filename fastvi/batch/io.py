@@ -28,6 +28,7 @@ file's problems name the line of the file (the three header lines count).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -190,18 +191,11 @@ def _read_npz(path):
             if _SPARSE_KEYS <= names:
                 fmt = archive["format"].item()
                 fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-                if fmt not in ("csr", "csc", "coo"):
+                if fmt not in ("csr", "csc"):
                     raise DataError(f"{path}: unsupported sparse format {fmt!r}")
                 shape = tuple(int(v) for v in archive["shape"])
-                if fmt == "coo":
-                    X = sp.coo_matrix(
-                        (archive["data"], (archive["row"], archive["col"])), shape
-                    )
-                else:
-                    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
-                    X = cls(
-                        (archive["data"], archive["indices"], archive["indptr"]), shape
-                    )
+                cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                X = cls((archive["data"], archive["indices"], archive["indptr"]), shape)
                 return X.tocsr()
             if len(names) == 1:
                 (name,) = names
@@ -307,14 +301,7 @@ def _read_docword(path):
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
     try:
         with opener(path, "rt") as fh:
-            head = [fh.readline() for _ in range(3)]
-            try:
-                n_docs, n_words, nnz = (int(line) for line in head)
-            except ValueError:
-                raise DataError(
-                    f"{path}: not a docword file (the first three lines must be the "
-                    "numbers of documents, words and entries)"
-                ) from None
+            n_docs, n_words, nnz = _docword_header(path, fh)
             try:
                 entries = np.loadtxt(fh, dtype=np.int64, ndmin=2)
             except ValueError as exc:
@@ -329,20 +316,52 @@ def _read_docword(path):
         raise DataError(
             f"{path}: the header says {nnz} entries, the file holds {entries.shape[0]}"
         )
+    _check_entries(path, entries, 3, (n_docs, n_words))
     docs, words, counts = entries.T
-    for name, ids, top in (("docID", docs, n_docs), ("wordID", words, n_words)):
-        bad = np.flatnonzero((ids < 1) | (ids > top))
-        if bad.size:
-            raise DataError(
-                f"{path}: line {int(bad[0]) + 4}: {name} {int(ids[bad[0]])} is outside "
-                f"1..{top}"
-            )
-    bad = np.flatnonzero(counts < 0)
-    if bad.size:
-        raise DataError(f"{path}: line {int(bad[0]) + 4}: negative count")
     return sp.csr_matrix(
         (counts.astype(np.float64), (docs - 1, words - 1)), shape=(n_docs, n_words)
     )
+
+
+def _docword_header(path, fh):
+    """D, W and NNZ: the first three lines of a docword file (text or bytes)."""
+    try:
+        return tuple(int(fh.readline()) for _ in range(3))
+    except ValueError:
+        raise DataError(
+            f"{path}: not a docword file (the first three lines must be the "
+            "numbers of documents, words and entries)"
+        ) from None
+
+
+def _check_entries(path, entries, line, shape):
+    """Refuse docword ``entries`` (the lines after line ``line``) that hold an id
+    outside ``shape`` or a negative count, naming the line."""
+    for column, name, top in ((0, "docID", shape[0]), (1, "wordID", shape[1])):
+        ids = entries[:, column]
+        bad = np.flatnonzero((ids < 1) | (ids > top))
+        if bad.size:
+            raise DataError(
+                f"{path}: line {line + int(bad[0]) + 1}: {name} {int(ids[bad[0]])} is "
+                f"outside 1..{top}"
+            )
+    bad = np.flatnonzero(entries[:, 2] < 0)
+    if bad.size:
+        raise DataError(f"{path}: line {line + int(bad[0]) + 1}: negative count")
+
+
+@contextlib.contextmanager
+def _reading(path, what, opening=False):
+    """A problem reading ``path`` raised as a DataError: "{path}: {what} (...)"
+    (``opening``: a missing file is "no such file")."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, *_DAMAGED) as exc:
+        if opening and isinstance(exc, FileNotFoundError):
+            raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{path}: {what} ({exc})") from None
 
 
 def read_data(path, fmt="auto", header=False, check=True):
@@ -940,7 +959,7 @@ class SparseNpzRows(_SparseBlocks):
     def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
         self._init_blocks(path, block_rows)
         _refuse_model_file(self.path)
-        try:
+        with _reading(self.path, "cannot read as .npz", opening=True):
             with zipfile.ZipFile(self.path) as zf:
                 names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
                 if not _SPARSE_KEYS <= names:
@@ -958,12 +977,6 @@ class SparseNpzRows(_SparseBlocks):
                     name: self._member_header(zf, name)
                     for name in ("indptr", "indices", "data")
                 }
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
         if fmt != "csr":
             raise DataError(
                 f"{self.path}: out-of-core reading needs a CSR matrix, got format "
@@ -1000,7 +1013,7 @@ class SparseNpzRows(_SparseBlocks):
 
     def iter_blocks(self):
         N, W = self.shape
-        try:
+        with _reading(self.path, "cannot read as .npz"):
             with zipfile.ZipFile(self.path) as zf:
                 streams = {}
                 for name in ("indptr", "indices", "data"):
@@ -1011,10 +1024,6 @@ class SparseNpzRows(_SparseBlocks):
                 finally:
                     for fh in streams.values():
                         fh.close()
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
 
     def _blocks(self, streams, N, W):
         first = self._read(streams["indptr"], "indptr", 1).astype(np.int64)
@@ -1068,15 +1077,8 @@ class DocwordRows(_SparseBlocks):
 
     def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
         self._init_blocks(path, block_rows)
-        try:
-            with self._open() as fh:
-                n_docs, n_words, nnz = self._header(fh)
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read ({exc})") from None
+        with _reading(self.path, "cannot read", opening=True), self._open() as fh:
+            n_docs, n_words, nnz = _docword_header(self.path, fh)
         if n_docs < 1 or n_words < 1:
             raise DataError(
                 f"{self.path}: the matrix is empty ({n_docs} documents, "
@@ -1086,18 +1088,7 @@ class DocwordRows(_SparseBlocks):
         self.nnz = nnz
 
     def _open(self):
-        if self.path.endswith(".gz"):
-            return gzip.open(self.path, "rb")
-        return open(self.path, "rb")
-
-    def _header(self, fh):
-        try:
-            return tuple(int(fh.readline()) for _ in range(3))
-        except ValueError:
-            raise DataError(
-                f"{self.path}: not a docword file (the first three lines must be the "
-                "numbers of documents, words and entries)"
-            ) from None
+        return (gzip.open if self.path.endswith(".gz") else open)(self.path, "rb")
 
     def _parse(self, text, line):
         """The entries of ``text`` (whole lines following line ``line``), checked."""
@@ -1115,20 +1106,7 @@ class DocwordRows(_SparseBlocks):
                 f"{self.path}: line {line + 1}: docword entries must be "
                 "'docID wordID count'"
             )
-        D, W = self.shape
-        for column, name, top in ((0, "docID", D), (1, "wordID", W)):
-            ids = entries[:, column]
-            bad = np.flatnonzero((ids < 1) | (ids > top))
-            if bad.size:
-                raise DataError(
-                    f"{self.path}: line {line + int(bad[0]) + 1}: {name} "
-                    f"{int(ids[bad[0]])} is outside 1..{top}"
-                )
-        bad = np.flatnonzero(entries[:, 2] < 0)
-        if bad.size:
-            raise DataError(
-                f"{self.path}: line {line + int(bad[0]) + 1}: negative count"
-            )
+        _check_entries(self.path, entries, line, self.shape)
         return entries
 
     def _refuse_unsorted(self, docs, last, line):
@@ -1145,14 +1123,9 @@ class DocwordRows(_SparseBlocks):
             )
 
     def iter_blocks(self):
-        try:
-            with self._open() as fh:
-                self._header(fh)
-                yield from self._blocks(fh)
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read ({exc})") from None
+        with _reading(self.path, "cannot read"), self._open() as fh:
+            _docword_header(self.path, fh)
+            yield from self._blocks(fh)
 
     def _blocks(self, fh):
         D = self.shape[0]
@@ -1189,11 +1162,10 @@ class DocwordRows(_SparseBlocks):
 
         docs, words, counts = entries.T
         # duplicates summed, indices sorted: the rows of read_data's CSR matrix
-        block = sp.csr_matrix(
+        return sp.csr_matrix(
             (counts.astype(np.float64), (docs - 1 - start, words - 1)),
             shape=(stop - start, self.shape[1]),
         )
-        return block
 
 
 def sparse_rows(path, fmt="auto", block_rows=DEFAULT_BLOCK_ROWS):
