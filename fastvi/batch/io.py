@@ -173,11 +173,9 @@ def _refuse_model_file(path):
 
 def _read_npy(path):
     try:
-        X = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: cannot read as .npy ({exc})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_npz(path):
@@ -206,7 +204,7 @@ def _read_npz(path):
                     f"{path}: holds arrays {sorted(names)}; expected one array or one "
                     "named 'X'"
                 )
-            X = archive[name]
+            return archive[name]
     except DataError:
         raise
     except (ValueError, OSError, EOFError, KeyError) as exc:
@@ -214,13 +212,11 @@ def _read_npz(path):
         if "allow_pickle" in text or "Object arrays" in text:
             text = "holds a pickled (object) array, which is refused"
         raise DataError(f"{path}: cannot read as .npz ({text})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_text(path, delimiter, header):
     try:
-        X = np.loadtxt(
+        return np.loadtxt(
             path,
             delimiter=delimiter,
             skiprows=1 if header else 0,
@@ -232,8 +228,6 @@ def _read_text(path, delimiter, header):
         if not header and _has_header(path, delimiter):
             hint = "; the first line looks like a header: pass --header to skip it"
         raise DataError(f"{path}: {_text_problem(exc)}{hint}") from None
-    _check_2d(X, path)
-    return X
 
 
 def _text_problem(exc):
@@ -286,13 +280,11 @@ def _read_parquet(path):
         ) from None
     try:
         table = pq.read_table(path)
-        X = np.column_stack(
+        return np.column_stack(
             [np.asarray(col.to_numpy(), dtype=np.float64) for col in table.columns]
         )
     except Exception as exc:  # pyarrow raises its own error types
         raise DataError(f"{path}: cannot read as Parquet ({exc})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_docword(path):
@@ -422,6 +414,8 @@ def read_data(path, fmt="auto", header=False, check=True):
             f"{path}: cannot be read as {fmt} (damaged or not a {fmt} file: "
             f"{type(exc).__name__}: {exc})"
         ) from None
+    if isinstance(X, np.ndarray):  # not a sparse matrix
+        _check_2d(X, path)
     if check:
         check_finite(X, path)
     return X

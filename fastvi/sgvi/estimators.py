@@ -265,11 +265,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     # ------------------------------------------------------------ fitting
     def _check_X(self, X, reset):
         return validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype=[np.float64, np.float32],
-            order="C",
+            self, X, reset=reset, dtype=[np.float64, np.float32], order="C"
         )
 
     @announces("sgvi")

@@ -652,17 +652,12 @@ class GLM(Model):
         self.params = params
         super().__init__()
         self._const_rows = -gammaln(y + 1.0) if family == "poisson" else np.zeros(0)
-        self._const_total = (
-            float(self._const_rows.sum()) if family == "poisson" else 0.0
-        )
+        self._const_total = float(self._const_rows.sum())  # 0.0 but for Poisson
         self.X, self.rows = X, rows
         self.minibatch = bool(minibatch)
         k = _glm_kernels()
         self._Xtiles = None
-        if self.minibatch:
-            self.tile = _tile_rows_for(D, dtype.itemsize, gather=True)
-        else:
-            self.tile = _tile_rows_for(D, dtype.itemsize)
+        self.tile = _tile_rows_for(D, dtype.itemsize, gather=self.minibatch)
         if rows is not None:  # the targets of every block, in block order
             ends = np.cumsum(rows.block_sizes())
             self._y_blocks = [(y[e - n : e],) for e, n in zip(ends, rows.block_sizes())]
@@ -710,8 +705,7 @@ class GLM(Model):
             parts = kernel(
                 self.X, self.y, rows, W, b, tau, self.family_code, chunk, self.tile
             )
-        ll, gw, gb, ss = (p.sum(axis=0) for p in parts)
-        return ll, gw, gb, ss
+        return tuple(p.sum(axis=0) for p in parts)  # ll, gw, gb, ss
 
     def _values(self, W, b, tau, rows):
         """``_pass`` without the gradient (the likelihood's product and link only):
