@@ -28,11 +28,6 @@ from .rows import Rows, add, fold_step, fold_total, one_values, tree_sum
 
 __all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
-_INSTALL = (
-    'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
-    '(or pip install "dask[array]" distributed)'
-)
-
 # one kernel call per process at a time (see the module documentation)
 _KERNEL_LOCK = threading.Lock()
 
@@ -42,15 +37,6 @@ def is_dask_collection(X):
     if not hasattr(X, "__dask_graph__"):
         return False
     return type(X).__module__.split(".")[0] in ("dask", "dask_expr")
-
-
-def _import_dask():
-    try:
-        import dask
-        import dask.array as da
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(_INSTALL) from exc
-    return dask, da
 
 
 def _worker_threads(default):
@@ -98,7 +84,14 @@ class DaskRows(Rows):
     """
 
     def __init__(self, X, y=None):
-        dask, da = _import_dask()
+        try:
+            import dask
+            import dask.array as da
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
+                '(or pip install "dask[array]" distributed)'
+            ) from exc
         if hasattr(X, "to_dask_array"):  # a dask DataFrame
             X = X.to_dask_array(lengths=True)
         if not isinstance(X, da.Array):

@@ -278,8 +278,7 @@ class LogisticBlockStats(NamedTuple):
 def _symmetric_from_upper(parts):
     """Sum per-chunk upper triangles in chunk order and mirror the result."""
     upper = parts.sum(axis=0)
-    lower = np.tril(upper.T, -1)
-    return upper + lower
+    return upper + np.tril(upper.T, -1)
 
 
 def logistic_block_stats(
@@ -334,7 +333,8 @@ def logistic_block_stats(
             f"hessian_stride must be >= 1 and first_row >= 0; got {hessian_stride} "
             f"and {first_row}."
         )
-    kernels = _jj_kernels()
+    from .kernels import conjugate as kernels  # lazily: ``import fastvi`` compiles none
+
     G, H, c, gv = _jj_pass(
         kernels,
         X,
@@ -379,13 +379,6 @@ def logistic_target_stats(X, s, *, fit_intercept):
     """
     h = X.T @ s
     return np.append(h, s.sum()) if fit_intercept else h
-
-
-def _jj_kernels():
-    # imported lazily: ``import fastvi`` must not pull in (or compile) kernels
-    from .kernels import conjugate
-
-    return conjugate
 
 
 # ============================================================ UnivariateGaussian
@@ -1713,14 +1706,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         return bound, hessian
 
     def _first_full_round(self, rows, h):
-        """The first full-data round after the subsample start, at half price.
-
-        Only the ξ sums and G m (no G, no H) at the subsample's factors q: their
-        exact bound L*(q), and a Newton proposal whose curvature is the subsample's
-        last H scaled to N rows (its error, ~sqrt(D̃ k / N), only slows the step a
-        little; the next round checks the proposal against L*(q) as usual). The
-        factors stay q, so this round's coordinate update is the next round's.
-        """
+        """The first full-data round after the subsample start, at half price (class
+        Notes); the factors stay q, so its coordinate update is the next round's."""
         hessian, self._warm_hessian = self._warm_hessian, None
         q = self._factors()
         stats = self._local(rows, q, 1.0, grams=False)

@@ -848,10 +848,8 @@ class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):
     _family = "poisson"
 
     def _encode_target(self, y, reset=True):
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {y.shape}.")
-        if not np.all(np.isfinite(y)):
+        y = np.asarray(y, dtype=np.float64)  # 1-D: fit_rows or validate_data made it
+        if not np.all(np.isfinite(y)):  # inf in an object array passes them
             raise ValueError("y contains NaN or infinity.")
         if np.any(y < 0):
             raise ValueError(

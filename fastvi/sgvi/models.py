@@ -44,13 +44,7 @@ from ..rows import Max
 from . import priors as _priors
 from . import supports as _vec
 
-__all__ = [
-    "EightSchools",
-    "GLM",
-    "Interval",
-    "Model",
-    "Param",
-]
+__all__ = ["EightSchools", "GLM", "Interval", "Model", "Param"]
 
 # Rows per parallel work item of the GLM kernels (fixed: results do not depend on the
 # thread count) and bytes per transposed tile: a tile sits in L2, and long tiles
@@ -383,15 +377,11 @@ def _serial(n_units, per_chunk, work):
 
 
 def _tile_rows_for(n_features, itemsize, gather=False):
-    size, most = (
-        (_GATHER_TILE_BYTES, _GATHER_TILE_MAX_ROWS)
-        if gather
-        else (_TILE_BYTES, _TILE_MAX_ROWS)
-    )
-    tile = size // max(1, n_features * itemsize)
-    if not gather:  # a power of 2 (see CHUNK_ROWS)
-        return max(16, min(most, 1 << max(0, tile.bit_length() - 1)))
-    return max(16, min(most, tile - tile % 16))
+    if gather:  # a multiple of 16
+        tile = _GATHER_TILE_BYTES // max(1, n_features * itemsize)
+        return max(16, min(_GATHER_TILE_MAX_ROWS, tile - tile % 16))
+    tile = _TILE_BYTES // max(1, n_features * itemsize)  # a power of 2 (CHUNK_ROWS)
+    return max(16, min(_TILE_MAX_ROWS, 1 << max(0, tile.bit_length() - 1)))
 
 
 def _largest(block, start):
