@@ -145,24 +145,17 @@ class DaskRows(Rows):
             yield int(start), self._dask.compute(block)[0]
 
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
-        """Run ``fn`` on every chunk, sum its results in a fixed tree (or fold them
-        in chunk order: ``ordered``), compute.
-
-        ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
-        floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
-        to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count).
-        """
+        """:meth:`fastvi.rows.Rows.map_reduce` in tasks: ``shared`` travels once per
+        call (one graph key), ``local[i]`` only to chunk ``i``; ``n_jobs`` is the
+        kernel thread count on dask's local scheduler (workers use their own)."""
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
-        tasks = []
-        for i, block in enumerate(self._blocks):
-            mine = () if local is None else tuple(local[i])
-            tasks.append(
-                delayed(_run_block, pure=True)(
-                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
-                )
-            )
+        mine = (lambda i: ()) if local is None else (lambda i: tuple(local[i]))
+        run = delayed(_run_block, pure=True)
+        tasks = [
+            run(fn, block, int(start), shared_key, mine(i), n_jobs)
+            for i, (start, block) in enumerate(zip(self.starts, self._blocks))
+        ]
         if ordered:  # the kernels run in parallel, the small folds in a chain
             acc = functools.reduce(delayed(fold_step, pure=True), tasks, None)
             ones = [delayed(one_values, pure=True)(task) for task in tasks]
@@ -172,26 +165,14 @@ class DaskRows(Rows):
         return self._dask.compute(total)[0]
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
-        """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array.
-
-        The result has the row chunks of ``X`` and ``n_columns`` columns (one
-        dimension when None); nothing is computed until the caller asks.
-        """
-        ndim = 1 if n_columns is None else 2
-        layout = (
-            {"drop_axis": 1}
-            if n_columns is None
-            else {"chunks": (self.array.chunks[0], (n_columns,))}
-        )
-        return self.array.map_blocks(
-            _run_rows,
-            fn,
-            args,
-            n_jobs,
-            dtype=dtype,
-            meta=np.empty((0,) * ndim, dtype=dtype),
-            **layout,
-        )
+        """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array
+        with the row chunks of ``X`` and ``n_columns`` columns (1-D when None)."""
+        if n_columns is None:
+            layout = {"drop_axis": 1, "meta": np.empty(0, dtype)}
+        else:
+            chunks = (self.array.chunks[0], (n_columns,))
+            layout = {"chunks": chunks, "meta": np.empty((0, 0), dtype)}
+        return self.array.map_blocks(_run_rows, fn, args, n_jobs, dtype=dtype, **layout)
 
     def subsample(self, stride):
         """Every ``stride``-th row (and target), brought to the client."""

@@ -169,6 +169,11 @@ def _augmented_root(gram, xty, yty):
 # The data passes of the regressions, as pure functions of one block of rows and the
 # current global parameters; the estimators map them over the blocks of a
 # ``fastvi.rows`` source and add the results field by field.
+def _add_fields(a, b):
+    """``a + b`` of two statistics, field by field (None stays None)."""
+    return type(a)(*(None if x is None else x + y for x, y in zip(a, b)))
+
+
 class LinearBlockStats(NamedTuple):
     """Sufficient statistics of :class:`VBLinearRegression` over a block of rows.
 
@@ -184,13 +189,7 @@ class LinearBlockStats(NamedTuple):
     #: Σ (y − y_offset)²
     yty: float
 
-    def __add__(self, other):
-        return LinearBlockStats(
-            self.n_samples + other.n_samples,
-            self.gram + other.gram,
-            self.xty + other.xty,
-            self.yty + other.yty,
-        )
+    __add__ = _add_fields
 
 
 def linear_block_stats(X, y, x_offset, y_offset):
@@ -256,19 +255,7 @@ class LogisticBlockStats(NamedTuple):
     #: Σ 2 λ(ξ_n) (mᵀx̃_n) x̃_n = G m at the pass's mean m, shape (D̃,); even without G
     gram_mean: np.ndarray | None = None
 
-    def __add__(self, other):
-        def add(a, b):
-            return None if a is None else a + b
-
-        return LogisticBlockStats(
-            self.n_samples + other.n_samples,
-            add(self.gram, other.gram),
-            add(self.hessian, other.hessian),
-            self.xi_terms + other.xi_terms,
-            self.collapsed_terms + other.collapsed_terms,
-            self.hessian_rows + other.hessian_rows,
-            add(self.gram_mean, other.gram_mean),
-        )
+    __add__ = _add_fields
 
     def scaled_hessian(self):
         """H scaled from its subsample to all the rows: an estimate of the full H."""
