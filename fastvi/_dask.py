@@ -125,8 +125,7 @@ class DaskRows(Rows):
                     f"y has shape {tuple(y.shape)}; expected ({self.shape[0]},) "
                     "to match X"
                 )
-            y = y.rechunk((X.chunks[0],))
-            self.y = y
+            self.y = y = y.rechunk((X.chunks[0],))
             blocks = [
                 dask.delayed(tuple, pure=True)([b, t])
                 for b, t in zip(blocks, y.to_delayed().ravel())

@@ -165,10 +165,7 @@ def _augmented_root(gram, xty, yty):
     return (np.sqrt(np.maximum(values, 0.0))[:, None] * vectors.T) * scale
 
 
-# ------------------------------------------------------- per-block statistics
-# The data passes of the regressions, as pure functions of one block of rows and the
-# current global parameters; the estimators map them over the blocks of a
-# ``fastvi.rows`` source and add the results field by field.
+# ----------------------------------------- per-block statistics (module docstring)
 def _add_fields(a, b):
     """``a + b`` of two statistics, field by field (None stays None)."""
     return type(a)(*(None if x is None else x + y for x, y in zip(a, b)))

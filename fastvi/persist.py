@@ -155,11 +155,9 @@ class _Encoder:
             return int(value)
         if isinstance(value, Real):
             value = float(value)
-            return (
-                value
-                if math.isfinite(value)
-                else {"type": "float", "repr": repr(value)}
-            )
+            if math.isfinite(value):
+                return value
+            return {"type": "float", "repr": repr(value)}
         if isinstance(value, np.random.RandomState):
             kind, keys, pos, has_gauss, cached = value.get_state(legacy=True)
             return {

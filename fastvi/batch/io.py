@@ -1043,11 +1043,8 @@ class SparseNpzRows(_SparseBlocks):
                     f"{self.path}: row {start + row + 1}: column index "
                     f"{int(indices[bad]) + 1} is outside 1..{W}"
                 )
-            yield (
-                start,
-                stop,
-                self._block(start, stop, indptr - indptr[0], indices, data),
-            )
+            block = self._block(start, stop, indptr - indptr[0], indices, data)
+            yield start, stop, block
 
 
 class DocwordRows(_SparseBlocks):

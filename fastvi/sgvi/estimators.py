@@ -404,12 +404,9 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self.posterior_mean_ = mean
         # q's covariance factor, used for draws: taken from the parameters, never
         # recomputed from posterior_cov_ (which may be singular to rounding).
-        if hasattr(fam, "chol"):
-            self._posterior_chol = fam.chol(phi)
-        else:
-            self._posterior_chol = np.diag(fam.std(phi))
-        self.posterior_cov_ = self._posterior_chol @ self._posterior_chol.T
-        std = np.sqrt(np.sum(self._posterior_chol**2, axis=1))
+        chol = fam.chol(phi) if hasattr(fam, "chol") else np.diag(fam.std(phi))
+        self._posterior_chol, self.posterior_cov_ = chol, chol @ chol.T
+        std = np.sqrt(np.sum(chol**2, axis=1))
         self.coef_ = mean[:D]
         self.coef_std_ = std[:D]
         self.intercept_ = float(mean[D]) if self.fit_intercept else 0.0
