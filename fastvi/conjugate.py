@@ -28,6 +28,7 @@ single optimum in practice, so they have no restarts (``n_init`` is fixed to 1).
 
 import math
 from numbers import Integral, Real
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -446,13 +447,8 @@ def _schema_classes(count):
     )
 
 
-def _attrs(est, names):
-    """The attributes ``names`` (a space-separated string) of ``est``, as a tuple."""
-    return tuple(getattr(est, name) for name in names.split())
-
-
 def _set_attrs(est, names, values):
-    """Set the attributes ``names`` of ``est`` (the inverse of :func:`_attrs`)."""
+    """Set the attributes ``names`` (a space-separated string) of ``est``."""
     est.__dict__.update(zip(names.split(), values, strict=True))
 
 
@@ -650,7 +646,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     _STATE = "mu_mean_ mu_precision_ tau_shape_ tau_rate_"
 
     def _cavi_get_state(self):
-        return _attrs(self, self._STATE)
+        return attrgetter(*self._STATE.split())(self)
 
     def _cavi_set_state(self, state):
         _set_attrs(self, self._STATE, state)
@@ -1107,7 +1103,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     )
 
     def _cavi_get_state(self):
-        return _attrs(self, self._STATE)
+        return attrgetter(*self._STATE.split())(self)
 
     def _cavi_set_state(self, state):
         _set_attrs(self, self._STATE, state)
@@ -1626,7 +1622,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
     _FACTORS = "_mean _cov _factor _log_det lambda_shape_ lambda_rate_"
 
     def _factors(self):
-        return _attrs(self, self._FACTORS)
+        return attrgetter(*self._FACTORS.split())(self)
 
     def _set_factors(self, q):
         _set_attrs(self, self._FACTORS, q)

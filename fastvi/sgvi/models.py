@@ -790,9 +790,7 @@ class EightSchools(Model):
         super().__init__()
 
     def log_joint(self, theta, rows, scale):
-        mu = theta[:, 0]
-        tau = theta[:, 1]
-        tt = theta[:, 2:]
+        mu, tau, tt = theta[:, 0], theta[:, 1], theta[:, 2:]
         effect = mu[:, None] + tau[:, None] * tt
         r = (self.y - effect) / self.sigma
         inv_var = 1.0 / self.sigma**2
