@@ -595,9 +595,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         rows = source_rows(X, ensure_2d=False)
         if rows is None:
             x = check_array(X, ensure_2d=False, dtype=np.float64, input_name="X")
-            rows = ArrayRows(
-                np.require(x[:, None] if x.ndim == 1 else x, requirements="W")
-            )
+            rows = ArrayRows(np.require(x.reshape(len(x), -1), requirements="W"))
         if rows.shape[1] != 1:
             raise ValueError(
                 "UnivariateGaussian needs X of shape (n_samples,) or "

@@ -331,15 +331,11 @@ def fit_rows(
 
 def predict_rows(estimator, X):
     """``Rows`` of new data for a fitted estimator (scikit-learn's feature check)."""
-    from sklearn.utils.validation import validate_data
+    from sklearn.utils.validation import _check_n_features, validate_data
 
     rows = source_rows(X)
     if rows is None:
         X = validate_data(estimator, X, reset=False, dtype=np.float64)
         return ArrayRows(np.require(X, dtype=np.float64, requirements=["C", "W"]))
-    if rows.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"X has {rows.shape[1]} features, but {type(estimator).__name__} "
-            f"is expecting {estimator.n_features_in_} features as input."
-        )
+    _check_n_features(estimator, rows, reset=False)
     return rows

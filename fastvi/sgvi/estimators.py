@@ -55,10 +55,8 @@ class _Kept(_schema.Spec):
                 return all(plain(x) for x in v)
             return v is None or isinstance(v, (bool, Integral, Real))
 
-        if not (
-            isinstance(value, dict)
-            and all(isinstance(k, str) for k in value)
-            and all(plain(v) for v in value.values())
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and plain(v) for k, v in value.items()
         ):
             raise _schema.SchemaMismatch("is not a dict of numbers and float arrays")
 
