@@ -584,8 +584,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             spread = float(rows.map_reduce(_column_spread, shared=(xbar,)))
             check_finite_statistics("X", xbar, spread)
             self.n_features_in_ = 1
-            data = (n, xbar, spread)
-            self._cavi_fit(data, None)
+            self._cavi_fit((n, xbar, spread), None)
             self.exact_posterior_ = self._exact(n, xbar, spread)
         return self
 
@@ -947,8 +946,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             if self.warm_start and hasattr(self, "converged_"):
                 if self.coef_.shape[0] != rows.shape[1]:
                     del self.converged_  # a new problem: start afresh
-            data = self._statistics(rows)
-            self._cavi_fit(data, None)
+            self._cavi_fit(self._statistics(rows), None)
         return self
 
     def _statistics(self, rows):

@@ -131,12 +131,7 @@ def check_finite(X, path, row_offset=0):
         if where is not None:
             entry = where[0]
             row = int(np.searchsorted(X.indptr, entry, side="right") - 1)
-            column = int(X.indices[entry])
-            value = X.data[entry]
-            raise DataError(
-                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
-                f"{value} is not finite"
-            )
+            _not_finite(path, row + row_offset, int(X.indices[entry]), X.data[entry])
         return
     if X.dtype.kind not in "biuf":
         raise DataError(f"{path}: expected numbers, got an array of dtype {X.dtype}")
@@ -147,12 +142,15 @@ def check_finite(X, path, row_offset=0):
         block = np.asarray(X[start : start + step])
         where = _first_bad(block)
         if where is not None:
-            row, column = int(where[0]) + start, int(where[1]) if block.ndim > 1 else 0
-            value = block[where]
-            raise DataError(
-                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
-                f"{value} is not finite"
-            )
+            column = int(where[1]) if block.ndim > 1 else 0
+            _not_finite(path, int(where[0]) + start + row_offset, column, block[where])
+
+
+def _not_finite(path, row, column, value):
+    """Refuse ``value`` at 0-based ``row``, ``column`` of the file ``path``."""
+    raise DataError(
+        f"{path}: row {row + 1}, column {column + 1}: value {value} is not finite"
+    )
 
 
 def _check_2d(X, path):

@@ -593,8 +593,6 @@ class _Report:
 
 
 def _seed_from(random_state):
-    if random_state is None or isinstance(random_state, Integral):
-        return random_state
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
