@@ -142,12 +142,10 @@ class _Encoder:
         if value is None or isinstance(value, (bool, str)):
             return value
         if isinstance(value, np.ndarray):
-            if value.dtype == object:
-                if all(isinstance(v, str) for v in value.ravel()):
-                    self._array(name, value.astype(str))
-                    return {"type": "str_array", "array": name}
-                raise TypeError(f"{name}: object arrays cannot be saved")
-            return self._array(name, np.asarray(value))
+            if value.dtype == object and all(isinstance(v, str) for v in value.flat):
+                self._array(name, value.astype(str))
+                return {"type": "str_array", "array": name}
+            return self._array(name, np.asarray(value))  # refuses other object arrays
         if isinstance(value, np.generic):
             self._array(name, np.asarray(value))
             return {"type": "scalar", "array": name}

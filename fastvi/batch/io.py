@@ -505,15 +505,11 @@ class NpyRows(_BlockSource):
         if int(prefetch) < 0:
             raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
         self.prefetch = int(prefetch)
-        try:
+        with _reading(self.path, "not a .npy file", opening=True):
             with open(self.path, "rb") as fh:
                 shape, fortran, dtype = _npy_header(fh)
                 self._offset = fh.tell()
                 size = os.fstat(fh.fileno()).st_size
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{self.path}: not a .npy file ({exc})") from None
         if dtype not in (np.dtype("<f8"), np.dtype("<f4")) or fortran:
             raise DataError(
                 f"{self.path}: out-of-core reading needs a float64 or float32 "
