@@ -1055,13 +1055,10 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         e_lambda, e_log_lambda = _gamma_moments(self.lambda_shape_, self.lambda_rate_)
         loglik = 0.5 * n * (e_log_alpha - _LOG_2PI) - 0.5 * e_alpha * e_sq_resid
         if self.ard:
-            log_prior_w = 0.5 * (
-                np.sum(e_log_lambda) - d * _LOG_2PI - np.sum(e_lambda * e_w2)
-            )
+            sum_log_lambda, lambda_w2 = np.sum(e_log_lambda), np.sum(e_lambda * e_w2)
         else:
-            log_prior_w = 0.5 * (
-                d * e_log_lambda - d * _LOG_2PI - e_lambda * np.sum(e_w2)
-            )
+            sum_log_lambda, lambda_w2 = d * e_log_lambda, e_lambda * np.sum(e_w2)
+        log_prior_w = 0.5 * (sum_log_lambda - d * _LOG_2PI - lambda_w2)
         # a sum over the ARD precisions (one term when shared)
         log_prior_lambda = np.sum(
             _gamma_log_prior(self.lambda_1, self.lambda_2, e_lambda, e_log_lambda)

@@ -247,17 +247,14 @@ class _Decoder:
             if text not in ("nan", "inf", "-inf"):
                 self.fail(f"bad float {text!r}")
             return float(text)
-        if kind in ("list", "tuple"):
-            items = spec.get("items")
-            if not isinstance(items, list):
-                self.fail("malformed metadata (list without items)")
+        if kind in ("list", "tuple", "dict"):
+            items, holder = spec.get("items"), dict if kind == "dict" else list
+            if not isinstance(items, holder):
+                self.fail(f"malformed metadata ({holder.__name__} without items)")
+            if kind == "dict":
+                return {k: self.decode(v) for k, v in items.items()}
             values = [self.decode(v) for v in items]
             return values if kind == "list" else tuple(values)
-        if kind == "dict":
-            items = spec.get("items")
-            if not isinstance(items, dict):
-                self.fail("malformed metadata (dict without items)")
-            return {k: self.decode(v) for k, v in items.items()}
         if kind == "random_state":
             keys = self.array(spec.get("keys"))
             if keys.shape != (624,) or keys.dtype != np.uint32:
