@@ -2,10 +2,8 @@
 
 A CAVI round over data held in a ``dask.array.Array`` is a map and a reduce: every row
 chunk goes through the same numba kernel as in-memory data, on the worker that holds
-it, and returns its partial sufficient statistics (never rows), summed as in memory
-(:mod:`fastvi.rows`): in a binary tree fixed by the chunk order (the in-memory bits
-when the chunks are its blocks), or in order by a chain of small tasks (the bits for
-chunks of any multiple of the kernels' chunk), never in the order chunks finish.
+it, and returns its partial sufficient statistics (never rows), summed as
+:mod:`fastvi.rows` sums blocks (ordered sums by a chain of small tasks).
 
 ``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
 local threaded scheduler otherwise. Numba's parallel regions are not meant to be

@@ -1654,8 +1654,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             if 0.0 <= gain < self.tol:
                 # converged: the proposal, with its exact bound, ends the fit
                 self._set_factors(proposal)
-                self._proposal = None
-                self._predicted_gain = np.inf
+                self._proposal, self._predicted_gain = None, np.inf
                 self._bound += gain
                 return self._bound, None
             if gain < 0.0:
@@ -1943,8 +1942,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 def _target_stats(block, start, classes, fit_intercept):
     """Block statistic: X̃ᵀ(t_k − 1/2) for every class k (rows of an array), and
     max |x| (:func:`logistic_target_stats`)."""
-    X, labels = block
-    labels = np.asarray(labels)
+    X, labels = block[0], np.asarray(block[1])
     h = [
         logistic_target_stats(X, (labels == c) - 0.5, fit_intercept=fit_intercept)
         for c in classes
