@@ -332,21 +332,17 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             rule = WindowConvergence(self.tol, self.window)
         else:
             rule = StanConvergence(self.tol_rel_obj, self.eval_elbo, self.max_iter)
-        init_state = None
-        previous = getattr(self, "state_", None)
-        if (
-            self.warm_start
-            and previous is not None
-            and previous.params.shape == (engine.family.size,)
-            and getattr(self, "_engine_key", None) == self._engine_signature(model)
+        init_state = getattr(self, "state_", None) if self.warm_start else None
+        if init_state is not None and (
+            init_state.params.shape != (engine.family.size,)
+            or getattr(self, "_engine_key", None) != self._engine_signature(model)
         ):
-            init_state = previous
-        seed = _seed_from(self.random_state)
+            init_state = None  # another problem: start afresh
         report = _Report(self, engine, init_state) if self.verbose else None
         monitor = monitor_of(self)
         watch = None if monitor.callback is None else partial(monitor.callback, self)
         result = engine.run(
-            seed=seed,
+            seed=_seed_from(self.random_state),
             max_iter=self.max_iter,
             convergence=rule,
             init_state=init_state,
