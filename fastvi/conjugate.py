@@ -1691,8 +1691,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _prior_diagonal(self, q):
         """diag of the prior precision of (w, b) under q(λ): E[λ], …, E[λ], p0."""
-        d_tilde = q[0].shape[0]
-        prior = np.full(d_tilde, q[4] / q[5])
+        prior = np.full(q[0].shape[0], q[4] / q[5])
         if self.fit_intercept:
             prior[-1] = self.intercept_precision
         return prior

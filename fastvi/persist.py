@@ -261,15 +261,9 @@ class _Decoder:
                 self.fail("bad random state (its key is not 624 uint32 values)")
             state = np.random.RandomState()
             try:
-                state.set_state(
-                    (
-                        str(spec["bit_generator"]),
-                        keys,
-                        int(spec["pos"]),
-                        int(spec["has_gauss"]),
-                        float(spec["cached_gaussian"]),
-                    )
-                )
+                bits, pos = str(spec["bit_generator"]), int(spec["pos"])
+                gauss = int(spec["has_gauss"]), float(spec["cached_gaussian"])
+                state.set_state((bits, keys, pos, *gauss))
             except (KeyError, TypeError, ValueError, OverflowError, IndexError) as exc:
                 self.fail(f"bad random state ({exc})")
             return state
