@@ -1084,11 +1084,8 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         self.alpha_ = float(self.alpha_shape_ / self.alpha_rate_)
         lam = self.lambda_shape_ / self.lambda_rate_
         self.lambda_ = lam if self.ard else float(lam)
-        self.intercept_ = (
-            float(self.y_offset_ - self.X_offset_ @ self.coef_)
-            if self.fit_intercept
-            else 0.0
-        )
+        offset = self.y_offset_ - self.X_offset_ @ self.coef_
+        self.intercept_ = float(offset) if self.fit_intercept else 0.0
 
     _STATE = (
         "coef_ sigma_ _log_det_sigma alpha_shape_ alpha_rate_ lambda_shape_ "
@@ -1780,8 +1777,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         scale = rows.shape[0] / Xs.shape[0]
         hs = Xs.map_reduce(_target_stats, shared=([positive], self.fit_intercept))
         hs = scale * hs[0][0]
-        previous = -np.inf
-        warm_hessian = None
+        previous, warm_hessian = -np.inf, None
         for _ in range(WARM_MAX_ROUNDS):
             bound, hessian = self._round(Xs, hs, scale)
             if hessian is not None:

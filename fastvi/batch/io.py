@@ -214,12 +214,9 @@ def _read_npz(path):
 
 def _read_text(path, delimiter, header):
     try:
+        skip = 1 if header else 0
         return np.loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=1 if header else 0,
-            ndmin=2,
-            dtype=np.float64,
+            path, delimiter=delimiter, skiprows=skip, ndmin=2, dtype=np.float64
         )
     except ValueError as exc:
         hint = ""
@@ -1069,8 +1066,7 @@ class DocwordRows(_SparseBlocks):
                 f"{self.path}: the matrix is empty ({n_docs} documents, "
                 f"{n_words} words)"
             )
-        self.shape = (n_docs, n_words)
-        self.nnz = nnz
+        self.shape, self.nnz = (n_docs, n_words), nnz
 
     def _open(self):
         return (gzip.open if self.path.endswith(".gz") else open)(self.path, "rb")
