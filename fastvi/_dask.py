@@ -2,10 +2,8 @@
 
 A CAVI round over data held in a ``dask.array.Array`` is a map and a reduce: every row
 chunk goes through the same numba kernel as in-memory data, on the worker that holds
-it, and returns its partial sufficient statistics (never rows), summed as in memory
-(:mod:`fastvi.rows`): in a binary tree fixed by the chunk order (the in-memory bits
-when the chunks are its blocks), or in order by a chain of small tasks (the bits for
-chunks of any multiple of the kernels' chunk), never in the order chunks finish.
+it, and returns its partial sufficient statistics (never rows), summed as
+:mod:`fastvi.rows` sums blocks (ordered sums by a chain of small tasks).
 
 ``dask.compute`` uses the active ``dask.distributed.Client`` when there is one and dask's
 local threaded scheduler otherwise. Numba's parallel regions are not meant to be
@@ -28,11 +26,6 @@ from .rows import Rows, add, fold_step, fold_total, one_values, tree_sum
 
 __all__ = ["DaskRows", "is_dask_collection", "raise_if_nonfinite"]
 
-_INSTALL = (
-    'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
-    '(or pip install "dask[array]" distributed)'
-)
-
 # one kernel call per process at a time (see the module documentation)
 _KERNEL_LOCK = threading.Lock()
 
@@ -42,15 +35,6 @@ def is_dask_collection(X):
     if not hasattr(X, "__dask_graph__"):
         return False
     return type(X).__module__.split(".")[0] in ("dask", "dask_expr")
-
-
-def _import_dask():
-    try:
-        import dask
-        import dask.array as da
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(_INSTALL) from exc
-    return dask, da
 
 
 def _worker_threads(default):
@@ -94,12 +78,18 @@ class DaskRows(Rows):
         work); unknown chunk sizes (from a DataFrame) are computed once.
     y : dask or NumPy array of shape (n_samples,), optional
         Rechunked to the rows of ``X``; each task receives ``(rows, targets)``.
-    dtype : NumPy dtype, default float64
-        The dtype the blocks are cast to on the workers.
+        The blocks are cast to float64 on the workers.
     """
 
-    def __init__(self, X, y=None, dtype=np.float64):
-        dask, da = _import_dask()
+    def __init__(self, X, y=None):
+        try:
+            import dask
+            import dask.array as da
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                'fitting on Dask collections needs dask: pip install "fastvi[dask]" '
+                '(or pip install "dask[array]" distributed)'
+            ) from exc
         if hasattr(X, "to_dask_array"):  # a dask DataFrame
             X = X.to_dask_array(lengths=True)
         if not isinstance(X, da.Array):
@@ -120,13 +110,10 @@ class DaskRows(Rows):
             )
         if X.numblocks[1] != 1:
             X = X.rechunk({1: -1})
-        X = X.astype(dtype)
-        self.array = X
+        self.array = X = X.astype(np.float64)
         self.shape = tuple(int(s) for s in X.shape)
-        self.dtype = np.dtype(dtype)
-        sizes = np.asarray(X.chunks[0], dtype=np.int64)
-        self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        self.sizes = sizes
+        self.sizes = np.asarray(X.chunks[0], dtype=np.int64)
+        self.starts = np.cumsum(self.sizes) - self.sizes
         blocks = list(X.to_delayed().ravel())
         self.y = None
         if y is not None:
@@ -136,8 +123,7 @@ class DaskRows(Rows):
                     f"y has shape {tuple(y.shape)}; expected ({self.shape[0]},) "
                     "to match X"
                 )
-            y = y.rechunk((X.chunks[0],))
-            self.y = y
+            self.y = y = y.rechunk((X.chunks[0],))
             blocks = [
                 dask.delayed(tuple, pure=True)([b, t])
                 for b, t in zip(blocks, y.to_delayed().ravel())
@@ -145,13 +131,9 @@ class DaskRows(Rows):
         self._blocks = blocks
         self._dask = dask
 
-    @property
-    def n_chunks(self):
-        return len(self._blocks)
-
     def block_sizes(self):
         """The number of rows of every chunk, in order."""
-        return [int(size) for size in self.sizes]
+        return self.sizes.tolist()
 
     def blocks(self):
         """``(start, chunk)`` computed and brought here one chunk at a time, in
@@ -160,24 +142,17 @@ class DaskRows(Rows):
             yield int(start), self._dask.compute(block)[0]
 
     def map_reduce(self, fn, shared=(), local=None, n_jobs=None, ordered=False):
-        """Run ``fn`` on every chunk, sum its results in a fixed tree (or fold them
-        in chunk order: ``ordered``), compute.
-
-        ``fn(block, start, *shared, *local[i])`` returns a tuple of arrays or
-        floats; ``shared`` travels once per call (one graph key), ``local[i]`` only
-        to chunk ``i``. ``n_jobs`` is the kernel thread count on dask's local
-        scheduler (distributed workers use their own thread count).
-        """
+        """:meth:`fastvi.rows.Rows.map_reduce` in tasks: ``shared`` travels once per
+        call (one graph key), ``local[i]`` only to chunk ``i``; ``n_jobs`` is the
+        kernel thread count on dask's local scheduler (workers use their own)."""
         delayed = self._dask.delayed
         shared_key = delayed(tuple(shared), pure=True)
-        tasks = []
-        for i, block in enumerate(self._blocks):
-            mine = () if local is None else tuple(local[i])
-            tasks.append(
-                delayed(_run_block, pure=True)(
-                    fn, block, int(self.starts[i]), shared_key, mine, n_jobs
-                )
-            )
+        mine = (lambda i: ()) if local is None else (lambda i: tuple(local[i]))
+        run = delayed(_run_block, pure=True)
+        tasks = [
+            run(fn, block, int(start), shared_key, mine(i), n_jobs)
+            for i, (start, block) in enumerate(zip(self.starts, self._blocks))
+        ]
         if ordered:  # the kernels run in parallel, the small folds in a chain
             acc = functools.reduce(delayed(fold_step, pure=True), tasks, None)
             ones = [delayed(one_values, pure=True)(task) for task in tasks]
@@ -187,26 +162,14 @@ class DaskRows(Rows):
         return self._dask.compute(total)[0]
 
     def map_rows(self, fn, args=(), n_columns=None, dtype=np.float64, n_jobs=None):
-        """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array.
-
-        The result has the row chunks of ``X`` and ``n_columns`` columns (one
-        dimension when None); nothing is computed until the caller asks.
-        """
-        ndim = 1 if n_columns is None else 2
-        layout = (
-            {"drop_axis": 1}
-            if n_columns is None
-            else {"chunks": (self.array.chunks[0], (n_columns,))}
-        )
-        return self.array.map_blocks(
-            _run_rows,
-            fn,
-            args,
-            n_jobs,
-            dtype=dtype,
-            meta=np.empty((0,) * ndim, dtype=dtype),
-            **layout,
-        )
+        """Lazy per-row results: ``fn(rows, *args)`` on every chunk, as a dask array
+        with the row chunks of ``X`` and ``n_columns`` columns (1-D when None)."""
+        if n_columns is None:
+            layout = {"drop_axis": 1, "meta": np.empty(0, dtype)}
+        else:
+            chunks = (self.array.chunks[0], (n_columns,))
+            layout = {"chunks": chunks, "meta": np.empty((0, 0), dtype)}
+        return self.array.map_blocks(_run_rows, fn, args, n_jobs, dtype=dtype, **layout)
 
     def subsample(self, stride):
         """Every ``stride``-th row (and target), brought to the client."""
@@ -226,8 +189,8 @@ class DaskRows(Rows):
     def check_finite(self, n_jobs=None):
         """Raise scikit-learn's message if any value (of X, then y) is NaN or inf."""
         counts = self.map_reduce(_count_nonfinite, n_jobs=n_jobs)
-        raise_if_nonfinite("X", *counts[:2], self.dtype)
-        raise_if_nonfinite("y", *counts[2:], self.dtype)
+        raise_if_nonfinite("X", *counts[:2])
+        raise_if_nonfinite("y", *counts[2:])
 
 
 def raise_if_nonfinite(name, n_nan, n_inf, dtype=np.float64):

@@ -28,6 +28,7 @@ single optimum in practice, so they have no restarts (``n_init`` is fixed to 1).
 
 import math
 from numbers import Integral, Real
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -104,13 +105,6 @@ INIT_VARIANCE = 1e-10
 _SMALLEST_SUM_OF_SQUARES = 1e4 * float(np.finfo(np.float64).tiny)
 
 
-def _hessian_stride(n_rows, d_tilde):
-    """Every how many rows the Newton curvature is summed (HESSIAN_ROWS_PER_COEF)."""
-    return int(
-        min(max(n_rows // (HESSIAN_ROWS_PER_COEF * d_tilde), 1), HESSIAN_MAX_STRIDE)
-    )
-
-
 # ---------------------------------------------------------------- Gamma helpers
 def _gamma_moments(shape, rate):
     """E[x] and E[log x] under Gamma(shape, rate)."""
@@ -172,10 +166,12 @@ def _augmented_root(gram, xty, yty):
     return (np.sqrt(np.maximum(values, 0.0))[:, None] * vectors.T) * scale
 
 
-# ------------------------------------------------------- per-block statistics
-# The data passes of the regressions, as pure functions of one block of rows and the
-# current global parameters; the estimators map them over the blocks of a
-# ``fastvi.rows`` source and add the results field by field.
+# ----------------------------------------- per-block statistics (module docstring)
+def _add_fields(a, b):
+    """``a + b`` of two statistics, field by field (None stays None)."""
+    return type(a)(*(None if x is None else x + y for x, y in zip(a, b)))
+
+
 class LinearBlockStats(NamedTuple):
     """Sufficient statistics of :class:`VBLinearRegression` over a block of rows.
 
@@ -191,13 +187,7 @@ class LinearBlockStats(NamedTuple):
     #: Σ (y − y_offset)²
     yty: float
 
-    def __add__(self, other):
-        return LinearBlockStats(
-            self.n_samples + other.n_samples,
-            self.gram + other.gram,
-            self.xty + other.xty,
-            self.yty + other.yty,
-        )
+    __add__ = _add_fields
 
 
 def linear_block_stats(X, y, x_offset, y_offset):
@@ -263,19 +253,7 @@ class LogisticBlockStats(NamedTuple):
     #: Σ 2 λ(ξ_n) (mᵀx̃_n) x̃_n = G m at the pass's mean m, shape (D̃,); even without G
     gram_mean: np.ndarray | None = None
 
-    def __add__(self, other):
-        def add(a, b):
-            return None if a is None else a + b
-
-        return LogisticBlockStats(
-            self.n_samples + other.n_samples,
-            add(self.gram, other.gram),
-            add(self.hessian, other.hessian),
-            self.xi_terms + other.xi_terms,
-            self.collapsed_terms + other.collapsed_terms,
-            self.hessian_rows + other.hessian_rows,
-            add(self.gram_mean, other.gram_mean),
-        )
+    __add__ = _add_fields
 
     def scaled_hessian(self):
         """H scaled from its subsample to all the rows: an estimate of the full H."""
@@ -285,8 +263,7 @@ class LogisticBlockStats(NamedTuple):
 def _symmetric_from_upper(parts):
     """Sum per-chunk upper triangles in chunk order and mirror the result."""
     upper = parts.sum(axis=0)
-    lower = np.tril(upper.T, -1)
-    return upper + lower
+    return upper + np.tril(upper.T, -1)
 
 
 def logistic_block_stats(
@@ -341,7 +318,8 @@ def logistic_block_stats(
             f"hessian_stride must be >= 1 and first_row >= 0; got {hessian_stride} "
             f"and {first_row}."
         )
-    kernels = _jj_kernels()
+    from .kernels import conjugate as kernels  # lazily: ``import fastvi`` compiles none
+
     G, H, c, gv = _jj_pass(
         kernels,
         X,
@@ -386,13 +364,6 @@ def logistic_target_stats(X, s, *, fit_intercept):
     """
     h = X.T @ s
     return np.append(h, s.sum()) if fit_intercept else h
-
-
-def _jj_kernels():
-    # imported lazily: ``import fastvi`` must not pull in (or compile) kernels
-    from .kernels import conjugate
-
-    return conjugate
 
 
 # ============================================================ UnivariateGaussian
@@ -476,13 +447,8 @@ def _schema_classes(count):
     )
 
 
-def _attrs(est, names):
-    """The attributes ``names`` (a space-separated string) of ``est``, as a tuple."""
-    return tuple(getattr(est, name) for name in names.split())
-
-
 def _set_attrs(est, names, values):
-    """Set the attributes ``names`` of ``est`` (the inverse of :func:`_attrs`)."""
+    """Set the attributes ``names`` (a space-separated string) of ``est``."""
     est.__dict__.update(zip(names.split(), values, strict=True))
 
 
@@ -618,8 +584,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             spread = float(rows.map_reduce(_column_spread, shared=(xbar,)))
             check_finite_statistics("X", xbar, spread)
             self.n_features_in_ = 1
-            data = (n, xbar, spread)
-            self._cavi_fit(data, None)
+            self._cavi_fit((n, xbar, spread), None)
             self.exact_posterior_ = self._exact(n, xbar, spread)
         return self
 
@@ -629,9 +594,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         rows = source_rows(X, ensure_2d=False)
         if rows is None:
             x = check_array(X, ensure_2d=False, dtype=np.float64, input_name="X")
-            rows = ArrayRows(
-                np.require(x[:, None] if x.ndim == 1 else x, requirements="W")
-            )
+            rows = ArrayRows(np.require(x.reshape(len(x), -1), requirements="W"))
         if rows.shape[1] != 1:
             raise ValueError(
                 "UnivariateGaussian needs X of shape (n_samples,) or "
@@ -665,10 +628,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         sq_prior = (mu - mu0) ** 2 + 1.0 / prec
         a = self.a0 + 0.5 * (n + 1)
         b = self.b0 + 0.5 * (sq_data + lam0 * sq_prior)
-        self.mu_mean_, self.mu_precision_ = float(mu), float(prec)
-        self.tau_shape_, self.tau_rate_ = float(a), float(b)
-        self.mu_var_ = 1.0 / self.mu_precision_
-        self.tau_mean_ = a / b
+        self._cavi_set_state((float(mu), float(prec), float(a), float(b)))
         # the full bound at the new factors
         e_tau, e_log_tau = _gamma_moments(a, b)
         loglik = 0.5 * n * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * sq_data
@@ -683,7 +643,7 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
     _STATE = "mu_mean_ mu_precision_ tau_shape_ tau_rate_"
 
     def _cavi_get_state(self):
-        return _attrs(self, self._STATE)
+        return attrgetter(*self._STATE.split())(self)
 
     def _cavi_set_state(self, state):
         _set_attrs(self, self._STATE, state)
@@ -986,8 +946,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             if self.warm_start and hasattr(self, "converged_"):
                 if self.coef_.shape[0] != rows.shape[1]:
                     del self.converged_  # a new problem: start afresh
-            data = self._statistics(rows)
-            self._cavi_fit(data, None)
+            self._cavi_fit(self._statistics(rows), None)
         return self
 
     def _statistics(self, rows):
@@ -1009,10 +968,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
                 _linear_stats, shared=(x_off, y_off), n_jobs=self.n_jobs
             )
         # the target's spread: its range with an intercept, else its largest |y|
-        spread = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
-        return self._finish_statistics(n, stats, x_off, y_off, spread, y_sum)
-
-    def _finish_statistics(self, n, stats, x_off, y_off, y_range, y_sum):
+        y_range = y_max - y_min if self.fit_intercept else max(-y_min, y_max)
         check_finite_statistics("X and y", stats.gram, stats.xty, stats.yty)
         if y_range == 0.0:
             raise ValueError(
@@ -1037,7 +993,6 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         root = _augmented_root(gram, stats.xty, stats.yty)
         # the rounds read XᵀX, Xᵀy, yᵀy from the root, so that the bound's residual
         # ‖R [m; −1]‖² and the updates describe one positive semi-definite problem
-        d = gram.shape[0]
         gram = root[:, :d].T @ root[:, :d]
         gram = 0.5 * (gram + gram.T)
         xty = root[:, :d].T @ root[:, d]
@@ -1089,10 +1044,9 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         else:
             a_lambda = self.lambda_1 + 0.5 * d
             b_lambda = self.lambda_2 + 0.5 * float(np.sum(e_w2))
-        self.coef_, self.sigma_, self._log_det_sigma = coef, sigma, log_det
-        self.alpha_shape_, self.alpha_rate_ = a_alpha, b_alpha
-        self.lambda_shape_, self.lambda_rate_ = a_lambda, b_lambda
-        self._set_means()
+        self._cavi_set_state(
+            (coef, sigma, log_det, a_alpha, b_alpha, a_lambda, b_lambda)
+        )
         return self._bound(n, e_sq_resid, e_w2)
 
     def _bound(self, n, e_sq_resid, e_w2):
@@ -1101,23 +1055,15 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         e_lambda, e_log_lambda = _gamma_moments(self.lambda_shape_, self.lambda_rate_)
         loglik = 0.5 * n * (e_log_alpha - _LOG_2PI) - 0.5 * e_alpha * e_sq_resid
         if self.ard:
-            log_prior_w = 0.5 * (
-                np.sum(e_log_lambda) - d * _LOG_2PI - np.sum(e_lambda * e_w2)
-            )
-            log_prior_lambda = np.sum(
-                _gamma_log_prior(self.lambda_1, self.lambda_2, e_lambda, e_log_lambda)
-            )
-            entropy_lambda = np.sum(
-                _gamma_entropy(self.lambda_shape_, self.lambda_rate_)
-            )
+            sum_log_lambda, lambda_w2 = np.sum(e_log_lambda), np.sum(e_lambda * e_w2)
         else:
-            log_prior_w = 0.5 * (
-                d * e_log_lambda - d * _LOG_2PI - e_lambda * np.sum(e_w2)
-            )
-            log_prior_lambda = _gamma_log_prior(
-                self.lambda_1, self.lambda_2, e_lambda, e_log_lambda
-            )
-            entropy_lambda = _gamma_entropy(self.lambda_shape_, self.lambda_rate_)
+            sum_log_lambda, lambda_w2 = d * e_log_lambda, e_lambda * np.sum(e_w2)
+        log_prior_w = 0.5 * (sum_log_lambda - d * _LOG_2PI - lambda_w2)
+        # a sum over the ARD precisions (one term when shared)
+        log_prior_lambda = np.sum(
+            _gamma_log_prior(self.lambda_1, self.lambda_2, e_lambda, e_log_lambda)
+        )
+        entropy_lambda = np.sum(_gamma_entropy(self.lambda_shape_, self.lambda_rate_))
         log_prior_alpha = _gamma_log_prior(
             self.alpha_1, self.alpha_2, e_alpha, e_log_alpha
         )
@@ -1138,11 +1084,8 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         self.alpha_ = float(self.alpha_shape_ / self.alpha_rate_)
         lam = self.lambda_shape_ / self.lambda_rate_
         self.lambda_ = lam if self.ard else float(lam)
-        self.intercept_ = (
-            float(self.y_offset_ - self.X_offset_ @ self.coef_)
-            if self.fit_intercept
-            else 0.0
-        )
+        offset = self.y_offset_ - self.X_offset_ @ self.coef_
+        self.intercept_ = float(offset) if self.fit_intercept else 0.0
 
     _STATE = (
         "coef_ sigma_ _log_det_sigma alpha_shape_ alpha_rate_ lambda_shape_ "
@@ -1150,7 +1093,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
     )
 
     def _cavi_get_state(self):
-        return _attrs(self, self._STATE)
+        return attrgetter(*self._STATE.split())(self)
 
     def _cavi_set_state(self, state):
         _set_attrs(self, self._STATE, state)
@@ -1638,12 +1581,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         """``what`` of every row (:func:`_logistic_rows`); one column comes back 1-D."""
         sigmas = self.sigma_ if self.sigma_.ndim == 3 else self.sigma_[np.newaxis]
         args = (what, self.coef_, self.intercept_, sigmas, self.classes_)
-        return predict_rows(self, X).map_rows(
-            _logistic_rows,
-            args,
-            n_columns=None if n_columns == 1 else n_columns,
-            dtype=dtype,
-        )
+        n_columns = None if n_columns == 1 else n_columns
+        return predict_rows(self, X).map_rows(_logistic_rows, args, n_columns, dtype)
 
     def _fit_ovr(self, problems, warm):
         if warm and hasattr(self, "estimators_"):
@@ -1673,28 +1612,24 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
     _FACTORS = "_mean _cov _factor _log_det lambda_shape_ lambda_rate_"
 
     def _factors(self):
-        return _attrs(self, self._FACTORS)
+        return attrgetter(*self._FACTORS.split())(self)
 
     def _set_factors(self, q):
         _set_attrs(self, self._FACTORS, q)
 
     def _local(self, rows, q, scale, grams=True):
         """The pass at the factors ``q``; statistics multiplied by ``scale``."""
-        stride = _hessian_stride(rows.shape[0], q[0].shape[0])
+        per_stride = HESSIAN_ROWS_PER_COEF * q[0].shape[0]  # see the constant
+        stride = int(min(max(rows.shape[0] // per_stride, 1), HESSIAN_MAX_STRIDE))
         stats = rows.map_reduce(
             _logistic_stats,
             shared=(q[0], q[2], self.fit_intercept, grams, stride),
             n_jobs=self.n_jobs,
         )
-        if scale != 1.0:
-            stats = LogisticBlockStats(
-                stats.n_samples,
-                None if stats.gram is None else scale * stats.gram,
-                None if stats.hessian is None else scale * stats.hessian,
-                scale * stats.xi_terms,
-                scale * stats.collapsed_terms,
-                stats.hessian_rows,
-                scale * stats.gram_mean,
+        if scale != 1.0:  # the sums scaled, not the row counts
+            stats = stats._make(
+                v if v is None or k in ("n_samples", "hessian_rows") else scale * v
+                for k, v in stats._asdict().items()
             )
         return stats
 
@@ -1716,8 +1651,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             if 0.0 <= gain < self.tol:
                 # converged: the proposal, with its exact bound, ends the fit
                 self._set_factors(proposal)
-                self._proposal = None
-                self._predicted_gain = np.inf
+                self._proposal, self._predicted_gain = None, np.inf
                 self._bound += gain
                 return self._bound, None
             if gain < 0.0:
@@ -1741,14 +1675,8 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         return bound, hessian
 
     def _first_full_round(self, rows, h):
-        """The first full-data round after the subsample start, at half price.
-
-        Only the ξ sums and G m (no G, no H) at the subsample's factors q: their
-        exact bound L*(q), and a Newton proposal whose curvature is the subsample's
-        last H scaled to N rows (its error, ~sqrt(D̃ k / N), only slows the step a
-        little; the next round checks the proposal against L*(q) as usual). The
-        factors stay q, so this round's coordinate update is the next round's.
-        """
+        """The first full-data round after the subsample start, at half price (class
+        Notes); the factors stay q, so its coordinate update is the next round's."""
         hessian, self._warm_hessian = self._warm_hessian, None
         q = self._factors()
         stats = self._local(rows, q, 1.0, grams=False)
@@ -1760,8 +1688,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     def _prior_diagonal(self, q):
         """diag of the prior precision of (w, b) under q(λ): E[λ], …, E[λ], p0."""
-        d_tilde = q[0].shape[0]
-        prior = np.full(d_tilde, q[4] / q[5])
+        prior = np.full(q[0].shape[0], q[4] / q[5])
         if self.fit_intercept:
             prior[-1] = self.intercept_precision
         return prior
@@ -1850,8 +1777,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         scale = rows.shape[0] / Xs.shape[0]
         hs = Xs.map_reduce(_target_stats, shared=([positive], self.fit_intercept))
         hs = scale * hs[0][0]
-        previous = -np.inf
-        warm_hessian = None
+        previous, warm_hessian = -np.inf, None
         for _ in range(WARM_MAX_ROUNDS):
             bound, hessian = self._round(Xs, hs, scale)
             if hessian is not None:
@@ -1861,10 +1787,12 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
             previous = bound
         # the full data start afresh from the subsample's factors, with its last
         # curvature for a first proposal (_first_full_round)
-        self._proposal = None
-        self._predicted_gain = np.inf
-        self._bound = -np.inf
-        self._warm_hessian = warm_hessian
+        self._restart(warm_hessian)
+
+    def _restart(self, warm_hessian=None):
+        """No pending proposal, no bound yet (and the curvature of a warm start)."""
+        self._proposal, self._predicted_gain = None, np.inf
+        self._bound, self._warm_hessian = -np.inf, warm_hessian
 
     # CAVI hooks
     def _cavi_initialize(self, data, random_state):
@@ -1876,10 +1804,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         self._log_det = d_tilde * math.log(INIT_VARIANCE)
         self.lambda_shape_ = self.lambda_1 + 0.5 * rows.shape[1]
         self.lambda_rate_ = self.lambda_shape_  # E[λ] = 1
-        self._proposal = None
-        self._predicted_gain = np.inf
-        self._bound = -np.inf
-        self._warm_hessian = None
+        self._restart()
         rows_needed = max(WARM_MIN_ROWS, WARM_STRIDE * WARM_ROWS_PER_COEF * d_tilde)
         if rows.shape[0] >= rows_needed:
             self._subsample_start(rows, positive)
@@ -2012,8 +1937,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 def _target_stats(block, start, classes, fit_intercept):
     """Block statistic: X̃ᵀ(t_k − 1/2) for every class k (rows of an array), and
     max |x| (:func:`logistic_target_stats`)."""
-    X, labels = block
-    labels = np.asarray(labels)
+    X, labels = block[0], np.asarray(block[1])
     h = [
         logistic_target_stats(X, (labels == c) - 0.5, fit_intercept=fit_intercept)
         for c in classes

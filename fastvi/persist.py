@@ -142,12 +142,10 @@ class _Encoder:
         if value is None or isinstance(value, (bool, str)):
             return value
         if isinstance(value, np.ndarray):
-            if value.dtype == object:
-                if all(isinstance(v, str) for v in value.ravel()):
-                    self._array(name, value.astype(str))
-                    return {"type": "str_array", "array": name}
-                raise TypeError(f"{name}: object arrays cannot be saved")
-            return self._array(name, np.asarray(value))
+            if value.dtype == object and all(isinstance(v, str) for v in value.flat):
+                self._array(name, value.astype(str))
+                return {"type": "str_array", "array": name}
+            return self._array(name, np.asarray(value))  # refuses other object arrays
         if isinstance(value, np.generic):
             self._array(name, np.asarray(value))
             return {"type": "scalar", "array": name}
@@ -155,11 +153,9 @@ class _Encoder:
             return int(value)
         if isinstance(value, Real):
             value = float(value)
-            return (
-                value
-                if math.isfinite(value)
-                else {"type": "float", "repr": repr(value)}
-            )
+            if math.isfinite(value):
+                return value
+            return {"type": "float", "repr": repr(value)}
         if isinstance(value, np.random.RandomState):
             kind, keys, pos, has_gauss, cached = value.get_state(legacy=True)
             return {
@@ -251,32 +247,23 @@ class _Decoder:
             if text not in ("nan", "inf", "-inf"):
                 self.fail(f"bad float {text!r}")
             return float(text)
-        if kind in ("list", "tuple"):
-            items = spec.get("items")
-            if not isinstance(items, list):
-                self.fail("malformed metadata (list without items)")
+        if kind in ("list", "tuple", "dict"):
+            items, holder = spec.get("items"), dict if kind == "dict" else list
+            if not isinstance(items, holder):
+                self.fail(f"malformed metadata ({holder.__name__} without items)")
+            if kind == "dict":
+                return {k: self.decode(v) for k, v in items.items()}
             values = [self.decode(v) for v in items]
             return values if kind == "list" else tuple(values)
-        if kind == "dict":
-            items = spec.get("items")
-            if not isinstance(items, dict):
-                self.fail("malformed metadata (dict without items)")
-            return {k: self.decode(v) for k, v in items.items()}
         if kind == "random_state":
             keys = self.array(spec.get("keys"))
             if keys.shape != (624,) or keys.dtype != np.uint32:
                 self.fail("bad random state (its key is not 624 uint32 values)")
             state = np.random.RandomState()
             try:
-                state.set_state(
-                    (
-                        str(spec["bit_generator"]),
-                        keys,
-                        int(spec["pos"]),
-                        int(spec["has_gauss"]),
-                        float(spec["cached_gaussian"]),
-                    )
-                )
+                bits, pos = str(spec["bit_generator"]), int(spec["pos"])
+                gauss = int(spec["has_gauss"]), float(spec["cached_gaussian"])
+                state.set_state((bits, keys, pos, *gauss))
             except (KeyError, TypeError, ValueError, OverflowError, IndexError) as exc:
                 self.fail(f"bad random state ({exc})")
             return state

@@ -301,15 +301,9 @@ def fit_rows(
     if supervised and y is None:
         raise ValueError(f"{name} requires y to be passed, but the target y is None.")
     if supervised and is_block_source(X):
-        y = column_or_1d(
-            check_array(
-                y,
-                ensure_2d=False,
-                dtype=np.float64 if y_numeric else None,
-                input_name="y",
-            ),
-            warn=True,
-        )
+        y_dtype = np.float64 if y_numeric else None
+        y = check_array(y, ensure_2d=False, dtype=y_dtype, input_name="y")
+        y = column_or_1d(y, warn=True)
         if y.shape[0] != X.shape[0]:
             raise ValueError(
                 f"y has shape {y.shape}; expected ({X.shape[0]},) to match X"
@@ -318,12 +312,7 @@ def fit_rows(
     if rows is None:
         if supervised:
             X, y = validate_data(
-                estimator,
-                X,
-                y,
-                dtype=dtype,
-                y_numeric=y_numeric,
-                ensure_min_samples=2,
+                estimator, X, y, dtype=dtype, y_numeric=y_numeric, ensure_min_samples=2
             )
         else:
             X = validate_data(estimator, X, dtype=dtype, ensure_min_samples=2)
@@ -342,15 +331,11 @@ def fit_rows(
 
 def predict_rows(estimator, X):
     """``Rows`` of new data for a fitted estimator (scikit-learn's feature check)."""
-    from sklearn.utils.validation import validate_data
+    from sklearn.utils.validation import _check_n_features, validate_data
 
     rows = source_rows(X)
     if rows is None:
         X = validate_data(estimator, X, reset=False, dtype=np.float64)
         return ArrayRows(np.require(X, dtype=np.float64, requirements=["C", "W"]))
-    if rows.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"X has {rows.shape[1]} features, but {type(estimator).__name__} "
-            f"is expecting {estimator.n_features_in_} features as input."
-        )
+    _check_n_features(estimator, rows, reset=False)
     return rows

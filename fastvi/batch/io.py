@@ -28,6 +28,7 @@ file's problems name the line of the file (the three header lines count).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -130,12 +131,7 @@ def check_finite(X, path, row_offset=0):
         if where is not None:
             entry = where[0]
             row = int(np.searchsorted(X.indptr, entry, side="right") - 1)
-            column = int(X.indices[entry])
-            value = X.data[entry]
-            raise DataError(
-                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
-                f"{value} is not finite"
-            )
+            _not_finite(path, row + row_offset, int(X.indices[entry]), X.data[entry])
         return
     if X.dtype.kind not in "biuf":
         raise DataError(f"{path}: expected numbers, got an array of dtype {X.dtype}")
@@ -146,12 +142,15 @@ def check_finite(X, path, row_offset=0):
         block = np.asarray(X[start : start + step])
         where = _first_bad(block)
         if where is not None:
-            row, column = int(where[0]) + start, int(where[1]) if block.ndim > 1 else 0
-            value = block[where]
-            raise DataError(
-                f"{path}: row {row + row_offset + 1}, column {column + 1}: value "
-                f"{value} is not finite"
-            )
+            column = int(where[1]) if block.ndim > 1 else 0
+            _not_finite(path, int(where[0]) + start + row_offset, column, block[where])
+
+
+def _not_finite(path, row, column, value):
+    """Refuse ``value`` at 0-based ``row``, ``column`` of the file ``path``."""
+    raise DataError(
+        f"{path}: row {row + 1}, column {column + 1}: value {value} is not finite"
+    )
 
 
 def _check_2d(X, path):
@@ -172,11 +171,9 @@ def _refuse_model_file(path):
 
 def _read_npy(path):
     try:
-        X = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: cannot read as .npy ({exc})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_npz(path):
@@ -190,18 +187,11 @@ def _read_npz(path):
             if _SPARSE_KEYS <= names:
                 fmt = archive["format"].item()
                 fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-                if fmt not in ("csr", "csc", "coo"):
+                if fmt not in ("csr", "csc"):
                     raise DataError(f"{path}: unsupported sparse format {fmt!r}")
                 shape = tuple(int(v) for v in archive["shape"])
-                if fmt == "coo":
-                    X = sp.coo_matrix(
-                        (archive["data"], (archive["row"], archive["col"])), shape
-                    )
-                else:
-                    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
-                    X = cls(
-                        (archive["data"], archive["indices"], archive["indptr"]), shape
-                    )
+                cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                X = cls((archive["data"], archive["indices"], archive["indptr"]), shape)
                 return X.tocsr()
             if len(names) == 1:
                 (name,) = names
@@ -212,7 +202,7 @@ def _read_npz(path):
                     f"{path}: holds arrays {sorted(names)}; expected one array or one "
                     "named 'X'"
                 )
-            X = archive[name]
+            return archive[name]
     except DataError:
         raise
     except (ValueError, OSError, EOFError, KeyError) as exc:
@@ -220,26 +210,19 @@ def _read_npz(path):
         if "allow_pickle" in text or "Object arrays" in text:
             text = "holds a pickled (object) array, which is refused"
         raise DataError(f"{path}: cannot read as .npz ({text})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_text(path, delimiter, header):
     try:
-        X = np.loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=1 if header else 0,
-            ndmin=2,
-            dtype=np.float64,
+        skip = 1 if header else 0
+        return np.loadtxt(
+            path, delimiter=delimiter, skiprows=skip, ndmin=2, dtype=np.float64
         )
     except ValueError as exc:
         hint = ""
         if not header and _has_header(path, delimiter):
             hint = "; the first line looks like a header: pass --header to skip it"
         raise DataError(f"{path}: {_text_problem(exc)}{hint}") from None
-    _check_2d(X, path)
-    return X
 
 
 def _text_problem(exc):
@@ -292,13 +275,11 @@ def _read_parquet(path):
         ) from None
     try:
         table = pq.read_table(path)
-        X = np.column_stack(
+        return np.column_stack(
             [np.asarray(col.to_numpy(), dtype=np.float64) for col in table.columns]
         )
     except Exception as exc:  # pyarrow raises its own error types
         raise DataError(f"{path}: cannot read as Parquet ({exc})") from None
-    _check_2d(X, path)
-    return X
 
 
 def _read_docword(path):
@@ -307,14 +288,7 @@ def _read_docword(path):
     opener = gzip.open if os.fspath(path).endswith(".gz") else open
     try:
         with opener(path, "rt") as fh:
-            head = [fh.readline() for _ in range(3)]
-            try:
-                n_docs, n_words, nnz = (int(line) for line in head)
-            except ValueError:
-                raise DataError(
-                    f"{path}: not a docword file (the first three lines must be the "
-                    "numbers of documents, words and entries)"
-                ) from None
+            n_docs, n_words, nnz = _docword_header(path, fh)
             try:
                 entries = np.loadtxt(fh, dtype=np.int64, ndmin=2)
             except ValueError as exc:
@@ -329,20 +303,52 @@ def _read_docword(path):
         raise DataError(
             f"{path}: the header says {nnz} entries, the file holds {entries.shape[0]}"
         )
+    _check_entries(path, entries, 3, (n_docs, n_words))
     docs, words, counts = entries.T
-    for name, ids, top in (("docID", docs, n_docs), ("wordID", words, n_words)):
-        bad = np.flatnonzero((ids < 1) | (ids > top))
-        if bad.size:
-            raise DataError(
-                f"{path}: line {int(bad[0]) + 4}: {name} {int(ids[bad[0]])} is outside "
-                f"1..{top}"
-            )
-    bad = np.flatnonzero(counts < 0)
-    if bad.size:
-        raise DataError(f"{path}: line {int(bad[0]) + 4}: negative count")
     return sp.csr_matrix(
         (counts.astype(np.float64), (docs - 1, words - 1)), shape=(n_docs, n_words)
     )
+
+
+def _docword_header(path, fh):
+    """D, W and NNZ: the first three lines of a docword file (text or bytes)."""
+    try:
+        return tuple(int(fh.readline()) for _ in range(3))
+    except ValueError:
+        raise DataError(
+            f"{path}: not a docword file (the first three lines must be the "
+            "numbers of documents, words and entries)"
+        ) from None
+
+
+def _check_entries(path, entries, line, shape):
+    """Refuse docword ``entries`` (the lines after line ``line``) that hold an id
+    outside ``shape`` or a negative count, naming the line."""
+    for column, name, top in ((0, "docID", shape[0]), (1, "wordID", shape[1])):
+        ids = entries[:, column]
+        bad = np.flatnonzero((ids < 1) | (ids > top))
+        if bad.size:
+            raise DataError(
+                f"{path}: line {line + int(bad[0]) + 1}: {name} {int(ids[bad[0]])} is "
+                f"outside 1..{top}"
+            )
+    bad = np.flatnonzero(entries[:, 2] < 0)
+    if bad.size:
+        raise DataError(f"{path}: line {line + int(bad[0]) + 1}: negative count")
+
+
+@contextlib.contextmanager
+def _reading(path, what, opening=False):
+    """A problem reading ``path`` raised as a DataError: "{path}: {what} (...)"
+    (``opening``: a missing file is "no such file")."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, *_DAMAGED) as exc:
+        if opening and isinstance(exc, FileNotFoundError):
+            raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{path}: {what} ({exc})") from None
 
 
 def read_data(path, fmt="auto", header=False, check=True):
@@ -403,6 +409,8 @@ def read_data(path, fmt="auto", header=False, check=True):
             f"{path}: cannot be read as {fmt} (damaged or not a {fmt} file: "
             f"{type(exc).__name__}: {exc})"
         ) from None
+    if isinstance(X, np.ndarray):  # not a sparse matrix
+        _check_2d(X, path)
     if check:
         check_finite(X, path)
     return X
@@ -494,15 +502,11 @@ class NpyRows(_BlockSource):
         if int(prefetch) < 0:
             raise ValueError(f"prefetch must be 0 or more, got {prefetch}")
         self.prefetch = int(prefetch)
-        try:
+        with _reading(self.path, "not a .npy file", opening=True):
             with open(self.path, "rb") as fh:
                 shape, fortran, dtype = _npy_header(fh)
                 self._offset = fh.tell()
                 size = os.fstat(fh.fileno()).st_size
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{self.path}: not a .npy file ({exc})") from None
         if dtype not in (np.dtype("<f8"), np.dtype("<f4")) or fortran:
             raise DataError(
                 f"{self.path}: out-of-core reading needs a float64 or float32 "
@@ -940,7 +944,7 @@ class SparseNpzRows(_SparseBlocks):
     def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
         self._init_blocks(path, block_rows)
         _refuse_model_file(self.path)
-        try:
+        with _reading(self.path, "cannot read as .npz", opening=True):
             with zipfile.ZipFile(self.path) as zf:
                 names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
                 if not _SPARSE_KEYS <= names:
@@ -958,12 +962,6 @@ class SparseNpzRows(_SparseBlocks):
                     name: self._member_header(zf, name)
                     for name in ("indptr", "indices", "data")
                 }
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
         if fmt != "csr":
             raise DataError(
                 f"{self.path}: out-of-core reading needs a CSR matrix, got format "
@@ -1000,7 +998,7 @@ class SparseNpzRows(_SparseBlocks):
 
     def iter_blocks(self):
         N, W = self.shape
-        try:
+        with _reading(self.path, "cannot read as .npz"):
             with zipfile.ZipFile(self.path) as zf:
                 streams = {}
                 for name in ("indptr", "indices", "data"):
@@ -1011,10 +1009,6 @@ class SparseNpzRows(_SparseBlocks):
                 finally:
                     for fh in streams.values():
                         fh.close()
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read as .npz ({exc})") from None
 
     def _blocks(self, streams, N, W):
         first = self._read(streams["indptr"], "indptr", 1).astype(np.int64)
@@ -1040,11 +1034,8 @@ class SparseNpzRows(_SparseBlocks):
                     f"{self.path}: row {start + row + 1}: column index "
                     f"{int(indices[bad]) + 1} is outside 1..{W}"
                 )
-            yield (
-                start,
-                stop,
-                self._block(start, stop, indptr - indptr[0], indices, data),
-            )
+            block = self._block(start, stop, indptr - indptr[0], indices, data)
+            yield start, stop, block
 
 
 class DocwordRows(_SparseBlocks):
@@ -1068,36 +1059,17 @@ class DocwordRows(_SparseBlocks):
 
     def __init__(self, path, block_rows=DEFAULT_BLOCK_ROWS):
         self._init_blocks(path, block_rows)
-        try:
-            with self._open() as fh:
-                n_docs, n_words, nnz = self._header(fh)
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: no such file") from None
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read ({exc})") from None
+        with _reading(self.path, "cannot read", opening=True), self._open() as fh:
+            n_docs, n_words, nnz = _docword_header(self.path, fh)
         if n_docs < 1 or n_words < 1:
             raise DataError(
                 f"{self.path}: the matrix is empty ({n_docs} documents, "
                 f"{n_words} words)"
             )
-        self.shape = (n_docs, n_words)
-        self.nnz = nnz
+        self.shape, self.nnz = (n_docs, n_words), nnz
 
     def _open(self):
-        if self.path.endswith(".gz"):
-            return gzip.open(self.path, "rb")
-        return open(self.path, "rb")
-
-    def _header(self, fh):
-        try:
-            return tuple(int(fh.readline()) for _ in range(3))
-        except ValueError:
-            raise DataError(
-                f"{self.path}: not a docword file (the first three lines must be the "
-                "numbers of documents, words and entries)"
-            ) from None
+        return (gzip.open if self.path.endswith(".gz") else open)(self.path, "rb")
 
     def _parse(self, text, line):
         """The entries of ``text`` (whole lines following line ``line``), checked."""
@@ -1115,20 +1087,7 @@ class DocwordRows(_SparseBlocks):
                 f"{self.path}: line {line + 1}: docword entries must be "
                 "'docID wordID count'"
             )
-        D, W = self.shape
-        for column, name, top in ((0, "docID", D), (1, "wordID", W)):
-            ids = entries[:, column]
-            bad = np.flatnonzero((ids < 1) | (ids > top))
-            if bad.size:
-                raise DataError(
-                    f"{self.path}: line {line + int(bad[0]) + 1}: {name} "
-                    f"{int(ids[bad[0]])} is outside 1..{top}"
-                )
-        bad = np.flatnonzero(entries[:, 2] < 0)
-        if bad.size:
-            raise DataError(
-                f"{self.path}: line {line + int(bad[0]) + 1}: negative count"
-            )
+        _check_entries(self.path, entries, line, self.shape)
         return entries
 
     def _refuse_unsorted(self, docs, last, line):
@@ -1145,14 +1104,9 @@ class DocwordRows(_SparseBlocks):
             )
 
     def iter_blocks(self):
-        try:
-            with self._open() as fh:
-                self._header(fh)
-                yield from self._blocks(fh)
-        except DataError:
-            raise
-        except (OSError, *_DAMAGED) as exc:
-            raise DataError(f"{self.path}: cannot read ({exc})") from None
+        with _reading(self.path, "cannot read"), self._open() as fh:
+            _docword_header(self.path, fh)
+            yield from self._blocks(fh)
 
     def _blocks(self, fh):
         D = self.shape[0]
@@ -1189,11 +1143,10 @@ class DocwordRows(_SparseBlocks):
 
         docs, words, counts = entries.T
         # duplicates summed, indices sorted: the rows of read_data's CSR matrix
-        block = sp.csr_matrix(
+        return sp.csr_matrix(
             (counts.astype(np.float64), (docs - 1 - start, words - 1)),
             shape=(stop - start, self.shape[1]),
         )
-        return block
 
 
 def sparse_rows(path, fmt="auto", block_rows=DEFAULT_BLOCK_ROWS):

@@ -55,10 +55,8 @@ class _Kept(_schema.Spec):
                 return all(plain(x) for x in v)
             return v is None or isinstance(v, (bool, Integral, Real))
 
-        if not (
-            isinstance(value, dict)
-            and all(isinstance(k, str) for k in value)
-            and all(plain(v) for v in value.values())
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and plain(v) for k, v in value.items()
         ):
             raise _schema.SchemaMismatch("is not a dict of numbers and float arrays")
 
@@ -265,11 +263,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     # ------------------------------------------------------------ fitting
     def _check_X(self, X, reset):
         return validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype=[np.float64, np.float32],
-            order="C",
+            self, X, reset=reset, dtype=[np.float64, np.float32], order="C"
         )
 
     @announces("sgvi")
@@ -338,21 +332,17 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             rule = WindowConvergence(self.tol, self.window)
         else:
             rule = StanConvergence(self.tol_rel_obj, self.eval_elbo, self.max_iter)
-        init_state = None
-        previous = getattr(self, "state_", None)
-        if (
-            self.warm_start
-            and previous is not None
-            and previous.params.shape == (engine.family.size,)
-            and getattr(self, "_engine_key", None) == self._engine_signature(model)
+        init_state = getattr(self, "state_", None) if self.warm_start else None
+        if init_state is not None and (
+            init_state.params.shape != (engine.family.size,)
+            or getattr(self, "_engine_key", None) != self._engine_signature(model)
         ):
-            init_state = previous
-        seed = _seed_from(self.random_state)
+            init_state = None  # another problem: start afresh
         report = _Report(self, engine, init_state) if self.verbose else None
         monitor = monitor_of(self)
         watch = None if monitor.callback is None else partial(monitor.callback, self)
         result = engine.run(
-            seed=seed,
+            seed=_seed_from(self.random_state),
             max_iter=self.max_iter,
             convergence=rule,
             init_state=init_state,
@@ -408,12 +398,9 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         self.posterior_mean_ = mean
         # q's covariance factor, used for draws: taken from the parameters, never
         # recomputed from posterior_cov_ (which may be singular to rounding).
-        if hasattr(fam, "chol"):
-            self._posterior_chol = fam.chol(phi)
-        else:
-            self._posterior_chol = np.diag(fam.std(phi))
-        self.posterior_cov_ = self._posterior_chol @ self._posterior_chol.T
-        std = np.sqrt(np.sum(self._posterior_chol**2, axis=1))
+        chol = fam.chol(phi) if hasattr(fam, "chol") else np.diag(fam.std(phi))
+        self._posterior_chol, self.posterior_cov_ = chol, chol @ chol.T
+        std = np.sqrt(np.sum(chol**2, axis=1))
         self.coef_ = mean[:D]
         self.coef_std_ = std[:D]
         self.intercept_ = float(mean[D]) if self.fit_intercept else 0.0
@@ -602,8 +589,6 @@ class _Report:
 
 
 def _seed_from(random_state):
-    if random_state is None or isinstance(random_state, Integral):
-        return random_state
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
@@ -852,10 +837,8 @@ class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):
     _family = "poisson"
 
     def _encode_target(self, y, reset=True):
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {y.shape}.")
-        if not np.all(np.isfinite(y)):
+        y = np.asarray(y, dtype=np.float64)  # 1-D: fit_rows or validate_data made it
+        if not np.all(np.isfinite(y)):  # inf in an object array passes them
             raise ValueError("y contains NaN or infinity.")
         if np.any(y < 0):
             raise ValueError(

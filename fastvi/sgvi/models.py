@@ -44,13 +44,7 @@ from ..rows import Max
 from . import priors as _priors
 from . import supports as _vec
 
-__all__ = [
-    "EightSchools",
-    "GLM",
-    "Interval",
-    "Model",
-    "Param",
-]
+__all__ = ["EightSchools", "GLM", "Interval", "Model", "Param"]
 
 # Rows per parallel work item of the GLM kernels (fixed: results do not depend on the
 # thread count) and bytes per transposed tile: a tile sits in L2, and long tiles
@@ -383,15 +377,11 @@ def _serial(n_units, per_chunk, work):
 
 
 def _tile_rows_for(n_features, itemsize, gather=False):
-    size, most = (
-        (_GATHER_TILE_BYTES, _GATHER_TILE_MAX_ROWS)
-        if gather
-        else (_TILE_BYTES, _TILE_MAX_ROWS)
-    )
-    tile = size // max(1, n_features * itemsize)
-    if not gather:  # a power of 2 (see CHUNK_ROWS)
-        return max(16, min(most, 1 << max(0, tile.bit_length() - 1)))
-    return max(16, min(most, tile - tile % 16))
+    if gather:  # a multiple of 16
+        tile = _GATHER_TILE_BYTES // max(1, n_features * itemsize)
+        return max(16, min(_GATHER_TILE_MAX_ROWS, tile - tile % 16))
+    tile = _TILE_BYTES // max(1, n_features * itemsize)  # a power of 2 (CHUNK_ROWS)
+    return max(16, min(_TILE_MAX_ROWS, 1 << max(0, tile.bit_length() - 1)))
 
 
 def _largest(block, start):
@@ -652,17 +642,12 @@ class GLM(Model):
         self.params = params
         super().__init__()
         self._const_rows = -gammaln(y + 1.0) if family == "poisson" else np.zeros(0)
-        self._const_total = (
-            float(self._const_rows.sum()) if family == "poisson" else 0.0
-        )
+        self._const_total = float(self._const_rows.sum())  # 0.0 but for Poisson
         self.X, self.rows = X, rows
         self.minibatch = bool(minibatch)
         k = _glm_kernels()
         self._Xtiles = None
-        if self.minibatch:
-            self.tile = _tile_rows_for(D, dtype.itemsize, gather=True)
-        else:
-            self.tile = _tile_rows_for(D, dtype.itemsize)
+        self.tile = _tile_rows_for(D, dtype.itemsize, gather=self.minibatch)
         if rows is not None:  # the targets of every block, in block order
             ends = np.cumsum(rows.block_sizes())
             self._y_blocks = [(y[e - n : e],) for e, n in zip(ends, rows.block_sizes())]
@@ -710,8 +695,7 @@ class GLM(Model):
             parts = kernel(
                 self.X, self.y, rows, W, b, tau, self.family_code, chunk, self.tile
             )
-        ll, gw, gb, ss = (p.sum(axis=0) for p in parts)
-        return ll, gw, gb, ss
+        return tuple(p.sum(axis=0) for p in parts)  # ll, gw, gb, ss
 
     def _values(self, W, b, tau, rows):
         """``_pass`` without the gradient (the likelihood's product and link only):
@@ -806,9 +790,7 @@ class EightSchools(Model):
         super().__init__()
 
     def log_joint(self, theta, rows, scale):
-        mu = theta[:, 0]
-        tau = theta[:, 1]
-        tt = theta[:, 2:]
+        mu, tau, tt = theta[:, 0], theta[:, 1], theta[:, 2:]
         effect = mu[:, None] + tau[:, None] * tt
         r = (self.y - effect) / self.sigma
         inv_var = 1.0 / self.sigma**2
