@@ -191,9 +191,14 @@ class _Corpus:
         """From a validated dense array or CSR matrix (duplicates summed)."""
         if not sp.issparse(X):
             X = sp.csr_matrix(X)
-        elif not X.has_canonical_format:
-            X = X.copy()
-            X.sum_duplicates()
+        else:
+            try:  # scipy's constructors leave indices unchecked: kernels index by them
+                X.check_format(full_check=True)
+            except ValueError as exc:
+                raise ValueError(f"X is not a valid CSR matrix: {exc}") from None
+            if not X.has_canonical_format:
+                X = X.copy()
+                X.sum_duplicates()
         if max(X.shape) >= 2**31:
             raise ValueError(
                 f"X has shape {X.shape}; at most 2**31 - 1 documents and words."

@@ -677,6 +677,39 @@ def test_cli_lda_from_docword_and_sparse_npz(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), est.transform(counts))
 
 
+def test_read_sparse_npz_every_saved_format_and_hostile_indices(tmp_path):
+    counts = sp.random(30, 12, density=0.3, random_state=2, format="csr")
+    for fmt in ("csr", "csc", "coo"):
+        sp.save_npz(tmp_path / f"{fmt}.npz", counts.asformat(fmt))
+        X = read_data(tmp_path / f"{fmt}.npz")
+        assert sp.isspmatrix_csr(X)
+        np.testing.assert_array_equal(X.toarray(), counts.toarray())
+    sp.save_npz(tmp_path / "dia.npz", sp.dia_matrix(np.eye(3)))
+    with pytest.raises(DataError, match="unsupported sparse format 'dia'"):
+        read_data(tmp_path / "dia.npz")
+    # scipy builds these without complaint; unchecked, a kernel indexed past the
+    # vocabulary (the command line crashed with SIGSEGV)
+    parts = dict(
+        format=np.array("csr"),
+        shape=np.array(counts.shape),
+        data=counts.data,
+        indices=counts.indices,
+        indptr=counts.indptr,
+    )
+    wide = dict(parts, indices=counts.indices + 12)
+    back = dict(parts, indptr=counts.indptr[::-1].copy())
+    far = dict(format=np.array("coo"), shape=np.array(counts.shape), data=[1.0])
+    far.update(row=[0], col=[99])
+    for name, arrays, message in (
+        ("wide", wide, "must be < 12"),
+        ("back", back, "index pointer"),
+        ("far", far, "exceeds"),
+    ):
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(DataError, match=message):
+            read_data(tmp_path / f"{name}.npz")
+
+
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, npy_file):
     path, _ = npy_file
     out, pred = tmp_path / "out.npz", tmp_path / "out.npy"

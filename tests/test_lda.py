@@ -621,6 +621,19 @@ def test_negative_sparse_counts():
         LatentDirichletAllocation(n_components=2).fit(X)
 
 
+def test_csr_with_indices_past_the_vocabulary_is_refused():
+    X = sp.csr_matrix(corpus())
+    est = LatentDirichletAllocation(n_components=2, max_iter=2).fit(X)
+    bad = X.copy()
+    bad.indices[3] = 10**6  # scipy does not check; the kernels would index by it
+    for learning_method in ("batch", "online", "scvb0"):
+        with pytest.raises(ValueError, match="not a valid CSR matrix"):
+            LatentDirichletAllocation(learning_method=learning_method).fit(bad)
+    for method in ("transform", "score", "perplexity", "partial_fit"):
+        with pytest.raises(ValueError, match="not a valid CSR matrix"):
+            getattr(est, method)(bad)
+
+
 def test_different_vocabulary_size():
     est = LatentDirichletAllocation(n_components=2, max_iter=2).fit(corpus())
     for method in ("transform", "score", "perplexity"):

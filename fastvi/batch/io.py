@@ -8,8 +8,8 @@ Formats (chosen by the file name, or explicitly with ``fmt``):
     memory-mapped.
 ``.npz``
     A NumPy archive holding one 2-D array (or one named ``X``), or a SciPy sparse
-    matrix saved by ``scipy.sparse.save_npz`` (document-word counts for LDA). Opened
-    with ``allow_pickle=False``.
+    CSR, CSC or COO matrix saved by ``scipy.sparse.save_npz`` (document-word counts
+    for LDA; its indices are checked). Opened with ``allow_pickle=False``.
 ``.csv`` / ``.tsv``
     Numbers separated by commas (tabs), no header unless ``header=True``.
 ``.parquet``
@@ -184,14 +184,25 @@ def _read_npz(path):
         # numpy leaves its own file handle open when the archive is damaged: own it
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
             names = set(archive.files)
-            if _SPARSE_KEYS <= names:
+            if {"format", "shape", "data"} <= names:
                 fmt = archive["format"].item()
                 fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-                if fmt not in ("csr", "csc"):
-                    raise DataError(f"{path}: unsupported sparse format {fmt!r}")
                 shape = tuple(int(v) for v in archive["shape"])
-                cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
-                X = cls((archive["data"], archive["indices"], archive["indptr"]), shape)
+                data = archive["data"]
+                if fmt in ("csr", "csc") and _SPARSE_KEYS <= names:
+                    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                    X = cls((data, archive["indices"], archive["indptr"]), shape)
+                    # scipy's constructor does not check the indices: a column
+                    # beyond the width would reach the kernels
+                    X.check_format(full_check=True)
+                elif fmt == "coo" and {"row", "col"} <= names:
+                    X = sp.coo_matrix((data, (archive["row"], archive["col"])), shape)
+                elif fmt == "coo" and "coords" in names:
+                    X = sp.coo_matrix((data, tuple(archive["coords"])), shape)
+                else:
+                    raise DataError(
+                        f"{path}: unsupported sparse format {fmt!r} (save X.tocsr())"
+                    )
                 return X.tocsr()
             if len(names) == 1:
                 (name,) = names
@@ -205,7 +216,7 @@ def _read_npz(path):
             return archive[name]
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
         text = str(exc)
         if "allow_pickle" in text or "Object arrays" in text:
             text = "holds a pickled (object) array, which is refused"
