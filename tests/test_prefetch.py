@@ -297,10 +297,16 @@ def test_ctrl_c_while_waiting_for_a_block_stops_the_reader(data, monkeypatch):
     blocks = source.iter_blocks()
     next(blocks)
     helper = threading.Thread(target=interrupt)
-    helper.start()
-    with pytest.raises(KeyboardInterrupt):
-        next(blocks)
-    helper.join()
+    # Python's own handler, which raises KeyboardInterrupt: a test run started as a
+    # background job inherits SIGINT ignored, and Python then installs none
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(blocks)
+        helper.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert reader_threads() == []
     assert len(source._spare) == buffers_of(source)
 
