@@ -171,6 +171,8 @@ def test_out_of_core_refusals(npy_file, tmp_path):
     (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="truncated"):
         NpyRows(tmp_path / "cut.npy")
+    with pytest.raises(DataError, match="truncated: the file is shorter"):
+        read_data(tmp_path / "cut.npy")  # the in-memory reader (numpy's mmap)
 
 
 def test_out_of_core_nan_names_file_row_and_column(tmp_path):

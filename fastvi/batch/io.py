@@ -173,7 +173,10 @@ def _read_npy(path):
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"{path}: cannot read as .npy ({exc})") from None
+        text = str(exc)
+        if "mmap length is greater than file size" in text:  # numpy's words
+            text = "truncated: the file is shorter than its header's shape needs"
+        raise DataError(f"{path}: cannot read as .npy ({text})") from None
 
 
 def _read_npz(path):
