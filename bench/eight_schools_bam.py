@@ -194,9 +194,10 @@ def report_run(name, seed, B, sched, n_iter, probes):
             if first_right is None and is_right(acc):
                 first_right = (t, evals[t])
             if t in probes:
-                out.append((t, evals[t], acc))
+                z, lo, hi = acc
+                out.append(f"{t}:{z:.2f}/{lo:.2f}-{hi:.2f}")
     total, t_init = cpu
-    return out, first_right, (total - t_init) / (len(hist) - 1), evals[0]
+    return " ".join(out), first_right, (total - t_init) / (len(hist) - 1), evals[0]
 
 
 def part_sweep(seeds):
@@ -207,10 +208,7 @@ def part_sweep(seeds):
         for sched in ("paper", "const1", "const4", "const16", "decay16"):
             print(f"== eight schools B={B} lambda={sched}")
             for seed in seeds:
-                out, fr, per, start = report_run(EIGHT, seed, B, sched, 300, probes)
-                s = " ".join(
-                    f"{t}:{z:.2f}/{lo:.2f}-{hi:.2f}" for t, e, (z, lo, hi) in out
-                )
+                s, fr, per, start = report_run(EIGHT, seed, B, sched, 300, probes)
                 print(
                     f" seed {seed} start {start} first right (it, evals) {fr} "
                     f"{per * 1e6:.0f} us/it | it:max|z|/sd ratios {s}",
@@ -361,10 +359,7 @@ def part_fixtures(seeds):
     for name in list(POSTERIORS)[1:]:
         for B, sched in ((16, "paper"), (16, "const4"), (32, "const16")):
             for seed in seeds:
-                out, fr, per, start = report_run(name, seed, B, sched, 20, probes)
-                s = " ".join(
-                    f"{t}:{z:.2f}/{lo:.2f}-{hi:.2f}" for t, e, (z, lo, hi) in out
-                )
+                s, fr, per, start = report_run(name, seed, B, sched, 20, probes)
                 print(
                     f"{name.split('-', 1)[1]} B={B} lambda={sched} seed {seed} "
                     f"start {start} first right {fr} | {s}",
