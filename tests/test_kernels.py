@@ -128,6 +128,11 @@ CASES = [
     (257, 4, 5, 64, 16),
     (300, 2, 1, 4096, 256),
     (130, 5, 6, 32, 8),
+    # 'full' pads the features to a multiple of 8 (tiles.maha_blocked): 16, 24, 40
+    (150, 3, 13, 64, 16),
+    (90, 2, 16, 64, 32),
+    (70, 3, 17, 64, 16),
+    (60, 2, 33, 32, 16),
 ]
 
 
@@ -158,11 +163,13 @@ def test_mixture_pass_matches_reference(kind, N, K, D, chunk, tile):
 @pytest.mark.parametrize(
     "kind,offset", [(0, 0.0), (1, 0.0), (2, 0.0), (2, 1e4)], ids=str
 )
-def test_float32_pass_within_float32_precision_of_reference(kind, offset):
+@pytest.mark.parametrize("D", [7, 12, 20])
+def test_float32_pass_within_float32_precision_of_reference(kind, offset, D):
     # float32 lanes (512-row tiles, float32 exp and log, the flush below exp(-64))
-    # against the float64 reference on the same float32 values
+    # against the float64 reference on the same float32 values ('full': features padded
+    # to 8, 16 and 24)
     rng = np.random.default_rng(5)
-    N, K, D = 3000, 6, 7
+    N, K = 3000, 6
     X = (rng.normal(size=(N, D)) * 3.0 + offset).astype(np.float32)
     means, prec, const = _random_params(rng, kind, K, D)
     means = means + (offset * prec[0].sum(0) if kind == 1 else offset)
