@@ -536,7 +536,7 @@ def _rows_chunk(X, y, rows, start, stop, tile, W, b, tau, family, ll, gw, gb, ss
         _tile_pass(Xt, yt, T, W, b, tau, family, E, zero, ll, gw, gb, ss, Xt, 0, 0)
 
 
-def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles, reverse=False):
+def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles):
     """Per-chunk partial sums of the GLM log-likelihood and its gradient over all rows.
 
     Parameters
@@ -551,11 +551,6 @@ def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles, reverse=False):
     tau : (S,) float64 noise precisions (``FAMILY_GAUSSIAN`` only; ignored otherwise)
     family : int, one of FAMILY_LOGISTIC, FAMILY_POISSON, FAMILY_GAUSSIAN
     chunk_tiles : tiles per parallel work item (fixed by the caller, never by threads)
-    reverse : visit the chunks last to first. The results are the same bits either
-        way (each chunk's sums are its own); a caller that alternates the direction
-        from pass to pass finds the tiles it read last still in the last-level cache
-        when the data are somewhat larger than it (a pass in one direction only evicts
-        every tile before it is read again).
 
     Returns
     -------
@@ -570,10 +565,7 @@ def glm_pass_tiled(Xtiles, y, N, W, b, tau, family, chunk_tiles, reverse=False):
     gw = np.zeros((n_chunks, S, D))
     gb = np.zeros((n_chunks, S))
     ss = np.zeros((n_chunks, S))
-    for i in prange(n_chunks):
-        c = np.int64(i)
-        if reverse:
-            c = n_chunks - 1 - c
+    for c in prange(n_chunks):
         c0 = c * chunk_tiles
         c1 = min(n_tiles, c0 + chunk_tiles)
         _tiled_chunk(

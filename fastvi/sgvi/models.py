@@ -415,14 +415,13 @@ def _glm_block(block, start, W, b, tau, family, tile, chunk_tiles, y):
     return _glm_tiles(tiles, y, n, W, b, tau, family, chunk_tiles)
 
 
-def _glm_tiles(tiles, y, n, W, b, tau, family, chunk_tiles, reverse=False):
+def _glm_tiles(tiles, y, n, W, b, tau, family, chunk_tiles):
     """The GLM kernel's per-chunk partials over ``tiles`` (``n`` rows transposed a
-    tile at a time), on the calling thread when the pass is small; ``reverse``:
-    the chunks last to first (the same bits)."""
+    tile at a time), on the calling thread when the pass is small."""
     k = _glm_kernels()
     serial = _serial(tiles.shape[0], chunk_tiles, n * tiles.shape[1] * W.shape[0])
     kernel = k.glm_pass_tiled_serial if serial else k.glm_pass_tiled
-    return kernel(tiles, y, n, W, b, tau, family, chunk_tiles, reverse)
+    return kernel(tiles, y, n, W, b, tau, family, chunk_tiles)
 
 
 class GLM(Model):
@@ -685,13 +684,8 @@ class GLM(Model):
                 "block by block (use batch_size=None)."
             )
         if rows is None:
-            # every other full pass runs last chunk to first: the tiles the last
-            # pass read are still in the last-level cache when X is somewhat larger
-            # than it (one direction evicts each tile before its next read; N=1e5,
-            # D=50 float64 is 40 MB against a 32 MB L3). The bits do not change.
-            self._backwards = not getattr(self, "_backwards", False)
             fixed = (self.n_rows, W, b, tau, self.family_code, self._chunk_tiles)
-            parts = _glm_tiles(self._Xtiles, self.y, *fixed, self._backwards)
+            parts = _glm_tiles(self._Xtiles, self.y, *fixed)
         else:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
             chunk = self._chunk_tiles * self.tile
