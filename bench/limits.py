@@ -60,23 +60,15 @@ def _parallel_sum():
         @numba.njit(parallel=True, fastmath=True, cache=False)
         def chunk_sums(x, chunk, out):
             for c in numba.prange(out.shape[0]):
-                s0 = 0.0
-                s1 = 0.0
-                s2 = 0.0
-                s3 = 0.0
-                start = c * chunk
-                stop = min(start + chunk, x.shape[0])
-                i = start
-                while i + 4 <= stop:
-                    s0 += x[i]
-                    s1 += x[i + 1]
-                    s2 += x[i + 2]
-                    s3 += x[i + 3]
-                    i += 4
-                while i < stop:
-                    s0 += x[i]
-                    i += 1
-                out[c] = (s0 + s1) + (s2 + s3)
+                # unsigned bounds: with a signed index numba guards against negative
+                # indices (wraparound) and the loop does not vectorize; that scalar
+                # loop measured 10 GB/s on an AMD EPYC (znver4) that streams 35 GB/s
+                start = np.uint64(c * chunk)
+                stop = np.uint64(min((c + 1) * chunk, x.shape[0]))
+                s = 0.0
+                for i in range(start, stop):
+                    s += x[i]
+                out[c] = s
 
         _SUM = chunk_sums
     return _SUM
