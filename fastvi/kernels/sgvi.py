@@ -40,10 +40,7 @@ eta (``fastvi.kernels.sgvi_user``) run the same products.
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
 from ._config import FASTMATH, jit, twins, wide_vectors
 from ._math import (
@@ -61,32 +58,18 @@ from ._math import (
     softplus,
     softplus32,
 )
-from .tiles import gather_tile, scratch, tile_rows  # noqa: F401  (tile_rows: sgvi.models)
+from .tiles import (  # noqa: F401  (tile_rows: sgvi.models)
+    gather_tile,
+    prefetch_l2,
+    scratch,
+    tile_rows,
+)
 
 FAMILY_LOGISTIC = 0
 FAMILY_POISSON = 1
 FAMILY_GAUSSIAN = 2
 _F32 = np.float32
 _PW_BLOCK = 64  # rows of a block of the pointwise loop (prefetches between blocks)
-
-
-@intrinsic
-def prefetch_l2(typingctx, arr, offset):
-    """Prefetch the cache line of element ``offset`` of ``arr``'s buffer into L2
-    (``prefetcht1``; never faults, so an offset past the end is harmless)."""
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        i8p = builder.bitcast(
-            builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer()
-        )
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
-        builder.call(fn, [i8p, i32(0), i32(2), i32(1)])  # read, locality 2, data
-        return context.get_dummy_value()
-
-    return types.none(arr, types.intp), codegen
 
 
 @jit

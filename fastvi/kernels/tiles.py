@@ -30,7 +30,8 @@ dtype and added into the caller's (float64) outputs.
 """
 
 import numpy as np
-from numba.core import types
+from llvmlite import ir
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._config import jit, wide_vectors
@@ -76,11 +77,54 @@ def load_tile(X, t0, T, intercept, Xt):
             Xt[D, t] = 1.0
 
 
+@intrinsic
+def prefetch_l2(typingctx, arr, offset):
+    """Prefetch the cache line of element ``offset`` of ``arr``'s buffer into L2
+    (``prefetcht1``; never faults, so an offset past the end is harmless)."""
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = builder.bitcast(
+            builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer()
+        )
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
+        builder.call(fn, [i8p, i32(0), i32(2), i32(1)])  # read, locality 2, data
+        return context.get_dummy_value()
+
+    return types.none(arr, types.intp), codegen
+
+
+#: rows ahead whose cache lines gather_tile asks for while it copies a row
+GATHER_AHEAD = 16
+
+
 @jit
 def gather_tile(X, rows, t0, T, Xt):
-    """Xt[d, t] = X[rows[t0 + t], d] for t < T (a minibatch's rows)."""
+    """Xt[d, t] = X[rows[t0 + t], d] for t < T (a minibatch's rows).
+
+    The rows ``GATHER_AHEAD`` places further on in ``rows`` (into the next tile's) are
+    prefetched meanwhile: random rows of an X larger than the caches each cost a miss
+    and often a page walk, and one at a time they made a 1024-row float32 minibatch
+    pass of 50 features 5x slower than contiguous rows (AMD EPYC, znver4).
+    """
     D = X.shape[1]
+    M = rows.shape[0]
+    lanes = 64 // X.itemsize
+    # this tile's first rows: asked for already when the call before gathered the
+    # tile before on this thread (then these are cheap), not when this is the first
+    # tile of a chunk
+    for j in range(t0, min(M, t0 + GATHER_AHEAD)):
+        for e in range(0, D + lanes, lanes):
+            prefetch_l2(X, rows[j] * D + e)
     for t in range(T):
+        j = t0 + t + GATHER_AHEAD
+        if j < M:
+            # every line of the row (D + lanes covers a row straddling lines); an
+            # offset past the end of X does not fault
+            for e in range(0, D + lanes, lanes):
+                prefetch_l2(X, rows[j] * D + e)
         n = rows[t0 + t]
         for d in range(D):
             Xt[d, t] = X[n, d]
