@@ -54,7 +54,6 @@ GROUPS = {
     "conjugate": ("regression", ("conjugate",), 4),
     "sgvi": ("SGVI", ("sgvi",), 6),
 }
-_SHARED = ("_config", "_math", "tiles")
 
 _announced = set()  # groups announced (or found compiled) in this process
 
@@ -74,9 +73,8 @@ def _stamp(group):
     folder = os.path.dirname(os.path.abspath(_config.__file__))
     # numba's cache is per source folder too: another installation compiles anew
     h.update(folder.encode())
-    for name in _SHARED + GROUPS[group][1]:
-        with open(os.path.join(folder, name + ".py"), "rb") as fh:
-            h.update(fh.read())
+    # a change to any kernel module recompiles every kernel (kernels_digest)
+    h.update(f"{group} {_config.kernels_digest()}".encode())
     return h.hexdigest()[:24]
 
 

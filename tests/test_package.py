@@ -271,6 +271,60 @@ def test_fits_give_the_same_bits_on_fresh_and_on_cached_kernels(tmp_path):
     assert fresh == cached
 
 
+_STALE_SHARED = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from fastvi.kernels import _config
+if sys.argv[2] == "changed":  # as after an edit of tiles.py alone
+    _config.kernels_digest = lambda folder=None: "another tiles.py"
+import usesjit
+usesjit.f(1.0)
+print(usesjit.f.stats.cache_misses.__len__(), usesjit.f.stats.cache_hits.__len__())
+"""
+
+
+def test_a_change_to_a_shared_kernel_module_recompiles_the_kernels(tmp_path):
+    """numba reuses a cached kernel while the hash of the kernel's own file is
+    unchanged, but the code holds what it inlined from the shared modules; fastvi's
+    stamp adds a digest of every module in fastvi/kernels, so an upgrade or a pull
+    that changed only tiles.py (or _math.py) recompiles the mixture's kernels."""
+    from fastvi.kernels import _config
+
+    (tmp_path / "usesjit.py").write_text(
+        "from fastvi.kernels._config import jit\n\n\n"
+        "@jit\ndef f(x):\n    return x + 1.0\n"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
+    }
+    env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
+    counts = []
+    for state in ("same", "same", "changed", "changed", "same"):
+        out = subprocess.run(
+            [sys.executable, "-c", _STALE_SHARED, str(tmp_path), state],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        counts.append(tuple(out.stdout.split()))
+    # compiled, loaded; compiled again for the changed modules, then loaded; the
+    # original modules' entry is stale now (one index per function), so compiled
+    assert counts == [("1", "0"), ("0", "1"), ("1", "0"), ("0", "1"), ("1", "0")]
+    # the digest reads the folder's modules: any edit changes it
+    copy = tmp_path / "kernels"
+    shutil.copytree(os.path.dirname(_config.__file__), copy)
+    for junk in copy.glob("__pycache__"):
+        shutil.rmtree(junk)
+    before = _config.kernels_digest(str(copy))
+    with open(copy / "tiles.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    assert _config.kernels_digest.__wrapped__(str(copy)) != before
+
+
 def test_batch_jobs_on_a_cold_cache_give_the_bits_of_later_jobs(tmp_path):
     """numba's freshly compiled code could round differently from the same code loaded
     from its cache (the test above), so a job compiles in a child process first

@@ -5,7 +5,10 @@ Every kernel takes its decorator from here; no other module passes numba options
 * Caching: compiled machine code is stored in fastvi's own cache folder,
   :func:`cache_dir`, never inside the installed package, so uninstalling leaves
   nothing behind and a read-only installation still caches. A second process loads
-  the kernels instead of compiling them again.
+  the kernels instead of compiling them again. A cached kernel is reused only while
+  its own file *and* every module of ``fastvi/kernels`` are unchanged
+  (:func:`kernels_digest`): its machine code holds the helpers it inlined from the
+  shared modules, which numba's own check (a hash of the kernel's file) does not see.
 * ``FASTMATH`` allows reassociation (so reductions over the contiguous point axis
   vectorize), contraction to FMA and reciprocal approximations, but *not* ``nnan`` or
   ``ninf``: NaN and inf checks inside kernels must keep working.
@@ -20,7 +23,9 @@ Every kernel takes its decorator from here; no other module passes numba options
   fast or faster (``bench/gmm_kernel_cpu.py``, ``bench/sgvi_kernel_cpu.py``).
 """
 
+import functools
 import getpass
+import hashlib
 import os
 import sys
 import tempfile
@@ -69,10 +74,32 @@ def fallback_cache_dir():
     return os.path.join(tempfile.gettempdir(), f"fastvi-cache-{user}")
 
 
+@functools.cache
+def kernels_digest(folder=None):
+    """A hash of every module of ``folder`` (default: ``fastvi/kernels``), read once.
+
+    Part of every cached kernel's freshness stamp: a kernel's compiled code holds
+    what it inlined from the shared modules (``_math``, ``tiles``, ``_config``; the
+    generated models' kernels also from ``sgvi``), so a change to any of them must
+    recompile it. numba's check hashes only the kernel's own file: after an upgrade
+    or a ``git pull`` that changed ``tiles.py`` alone, the mixture's cached kernels
+    would have kept the old code.
+    """
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            h.update(name.encode())
+            with open(os.path.join(folder, name), "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
 class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     """numba cache locator: a kernel of ``dir/file.py`` is cached in
     ``cache_dir()/file-folder_<hash of dir>`` (numba's own naming of sub-folders),
-    or under :func:`fallback_cache_dir` when that is not writable."""
+    or under :func:`fallback_cache_dir` when that is not writable; its stamp adds
+    :func:`kernels_digest` to numba's hash of the file."""
 
     _base = staticmethod(cache_dir)
 
@@ -84,6 +111,9 @@ class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
 
     def get_cache_path(self):
         return self._cache_path
+
+    def get_source_stamp(self):
+        return super().get_source_stamp(), kernels_digest()
 
 
 class _FallbackLocator(_Locator):
