@@ -76,7 +76,7 @@ import numpy as np
 from numba import prange
 
 from fastvi.kernels._config import jit, twins
-from fastvi.kernels.tiles import GATHER_AHEAD, prefetch_l2
+from fastvi.kernels.tiles import GATHER_AHEAD, prefetch_rows
 
 '''
 
@@ -95,17 +95,10 @@ def _chunk(theta, data, rows, hyper, step, start, stop, with_grad, ll, g):
     for i0 in range(start, stop, GATHER_AHEAD):
         i1 = min(stop, i0 + GATHER_AHEAD)
         if i0 == start:
-            _prefetch_rows(data, rows, i0, i1, K, lanes)
-        _prefetch_rows(data, rows, i1, min(stop, i1 + GATHER_AHEAD), K, lanes)
+            prefetch_rows(data, rows, i0, i1, K, lanes)
+        prefetch_rows(data, rows, i1, min(stop, i1 + GATHER_AHEAD), K, lanes)
         for i in range(i0, i1):
             _row(theta, data, rows, hyper, step, i, with_grad, ll, g, tmp, work)
-
-
-@jit
-def _prefetch_rows(data, rows, j0, j1, K, lanes):
-    for j in range(j0, j1):
-        for e in range(0, K + lanes, lanes):
-            prefetch_l2(data, rows[j] * K + e)
 
 
 @jit

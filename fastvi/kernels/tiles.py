@@ -10,6 +10,8 @@ every load or store of a tile row feeds several multiply-adds.
     a tile-shaped scratch array on 64-byte boundaries (whole 512-bit loads).
 ``load_tile``, ``gather_tile``, ``tile_rows``
     copy rows into tiles: a range, rows by index, or all of X at once.
+``prefetch_l2``, ``prefetch_rows``
+    ask for a cache line, or every line of some rows by index, ahead of their use.
 ``tri_column``, ``maha_upper``, ``maha_blocked``
     x^T U products with an upper-triangular U (precision Cholesky factors, covariance
     factors): one column of it, or the squared norm ||x^T U||^2 per point
@@ -104,30 +106,35 @@ GATHER_AHEAD = 16
 def gather_tile(X, rows, t0, T, Xt):
     """Xt[d, t] = X[rows[t0 + t], d] for t < T (a minibatch's rows).
 
-    The rows ``GATHER_AHEAD`` places further on in ``rows`` (into the next tile's) are
-    prefetched meanwhile: random rows of an X larger than the caches each cost a miss
-    and often a page walk, and one at a time they made a 1024-row float32 minibatch
-    pass of 50 features 5x slower than contiguous rows (AMD EPYC, znver4).
+    The rows go in blocks of ``GATHER_AHEAD``, the next block's rows (into the next
+    tile's) prefetched before each: random rows of an X larger than the caches each
+    cost a miss and often a page walk, and one at a time they made a 1024-row float32
+    minibatch pass of 50 features 5x slower than contiguous rows (AMD EPYC, znver4).
     """
     D = X.shape[1]
     M = rows.shape[0]
     lanes = 64 // X.itemsize
-    # this tile's first rows: asked for already when the call before gathered the
-    # tile before on this thread (then these are cheap), not when this is the first
-    # tile of a chunk
-    for j in range(t0, min(M, t0 + GATHER_AHEAD)):
+    # rows in blocks of GATHER_AHEAD, the next block's rows prefetched before each
+    # block (and the first block's at the start: the tile before, if any, asked for
+    # them already, and then these are cheap)
+    prefetch_rows(X, rows, t0, min(M, t0 + GATHER_AHEAD), D, lanes)
+    for b in range(0, T, GATHER_AHEAD):
+        j0 = t0 + b + GATHER_AHEAD
+        prefetch_rows(X, rows, j0, min(M, j0 + GATHER_AHEAD), D, lanes)
+        for t in range(b, min(T, b + GATHER_AHEAD)):
+            n = rows[t0 + t]
+            for d in range(D):
+                Xt[d, t] = X[n, d]
+
+
+@jit
+def prefetch_rows(X, rows, j0, j1, D, lanes):
+    """Prefetch every cache line of the rows rows[j0:j1] of the C-ordered X (``D``
+    columns, ``lanes`` elements a line; an offset past the end of X does not fault:
+    a prefetch is a hint)."""
+    for j in range(j0, j1):
         for e in range(0, D + lanes, lanes):
             prefetch_l2(X, rows[j] * D + e)
-    for t in range(T):
-        j = t0 + t + GATHER_AHEAD
-        if j < M:
-            # every line of the row (D + lanes covers a row straddling lines); an
-            # offset past the end of X does not fault
-            for e in range(0, D + lanes, lanes):
-                prefetch_l2(X, rows[j] * D + e)
-        n = rows[t0 + t]
-        for d in range(D):
-            Xt[d, t] = X[n, d]
 
 
 @jit
