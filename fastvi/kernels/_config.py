@@ -87,11 +87,14 @@ def kernels_digest(folder=None):
     """
     folder = folder or os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            h.update(name.encode())
-            with open(os.path.join(folder, name), "rb") as fh:
-                h.update(hashlib.sha256(fh.read()).digest())
+    try:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                h.update(name.encode())
+                with open(os.path.join(folder, name), "rb") as fh:
+                    h.update(hashlib.sha256(fh.read()).digest())
+    except OSError:  # no readable sources: a frozen application, whose numba stamp
+        return "no sources"  # is its executable's (a new build recompiles)
     return h.hexdigest()
 
 

@@ -98,7 +98,8 @@ def prefetch_l2(typingctx, arr, offset):
     return types.none(arr, types.intp), codegen
 
 
-#: rows ahead whose cache lines gather_tile asks for while it copies a row
+#: rows of a block of gather_tile (and of NumbaModel's row loop): the next block's
+#: cache lines are requested before each block is copied
 GATHER_AHEAD = 16
 
 
