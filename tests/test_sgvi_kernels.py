@@ -156,20 +156,21 @@ def test_glm_pass_tiled_every_block_shape(family):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gather_tile_copies_the_rows_it_is_given(dtype):
     # rows in any order, repeated, the last row of X (whose prefetch of the lines
-    # ahead runs past the end of X: a hint, never a fault), fewer rows than the
-    # prefetch distance, and tiles that do not start at 0
-    from fastvi.kernels.tiles import GATHER_AHEAD, gather_tile
+    # ahead runs past the end of X: a hint, never a fault), fewer rows than a block
+    # of the prefetch (tiles.GATHER_AHEAD = 16), tiles of whole and partial blocks
+    # and tiles that do not start at 0
+    from fastvi.kernels.tiles import gather_tile
 
     X = np.random.default_rng(5).standard_normal((37, 21)).astype(dtype)
     for rows in ([36, 0, 5, 36, 17] * 9, [36, 2, 36], list(range(36, -1, -1))):
         rows = np.array(rows, dtype=np.int64)
-        assert rows.shape[0] != GATHER_AHEAD
-        for t0 in range(0, rows.shape[0], 16):
-            T = min(16, rows.shape[0] - t0)
-            Xt = np.full((21, 16), np.nan, dtype=dtype)
-            gather_tile(X, rows, t0, T, Xt)
-            assert_array_equal(Xt[:, :T], X[rows[t0 : t0 + T]].T)
-            assert np.isnan(Xt[:, T:]).all()
+        for tile in (16, 10, 40):
+            for t0 in range(0, rows.shape[0], tile):
+                T = min(tile, rows.shape[0] - t0)
+                Xt = np.full((21, tile), np.nan, dtype=dtype)
+                gather_tile(X, rows, t0, T, Xt)
+                assert_array_equal(Xt[:, :T], X[rows[t0 : t0 + T]].T)
+                assert np.isnan(Xt[:, T:]).all()
 
 
 def test_serial_and_parallel_rows_agree_bitwise():
