@@ -59,12 +59,17 @@ print(json.dumps({"hits": sum(stats.cache_hits.values()),
 _NOTICE = "compiling fastvi's mixture kernels for this machine"
 
 
-def _fit_in_fresh_process(env, verbose=0, cwd=None):
-    full_env = {
+def _env_without_cache():
+    """This process's environment for a child, without the cache folder settings."""
+    return {
         k: v
         for k, v in os.environ.items()
         if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
     }
+
+
+def _fit_in_fresh_process(env, verbose=0, cwd=None):
+    full_env = _env_without_cache()
     full_env.update(env)
     out = subprocess.run(
         [sys.executable, "-c", _FIT_AND_REPORT.replace("VERBOSE", str(verbose))],
@@ -156,11 +161,7 @@ def test_an_unwritable_cache_dir_falls_back_to_a_temporary_folder(tmp_path):
 
 
 def test_warmup_compiles_ahead_and_the_next_fit_is_silent(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
-    }
+    env = _env_without_cache()
     env["FASTVI_CACHE_DIR"] = str(tmp_path)
     out = _cli("warmup", "gmm", env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -249,11 +250,7 @@ def test_fits_give_the_same_bits_on_fresh_and_on_cached_kernels(tmp_path):
     apart and summed in different orders ('diag' and 'spherical' mixtures, LDA: last
     bits). Every kernel is now inlined into its callers (``forceinline``), so both
     processes run the same code."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
-    }
+    env = _env_without_cache()
     env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
     runs = []
     for _ in range(2):
@@ -294,11 +291,7 @@ def test_a_change_to_a_shared_kernel_module_recompiles_the_kernels(tmp_path):
         "from fastvi.kernels._config import jit\n\n\n"
         "@jit\ndef f(x):\n    return x + 1.0\n"
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
-    }
+    env = _env_without_cache()
     env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
     counts = []
     for state in ("same", "same", "changed", "changed", "same"):
@@ -328,11 +321,7 @@ def test_batch_jobs_on_a_cold_cache_give_the_bits_of_later_jobs(tmp_path):
     from its cache (the test above), so a job compiles in a child process first
     and runs on cached code: the job that found the cache cold and the next one give
     the same bits (a job killed on a cold machine resumes bitwise)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FASTVI_CACHE_DIR", "NUMBA_CACHE_DIR")
-    }
+    env = _env_without_cache()
     env["FASTVI_CACHE_DIR"] = str(tmp_path / "cache")
     rng = np.random.default_rng(0)
     X = rng.normal(size=(5000, 6)) + rng.integers(0, 4, size=(5000, 1))
