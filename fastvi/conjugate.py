@@ -1499,6 +1499,9 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 and hasattr(self, "classes_")
                 and np.array_equal(self.classes_, classes)
                 and self.coef_.shape[1] == rows.shape[1]
+                # q's width: the features, and the intercept if the last fit had one
+                # (a fit_intercept switched since then is a new problem)
+                and self.sigma_.shape[-1] == rows.shape[1] + int(self.fit_intercept)
             )
             # the largest |x| (so that the squares cannot overflow), and, from the
             # same pass, the target statistic of every class

@@ -925,6 +925,28 @@ def test_logistic_no_intercept_and_warm_start(cancer):
     assert_allclose(warm.coef_, full.coef_, rtol=1e-12)
     assert_allclose(warm.lower_bound_, full.lower_bound_, rtol=1e-12)
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("before", [False, True])
+def test_logistic_warm_start_after_switching_the_intercept_starts_afresh(
+    before, n_classes
+):
+    """q's width is the features plus the intercept: a warm start after a switch of
+    ``fit_intercept`` is a new problem. It used to resume from the old q, which
+    corrupted the heap (switching it on: the process aborted) or raised a shape error
+    from inside the fit (switching it off)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = np.digitize(X @ [1.0, 2.0, 3.0], [0.0] if n_classes == 2 else [-1.0, 1.0])
+    est = VBLogisticRegression(fit_intercept=before).fit(X, y)
+    est.set_params(warm_start=True, fit_intercept=not before)
+    est.fit(X, y)
+    cold = VBLogisticRegression(fit_intercept=not before).fit(X, y)
+    width = 3 + int(not before)
+    assert est.sigma_.shape[-2:] == (width, width)
+    assert_allclose(est.coef_, cold.coef_, rtol=1e-12)
+    assert_allclose(est.lower_bound_, cold.lower_bound_, rtol=1e-12)
+
+
 
 def test_logistic_bad_input(cancer):
     X, y = cancer
