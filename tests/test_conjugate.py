@@ -925,6 +925,7 @@ def test_logistic_no_intercept_and_warm_start(cancer):
     assert_allclose(warm.coef_, full.coef_, rtol=1e-12)
     assert_allclose(warm.lower_bound_, full.lower_bound_, rtol=1e-12)
 
+
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("before", [False, True])
 def test_logistic_warm_start_after_switching_the_intercept_starts_afresh(
@@ -945,7 +946,6 @@ def test_logistic_warm_start_after_switching_the_intercept_starts_afresh(
     assert est.sigma_.shape[-2:] == (width, width)
     assert_allclose(est.coef_, cold.coef_, rtol=1e-12)
     assert_allclose(est.lower_bound_, cold.lower_bound_, rtol=1e-12)
-
 
 
 def test_logistic_bad_input(cancer):
