@@ -15,7 +15,11 @@ from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 
 from fastvi import BayesianLogisticRegression, BayesianPoissonRegression
+from fastvi.sgvi import SGVI, Param
+from fastvi.sgvi.diagnostics import PSISWarning, StationarityWarning
+from fastvi.sgvi.models import Model
 
+from .reference_sgvi import best_gaussian_logistic
 from .test_sgvi_posteriordb import _map_and_sds
 
 CLASSES = {"logistic": BayesianLogisticRegression, "poisson": BayesianPoissonRegression}
@@ -99,3 +103,141 @@ def test_a_nan_khat_flags_q_unless_the_weights_are_level():
     assert untrustworthy(np.nan, np.r_[np.zeros(99), 1e3])  # one draw holds it all
     assert not untrustworthy(np.nan, np.zeros(100))  # q equal to the posterior
     assert not untrustworthy(0.3, rng.normal(size=100))
+
+
+def test_a_few_large_weights_flag_q_though_the_others_are_level():
+    # q on the lesser mode of a mixture: the draws in q's tail that reach the other
+    # mode carry large weights while the sd of all the log weights stays small
+    from fastvi.sgvi.diagnostics import untrustworthy
+
+    rng = np.random.default_rng(1)
+    lw = np.r_[rng.normal(scale=0.02, size=996), rng.uniform(2, 4, size=4)]
+    assert np.std(lw) < 0.3  # below the sd floor this replaces
+    assert untrustworthy(1.5, lw)
+    assert not untrustworthy(1.5, rng.normal(scale=0.08, size=1000))  # near-exact q
+
+
+class _Gaussian(Model):
+    """An exact Gaussian posterior N(mu, diag(sd^2)) in P coordinates."""
+
+    def __init__(self, mu, sd):
+        self.mu, self.sd = np.asarray(mu, float), np.asarray(sd, float)
+        self.params = [Param("x", (self.mu.size,))]
+        super().__init__()
+
+    def log_joint(self, theta, rows, scale):
+        r = (theta - self.mu) / self.sd
+        return -0.5 * np.sum(r * r, axis=1), -r / self.sd
+
+
+class _TwoModes(Model):
+    """w N(0, 1) + (1 - w) N(6, 1): a q started at 0 can settle on the lesser mode."""
+
+    def __init__(self, w):
+        self.w = w
+        self.params = [Param("x", ())]
+        super().__init__()
+
+    def log_joint(self, theta, rows, scale):
+        x = theta[:, 0]
+        a = np.log(self.w) - 0.5 * x * x
+        b = np.log1p(-self.w) - 0.5 * (x - 6.0) ** 2
+        lp = np.logaddexp(a, b)
+        pa = np.exp(a - lp)
+        return lp, (pa * -x + (1.0 - pa) * (6.0 - x))[:, None]
+
+
+@pytest.mark.parametrize("family", ["meanfield", "fullrank"])
+@pytest.mark.parametrize(
+    "mu, sd",
+    [
+        ([0.0, 0.0], [1e-4, 1e3]),
+        ([0.02, -1.5e5], [0.01, 1e5]),
+        ([1e-6, 3e4, -2.0], [1e-7, 1e4, 1.0]),
+    ],
+)
+def test_sds_of_any_spread_are_fitted_from_the_laplace_start(mu, sd, family):
+    # the Laplace start was refused for curvatures whose eigenvalues spread over more
+    # than 1e12 (sds 1e-4 and 1e3), and Adam's steps from q = N(0, 0.1^2) then
+    # reported convergence with sd[0] 18x too wide (k-hat cannot see a q too wide)
+    engine = SGVI(_Gaussian(mu, sd), family=family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = engine.run(seed=0)
+    assert result.converged and result.method == "fixed"
+    phi, sd = result.state.params, np.asarray(sd)
+    # q is exact here: its mean within 1e-3 sds, its sds within 1%
+    assert np.all(np.abs(engine.family.mean(phi) - mu) < 1e-3 * sd)
+    got_sd = np.sqrt(np.diag(engine.family.cov(phi)))
+    assert np.all(np.abs(got_sd / sd - 1) < 0.01), got_sd
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_q_that_misses_the_main_mode_is_flagged(seed):
+    # 0.02 N(0, 1) + 0.98 N(6, 1) from 0: at seed 0 q settled on the lesser mode with
+    # k-hat 2.4 and no warning (the log weights' sd, 0.18, was below the old floor)
+    engine = SGVI(_TwoModes(0.02))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = engine.run(seed=seed)
+    mean = float(engine.family.mean(result.state.params)[0])
+    flagged = not result.converged or any(
+        issubclass(w.category, PSISWarning) for w in caught
+    )
+    assert abs(mean - 6.0) < 0.3 or flagged, (mean, result.psis_khat)
+
+
+def test_stationarity_gap_measures_the_step_to_the_optimum():
+    from fastvi.sgvi.diagnostics import stationarity_gap
+
+    engine = SGVI(_Gaussian([1.0, -2.0], [0.5, 3.0]), family="fullrank")
+    state = engine.init(0)
+    at = state._replace(
+        params=engine.family.pack(np.array([1.0, -2.0]), np.diag([0.5, 3.0]))
+    )
+    gap, _ = stationarity_gap(engine, at, 2000, 0)
+    assert gap < 0.1  # the exact q: the gradient is -eps, whose pairs cancel
+    off = at._replace(
+        params=engine.family.pack(np.array([1.0, -5.0]), np.diag([0.5, 3.0]))
+    )
+    gap, i = stationarity_gap(engine, off, 2000, 0)
+    assert i == 1 and 0.95 < gap < 1.1  # one sd off in x[1]
+
+
+@pytest.fixture(scope="module")
+def separable():
+    # one feature on a scale of 1e3 and classes separated at 0: the posterior has
+    # a cliff where the classes start to overlap
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 1))
+    return x * 1e3, (x[:, 0] > 0).astype(float)
+
+
+@pytest.mark.parametrize("family", ["fullrank", "meanfield"])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_fit_that_stalls_at_a_cliff_says_so(separable, family, seed):
+    # the default fits stopped 1.3-1.95 sds (coef_) from the best Gaussian, with the
+    # ELBO 0.5 nats below it, reported converged (PSIS k-hat cannot see a q that is
+    # too narrow on the side of a cliff)
+    X, y = separable
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = BayesianLogisticRegression(family=family, random_state=seed).fit(X, y)
+    flagged = any(
+        issubclass(w.category, (PSISWarning, ConvergenceWarning)) for w in caught
+    )
+    if est.converged_ and not flagged:
+        mean = np.r_[est.coef_, est.intercept_]
+        best, sd, _ = best_gaussian_logistic(
+            X,
+            y,
+            mean,
+            est.posterior_cov_,
+            [1.0, 100.0],
+            meanfield=family == "meanfield",
+        )
+        assert np.all(np.abs(mean - best) < 0.5 * sd), (mean, best, sd)
+    if not est.converged_:
+        assert any(issubclass(w.category, StationarityWarning) for w in caught) or any(
+            issubclass(w.category, ConvergenceWarning) for w in caught
+        )

@@ -13,6 +13,7 @@ from .diagnostics import (
     ELBODivergenceWarning,
     PSISDiagnostic,
     PSISWarning,
+    StationarityWarning,
     gpd_fit,
     psis_khat,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SGVI",
     "SGVIResult",
     "SGVIRun",
+    "StationarityWarning",
     "SGVIState",
     "StanAdaptive",
     "StanConvergence",

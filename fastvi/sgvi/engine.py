@@ -99,6 +99,7 @@ _TAG_ADAPT = 2**62 + 1
 _TAG_QMC = 2**62 + 2
 _TAG_PSIS = 2**62 + 3
 _TAG_FIXED = 2**62 + 4
+_TAG_STATIONARY = 2**62 + 5
 METHODS = ("auto", "fixed", "sgd")
 # The fixed-draw fit (fastvi.sgvi.fixed): pairs of draws per coordinate (at least
 # _FIXED_MIN_PAIRS), the largest estimated sampling error it accepts (in q's sds
@@ -833,6 +834,26 @@ class SGVIState(NamedTuple):
     params_u: "np.ndarray | None" = None
 
 
+def _scaled_eigh(H):
+    """``(c, w, V)`` with H = diag(1/c) V diag(w) V' diag(1/c), c = 1/sqrt(|H_ii|):
+    the eigen-decomposition of H scaled to a unit diagonal, whose eigenvalues are
+    those of the correlations (within [0, P] at a mode), so that curvatures of
+    different scales (sds of 1e-4 beside 1e3) are resolved to the precision of
+    each. None when H has a zero or non-finite diagonal, or eigh fails."""
+    d = np.abs(np.diag(H))
+    if not (np.all(np.isfinite(d)) and np.all(d > 0)):
+        return None
+    c = 1.0 / np.sqrt(d)
+    Hs = c[:, None] * H * c
+    try:
+        w, V = np.linalg.eigh(0.5 * (Hs + Hs.T))
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(w)):
+        return None
+    return c, w, V
+
+
 class Frame(NamedTuple):
     """Whitened coordinates u of the unconstrained space, z = a + B u.
 
@@ -874,6 +895,12 @@ class SGVIResult(NamedTuple):
     #: (stochastic steps) or ``"fixed+sgd"`` (stochastic steps from the fixed-draw
     #: fit, whose sampling error was too large)
     method: str = "sgd"
+    #: for a converged run of stochastic steps on all rows: how far, in q's sds,
+    #: the ELBO's gradient at q points (:func:`~fastvi.sgvi.diagnostics.
+    #: stationarity_gap`, with two standard errors); above
+    #: ``STATIONARITY_TOLERANCE`` the run is reported not converged. None: not
+    #: checked (fixed-draw fits, minibatches, ``psis_draws=0``, no convergence).
+    stationarity: float | None = None
 
 
 class SGVIRun(NamedTuple):
@@ -1249,13 +1276,16 @@ class SGVI:
                 if np.all(np.isfinite(d)) and np.all(d > 0):
                     H2 = self._hessian(a, 1e-2 / np.sqrt(d))
                     H = H if H2 is None else H2
-            try:
-                w, V = np.linalg.eigh(H)
-            except np.linalg.LinAlgError:
+            found = _scaled_eigh(H)
+            if found is None:
                 return None
-            if not (np.all(np.isfinite(w)) and w[0] > 1e-12 * w[-1] and w[-1] > 0):
+            c, w, V = found
+            # H = diag(1/c) V w V' diag(1/c): the condition is that of the
+            # correlations, so sds of any spread (1e-4 and 1e3) are no reason to
+            # refuse, only a curvature that is flat along some direction
+            if not (w[0] > 1e-12 * w[-1] and w[-1] > 0):
                 return None
-            cov = (V / w) @ V.T
+            cov = c[:, None] * ((V / w) @ V.T) * c
             cov = 0.5 * (cov + cov.T)
             sd = np.sqrt(np.diag(cov))
             corr = cov / np.outer(sd, sd) - np.eye(P)
@@ -1302,21 +1332,19 @@ class SGVI:
                 continue
             H = -(g[1:] - g[0]) / h[:, None]
             H = 0.5 * (H + H.T)
-            try:
-                w, V = np.linalg.eigh(H)
-            except np.linalg.LinAlgError:
+            found = _scaled_eigh(H)
+            if found is None or not found[1][-1] > 0:
                 return None
-            if not (np.all(np.isfinite(w)) and w[-1] > 0):
-                return None
+            c, w, V = found
             # away from the mode log p need not be concave: step by |H|
-            # (saddle-free Newton, Dauphin et al. 2014)
+            # (saddle-free Newton, Dauphin et al. 2014), in the scaled coordinates
             w_abs = np.maximum(np.abs(w), 1e-10 * w[-1])
-            d = V @ ((V.T @ g[0]) / w_abs)
+            d = c * (V @ ((V.T @ (c * g[0])) / w_abs))
             dec = float(g[0] @ d)
             if dec < 1e-6 and w[0] > 0:
                 return z, H
             best = (z, float(lp[0]), dec, d)
-            sd = np.sqrt((V * V) @ (1.0 / w_abs))
+            sd = c * np.sqrt((V * V) @ (1.0 / w_abs))
             h = np.minimum(1e-3 * sd, 1e-2 * np.maximum(np.abs(z), 1.0))
             t = 1.0
             z = z + d
@@ -1491,15 +1519,26 @@ class SGVI:
             return -np.inf
         return float(lp.mean()) + self.family.entropy(phi)
 
-    def _log_density_values(self, z):
-        # draws per call: _DRAW_BATCH, or more while draws x rows stay below 2^16
-        # for a model that says its rows (a small model's call costs about as
-        # much for 1 as for 256 draws)
+    def _draws_per_call(self):
+        # _DRAW_BATCH, or more while draws x rows stay below 2^16 for a model
+        # that says its rows (a small model's call costs about as much for 1 as
+        # for 256 draws)
         rows = self.model.n_rows
-        n = _DRAW_BATCH if rows < 1 else max(_DRAW_BATCH, 2**16 // rows)
+        return _DRAW_BATCH if rows < 1 else max(_DRAW_BATCH, 2**16 // rows)
+
+    def _log_density_values(self, z):
+        n = self._draws_per_call()
         out = np.empty(z.shape[0])
         for i in range(0, z.shape[0], n):
             out[i : i + n] = self.model.log_density(z[i : i + n], None, grad=False)
+        return out
+
+    def _log_density_grads(self, z):
+        """The gradients of the log density at the draws ``z`` (all rows)."""
+        n = self._draws_per_call()
+        out = np.empty_like(z)
+        for i in range(0, z.shape[0], n):
+            out[i : i + n] = self.model.log_density(z[i : i + n], None)[1]
         return out
 
     def adapt_eta(self, phi, key, frame=None):
@@ -1641,7 +1680,55 @@ class SGVI:
                     )
                 elif result.converged:
                     self._check_correlation(result.state)
+                if (
+                    result.converged
+                    and result.method != "fixed"
+                    and self.batch_size is None
+                    and self.estimator != "score"
+                ):
+                    result = self._check_stationary(result, psis_draws)
         return result
+
+    def _check_stationary(self, result, n_draws):
+        """A converged run of stochastic steps whose q the ELBO's gradient on
+        fresh draws does not confirm as its optimum is reported not converged,
+        with a :class:`~fastvi.sgvi.diagnostics.StationarityWarning` (the
+        stopping rule watches the ELBO's noisy trace; when the gradient is
+        heavy-tailed, as at the edge of separable classes, Adam's steps stall
+        away from the optimum while the trace looks flat)."""
+        from .diagnostics import (
+            STATIONARITY_TOLERANCE,
+            StationarityWarning,
+            stationarity_gap,
+            warn_user,
+        )
+
+        state = result.state
+        # more draws when a model's rows are few (the gradient's rare large
+        # values are what a heavy tail hides): up to 2^22 row evaluations, at most
+        # 2^14 draws
+        if self.model.n_rows >= 1:
+            n_draws = max(n_draws, min(2**14, 2**22 // self.model.n_rows))
+        gap, i = stationarity_gap(
+            self, state, n_draws, [state.key, _TAG_STATIONARY, state.step]
+        )
+        result = result._replace(stationarity=gap)
+        if gap <= STATIONARITY_TOLERANCE:
+            return result
+        name = self.model.coordinate_names()[i]
+        warn_user(
+            "SGVI's stopping rule fired, but q is not confirmed at the ELBO's "
+            f"optimum: on {2 * max(int(n_draws) // 2, 2)} fresh draws the ELBO's "
+            f"gradient asks for a step of up to {gap:.3g} of q's sds in {name} "
+            f"(with its sampling error; tolerance {STATIONARITY_TOLERANCE}). The "
+            "gradient varies too much between draws for the stochastic steps to "
+            "settle (heavy tails: separable classes, a hard boundary or a funnel "
+            "in the posterior). converged is False: check q against MCMC, or make "
+            "the posterior better behaved (more informative priors, rescaled "
+            "features).",
+            StationarityWarning,
+        )
+        return result._replace(converged=False)
 
     def _check_correlation(self, state):
         """Warn when a mean-field q fits a strongly correlated posterior (k-hat

@@ -358,7 +358,12 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         if init_state is not None and history is not None:
             self.elbo_history_ = np.concatenate([history, result.elbo])
         stan = self.convergence == "stan"
-        if not result.converged and (self.tol_rel_obj if stan else self.tol) > 0:
+        unconfirmed = result.stationarity is not None and not result.converged
+        if (
+            not result.converged
+            and not unconfirmed  # the engine said why (StationarityWarning)
+            and (self.tol_rel_obj if stan else self.tol) > 0
+        ):
             why = {
                 "fixed": "the fixed-draw fit (BFGS) did not reach its tolerance in "
                 "max_iter={} iterations",
