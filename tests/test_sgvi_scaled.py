@@ -241,3 +241,41 @@ def test_a_fit_that_stalls_at_a_cliff_says_so(separable, family, seed):
         assert any(issubclass(w.category, StationarityWarning) for w in caught) or any(
             issubclass(w.category, ConvergenceWarning) for w in caught
         )
+
+
+def test_heavy_tailed_gradients_at_the_optimum_rarely_raise_the_alarm():
+    # one nonzero count among 20 and wide priors: at the optimum a few antithetic
+    # pairs in the gradient's tail carried one set of draws past the tolerance at
+    # 7 of 40 seeds (the gap on 2^20 draws: 0.23); three sets must agree now
+    from fastvi.sgvi import engine as sgvi_engine
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = np.zeros(20)
+    y[0] = 1
+    gaps = []
+    original = sgvi_engine.SGVI._check_stationary
+
+    def spy(self, result, n_draws):
+        out = original(self, result, n_draws)
+        gaps.append(out.stationarity)
+        return out
+
+    sgvi_engine.SGVI._check_stationary = spy
+    try:
+        for seed in range(12):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                BayesianPoissonRegression(
+                    prior_scale=10,
+                    intercept_prior_scale=10,
+                    family="fullrank",
+                    method="sgd",
+                    random_state=seed,
+                    max_iter=20000,
+                ).fit(X, y)
+    finally:
+        sgvi_engine.SGVI._check_stationary = original
+    assert len(gaps) >= 10  # the converged fits were checked
+    # seed 10 is flagged and is off (its gap on nine fresh sets: 1.05-2.93)
+    assert sum(g > 0.5 for g in gaps) <= 1, gaps

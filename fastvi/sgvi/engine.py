@@ -839,11 +839,13 @@ def _scaled_eigh(H):
     the eigen-decomposition of H scaled to a unit diagonal, whose eigenvalues are
     those of the correlations (within [0, P] at a mode), so that curvatures of
     different scales (sds of 1e-4 beside 1e3) are resolved to the precision of
-    each. None when H has a zero or non-finite diagonal, or eigh fails."""
+    each. None when H's diagonal is zero or not finite, or eigh fails."""
     d = np.abs(np.diag(H))
-    if not (np.all(np.isfinite(d)) and np.all(d > 0)):
+    top = np.max(d) if d.size else 0.0
+    if not (np.all(np.isfinite(d)) and top > 0):
         return None
-    c = 1.0 / np.sqrt(d)
+    # any positive scaling is exact; a zero entry takes a floor far below the rest
+    c = 1.0 / np.sqrt(np.maximum(d, 1e-30 * top))
     Hs = c[:, None] * H * c
     try:
         w, V = np.linalg.eigh(0.5 * (Hs + Hs.T))
@@ -1705,22 +1707,33 @@ class SGVI:
 
         state = result.state
         # more draws when a model's rows are few (the gradient's rare large
-        # values are what a heavy tail hides): up to 2^22 row evaluations, at most
-        # 2^14 draws
+        # values are what a heavy tail hides; a stall at separable classes was
+        # 0.08-3.7 on sets of 2^14 draws, 0.68-2.0 on 2^16, 0.86-1.5 on 2^18): up
+        # to 2^24 row evaluations and 2^22 numbers per array, at most 2^18 draws
         if self.model.n_rows >= 1:
-            n_draws = max(n_draws, min(2**14, 2**22 // self.model.n_rows))
-        gap, i = stationarity_gap(
-            self, state, n_draws, [state.key, _TAG_STATIONARY, state.step]
-        )
+            budget = min(2**18, 2**24 // self.model.n_rows, 2**22 // self.model.size)
+            n_draws = max(n_draws, budget)
+        seed = [state.key, _TAG_STATIONARY, state.step]
+        gap, i = stationarity_gap(self, state, n_draws, seed)
+        for again in (1, 2):
+            if gap <= STATIONARITY_TOLERANCE:
+                break
+            # one antithetic pair in a heavy tail can carry a set of draws past
+            # the tolerance at the optimum (a Poisson fit of one nonzero count:
+            # 1.15 on one set, 0.23 on 2^20 draws; 1 or 2 of 5 sets of 2^16 above
+            # it): every one of three sets must be
+            gap2, i2 = stationarity_gap(self, state, n_draws, [*seed, again])
+            if gap2 < gap:
+                gap, i = gap2, i2
         result = result._replace(stationarity=gap)
         if gap <= STATIONARITY_TOLERANCE:
             return result
         name = self.model.coordinate_names()[i]
         warn_user(
             "SGVI's stopping rule fired, but q is not confirmed at the ELBO's "
-            f"optimum: on {2 * max(int(n_draws) // 2, 2)} fresh draws the ELBO's "
-            f"gradient asks for a step of up to {gap:.3g} of q's sds in {name} "
-            f"(with its sampling error; tolerance {STATIONARITY_TOLERANCE}). The "
+            f"optimum: on three sets of {2 * max(int(n_draws) // 2, 2)} fresh draws the "
+            f"ELBO's gradient asks for a step of at least {gap:.3g} of q's sds in "
+            f"{name} (with its sampling error; tolerance {STATIONARITY_TOLERANCE}). The "
             "gradient varies too much between draws for the stochastic steps to "
             "settle (heavy tails: separable classes, a hard boundary or a funnel "
             "in the posterior). converged is False: check q against MCMC, or make "
