@@ -1074,6 +1074,8 @@ def _predict(args):
 
 
 def _score(args):
+    from ._numerics import check_finite_prediction
+
     est, entry = _load_model(args.model_file)
     key, label = entry.score
     if args.target is not None and not entry.supervised:
@@ -1088,8 +1090,13 @@ def _score(args):
     if entry.command == "gmm":
         total = 0.0
         for _, _, rows in _rows_of(X):
-            total += float(np.sum(est.score_samples(rows)))
+            log_density = est.score_samples(rows)
+            with np.errstate(over="ignore"):  # checked below
+                total += float(np.sum(log_density))
         value = total / X.shape[0]
+        check_finite_prediction(
+            "fastvi score", None, "the log-densities, summed over the rows,", value
+        )
     else:  # y is None for the unsupervised models, whose score takes y=None
         value = float(est.score(X, y))
     summary[key] = value

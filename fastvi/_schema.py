@@ -8,12 +8,23 @@ attribute values, may choose between variants (binary or one-vs-rest). Shapes na
 their dimensions: an ``int`` is exact, a ``str`` is a dimension shared by every array (and
 integer attribute) that names it, and ``(name, offset)`` is that dimension plus
 ``offset``. The first value met binds a named dimension; every later one must agree.
+A lower bound ``above`` (of :class:`Real` and :class:`Array`) is a number or such a
+dimension entry: ``above=("D", -1)`` is "greater than D - 1", a Wishart's degrees of
+freedom over D features.
 
 :func:`check_attributes` holds a dict of decoded attribute values against a schema:
 only declared names, every ``required`` one present when the estimator is fitted at
-all, dtypes, shapes, finiteness and signs as declared. A loaded model whose arrays
-agree with each other this way can be handed to the kernels, which index one array
-by another's size and trust them to agree.
+all, dtypes, shapes, finiteness, signs and bounds as declared, and the matrices
+that are factored or used as covariances positive definite (semi-definite where a
+fit can make them singular), Cholesky factors triangular with a positive diagonal.
+A loaded model whose values agree with each other this way can be handed to the
+kernels, which index one array by another's size, take logs, digammas and Cholesky
+factors of its values and trust them to be what a fit makes.
+
+The constructor parameters saved beside the attributes are checked by the
+estimator's own ``_parameter_constraints`` (scikit-learn's ``_validate_params``);
+:func:`int64_params` closes their integer intervals at the int64 range, so that an
+integer the kernels cannot take is refused there, at fit and at load alike.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ __all__ = [
     "SchemaMismatch",
     "Seq",
     "check_attributes",
+    "int64_params",
 ]
 
 _FLOATS = ("f4", "f8")
@@ -73,9 +85,36 @@ class _Dims:
             raise SchemaMismatch(f"{what} is {actual}, too small")
         self.values[name] = actual - offset
 
+    def bound(self, entry):
+        """``(value, text)`` of a bound: a number, or a named dimension (plus an
+        offset) that an earlier value bound; ``text`` says where the value is from."""
+        if not _names_dimension(entry):
+            return entry, f"{entry}"
+        name, offset = (entry, 0) if isinstance(entry, str) else entry
+        if name not in self.values:
+            raise SchemaMismatch(f"cannot be checked: its {name} is not known")
+        value = self.values[name] + offset
+        if not offset:
+            return value, f"{value} ({name})"
+        sign = "-" if offset < 0 else "+"
+        return value, (
+            f"{value} ({name} {sign} {abs(offset)} = {self.values[name]} {sign} "
+            f"{abs(offset)})"
+        )
+
+
+def _names_dimension(entry):
+    return isinstance(entry, (str, tuple))
+
 
 class Spec:
-    """Base of the specs; ``required``: a fitted estimator always has it."""
+    """Base of the specs; ``required``: a fitted estimator always has it.
+
+    ``late``: the check reads a named dimension (a bound ``above``), so
+    :func:`check_attributes` makes it after the others, when every dimension is bound.
+    """
+
+    late = False
 
     def __init__(self, required=False):
         self.required = required
@@ -84,11 +123,33 @@ class Spec:
         raise NotImplementedError
 
 
+# how far a matrix checked for definiteness may be from symmetric: |A_ij - A_ji| at
+# most this times sqrt(A_ii A_jj) (fits make them symmetric to rounding; a
+# Cholesky factorization reads one triangle only)
+SYMMETRY_RTOL = 1e-6
+# or within np.allclose's default tolerances, scikit-learn's test of a symmetric
+# covariance_prior (a fit from such a prior must load)
+SKLEARN_RTOL, SKLEARN_ATOL = 1e-5, 1e-8
+# a positive semi-definite matrix: no eigenvalue below -PSD_RTOL times the largest
+# (rounding of a singular one, such as the covariance of data with a constant column)
+PSD_RTOL = 1e-8
+
+
 class Array(Spec):
     """An ndarray of one of ``dtypes`` (native byte order) and ``shape``.
 
-    ``finite``: no NaN or infinity; ``positive``: every entry > 0;
-    ``positive_diagonal``: a (stack of) square matrices with a positive diagonal.
+    Values (of float arrays): ``finite``: no NaN or infinity (``minus_inf``: -inf
+    allowed too, a bound before the first round); ``positive``: every entry > 0;
+    ``nonnegative``: every entry >= 0; ``above``: every entry greater than a number
+    or a named dimension (plus an offset; see the module doc).
+
+    Matrices (the last two axes, for a stack of them): ``positive_diagonal``: square
+    with a positive diagonal; ``triangular``: ``'upper'`` or ``'lower'``, zero on the
+    other side of the diagonal (with ``positive_diagonal``: a Cholesky factor);
+    ``positive_definite``: symmetric (to ``SYMMETRY_RTOL``) and its Cholesky
+    factorization succeeds (a covariance that is factored or sampled from);
+    ``positive_semidefinite``: symmetric and no eigenvalue below ``-PSD_RTOL`` times
+    the largest (a prior that may be singular).
     """
 
     def __init__(
@@ -97,16 +158,31 @@ class Array(Spec):
         dtypes=_FLOATS,
         *,
         finite=True,
+        minus_inf=False,
         positive=False,
+        nonnegative=False,
+        above=None,
         positive_diagonal=False,
+        triangular=None,
+        positive_definite=False,
+        positive_semidefinite=False,
         required=False,
     ):
         super().__init__(required)
+        if triangular not in (None, "upper", "lower"):
+            raise ValueError(f"triangular={triangular!r}")
         self.shape = tuple(shape)
         self.dtypes = tuple(np.dtype(d) for d in dtypes) if dtypes else None
         self.finite = finite
+        self.minus_inf = minus_inf
         self.positive = positive
+        self.nonnegative = nonnegative
+        self.above = above
+        self.late = _names_dimension(above)
         self.positive_diagonal = positive_diagonal
+        self.triangular = triangular
+        self.positive_definite = positive_definite
+        self.positive_semidefinite = positive_semidefinite
 
     def check(self, value, dims):
         if not isinstance(value, np.ndarray):
@@ -124,14 +200,92 @@ class Array(Spec):
             dims.resolve(entry, actual, f"has shape {value.shape}: axis {axis}")
         if value.dtype.kind not in "fc":
             return
-        if self.finite and not np.all(np.isfinite(value)):
-            raise SchemaMismatch("holds NaN or infinite values")
+        if self.finite:
+            bad = ~np.isfinite(value)
+            if self.minus_inf:
+                bad &= value != -np.inf
+            if np.any(bad):
+                allowed = " (only -inf is allowed)" if self.minus_inf else ""
+                raise SchemaMismatch(f"holds NaN or infinite values{allowed}")
         if self.positive and not np.all(value > 0):
             raise SchemaMismatch("holds values that are not positive")
+        if self.nonnegative and not np.all(value >= 0):
+            raise SchemaMismatch("holds negative values")
+        if self.above is not None:
+            bound, text = dims.bound(self.above)
+            if not np.all(value > bound):
+                raise SchemaMismatch(f"holds values not above {text}")
         if self.positive_diagonal and not np.all(
             np.diagonal(value, axis1=-2, axis2=-1) > 0
         ):
             raise SchemaMismatch("has a diagonal entry that is not positive")
+        if self.triangular is not None:
+            _check_triangular(value, self.triangular)
+        if self.positive_definite:
+            _check_positive_definite(value)
+        if self.positive_semidefinite:
+            _check_positive_semidefinite(value)
+
+
+def _matrices(value):
+    """``value`` as a float64 stack (n, D, D) of square matrices (or a mismatch)."""
+    if value.ndim < 2 or value.shape[-1] != value.shape[-2]:
+        raise SchemaMismatch(f"has shape {value.shape}, expected square matrices")
+    return value.astype(np.float64, copy=False).reshape((-1, *value.shape[-2:]))
+
+
+def _which(stack, index):
+    return f"matrix {index} " if stack.shape[0] > 1 else ""
+
+
+def _check_triangular(value, side):
+    """Zero on the other side of the diagonal: a triangular factor."""
+    stack = _matrices(value)
+    mask = np.tri(stack.shape[-1], k=-1, dtype=bool)  # below the diagonal
+    off = mask if side == "upper" else mask.T
+    nonzero = np.any(stack[:, off] != 0, axis=-1)
+    if np.any(nonzero):
+        index = int(np.argmax(nonzero))
+        raise SchemaMismatch(f"{_which(stack, index)}is not {side} triangular")
+
+
+def _check_symmetric(stack):
+    diag = np.abs(np.diagonal(stack, axis1=-2, axis2=-1))
+    scale = np.sqrt(diag[:, :, np.newaxis] * diag[:, np.newaxis, :])
+    other = np.swapaxes(stack, -1, -2)
+    gap = np.abs(stack - other)
+    # what scikit-learn accepts as a symmetric covariance_prior (np.allclose to
+    # A.T) is symmetric here too, and the fitted covariances inherit it
+    sklearn = gap <= SKLEARN_ATOL + SKLEARN_RTOL * np.abs(other)
+    bad = np.any((gap > SYMMETRY_RTOL * scale) & ~sklearn, axis=(-2, -1))
+    if np.any(bad):
+        raise SchemaMismatch(f"{_which(stack, int(np.argmax(bad)))}is not symmetric")
+
+
+def _check_positive_definite(value):
+    """Symmetric, and a Cholesky factorization of every matrix succeeds."""
+    stack = _matrices(value)
+    _check_symmetric(stack)
+    for index, matrix in enumerate(stack):
+        try:
+            np.linalg.cholesky(matrix)
+        except np.linalg.LinAlgError:
+            raise SchemaMismatch(
+                f"{_which(stack, index)}is not positive definite"
+            ) from None
+
+
+def _check_positive_semidefinite(value):
+    """Symmetric, with no eigenvalue below -PSD_RTOL times the largest."""
+    stack = _matrices(value)
+    _check_symmetric(stack)
+    for index, matrix in enumerate(stack):
+        eig = np.linalg.eigvalsh(matrix)
+        if eig.size and eig[0] < -PSD_RTOL * max(abs(eig[0]), abs(eig[-1])):
+            raise SchemaMismatch(
+                f"{_which(stack, index)}is not positive semi-definite (eigenvalue "
+                f"{eig[0]:.3g})"
+            )
 
 
 class Names(Spec):
@@ -183,12 +337,29 @@ class Int(Spec):
 
 
 class Real(Spec):
-    """A real number (int, float or NumPy scalar); optionally finite / positive."""
+    """A real number (int, float or NumPy scalar).
 
-    def __init__(self, *, finite=False, positive=False, required=False):
+    ``finite``: not NaN nor infinite (``minus_inf``: -inf allowed too, a bound
+    before the first round); ``positive``: > 0; ``above``: greater than a number or
+    a named dimension (plus an offset; see the module doc). ``positive`` and
+    ``above`` imply ``finite``.
+    """
+
+    def __init__(
+        self,
+        *,
+        finite=False,
+        minus_inf=False,
+        positive=False,
+        above=None,
+        required=False,
+    ):
         super().__init__(required)
-        self.finite = finite or positive
+        self.finite = finite or positive or above is not None
+        self.minus_inf = minus_inf
         self.positive = positive
+        self.above = above
+        self.late = _names_dimension(above)
 
     def check(self, value, dims):
         if isinstance(value, (bool, np.bool_)) or not isinstance(
@@ -200,9 +371,15 @@ class Real(Spec):
         except OverflowError:
             raise SchemaMismatch("is too large") from None
         if self.finite and not np.isfinite(number):
-            raise SchemaMismatch(f"is {number}, expected a finite number")
+            if not (self.minus_inf and number == -np.inf):
+                allowed = " (or -inf)" if self.minus_inf else ""
+                raise SchemaMismatch(f"is {number}, expected a finite number{allowed}")
         if self.positive and not number > 0:
             raise SchemaMismatch(f"is {number}, expected a positive number")
+        if self.above is not None:
+            bound, text = dims.bound(self.above)
+            if not number > bound:
+                raise SchemaMismatch(f"is {number}, expected a number above {text}")
 
 
 class Bool(Spec):
@@ -214,20 +391,25 @@ class Bool(Spec):
 
 
 class Floats(Spec):
-    """A list of real numbers (a bound history); ``nested``: a list of such lists."""
+    """A list of real numbers (a bound history); ``nested``: a list of such lists;
+    ``finite``: every number finite."""
 
-    def __init__(self, *, nested=False, required=False):
+    def __init__(self, *, nested=False, finite=False, required=False):
         super().__init__(required)
         self.nested = nested
+        self.finite = finite
 
     def check(self, value, dims):
         if not isinstance(value, list):
             raise SchemaMismatch(f"is a {type(value).__name__}, expected a list")
-        for item in value:
-            if self.nested:
-                Floats().check(item, dims)
-            else:
-                Real().check(item, dims)
+        for i, item in enumerate(value):
+            spec = (
+                Floats(finite=self.finite) if self.nested else Real(finite=self.finite)
+            )
+            try:
+                spec.check(item, dims)
+            except SchemaMismatch as exc:
+                raise SchemaMismatch(f"item {i} {exc}") from None
 
 
 class NoneOr(Spec):
@@ -385,9 +567,59 @@ def check_attributes(schema, attrs):
         if missing:
             raise SchemaMismatch(f"missing attributes {missing}")
     dims = _Dims()
-    for name, spec in schema.items():
+    # the specs bounded by a named dimension last, when every dimension is bound
+    for name, spec in sorted(schema.items(), key=lambda item: item[1].late):
         if name in attrs:
             try:
                 spec.check(attrs[name], dims)
             except SchemaMismatch as exc:
                 raise SchemaMismatch(f"attribute {name!r} {exc}") from None
+
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_CLOSED = {
+    (True, True): "both",
+    (True, False): "left",
+    (False, True): "right",
+    (False, False): "neither",
+}
+
+
+def int64_params(constraints):
+    """scikit-learn parameter ``constraints`` with every integer one held to int64.
+
+    An ``Interval(Integral, ...)`` open at an end (``None``) is closed there at the
+    int64 range, one beyond it is narrowed to it, and a bare ``Integral`` becomes the
+    whole range: the kernels take integers as int64 (a C long), so a larger one would
+    be an ``OverflowError`` deep inside a fit or a transform. ``_validate_params``
+    refuses it instead, naming the parameter, at fit and when a model file is
+    loaded. Other constraints are kept as they are.
+
+    Parameters
+    ----------
+    constraints : dict
+        An estimator's ``_parameter_constraints``.
+
+    Returns
+    -------
+    dict
+        A new dict of new lists.
+    """
+    from sklearn.utils._param_validation import Interval
+
+    def bounded(option):
+        if option is Integral:
+            return Interval(Integral, _INT64_MIN, _INT64_MAX, closed="both")
+        if not (isinstance(option, Interval) and option.type is Integral):
+            return option
+        left_closed = option.left is None or option.closed in ("left", "both")
+        right_closed = option.right is None or option.closed in ("right", "both")
+        left = _INT64_MIN if option.left is None else max(option.left, _INT64_MIN)
+        right = _INT64_MAX if option.right is None else min(option.right, _INT64_MAX)
+        return Interval(
+            Integral, left, right, closed=_CLOSED[left_closed, right_closed]
+        )
+
+    return {
+        name: [bounded(o) for o in options] for name, options in constraints.items()
+    }

@@ -51,10 +51,22 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import _schema
 from ._cavi import CAVI_PARAMETER_CONSTRAINTS, CAVIMixin, all_or_nothing
 from ._compile import announces
-from ._numerics import check_finite_statistics, check_squares_overflow, max_abs
+from ._numerics import (
+    check_finite_prediction,
+    check_finite_statistics,
+    check_squares_overflow,
+    max_abs,
+)
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import ArrayRows, Max, fit_rows, predict_rows, source_rows
+from .rows import (
+    ArrayRows,
+    Max,
+    fit_rows,
+    numeric_target,
+    predict_rows,
+    source_rows,
+)
 
 __all__ = [
     "LinearBlockStats",
@@ -424,19 +436,41 @@ class NormalGammaPosterior(NamedTuple):
         """
         from scipy.stats import t as student_t
 
+        from .predictive import log1p_far
+
+        x = np.asarray(x, dtype=float)
         scale = math.sqrt(self.b * (self.kappa + 1.0) / (self.a * self.kappa))
-        return student_t.logpdf(
-            np.asarray(x, dtype=float), 2.0 * self.a, self.mu, scale
+        df = 2.0 * self.a
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(student_t.logpdf(x, df, self.mu, scale))
+            far = ~np.isfinite(out)
+            if np.any(far):  # (x - mu)^2 overflowed: the density's log does not
+                z = (x[far] - self.mu) / scale
+                out[far] = (
+                    gammaln(0.5 * (df + 1.0))
+                    - gammaln(0.5 * df)
+                    - 0.5 * math.log(df * math.pi)
+                    - math.log(scale)
+                    - 0.5 * (df + 1.0) * log1p_far(z * z, df, z[..., np.newaxis])
+                )
+        check_finite_prediction(
+            "NormalGammaPosterior.predictive_logpdf",
+            x,
+            "the predictive log-densities",
+            out,
         )
+        return out[()]  # a number for a number
 
 
 def _schema_history():
-    """The fit-loop attributes of ``CAVIMixin`` (see :mod:`fastvi._schema`)."""
+    """The fit-loop attributes of ``CAVIMixin`` (see :mod:`fastvi._schema`): every
+    fit (and checkpoint) sets them; the bound is finite, or -inf before the first
+    round (``max_iter=0``), and the bounds of the rounds are finite."""
     return {
-        "converged_": _schema.Bool(),
-        "n_iter_": _schema.Int(0),
-        "lower_bound_": _schema.Real(),
-        "lower_bounds_": _schema.Floats(),
+        "converged_": _schema.Bool(required=True),
+        "n_iter_": _schema.Int(0, required=True),
+        "lower_bound_": _schema.Real(finite=True, minus_inf=True, required=True),
+        "lower_bounds_": _schema.Floats(finite=True, required=True),
     }
 
 
@@ -515,13 +549,15 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
 
     n_init = 1
 
-    _parameter_constraints: dict = {
-        "mu0": [Real],
-        "lambda0": [Interval(Real, 0.0, None, closed="neither")],
-        "a0": [Interval(Real, 0.0, None, closed="neither")],
-        "b0": [Interval(Real, 0.0, None, closed="neither")],
-        **CAVI_PARAMETER_CONSTRAINTS,
-    }
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            "mu0": [Interval(Real, None, None, closed="neither")],  # finite
+            "lambda0": [Interval(Real, 0.0, None, closed="neither")],
+            "a0": [Interval(Real, 0.0, None, closed="neither")],
+            "b0": [Interval(Real, 0.0, None, closed="neither")],
+            **CAVI_PARAMETER_CONSTRAINTS,
+        }
+    )
 
     def __init__(
         self,
@@ -547,8 +583,12 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
 
     def _fitted_schema(self, attrs):
-        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`)."""
+        """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`).
+
+        A checkpoint written during the fit has no ``exact_posterior_`` yet.
+        """
         S = _schema
+        positive = S.Real(positive=True)
         return {
             "n_features_in_": S.Int(1, dim=1, required=True),
             "tau_shape_": S.Real(positive=True, required=True),
@@ -557,7 +597,17 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             "mu_precision_": S.Real(positive=True, required=True),
             "mu_var_": S.Real(positive=True, required=True),
             "tau_mean_": S.Real(positive=True, required=True),
-            "exact_posterior_": S.Posterior(NormalGammaPosterior),
+            "exact_posterior_": S.Record(
+                NormalGammaPosterior,
+                {
+                    "mu": S.Real(finite=True),
+                    "kappa": positive,
+                    "a": positive,
+                    "b": positive,
+                    "n_samples": S.Int(1),
+                    "log_evidence": S.Real(finite=True),
+                },
+            ),
             **_schema_history(),
         }
 
@@ -583,10 +633,39 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
             xbar = float(total / n)
             spread = float(rows.map_reduce(_column_spread, shared=(xbar,)))
             check_finite_statistics("X", xbar, spread)
+            self._check_prior_mean(n, xbar)
             self.n_features_in_ = 1
             self._cavi_fit((n, xbar, spread), None)
             self.exact_posterior_ = self._exact(n, xbar, spread)
         return self
+
+    def _check_prior_mean(self, n, xbar):
+        """Refuse a ``mu0`` so far from the data that the fit overflows: it enters as
+        lambda0 mu0 and as (x̄ − mu0)² summed over n terms (with the factor 4 of
+        :func:`fastvi._numerics.check_squares_overflow`) and times lambda0 n."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq = np.float64(xbar - self.mu0) ** 2
+            squares = 4.0 * (n + 1) * sq
+            scaled = (2.0 * self.lambda0 * np.float64(self.mu0), self.lambda0 * n * sq)
+        where = (
+            f"mu0={self.mu0!r} is too far from the data (their mean is {xbar:.3g}) "
+            "for float64"
+        )
+        remedy = (
+            "Give mu0 on the scale of X (rescale X and mu0 together, for example "
+            "standardize X and transform mu0 the same way)"
+        )
+        if not np.isfinite(squares):
+            raise ValueError(
+                f"{where}: (mean(X) - mu0)^2, summed over {n} terms, overflows. "
+                f"{remedy}."
+            )
+        if not np.all(np.isfinite(scaled)):
+            raise ValueError(
+                f"{where} with lambda0={self.lambda0!r}: lambda0 * mu0 and lambda0 "
+                f"* n * (mean(X) - mu0)^2 overflow. {remedy}, or use a smaller "
+                "lambda0."
+            )
 
     @staticmethod
     def _rows(X):
@@ -706,7 +785,16 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         -------
         score : float
         """
-        return float(np.mean(self.score_samples(X)))
+        log_density = self.score_samples(X)
+        with np.errstate(over="ignore"):  # checked below
+            value = float(np.mean(log_density))
+        check_finite_prediction(
+            "UnivariateGaussian.score",
+            None,
+            "the predictive log-densities, summed over the rows,",
+            value,
+        )
+        return value
 
     # ------------------------------------------------------ posterior draws
     def sample_posterior(self, n_draws, random_state=None):
@@ -757,9 +845,14 @@ def _gaussian_log_density(x, mu_mean, mu_var, tau_shape, tau_rate):
     tau[lower] = gammaincinv(tau_shape, ndtr(nodes[lower])) / tau_rate
     tau[~lower] = gammainccinv(tau_shape, ndtr(-nodes[~lower])) / tau_rate
     var = 1.0 / tau + mu_var
-    dev = (x[:, :1] - mu_mean) ** 2
-    log_norm = -0.5 * (_LOG_2PI + np.log(var) + dev / var)
-    return logsumexp(log_norm + log_w, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        dev = (x[:, :1] - mu_mean) ** 2
+        log_norm = -0.5 * (_LOG_2PI + np.log(var) + dev / var)
+    out = logsumexp(log_norm + log_w, axis=1)
+    check_finite_prediction(
+        "UnivariateGaussian.score_samples", x, "the predictive log-densities", out
+    )
+    return out
 
 
 # ============================================================ VBLinearRegression
@@ -856,16 +949,18 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
     n_init = 1
 
-    _parameter_constraints: dict = {
-        "ard": ["boolean"],
-        "fit_intercept": ["boolean"],
-        "alpha_1": [Interval(Real, 0.0, None, closed="neither")],
-        "alpha_2": [Interval(Real, 0.0, None, closed="neither")],
-        "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
-        "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
-        **CAVI_PARAMETER_CONSTRAINTS,
-        "n_jobs": [None, Integral],
-    }
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            "ard": ["boolean"],
+            "fit_intercept": ["boolean"],
+            "alpha_1": [Interval(Real, 0.0, None, closed="neither")],
+            "alpha_2": [Interval(Real, 0.0, None, closed="neither")],
+            "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
+            "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
+            **CAVI_PARAMETER_CONSTRAINTS,
+            "n_jobs": [None, Integral],
+        }
+    )
 
     def __init__(
         self,
@@ -900,12 +995,13 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         """The fitted attributes a saved model may hold (see :mod:`fastvi._schema`).
 
         D = ``n_features_in_``; with ``ard`` the q(λ) parameters are per feature.
+        ``sigma_`` is positive definite (draws factor it), and ``alpha_shape_`` =
+        alpha_1 + N/2 with N >= 2 exceeds 1 (E[1/α] = rate / (shape - 1)).
         """
         S = _schema
         D = "D"
         if self.ard:
-            per_feature = {"shape": (D,), "positive": True, "required": True}
-            lam = [S.Array(**per_feature) for _ in range(3)]
+            lam = [S.Array((D,), positive=True, required=True) for _ in range(3)]
         else:
             lam = [S.Real(positive=True, required=True) for _ in range(3)]
         return {
@@ -913,14 +1009,14 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
             "feature_names_in_": S.Names((D,)),
             "X_offset_": S.Array((D,), required=True),
             "y_offset_": S.Real(finite=True, required=True),
-            "alpha_shape_": S.Real(positive=True, required=True),
+            "alpha_shape_": S.Real(above=1, required=True),
             "alpha_rate_": S.Real(positive=True, required=True),
             "lambda_shape_": lam[0],
             "lambda_rate_": lam[1],
             "coef_": S.Array((D,), required=True),
-            "sigma_": S.Array((D, D), required=True),
-            "_log_det_sigma": S.Real(finite=True),
-            "alpha_": S.Real(positive=True),
+            "sigma_": S.Array((D, D), positive_definite=True, required=True),
+            "_log_det_sigma": S.Real(finite=True, required=True),
+            "alpha_": S.Real(positive=True, required=True),
             "lambda_": lam[2],
             "intercept_": S.Real(finite=True, required=True),
             **_schema_history(),
@@ -1124,6 +1220,31 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         )
         return (out[:, 0], out[:, 1]) if return_std else out
 
+    def score(self, X, y, sample_weight=None):
+        """R² of :meth:`predict` (scikit-learn's ``RegressorMixin.score``), refused
+        where the squared residuals overflow (R² would be -inf).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        score : float
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            value = super().score(X, y, sample_weight=sample_weight)
+        check_finite_prediction(
+            "VBLinearRegression.score",
+            None,
+            "the squared residuals of R^2",
+            value,
+            name="X or y",
+        )
+        return value
+
     # ---------------------------------------- posterior predictive and draws
     def predict_interval(self, X, level=0.9):
         """Central interval of the predictive distribution with α integrated out.
@@ -1150,7 +1271,16 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         if not (isinstance(level, Real) and 0.0 < level < 1.0):
             raise ValueError(f"level must be a number in (0, 1), got {level!r}.")
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return linear_interval(self, X, float(level))
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            lower, upper = linear_interval(self, X, float(level))
+        check_finite_prediction(
+            "VBLinearRegression.predict_interval",
+            X,
+            "the predictive means and variances (x^T S x)",
+            lower,
+            upper,
+        )
+        return lower, upper
 
     def predictive_log_density(self, X, y):
         """log p(y_i | x_i, training data) under q, α integrated out (see
@@ -1158,8 +1288,17 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
         from .predictive import linear_log_density
 
         check_is_fitted(self)
+        y = numeric_target(self, y)
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
-        return linear_log_density(self, X, y)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            out = linear_log_density(self, X, y)
+        check_finite_prediction(
+            "VBLinearRegression.predictive_log_density",
+            X,
+            "the predictive variances (x^T S x)",
+            out,
+        )
+        return out
 
     def sample_posterior(self, n_draws, random_state=None):
         """Draws of the parameters from q(w) q(α) q(λ).
@@ -1212,6 +1351,7 @@ class VBLinearRegression(SaveMixin, CAVIMixin, RegressorMixin, BaseEstimator):
 
         check_is_fitted(self)
         n = check_n_draws(n_draws, minimum=20)
+        y = numeric_target(self, y)
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
         draws = self.sample_posterior(n, random_state)
         return loo_from_loglik(linear_loglik(self, X, y, draws))
@@ -1238,11 +1378,22 @@ def _linear_stats(block, start, x_offset, y_offset):
 
 def _linear_predict(X, coef, intercept, offset, sigma, noise):
     """Predictive mean, or (mean, standard deviation) per row with ``noise``."""
-    y_mean = X @ coef + intercept
-    if noise is None:
-        return y_mean
-    Xc = X - offset
-    var_w = np.einsum("ij,jk,ik->i", Xc, sigma, Xc, optimize=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        y_mean = X @ coef + intercept
+        if noise is None:
+            check_finite_prediction(
+                "VBLinearRegression.predict", X, "the predicted means", y_mean
+            )
+            return y_mean
+        Xc = X - offset
+        var_w = np.einsum("ij,jk,ik->i", Xc, sigma, Xc, optimize=True)
+    check_finite_prediction(
+        "VBLinearRegression.predict",
+        X,
+        "the predictive means and variances (x^T S x)",
+        y_mean,
+        var_w,
+    )
     return np.column_stack([y_mean, np.sqrt(np.maximum(var_w, 0.0) + noise)])
 
 
@@ -1368,14 +1519,16 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
     n_init = 1
 
-    _parameter_constraints: dict = {
-        "fit_intercept": ["boolean"],
-        "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
-        "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
-        "intercept_precision": [Interval(Real, 0.0, None, closed="neither")],
-        **CAVI_PARAMETER_CONSTRAINTS,
-        "n_jobs": [None, Integral],
-    }
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            "fit_intercept": ["boolean"],
+            "lambda_1": [Interval(Real, 0.0, None, closed="neither")],
+            "lambda_2": [Interval(Real, 0.0, None, closed="neither")],
+            "intercept_precision": [Interval(Real, 0.0, None, closed="neither")],
+            **CAVI_PARAMETER_CONSTRAINTS,
+            "n_jobs": [None, Integral],
+        }
+    )
 
     def __init__(
         self,
@@ -1407,7 +1560,11 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
 
         D = ``n_features_in_``, P = D + ``fit_intercept`` coefficients. A binary
         model keeps its factors (``_mean``, ...); with C > 2 classes the one-vs-rest
-        model (it has ``estimators_``) stacks C binary models' results.
+        model (it has ``estimators_``) stacks C binary models' results. Every
+        variant has all of its attributes after a fit (and in a checkpoint). The
+        covariances of q(w, b) are positive definite (draws factor them) and their
+        factors (``_factor``, passed to the ξ kernel) upper triangular with a
+        positive diagonal; the bound is finite, or -inf before the first round.
         """
         S = _schema
         D = "D"
@@ -1415,7 +1572,7 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         common = {
             "n_features_in_": S.Int(1, dim=D, required=True),
             "feature_names_in_": S.Names((D,)),
-            "converged_": S.Bool(),
+            "converged_": S.Bool(required=True),
         }
         if "estimators_" in attrs:
             C = "C"
@@ -1424,46 +1581,51 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
                 "estimators_": S.Estimators(type(self), C, D, required=True),
                 "coef_": S.Array((C, D), required=True),
                 "intercept_": S.Array((C,), required=True),
-                "sigma_": S.Array((C, P, P), required=True),
-                "lambda_shape_": S.Array((C,), positive=True),
-                "lambda_rate_": S.Array((C,), positive=True),
-                "lambda_": S.Array((C,), positive=True),
-                "lower_bound_": S.Array((C,), finite=False),
-                "lower_bounds_": S.Floats(nested=True),
-                "n_iter_": S.Array((C,), ("i8", "i4")),
+                "sigma_": S.Array((C, P, P), positive_definite=True, required=True),
+                "lambda_shape_": S.Array((C,), positive=True, required=True),
+                "lambda_rate_": S.Array((C,), positive=True, required=True),
+                "lambda_": S.Array((C,), positive=True, required=True),
+                "lower_bound_": S.Array((C,), minus_inf=True, required=True),
+                "lower_bounds_": S.Floats(nested=True, finite=True, required=True),
+                "n_iter_": S.Array((C,), ("i8", "i4"), required=True),
                 "classes_": _schema_classes(C),
             }
-        factor = S.Array((P, P), positive_diagonal=True, required=True)
+        cov = S.Array((P, P), positive_definite=True, required=True)
+        factor = S.Array(
+            (P, P), positive_diagonal=True, triangular="upper", required=True
+        )
         return {
             **common,
             "_mean": S.Array((P,), required=True),
-            "_cov": S.Array((P, P), required=True),
+            "_cov": cov,
             "_factor": factor,
             "_log_det": S.Real(finite=True, required=True),
             "lambda_shape_": S.Real(positive=True, required=True),
             "lambda_rate_": S.Real(positive=True, required=True),
+            # the pending Newton proposal: q's parameters, as the factors above
             "_proposal": S.NoneOr(
                 S.Seq(
                     (
                         S.Array((P,)),
-                        S.Array((P, P)),
-                        S.Array((P, P)),
+                        S.Array((P, P), positive_definite=True),
+                        S.Array((P, P), positive_diagonal=True, triangular="upper"),
                         S.Real(finite=True),
                         S.Real(positive=True),
                         S.Real(positive=True),
                     )
-                )
+                ),
+                required=True,
             ),
-            "_predicted_gain": S.Real(),
-            "_bound": S.Real(),
-            "_warm_hessian": S.NoneOr(S.Array((P, P))),
+            "_predicted_gain": S.Real(required=True),
+            "_bound": S.Real(required=True),
+            "_warm_hessian": S.NoneOr(S.Array((P, P)), required=True),
             "coef_": S.Array((1, D), required=True),
             "intercept_": S.Array((1,), required=True),
-            "sigma_": S.Array((P, P), required=True),
-            "lambda_": S.Real(positive=True),
-            "n_iter_": S.Int(0),
-            "lower_bound_": S.Real(),
-            "lower_bounds_": S.Floats(),
+            "sigma_": cov,
+            "lambda_": S.Real(positive=True, required=True),
+            "n_iter_": S.Int(0, required=True),
+            "lower_bound_": S.Real(finite=True, minus_inf=True, required=True),
+            "lower_bounds_": S.Floats(finite=True, required=True),
             "classes_": _schema_classes(2),
         }
 
@@ -1870,8 +2032,17 @@ class VBLogisticRegression(SaveMixin, CAVIMixin, ClassifierMixin, BaseEstimator)
         Xt = np.column_stack([X, np.ones(X.shape[0])]) if self.fit_intercept else X
         p = np.empty((X.shape[0], mean.shape[0]))
         for k in range(mean.shape[0]):
-            var = np.einsum("ij,jk,ik->i", Xt, sigma[k], Xt, optimize=True)
-            p[:, k] = logistic_mc(Xt @ mean[k], var, n, rng)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below
+                mu = Xt @ mean[k]
+                var = np.einsum("ij,jk,ik->i", Xt, sigma[k], Xt, optimize=True)
+            check_finite_prediction(
+                "VBLogisticRegression.predictive_proba",
+                X,
+                "the linear predictor's means and variances (x^T S x)",
+                mu,
+                var,
+            )
+            p[:, k] = logistic_mc(mu, var, n, rng)
         if p.shape[1] == 1:
             return np.column_stack([1.0 - p[:, 0], p[:, 0]])
         return p / p.sum(axis=1, keepdims=True)
@@ -1970,11 +2141,20 @@ def _logistic_rows(X, what, coef, intercept, sigmas, classes):
     d = X.shape[1]
     scores = np.empty((X.shape[0], n_problems))
     for k in range(n_problems):
-        mu = X @ coef[k] + intercept[k]
         s = sigmas[k]
-        var = np.einsum("ij,jk,ik->i", X, s[:d, :d], X, optimize=True)
-        if s.shape[0] > d:  # with an intercept
-            var += 2.0 * (X @ s[:d, d]) + s[d, d]
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            mu = X @ coef[k] + intercept[k]
+            var = np.einsum("ij,jk,ik->i", X, s[:d, :d], X, optimize=True)
+            if s.shape[0] > d:  # with an intercept
+                var += 2.0 * (X @ s[:d, d]) + s[d, d]
+        # an overflowed variance would make kappa 0: scores of 0, silently
+        check_finite_prediction(
+            f"VBLogisticRegression.{what}",
+            X,
+            "the linear predictor's means and variances (x^T S x)",
+            mu,
+            var,
+        )
         kappa = 1.0 / np.sqrt(1.0 + math.pi / 8.0 * np.maximum(var, 0.0))
         scores[:, k] = kappa * mu
     if what == "predict":

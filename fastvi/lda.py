@@ -28,6 +28,7 @@ block gives the bits of the whole-corpus round. :func:`e_step_stats` is the same
 E-step as a public pure function.
 """
 
+from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
@@ -41,7 +42,7 @@ from sklearn.base import (
 from sklearn.decomposition import LatentDirichletAllocation as SkLDA
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     check_array,
     check_is_fitted,
@@ -535,10 +536,19 @@ class LatentDirichletAllocation(
     # the remedy the stochastic driver's non-finite-perplexity error names
     _nonfinite_advice = "rescale the counts (for example divide X by a constant)"
 
-    _parameter_constraints: dict = {
-        **SkLDA._parameter_constraints,  # scikit-learn's, for the same parameters
-        "learning_method": [StrOptions({"batch", "online", "scvb0"})],
-    }
+    # integers held to int64 (_schema.int64_params): fit and load refuse larger ones
+    # (max_doc_update_iter is an int64 argument of the E-step kernel)
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            **SkLDA._parameter_constraints,  # scikit-learn's, for the same parameters
+            "learning_method": [StrOptions({"batch", "online", "scvb0"})],
+            # scikit-learn also accepts 0: a Dirichlet with concentration 0 is
+            # improper, its bound log Gamma(0) infinite (scikit-learn's scores come
+            # out NaN)
+            "doc_topic_prior": [None, Interval(Real, 0, 1, closed="right")],
+            "topic_word_prior": [None, Interval(Real, 0, 1, closed="right")],
+        }
+    )
 
     def __init__(
         self,
@@ -583,6 +593,8 @@ class LatentDirichletAllocation(
 
         K = ``n_components`` topics over V = ``n_features_in_`` words. A checkpoint
         of :func:`fastvi.batch.jobs.fit_lda` has no ``exp_dirichlet_component_``.
+        The priors and topics are Dirichlet parameters (positive); exp(E[log beta])
+        may underflow to 0 (float32 topics), never below; perplexities are finite.
         """
         S = _schema
         K, V = self.n_components, "V"
@@ -590,14 +602,14 @@ class LatentDirichletAllocation(
             "n_features_in_": S.Int(1, dim=V, required=True),
             "feature_names_in_": S.Names((V,)),
             "random_state_": S.RandomStateSpec(required=True),
-            "n_batch_iter_": S.Int(0, required=True),
+            "n_batch_iter_": S.Int(1, required=True),  # steps taken plus one
             "n_iter_": S.Int(0, required=True),
-            "perplexity_history_": S.Floats(required=True),
-            "doc_topic_prior_": S.Real(finite=True, required=True),
-            "topic_word_prior_": S.Real(finite=True, required=True),
+            "perplexity_history_": S.Floats(finite=True, required=True),
+            "doc_topic_prior_": S.Real(positive=True, required=True),
+            "topic_word_prior_": S.Real(positive=True, required=True),
             "components_": S.Array((K, V), positive=True, required=True),
-            "exp_dirichlet_component_": S.Array((K, V)),
-            "bound_": S.Real(),
+            "exp_dirichlet_component_": S.Array((K, V), nonnegative=True),
+            "bound_": S.Real(finite=True),
         }
 
     def __sklearn_tags__(self):
@@ -814,6 +826,8 @@ class LatentDirichletAllocation(
         check_is_fitted(self)
         whom = f"LatentDirichletAllocation.{method}"
         corpus = _Corpus.from_matrix(self._check_non_neg_array(X, False, whom))
+        # counts so large that the bound overflows: refused as by perplexity
+        _check_word_total(corpus.word_count(), np.float64, whom, allow_empty=True)
         with thread_limits(self.n_jobs):
             score = self._transform_corpus(corpus, bound=True)[1]
             if sub_sampling:

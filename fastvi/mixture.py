@@ -33,11 +33,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import _schema
 from ._cavi import CAVIMixin, Fit, all_or_nothing
 from ._compile import announces
-from ._numerics import check_squares_overflow, max_abs
+from ._numerics import (
+    check_finite_prediction,
+    check_finite_statistics,
+    check_squares_overflow,
+    max_abs,
+)
 from ._stochastic import State, StopRule, run
 from ._threads import map_chunks, thread_limits
 from .persist import SaveMixin
-from .rows import ArrayRows, fit_rows, predict_rows, source_rows
+from .rows import ArrayRows, Max, fit_rows, predict_rows, source_rows
 
 __all__ = ["BayesianGaussianMixture"]
 
@@ -104,7 +109,7 @@ class _Data:
     def gram(self):
         """sum_n (x_n - c)(x_n - c)^T about the mean c: chunk partials in order."""
         if self._gram is None:
-            self._gram = _symmetrize_upper(
+            gram = _symmetrize_upper(
                 self.rows.map_reduce(
                     _block_gram,
                     shared=(_kernel_array(self.center),),
@@ -112,7 +117,18 @@ class _Data:
                     ordered=True,
                 )
             )
+            if not np.isfinite(gram).all():
+                # data out of memory are not range-checked up front (_fit_rows):
+                # the in-memory message, from their largest |x|
+                n, d = self.rows.shape
+                check_squares_overflow("X", self.largest(), n * d)
+                check_finite_statistics("X", gram)
+            self._gram = gram
         return self._gram
+
+    def largest(self):
+        """max |x| over the rows (one more pass: for messages)."""
+        return self.rows.map_reduce(_block_largest, n_jobs=self.n_jobs).value
 
 
 class _PerBlock:
@@ -133,6 +149,11 @@ def _block_rows(rows, start):
     """The rows themselves (as float64): summed in order, their column sums (NumPy's
     order)."""
     return np.asarray(rows, dtype=np.float64)
+
+
+def _block_largest(rows, start):
+    """max |x| of the block."""
+    return Max(max_abs(rows))
 
 
 def _block_gram(rows, start, center):
@@ -167,13 +188,22 @@ def _block_statistics(
     )
 
 
+_SCORE_METHODS = {
+    "labels": "predict",
+    "log_resp": "predict_proba",
+    "norm": "score_samples",
+}
+
+
 def _score_block(rows, kind, means, prec, const, want):
     """Labels, log-responsibilities or log-densities (``want``) of one block."""
     N, D = rows.shape
     K = const.shape[0]
     dt = const.dtype  # the outputs come in the dtype of the pass
     log_resp = np.empty((N, K) if want == "log_resp" else (0, K), dt)
-    norm = np.empty(N if want == "norm" else 0, dt)
+    # the log-densities for every ``want``: where one is not finite the row is too
+    # large for the model, and its labels and responsibilities are meaningless too
+    norm = np.empty(N, dt)
     labels = np.empty(N if want == "labels" else 0, dtype=np.int64)
     _mixture_pass(
         rows,
@@ -186,6 +216,16 @@ def _score_block(rows, kind, means, prec, const, want):
         _NO_LABELS,
         outs=(log_resp, norm, labels),
     )
+    # (a damaged model, of non-finite parameters, gives its NaN as it is)
+    if all(np.isfinite(a).all() for a in (means, prec, const)):
+        check_finite_prediction(
+            f"BayesianGaussianMixture.{_SCORE_METHODS[want]}",
+            rows,
+            "the log-densities",
+            norm,
+            dtype=np.dtype(dt).name,
+            remedy=", or set compute_dtype='float64'" if dt == np.float32 else "",
+        )
     return {"labels": labels, "log_resp": log_resp, "norm": norm}[want]
 
 
@@ -320,16 +360,19 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
     _nonfinite_advice = "check the input scale or increase reg_covar"
 
-    _parameter_constraints: dict = {
-        **SkBGM._parameter_constraints,  # scikit-learn's, for the same parameters
-        "n_jobs": [None, Integral],
-        "learning_method": [StrOptions({"batch", "online"})],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_offset": [Interval(Real, 0.0, None, closed="left")],
-        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
-        "total_samples": [Interval(Real, 0.0, None, closed="neither")],
-        "compute_dtype": [StrOptions({"float64", "float32"})],
-    }
+    # integers held to int64 (_schema.int64_params): fit and load refuse larger ones
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            **SkBGM._parameter_constraints,  # scikit-learn's, for the same parameters
+            "n_jobs": [None, Integral],
+            "learning_method": [StrOptions({"batch", "online"})],
+            "batch_size": [Interval(Integral, 1, None, closed="left")],
+            "learning_offset": [Interval(Real, 0.0, None, closed="left")],
+            "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
+            "total_samples": [Interval(Real, 0.0, None, closed="neither")],
+            "compute_dtype": [StrOptions({"float64", "float32"})],
+        }
+    )
 
     def __init__(
         self,
@@ -390,6 +433,16 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
 
         K = ``n_components``, D = ``n_features_in_``; the covariance shapes follow
         ``covariance_type`` and ``weight_concentration_`` the weight prior type.
+        Every Wishart has more than D - 1 degrees of freedom (scikit-learn's rule for
+        the prior; E[log det Lambda] takes digamma((nu - i) / 2) for i < D, for every
+        covariance type), 'full' and 'tied' covariances are positive definite and
+        their precisions' Cholesky factors upper triangular with a positive diagonal
+        (the kernels read the factors; draws factor the covariances), the covariance
+        prior is positive semi-definite (the default, the data's covariance, is
+        singular where a feature is constant). A fit's bound is finite, or -inf
+        before its first round (``max_iter=0``). ``weights_`` and ``precisions_`` are
+        missing from a checkpoint written during a first fit, and the fit-loop
+        attributes from a model made by :meth:`partial_fit` alone.
         """
         S = _schema
         K, D = self.n_components, "D"
@@ -401,7 +454,7 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
         }[self.covariance_type]
         elementwise = self.covariance_type in ("diag", "spherical")
         if self.covariance_type in ("full", "tied"):
-            cov_prior = S.Array((D, D), required=True)
+            cov_prior = S.Array((D, D), positive_semidefinite=True, required=True)
         elif self.covariance_type == "diag":
             cov_prior = S.Array((D,), positive=True, required=True)
         else:
@@ -411,36 +464,44 @@ class BayesianGaussianMixture(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator)
             concentration = S.Seq((concentration, concentration), required=True)
         else:
             concentration.required = True
+        wishart = (D, -1)  # the degrees of freedom exceed D - 1
         if self.covariance_type == "tied":
-            dof = S.Real(positive=True, required=True)
+            dof = S.Real(above=wishart, required=True)
         else:
-            dof = S.Array((K,), positive=True, required=True)
+            dof = S.Array((K,), above=wishart, required=True)
         return {
             "n_features_in_": S.Int(1, dim=D, required=True),
             "feature_names_in_": S.Names((D,)),
             "weight_concentration_prior_": S.Real(positive=True, required=True),
             "mean_precision_prior_": S.Real(positive=True, required=True),
             "mean_prior_": S.Array((D,), required=True),
-            "degrees_of_freedom_prior_": S.Real(positive=True, required=True),
+            "degrees_of_freedom_prior_": S.Real(above=wishart, required=True),
             "covariance_prior_": cov_prior,
             "weight_concentration_": concentration,
             "mean_precision_": S.Array((K,), positive=True, required=True),
             "means_": S.Array((K, D), required=True),
             "degrees_of_freedom_": dof,
-            "covariances_": S.Array(cov, positive=elementwise, required=True),
+            "covariances_": S.Array(
+                cov,
+                positive=elementwise,
+                positive_definite=not elementwise,
+                required=True,
+            ),
             "precisions_cholesky_": S.Array(
                 cov,
                 positive=elementwise,
                 positive_diagonal=not elementwise,
+                triangular=None if elementwise else "upper",
                 required=True,
             ),
-            "weights_": S.Array((K,)),
+            "weights_": S.Array((K,), nonnegative=True),
             "precisions_": S.Array(cov),
             "converged_": S.Bool(),
             "n_iter_": S.Int(0),
-            "lower_bound_": S.Real(),
-            "lower_bounds_": S.Floats(),
-            "n_batch_iter_": S.Int(0),
+            "lower_bound_": S.Real(finite=True, minus_inf=True),
+            "lower_bounds_": S.Floats(finite=True),
+            # rho = (learning_offset + n_batch_iter_) ** -learning_decay, offset >= 0
+            "n_batch_iter_": S.Int(1),
             "_svi_epoch": S.Int(0),
             "_svi_seed": S.Int(0),
         }
@@ -529,11 +590,13 @@ dask array
             X = validate_data(
                 self, X, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
+            self._forget_other_fit(X.shape[1])
             # scatter matrices sum N squares (and a trace D of them)
             largest = max_abs(X)
             check_squares_overflow("X", largest, X.shape[0] * X.shape[1])
             self._check_float32_range(largest, X.shape[1])
             return ArrayRows(_kernel_array(X, self._kernel_dtype())), X
+        self._forget_other_fit(rows.shape[1])
         where = "fits of a file or a dask array"
         if self.learning_method == "online":
             raise ValueError(
@@ -551,15 +614,31 @@ dask array
             raise ValueError(
                 f"block_rows={rows.block_rows} must be a multiple of {CHUNK_ROWS}"
             )
-        n_features = rows.shape[1]
-        if self.warm_start and getattr(self, "n_features_in_", n_features) != (
-            n_features
-        ):
-            raise ValueError(
-                f"X has {n_features} features, but BayesianGaussianMixture "
-                f"is expecting {self.n_features_in_} features as input."
-            )
         return fit_rows(self, X, supervised=False), None  # sets n_features_in_
+
+    def _factors_fit(self, n_features):
+        """Whether the fitted factors have the shapes that ``n_components``,
+        ``covariance_type``, ``weight_concentration_prior_type`` and ``n_features``
+        give (only a tied fit has one degrees of freedom for all components: its
+        (D, D) covariance is not a diagonal fit's (K, D) where K = D)."""
+        K, D, cov_type = self.n_components, n_features, self.covariance_type
+        shapes = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}
+        process = self.weight_concentration_prior_type == "dirichlet_process"
+        return (
+            np.shape(self.means_) == (K, D)
+            and np.shape(self.covariances_) == shapes[cov_type]
+            and np.ndim(self.degrees_of_freedom_) == (cov_type != "tied")
+            and isinstance(self.weight_concentration_, tuple) == process
+        )
+
+    def _forget_other_fit(self, n_features):
+        """A warm start resumes the fitted factors only where they fit the
+        parameters and the data; after a change of ``n_components``,
+        ``covariance_type``, ``weight_concentration_prior_type`` or the number of
+        features the fit starts afresh, as a cold one (scikit-learn's fails)."""
+        if self.warm_start and hasattr(self, "converged_"):
+            if not self._factors_fit(n_features):
+                del self.converged_
 
     @announces("mixture")
     def partial_fit(self, X, y=None):
@@ -590,7 +669,11 @@ dask array
         self : BayesianGaussianMixture
         """
         self._validate_params()
-        first = not hasattr(self, "precisions_cholesky_")
+        # factors of other parameters (set since a fit): the first call again
+        first = not (
+            hasattr(self, "precisions_cholesky_")
+            and self._factors_fit(self.means_.shape[1])
+        )
         with all_or_nothing(self):
             X = validate_data(
                 self,
@@ -676,7 +759,16 @@ dask array
         -------
         log_likelihood : float
         """
-        return float(np.mean(self.score_samples(X)))
+        log_density = self.score_samples(X)
+        with np.errstate(over="ignore"):  # checked below
+            value = float(np.mean(log_density))
+        check_finite_prediction(
+            "BayesianGaussianMixture.score",
+            None,
+            "the log-densities, summed over the rows,",
+            value,
+        )
+        return value
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture: scikit-learn's ``sample`` (its draws).
@@ -1034,14 +1126,19 @@ dask array
             n_jobs=self.n_jobs,
             ordered=True,
         )
-        if init is not None and self._float32():
-            # data out of memory were not range-checked (_check_float32_range)
-            if not (np.isfinite(sx).all() and np.isfinite(sq).all()):
+        if data.array is None and not (np.isfinite(sx).all() and np.isfinite(sq).all()):
+            # data out of memory are not range-checked up front (_fit_rows): the
+            # in-memory messages, from their largest |x|
+            largest = data.largest()
+            check_squares_overflow("X", largest, data.rows.shape[0] * D)
+            self._check_float32_range(largest, D)
+            if self._float32():
                 raise ValueError(
                     "The sums of squares of X overflow float32 with "
                     "compute_dtype='float32': its values are too large. Rescale X "
                     "or use compute_dtype='float64'."
                 )
+            check_finite_statistics("X", sx, sq)
         return _Stats(nk, sx, sq, float(norm), float(entropy), shift)
 
     def _score(self, rows, want):

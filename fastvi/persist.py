@@ -39,10 +39,14 @@ Reads are checked before anything computes: only a regular file is opened; every
 member must be an uncompressed, unencrypted ``.npy`` no larger than the file, whose
 header agrees with the metadata's dtype and shape (so a file costs at most its own
 size to read); the JSON is at most 1 MB and 64 levels deep. The rebuilt estimator's
-parameters pass its own validation, and its attributes must be those its class
-declares in ``_fitted_schema`` (:mod:`fastvi._schema`): names, dtypes, shapes
-agreeing with the parameters and each other, finite values. Any problem is a
-:class:`ModelFileError` naming the file.
+parameters pass its own validation (integers within int64), and its attributes must
+be those its class declares in ``_fitted_schema`` (:mod:`fastvi._schema`): names,
+every attribute a fit always sets, dtypes, shapes agreeing with the parameters and
+each other, finite values, and the values a fit can make (positive Dirichlet and
+Gamma parameters, Wishart degrees of freedom above D - 1, positive definite
+covariances, triangular Cholesky factors, ...), so that no kernel is handed a
+value it cannot take. Any problem is a :class:`ModelFileError` naming the file and
+the attribute or parameter.
 
 Writes are atomic: the archive goes to a temporary file in the target's directory,
 is flushed and ``fsync``-ed, and replaces the target with ``os.replace`` (then the

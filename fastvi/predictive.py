@@ -60,6 +60,7 @@ import math
 import numpy as np
 from scipy.special import gammainccinv, gammaincinv, gammaln, logsumexp, ndtr, ndtri
 
+from ._numerics import check_finite_prediction
 from .posterior import mixture_weight_means
 
 __all__ = [
@@ -74,6 +75,26 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _GH_NODES = 48
+
+
+# ------------------------------------------------------------------- Student-t
+def log1p_far(q, c, z):
+    """log(1 + q / c) per row, where q = ‖z‖² over the last axis of ``z``.
+
+    Far from its centre a Student-t's log density, -(nu + D) / 2 log(1 + q / c), is
+    finite while q itself overflows: rows where q is infinite are computed from z
+    scaled by its largest entry. (An infinite z, a row too large for even that,
+    stays non-finite, for the caller to refuse.)
+    """
+    out = np.log1p(q / c)
+    far = ~np.isfinite(q)
+    if np.any(far):
+        z = np.asarray(z)[far]
+        s = np.max(np.abs(z), axis=-1)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            w = np.sum((z / s[..., np.newaxis]) ** 2, axis=-1)  # in [1, D]
+            out[far] = 2.0 * np.log(s) + np.log(w / c) + np.log1p(c / (s * s * w))
+    return out
 
 
 # ----------------------------------------------------------------------- mixture
@@ -119,30 +140,40 @@ def mixture_log_density(est, X):
     P = _precision_factors(est)
     log_comp = np.empty((X.shape[0], K))
     for k in range(K):
-        diff = X - means[k]
-        nu = dof[k]
-        if kind == "product":
-            z2 = (diff * P[k]) ** 2 / (scale[k] * nu)
+        with np.errstate(over="ignore", invalid="ignore"):  # far rows: log1p_far
+            diff = X - means[k]
+            nu = dof[k]
+            if kind == "product":
+                z = diff * P[k]
+                terms = log1p_far(z**2, scale[k] * nu, z[..., np.newaxis])
+                log_comp[:, k] = (
+                    D * (gammaln(0.5 * (nu + 1.0)) - gammaln(0.5 * nu))
+                    - 0.5 * D * (math.log(nu * math.pi) + math.log(scale[k]))
+                    + np.sum(np.log(P[k]))
+                    - 0.5 * (nu + 1.0) * np.sum(terms, axis=1)
+                )
+                continue
+            if est.covariance_type == "spherical":
+                z = diff * P[k]
+                maha = np.sum(diff**2, axis=1) * P[k] ** 2
+                log_det_p = D * math.log(P[k])
+            else:
+                z = diff @ P[k]
+                maha = np.sum(z**2, axis=1)
+                log_det_p = float(np.sum(np.log(np.diag(P[k]))))
             log_comp[:, k] = (
-                D * (gammaln(0.5 * (nu + 1.0)) - gammaln(0.5 * nu))
+                gammaln(0.5 * (nu + D))
+                - gammaln(0.5 * nu)
                 - 0.5 * D * (math.log(nu * math.pi) + math.log(scale[k]))
-                + np.sum(np.log(P[k]))
-                - 0.5 * (nu + 1.0) * np.sum(np.log1p(z2), axis=1)
+                + log_det_p
+                - 0.5 * (nu + D) * log1p_far(maha, scale[k] * nu, z)
             )
-            continue
-        if est.covariance_type == "spherical":
-            maha = np.sum(diff**2, axis=1) * P[k] ** 2
-            log_det_p = D * math.log(P[k])
-        else:
-            maha = np.sum((diff @ P[k]) ** 2, axis=1)
-            log_det_p = float(np.sum(np.log(np.diag(P[k]))))
-        log_comp[:, k] = (
-            gammaln(0.5 * (nu + D))
-            - gammaln(0.5 * nu)
-            - 0.5 * D * (math.log(nu * math.pi) + math.log(scale[k]))
-            + log_det_p
-            - 0.5 * (nu + D) * np.log1p(maha / (scale[k] * nu))
-        )
+    check_finite_prediction(
+        "BayesianGaussianMixture.predictive_log_density",
+        X,
+        "the predictive log-densities",
+        log_comp,
+    )
     with np.errstate(divide="ignore"):  # a weight of exactly 0 is a -inf term
         return logsumexp(log_comp + np.log(weights), axis=1)
 

@@ -48,6 +48,7 @@ __all__ = [
     "fit_rows",
     "fold_in_order",
     "is_block_source",
+    "numeric_target",
     "predict_rows",
     "source_rows",
     "tree_sum",
@@ -118,9 +119,12 @@ def fold_step(acc, part):
     sums = [
         p if o is None else np.concatenate((o, p)) for o, p in zip(old, _arrays(part))
     ]
-    return type(part) is tuple, [
-        s.sum(0, keepdims=True) if _many(s) else None for s in sums
-    ]
+    # sums of values too large overflow to inf (or NaN): the models check their
+    # statistics and say so, also where this runs in a task (Dask)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return type(part) is tuple, [
+            s.sum(0, keepdims=True) if _many(s) else None for s in sums
+        ]
 
 
 def one_values(part):
@@ -132,10 +136,11 @@ def fold_total(acc, ones):
     """The total of the parts: ``acc`` of :func:`fold_step`, ``ones`` of every part."""
     if acc is None:
         raise ValueError("no rows to reduce")
-    out = tuple(
-        np.concatenate([o[i] for o in ones]).sum(0) if s is None else s[0]
-        for i, s in enumerate(acc[1])
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # as in fold_step
+        out = tuple(
+            np.concatenate([o[i] for o in ones]).sum(0) if s is None else s[0]
+            for i, s in enumerate(acc[1])
+        )
     return out if acc[0] else out[0]
 
 
@@ -300,6 +305,8 @@ def fit_rows(
     name = type(estimator).__name__
     if supervised and y is None:
         raise ValueError(f"{name} requires y to be passed, but the target y is None.")
+    if supervised and y_numeric:
+        y = numeric_target(estimator, y)
     if supervised and is_block_source(X):
         y_dtype = np.float64 if y_numeric else None
         y = check_array(y, ensure_2d=False, dtype=y_dtype, input_name="y")
@@ -327,6 +334,33 @@ def fit_rows(
     estimator.n_features_in_ = d
     estimator.__dict__.pop("feature_names_in_", None)
     return rows
+
+
+def numeric_target(estimator, y):
+    """A regressor's ``y`` with strings or objects converted to float64, refused
+    with a message that names y where they are not numbers (scikit-learn converts
+    object arrays only, and says no more than NumPy); other ``y`` as given."""
+    from ._dask import is_dask_collection
+
+    if is_dask_collection(y):
+        return y
+    values = np.asarray(y)
+    if values.dtype.kind not in "OUS":
+        return y
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        for value in values.ravel():
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                break
+        if isinstance(value, np.generic):  # shown as the Python value
+            value = value.item()
+        raise ValueError(
+            f"{type(estimator).__name__} is a regressor and needs numbers in y, "
+            f"got {value!r} (could not convert it to float)."
+        ) from None
 
 
 def predict_rows(estimator, X):

@@ -4,6 +4,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -151,6 +152,46 @@ def test_out_of_core_single_feature_is_bitwise(tmp_path):
         NpyRows(tmp_path / "x.npy", block_rows=CHUNK_ROWS),
     )
     assert_same_model(a, b)
+
+
+_F64 = "their squares and products, summed over .* float64"
+_F32 = "with compute_dtype='float32' .* overflow float32"
+# a tied fit's float32 sums are of first moments: out of core, where an overflow is
+# seen rather than foreseen, a fit at 1e19 is fine (in memory refuses it up front)
+_TOO_LARGE = [
+    (cov, dtype, scale, size)
+    for cov in ("full", "tied", "diag", "spherical")
+    for dtype, scale, size in (
+        ("float64", 1e160, _F64),
+        ("float32", 1e160, _F64),
+        ("float32", 1e19, _F32),
+    )
+    if not (cov == "tied" and scale < 1e150)
+]
+
+
+@pytest.mark.parametrize("init_params", ["random", "random_from_data"])
+@pytest.mark.parametrize("covariance_type, compute_dtype, scale, size", _TOO_LARGE)
+def test_out_of_core_values_too_large_get_the_in_memory_message(
+    tmp_path, covariance_type, init_params, compute_dtype, scale, size
+):
+    X = blobs(300, 3, seed=1) * scale
+    np.save(tmp_path / "x.npy", X)
+    params = dict(
+        n_components=2,
+        covariance_type=covariance_type,
+        init_params=init_params,
+        compute_dtype=compute_dtype,
+        random_state=0,
+    )
+    largest = re.escape(f"{np.abs(X).max():.3g}")
+    message = f"X has values as large as {largest} in magnitude: {size}"
+    with pytest.raises(ValueError, match=message):
+        BayesianGaussianMixture(**params).fit(X)
+    est = BayesianGaussianMixture(**params)
+    with pytest.raises(ValueError, match=message):
+        est.fit(NpyRows(tmp_path / "x.npy"))
+    assert not hasattr(est, "means_")
 
 
 def test_out_of_core_refusals(npy_file, tmp_path):

@@ -328,6 +328,29 @@ def test_target_column_counts_from_one(data, tmp_path, capsys):
     one_line_error(err, "counted from 1")
 
 
+@pytest.mark.parametrize(
+    "command, scale", [("gmm", 1e160), ("gaussian", 1e160), ("linear", 1e200)]
+)
+def test_score_and_predict_of_rows_too_large_exit_with_the_error(
+    command, scale, data, tmp_path, capsys
+):
+    path, options = data[command]
+    model = tmp_path / "m.npz"
+    status, _, err = run(capsys, "fit", command, path, "-o", model, "-q", *options)
+    assert status == 0, err
+    X, y = features(command, path)
+    big = tmp_path / "big.npy"  # the target, if any, as it was
+    np.save(big, X * scale if y is None else np.column_stack([X * scale, y]))
+    target = [] if y is None else ["--target", X.shape[1] + 1]
+    status, out, err = run(capsys, "score", model, big, *target)
+    assert status == 2 and out == ""  # it printed nan or -inf before, status 0
+    one_line_error(err, "has values", "overflow float64", "Rescale X")
+    if command == "gmm":
+        status, _, err = run(capsys, "predict", model, big, "-o", tmp_path / "p.npy")
+        assert status == 2 and not (tmp_path / "p.npy").exists()
+        one_line_error(err, "X has values as large as", "BayesianGaussianMixture")
+
+
 def test_conjugate_fit_shows_progress(data, tmp_path, capsys):
     path, _ = data["linear"]
     status, _, err = run(capsys, "fit", "linear", path, "-o", tmp_path / "m.npz")

@@ -403,6 +403,99 @@ def test_tiny_target_is_not_called_constant(scale):
         VBLinearRegression().fit(X, np.full(50, 1e-300))
 
 
+def _refused(method, *args, name="X", what="overflow float64"):
+    message = f"{name} has values .* in magnitude: .*{what} in .*Rescale {name}"
+    with pytest.raises(ValueError, match=message):
+        method(*args)
+
+
+def test_predictions_on_rows_too_large_for_the_model_are_refused():
+    X, y = _scale_problem()
+    x = X[:, 0]
+    gauss = UnivariateGaussian().fit(x)
+    _refused(gauss.score_samples, x * 1e160)
+    _refused(gauss.score, x * 1e160)
+    # scores of rows that fit whose mean overflows
+    far = np.full(4096, 1e154)
+    assert np.isfinite(gauss.score_samples(far)).all()
+    _refused(gauss.score, far, what="summed over the rows, overflow float64")
+
+    linear = VBLinearRegression().fit(X, y)
+    big = X * 1e200  # the means are fine; x^T S x is not
+    assert np.isfinite(linear.predict(big)).all()
+    _refused(lambda Z: linear.predict(Z, return_std=True), big)
+    _refused(linear.predict_interval, big)
+    _refused(linear.predictive_log_density, big, y)
+    _refused(linear.score, big, y, name="X or y")
+    _refused(linear.predict, np.full((2, 3), 1e308))  # the means too
+    assert np.isfinite(linear.predict(X * 1e100, return_std=True)[1]).all()
+
+    labels = (y > 0).astype(int)
+    for classes in (labels, np.digitize(y, [-2.0, 2.0])):  # binary, one-vs-rest
+        logistic = VBLogisticRegression().fit(X, classes)
+        for method in ("decision_function", "predict_proba", "predict"):
+            # an overflowed variance made kappa 0: scores of 0, probabilities 1/2
+            _refused(getattr(logistic, method), X * 1e300)
+        _refused(logistic.predictive_proba, X * 1e300, "mc")
+        assert np.isfinite(logistic.decision_function(X * 1e100)).all()
+
+
+def test_exact_predictive_is_finite_far_out():
+    # a Student-t's log density falls like log |x|: finite where x^2 is not
+    post = UnivariateGaussian().fit(gaussian_data(n=50, seed=3)).exact_posterior_
+    from scipy.stats import t as student_t
+
+    df = 2.0 * post.a
+    scale = math.sqrt(post.b * (post.kappa + 1.0) / (post.a * post.kappa))
+    near = np.array([1e150, -3e151, 2.5])  # scipy's own numbers
+    assert_allclose(
+        post.predictive_logpdf(near),
+        student_t.logpdf(near, df, post.mu, scale),
+        rtol=1e-14,
+    )
+    far = post.predictive_logpdf(np.array([1e160, -1e300, 1.7e308]))
+    assert np.isfinite(far).all()
+    # out there it is const - (df + 1) log |x|
+    assert_allclose(far[1] - far[0], -(df + 1.0) * math.log(1e140), rtol=1e-12)
+
+
+@pytest.mark.parametrize("mu0", [np.nan, np.inf, -np.inf])
+def test_gaussian_prior_mean_must_be_finite(mu0):
+    with pytest.raises(ValueError, match="'mu0' parameter .* range \\(-inf, inf\\)"):
+        UnivariateGaussian(mu0=mu0).fit(gaussian_data())
+
+
+def test_gaussian_prior_mean_too_far_for_float64_is_refused():
+    x = gaussian_data()
+    with pytest.raises(ValueError, match="mu0=1e\\+300 is too far from the data.*"):
+        UnivariateGaussian(mu0=1e300).fit(x)
+    est = UnivariateGaussian(mu0=1e100, lambda0=1e300)
+    with pytest.raises(ValueError, match="lambda0=1e\\+300.*smaller lambda0"):
+        est.fit(x)
+    assert not hasattr(est, "mu_mean_")
+    # far, but representable: fits
+    est = UnivariateGaussian(mu0=1e150).fit(x)
+    assert np.isfinite(est.lower_bound_) and np.isfinite(est.exact_posterior_.b)
+
+
+def test_linear_target_of_strings_is_refused_naming_y():
+    X, y = _scale_problem()
+    for bad in (
+        np.array(["a", "b"] * 25),
+        ["1.0", "x"] * 25,
+        np.array(["a"] * 50, object),
+    ):
+        est = VBLinearRegression()
+        with pytest.raises(ValueError, match="regressor and needs numbers in y"):
+            est.fit(X, bad)
+        assert not hasattr(est, "coef_")
+    # numbers written as strings are numbers, as scikit-learn converts objects
+    as_text = VBLinearRegression().fit(X, y.astype(str))
+    assert_allclose(as_text.coef_, VBLinearRegression().fit(X, y).coef_, rtol=1e-12)
+    with pytest.raises(ValueError, match="needs numbers in y, got 'a'"):
+        as_text.predictive_log_density(X, ["a"] * 50)
+
+
 def test_nonfinite_bound_advice_names_only_existing_remedies():
     from fastvi import BayesianGaussianMixture
 

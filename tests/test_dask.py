@@ -263,6 +263,18 @@ def test_mixture_dask_bad_input_leaves_the_estimator_untouched():
         fitted.predict(da.ones((10, 2), chunks=5))
 
 
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_mixture_dask_values_too_large_get_the_in_memory_message(cov):
+    X = _blobs(400) * 1e160
+    message = "X has values as large as .* overflow float64 .* Rescale X"
+    with pytest.raises(ValueError, match=message):
+        _gmm(covariance_type=cov).fit(X)
+    est = _gmm(covariance_type=cov)
+    with pytest.raises(ValueError, match=message):
+        est.fit(da.from_array(X, chunks=100))
+    assert not hasattr(est, "means_")
+
+
 def test_cli_fit_on_a_scheduler(client, tmp_path, capsys):
     import json
 

@@ -597,6 +597,34 @@ def test_counts_that_overflow_are_refused(learning_method, dtype, scale):
     assert_array_equal(fitted.components_, before)
 
 
+def test_score_refuses_counts_that_overflow_as_perplexity_does():
+    X = corpus(n_docs=20, n_words=10)
+    est = LatentDirichletAllocation(n_components=3, max_iter=2, random_state=0)
+    est.fit(X)
+    for method in ("score", "perplexity"):
+        with pytest.raises(
+            ValueError,
+            match="sum to .*overflow float64.*Rescale the counts",
+        ):
+            getattr(est, method)(X * 1e306)
+    assert np.isfinite(est.score(X * 1e300))
+    # documents without words: a score (the topics' part of the bound) as before
+    assert np.isfinite(est.score(np.zeros_like(X)))
+
+
+@pytest.mark.parametrize("prior", ["doc_topic_prior", "topic_word_prior"])
+@pytest.mark.parametrize("learning_method", ["batch", "online", "scvb0"])
+def test_a_prior_of_zero_is_refused(prior, learning_method):
+    # scikit-learn accepts 0 and scores NaN: Dirichlet(0) is improper
+    for method in ("fit", "partial_fit"):
+        est = LatentDirichletAllocation(
+            n_components=3, learning_method=learning_method, **{prior: 0.0}
+        )
+        with pytest.raises(ValueError, match=f"'{prior}' parameter .*\\(0.0, 1.0\\]"):
+            getattr(est, method)(corpus())
+    LatentDirichletAllocation(n_components=3, max_iter=2, **{prior: 1e-3}).fit(corpus())
+
+
 def test_large_counts_below_the_limit_give_finite_results():
     X = corpus(n_docs=20, n_words=10)
     big = LatentDirichletAllocation(n_components=3, max_iter=5, random_state=0)

@@ -409,6 +409,104 @@ def test_huge_finite_input_is_reported_as_overflow_not_as_inf(scale):
     BayesianGaussianMixture(n_components=2, random_state=0).fit(X / scale * 1e150)
 
 
+@pytest.mark.parametrize(
+    "compute_dtype, scale", [("float64", 1e160), ("float32", 1e20)]
+)
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_predictions_on_rows_too_large_for_the_model_are_refused(
+    covariance_type, compute_dtype, scale
+):
+    X = blobs(n=60, seed=1)
+    est = BayesianGaussianMixture(
+        n_components=2,
+        covariance_type=covariance_type,
+        compute_dtype=compute_dtype,
+        random_state=0,
+    ).fit(X)
+    big = X * scale  # finite, but their log-densities are not (-1e320 and less)
+    for method in ("predict", "predict_proba", "score_samples", "score"):
+        with pytest.raises(
+            ValueError,
+            match=f"X has values as large as .* the log-densities overflow "
+            f"{compute_dtype} in BayesianGaussianMixture.*Rescale X",
+        ):
+            getattr(est, method)(big)
+    # the rows that fit give their numbers as before, those of the model itself
+    assert np.isfinite(est.score_samples(X)).all()
+    if compute_dtype == "float32":  # the remedy the message names
+        est.set_params(compute_dtype="float64")
+        assert np.isfinite(est.score_samples(big)).all()
+
+
+def test_bigger_mean_than_the_log_densities_hold_is_refused():
+    est = BayesianGaussianMixture(n_components=2, random_state=0).fit(blobs(n=60))
+    far = blobs(n=60)[:1] * 1e153  # a log-density near -1e307: twice that overflows
+    assert np.isfinite(est.score_samples(far)).all()
+    with pytest.raises(ValueError, match="summed over the rows, overflow float64"):
+        est.score(np.repeat(far, 4096, axis=0))
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_predictive_log_density_of_far_rows_is_finite_or_refused(covariance_type):
+    # a Student-t's log density falls like log |x|: finite where |x|^2 is not
+    X = blobs(n=60, seed=1)
+    est = BayesianGaussianMixture(
+        n_components=2, covariance_type=covariance_type, random_state=0
+    ).fit(X)
+    near = est.predictive_log_density(X[:5] * 1e100)
+    far = est.predictive_log_density(X[:5] * 1e200)
+    assert np.isfinite(far).all()
+    # about -(nu + D) log |x| per component: 200 / 100 = 2 times as negative
+    assert_allclose(far / near, 2.0, rtol=0.01)
+    # beyond: even the rows scaled by the precisions overflow
+    small = BayesianGaussianMixture(
+        n_components=2, covariance_type=covariance_type, random_state=0
+    ).fit(X * 1e-6)
+    with pytest.raises(ValueError, match="predictive log-densities overflow"):
+        small.predictive_log_density(np.full((2, 3), 1e307))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(covariance_type="diag"),  # diag (K, D) has tied's (D, D) shape at K = D
+        dict(covariance_type="tied", n_components=3),
+        dict(covariance_type="spherical"),
+        dict(n_components=5),
+        dict(n_components=2),
+        dict(weight_concentration_prior_type="dirichlet_distribution"),
+    ],
+)
+def test_warm_start_with_other_factors_starts_afresh(change):
+    X = blobs(d=3)
+    params = dict(n_components=3, random_state=0, max_iter=5, tol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm = BayesianGaussianMixture(warm_start=True, **params).fit(X)
+        warm.set_params(**change).fit(X)
+        cold = BayesianGaussianMixture(**{**params, **change}).fit(X)
+        # and partial_fit: the first call of the new parameters
+        first = BayesianGaussianMixture(**{**params, **change}).partial_fit(X)
+        again = BayesianGaussianMixture(**params).fit(X).set_params(**change)
+        again.partial_fit(X)
+    for name in FITTED:
+        assert_array_equal(getattr(warm, name), getattr(cold, name))
+    assert warm.n_iter_ == cold.n_iter_
+    for name in FITTED:
+        assert_array_equal(getattr(again, name), getattr(first, name))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_warm_start_on_other_features_starts_afresh():
+    X = blobs(d=3)
+    params = dict(n_components=2, random_state=0)
+    warm = BayesianGaussianMixture(warm_start=True, **params).fit(X)
+    warm.fit(X[:, :2])
+    cold = BayesianGaussianMixture(**params).fit(X[:, :2])
+    assert_array_equal(warm.means_, cold.means_)
+    assert warm.n_features_in_ == 2
+
+
 def test_nonfinite_bound_names_reg_covar():
     class Broken(BayesianGaussianMixture):
         def _cavi_step(self, data):

@@ -163,6 +163,19 @@ def test_bad_model_declarations():
     with pytest.raises(ValueError, match="finite lo < hi"):
         Bad(Interval(1.0, 1.0))
 
+    class Shaped(Model):
+        def __init__(self, *params):
+            self.params = list(params)
+            super().__init__()
+
+    # an IndexError in the fit's start before
+    with pytest.raises(ValueError, match="no coordinates to fit: .*'a' \\(0,\\)"):
+        Shaped(Param("a", (0,)))
+    with pytest.raises(ValueError, match="'a': shape must hold sizes >= 0"):
+        Shaped(Param("a", -1), Param("b"))
+    # beside others an empty one is harmless (a GLM of no features, say)
+    assert Shaped(Param("a", (0,)), Param("b", 2)).size == 2
+
 
 # ------------------------------------------------------------- exact posterior
 def _conjugate(N=200, D=3, seed=0, prior=1.0):
@@ -427,6 +440,32 @@ def test_logistic_estimator_api():
     )
     # signs of the true coefficients (1, 0, -1) recovered
     assert est.coef_[0] > 0 > est.coef_[2]
+
+
+def test_predictions_on_rows_too_large_are_right_or_refused():
+    X, y = _logistic_data(N=300, D=3, seed=8)
+    est = BayesianLogisticRegression(random_state=0, n_samples=4).fit(X, y)
+    # sure classes: the log-odds stay finite (they were inf), and right
+    odds = est.decision_function(X * 100.0)
+    assert np.isfinite(odds).all() and np.abs(odds).max() > 100.0
+    proba = est.predict_proba(X * 100.0)[:, 1]
+    sure = np.abs(odds) < 30.0  # where the probabilities hold the log-odds
+    assert_allclose(odds[sure], np.log(proba[sure] / (1.0 - proba[sure])), rtol=1e-6)
+    # x . coef beyond float64 in every draw: a sure class, log-odds not representable
+    beyond = np.array([[1.7e308, 0.0, -1.7e308]])
+    assert_array_equal(est.predict_proba(beyond), [[0.0, 1.0]])
+    assert_array_equal(est.predict(beyond), [1.0])
+    with pytest.raises(ValueError, match="the log-odds overflow float64 in .*Rescale"):
+        est.decision_function(beyond)
+    for method in ("mc", "probit"):  # an infinite variance gave 1/2
+        with pytest.raises(ValueError, match="variances .* overflow float64"):
+            est.predictive_proba(X * 1e300, method=method)
+    counts = np.random.default_rng(0).poisson(np.exp(0.3 * X[:, 0]))
+    poisson = BayesianPoissonRegression(random_state=0, n_samples=4).fit(X, counts)
+    # exp(x . coef) beyond float64: was capped at exp(700), silently
+    with pytest.raises(ValueError, match="mean counts exp\\(x . coef\\) overflow"):
+        poisson.predict(X * 1e4)
+    assert np.isfinite(poisson.predict(X * 10.0)).all()
 
 
 def test_poisson_estimator_recovers_coefficients():
@@ -852,3 +891,12 @@ def test_a_sound_fixed_draw_fit_raises_no_psis_alarm_from_few_draws():
     est = BayesianLogisticRegression(random_state=0).fit(X, y)  # warnings are errors
     assert est.fit_method_ == "fixed" and est.converged_
     assert est.diagnose(X, y) < 0.5
+
+
+def test_poisson_mean_count_is_given_where_one_draw_overflows():
+    from fastvi.sgvi.estimators import _predictive_rows
+
+    draws = np.zeros((200, 1))
+    draws[0, 0] = 710.0  # exp(710) overflows; the mean over 200 draws does not
+    got = _predictive_rows(np.ones((1, 1)), "mean", draws, False, None)
+    assert np.isclose(got[0], np.exp(710.0 - np.log(200.0)) + 199 / 200, rtol=1e-12)

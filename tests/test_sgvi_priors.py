@@ -145,6 +145,9 @@ def test_positive_priors_are_minus_infinity_below_zero(prior):
         (lambda: Normal(0.0, [[1.0, 2.0]]), r"1-D array .* shape \(1, 2\)"),
         (lambda: Normal(0.0, []), r"non-empty"),
         (lambda: StudentT(3.0, [0.0, 1.0], [1.0, 2.0, 3.0]), "loc of 2, scale of 3"),
+        # 1 / scale^2 overflows: a ZeroDivisionError, or -inf, in the fit before
+        (lambda: Normal(0.0, 1e-300), "Normal: scale is 1e-300, below 1.49e-154"),
+        (lambda: HalfNormal([1.0, 1e-200]), r"HalfNormal: scale\[1\] is 1e-200, below"),
     ],
 )
 def test_bad_prior_values_are_clear_errors(make, match):
@@ -541,6 +544,8 @@ def test_estimator_priors_change_the_fit():
         ({"coef_prior": HalfCauchy(1.0)}, "coef takes any real value"),
         ({"coef_prior": Cauchy(), "prior_scale": 2.0}, "not both"),
         ({"intercept_prior": Normal(), "fit_intercept": False}, "fit_intercept"),
+        ({"prior_scale": 1e-300}, "prior_scale is 1e-300, below .* 1 / prior_scale"),
+        ({"intercept_prior_scale": 1e-300}, "intercept_prior_scale is 1e-300, below"),
     ],
 )
 def test_estimator_prior_errors_come_from_fit(kwargs, match):

@@ -5,6 +5,7 @@ from numbers import Integral, Real
 from time import perf_counter
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -14,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .. import _schema
 from .._cavi import all_or_nothing, monitor_of
 from .._compile import announces
+from .._numerics import check_finite_prediction
 from ..persist import SaveMixin
 from ..rows import fit_rows, predict_rows
 from .diagnostics import warn_user
@@ -64,34 +66,37 @@ class _Kept(_schema.Spec):
 class _SGVIRegressionBase(SaveMixin, BaseEstimator):
     _family = None  # "logistic" / "poisson", set by subclasses
 
-    _parameter_constraints: dict = {
-        "prior_scale": [Interval(Real, 0.0, None, closed="neither")],
-        "intercept_prior_scale": [Interval(Real, 0.0, None, closed="neither")],
-        "coef_prior": [None, Prior],
-        "intercept_prior": [None, Prior],
-        "fit_intercept": ["boolean"],
-        "family": [StrOptions({"meanfield", "fullrank"})],
-        "estimator": [StrOptions({"stl", "reparam", "score"})],
-        "method": [StrOptions({"auto", "sgd"})],
-        "optimizer": [StrOptions(set(_OPTIMIZERS))],
-        "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
-        "n_samples": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "convergence": [StrOptions({"window", "stan"})],
-        "window": [Interval(Integral, 2, None, closed="left")],
-        "tol_rel_obj": [Interval(Real, 0.0, None, closed="left")],
-        "eval_elbo": [Interval(Integral, 1, None, closed="left")],
-        "init_scale": [None, Interval(Real, 0.0, None, closed="neither")],
-        "progress_bar": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
-        "qmc": ["boolean"],
-        "warm_start": ["boolean"],
-        "random_state": ["random_state"],
-        "n_jobs": [None, Integral],
-    }
+    # integers held to int64 (_schema.int64_params): fit and load refuse larger ones
+    _parameter_constraints: dict = _schema.int64_params(
+        {
+            "prior_scale": [Interval(Real, 0.0, None, closed="neither")],
+            "intercept_prior_scale": [Interval(Real, 0.0, None, closed="neither")],
+            "coef_prior": [None, Prior],
+            "intercept_prior": [None, Prior],
+            "fit_intercept": ["boolean"],
+            "family": [StrOptions({"meanfield", "fullrank"})],
+            "estimator": [StrOptions({"stl", "reparam", "score"})],
+            "method": [StrOptions({"auto", "sgd"})],
+            "optimizer": [StrOptions(set(_OPTIMIZERS))],
+            "learning_rate": [Interval(Real, 0.0, None, closed="neither")],
+            "n_samples": [Interval(Integral, 1, None, closed="left")],
+            "batch_size": [None, Interval(Integral, 1, None, closed="left")],
+            "max_iter": [Interval(Integral, 1, None, closed="left")],
+            "tol": [Interval(Real, 0.0, None, closed="left")],
+            "convergence": [StrOptions({"window", "stan"})],
+            "window": [Interval(Integral, 2, None, closed="left")],
+            "tol_rel_obj": [Interval(Real, 0.0, None, closed="left")],
+            "eval_elbo": [Interval(Integral, 1, None, closed="left")],
+            "init_scale": [None, Interval(Real, 0.0, None, closed="neither")],
+            "progress_bar": ["boolean"],
+            "verbose": ["verbose"],
+            "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+            "qmc": ["boolean"],
+            "warm_start": ["boolean"],
+            "random_state": ["random_state"],
+            "n_jobs": [None, Integral],
+        }
+    )
 
     def __init__(
         self,
@@ -195,7 +200,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         }[optimizer]
         B = S.Array((P,), positive=True)
         if family == "fullrank":  # a triangular factor, or sds above a size
-            B = S.Either(S.Array((P, P), positive_diagonal=True), B)
+            B = S.Either(S.Array((P, P), positive_diagonal=True, triangular="lower"), B)
         frame = S.Record(
             Frame,
             {
@@ -240,8 +245,14 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             ),
             "state_": state,
             "posterior_mean_": S.Array((P,), required=True),
-            "_posterior_chol": S.Array((P, P), positive_diagonal=True, required=True),
-            "posterior_cov_": S.Array((P, P), required=True),
+            # q's covariance factor (lower triangular: the draws' factor) and the
+            # covariance, positive semi-definite (singular to rounding it may be)
+            "_posterior_chol": S.Array(
+                (P, P), positive_diagonal=True, triangular="lower", required=True
+            ),
+            "posterior_cov_": S.Array(
+                (P, P), positive_semidefinite=True, required=True
+            ),
             "_predictive_draws": S.Array((N_PREDICTIVE_DRAWS, P), required=True),
             "coef_": S.Array((D,), required=True),
             "coef_std_": S.Array((D,), required=True),
@@ -250,7 +261,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
             "elbo_history_": S.Array(("T",), finite=False, required=True),
             "n_iter_": S.Int(0, required=True),
             "converged_": S.Bool(required=True),
-            "fit_method_": S.Choice(("fixed", "sgd", "fixed+sgd")),
+            "fit_method_": S.Choice(("fixed", "sgd", "fixed+sgd"), required=True),
             "psis_khat_": S.Real(),
             # a checkpoint's run state (fastvi.batch.jobs.fit_sgvi), never a model's
             "run_": run,
@@ -525,23 +536,57 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
         )
 
 
+_PREDICTIVE_METHODS = {
+    "mean": "BayesianPoissonRegression.predict",
+    "proba": "BayesianLogisticRegression.predict_proba",
+    "decision": "BayesianLogisticRegression.decision_function",
+    "predict": "BayesianLogisticRegression.predict",
+}
+
+# beyond this |log-odds| 1 - p loses digits (p within 5e-5 of 0 or 1): the log-odds
+# come from log-sigmoids instead
+_FAR_LOG_ODDS = 10.0
+
+
 def _predictive_rows(X, what, draws, fit_intercept, classes):
     """Per-row posterior predictive of the 200 stored draws of q: the mean count
     (``'mean'``), the class probabilities (``'proba'``), their log-odds
     (``'decision'``) or the more probable class (``'predict'``)."""
     D = X.shape[1]
-    eta = X @ draws[:, :D].T
-    if fit_intercept:
-        eta += draws[:, D]
+    method = _PREDICTIVE_METHODS[what]
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        eta = X @ draws[:, :D].T
+        if fit_intercept:
+            eta += draws[:, D]
+    # inf - inf: a row too large for the model (an infinite eta, a sure class, is
+    # a limit the sigmoid takes)
+    check_finite_prediction(
+        method, X, "the linear predictors x . coef", eta[np.isnan(eta)]
+    )
     if what == "mean":
-        return np.mean(np.exp(np.minimum(eta, 700.0)), axis=1)
+        with np.errstate(over="ignore"):
+            mean = np.mean(np.exp(eta), axis=1)
+            far = ~np.isfinite(mean)
+            if np.any(far):  # a draw's exp overflows, the mean may not
+                mean[far] = np.exp(logsumexp(eta[far], axis=1) - np.log(eta.shape[1]))
+        check_finite_prediction(method, X, "the mean counts exp(x . coef)", mean)
+        return mean
     # mean over draws of sigmoid(eta), computed stably
     p1 = np.mean(0.5 * (1.0 + np.tanh(0.5 * eta)), axis=1)
     if what == "proba":
         return np.column_stack([1.0 - p1, p1])
     if what == "decision":
         with np.errstate(divide="ignore"):
-            return np.log(p1) - np.log1p(-p1)
+            odds = np.log(p1) - np.log1p(-p1)
+        far = ~(np.abs(odds) <= _FAR_LOG_ODDS)
+        if np.any(far):  # log mean sigmoid(eta) - log mean sigmoid(-eta)
+            e = eta[far]
+            with np.errstate(over="ignore", invalid="ignore"):
+                odds[far] = logsumexp(-np.logaddexp(0.0, -e), axis=1) - logsumexp(
+                    -np.logaddexp(0.0, e), axis=1
+                )
+        check_finite_prediction(method, X, "the log-odds", odds)
+        return odds
     return classes[(p1 > 0.5).astype(int)]
 
 
@@ -820,8 +865,16 @@ class BayesianLogisticRegression(ClassifierMixin, _SGVIRegressionBase):
             raise ValueError(f"method must be 'mc' or 'probit', got {method!r}.")
         X = np.asarray(self._check_X(X, reset=False), dtype=np.float64)
         Xt = np.column_stack([X, np.ones(X.shape[0])]) if self.fit_intercept else X
-        mu = Xt @ self.posterior_mean_
-        var = np.einsum("ij,jk,ik->i", Xt, self.posterior_cov_, Xt, optimize=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            mu = Xt @ self.posterior_mean_
+            var = np.einsum("ij,jk,ik->i", Xt, self.posterior_cov_, Xt, optimize=True)
+        check_finite_prediction(
+            "BayesianLogisticRegression.predictive_proba",
+            X,
+            "the linear predictor's means and variances (x^T S x)",
+            mu,
+            var,
+        )
         if method == "probit":
             p1 = logistic_probit(mu, var)
         else:

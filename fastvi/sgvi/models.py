@@ -146,6 +146,10 @@ class Model:
         for p in self.params:
             shape = (p.shape,) if isinstance(p.shape, Integral) else p.shape
             p = Param(p.name, tuple(int(s) for s in shape), p.support)
+            if any(s < 0 for s in p.shape):
+                raise ValueError(
+                    f"Parameter {p.name!r}: shape must hold sizes >= 0, got {p.shape}."
+                )
             if p.name in seen:
                 raise ValueError(f"Duplicate parameter name {p.name!r}.")
             seen.add(p.name)
@@ -179,6 +183,13 @@ class Model:
                     lower.append(np.full(p.size, p.support.lo))
                     upper.append(np.full(p.size, p.support.hi))
             start, free = sl.stop, zsl.stop
+        if start == 0:
+            raise ValueError(
+                f"{type(self).__name__} has no coordinates to fit: every parameter "
+                "has a zero-size shape ("
+                + ", ".join(f"{p.name!r} {p.shape}" for p in self.params)
+                + "). Give a parameter at least one entry."
+            )
         self.size = free
         self.theta_size = start
 
@@ -548,6 +559,7 @@ class GLM(Model):
                 raise ValueError(
                     f"{name} must be a positive finite number, got {value!r}."
                 )
+            _priors.check_normal_scale(name, value)
         self.family = family
         self.family_code = _FAMILIES[family]
         self.prior_scale = float(prior_scale)

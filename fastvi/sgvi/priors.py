@@ -111,6 +111,29 @@ def _check_field(prior, field, value, positive):
     return arr
 
 
+# Below this scale a Normal or half-normal prior's scale^2 underflows the normal
+# float64 range and its precision 1 / scale^2 overflows
+MIN_NORMAL_SCALE = math.sqrt(float(np.finfo(np.float64).tiny))
+
+
+def check_normal_scale(field, value, owner=None):
+    """Refuse a normal prior's scale (a number or an array) whose precision
+    1 / scale^2 overflows float64; the message names ``owner`` and ``field``."""
+    small = np.asarray(value) < MIN_NORMAL_SCALE
+    if not np.any(small):
+        return
+    where, shown = field, float(np.min(value))
+    if small.ndim:
+        i = int(np.flatnonzero(small)[0])
+        where, shown = f"{field}[{i}]", float(value[i])
+    raise ValueError(
+        ("" if owner is None else f"{owner}: ")
+        + f"{where} is {shown!r}, below {MIN_NORMAL_SCALE:.3g}: the prior's "
+        f"precision 1 / {field}^2 overflows float64. Give a scale of at least "
+        f"{MIN_NORMAL_SCALE:.3g} (or rescale the parameter)."
+    )
+
+
 class Prior:
     """Base of the priors: checks, equality, and the log density interface.
 
@@ -203,7 +226,9 @@ class Normal(Prior, _NormalFields):
 
     def __new__(cls, loc=0.0, scale=1.0):
         self = super().__new__(cls, loc, scale)
-        return super().__new__(cls, *self._checked())
+        self = super().__new__(cls, *self._checked())
+        check_normal_scale("scale", self.scale, cls.__name__)
+        return self
 
     def log_density(self, x):
         d = x - self.loc
@@ -300,7 +325,9 @@ class HalfNormal(Prior, _ScaleFields):
 
     def __new__(cls, scale=1.0):
         self = super().__new__(cls, scale)
-        return super().__new__(cls, *self._checked())
+        self = super().__new__(cls, *self._checked())
+        check_normal_scale("scale", self.scale, cls.__name__)
+        return self
 
     def log_density(self, x):
         return self._add(np.zeros(x.shape[:-1]), x)
