@@ -1361,6 +1361,13 @@ dask array
             - 0.5 * D * np.sum(np.log(self.mean_precision_))
         )
 
+    def _after_load(self):
+        """A checkpoint written during a first fit holds the factors but not
+        ``weights_`` and ``precisions_`` (set at the end of a fit): derived here, so
+        that a loaded checkpoint samples and summarizes like a fitted model."""
+        if hasattr(self, "precisions_cholesky_") and not hasattr(self, "weights_"):
+            self._set_derived()
+
     def _set_derived(self):
         """weights_ and precisions_ from the fitted variational parameters."""
         if self.weight_concentration_prior_type == "dirichlet_process":

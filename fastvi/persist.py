@@ -319,6 +319,9 @@ class _Decoder:
             self.fail(f"{name}: {exc}")
         for key, value in values.items():
             setattr(est, key, value)
+        after = getattr(est, "_after_load", None)
+        if after is not None:  # derived attributes a checkpoint does not hold
+            after()
         return est
 
 

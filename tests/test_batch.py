@@ -1859,3 +1859,22 @@ def test_sgvi_sigkill_at_each_step_of_a_checkpoint_then_resume_gives_the_same_mo
     assert run.returncode == 0, run.stderr
     assert_same_sgvi(reference, load(out))
     assert not ck.exists() and temp_files(tmp_path) == sorted(left)
+
+
+def test_a_loaded_mixture_checkpoint_samples_and_summarizes(tmp_path, npy_file):
+    # a checkpoint of a first fit holds the factors but not weights_/precisions_
+    # (set when a fit ends): sample() raised AttributeError on the loaded model
+    _, X = npy_file
+    checkpoint = str(tmp_path / "ck.npz")
+    est = BayesianGaussianMixture(n_components=2, random_state=0, max_iter=2)
+    quiet(fit_mixture, est, X, checkpoint=checkpoint)
+    loaded = load(checkpoint)
+    fitted = BayesianGaussianMixture(n_components=2, random_state=0, max_iter=2)
+    quiet(fitted.fit, X)
+    assert loaded.sample(5)[0].shape == (5, X.shape[1])
+    # the checkpoint holds the factors of the in-memory fit's last iteration
+    np.testing.assert_array_equal(
+        loaded.weight_concentration_[0], fitted.weight_concentration_[0]
+    )
+    np.testing.assert_allclose(loaded.weights_, fitted.weights_, rtol=1e-14)
+    np.testing.assert_allclose(loaded.precisions_, fitted.precisions_, rtol=1e-14)
