@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "check_finite_prediction",
     "check_finite_statistics",
+    "finite_mean",
     "check_squares_overflow",
     "max_abs",
 ]
@@ -77,3 +78,12 @@ def check_finite_prediction(
         f"{name} has values {size} in magnitude: {what} overflow {dtype} in "
         f"{method}. Rescale {name} the same way as the training data{remedy}."
     )
+
+
+def finite_mean(method, log_density, what="the log-densities"):
+    """The mean of per-row ``log_density`` (a ``score``), refused where the sum
+    over the rows overflows though every row's value is finite."""
+    with np.errstate(over="ignore"):  # checked below
+        value = float(np.mean(log_density))
+    check_finite_prediction(method, None, f"{what}, summed over the rows,", value)
+    return value

@@ -44,7 +44,6 @@ __all__ = [
     "Int",
     "Names",
     "NoneOr",
-    "Posterior",
     "RandomStateSpec",
     "Real",
     "Record",
@@ -507,25 +506,6 @@ class RandomStateSpec(Spec):
     def check(self, value, dims):
         if not isinstance(value, np.random.RandomState):
             raise SchemaMismatch(f"is a {type(value).__name__}, expected a RandomState")
-
-
-class Posterior(Spec):
-    """A named tuple of class ``cls`` whose fields are finite numbers (n an int)."""
-
-    def __init__(self, cls, required=False):
-        super().__init__(required)
-        self.cls = cls
-
-    def check(self, value, dims):
-        if type(value) is not self.cls:
-            raise SchemaMismatch(f"expected a {self.cls.__name__}")
-        for field in value._fields:
-            item = getattr(value, field)
-            spec = Int() if field.startswith("n_") else Real(finite=True)
-            try:
-                spec.check(item, dims)
-            except SchemaMismatch as exc:
-                raise SchemaMismatch(f"field {field} {exc}") from None
 
 
 class Estimators(Spec):

@@ -55,6 +55,7 @@ from ._numerics import (
     check_finite_prediction,
     check_finite_statistics,
     check_squares_overflow,
+    finite_mean,
     max_abs,
 )
 from ._threads import map_chunks, thread_limits
@@ -785,16 +786,11 @@ class UnivariateGaussian(SaveMixin, CAVIMixin, DensityMixin, BaseEstimator):
         -------
         score : float
         """
-        log_density = self.score_samples(X)
-        with np.errstate(over="ignore"):  # checked below
-            value = float(np.mean(log_density))
-        check_finite_prediction(
+        return finite_mean(
             "UnivariateGaussian.score",
-            None,
-            "the predictive log-densities, summed over the rows,",
-            value,
+            self.score_samples(X),
+            "the predictive log-densities",
         )
-        return value
 
     # ------------------------------------------------------ posterior draws
     def sample_posterior(self, n_draws, random_state=None):

@@ -37,6 +37,7 @@ from ._numerics import (
     check_finite_prediction,
     check_finite_statistics,
     check_squares_overflow,
+    finite_mean,
     max_abs,
 )
 from ._stochastic import State, StopRule, run
@@ -759,16 +760,7 @@ dask array
         -------
         log_likelihood : float
         """
-        log_density = self.score_samples(X)
-        with np.errstate(over="ignore"):  # checked below
-            value = float(np.mean(log_density))
-        check_finite_prediction(
-            "BayesianGaussianMixture.score",
-            None,
-            "the log-densities, summed over the rows,",
-            value,
-        )
-        return value
+        return finite_mean("BayesianGaussianMixture.score", self.score_samples(X))
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture: scikit-learn's ``sample`` (its draws).
