@@ -386,11 +386,14 @@ def test_user_functions_that_write_past_out_or_return_arrays():
         out[1] = -theta[1] + 0.0 * theta[2]
 
     two = [Param("x", 2)]
-    with pytest.raises(ValueError, match="logprior_grad writes past the end of out"):
+    with pytest.raises(
+        ValueError,
+        match=r"logprior_grad reads or writes past the end of its .* out has P=2",
+    ):
         NumbaModel(two, logprior=logprior, logprior_grad=grad_past_out)
     with pytest.raises(TypeError, match=r"logprior must return one float.*\(2,\)"):
         NumbaModel(two, logprior=returns_array)
-    with pytest.raises(ValueError, match="logprior_grad reads past the end"):
+    with pytest.raises(ValueError, match="logprior_grad reads or writes past the end"):
         NumbaModel(two, logprior=logprior, logprior_grad=reads_past_theta_in_grad)
 
 

@@ -218,6 +218,13 @@ USER_MODULE = textwrap.dedent(
         return lp
 
 
+    # a normal mean; the value is in the column that row[0] names
+    @numba.njit(cache=True)
+    def column_loglik(theta, row):
+        r = row[int(row[0])] - theta[0]
+        return -0.5 * r * r
+
+
     # forms that are wrong
     @numba.njit(cache=True)
     def returns_gradient(theta, out):
@@ -551,13 +558,43 @@ def test_indices_taken_from_the_data_are_probed_on_every_row(um):
         dict(),  # finite differences: only the value is read
     ):
         with pytest.raises(
-            ValueError, match=r"reads past .* at data row 5 \(not at row 0\)"
+            ValueError, match=r"raised at data row 5 \(an index out of bounds"
         ):
             NumbaModel(params, loglik=um.schools_loglik, data=bad, **kw)
     # the index J + 1 is inside theta (tau's place): no error, however wrong
     ok = data.copy()
     ok[5, 0] = J + 1
     NumbaModel(params, loglik=um.schools_loglik, data=ok)
+
+
+@pytest.mark.parametrize("row", [0, 5])
+@pytest.mark.parametrize("index", [1e8, -1e8, 1e15])
+def test_an_index_far_out_of_bounds_is_an_error_not_a_crash(um, row, index):
+    """Guards beyond theta catch an index just past its end; one far past it read
+    or wrote unmapped memory, and the probe itself crashed the process (a
+    segmentation fault, at row 0 in the first probe, at row 5 in the probe over
+    the rows). The probes run the functions compiled with bounds checks."""
+    d = pdb._data("eight_schools.json")
+    J = len(d["y"])
+    data = np.column_stack([np.arange(J), d["y"], d["sigma"]])
+    data[row, 0] = index
+    params = [Param("theta_trans", J), Param("mu"), Param("tau", (), "positive")]
+    where = "when called at the initial point" if row == 0 else "raised at data row 5"
+    for kw in (dict(loglik_grad=um.schools_loglik_grad), dict()):
+        with pytest.raises(ValueError, match=where + r".*P=10 entries"):
+            NumbaModel(params, loglik=um.schools_loglik, data=data, **kw)
+
+
+def test_a_read_past_a_data_row_at_some_row_is_an_error(um):
+    """A column index taken from the data that points one past the row: in the
+    kernels it reads the next row's first value, which the guard fills of theta
+    and hyper cannot see; the bounds-checked probe over the rows does."""
+    data = np.column_stack([np.ones(8), np.linspace(-1.0, 1.0, 8)])
+    data[3, 0] = 2.0  # rows have columns 0 and 1
+    with pytest.raises(ValueError, match=r"raised at data row 3.*K=2 columns"):
+        NumbaModel([Param("mu")], loglik=um.column_loglik, data=data)
+    data[3, 0] = 1.0
+    NumbaModel([Param("mu")], loglik=um.column_loglik, data=data)
 
 
 def test_a_simplex_parameter_in_a_numba_model_fits_the_dirichlet_posterior(um):

@@ -404,7 +404,9 @@ def test_clear_errors(um):
         LinearModel(X, y, um.two_args)
     with pytest.raises(ValueError, match="reads past the end.*phi has K=1"):
         LinearModel(X, y, um.reads_past_phi, params=[Param("s")])
-    with pytest.raises(ValueError, match="writes past the end of out, which has K=1"):
+    with pytest.raises(
+        ValueError, match=r"writes past the end of its inputs or out.*out has K=1"
+    ):
         LinearModel(X, y, um.logistic, um.writes_past_out, params=[Param("s")])
     with pytest.raises(TypeError, match="loglik must return one float"):
         LinearModel(X, y, um.returns_array, params=[Param("s")])

@@ -175,6 +175,27 @@ def twins(func):
     return pjit(func), jit(serial)
 
 
+@functools.lru_cache(maxsize=64)
+def bounds_checked(dispatcher):
+    """A copy of a user's numba function compiled with bounds checks.
+
+    For the probes that call a user's model functions before any kernel does
+    (``fastvi.sgvi.NumbaModel``): an index past an array's end, however far, raises
+    ``IndexError`` in the copy instead of reading or writing another object's
+    memory (which can crash the process). The user's own options are kept except
+    ``cache``: numba's cache does not key on ``boundscheck``, so a cached copy
+    could be the unchecked code. Functions the user's function calls keep their
+    own options.
+    """
+    options = {
+        k: v
+        for k, v in dispatcher.targetoptions.items()
+        if k not in ("cache", "nopython")
+    }
+    options["boundscheck"] = True
+    return numba.njit(**options)(dispatcher.py_func)
+
+
 @intrinsic
 def wide_vectors(typingctx):
     """Let LLVM vectorize the calling kernel with 512-bit registers.

@@ -259,6 +259,41 @@ def _value_of(role, value, what):
     return float(value)
 
 
+def _bounds_checked(functions, sizes, out_size):
+    """The user's functions as copies compiled with bounds checks
+    (:func:`fastvi.kernels._config.bounds_checked`), for the probes that call them
+    from Python before any kernel runs: an index however far out of bounds is then
+    a ValueError naming the function, not a crash."""
+
+    from ..kernels._config import bounds_checked
+
+    def checked(role, f):
+        copy = bounds_checked(f)
+
+        def call(*args):
+            try:
+                return copy(*args)
+            except IndexError as e:
+                grad = role.endswith("_grad")
+                raise ValueError(
+                    f"{role} reads "
+                    + (
+                        "or writes past the end of its inputs or out"
+                        if grad
+                        else "past the end of its inputs"
+                    )
+                    + f" (numba's bounds check: {e}) when called at the initial "
+                    f"point or beside it: {sizes}"
+                    + (f", out has {out_size}" if grad else "")
+                    + ". Check the indices it uses against the model's params, the "
+                    "data's columns and hyper."
+                ) from None
+
+        return call
+
+    return {r: None if f is None else checked(r, f) for r, f in functions.items()}
+
+
 def _probe_widths(functions, forms, theta, data, hyper):
     """Call the user's compiled functions once, at the initial point, with theta,
     the first data row and hyper placed in front of guard entries: a function that
@@ -402,7 +437,9 @@ class NumbaModel(Model):
     The widths are probed at construction: a function that reads past theta, a
     data row or hyper, or a gradient that writes past ``out``, is a clear error
     before any kernel runs (in the kernel it would read the next draw's or row's
-    values, or write out of bounds).
+    values, or write out of bounds). The probes, over every data row, run the
+    functions compiled with bounds checks, so an index however far out of range
+    is a ValueError, not a crash (functions they call keep their own options).
 
     Finite differences cost ``2 P + 1`` calls of the function per row and per draw
     (P = ``theta_size``) instead of one call of each function: fine for a few
@@ -465,10 +502,13 @@ class NumbaModel(Model):
         self.data = data
         forms = self._setup(functions, hyper, finite_differences, initial_point)
         z0 = self.initial_point()
-        _probe_widths(functions, forms, self.constrain(z0), data, self.hyper)
+        probe = _bounds_checked(
+            functions, self._sizes(), f"P={self.theta_size} entries"
+        )
+        _probe_widths(probe, forms, self.constrain(z0), data, self.hyper)
         if check_gradient:
             z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
-            self._check_gradients(functions, forms, self.constrain(np.stack([z0, z1])))
+            self._check_gradients(probe, forms, self.constrain(np.stack([z0, z1])))
         self.kernels = build_kernels(functions, forms)
         if self._has_loglik and self.n_rows > 1:
             self._probe_rows(self.constrain(z0), forms["loglik_grad"] != "fd")
@@ -625,8 +665,15 @@ class NumbaModel(Model):
         guard = np.array([0.5, -0.25])
         out_a, out_b = np.full(n_out, guard[0]), np.full(n_out, guard[1])
         with np.errstate(all="ignore"):
-            n = self.kernels.probe_rows(
+            n, raised = self.kernels.probe_rows(
                 t_a, t_b, self.data, h_a, h_b, out_a, out_b, guard
+            )
+        if raised:
+            raise ValueError(
+                f"loglik{'' if not with_grad else ' or loglik_grad'} raised at data "
+                f"row {n} (an index out of bounds, or an exception of its own): "
+                f"{self._sizes()}. Check the indices it takes from the data (e.g. a "
+                "group index in a column) against the model's params."
             )
         if n >= 0:
             raise ValueError(
@@ -636,6 +683,13 @@ class NumbaModel(Model):
                 "(not at row 0): check the indices it takes from the data (e.g. "
                 "a group index in a column) against the model's params."
             )
+
+    def _sizes(self):
+        """What the model's functions may index, for messages."""
+        text = f"theta has P={self.theta_size} entries"
+        if self.data is not None:
+            text += f", a data row has K={self.data.shape[1]} columns"
+        return text + f", hyper has H={self.hyper.shape[0]}"
 
     def _fd_steps(self, theta):
         """Central-difference steps (S, theta_size) for draws ``theta``:
@@ -883,12 +937,18 @@ class LinearModel(NumbaModel):
         if self.fit_intercept:
             eta += thetas[:, D : D + 1]
         phi = thetas[:, self._phi]
-        _probe_linear(functions, forms, eta[0, 0], y[0], phi[0], self.hyper)
-        prior = dict(functions, loglik=None, loglik_grad=None)
+        probe = _bounds_checked(
+            functions,
+            f"phi has K={phi.shape[1]} entries (the params after coef and intercept)"
+            f", theta P={self.theta_size}, hyper H={self.hyper.shape[0]}",
+            f"K={phi.shape[1]} entries (d / d phi)",
+        )
+        _probe_linear(probe, forms, eta[0, 0], y[0], phi[0], self.hyper)
+        prior = dict(probe, loglik=None, loglik_grad=None)
         _probe_widths(prior, forms, thetas[0], None, self.hyper)
         if check_gradient:
             self._check_gradients(prior, forms, thetas)
-            self._check_linear_gradient(functions, forms, eta, phi, thetas)
+            self._check_linear_gradient(probe, forms, eta, phi, thetas)
         self.kernels = build_kernels(functions, forms, linear=True)
 
     def _check_linear_gradient(self, functions, forms, eta, phi, thetas):
