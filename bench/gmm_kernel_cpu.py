@@ -112,10 +112,13 @@ def main():
 def parts(dt, repeats, D=16, K=32):
     """ns per point and component of each piece of a 'full' pass (see the doc)."""
     from fastvi.kernels import gmm, tiles
-    from fastvi.kernels._config import jit
+    from fastvi.kernels._config import jit, wide_vectors
 
     @jit
     def loop(piece, n, Xt, T, Up, Bp, const, LP, Z, rows, R, shift, Y, nk, sx, sq, X):
+        # as in the kernel, which inlines the pieces: 512-bit vectors, and a stack
+        # realigned for their spills (without it the times depend on the stack depth)
+        wide_vectors()
         for _ in range(n):
             if piece == 0:
                 tiles.load_tile(X, 0, T, False, Xt)

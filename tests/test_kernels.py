@@ -128,7 +128,7 @@ CASES = [
     (257, 4, 5, 64, 16),
     (300, 2, 1, 4096, 256),
     (130, 5, 6, 32, 8),
-    # 'full' pads the features to a multiple of 8 (tiles.maha_blocked): 16, 24, 40
+    # 'full' pads the features to a multiple of 8: 8, 16 (tiles.maha_unrolled), 24, 40
     (150, 3, 13, 64, 16),
     (90, 2, 16, 64, 32),
     (70, 3, 17, 64, 16),

@@ -175,6 +175,22 @@ def twins(func):
     return pjit(func), jit(serial)
 
 
+def jit_source(source, name, namespace):
+    """The function ``name`` defined by the Python ``source`` (executed in a copy
+    of ``namespace``), compiled to be inlined into the kernels that call it.
+
+    For microkernels generated as text (``tiles.maha_unrolled``): numba inlines
+    them into their callers before compiling (``inline="always"``), so they run as
+    the callers' own code under the callers' options and are cached with them (a
+    function without a source file has no cache of its own). A change of the
+    generator changes its module, which the kernels' cache check covers
+    (:func:`kernels_digest`).
+    """
+    scope = dict(namespace)
+    exec(compile(source, f"<fastvi generated {name}>", "exec"), scope)
+    return numba.njit(**_COMMON, inline="always")(scope[name])
+
+
 @functools.lru_cache(maxsize=64)
 def bounds_checked(dispatcher):
     """A copy of a user's numba function compiled with bounds checks.
@@ -198,18 +214,27 @@ def bounds_checked(dispatcher):
 
 @intrinsic
 def wide_vectors(typingctx):
-    """Let LLVM vectorize the calling kernel with 512-bit registers.
+    """Let LLVM vectorize the calling kernel with 512-bit registers, and spill them
+    to aligned stack slots.
 
     LLVM's tuning for Intel's AVX-512 cores prefers 256-bit vectors (``prefer-256-bit``)
     for auto-vectorized loops, which halves the FMA rate on cores with two 512-bit FMA
     units. Calling this at the top of a jitted function sets the function attribute
     ``"prefer-vector-width"="512"`` on it. Harmless without AVX-512 (LLVM then keeps
     256-bit vectors).
+
+    It also sets ``"stackrealign"``. numba's functions do not realign the stack, so
+    LLVM spills 512-bit registers with unaligned moves to slots whose alignment
+    depends on where the caller's stack happens to be: most of them then straddle
+    two cache lines, and the kernel's speed depends on the calling
+    thread's stack depth (README, "Where a 'full' pass's time goes"). Realigned,
+    the cost is one ``and`` at the kernel's entry.
     """
 
     def codegen(context, builder, signature, args):
         # llvmlite only knows keyword attributes; a string attribute is written as is
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        set.add(builder.function.attributes, '"stackrealign"')
         return context.get_dummy_value()
 
     return numba_types.none(), codegen

@@ -53,6 +53,8 @@ from .tiles import (
     like,
     load_tile,
     maha_blocked,
+    maha_unrolled8,
+    maha_unrolled16,
     scratch,
     tri_column,
     weighted_sq_dist,
@@ -74,14 +76,19 @@ RESP_LO_32 = np.float32(-64.0)
 @jit
 def _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha):
     wide_vectors()
-    K = Up.shape[0]
+    K, Dp = Up.shape[0], Up.shape[1]
     half = like(0.5, LP)
     for k in range(K):
-        # maha = || x @ U_k - m_k @ U_k ||^2
-        maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
-        c = const[k]
-        for t in range(T):
-            LP[k, t] = c - half * maha[t]
+        # LP[k] = const[k] - 0.5 || x @ U_k - m_k @ U_k ||^2
+        if Dp == 8:
+            maha_unrolled8(Up[k], Bp[k], const[k], Xt, T, LP[k])
+        elif Dp == 16:
+            maha_unrolled16(Up[k], Bp[k], const[k], Xt, T, LP[k])
+        else:
+            maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
+            c = const[k]
+            for t in range(T):
+                LP[k, t] = c - half * maha[t]
 
 
 @jit
