@@ -297,3 +297,52 @@ def test_to_arviz_without_arviz_names_the_extra(monkeypatch):
     for est in _fitted_estimators():
         with pytest.raises(ImportError, match=r"fastvi\[arviz\]"):
             est.to_arviz(10)
+
+
+def test_poisson_score_of_a_mean_that_underflows():
+    """A row far out (x . coef near -2300) has a mean count that underflows to 0,
+    which scikit-learn's d2_tweedie_score refuses ("strictly positive y_pred"):
+    score computes the deviance from the log of the mean, which equals scikit-
+    learn's wherever the means are positive."""
+    from sklearn.metrics import d2_tweedie_score
+
+    from fastvi.sgvi.estimators import _d2_poisson_from_log_mean
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    y = rng.poisson(np.exp(X @ [0.5, -0.3])).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = BayesianPoissonRegression(random_state=0).fit(X, y)
+    mean = m.predict(X)
+    w = rng.uniform(size=200)
+    for sw in (None, w):
+        assert_allclose(
+            _d2_poisson_from_log_mean(y, np.log(mean), sw),
+            d2_tweedie_score(y, mean, sample_weight=sw, power=1),
+            rtol=1e-12,
+        )
+    far = X.copy()
+    far[0] = [-5000.0, 0.0]
+    assert m.predict(far)[0] == 0.0
+    log_mean = m._predictive(far, "log_mean")
+    assert -3000 < log_mean[0] < -1000
+    for count in (0.0, 3.0):
+        y[0] = count
+        got = m.score(far, y)
+        assert np.isfinite(got)
+        # the same D^2 from the deviances written out, the far row by its log mean
+        dev = 2 * (
+            np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0)
+            - y * log_mean
+            - y
+            + np.exp(log_mean)
+        )
+        y_bar = y.mean()
+        null = 2 * (
+            np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / y_bar), 0.0)
+            - y
+            + y_bar
+        )
+        assert_allclose(got, 1 - dev.sum() / null.sum(), rtol=1e-12)
+    assert m.score(far, y) < -10  # a count of 3 where the model says ~e^-2300

@@ -538,6 +538,7 @@ class _SGVIRegressionBase(SaveMixin, BaseEstimator):
 
 _PREDICTIVE_METHODS = {
     "mean": "BayesianPoissonRegression.predict",
+    "log_mean": "BayesianPoissonRegression.score",
     "proba": "BayesianLogisticRegression.predict_proba",
     "decision": "BayesianLogisticRegression.decision_function",
     "predict": "BayesianLogisticRegression.predict",
@@ -546,6 +547,25 @@ _PREDICTIVE_METHODS = {
 # beyond this |log-odds| 1 - p loses digits (p within 5e-5 of 0 or 1): the log-odds
 # come from log-sigmoids instead
 _FAR_LOG_ODDS = 10.0
+
+
+def _d2_poisson_from_log_mean(y, log_mean, sample_weight=None):
+    """D^2 of Poisson counts ``y`` against means given by their logs:
+    1 - sum w d(y, mu) / sum w d(y, mean of y), d(y, mu) = 2 (y log(y / mu) - y +
+    mu), which stays finite when mu underflows (scikit-learn's
+    ``d2_tweedie_score(power=1)`` for means above 0)."""
+    from scipy.special import xlogy
+    from sklearn.utils.validation import _check_sample_weight, check_consistent_length
+
+    y = np.asarray(y, dtype=np.float64)
+    log_mean = np.asarray(log_mean, dtype=np.float64)
+    check_consistent_length(y, log_mean)
+    w = _check_sample_weight(sample_weight, y)
+    with np.errstate(under="ignore"):
+        dev = 2.0 * (xlogy(y, y) - y * log_mean - y + np.exp(log_mean))
+    y_bar = np.average(y, weights=w)
+    dev_null = 2.0 * (xlogy(y, y) - xlogy(y, y_bar) - y + y_bar)
+    return 1.0 - np.average(dev, weights=w) / np.average(dev_null, weights=w)
 
 
 def _predictive_rows(X, what, draws, fit_intercept, classes):
@@ -563,6 +583,8 @@ def _predictive_rows(X, what, draws, fit_intercept, classes):
     check_finite_prediction(
         method, X, "the linear predictors x . coef", eta[np.isnan(eta)]
     )
+    if what == "log_mean":  # the log of the mean count, which may underflow
+        return logsumexp(eta, axis=1) - np.log(eta.shape[1])
     if what == "mean":
         with np.errstate(over="ignore"):
             mean = np.mean(np.exp(eta), axis=1)
@@ -913,12 +935,20 @@ class BayesianPoissonRegression(RegressorMixin, _SGVIRegressionBase):
         return self._predictive(X, "mean")
 
     def score(self, X, y, sample_weight=None):
-        """D^2: 1 - Poisson deviance / deviance of the mean of y."""
+        """D^2: 1 - Poisson deviance / deviance of the mean of y.
+
+        scikit-learn's ``d2_tweedie_score(power=1)``. Where a row's predicted mean
+        underflows to 0 (x . coef below about -745), which that function refuses,
+        the deviance is computed from the log of the mean instead (finite: a large
+        penalty for a count above 0, none for a count of 0).
+        """
         from sklearn.metrics import d2_tweedie_score
 
-        return d2_tweedie_score(
-            y, self.predict(X), sample_weight=sample_weight, power=1
-        )
+        mean = self.predict(X)
+        if np.all(mean > 0.0):
+            return d2_tweedie_score(y, mean, sample_weight=sample_weight, power=1)
+        log_mean = self._predictive(X, "log_mean")
+        return _d2_poisson_from_log_mean(y, log_mean, sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
