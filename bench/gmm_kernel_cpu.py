@@ -78,7 +78,7 @@ def main():
         if args.split:  # E: no shift, so no statistics; M: given responsibilities
             variants.update(E=(np.empty((0, D), dt), variants[""][1]), M=(means, resp))
         kernel = gmm.mixture_chunks(
-            {"full": gmm.KIND_FULL, "diag": gmm.KIND_DIAG}[kind]
+            {"full": gmm.KIND_FULL, "diag": gmm.KIND_DIAG}[kind], D
         )
         for part, (shift, resp_in) in variants.items():
             call = (
@@ -114,6 +114,8 @@ def parts(dt, repeats, D=16, K=32):
     from fastvi.kernels import gmm, tiles
     from fastvi.kernels._config import jit, wide_vectors
 
+    sweep = {8: 8, 16: 16}.get(D, 0)  # as mixture_chunks(KIND_FULL, D) picks it
+
     @jit
     def loop(piece, n, Xt, T, Up, Bp, const, LP, Z, rows, R, shift, Y, nk, sx, sq, X):
         # as in the kernel, which inlines the pieces: 512-bit vectors, and a stack
@@ -123,7 +125,12 @@ def parts(dt, repeats, D=16, K=32):
             if piece == 0:
                 tiles.load_tile(X, 0, T, False, Xt)
             elif piece == 1:
-                gmm._logprob_full(Xt, T, Up, Bp, const, LP, Z, rows[0])
+                if sweep == 16:
+                    gmm._logprob_full16(Xt, T, Up, Bp, const, LP)
+                elif sweep == 8:
+                    gmm._logprob_full8(Xt, T, Up, Bp, const, LP)
+                else:
+                    gmm._logprob_full(Xt, T, Up, Bp, const, LP, Z, rows[0])
             elif piece == 2:
                 gmm._normalize(T, K, LP, Z, rows[1], rows[2])
             elif piece == 3:

@@ -1601,7 +1601,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp_in, labels_in, outs=N
     if outs is None:
         outs = (np.empty((0, K), dt), np.empty(0, dt), _NO_LABELS)
     map_chunks(
-        _gmm_kernels().mixture_chunks(kind),
+        _gmm_kernels().mixture_chunks(kind, D),
         C,
         X,
         means,

@@ -98,7 +98,7 @@ def _mixture_pass(X, kind, means, prec, const, shift, resp, labels, chunk, tile,
         np.full(shape, np.nan) for shape in ((C, K), (C, K, D), (C, K, Dq, D), C, C)
     )
     args = (X, means, prec, const, shift, resp, labels, chunk, tile)
-    map_chunks(gmm.mixture_chunks(kind), C, *args, *outs, *parts)
+    map_chunks(gmm.mixture_chunks(kind, D), C, *args, *outs, *parts)
     return parts
 
 

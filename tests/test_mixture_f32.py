@@ -204,7 +204,7 @@ X = rng.normal(size=(300, 3)).astype(np.float32)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     BayesianGaussianMixture(n_components=2, max_iter=2).fit(X)
-dtypes = {str(sig[2].dtype) for sig in gmm.mixture_chunks_full.signatures}
+dtypes = {str(sig[2].dtype) for sig in gmm.mixture_chunks(gmm.KIND_FULL, 3).signatures}
 print(sorted(dtypes))
 """
 

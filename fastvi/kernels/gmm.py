@@ -75,20 +75,32 @@ RESP_LO_32 = np.float32(-64.0)
 
 @jit
 def _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha):
+    """LP[k] = const[k] - 0.5 || x @ U_k - m_k @ U_k ||^2 for the tile's points, in
+    4 x 8 blocks (``tiles.maha_blocked``; factors padded to more than 16)."""
     wide_vectors()
-    K, Dp = Up.shape[0], Up.shape[1]
+    K = Up.shape[0]
     half = like(0.5, LP)
     for k in range(K):
-        # LP[k] = const[k] - 0.5 || x @ U_k - m_k @ U_k ||^2
-        if Dp == 8:
-            maha_unrolled8(Up[k], Bp[k], const[k], Xt, T, LP[k])
-        elif Dp == 16:
-            maha_unrolled16(Up[k], Bp[k], const[k], Xt, T, LP[k])
-        else:
-            maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
-            c = const[k]
-            for t in range(T):
-                LP[k, t] = c - half * maha[t]
+        maha_blocked(Up[k], Bp[k], Xt, T, Z, maha)
+        c = const[k]
+        for t in range(T):
+            LP[k, t] = c - half * maha[t]
+
+
+@jit
+def _logprob_full8(Xt, T, Up, Bp, const, LP):
+    """:func:`_logprob_full` for factors padded to 8, in one straight-line sweep."""
+    wide_vectors()
+    for k in range(Up.shape[0]):
+        maha_unrolled8(Up[k], Bp[k], const[k], Xt, T, LP[k])
+
+
+@jit
+def _logprob_full16(Xt, T, Up, Bp, const, LP):
+    """:func:`_logprob_full` for factors padded to 16, in one straight-line sweep."""
+    wide_vectors()
+    for k in range(Up.shape[0]):
+        maha_unrolled16(Up[k], Bp[k], const[k], Xt, T, LP[k])
 
 
 @jit
@@ -261,8 +273,11 @@ def _accumulate(Xt, T, shift, R, kind, Y, nk, sx, sq):
         gram_upper(R[k], Y, T, sq, k)
 
 
-def _specialize(kind, name):
-    """``mixture_chunks`` compiled for one ``kind`` (a constant of the code)."""
+def _specialize(kind, name, sweep=0):
+    """``mixture_chunks`` compiled for one ``kind`` and, for KIND_FULL, one
+    Mahalanobis ``sweep``: 8 or 16 for factors padded to that size
+    (:func:`_logprob_full8`, :func:`_logprob_full16`), else 0 (:func:`_logprob_full`).
+    Both are constants of the code: a kernel compiles only its own branch."""
 
     def mixture_chunks(
         c0,
@@ -368,7 +383,11 @@ def _specialize(kind, name):
                         for t in range(T):
                             R[k, t] = 1.0 if labels_in[t0 + t] == k else 0.0
                 else:
-                    if kind == KIND_FULL:
+                    if kind == KIND_FULL and sweep == 8:
+                        _logprob_full8(Xt, T, Up, Bp, const, LP)
+                    elif kind == KIND_FULL and sweep == 16:
+                        _logprob_full16(Xt, T, Up, Bp, const, LP)
+                    elif kind == KIND_FULL:
                         _logprob_full(Xt, T, Up, Bp, const, LP, Z, maha)
                     elif kind == KIND_TIED:
                         _logprob_tied(Xt, T, means, prec, const, LP, Y, acc)
@@ -403,6 +422,8 @@ def _specialize(kind, name):
 
 
 mixture_chunks_full = _specialize(KIND_FULL, "mixture_chunks_full")
+mixture_chunks_full8 = _specialize(KIND_FULL, "mixture_chunks_full8", 8)
+mixture_chunks_full16 = _specialize(KIND_FULL, "mixture_chunks_full16", 16)
 mixture_chunks_tied = _specialize(KIND_TIED, "mixture_chunks_tied")
 mixture_chunks_diag = _specialize(KIND_DIAG, "mixture_chunks_diag")
 
@@ -430,6 +451,10 @@ def gram_chunks(c0, c1, X, center, chunk, out):
         _gram_rows(X, c * chunk, min(N, (c + 1) * chunk), center, out[c])
 
 
-def mixture_chunks(kind):
-    """The ``mixture_chunks`` kernel of covariance ``kind`` (KIND_FULL, _TIED, _DIAG)."""
+def mixture_chunks(kind, n_features):
+    """The ``mixture_chunks`` kernel of covariance ``kind`` (KIND_FULL, _TIED, _DIAG)
+    for ``n_features`` features ('full' with up to 8 or 16 features has a kernel of
+    its own, :func:`_logprob_full`)."""
+    if kind == KIND_FULL and n_features <= 16:
+        return mixture_chunks_full8 if n_features <= 8 else mixture_chunks_full16
     return (mixture_chunks_full, mixture_chunks_tied, mixture_chunks_diag)[kind]

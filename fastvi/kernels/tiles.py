@@ -17,7 +17,7 @@ every load or store of a tile row feeds several multiply-adds.
     factors): one column of it, or the squared norm ||x^T U||^2 per point
     (``maha_blocked``: ||x^T U - b||^2 on a factor zero-padded to a multiple of 8, in
     4 x 8 register blocks).
-``maha_unrolled(Dp)``
+``maha_unrolled8``, ``maha_unrolled16``
     ``c - 0.5 ||x^T U - b||^2`` per point for factors padded to Dp = 8 or 16, as one
     straight-line sweep: every z_j and its square stay in registers.
 ``weighted_sq_dist``
@@ -494,7 +494,9 @@ def _maha_unrolled_source(Dp):
     return "\n".join(lines) + "\n"
 
 
-maha_unrolled8 = jit_source(_maha_unrolled_source(8), "maha_unrolled8", {"like": like})
+maha_unrolled8 = jit_source(
+    _maha_unrolled_source(8), "maha_unrolled8", {"like": like, "__name__": __name__}
+)
 maha_unrolled16 = jit_source(
-    _maha_unrolled_source(16), "maha_unrolled16", {"like": like}
+    _maha_unrolled_source(16), "maha_unrolled16", {"like": like, "__name__": __name__}
 )
