@@ -218,6 +218,38 @@ USER_MODULE = textwrap.dedent(
         return lp
 
 
+    # the eight schools' loglik through a plain jitted helper (not inlined)
+    @numba.njit(cache=True)
+    def _effect(theta, j):
+        return theta[j]
+
+
+    @numba.njit(cache=True)
+    def schools_loglik_helper(theta, row):
+        J = theta.shape[0] - 2
+        r = (row[1] - theta[J] - theta[J + 1] * _effect(theta, int(row[0]))) / row[2]
+        return -0.5 * r * r
+
+
+    # the same as a parallel function
+    @numba.njit(cache=True, parallel=True)
+    def schools_loglik_parallel(theta, row):
+        J = theta.shape[0] - 2
+        total = 0.0
+        for i in numba.prange(1):
+            total += (row[1] - theta[J] - theta[J + 1] * theta[int(row[0])]) / row[2]
+        return -0.5 * total * total
+
+
+    # raises its own exception where the second column is negative
+    @numba.njit(cache=True)
+    def picky_loglik(theta, row):
+        if row[1] < 0.0:
+            raise ValueError("picky_loglik wants a nonnegative y")
+        r = row[1] - theta[0]
+        return -0.5 * r * r
+
+
     # a normal mean; the value is in the column that row[0] names
     @numba.njit(cache=True)
     def column_loglik(theta, row):
@@ -558,7 +590,7 @@ def test_indices_taken_from_the_data_are_probed_on_every_row(um):
         dict(),  # finite differences: only the value is read
     ):
         with pytest.raises(
-            ValueError, match=r"raised at data row 5 \(an index out of bounds"
+            ValueError, match=r"reads past .*bounds check.* at data row 5 \(not at row 0\)"
         ):
             NumbaModel(params, loglik=um.schools_loglik, data=bad, **kw)
     # the index J + 1 is inside theta (tau's place): no error, however wrong
@@ -579,10 +611,31 @@ def test_an_index_far_out_of_bounds_is_an_error_not_a_crash(um, row, index):
     data = np.column_stack([np.arange(J), d["y"], d["sigma"]])
     data[row, 0] = index
     params = [Param("theta_trans", J), Param("mu"), Param("tau", (), "positive")]
-    where = "when called at the initial point" if row == 0 else "raised at data row 5"
+    where = "when called at the initial point" if row == 0 else "at data row 5"
     for kw in (dict(loglik_grad=um.schools_loglik_grad), dict()):
         with pytest.raises(ValueError, match=where + r".*P=10 entries"):
             NumbaModel(params, loglik=um.schools_loglik, data=data, **kw)
+
+
+def test_an_index_far_out_of_bounds_in_a_helper_or_parallel_function(um):
+    """At the first probe (row 0) a plain jitted helper that the function calls
+    is checked too (its copy replaces it in the checked copy's globals), and a
+    parallel function's copy is serial, so the IndexError is not a SystemError."""
+    d = pdb._data("eight_schools.json")
+    J = len(d["y"])
+    data = np.column_stack([np.arange(J), d["y"], d["sigma"]])
+    data[0, 0] = 1e8
+    params = [Param("theta_trans", J), Param("mu"), Param("tau", (), "positive")]
+    for f in (um.schools_loglik_helper, um.schools_loglik_parallel):
+        with pytest.raises(ValueError, match=r"loglik reads past .*bounds check"):
+            NumbaModel(params, loglik=f, data=data)
+
+
+def test_a_function_that_raises_at_a_later_row_keeps_its_own_message(um):
+    data = np.column_stack([np.zeros(6), np.arange(6.0)])
+    data[4, 1] = -1.0
+    with pytest.raises(ValueError, match="picky_loglik wants a nonnegative y"):
+        NumbaModel([Param("mu")], loglik=um.picky_loglik, data=data)
 
 
 def test_a_read_past_a_data_row_at_some_row_is_an_error(um):
@@ -591,7 +644,7 @@ def test_a_read_past_a_data_row_at_some_row_is_an_error(um):
     and hyper cannot see; the bounds-checked probe over the rows does."""
     data = np.column_stack([np.ones(8), np.linspace(-1.0, 1.0, 8)])
     data[3, 0] = 2.0  # rows have columns 0 and 1
-    with pytest.raises(ValueError, match=r"raised at data row 3.*K=2 columns"):
+    with pytest.raises(ValueError, match=r"reads past .* at data row 3 .*K=2 columns"):
         NumbaModel([Param("mu")], loglik=um.column_loglik, data=data)
     data[3, 0] = 1.0
     NumbaModel([Param("mu")], loglik=um.column_loglik, data=data)

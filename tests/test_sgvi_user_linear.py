@@ -120,6 +120,12 @@ USER_MODULE = textwrap.dedent(
         return y * eta - phi[1]
 
 
+    # a Gaussian likelihood whose precision hyper[y] is picked by the count y
+    @numba.njit(cache=True)
+    def indexed_by_y(eta, y, phi, hyper):
+        return -0.5 * hyper[int(y)] * (y - eta) ** 2
+
+
     @numba.njit(cache=True)
     def writes_past_out(eta, y, phi, out):
         out[1] = 1.0
@@ -412,6 +418,13 @@ def test_clear_errors(um):
         LinearModel(X, y, um.returns_array, params=[Param("s")])
     with pytest.raises(ValueError, match="loglik_grad disagrees.*in eta"):
         LinearModel(X, y, um.logistic, um.wrong_grad)
+    # an index taken from y, far out of hyper at one row only (was a crash in the
+    # first pass): every row is probed with bounds checks
+    counts = np.zeros(50)
+    counts[20] = 1e8
+    with pytest.raises(ValueError, match=r"loglik reads past .* at data row 20"):
+        LinearModel(X, counts, um.indexed_by_y, hyper=np.ones(3))
+    LinearModel(X, np.minimum(counts, 2.0), um.indexed_by_y, hyper=np.ones(3))
     with pytest.raises(ValueError, match="Duplicate parameter name 'coef'"):
         LinearModel(X, y, um.logistic, params=[Param("coef")])
     with pytest.raises(TypeError, match="list of Param"):

@@ -187,6 +187,7 @@ def jit_source(source, name, namespace):
     (:func:`kernels_digest`).
     """
     scope = dict(namespace)
+    scope.setdefault("__name__", __name__)
     exec(compile(source, f"<fastvi generated {name}>", "exec"), scope)
     return numba.njit(**_COMMON, inline="always")(scope[name])
 
@@ -198,18 +199,44 @@ def bounds_checked(dispatcher):
     For the probes that call a user's model functions before any kernel does
     (``fastvi.sgvi.NumbaModel``): an index past an array's end, however far, raises
     ``IndexError`` in the copy instead of reading or writing another object's
-    memory (which can crash the process). The user's own options are kept except
-    ``cache``: numba's cache does not key on ``boundscheck``, so a cached copy
-    could be the unchecked code. Functions the user's function calls keep their
-    own options.
+    memory (which can crash the process). The numba functions it calls by a global
+    name or from its closure are replaced by checked copies too, recursively; one
+    reached otherwise (an attribute of a module, say) keeps its own options. The
+    user's options are kept except ``cache`` (numba's cache does not key on
+    ``boundscheck``, so a cached copy could be the unchecked code) and
+    ``parallel`` (an exception inside a parallel loop surfaces as a SystemError).
     """
+    return _checked_copy(dispatcher, {})
+
+
+def _checked_copy(dispatcher, done):
+    from numba.core.registry import CPUDispatcher
+
+    if dispatcher in done:  # recursion
+        return done[dispatcher]
+    py = dispatcher.py_func
+
+    def swap(value):
+        return _checked_copy(value, done) if isinstance(value, CPUDispatcher) else value
+
+    closure = py.__closure__
+    if closure is not None:
+        closure = tuple(types.CellType(swap(c.cell_contents)) for c in closure)
+    scope = dict(py.__globals__)
+    func = types.FunctionType(py.__code__, scope, py.__name__, py.__defaults__, closure)
+    func.__qualname__ = py.__qualname__
     options = {
         k: v
         for k, v in dispatcher.targetoptions.items()
-        if k not in ("cache", "nopython")
+        if k not in ("cache", "nopython", "parallel")
     }
     options["boundscheck"] = True
-    return numba.njit(**options)(dispatcher.py_func)
+    done[dispatcher] = copy = numba.njit(**options)(func)
+    # globals are read when the copy compiles (its first call), after this
+    for name in py.__code__.co_names:
+        if name in scope:
+            scope[name] = swap(scope[name])
+    return copy
 
 
 @intrinsic
@@ -223,11 +250,13 @@ def wide_vectors(typingctx):
     ``"prefer-vector-width"="512"`` on it. Harmless without AVX-512 (LLVM then keeps
     256-bit vectors).
 
-    It also sets ``"stackrealign"``. numba's functions do not realign the stack, so
+    It also sets ``"stackrealign"`` (on this function only: a ``prange`` body is a
+    function of its own). numba's functions do not realign the stack, so
     LLVM spills 512-bit registers with unaligned moves to slots whose alignment
     depends on where the caller's stack happens to be: most of them then straddle
     two cache lines, and the kernel's speed depends on the calling
-    thread's stack depth (README, "Where a 'full' pass's time goes"). Realigned,
+    thread's stack depth (README, "Aligned spills, and a straight-line Mahalanobis
+    sweep"). Realigned,
     the cost is one ``and`` at the kernel's entry.
     """
 

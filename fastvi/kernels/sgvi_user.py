@@ -51,6 +51,9 @@ user's likelihood of eta inlined where the GLM computes its family's terms (``LI
 and :func:`linear_adapters`): for draws ``W`` (S, D), ``b`` (S,) and the other
 parameters ``phi`` (S, K),
 
+``probe_linear_rows(eta, y, phi, hyper, with_grad)``
+    the first row at which the likelihood (or its gradient) raises, compiled with
+    bounds checks, or -1.
 ``linear_pass(X, Xtiles, y, rows, W, b, phi, hyper, step, chunk, with_grad)``
     per-chunk partials (C, S), (C, S, D), (C, S), (C, S, K) of sum_n f, sum_n f' x_n,
     sum_n f' and sum_n df/dphi, with f = loglik(x_n . W[s] + b[s], y_n, phi[s]) and
@@ -407,6 +410,31 @@ def linear_pass(X, Xtiles, y, rows, W, b, phi, hyper, step, chunk, with_grad):
 
 
 linear_pass, linear_pass_serial = twins(linear_pass)
+
+
+@jit(boundscheck=True)
+def probe_linear_rows(eta, y, phi, hyper, with_grad):
+    # The first row n at which the likelihood of eta[n], y[n] (or its gradient)
+    # raises, compiled with bounds checks (an index taken from y, however far out of
+    # phi or hyper, raises instead of reading another object's memory); -1 if none.
+    out = np.zeros(phi.shape[0])
+    for n in range(y.shape[0]):
+        failed = False
+        try:
+            _probe_linear_row(eta[n], y[n], phi, hyper, with_grad, out)
+        except Exception:
+            failed = True
+        if failed:
+            return n
+    return -1
+
+
+@jit(boundscheck=True)
+def _probe_linear_row(eta, y, phi, hyper, with_grad, out):
+    _eta_ll(eta, y, phi, hyper)
+    if with_grad and not _FD:
+        out[:] = 0.0
+        _eta_d(eta, y, phi, hyper, out)
 """
 
 # A likelihood given without its gradient: d/d eta by central differences in the

@@ -157,6 +157,8 @@ def build_kernels(functions, forms, linear=False):
     ``"hyper"``, ``"fd"`` or None, see :func:`fastvi.kernels.sgvi_user.adapters`).
     ``linear``: ``loglik`` is a likelihood of eta (:class:`LinearModel`). Returns
     the module."""
+    import numba
+
     from ..kernels import sgvi_user as src
 
     given = {r: f for r, f in functions.items() if f is not None}
@@ -183,6 +185,9 @@ def build_kernels(functions, forms, linear=False):
     body += src.adapters(forms) + src.SOURCE
     digest = hashlib.sha256()
     digest.update(f"{src.VERSION}\n{body}".encode())
+    # NUMBA_BOUNDSCHECK=0 compiles the probes without their checks: not the same
+    # module on disk
+    digest.update(f"boundscheck:{numba.config.BOUNDSCHECK}".encode())
     for role in _ROLES:
         f = given.get(role)
         digest.update(f"{role}:{where.get(role)}:".encode())
@@ -259,39 +264,71 @@ def _value_of(role, value, what):
     return float(value)
 
 
-def _bounds_checked(functions, sizes, out_size):
+def _out_of_bounds(role, error, where, sizes):
+    """The ValueError for a bounds check that ``role`` failed ``where``."""
+    grad = role.endswith("_grad")
+    return ValueError(
+        f"{role} reads "
+        + (
+            "or writes past the end of its inputs or out"
+            if grad
+            else "past the end of its inputs"
+        )
+        + f" (numba's bounds check: {error}) {where}: {sizes(role)}. Check the "
+        "indices it uses against the model's params, the data's columns and hyper."
+    )
+
+
+def _bounds_checked(functions, sizes):
     """The user's functions as copies compiled with bounds checks
     (:func:`fastvi.kernels._config.bounds_checked`), for the probes that call them
     from Python before any kernel runs: an index however far out of bounds is then
-    a ValueError naming the function, not a crash."""
-
+    a ValueError naming the function, not a crash. ``sizes(role)`` describes what
+    the function of ``role`` may index."""
     from ..kernels._config import bounds_checked
 
     def checked(role, f):
         copy = bounds_checked(f)
+        where = "when called at the initial point or beside it" + (
+            ", on the first or last data row" if role.startswith("loglik") else ""
+        )
 
         def call(*args):
             try:
                 return copy(*args)
             except IndexError as e:
-                grad = role.endswith("_grad")
-                raise ValueError(
-                    f"{role} reads "
-                    + (
-                        "or writes past the end of its inputs or out"
-                        if grad
-                        else "past the end of its inputs"
-                    )
-                    + f" (numba's bounds check: {e}) when called at the initial "
-                    f"point or beside it: {sizes}"
-                    + (f", out has {out_size}" if grad else "")
-                    + ". Check the indices it uses against the model's params, the "
-                    "data's columns and hyper."
-                ) from None
+                raise _out_of_bounds(role, e, where, sizes) from None
 
         return call
 
     return {r: None if f is None else checked(r, f) for r, f in functions.items()}
+
+
+def _raise_at_row(functions, forms, where, sizes, inputs, n_out):
+    """Call the likelihood (and its gradient, with an ``out`` of ``n_out``) of a
+    model, compiled with bounds checks, on the ``inputs`` (hyper last) at which the
+    generated probe saw them raise: their own exception propagates, a failed bounds
+    check is a ValueError naming the function and ``where``; a ValueError in any
+    case."""
+    from ..kernels._config import bounds_checked
+
+    for role in ("loglik", "loglik_grad"):
+        f = functions.get(role)
+        if f is None:
+            continue
+        copy = bounds_checked(f)
+        args = list(inputs if forms[role] == "hyper" else inputs[:-1])
+        if role == "loglik_grad":
+            args.append(np.zeros(n_out))
+        try:
+            with np.errstate(all="ignore"):
+                copy(*args)
+        except IndexError as e:
+            raise _out_of_bounds(role, e, where, sizes) from None
+    raise ValueError(
+        f"loglik or loglik_grad raised {where} in the compiled probe: "
+        f"{sizes('loglik')}."
+    )
 
 
 def _probe_widths(functions, forms, theta, data, hyper):
@@ -439,7 +476,9 @@ class NumbaModel(Model):
     before any kernel runs (in the kernel it would read the next draw's or row's
     values, or write out of bounds). The probes, over every data row, run the
     functions compiled with bounds checks, so an index however far out of range
-    is a ValueError, not a crash (functions they call keep their own options).
+    is a ValueError, not a crash. Plain jitted helpers they call by name are
+    checked at the first row only (mark a helper ``inline="always"`` to have it
+    checked at every row).
 
     Finite differences cost ``2 P + 1`` calls of the function per row and per draw
     (P = ``theta_size``) instead of one call of each function: fine for a few
@@ -502,16 +541,16 @@ class NumbaModel(Model):
         self.data = data
         forms = self._setup(functions, hyper, finite_differences, initial_point)
         z0 = self.initial_point()
-        probe = _bounds_checked(
-            functions, self._sizes(), f"P={self.theta_size} entries"
-        )
+        probe = _bounds_checked(functions, self._sizes)
         _probe_widths(probe, forms, self.constrain(z0), data, self.hyper)
         if check_gradient:
             z1 = z0 + 0.5 * np.sin(1.0 + np.arange(self.size))
             self._check_gradients(probe, forms, self.constrain(np.stack([z0, z1])))
         self.kernels = build_kernels(functions, forms)
         if self._has_loglik and self.n_rows > 1:
-            self._probe_rows(self.constrain(z0), forms["loglik_grad"] != "fd")
+            self._probe_rows(
+                self.constrain(z0), forms, functions, forms["loglik_grad"] != "fd"
+            )
 
     def _setup(self, functions, hyper, finite_differences, initial_point, linear=False):
         """Check the functions, ``hyper`` and ``initial_point`` and set the model's
@@ -654,7 +693,7 @@ class NumbaModel(Model):
                             "pass check_gradient=False."
                         )
 
-    def _probe_rows(self, theta, with_grad):
+    def _probe_rows(self, theta, forms, functions, with_grad):
         """The width probe (:func:`_probe_widths`) over every data row, in the
         generated kernel: a function that takes indices from the row (a group
         index, say) can read past theta or hyper at some rows only."""
@@ -669,12 +708,11 @@ class NumbaModel(Model):
                 t_a, t_b, self.data, h_a, h_b, out_a, out_b, guard
             )
         if raised:
-            raise ValueError(
-                f"loglik{'' if not with_grad else ' or loglik_grad'} raised at data "
-                f"row {n} (an index out of bounds, or an exception of its own): "
-                f"{self._sizes()}. Check the indices it takes from the data (e.g. a "
-                "group index in a column) against the model's params."
-            )
+            # the row again, from Python: the function's own exception, or the
+            # bounds check that failed, with its role
+            where = f"at data row {n} (not at row 0)"
+            inputs = (theta, self.data[n], self.hyper)
+            _raise_at_row(functions, forms, where, self._sizes, inputs, P)
         if n >= 0:
             raise ValueError(
                 f"loglik{'' if not with_grad else ' or loglik_grad'} reads past the "
@@ -684,12 +722,15 @@ class NumbaModel(Model):
                 "a group index in a column) against the model's params."
             )
 
-    def _sizes(self):
-        """What the model's functions may index, for messages."""
+    def _sizes(self, role):
+        """What the model's function of ``role`` may index, for messages."""
         text = f"theta has P={self.theta_size} entries"
-        if self.data is not None:
+        if self.data is not None and role.startswith("loglik"):
             text += f", a data row has K={self.data.shape[1]} columns"
-        return text + f", hyper has H={self.hyper.shape[0]}"
+        text += f", hyper has H={self.hyper.shape[0]}"
+        return text + (
+            f", out has P={self.theta_size}" if role.endswith("_grad") else ""
+        )
 
     def _fd_steps(self, theta):
         """Central-difference steps (S, theta_size) for draws ``theta``:
@@ -937,12 +978,7 @@ class LinearModel(NumbaModel):
         if self.fit_intercept:
             eta += thetas[:, D : D + 1]
         phi = thetas[:, self._phi]
-        probe = _bounds_checked(
-            functions,
-            f"phi has K={phi.shape[1]} entries (the params after coef and intercept)"
-            f", theta P={self.theta_size}, hyper H={self.hyper.shape[0]}",
-            f"K={phi.shape[1]} entries (d / d phi)",
-        )
+        probe = _bounds_checked(functions, self._sizes)
         _probe_linear(probe, forms, eta[0, 0], y[0], phi[0], self.hyper)
         prior = dict(probe, loglik=None, loglik_grad=None)
         _probe_widths(prior, forms, thetas[0], None, self.hyper)
@@ -950,6 +986,29 @@ class LinearModel(NumbaModel):
             self._check_gradients(prior, forms, thetas)
             self._check_linear_gradient(probe, forms, eta, phi, thetas)
         self.kernels = build_kernels(functions, forms, linear=True)
+        # every row, for a function that takes an index from y: eta at the start
+        eta_all = X @ thetas[0, :D] + (thetas[0, D] if self.fit_intercept else 0.0)
+        with_grad = forms["loglik_grad"] not in (None, "fd")
+        with np.errstate(all="ignore"):
+            n = self.kernels.probe_linear_rows(
+                eta_all, y, phi[0], self.hyper, with_grad
+            )
+        if n >= 0:
+            inputs = (eta_all[n], y[n], phi[0], self.hyper)
+            where = f"at data row {n}"
+            K = phi.shape[1]
+            _raise_at_row(functions, forms, where, self._sizes, inputs, K)
+
+    def _sizes(self, role):
+        """What the model's function of ``role`` may index, for messages."""
+        if not role.startswith("loglik"):
+            return super()._sizes(role)
+        K = self.theta_size - self._phi.start
+        text = (
+            f"phi has K={K} entries (the params after coef and intercept), hyper "
+            f"has H={self.hyper.shape[0]}"
+        )
+        return text + (f", out has K={K} (d / d phi)" if role.endswith("_grad") else "")
 
     def _check_linear_gradient(self, functions, forms, eta, phi, thetas):
         """loglik_grad (d/d eta, d/d phi) against central differences of loglik at
