@@ -590,7 +590,8 @@ def test_indices_taken_from_the_data_are_probed_on_every_row(um):
         dict(),  # finite differences: only the value is read
     ):
         with pytest.raises(
-            ValueError, match=r"reads past .*bounds check.* at data row 5 \(not at row 0\)"
+            ValueError,
+            match=r"reads past .*bounds check.* at data row 5 \(not at row 0\)",
         ):
             NumbaModel(params, loglik=um.schools_loglik, data=bad, **kw)
     # the index J + 1 is inside theta (tau's place): no error, however wrong
