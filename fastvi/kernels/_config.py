@@ -179,7 +179,7 @@ def jit_source(source, name, namespace):
     """The function ``name`` defined by the Python ``source`` (executed in a copy
     of ``namespace``), compiled to be inlined into the kernels that call it.
 
-    For microkernels generated as text (``tiles.maha_unrolled``): numba inlines
+    For microkernels generated as text (``tiles.maha_unrolled8``): numba inlines
     them into their callers before compiling (``inline="always"``), so they run as
     the callers' own code under the callers' options and are cached with them (a
     function without a source file has no cache of its own). A change of the
@@ -251,12 +251,11 @@ def wide_vectors(typingctx):
     256-bit vectors).
 
     It also sets ``"stackrealign"`` (on this function only: a ``prange`` body is a
-    function of its own). numba's functions do not realign the stack, so
-    LLVM spills 512-bit registers with unaligned moves to slots whose alignment
-    depends on where the caller's stack happens to be: most of them then straddle
-    two cache lines, and the kernel's speed depends on the calling
-    thread's stack depth (README, "Aligned spills, and a straight-line Mahalanobis
-    sweep"). Realigned,
+    function of its own). numba's functions do not realign the stack, so LLVM
+    spills 512-bit registers with unaligned moves to slots whose alignment depends
+    on where the caller's stack happens to be: most of them then straddle two cache
+    lines, and the kernel's speed depends on the calling thread's stack depth
+    (README, "Aligned spills, and a straight-line Mahalanobis sweep"). Realigned,
     the cost is one ``and`` at the kernel's entry.
     """
 

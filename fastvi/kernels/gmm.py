@@ -453,8 +453,8 @@ def gram_chunks(c0, c1, X, center, chunk, out):
 
 def mixture_chunks(kind, n_features):
     """The ``mixture_chunks`` kernel of covariance ``kind`` (KIND_FULL, _TIED, _DIAG)
-    for ``n_features`` features ('full' with up to 8 or 16 features has a kernel of
-    its own, :func:`_logprob_full`)."""
+    for ``n_features`` features ('full' with up to 8, or up to 16, features has a
+    kernel of its own: :func:`_specialize`)."""
     if kind == KIND_FULL and n_features <= 16:
         return mixture_chunks_full8 if n_features <= 8 else mixture_chunks_full16
     return (mixture_chunks_full, mixture_chunks_tied, mixture_chunks_diag)[kind]
